@@ -1,0 +1,2 @@
+"""Scan appliances: clients (clamd, ICAP), the pool, the built-in appliance and
+the fault-injection proxy. A leaf package: imports neither `vfile` nor `journal`."""

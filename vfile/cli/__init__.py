@@ -1,0 +1,14 @@
+"""The `vfile` command line: the only package that imports typer.
+
+Each `cmd_*` module registers its commands on the app from `_app` when
+imported; this module imports them all and exposes `main`.
+"""
+
+from __future__ import annotations
+
+from vfile.cli import cmd_mount  # noqa: F401  (registers commands)
+from vfile.cli._app import app
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""vfile.fs (being built)."""

@@ -1,0 +1,1 @@
+"""vfile.gate (being built)."""

@@ -1,0 +1,1 @@
+"""vfile.mount (being built)."""

@@ -1,0 +1,1 @@
+"""vfile.policy (being built)."""
