@@ -1,0 +1,224 @@
+"""The drain: scan deferred journal entries once an appliance is back.
+
+The drain owns *scheduling* only: when to run (an appliance is available, no
+window is active, not paused), how many at once (its own concurrency budget,
+separate from on-open scans so a backlog never starves interactive opens),
+and how fast (a token bucket on files/s and bytes/s, whose rate backs off
+multiplicatively when appliance latency rises and recovers additively, so a
+returning appliance is not buried in a scan storm). What "scan one entry"
+means — reopen the file safely, scan it, apply the infected action, complete
+or release the journal entry — is the `resolve` callable the gate provides.
+
+Invariants:
+- Entries are claimed with a lease; a crash leaves them leased, and the lease
+  expiring makes them claimable again. A resolve that raises releases the
+  entry with the error (backoff and poisoning are the journal's business).
+- The drain never waits on an appliance without a deadline: `resolve` runs
+  under `scan_deadline`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from journal.records import DeferredEntry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 4
+DEFAULT_FILES_PER_S = 500.0
+DEFAULT_BYTES_PER_S = 256.0 * 1024 * 1024
+DEFAULT_BATCH = 64
+DEFAULT_LEASE = 120.0
+DEFAULT_SCAN_DEADLINE = 30.0
+#: latency above this multiple of the best recent latency halves the rate.
+BACKOFF_FACTOR = 3.0
+IDLE_POLL = 0.5
+
+
+class Outcome(enum.StrEnum):
+    CLEAN = "clean"
+    INFECTED = "infected"
+    GONE = "gone"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    outcome: Outcome
+    nbytes: int = 0
+    detail: str = ""
+
+
+class JournalQueue(Protocol):
+    async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]: ...
+    async def release(self, path: str, seq: int, error: str) -> None: ...
+
+
+Resolve = Callable[[DeferredEntry], Awaitable[Resolution]]
+
+
+class TokenBucket:
+    """Tokens refill at `rate`/s up to `burst`; `take` waits for enough tokens.
+
+    Taking more than `burst` at once (one large file) is allowed: it empties
+    the bucket into debt, which the refill pays back before anyone else runs.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def delay_for(self, amount: float) -> float:
+        """Seconds until `amount` may be taken (0 if now). Pure given the clock."""
+        if self.rate <= 0 or math.isinf(self.rate):
+            return 0.0
+        self._refill()
+        need = min(amount, self.burst) - self._tokens
+        return max(0.0, need / self.rate)
+
+    async def take(self, amount: float) -> None:
+        while (delay := self.delay_for(amount)) > 0:
+            await trio.sleep(delay)
+        self._tokens -= amount
+
+
+class Drain:
+    def __init__(self, queue: JournalQueue, resolve: Resolve, *,
+                 ready: Callable[[], bool],
+                 concurrency: int = DEFAULT_CONCURRENCY,
+                 files_per_s: float = DEFAULT_FILES_PER_S,
+                 bytes_per_s: float = DEFAULT_BYTES_PER_S,
+                 batch: int = DEFAULT_BATCH, lease: float = DEFAULT_LEASE,
+                 scan_deadline: float = DEFAULT_SCAN_DEADLINE) -> None:
+        self._queue = queue
+        self._resolve = resolve
+        self._ready = ready
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._files = TokenBucket(files_per_s, max(1.0, files_per_s), trio.current_time)
+        self._bytes = TokenBucket(bytes_per_s, max(1.0, bytes_per_s), trio.current_time)
+        self._configured_files_per_s = files_per_s
+        self._batch = batch
+        self._lease = lease
+        self._scan_deadline = scan_deadline
+        self._paused = False
+        self._kick = trio.Event()
+        self._best_latency = math.inf
+        self.done: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.bytes_done = 0
+        self.in_flight = 0
+        self.last_error = ""
+
+    # --- control --------------------------------------------------------
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self.kick()
+
+    def kick(self) -> None:
+        """Look at the journal now rather than at the next poll."""
+        self._kick.set()
+
+    def set_rate(self, files_per_s: float | None = None, bytes_per_s: float | None = None) -> None:
+        if files_per_s is not None:
+            self._configured_files_per_s = files_per_s
+            self._files.rate = files_per_s
+            self._files.burst = max(1.0, files_per_s)
+        if bytes_per_s is not None:
+            self._bytes.rate = bytes_per_s
+            self._bytes.burst = max(1.0, bytes_per_s)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def statistics(self) -> dict[str, Any]:
+        return {"paused": self._paused, "in_flight": self.in_flight,
+                "files_per_s": self._files.rate, "bytes_per_s": self._bytes.rate,
+                "configured_files_per_s": self._configured_files_per_s,
+                "done": {k.value: v for k, v in self.done.items()},
+                "bytes_done": self.bytes_done, "last_error": self.last_error}
+
+    # --- the loop -------------------------------------------------------
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                if self._paused or not self._ready():
+                    await self._idle()
+                    continue
+                entries = await self._queue.claim(self._batch, lease=self._lease)
+                if not entries:
+                    await self._idle()
+                    continue
+                for entry in entries:
+                    size = entry.identity.size if entry.identity else 0
+                    await self._files.take(1)
+                    await self._bytes.take(size)
+                    await self._limiter.acquire()
+                    nursery.start_soon(self._one, entry)
+                    if self._paused or not self._ready():
+                        # Window opened or appliance lost mid-batch: the rest
+                        # of the batch stays leased and is retried after the
+                        # lease; release it now instead so nothing waits.
+                        rest = entries[entries.index(entry) + 1:]
+                        for other in rest:
+                            await self._queue.release(other.path, other.seq, "drain paused")
+                        break
+
+    async def _idle(self) -> None:
+        with trio.move_on_after(IDLE_POLL):
+            await self._kick.wait()
+        self._kick = trio.Event()
+
+    async def _one(self, entry: DeferredEntry) -> None:
+        """Resolve one entry. `resolve` completes the entry on a verdict or when
+        the file is gone; every error path releases it here, exactly once."""
+        self.in_flight += 1
+        started = trio.current_time()
+        try:
+            with trio.move_on_after(self._scan_deadline) as scope:
+                result = await self._resolve(entry)
+            if scope.cancelled_caught:
+                result = Resolution(Outcome.ERROR,
+                                    detail=f"no verdict within {self._scan_deadline:g}s")
+        except Exception as err:  # a resolver bug must not stop the drain
+            log.exception("drain: resolving %r failed", entry.path)
+            result = Resolution(Outcome.ERROR, detail=f"{type(err).__name__}: {err}")
+        finally:
+            self.in_flight -= 1
+            self._limiter.release()
+        if result.outcome is Outcome.ERROR:
+            self.last_error = result.detail
+            await self._queue.release(entry.path, entry.seq, result.detail)
+        else:
+            self._adapt(trio.current_time() - started)
+        self.done[result.outcome] += 1
+        self.bytes_done += result.nbytes
+
+    def _adapt(self, latency: float) -> None:
+        """AIMD on the file rate: halve when latency climbs, creep back when not."""
+        self._best_latency = min(self._best_latency, latency)
+        floor = max(1.0, self._configured_files_per_s / 64)
+        if latency > BACKOFF_FACTOR * max(self._best_latency, 0.005):
+            self._files.rate = max(floor, self._files.rate / 2)
+        else:
+            self._files.rate = min(self._configured_files_per_s,
+                                   self._files.rate + self._configured_files_per_s / 32)
