@@ -1,0 +1,69 @@
+"""Fault modes for the built-in appliance and the fault-injection proxy.
+
+A fault is parsed from text (`refuse`, `blackhole`, `delay=2s`, `reset`,
+`garbage`, and for the proxy also `truncate`, `trickle`), or `none`. Parsing
+is pure; the servers decide what each fault does to a connection:
+
+- refuse:    the listening socket is closed, connections are refused
+- blackhole: connections are accepted and read, never answered
+- delay=D:   every reply is held back D seconds
+- reset:     connections are accepted and reset (RST) at once
+- garbage:   every reply is replaced with bytes that are no valid reply
+- truncate:  (proxy) replies are cut in half and the connection closed
+- trickle:   (proxy) replies are forwarded one byte every 50 ms
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+FaultKind = Literal["refuse", "blackhole", "delay", "reset", "garbage", "truncate", "trickle"]
+KINDS: tuple[FaultKind, ...] = ("refuse", "blackhole", "delay", "reset", "garbage", "truncate",
+                                "trickle")
+SERVER_KINDS: tuple[FaultKind, ...] = ("refuse", "blackhole", "delay", "reset", "garbage")
+
+#: what a `garbage` fault sends instead of a reply: printable-looking but no
+#: valid clamd or ICAP reply (it even contains "OK" to catch lax parsers)
+GARBAGE = b"\x16\x03\x01garbage: OK?\xff\xfe stream OK\r\n\x00"
+TRICKLE_INTERVAL = 0.05
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
+
+
+def parse_duration(text: str) -> float:
+    """`1.5`, `1.5s`, `200ms`, `2m` → seconds; ValueError otherwise."""
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"bad duration {text!r} (expected e.g. 2s, 200ms, 1.5)")
+    value = float(m[1])
+    return value / 1000 if m[2] == "ms" else value * 60 if m[2] == "m" else value
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: FaultKind
+    delay: float = 0.0
+
+    def __str__(self) -> str:
+        return f"delay={self.delay:g}s" if self.kind == "delay" else self.kind
+
+
+def parse_fault(text: str, *, allowed: tuple[FaultKind, ...] = KINDS) -> Fault | None:
+    """Parse a fault mode; `none` or "" → None. ValueError names the valid modes."""
+    text = text.strip().lower()
+    if text in ("", "none", "off"):
+        return None
+    name, sep, arg = text.partition("=")
+    if name not in allowed:
+        names = ", ".join("delay=DURATION" if k == "delay" else k for k in allowed)
+        raise ValueError(f"unknown fault {text!r} (expected one of: none, {names})")
+    if name == "delay":
+        if not sep:
+            raise ValueError("fault delay needs a duration, e.g. delay=2s")
+        return Fault("delay", parse_duration(arg))
+    if sep:
+        raise ValueError(f"fault {name!r} takes no argument")
+    kind: FaultKind = name
+    return Fault(kind)
