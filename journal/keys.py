@@ -1,0 +1,75 @@
+"""LMDB keys of the journal's tables: pure functions, no I/O.
+
+Invariants:
+- A path key is `xxh3_64(path bytes)` (8 bytes, big-endian) followed by a
+  2-byte disambiguator. Paths of any length fit (LMDB keys are at most 511
+  bytes); two paths with the same hash get different disambiguators, and the
+  stored value always holds the full path, so a lookup scans the (almost
+  always one-element) range of keys sharing the hash and compares paths.
+- An order key is the entry's `order` (8 bytes big-endian) followed by its
+  path key, so the order index sorts oldest first and is unique per entry.
+- A verdict key is the identity's five integers followed by xxh3_64 of the
+  signature version; the value repeats both, and a read checks them, so a
+  hash collision can only cause a miss, never a wrong verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import xxhash
+
+from journal.records import Identity
+
+HASH_LEN = 8
+PATH_KEY_LEN = HASH_LEN + 2
+MAX_DISAMBIGUATOR = 0xFFFF
+
+_U64 = struct.Struct(">Q")
+_IDENT = struct.Struct(">QQqqq")
+_U16 = struct.Struct(">H")
+
+
+def path_bytes(path: str) -> bytes:
+    """The bytes the kernel would see (undecodable bytes round-trip via surrogateescape)."""
+    return os.fsencode(path)
+
+
+def path_hash(path: str) -> bytes:
+    """The 8-byte prefix shared by every key a path could have."""
+    return _U64.pack(xxhash.xxh3_64_intdigest(path_bytes(path)))
+
+
+def path_key(path_hash_: bytes, disambiguator: int) -> bytes:
+    if not 0 <= disambiguator <= MAX_DISAMBIGUATOR:
+        raise ValueError(f"disambiguator out of range: {disambiguator}")
+    return path_hash_ + _U16.pack(disambiguator)
+
+
+def disambiguator(key: bytes) -> int:
+    return int(_U16.unpack_from(key, HASH_LEN)[0])
+
+
+def order_key(order: int, pkey: bytes) -> bytes:
+    return _U64.pack(order) + pkey
+
+
+def order_key_split(key: bytes) -> tuple[int, bytes]:
+    return int(_U64.unpack_from(key)[0]), bytes(key[8:])
+
+
+def verdict_key(identity: Identity, sig_version: str) -> bytes:
+    # dev/ino are unsigned in the kernel, sizes and times signed; pack each
+    # with its own signedness so every real stat value fits.
+    return (_IDENT.pack(identity.dev, identity.ino, identity.size, identity.mtime_ns,
+                        identity.ctime_ns)
+            + _U64.pack(xxhash.xxh3_64_intdigest(sig_version.encode("utf-8", "surrogatepass"))))
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return int(_U64.unpack(b)[0])

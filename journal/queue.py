@@ -1,0 +1,107 @@
+"""Queue semantics for the drain: claim with a lease, release with backoff, poison.
+
+Invariants:
+- A claim hands out the oldest entries (by `order`, the seq of their first
+  defer) that are not poisoned, not leased (`lease_until <= now`) and past
+  their backoff (`not_before <= now`), and leases them until `now + lease`.
+  A lease is only a timestamp: after a crash it simply expires, so nothing
+  stays claimed forever and no recovery pass is needed.
+- A release (failed attempt) counts an attempt only if the entry still has
+  the claimed seq; a re-deferred entry (new content) is left for a fresh try.
+- After `max_attempts` failed attempts an entry is poisoned: kept, listed,
+  counted in stats, never claimed and never dropped silently; `retry` brings
+  it back, `purge` removes it.
+- Backoff is `BACKOFF_BASE * 2**(attempts-1)`, capped at `BACKOFF_CAP`: a pure
+  function, so tests and the CLI can show when an entry is next due.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from journal import keys
+from journal.records import DeferredEntry, JournalCorrupt, decode_deferred
+from journal.tables import Tables, Txn, delete_entry, find, iter_entries, put_entry
+
+BACKOFF_BASE = 5.0
+BACKOFF_CAP = 3600.0
+
+
+def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt."""
+    if attempts <= 0:
+        return 0.0
+    # min() before the power would overflow for absurd attempt counts.
+    return min(cap, base * 2.0 ** min(attempts - 1, 60))
+
+
+def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float) -> list[DeferredEntry]:
+    claimed: list[DeferredEntry] = []
+    if n <= 0:
+        return claimed
+    for okey in txn.cursor(db=t.order).iternext(keys=True, values=False):
+        _, pkey = keys.order_key_split(okey)
+        raw = txn.get(pkey, db=t.deferred)
+        if raw is None:  # cannot happen while the index invariant holds
+            continue
+        try:
+            entry = decode_deferred(raw)
+        except JournalCorrupt:
+            continue  # logged by the readers; never hand out garbage
+        key = pkey
+        if entry.poisoned or entry.lease_until > now or entry.not_before > now:
+            continue
+        leased = dataclasses.replace(entry, lease_until=now + lease)
+        put_entry(txn, t, key, entry, leased)
+        claimed.append(leased)
+        if len(claimed) >= n:
+            break
+    return claimed
+
+
+def op_release(txn: Txn, t: Tables, *, path: str, seq: int, error: str, now: float,
+               max_attempts: int) -> bool:
+    """Record a failed attempt; returns whether the entry is now poisoned."""
+    found = find(txn, t, path)
+    if found is None:
+        return False
+    key, entry = found
+    if entry.seq != seq:
+        put_entry(txn, t, key, entry, dataclasses.replace(entry, lease_until=0.0))
+        return False
+    attempts = entry.attempts + 1
+    poisoned = attempts >= max_attempts
+    put_entry(txn, t, key, entry, dataclasses.replace(
+        entry, attempts=attempts, last_error=error, lease_until=0.0,
+        not_before=now + backoff(attempts), poisoned=poisoned))
+    return poisoned
+
+
+def op_retry(txn: Txn, t: Tables, path: str | None) -> int:
+    if path is not None:
+        found = find(txn, t, path)
+        targets = [] if found is None else [found]
+    else:
+        targets = list(iter_entries(txn, t))
+    count = 0
+    for key, entry in targets:
+        if entry.poisoned or entry.attempts or entry.not_before:
+            put_entry(txn, t, key, entry, dataclasses.replace(
+                entry, poisoned=False, attempts=0, not_before=0.0, lease_until=0.0))
+            count += 1
+    return count
+
+
+def op_purge(txn: Txn, t: Tables, path: str | None, poisoned_only: bool) -> int:
+    if path is not None:
+        found = find(txn, t, path)
+        targets = [] if found is None else [found]
+    else:
+        targets = list(iter_entries(txn, t))
+    count = 0
+    for key, entry in targets:
+        if poisoned_only and not entry.poisoned:
+            continue
+        delete_entry(txn, t, key, entry)
+        count += 1
+    return count

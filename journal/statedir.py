@@ -1,0 +1,56 @@
+"""Where a mount's journal lives by default: a state directory derived from the mountpoint.
+
+Invariants:
+- root: `/var/lib/vfile/<escaped mountpoint>`; others:
+  `$XDG_STATE_HOME/vfile/<escaped>` (default `~/.local/state/vfile/<escaped>`).
+- The escaping is systemd-style (`/srv/data` -> `srv-data`, `-` and other
+  bytes outside [A-Za-z0-9_.:] as `\\xNN`), so it is injective: two different
+  mountpoints never share a journal. The root directory `/` escapes to `-`.
+- The directory is created with mode 0700 (it holds file names of the mount).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT_STATE = Path("/var/lib/vfile")
+_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:")
+
+
+def escape_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
+    """A single path component naming the (absolute, normalised) mountpoint."""
+    path = os.path.normpath(os.path.abspath(os.fspath(mountpoint)))
+    trimmed = path.strip("/")
+    if not trimmed:
+        return "-"
+    out = []
+    for i, byte in enumerate(os.fsencode(trimmed)):
+        if byte == ord("/"):
+            out.append("-")
+        elif byte in _SAFE and not (i == 0 and byte == ord(".")):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def state_root(uid: int | None = None) -> Path:
+    uid = os.geteuid() if uid is None else uid
+    if uid == 0:
+        return ROOT_STATE
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "vfile"
+
+
+def default_state_dir(mountpoint: str | os.PathLike[str], uid: int | None = None) -> Path:
+    """The state directory of a mount (not created)."""
+    return state_root(uid) / escape_mountpoint(mountpoint)
+
+
+def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
+    """Create `path` (mode 0700, parents too) if missing; return it."""
+    p = Path(path)
+    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,259 @@
+"""The journal's named tables and the operations on them inside one transaction.
+
+Everything here is a plain function of an open LMDB transaction: the group
+committer runs the write operations in its writer thread, the store runs the
+reads on the trio thread. No function here begins, commits or aborts.
+
+Tables (named LMDB databases):
+  meta        b"magic", b"format", b"seq" (journal-wide counter, u64)
+  deferred    path key (keys.py) -> DeferredEntry
+  order       order key (order, path key) -> b""; every NON-poisoned entry,
+              oldest first, so a claim never scans the whole table.
+              Poisoned entries leave the index (a claim skips them for free)
+              and come back on `retry`.
+  verdicts    verdict key -> VerdictRecord
+  quarantine  record id (utf-8) -> QuarantineRecord
+
+Invariants (kept by every write operation below):
+- `order` holds exactly one key per non-poisoned deferred entry, built from
+  the entry's `order` and its path key.
+- Write operations do not raise for expected conditions (missing entry, stale
+  seq); they return a result. Undecodable stored values are skipped with a
+  warning rather than failing every write that happens to scan past them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from journal import keys
+from journal.records import (
+    MAX_EXPOSURES,
+    DeferredEntry,
+    Exposure,
+    Identity,
+    JournalCorrupt,
+    QuarantineRecord,
+    Reason,
+    VerdictRecord,
+    decode_deferred,
+    decode_verdict,
+    encode_deferred,
+    encode_quarantine,
+    encode_verdict,
+)
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"vfile-journal"
+#: Version of the table layout; a journal with a higher one is refused.
+JOURNAL_FORMAT = 1
+TABLE_NAMES = (b"meta", b"deferred", b"order", b"verdicts", b"quarantine")
+MAX_DBS = 8
+
+if TYPE_CHECKING:
+    Txn = lmdb.Transaction[bytes]
+else:
+    Txn = lmdb.Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    meta: Any
+    deferred: Any
+    order: Any
+    verdicts: Any
+    quarantine: Any
+
+
+def open_tables(env: lmdb.Environment, txn: Txn | None = None) -> Tables:
+    return Tables(*(env.open_db(name, txn=txn, create=txn is not None) for name in TABLE_NAMES))
+
+
+def init_meta(txn: Txn, t: Tables) -> None:
+    txn.put(b"magic", MAGIC, db=t.meta)
+    txn.put(b"format", str(JOURNAL_FORMAT).encode(), db=t.meta)
+    txn.put(b"seq", keys.u64(0), db=t.meta)
+
+
+def next_seq(txn: Txn, t: Tables) -> int:
+    raw = txn.get(b"seq", db=t.meta)
+    seq = (keys.from_u64(raw) if raw else 0) + 1
+    txn.put(b"seq", keys.u64(seq), db=t.meta)
+    return seq
+
+
+# --- deferred entries by path -------------------------------------------------------------
+
+def _decode_or_none(key: bytes, raw: bytes) -> DeferredEntry | None:
+    try:
+        return decode_deferred(raw)
+    except JournalCorrupt as err:
+        log.warning("journal: skipping undecodable deferred entry %s: %s", key.hex(), err)
+        return None
+
+
+def locate(txn: Txn, t: Tables, path: str) -> tuple[bytes, DeferredEntry | None]:
+    """`(key, entry)` of `path`, or `(a free key for it, None)`: one scan of its hash range."""
+    h = keys.path_hash(path)
+    used: set[int] = set()
+    cur = txn.cursor(db=t.deferred)
+    if cur.set_range(h):
+        for key, raw in cur:
+            if key[: keys.HASH_LEN] != h:
+                break
+            entry = _decode_or_none(key, raw)
+            if entry is not None and entry.path == path:
+                return bytes(key), entry
+            used.add(keys.disambiguator(key))
+    # A corrupt value keeps its key reserved (it is in `used`): never overwrite it.
+    d = next(i for i in range(keys.MAX_DISAMBIGUATOR + 1) if i not in used)
+    return keys.path_key(h, d), None
+
+
+def find(txn: Txn, t: Tables, path: str) -> tuple[bytes, DeferredEntry] | None:
+    """The key and entry of `path`, scanning the keys that share its hash."""
+    key, entry = locate(txn, t, path)
+    return None if entry is None else (key, entry)
+
+
+def _free_key(txn: Txn, t: Tables, path: str) -> bytes:
+    key, entry = locate(txn, t, path)
+    assert entry is None, "caller removed the entry first"
+    return key
+
+
+def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,
+              new: DeferredEntry) -> None:
+    """Store `new` at `key`, keeping the order index in step with `old` -> `new`."""
+    was_indexed = old is not None and not old.poisoned
+    if was_indexed and (new.poisoned or old is None or old.order != new.order):
+        assert old is not None
+        txn.delete(keys.order_key(old.order, key), db=t.order)
+    if not new.poisoned and not (was_indexed and old is not None and old.order == new.order):
+        txn.put(keys.order_key(new.order, key), b"", db=t.order)
+    txn.put(key, encode_deferred(new), db=t.deferred)
+
+
+def delete_entry(txn: Txn, t: Tables, key: bytes, entry: DeferredEntry) -> None:
+    if not entry.poisoned:
+        txn.delete(keys.order_key(entry.order, key), db=t.order)
+    txn.delete(key, db=t.deferred)
+
+
+def iter_entries(txn: Txn, t: Tables) -> Iterator[tuple[bytes, DeferredEntry]]:
+    for key, raw in txn.cursor(db=t.deferred):
+        entry = _decode_or_none(key, raw)
+        if entry is not None:
+            yield bytes(key), entry
+
+
+# --- write operations ---------------------------------------------------------------------
+
+def op_defer(txn: Txn, t: Tables, *, path: str, identity: Identity | None, reason: Reason,
+             profile: str, exposure: Exposure | None, error: str, now: float) -> int:
+    seq = next_seq(txn, t)
+    key, old = locate(txn, t, path)
+    if old is None:
+        put_entry(txn, t, key, None, DeferredEntry(
+            path=path, seq=seq, identity=identity, reason=reason, profile=profile,
+            first_deferred=now, last_deferred=now, attempts=0, last_error=error,
+            exposures=() if exposure is None else (exposure,), not_before=0.0,
+            lease_until=0.0, poisoned=False, order=seq))
+        return seq
+    exposures = old.exposures if exposure is None else (*old.exposures, exposure)
+    new = dataclasses.replace(
+        old, seq=seq, identity=identity, reason=reason, profile=profile, last_deferred=now,
+        last_error=error or old.last_error, exposures=exposures[-MAX_EXPOSURES:])
+    if identity != old.identity:
+        # New content: earlier failures said nothing about it; scan it afresh.
+        new = dataclasses.replace(new, attempts=0, poisoned=False, not_before=0.0)
+    put_entry(txn, t, key, old, new)
+    return seq
+
+
+def op_complete(txn: Txn, t: Tables, path: str, seq: int,
+                verdict: VerdictRecord | None) -> bool:
+    removed = False
+    found = find(txn, t, path)
+    if found is not None:
+        key, entry = found
+        if entry.seq == seq:
+            delete_entry(txn, t, key, entry)
+            removed = True
+        elif entry.lease_until:
+            # Re-deferred while being scanned: keep it, claimable again at once.
+            put_entry(txn, t, key, entry, dataclasses.replace(entry, lease_until=0.0))
+    if verdict is not None:
+        op_put_verdict(txn, t, verdict)
+    return removed
+
+
+def op_put_verdict(txn: Txn, t: Tables, verdict: VerdictRecord) -> None:
+    txn.put(keys.verdict_key(verdict.identity, verdict.sig_version), encode_verdict(verdict),
+            db=t.verdicts)
+
+
+def get_verdict(txn: Txn, t: Tables, identity: Identity, sig_version: str) -> VerdictRecord | None:
+    raw = txn.get(keys.verdict_key(identity, sig_version), db=t.verdicts)
+    if raw is None:
+        return None
+    try:
+        rec = decode_verdict(raw)
+    except JournalCorrupt as err:
+        log.warning("journal: ignoring undecodable verdict: %s", err)
+        return None
+    # The key holds a hash of sig_version: check the real fields.
+    if rec.identity != identity or rec.sig_version != sig_version:
+        return None
+    return rec
+
+
+def op_forget(txn: Txn, t: Tables, path: str) -> bool:
+    found = find(txn, t, path)
+    if found is None:
+        return False
+    delete_entry(txn, t, *found)
+    return True
+
+
+def op_rename(txn: Txn, t: Tables, old: str, new: str) -> bool:
+    """The entry of `old` follows its file to `new`; `new`'s own entry (overwritten) goes."""
+    if old == new:
+        return False
+    target = find(txn, t, new)
+    if target is not None:
+        log.info("journal: %r overwritten by rename; dropping its entry", new)
+        delete_entry(txn, t, *target)
+    found = find(txn, t, old)
+    if found is None:
+        return False
+    key, entry = found
+    delete_entry(txn, t, key, entry)
+    # A new seq: a drain holding (old, seq) must not complete the moved entry.
+    moved = dataclasses.replace(entry, path=new, seq=next_seq(txn, t), lease_until=0.0)
+    put_entry(txn, t, _free_key(txn, t, new), None, moved)
+    return True
+
+
+def op_rename_tree(txn: Txn, t: Tables, old_dir: str, new_dir: str) -> int:
+    """Every entry under directory `old_dir` follows it to `new_dir` (full scan)."""
+    prefix = old_dir.rstrip("/") + "/"
+    moving = [e.path for _, e in iter_entries(txn, t) if e.path.startswith(prefix)]
+    for path in moving:
+        op_rename(txn, t, path, new_dir.rstrip("/") + "/" + path[len(prefix):])
+    return len(moving)
+
+
+def op_add_quarantine(txn: Txn, t: Tables, rec: QuarantineRecord) -> None:
+    txn.put(rec.id.encode("utf-8", "surrogateescape"), encode_quarantine(rec), db=t.quarantine)
+
+
+def op_remove_quarantine(txn: Txn, t: Tables, rec_id: str) -> bool:
+    return bool(txn.delete(rec_id.encode("utf-8", "surrogateescape"), db=t.quarantine))

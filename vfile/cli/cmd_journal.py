@@ -1,0 +1,259 @@
+"""`vfile journal …` and `vfile quarantine …`: the journal, offline, on a state directory.
+
+Commands are thin over `journal.Journal`. Read-only commands open the
+journal read-only (safe next to a live mount); every `JournalError` becomes
+one line and exit code `Exit.JOURNAL`. A later step adds `--mount` through
+the control plane; for now `--state-dir` is required.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from journal import DeferredEntry, Journal, JournalError, QuarantineRecord
+from journal.records import deferred_to_json, quarantine_to_json
+from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
+from vfile.errors import Exit, UserError
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@contextlib.contextmanager
+def open_journal(state_dir: str | None, *, readonly: bool) -> Iterator[Journal]:
+    if state_dir is None:
+        raise UserError("--state-dir DIR is required (the journal of a live mount "
+                        "is not reachable yet)", Exit.USAGE)
+    try:
+        journal = Journal.open(state_dir, readonly=readonly)
+    except JournalError as err:
+        raise UserError(str(err), Exit.JOURNAL) from None
+    try:
+        yield journal
+    except JournalError as err:
+        raise UserError(str(err), Exit.JOURNAL) from None
+    finally:
+        journal.close()
+
+
+def _when(t: float) -> str:
+    if not t:
+        return "-"
+    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+
+
+def _state(e: DeferredEntry) -> str:
+    return "poisoned" if e.poisoned else f"attempts={e.attempts}" if e.attempts else "queued"
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+# --- journal ---------------------------------------------------------------------------------
+
+@journal_app.command("list")
+@user_errors
+def journal_list(state_dir: StateDir = None, json_: Json = False,
+                 limit: Annotated[int | None, typer.Option(help="At most this many.")] = None
+                 ) -> None:
+    """List deferred scans, oldest first."""
+    with open_journal(state_dir, readonly=True) as j:
+        entries = j.list_deferred(limit=limit)
+    if json_:
+        _print_json([deferred_to_json(e) for e in entries])
+        return
+    for e in entries:
+        typer.echo(f"{_when(e.first_deferred)}  {e.reason.value:<11} {_state(e):<12} "
+                   f"{len(e.exposures):>3} opened  {e.path}")
+    typer.echo(f"{len(entries)} deferred", err=True)
+
+
+@journal_app.command("show")
+@user_errors
+def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")],
+                 state_dir: StateDir = None, json_: Json = False) -> None:
+    """Show one deferred scan, with who opened the file while it was unscanned."""
+    with open_journal(state_dir, readonly=True) as j:
+        e = j.get_deferred(path)
+    if e is None:
+        raise UserError(f"no deferred scan for {path!r}", Exit.USAGE)
+    if json_:
+        _print_json(deferred_to_json(e))
+        return
+    ident = e.identity
+    lines = [
+        f"path:            {e.path}",
+        f"reason:          {e.reason.value}",
+        f"profile:         {e.profile}",
+        f"state:           {_state(e)}",
+        f"first deferred:  {_when(e.first_deferred)}",
+        f"last deferred:   {_when(e.last_deferred)}",
+        f"attempts:        {e.attempts}",
+        f"last error:      {e.last_error or '-'}",
+        f"next attempt:    {_when(e.not_before)}",
+        "identity:        " + ("-" if ident is None else
+                                f"dev={ident.dev} ino={ident.ino} size={ident.size} "
+                                f"mtime_ns={ident.mtime_ns} ctime_ns={ident.ctime_ns}"),
+        f"exposures:       {len(e.exposures)} (opened while unscanned)",
+    ]
+    lines += [f"  {_when(x.time)}  uid={x.uid} pid={x.pid} {x.command}" for x in e.exposures]
+    typer.echo("\n".join(lines))
+
+
+@journal_app.command("stats")
+@user_errors
+def journal_stats(state_dir: StateDir = None, json_: Json = False) -> None:
+    """Counts, oldest age and size of the journal."""
+    with open_journal(state_dir, readonly=True) as j:
+        stats = j.stats()
+    if json_:
+        _print_json(stats)
+        return
+    for key, value in stats.items():
+        typer.echo(f"{key + ':':<14}{'-' if value is None else value}")
+
+
+@journal_app.command("retry")
+@run_async
+async def journal_retry(
+        path: Annotated[str | None, typer.Argument(help="Only this path (default: all).")] = None,
+        state_dir: StateDir = None) -> None:
+    """Un-poison entries and reset their backoff so the drain tries them again now."""
+    with open_journal(state_dir, readonly=False) as j:
+        n = await j.retry(path)
+    typer.echo(f"{n} entr{'y' if n == 1 else 'ies'} reset")
+
+
+@journal_app.command("purge")
+@run_async
+async def journal_purge(
+        path: Annotated[str | None, typer.Argument(help="Only this path (default: all).")] = None,
+        state_dir: StateDir = None,
+        poisoned: Annotated[bool, typer.Option("--poisoned", help="Only poisoned entries.")]
+        = False,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Drop deferred scans: those files will NOT be scanned later."""
+    what = path or ("every poisoned entry" if poisoned else "EVERY deferred scan")
+    if not yes and not typer.confirm(f"Drop {what}? Those files will not be scanned later"):
+        raise UserError("nothing purged", Exit.USAGE)
+    with open_journal(state_dir, readonly=False) as j:
+        n = await j.purge(path, poisoned_only=poisoned)
+    typer.echo(f"{n} entr{'y' if n == 1 else 'ies'} purged")
+
+
+@journal_app.command("export")
+@user_errors
+def journal_export(
+        state_dir: StateDir = None,
+        output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                    help="Write here (default: stdout).")]
+        = None) -> None:
+    """Every deferred scan as JSON lines, oldest first."""
+    with open_journal(state_dir, readonly=True) as j:
+        entries = j.list_deferred()
+    lines = "".join(json.dumps(deferred_to_json(e), sort_keys=True) + "\n" for e in entries)
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        try:
+            output.write_text(lines)
+        except OSError as err:
+            raise UserError(f"{output}: {err.strerror}", Exit.USAGE) from None
+
+
+# --- quarantine ------------------------------------------------------------------------------
+
+def _get_record(j: Journal, rec_id: str) -> QuarantineRecord:
+    rec = j.get_quarantine(rec_id)
+    if rec is None:
+        raise UserError(f"no quarantine record {rec_id!r}", Exit.USAGE)
+    return rec
+
+
+@quarantine_app.command("list")
+@user_errors
+def quarantine_list(state_dir: StateDir = None, json_: Json = False) -> None:
+    """List quarantined files."""
+    with open_journal(state_dir, readonly=True) as j:
+        recs = j.list_quarantine()
+    if json_:
+        _print_json([quarantine_to_json(r) for r in recs])
+        return
+    for r in recs:
+        typer.echo(f"{r.id}  {_when(r.time)}  {r.signature}  {r.original_path}")
+    typer.echo(f"{len(recs)} quarantined", err=True)
+
+
+@quarantine_app.command("show")
+@user_errors
+def quarantine_show(rec_id: Annotated[str, typer.Argument(metavar="ID")],
+                    state_dir: StateDir = None, json_: Json = False) -> None:
+    """Show one quarantine record."""
+    with open_journal(state_dir, readonly=True) as j:
+        rec = _get_record(j, rec_id)
+    if json_:
+        _print_json(quarantine_to_json(rec))
+        return
+    for key, value in quarantine_to_json(rec).items():
+        typer.echo(f"{key + ':':<17}{value}")
+
+
+@quarantine_app.command("restore")
+@run_async
+async def quarantine_restore(
+        rec_id: Annotated[str, typer.Argument(metavar="ID")], state_dir: StateDir = None,
+        to: Annotated[Path | None, typer.Option("--to", help="Restore here instead of the "
+                                                "original path.")] = None) -> None:
+    """Move a quarantined file back (never over an existing file) and drop its record."""
+    with open_journal(state_dir, readonly=False) as j:
+        rec = _get_record(j, rec_id)
+        target = to if to is not None else Path(rec.original_path)
+        _move_no_overwrite(Path(rec.quarantine_path), target)
+        await j.remove_quarantine(rec_id)
+    typer.echo(f"restored {rec_id} to {target}")
+
+
+def _move_no_overwrite(src: Path, dst: Path) -> None:
+    if not src.exists():
+        raise UserError(f"{src}: quarantined file is missing", Exit.USAGE)
+    try:
+        # link() fails if dst exists: no window in which an existing file is replaced.
+        os.link(src, dst)
+        os.unlink(src)
+    except FileExistsError:
+        raise UserError(f"{dst} exists; refusing to overwrite it (use --to)", Exit.USAGE) from None
+    except OSError:
+        if dst.exists() or dst.is_symlink():
+            raise UserError(f"{dst} exists; refusing to overwrite it (use --to)",
+                            Exit.USAGE) from None
+        try:  # another filesystem: copy, then remove the quarantined copy
+            shutil.move(src, dst)
+        except OSError as err:
+            raise UserError(f"cannot restore to {dst}: {err.strerror}", Exit.USAGE) from None
+
+
+@quarantine_app.command("delete")
+@run_async
+async def quarantine_delete(rec_id: Annotated[str, typer.Argument(metavar="ID")],
+                            state_dir: StateDir = None) -> None:
+    """Delete a quarantined file and its record."""
+    with open_journal(state_dir, readonly=False) as j:
+        rec = _get_record(j, rec_id)
+        try:
+            os.unlink(rec.quarantine_path)
+        except FileNotFoundError:
+            typer.echo(f"vfile: {rec.quarantine_path} was already gone", err=True)
+        except OSError as err:
+            raise UserError(f"{rec.quarantine_path}: {err.strerror}", Exit.USAGE) from None
+        await j.remove_quarantine(rec_id)
+    typer.echo(f"deleted {rec_id}")
