@@ -93,8 +93,11 @@ class TokenBucket:
         return max(0.0, need / self.rate)
 
     async def take(self, amount: float) -> None:
-        while (delay := self.delay_for(amount)) > 0:
-            await trio.sleep(delay)
+        # One sleep suffices: only the drain loop takes tokens, so nobody can
+        # spend the refill while we sleep. The rate may change meanwhile; the
+        # debt that leaves is paid by the next taker.
+        await trio.sleep(self.delay_for(amount))
+        self._refill()
         self._tokens -= amount
 
 

@@ -1,0 +1,270 @@
+"""What happens to a file found infected: deny, quarantine, rename, delete, hook.
+
+Invariants:
+- Every path is resolved relative to the source root's directory fd, one
+  component at a time with O_NOFOLLOW: an action never follows a symlink, so
+  a link planted in the source cannot make it move or delete a file elsewhere.
+  Only regular files are acted on.
+- Quarantine moves the file into `quarantine_dir` (created 0700, never inside
+  the source), as mode 0600 under a unique name, and records it in the
+  journal. Across filesystems the move is copy + fsync + unlink, so a crash
+  leaves at worst two copies, never none.
+- Rename gives `NAME.infected` (never replacing an existing file) with mode
+  000, and stores the infected verdict for the renamed file's new identity so
+  it is not scanned and renamed again.
+- A hook runs with VFILE_PATH, VFILE_SIGNATURE, VFILE_PROFILE, VFILE_APPLIANCE in
+  its environment under `HOOK_DEADLINE`; its failure is logged, never raised.
+- `apply` never raises for a failed action: the file stays denied by its
+  cached infected verdict, and the failure is logged and reported.
+- Blocking file work runs in threads through one named CapacityLimiter.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shlex
+import stat
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from journal.records import Identity, QuarantineRecord, VerdictRecord
+from journal.store import Journal
+from vfile.config import InfectedAction
+from vfile.errors import Exit, UserError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: a hook that has not finished after this many seconds is killed
+HOOK_DEADLINE = 10.0
+#: threads doing quarantine/rename/delete file work at once
+ACTION_THREADS = 2
+_COPY_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_parent(root_fd: int, path: str) -> tuple[int, str]:
+    """An fd of `path`'s parent directory (caller closes it) and its last component.
+
+    Walks from `root_fd` one component at a time without following symlinks.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise OSError(errno.EINVAL, f"not a file path below the source: {path!r}")
+    fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def _regular(dir_fd: int, name: str) -> os.stat_result:
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, f"not a regular file: {name!r}")
+    return st
+
+
+def _is_inside(path: Path, root: os.stat_result) -> bool:
+    """Whether `path` (resolved) is the directory `root` or below it."""
+    for candidate in (path, *path.parents):
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
+            return True
+    return False
+
+
+def prepare_quarantine_dir(quarantine_dir: str, source_fd: int) -> Path:
+    """Create `quarantine_dir` 0700 if needed; refuse one inside the source."""
+    where = Path(quarantine_dir).resolve()
+    if _is_inside(where, os.fstat(source_fd)):
+        raise UserError(f"quarantine directory {quarantine_dir!r} is inside the source",
+                        Exit.CONFIG)
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(where, 0o700)
+    except OSError as err:
+        raise UserError(f"cannot create quarantine directory {quarantine_dir!r}: "
+                        f"{err.strerror or err}", Exit.CONFIG) from None
+    return where
+
+
+def _copy_out(src_dir: int, name: str, dest: Path) -> None:
+    """Copy a file to `dest` (new, 0600) durably, then unlink the original."""
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+    try:
+        dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            while chunk := os.read(src, _COPY_CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view):]
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    _fsync_dir(dest.parent)
+    os.unlink(name, dir_fd=src_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Actions:
+    """Carries out a profile's infected action on a file below the source root."""
+
+    def __init__(self, source_fd: int, journal: Journal, *, quarantine_dir: str | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._root = source_fd
+        self._journal = journal
+        self._qdir_text = quarantine_dir
+        self._qdir: Path | None = None
+        self._clock = clock
+        self._limiter: trio.CapacityLimiter | None = None
+
+    def prepare(self) -> None:
+        """Create and check the quarantine directory now (the mount calls this at start)."""
+        if self._qdir_text is not None and self._qdir is None:
+            self._qdir = prepare_quarantine_dir(self._qdir_text, self._root)
+
+    async def _thread(self, fn: Callable[[], T]) -> T:
+        if self._limiter is None:
+            self._limiter = trio.CapacityLimiter(ACTION_THREADS)
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    async def apply(self, action: InfectedAction, path: str, verdict: VerdictRecord, *,
+                    profile: str, hook: str | None = None) -> str:
+        """Do `action` to `path`; return what was done, for the log line."""
+        try:
+            if action is InfectedAction.DENY:
+                return "denied"
+            if action is InfectedAction.QUARANTINE:
+                return await self._quarantine(path, verdict, profile)
+            if action is InfectedAction.RENAME:
+                return await self._rename(path, verdict)
+            if action is InfectedAction.DELETE:
+                await self._thread(lambda: self._delete(path))
+                await self._journal.forget_path(path)
+                return "deleted"
+            return await self._hook(hook, path, verdict, profile)
+        except (OSError, UserError) as err:
+            log.error("infected action %s on %r failed: %s", action.value, path, err)
+            return f"{action.value} failed ({err}); denied"
+
+    def _delete(self, path: str) -> None:
+        dir_fd, name = open_parent(self._root, path)
+        try:
+            _regular(dir_fd, name)
+            os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def _quarantine(self, path: str, verdict: VerdictRecord, profile: str) -> str:
+        if self._qdir_text is None:
+            raise UserError("no quarantine directory configured")
+        rec_id = uuid.uuid4().hex
+        base = path.rsplit("/", 1)[-1][:100]
+
+        def move() -> tuple[Path, Identity]:
+            self.prepare()
+            assert self._qdir is not None
+            dest = self._qdir / f"{rec_id}-{base}"
+            dir_fd, name = open_parent(self._root, path)
+            try:
+                st = _regular(dir_fd, name)
+                try:
+                    os.rename(name, dest, src_dir_fd=dir_fd)
+                except OSError as err:
+                    if err.errno != errno.EXDEV:
+                        raise
+                    _copy_out(dir_fd, name, dest)
+                os.chmod(dest, 0o600)
+                _fsync_dir(self._qdir)
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return dest, Identity.from_stat(st)
+
+        dest, identity = await self._thread(move)
+        await self._journal.add_quarantine(QuarantineRecord(
+            id=rec_id, original_path=path, quarantine_path=str(dest),
+            signature=verdict.signature, time=self._clock(), identity=identity,
+            profile=profile))
+        await self._journal.forget_path(path)
+        return f"quarantined as {dest}"
+
+    async def _rename(self, path: str, verdict: VerdictRecord) -> str:
+        def move() -> tuple[str, os.stat_result]:
+            dir_fd, name = open_parent(self._root, path)
+            try:
+                _regular(dir_fd, name)
+                for n in range(100):
+                    new = f"{name}.infected" if n == 0 else f"{name}.{n}.infected"
+                    try:
+                        # link + unlink, because link never replaces an existing file.
+                        os.link(name, new, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                                follow_symlinks=False)
+                    except FileExistsError:
+                        continue
+                    break
+                else:
+                    raise OSError(errno.EEXIST, f"no free name for {name}.infected")
+                os.unlink(name, dir_fd=dir_fd)
+                fd = os.open(new, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    os.fchmod(fd, 0)
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            parent = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+            return parent + new, st
+
+        new_path, st = await self._thread(move)
+        await self._journal.forget_path(path)
+        # The chmod changed the identity: record the verdict for the new one too.
+        await self._journal.put_verdict(replace(verdict, identity=Identity.from_stat(st)))
+        return f"renamed to {new_path!r}"
+
+    async def _hook(self, hook: str | None, path: str, verdict: VerdictRecord,
+                    profile: str) -> str:
+        if not hook:
+            raise UserError("no hook command configured")
+        env = {**os.environ, "VFILE_PATH": path, "VFILE_SIGNATURE": verdict.signature,
+               "VFILE_PROFILE": profile, "VFILE_APPLIANCE": verdict.appliance}
+        with trio.move_on_after(HOOK_DEADLINE) as cs:
+            done = await trio.run_process(shlex.split(hook), env=env, check=False,
+                                          stdin=subprocess.DEVNULL)
+        if cs.cancelled_caught:
+            log.error("infected hook %r for %r killed after %gs", hook, path, HOOK_DEADLINE)
+            return f"hook killed after {HOOK_DEADLINE:g}s"
+        if done.returncode != 0:
+            log.error("infected hook %r for %r exited with %d", hook, path, done.returncode)
+        return f"hook exited {done.returncode}"
