@@ -112,7 +112,7 @@ class Drain:
         self._queue = queue
         self._resolve = resolve
         self._ready = ready
-        self._limiter = trio.CapacityLimiter(concurrency)
+        self._slots = trio.Semaphore(concurrency)
         self._files = TokenBucket(files_per_s, max(1.0, files_per_s), trio.current_time)
         self._bytes = TokenBucket(bytes_per_s, max(1.0, bytes_per_s), trio.current_time)
         self._configured_files_per_s = files_per_s
@@ -175,7 +175,7 @@ class Drain:
                     size = entry.identity.size if entry.identity else 0
                     await self._files.take(1)
                     await self._bytes.take(size)
-                    await self._limiter.acquire()
+                    await self._slots.acquire()
                     nursery.start_soon(self._one, entry)
                     if self._paused or not self._ready():
                         # Window opened or appliance lost mid-batch: the rest
@@ -207,7 +207,7 @@ class Drain:
             result = Resolution(Outcome.ERROR, detail=f"{type(err).__name__}: {err}")
         finally:
             self.in_flight -= 1
-            self._limiter.release()
+            self._slots.release()
         if result.outcome is Outcome.ERROR:
             self.last_error = result.detail
             await self._queue.release(entry.path, entry.seq, result.detail)

@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import stat
@@ -37,13 +38,15 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from journal.records import Exposure, Identity, JournalError, VerdictRecord
+from journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
 from journal.records import Reason as JournalReason
 from journal.store import Journal
 from scanner.pool import Pool
 from scanner.verdict import Verdict
 from vfile.actions import Actions, open_parent
 from vfile.config import Config, Profile, Trigger
+from vfile.drain import Outcome as DrainOutcome
+from vfile.drain import Resolution
 from vfile.hooks import Denied, RequestCtx
 from vfile.policy import (
     Action,
@@ -56,6 +59,7 @@ from vfile.policy import (
     ScanResult,
     decide,
 )
+from vfile.ratelog import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -90,27 +94,6 @@ def _reopen(fd: int) -> int:
         return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return os.dup(fd)
-
-
-class _RateLimited:
-    """Log a line at most once per interval per key, counting what it swallowed."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: collections.Counter[str] = collections.Counter()
-
-    def __call__(self, key: str, level: int, msg: str, *args: object) -> None:
-        now = trio.current_time()
-        if now - self._last.get(key, -self.interval) < self.interval:
-            self._suppressed[key] += 1
-            return
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        if more:
-            log.log(level, msg + " (and %d more like it)", *args, more)
-        else:
-            log.log(level, msg, *args)
 
 
 @dataclass(eq=False)
@@ -173,8 +156,8 @@ class Gate:
         self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._exposure_log = _RateLimited(EXPOSURE_LOG_INTERVAL)
-        self._deny_log = _RateLimited(DENY_LOG_INTERVAL)
+        self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
+        self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
         self.stats = _Stats()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -539,6 +522,57 @@ class Gate:
             error = verdict.detail if verdict is not None else d.reason.value
             intent.seq = await self._journal.defer(path, identity, JournalReason.MODIFIED,
                                                    profile.name, error=error)
+
+    # --- the drain's side ------------------------------------------------------------------
+
+    async def resolve(self, entry: DeferredEntry) -> Resolution:
+        """Scan a deferred file as it is now and settle its journal entry.
+
+        Clean or infected: the verdict is stored and the entry removed in one
+        transaction (infected: the profile's action, after the fact, and the
+        exposure trail logged). Gone: the entry is removed. Anything else is
+        an error for the drain to release with back-off.
+        """
+        path = entry.path
+        if self._window:
+            return Resolution(DrainOutcome.ERROR, detail="window active")
+        if path in self._intents:
+            return Resolution(DrainOutcome.ERROR, detail="still being written")
+        try:
+            fd = self._open_source(path)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
+                return Resolution(DrainOutcome.ERROR, detail=f"cannot open: {err.strerror}")
+            await self._journal.complete(path, entry.seq, None)
+            log.info("drain: %r is gone (%s); entry removed", path, err.strerror)
+            return Resolution(DrainOutcome.GONE)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                await self._journal.complete(path, entry.seq, None)
+                return Resolution(DrainOutcome.GONE, detail="no longer a regular file")
+            identity = Identity.from_stat(st)
+            profile = self._config.profile_for(path)
+            sig = self._sig()
+            record = self._lookup(identity, sig)
+            if record is None:
+                scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
+                result, verdict = await self._scan(fd, identity, profile, scope)
+                if verdict is None or result not in (ScanResult.CLEAN, ScanResult.INFECTED):
+                    detail = verdict.detail if verdict is not None else result.value
+                    return Resolution(DrainOutcome.ERROR, detail=detail)
+                self.stats.scans += 1
+                record = self._record(identity, verdict, sig)
+                self._remember(record)
+        finally:
+            os.close(fd)
+        if record.outcome == "infected":
+            trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
+            log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",
+                        path, record.signature, trail or "nobody")
+        await self._settle(path, record, profile, persist=True, seq=entry.seq)
+        outcome = DrainOutcome.INFECTED if record.outcome == "infected" else DrainOutcome.CLEAN
+        return Resolution(outcome, nbytes=identity.size)
 
     async def on_unlink(self, path: bytes) -> None:
         rel = os.fsdecode(path)
