@@ -1,8 +1,78 @@
-"""`vfile mount`, `vfile unmount`, `vfile demo`."""
+"""`vfile mount`, `vfile unmount`, `vfile version`.
+
+`vfile mount` without `--foreground` starts the server as a fresh process
+(see vfile.mount.start_background) and exits 0 once the mount serves; the
+server logs to `--log-file`. With `--foreground` this process is the server
+and logs to stderr (for systemd and tests).
+"""
 
 from __future__ import annotations
 
-from vfile.cli._app import app
+import os
+from typing import Annotated
+
+import typer
+
+from vfile.cli._app import Verbose, app, setup_logging, user_errors
+from vfile.errors import Exit, UserError
+
+#: The -o options `vfile mount` understands.
+MOUNT_OPTIONS = ("allow_other", "no_writeback")
+
+
+def parse_o(values: list[str]) -> set[str]:
+    out: set[str] = set()
+    for value in values:
+        for opt in filter(None, (v.strip() for v in value.split(","))):
+            if opt not in MOUNT_OPTIONS:
+                raise UserError(f"unknown mount option {opt!r} (known: "
+                                f"{', '.join(MOUNT_OPTIONS)})", Exit.USAGE)
+            out.add(opt)
+    return out
+
+
+@app.command()
+@user_errors
+def mount(  # noqa: PLR0917 - typer maps parameters to options
+    source: Annotated[str, typer.Argument(help="The directory to mirror.")],
+    mountpoint: Annotated[str, typer.Argument(help="Where to mount it (an empty directory).")],
+    foreground: Annotated[bool, typer.Option(
+        "--foreground", "-f", help="Stay attached and log to stderr.")] = False,
+    options: Annotated[list[str] | None, typer.Option(
+        "-o", help="Mount options, comma separated: allow_other (let other users in), "
+        "no_writeback (no kernel writeback cache).")] = None,
+    log_file: Annotated[str | None, typer.Option(
+        "--log-file", help="Background server log (default: /var/log/vfile/<mountpoint>.log "
+        "as root, else ~/.local/state/vfile/<mountpoint>.log).")] = None,
+    ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
+    verbose: Verbose = 0,
+) -> None:
+    """Mount SOURCE on MOUNTPOINT through vfile; returns once the mount serves."""
+    from vfile import mount as mount_mod
+
+    opts_o = parse_o(options or [])
+    opts = mount_mod.MountOptions(source=source, mountpoint=mountpoint,
+                                  allow_other="allow_other" in opts_o,
+                                  writeback="no_writeback" not in opts_o, verbose=verbose)
+    if foreground:
+        setup_logging(verbose)
+        mount_mod.run_foreground(opts, ready_fd)
+        return
+    setup_logging(verbose)
+    log_path = log_file or mount_mod.default_log_file(mountpoint, os.geteuid(),
+                                                      os.path.expanduser("~"))
+    mount_mod.start_background(opts, log_path)
+
+
+@app.command()
+@user_errors
+def unmount(
+    mountpoint: Annotated[str, typer.Argument(help="A vfile mountpoint.")],
+) -> None:
+    """Unmount a vfile mount (its server then exits)."""
+    from vfile import mount as mount_mod
+
+    mount_mod.unmount(mountpoint)
 
 
 @app.command()

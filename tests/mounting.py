@@ -1,0 +1,89 @@
+"""Mount vfile for a test in a subprocess, and always take it down again.
+
+    with mounted(src, mnt, "-o", "allow_other") as server:
+        ... use mnt ...
+
+`mounted` runs ``python -m vfile mount --foreground [extra] SRC MNT``, waits
+until MNT shows up in /proc/mounts, fails at once (with the server's stderr)
+if the server dies first, and in `finally` unmounts (lazily, so a busy or
+dead mount cannot leak) and stops the server. Other tests reuse it with their
+own extra arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vfile.mount import parse_mounts
+
+START_DEADLINE = 30.0
+STOP_DEADLINE = 15.0
+
+
+def is_mounted(mountpoint: Path | str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(m == str(mountpoint) for m, _ in parse_mounts(f.read()))
+
+
+def vfile_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vfile", *args]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    source: Path
+    mountpoint: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def force_unmount(mountpoint: Path | str) -> None:
+    if is_mounted(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                       capture_output=True)
+
+
+@contextmanager
+def mounted(source: Path, mountpoint: Path, *extra: str,
+            env: dict[str, str] | None = None) -> Iterator[Server]:
+    source, mountpoint = Path(os.path.realpath(source)), Path(os.path.realpath(mountpoint))
+    fd, log_name = tempfile.mkstemp(prefix="vfile-server-", suffix=".log")
+    log_path = Path(log_name)
+    with os.fdopen(fd, "wb") as logf:
+        proc = subprocess.Popen(vfile_cmd("mount", "--foreground", *extra, "--",
+                                          str(source), str(mountpoint)),
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                env={**os.environ, **(env or {})})
+    server = Server(proc, source, mountpoint, log_path)
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while not is_mounted(mountpoint):
+            if proc.poll() is not None:
+                raise AssertionError(f"vfile server exited with {proc.returncode} before "
+                                     f"mounting:\n{server.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"vfile did not mount within {START_DEADLINE}s:\n"
+                                     f"{server.log()}")
+            time.sleep(0.02)
+        yield server
+    finally:
+        force_unmount(mountpoint)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log_path.unlink(missing_ok=True)

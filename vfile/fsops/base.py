@@ -1,0 +1,189 @@
+"""The core the Operations mixins share: the inode and handle tables, the
+helpers that reach the source by descriptor, and the one errno mapping.
+
+Invariants (see also vfile.fs):
+- Only `pyfuse3.FUSEError` leaves a handler: every handler is wrapped in
+  `handler`, which maps anything else through `vfile.errnos.errno_for`.
+- No path is resolved from the source root: syscalls are relative to an
+  O_PATH descriptor of a known directory, with AT_SYMLINK_NOFOLLOW /
+  O_NOFOLLOW, or act on an inode's own descriptor (/proc/self/fd/N).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from vfile import perms
+from vfile.errnos import StaleHandle, errno_for
+from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
+from vfile.inodes import ROOT_INODE, Inode, InodeTable
+from vfile.syscalls import fchown_empty, proc_path
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Kernel cache lifetimes (seconds) for names and attributes. Non-zero is what
+#: makes stat() and repeated opens cheap (see bench/passthrough.py); changes
+#: made through the mount are seen at once (the kernel updates its cache),
+#: changes made to the source behind vfile's back within this time.
+ENTRY_TIMEOUT = 1.0
+ATTR_TIMEOUT = 1.0
+
+OPATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def handler(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """The one errno mapping: anything but FUSEError becomes FUSEError here."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            err, expected = errno_for(exc)
+            if isinstance(exc, Denied):
+                log.info("%s denied: %s", fn.__name__, exc)
+            elif not expected:
+                log.error("%s failed unexpectedly, answering %s", fn.__name__,
+                          errno.errorcode.get(err, err), exc_info=True)
+            raise pyfuse3.FUSEError(err) from None
+
+    return wrapper
+
+
+@dataclass(slots=True, eq=False)
+class FileHandle:
+    fd: int
+    node: Inode
+    writable: bool
+
+
+@dataclass(slots=True, eq=False)
+class DirHandle:
+    node: Inode
+    fd: int
+    #: the listing served to this handle: offsets index into it, so they stay
+    #: stable while the directory changes; refreshed when read again from 0.
+    names: list[bytes] = field(default_factory=list)
+    served: bool = False
+
+
+class OpsCore(pyfuse3.Operations):
+    """State and helpers; the handlers live in the mixins and in vfile.fs."""
+
+    supports_dot_lookup = False  # we are not NFS-exported; never resolve '..'
+
+    def __init__(self, root_fd: int, root_path: bytes, hooks: FileHooks | None = None,
+                 *, writeback: bool = True) -> None:
+        super().__init__()
+        self.enable_writeback_cache = writeback
+        self.writeback = writeback
+        self.root_path = os.path.realpath(root_path)
+        self.hooks: FileHooks = hooks if hooks is not None else NoHooks(root_fd)
+        self.table = InodeTable(root_fd, os.fstat(root_fd))
+        self.files: dict[int, FileHandle] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._next_dh = 1
+
+    # -- helpers ------------------------------------------------------------
+
+    def path_of(self, node: Inode) -> bytes:
+        """Source-relative path of an inode, for hooks and logs (not for syscalls)."""
+        if node.ino == ROOT_INODE:
+            return b""
+        target = os.readlink(proc_path(node.fd).encode())
+        root = self.root_path
+        if target.startswith(root + b"/"):
+            return target[len(root) + 1:]
+        return target  # moved out of the source behind our back: say where
+
+    def _child_path(self, parent: Inode, name: bytes) -> bytes:
+        base = self.path_of(parent)
+        return base + b"/" + name if base else name
+
+    def _entry(self, node: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        e.entry_timeout = ENTRY_TIMEOUT
+        e.attr_timeout = ATTR_TIMEOUT
+        e.st_mode = st.st_mode
+        e.st_nlink = st.st_nlink
+        e.st_uid = st.st_uid
+        e.st_gid = st.st_gid
+        e.st_rdev = st.st_rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        return e
+
+    def _known(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
+        """The inode for `name` in `parent`, registered but not yet referenced."""
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        node = self.table.find(st)
+        if node is not None:
+            return node, st
+        fd = os.open(name, OPATH, dir_fd=parent.fd)
+        try:
+            st = os.fstat(fd)  # what we opened, even if the name was swapped
+            node = self.table.find(st)
+        except BaseException:
+            os.close(fd)
+            raise
+        if node is not None:
+            os.close(fd)
+            return node, st
+        return self.table.add(st, fd), st
+
+    def _adopt(self, fd: int) -> tuple[Inode, os.stat_result]:
+        """Register a new object from an O_PATH fd we own; one kernel reference."""
+        st = os.fstat(fd)
+        node = self.table.find(st)
+        if node is None:
+            node = self.table.add(st, fd)
+        else:
+            os.close(fd)
+        node.lookups += 1
+        return node, st
+
+    def _give_to_caller(self, fd: int, parent: Inode, ctx: CallerLike,
+                        mode: int | None = None) -> None:
+        """chown a new object (by its fd) to the caller; restore set-id bits chown clears."""
+        pst = os.fstat(parent.fd)
+        uid, gid = perms.owner_for(pst.st_mode, pst.st_gid, ctx.uid, ctx.gid)
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            fchown_empty(fd, uid, gid)
+            if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID) \
+                    and not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+                os.chmod(proc_path(fd), mode)
+
+    def _file(self, fh: int) -> FileHandle:
+        try:
+            return self.files[fh]
+        except KeyError:
+            raise StaleHandle(fh) from None
+
+    def close(self) -> None:
+        """After unmount: close every descriptor (the kernel sends no more forgets)."""
+        for fh in list(self.files):
+            os.close(self.files.pop(fh).fd)
+        for dh in list(self.dirs):
+            os.close(self.dirs.pop(dh).fd)
+        self.table.close_all()

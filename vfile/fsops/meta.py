@@ -1,0 +1,70 @@
+"""statfs, access and extended attributes.
+
+Extended attributes go through /proc/self/fd/N of the inode's O_PATH
+descriptor, which names the inode itself. Symlinks have none here: user.*
+attributes are not allowed on them, and there is no way to reach one by
+descriptor without following it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pyfuse3
+
+from vfile import perms
+from vfile.fsops.base import OpsCore, handler
+from vfile.hooks import CallerLike
+from vfile.inodes import ROOT_INODE, Inode
+from vfile.syscalls import proc_path
+
+
+class MetaOps(OpsCore):
+    """statfs, access and xattr handlers."""
+
+    @handler
+    async def statfs(self, ctx: CallerLike) -> pyfuse3.StatvfsData:
+        sv = os.statvfs(proc_path(self.table.get(ROOT_INODE).fd))
+        out = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                     "f_ffree", "f_favail", "f_namemax"):
+            setattr(out, attr, getattr(sv, attr))
+        return out
+
+    @handler
+    async def access(self, inode: int, mode: int, ctx: CallerLike) -> bool:
+        st = os.fstat(self.table.get(inode).fd)
+        gids = {ctx.gid} | (pyfuse3.get_sup_groups(ctx.pid) if ctx.uid else set())
+        return perms.may_access(st.st_mode, st.st_uid, st.st_gid, uid=ctx.uid, gids=gids,
+                                want=mode)
+
+    def _xattr_path(self, node: Inode) -> str:
+        if node.kind == stat.S_IFLNK:
+            # user.* xattrs are not allowed on symlinks, and there is no way to
+            # reach one by descriptor without following it.
+            raise OSError(errno.EPERM, "xattr on a symlink")
+        return proc_path(node.fd)
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: CallerLike) -> bytes:
+        node = self.table.get(inode)
+        if node.kind == stat.S_IFLNK:
+            raise OSError(pyfuse3.ENOATTR, "no xattrs on symlinks")
+        return os.getxattr(self._xattr_path(node), name)
+
+    @handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: CallerLike) -> None:
+        os.setxattr(self._xattr_path(self.table.get(inode)), name, value)
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: CallerLike) -> None:
+        os.removexattr(self._xattr_path(self.table.get(inode)), name)
+
+    @handler
+    async def listxattr(self, inode: int, ctx: CallerLike) -> list[bytes]:
+        node = self.table.get(inode)
+        if node.kind == stat.S_IFLNK:
+            return []
+        return [os.fsencode(n) for n in os.listxattr(proc_path(node.fd))]

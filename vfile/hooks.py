@@ -1,0 +1,112 @@
+"""The points where the filesystem calls out to the scanning gate.
+
+`vfile.fs` (the pyfuse3 Operations) calls a `FileHooks` object at the few
+moments the gate cares about; the gate implements it without importing
+pyfuse3. Invariants the Operations keep for every hook:
+
+- Paths are relative to the source root, as bytes, without a leading slash
+  (the root itself is ``b""``).
+- `on_open` runs for opens of regular files only, after the file is opened
+  and before the open returns; raising `Denied` fails the open with its errno
+  and the file descriptor is closed by the caller, not by the hook.
+- `on_write_intent` runs *before* anything that can change a file's content
+  takes effect (open for writing, create, truncate, rename onto, link): when it
+  returns, the intent must be durable. Raising `Denied` stops the operation.
+- `on_last_close` runs when the last writer of an inode releases it (or after
+  a truncate done without an open handle, then with ``fd=None``).
+- `on_unlink` / `on_rename` run after the operation succeeded.
+
+Any other exception a hook raises is a bug: it is logged and becomes EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCtx:
+    """Who asked: the caller of the syscall the kernel forwarded."""
+
+    uid: int
+    gid: int
+    pid: int
+    umask: int
+
+
+class CallerLike(Protocol):
+    """Anything with the caller's ids (pyfuse3's RequestContext, RequestCtx, a test fake)."""
+
+    @property
+    def uid(self) -> int: ...
+    @property
+    def gid(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def umask(self) -> int: ...
+
+
+def request_ctx(ctx: CallerLike) -> RequestCtx:
+    """Copy a caller description into the plain frozen form hooks receive."""
+    return RequestCtx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
+
+
+class Denied(Exception):
+    """A hook refuses the operation: the syscall fails with `errno`."""
+
+    def __init__(self, err: int = errno.EACCES, reason: str = "denied") -> None:
+        super().__init__(err, reason)
+        self.errno = err
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({errno.errorcode.get(self.errno, self.errno)})"
+
+
+class FileHooks(Protocol):
+    """What the filesystem calls; see the module docstring for the contract."""
+
+    #: True when every hook is a no-op, so the filesystem may skip computing paths.
+    trivial: bool
+
+    async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
+                      ctx: RequestCtx) -> None: ...
+
+    async def on_write_intent(self, path: bytes, st: os.stat_result | None,
+                              ctx: RequestCtx) -> None: ...
+
+    async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None: ...
+
+    async def on_unlink(self, path: bytes) -> None: ...
+
+    async def on_rename(self, old: bytes, new: bytes) -> None: ...
+
+
+class NoHooks:
+    """The plain passthrough: every hook does nothing."""
+
+    trivial = True
+
+    def __init__(self, root_fd: int | None = None) -> None:
+        self.root_fd = root_fd
+
+    async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
+                      ctx: RequestCtx) -> None:
+        return None
+
+    async def on_write_intent(self, path: bytes, st: os.stat_result | None,
+                              ctx: RequestCtx) -> None:
+        return None
+
+    async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
+        return None
+
+    async def on_unlink(self, path: bytes) -> None:
+        return None
+
+    async def on_rename(self, old: bytes, new: bytes) -> None:
+        return None

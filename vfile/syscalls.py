@@ -1,0 +1,75 @@
+"""The few syscalls Python's `os` module lacks, through ctypes.
+
+- `renameat2` for RENAME_NOREPLACE / RENAME_EXCHANGE (os.rename has no flags);
+- `fchownat` / `utimensat` with AT_EMPTY_PATH, to act on an O_PATH file
+  descriptor itself — including a symlink, which must never be followed.
+
+Every function raises OSError with the C errno on failure, like `os`.
+Operations on O_PATH fds of non-symlinks can instead use the
+/proc/self/fd/N magic link (`proc_path`), which resolves to the inode the fd
+holds, not to a name that could have been swapped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+_fchownat = _libc.fchownat
+_fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+_fchownat.restype = ctypes.c_int
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_utimensat = _libc.utimensat
+_utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_utimensat.restype = ctypes.c_int
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def renameat2(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) -> None:
+    _check(_renameat2(old_dir, old, new_dir, new, flags), "renameat2")
+
+
+def fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """chown the inode an (O_PATH) fd refers to, never following a symlink."""
+    _check(_fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF,
+                     AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), "fchownat")
+
+
+def _ts(ns: int | None) -> _Timespec:
+    if ns is None:
+        return _Timespec(0, UTIME_OMIT)
+    return _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """Set times of the inode an (O_PATH) fd refers to; None leaves a time as is."""
+    times = (_Timespec * 2)(_ts(atime_ns), _ts(mtime_ns))
+    _check(_utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), "utimensat")
+
+
+def proc_path(fd: int) -> str:
+    """A path that resolves to exactly the inode `fd` holds (not for symlinks)."""
+    return f"/proc/self/fd/{fd}"
