@@ -159,6 +159,8 @@ class Gate:
         self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
         self.stats = _Stats()
+        #: profile name -> scan-debt state; the mount wires in its QuotaMonitor
+        self.quota: Callable[[str], QuotaState] = lambda name: QuotaState.NONE
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery of shared and background scans; runs until cancelled."""
@@ -184,8 +186,8 @@ class Gate:
                 scope.cancel()
 
     def quota_state(self, profile: Profile) -> QuotaState:
-        """The profile's scan-debt state (issue 6 computes it; none yet)."""
-        return QuotaState.NONE
+        """The profile's scan-debt state, as the mount's quota monitor last measured it."""
+        return self.quota(profile.name)
 
     def _sig(self) -> str:
         # While every appliance is down the pool knows no version: keep trusting the

@@ -64,6 +64,15 @@ class MountOptions:
     #: the kernel's writeback cache (see bench/passthrough.py for why it is on).
     writeback: bool = True
     verbose: int = 0
+    #: scan through appliances (False: a plain passthrough, for comparison)
+    scan: bool = True
+    config: str | None = None
+    appliances: tuple[str, ...] = ()
+    fail_mode: str | None = None
+    timeout: float | None = None
+    state_dir: str | None = None
+    #: signature directory for the embedded built-in appliance
+    signatures: str | None = None
 
 
 HooksOpener = Callable[[MountOptions, int], AbstractAsyncContextManager[FileHooks]]
@@ -238,16 +247,25 @@ async def _terminate_on_signal(signals: AsyncIterator[int]) -> None:
         return
 
 
+def default_hooks(opts: MountOptions) -> HooksOpener:
+    if not opts.scan:
+        return open_passthrough_hooks
+    from vfile.service import open_scanning_hooks
+
+    return open_scanning_hooks
+
+
 def run_foreground(opts: MountOptions, ready_fd: int | None = None,
-                   open_hooks: HooksOpener = open_passthrough_hooks) -> None:
+                   open_hooks: HooksOpener | None = None) -> None:
     """Serve in this process; tell `ready_fd` (if any) ``OK`` or ``ERR code msg``."""
+    hooks_opener = open_hooks or default_hooks(opts)
 
     reported = ready_fd is None
 
     async def main() -> None:
         nonlocal reported
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(serve, opts, open_hooks=open_hooks))
+            await nursery.start(functools.partial(serve, opts, open_hooks=hooks_opener))
             _report(ready_fd, "OK")
             reported = True
 
@@ -305,6 +323,15 @@ def child_argv(opts: MountOptions, ready_fd: int) -> list[str]:
     if not opts.writeback:
         argv += ["-o", "no_writeback"]
     argv += ["-v"] * opts.verbose
+    if not opts.scan:
+        argv.append("--no-scan")
+    for flag, value in (("--config", opts.config), ("--fail-mode", opts.fail_mode),
+                        ("--state-dir", opts.state_dir), ("--signatures", opts.signatures),
+                        ("--timeout", None if opts.timeout is None else repr(opts.timeout))):
+        if value is not None:
+            argv += [flag, value]
+    for url in opts.appliances:
+        argv += ["--appliance", url]
     return [*argv, "--", opts.source, opts.mountpoint]
 
 

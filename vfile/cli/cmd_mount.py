@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from vfile.cli._app import Verbose, app, setup_logging, user_errors
+from vfile.cli._app import StateDir, Verbose, app, setup_logging, user_errors
+from vfile.config import DEFAULT_DEADLINE, DEFAULT_FAIL_MODE
 from vfile.errors import Exit, UserError
 
 #: The -o options `vfile mount` understands.
@@ -44,16 +45,42 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
     log_file: Annotated[str | None, typer.Option(
         "--log-file", help="Background server log (default: /var/log/vfile/<mountpoint>.log "
         "as root, else ~/.local/state/vfile/<mountpoint>.log).")] = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", help="TOML configuration (profiles, appliances, pool); see "
+        "examples/vfile.toml.")] = None,
+    appliance: Annotated[list[str] | None, typer.Option(
+        "--appliance", "-a", help="Appliance URL, repeatable, in priority order: "
+        "clamd://HOST:PORT, clamd:///path/clamd.sock, icap://HOST:PORT/SERVICE. "
+        "Default: the embedded built-in appliance.")] = None,
+    fail_mode: Annotated[str | None, typer.Option(
+        "--fail-mode", help=f"Default profile's fail mode: closed, open or safe "
+        f"[default: {DEFAULT_FAIL_MODE}].")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", help=f"Default profile's total scan deadline in seconds "
+        f"[default: {DEFAULT_DEADLINE:g}].")] = None,
+    state_dir: StateDir = None,
+    signatures: Annotated[str | None, typer.Option(
+        "--signatures", help="Signature directory (.hdb/.hsb) for the embedded built-in "
+        "appliance.")] = None,
+    no_scan: Annotated[bool, typer.Option(
+        "--no-scan", help="A plain passthrough: no appliance, no journal (for comparison).")
+    ] = False,
     ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Mount SOURCE on MOUNTPOINT through vfile; returns once the mount serves."""
+    """Mount SOURCE on MOUNTPOINT through vfile; returns once the mount serves.
+
+    Example: vfile mount /srv/guest-data /mnt/guest --appliance clamd:///run/clamav/clamd.ctl
+    """
     from vfile import mount as mount_mod
 
     opts_o = parse_o(options or [])
     opts = mount_mod.MountOptions(source=source, mountpoint=mountpoint,
                                   allow_other="allow_other" in opts_o,
-                                  writeback="no_writeback" not in opts_o, verbose=verbose)
+                                  writeback="no_writeback" not in opts_o, verbose=verbose,
+                                  scan=not no_scan, config=config,
+                                  appliances=tuple(appliance or ()), fail_mode=fail_mode,
+                                  timeout=timeout, state_dir=state_dir, signatures=signatures)
     if foreground:
         setup_logging(verbose)
         mount_mod.run_foreground(opts, ready_fd)

@@ -1,0 +1,144 @@
+"""`vfile status`, `vfile quiesce`, `vfile resume`, `vfile drain`: a live mount's
+control plane (vfile.control). Only root and the mount's owner are served."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from vfile.cli._app import app, user_errors
+from vfile.config_syntax import parse_duration
+from vfile.control import ControlError, Refused, call
+from vfile.errors import Exit, UserError
+
+Mountpoint = Annotated[str, typer.Argument(help="A live vfile mountpoint.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _call(mountpoint: str, cmd: str, args: dict[str, Any] | None = None,
+          timeout: float = 30.0) -> Any:
+    try:
+        return call(mountpoint, cmd, args, timeout=timeout)
+    except Refused as err:
+        raise UserError(str(err), Exit.CONTROL) from None
+    except ControlError as err:
+        raise UserError(str(err), Exit.CONTROL) from None
+
+
+def _fmt_ms(v: object) -> str:
+    return "-" if v is None else f"{v}ms"
+
+
+def render_status(s: dict[str, Any]) -> str:
+    """The status as a readable table (pure)."""
+    m, w, j, d, g = s["mount"], s["window"], s["journal"], s["drain"], s["gate"]
+    lines = [f"mount       {m['source']} -> {m['mountpoint']} (pid {m['pid']}, "
+             f"up {m['uptime_s']}s)",
+             f"state       {m['state_dir']}  quarantine {m['quarantine_dir']}"]
+    if w["active"]:
+        lines.append(f"window      ACTIVE ({w['reason']}), ends within {w['remaining_s']:.0f}s")
+    else:
+        lines.append(f"window      none ({w['windows_total']} so far)")
+    lines.append("profiles")
+    for p in s["profiles"]:
+        q = p.get("quota") or {}
+        qtext = f"quota {q.get('state', 'none')}" if q else "no quota"
+        lines.append(f"  {p['name']:<14} fail-{p['fail_mode']:<7} deadline {p['deadline_s']:g}s  "
+                     f"infected: {p['infected_action']:<10} {qtext}")
+    lines.append("appliances")
+    for a in s["appliances"]:
+        health = "up" if a["healthy"] else "DOWN"
+        lines.append(f"  {a['url']:<44} {health:<4} breaker {a['state']:<9} "
+                     f"p50 {_fmt_ms(a['p50_ms'])} p99 {_fmt_ms(a['p99_ms'])} "
+                     f"scans {a['scans']} errors {a['errors']}"
+                     + (f"  last error: {a['last_error']}" if a["last_error"] else ""))
+    oldest = j.get("oldest_age_s")
+    lines.append(f"journal     {j.get('deferred', 0)} deferred ({j.get('poisoned', 0)} poisoned), "
+                 f"oldest {'-' if oldest is None else f'{oldest:.0f}s'}, "
+                 f"{j.get('quarantined', 0)} quarantined, {j.get('verdicts', 0)} verdicts")
+    done = d["done"]
+    lines.append(f"drain       {'paused' if d['paused'] else 'running'}, "
+                 f"{d['files_per_s']:g} files/s, done: {done['clean']} clean, "
+                 f"{done['infected']} infected, {done['gone']} gone, {done['error']} errors")
+    rate = g.get("cache_hit_rate")
+    lines.append(f"gate        scans {g['scans']} (+{g['close_scans']} after write), "
+                 f"cache hit rate {'-' if rate is None else f'{rate:.1%}'}, "
+                 f"infections {g['infections']}, exposures {g['exposures']}, "
+                 f"deferrals {g['deferrals']}, denials {g['denials']}")
+    return "\n".join(lines)
+
+
+@app.command()
+@user_errors
+def status(mountpoint: Mountpoint, json_: Json = False) -> None:
+    """Show a live mount's fail modes, window, appliances, journal, drain and counters.
+
+    Example: vfile status /mnt/guest --json
+    """
+    result = _call(mountpoint, "status")
+    typer.echo(json.dumps(result, indent=2, sort_keys=True) if json_ else render_status(result))
+
+
+@app.command()
+@user_errors
+def quiesce(
+    mountpoint: Mountpoint,
+    max_: Annotated[str | None, typer.Option(
+        "--max", help="End the window by itself after this long (e.g. 90s, 10m) "
+        "[default: 1h].")] = None,
+) -> None:
+    """Start a quiesce/migration window: no appliance is contacted until `vfile resume`.
+
+    Returns once no request waits on an appliance and the journal and source are
+    synced. Example (a hypervisor freeze hook): vfile quiesce /mnt/guest --max 10m
+    """
+    args: dict[str, Any] = {}
+    if max_ is not None:
+        try:
+            args["max"] = parse_duration(max_, "--max")
+        except UserError as err:
+            raise UserError(str(err), Exit.USAGE) from None
+    result = _call(mountpoint, "quiesce", args)
+    typer.echo(f"quiesced in {result['took_s'] * 1000:.0f} ms; window ends within "
+               f"{result['window']['remaining_s']:.0f}s unless resumed")
+
+
+@app.command()
+@user_errors
+def resume(mountpoint: Mountpoint) -> None:
+    """End the quiesce/migration window; scanning and the drain resume."""
+    result = _call(mountpoint, "resume")
+    typer.echo("window ended" if result["was_active"] else "no window was active")
+
+
+@app.command()
+@user_errors
+def drain(
+    mountpoint: Mountpoint,
+    action: Annotated[str, typer.Argument(help="now | pause | resume | rate | status")] = "status",
+    files_per_s: Annotated[float | None, typer.Option(help="With `rate`: files per second.")
+                           ] = None,
+    bytes_per_s: Annotated[float | None, typer.Option(help="With `rate`: bytes per second.")
+                           ] = None,
+    json_: Json = False,
+) -> None:
+    """Steer the drain of deferred scans on a live mount.
+
+    Example: vfile drain /mnt/guest rate --files-per-s 50
+    """
+    args: dict[str, Any] = {"action": action}
+    if files_per_s is not None:
+        args["files_per_s"] = files_per_s
+    if bytes_per_s is not None:
+        args["bytes_per_s"] = bytes_per_s
+    result = _call(mountpoint, "drain", args)
+    if json_:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    done = result["done"]
+    typer.echo(f"drain {'paused' if result['paused'] else 'running'} at "
+               f"{result['files_per_s']:g} files/s; done {sum(done.values())} "
+               f"({done['clean']} clean, {done['infected']} infected, {done['gone']} gone, "
+               f"{done['error']} errors), in flight {result['in_flight']}")

@@ -1,0 +1,186 @@
+"""What a live mount does for each control-plane command.
+
+`Commands` is the handler the control server calls with (cmd, args, uid). It
+owns no state of its own: it reads and steers the gate, the window, the drain,
+the pool and the journal that the mount built. Argument checking happens here,
+so a malformed command is a clear error, never an exception in the server.
+
+The quiesce procedure (DESIGN.md "Windows") lives here because it touches
+everything: open the window (the gate cancels every wait on an appliance at
+once, so blocked opens take their fail mode), give the cancelled requests a
+bounded moment to finish journaling, then sync the journal and the source.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from journal.records import deferred_to_json, quarantine_to_json
+from journal.store import Journal
+from scanner.pool import Pool
+from vfile.control import ControlError
+from vfile.drain import Drain
+from vfile.gate import Gate
+from vfile.window import Window
+
+log = logging.getLogger(__name__)
+
+#: how long quiesce lets cancelled requests finish their journal writes
+SETTLE_DEADLINE = 0.5
+SYNC_LIMITER = trio.CapacityLimiter(1)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def syncfs(dir_fd: int) -> None:
+    """Flush the filesystem holding directory `dir_fd` (an O_PATH fd will do), not
+    every filesystem as sync(2) would."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class MountInfo:
+    source: str
+    mountpoint: str
+    state_dir: str
+    quarantine_dir: str | None
+    owner_uid: int
+    started: float
+
+
+def _number(args: dict[str, Any], key: str, *, minimum: float = 0.0) -> float | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ControlError(f"{key!r} must be a number >= {minimum:g}, not {value!r}")
+    return float(value)
+
+
+class Commands:
+    def __init__(self, info: MountInfo, *, gate: Gate, pool: Pool, journal: Journal,
+                 window: Window, drain: Drain, source_fd: int,
+                 profiles: Callable[[], list[dict[str, Any]]]) -> None:
+        self.info = info
+        self.gate = gate
+        self.pool = pool
+        self.journal = journal
+        self.window = window
+        self.drain = drain
+        self.source_fd = source_fd
+        self.profiles = profiles
+        self._table: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "status": self.status, "quiesce": self.quiesce, "resume": self.resume,
+            "drain": self.drain_ctl, "journal.list": self.journal_list,
+            "journal.show": self.journal_show, "journal.retry": self.journal_retry,
+            "quarantine.list": self.quarantine_list,
+        }
+
+    async def __call__(self, cmd: str, args: dict[str, Any], uid: int) -> Any:
+        fn = self._table.get(cmd)
+        if fn is None:
+            raise ControlError(f"unknown command {cmd!r} (known: {', '.join(sorted(self._table))})")
+        log.info("control: %s %s from uid %d", cmd, args or "", uid)
+        result = fn(args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    # --- status ---------------------------------------------------------------------------
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        journal_stats = await trio.to_thread.run_sync(self.journal.stats)
+        info = self.info
+        return {
+            "mount": {"source": info.source, "mountpoint": info.mountpoint,
+                      "state_dir": info.state_dir, "quarantine_dir": info.quarantine_dir,
+                      "pid": os.getpid(), "owner_uid": info.owner_uid,
+                      "uptime_s": round(time.time() - info.started, 1)},
+            "profiles": self.profiles(),
+            "window": self.window.statistics(),
+            "appliances": self.pool.statistics(),
+            "journal": journal_stats,
+            "drain": self.drain.statistics(),
+            "gate": self.gate.statistics(),
+        }
+
+    # --- windows --------------------------------------------------------------------------
+    async def quiesce(self, args: dict[str, Any]) -> dict[str, Any]:
+        started = trio.current_time()
+        max_s = _number(args, "max", minimum=0.001)
+        self.window.open(max_s, reason=str(args.get("reason", "quiesce")))
+        # Cancelled opens now take their fail mode; `safe` ones write the journal.
+        with trio.move_on_after(SETTLE_DEADLINE):
+            await self.gate.wait_idle()
+        await self.journal.sync()
+        await trio.to_thread.run_sync(syncfs, self.source_fd, limiter=SYNC_LIMITER)
+        took = trio.current_time() - started
+        log.warning("quiesced in %.3fs: journal and source synced", took)
+        return {"took_s": round(took, 4), "window": self.window.statistics()}
+
+    def resume(self, args: dict[str, Any]) -> dict[str, Any]:
+        was = self.window.close()
+        self.drain.kick()
+        return {"was_active": was, "window": self.window.statistics()}
+
+    # --- drain ----------------------------------------------------------------------------
+    def drain_ctl(self, args: dict[str, Any]) -> dict[str, Any]:
+        action = args.get("action", "status")
+        if action == "now":
+            self.drain.resume()
+        elif action == "pause":
+            self.drain.pause()
+        elif action == "resume":
+            self.drain.resume()
+        elif action == "rate":
+            files = _number(args, "files_per_s", minimum=0.001)
+            nbytes = _number(args, "bytes_per_s", minimum=1.0)
+            if files is None and nbytes is None:
+                raise ControlError("drain rate needs files_per_s and/or bytes_per_s")
+            self.drain.set_rate(files, nbytes)
+        elif action != "status":
+            raise ControlError(f"drain action must be now, pause, resume, rate or status, "
+                               f"not {action!r}")
+        return self.drain.statistics()
+
+    # --- journal --------------------------------------------------------------------------
+    async def journal_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = _number(args, "limit", minimum=1)
+        entries = await trio.to_thread.run_sync(
+            lambda: self.journal.list_deferred(limit=None if limit is None else int(limit)))
+        return [deferred_to_json(e) for e in entries]
+
+    def journal_show(self, args: dict[str, Any]) -> dict[str, Any]:
+        path = args.get("path")
+        if not isinstance(path, str):
+            raise ControlError("journal.show needs a 'path' string")
+        entry = self.journal.get_deferred(path)
+        if entry is None:
+            raise ControlError(f"no journal entry for {path!r}")
+        return deferred_to_json(entry)
+
+    async def journal_retry(self, args: dict[str, Any]) -> dict[str, Any]:
+        path = args.get("path")
+        if path is not None and not isinstance(path, str):
+            raise ControlError("journal.retry 'path' must be a string")
+        n = await self.journal.retry(path)
+        self.drain.kick()
+        return {"retried": n}
+
+    def quarantine_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [quarantine_to_json(r) for r in self.journal.list_quarantine()]

@@ -1,0 +1,164 @@
+"""The scanning half of the composition root: everything a filtering mount runs.
+
+`open_scanning_hooks` is the `HooksOpener` the mount uses unless scanning is
+off. Before the mount exists it loads the configuration, opens the journal
+and prepares the quarantine (any of these failing is a clear `UserError` and
+nothing gets mounted); then it starts, in one nursery:
+
+    the embedded built-in appliance (only when no appliance is configured)
+    the appliance pool's health probes
+    the gate (scan on open / after write)
+    the window timer, the drain, the quota monitor
+    the control socket (status, quiesce, resume, drain, journal)
+
+and yields the gate as the filesystem's hooks. Leaving the context cancels
+them all and closes the journal last.
+
+Fail-safe boot: nothing here waits for an appliance. The pool's first probe
+round is bounded by the attempt timeout, and with every appliance down the
+mount still comes up; opens then take their profile's fail mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from journal import Journal, JournalError
+from journal.statedir import default_state_dir, ensure_state_dir
+from scanner.builtin import BuiltinAppliance
+from scanner.pool import Pool
+from vfile import control
+from vfile.actions import Actions
+from vfile.commands import Commands, MountInfo
+from vfile.config import Config, load_config
+from vfile.drain import Drain
+from vfile.errors import Exit, UserError
+from vfile.gate import Gate
+from vfile.hooks import FileHooks
+from vfile.quota import QuotaMonitor
+from vfile.window import Window
+
+if TYPE_CHECKING:
+    from vfile.mount import MountOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """What a scanning mount runs; tests and the simulation reach in through it."""
+
+    config: Config
+    journal: Journal
+    pool: Pool
+    gate: Gate
+    window: Window
+    drain: Drain
+    quota: QuotaMonitor
+    commands: Commands
+    control_socket: Path
+    builtin: BuiltinAppliance | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _state_dir(opts: MountOptions, config: Config) -> Path:
+    chosen = opts.state_dir or config.mount.state_dir
+    path = Path(chosen) if chosen else default_state_dir(opts.mountpoint)
+    try:
+        return ensure_state_dir(path)
+    except OSError as err:
+        raise UserError(f"cannot create state directory {str(path)!r}: {err.strerror}",
+                        Exit.JOURNAL) from None
+
+
+def _open_journal(state_dir: Path) -> Journal:
+    try:
+        return Journal.open(state_dir)
+    except JournalError as err:
+        raise UserError(str(err), Exit.JOURNAL) from None
+
+
+def _profiles(config: Config, quota: QuotaMonitor) -> list[dict[str, Any]]:
+    out = []
+    for p in config.all_profiles():
+        q = quota.statistics().get(p.name, {})
+        out.append({"name": p.name, "paths": list(p.paths), "fail_mode": p.fail_mode.value,
+                    "triggers": sorted(t.value for t in p.triggers), "deadline_s": p.deadline,
+                    "infected_action": p.infected_action.value,
+                    "quota": q or None})
+    return out
+
+
+@contextlib.asynccontextmanager
+async def open_scanning_hooks(opts: MountOptions, root_fd: int) -> AsyncIterator[FileHooks]:
+    async with open_service(opts, root_fd) as running:
+        yield running.gate
+
+
+@contextlib.asynccontextmanager
+async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Running]:
+    config = load_config(opts.config, appliances=opts.appliances, fail_mode=opts.fail_mode,
+                         deadline=opts.timeout)
+    state_dir = _state_dir(opts, config)
+    journal = _open_journal(state_dir)
+    try:
+        sock_name = control.socket_name(opts.mountpoint)
+        rundir = control.runtime_dir()
+        builtin: BuiltinAppliance | None = None
+        urls = list(config.mount.appliances)
+        if not urls:
+            # The embedded default: vfile's own appliance, in this process.
+            builtin = BuiltinAppliance(opts.signatures)
+            urls = [f"clamd://{rundir / sock_name.replace('.sock', '.appliance.sock')}"]
+        pc = config.pool
+        pool = Pool(urls, attempt_timeout=pc.attempt_timeout, retries=pc.retries,
+                    breaker_failures=pc.breaker_failures, breaker_cooldown=pc.breaker_cooldown,
+                    probe_interval=pc.probe_interval)
+        qdir = config.mount.quarantine_dir or str(state_dir / "quarantine")
+        actions = Actions(root_fd, journal, quarantine_dir=qdir)
+        actions.prepare()
+        gate = Gate(config, pool, journal, actions, source_fd=root_fd)
+        window = Window()
+        window.subscribe(gate.set_window)
+        quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
+        gate.quota = quota.state
+        drain = Drain(journal, gate.resolve,
+                      ready=lambda: pool.available() and not window.active)
+        info = MountInfo(source=os.path.realpath(opts.source),
+                         mountpoint=os.path.realpath(opts.mountpoint),
+                         state_dir=str(state_dir), quarantine_dir=qdir,
+                         owner_uid=os.getuid(), started=time.time())
+        commands = Commands(info, gate=gate, pool=pool, journal=journal, window=window,
+                            drain=drain, source_fd=root_fd,
+                            profiles=lambda: _profiles(config, quota))
+        server = control.ControlServer(rundir / sock_name, commands, owner_uid=os.getuid())
+        running = Running(config, journal, pool, gate, window, drain, quota, commands,
+                          rundir / sock_name, builtin)
+        async with trio.open_nursery() as nursery:
+            if builtin is not None:
+                rundir.mkdir(mode=0o755, parents=True, exist_ok=True)
+                await nursery.start(builtin.serve, "unix://" + urls[0][len("clamd://"):])
+            await nursery.start(pool.serve)
+            await nursery.start(gate.serve)
+            await nursery.start(window.serve)
+            await nursery.start(quota.serve)
+            await nursery.start(drain.serve)
+            try:
+                await nursery.start(server.serve)
+            except control.ControlError as err:
+                raise UserError(str(err), Exit.MOUNTPOINT) from None
+            log.info("scanning with %s; journal in %s; control socket %s",
+                     ", ".join(urls), state_dir, rundir / sock_name)
+            yield running
+            nursery.cancel_scope.cancel()
+    finally:
+        journal.close()
