@@ -189,6 +189,17 @@ class Gate:
         """The profile's scan-debt state, as the mount's quota monitor last measured it."""
         return self.quota(profile.name)
 
+    @property
+    def last_signature(self) -> str:
+        """The newest signature version any appliance reported (persisted by the mount)."""
+        return self._last_sig
+
+    def assume_signature(self, sig: str) -> None:
+        """Trust `sig` (remembered from an earlier run) until an appliance reports one:
+        a mount that boots with every appliance down still finds its stored verdicts."""
+        if not self._last_sig:
+            self._last_sig = sig
+
     def _sig(self) -> str:
         # While every appliance is down the pool knows no version: keep trusting the
         # last one seen, so files with verdicts stay readable during an outage.

@@ -87,6 +87,33 @@ def _open_journal(state_dir: Path) -> Journal:
         raise UserError(str(err), Exit.JOURNAL) from None
 
 
+SIG_FILE = "last-signature-version"
+
+
+def _read_sig(state_dir: Path) -> str:
+    try:
+        return (state_dir / SIG_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
+async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,
+                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                              ) -> None:
+    """Persist the signature version the gate trusts, so a later boot with every
+    appliance down still finds the verdicts stored under it."""
+    saved = _read_sig(state_dir)
+    task_status.started()
+    while True:
+        sig = gate.last_signature
+        if sig and sig != saved:
+            tmp = state_dir / (SIG_FILE + ".tmp")
+            tmp.write_text(sig + "\n")
+            os.replace(tmp, state_dir / SIG_FILE)
+            saved = sig
+        await trio.sleep(interval)
+
+
 def _profiles(config: Config, quota: QuotaMonitor) -> list[dict[str, Any]]:
     out = []
     for p in config.all_profiles():
@@ -127,6 +154,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         actions = Actions(root_fd, journal, quarantine_dir=qdir)
         actions.prepare()
         gate = Gate(config, pool, journal, actions, source_fd=root_fd)
+        gate.assume_signature(_read_sig(state_dir))
         window = Window()
         window.subscribe(gate.set_window)
         quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
@@ -149,6 +177,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                 await nursery.start(builtin.serve, "unix://" + urls[0][len("clamd://"):])
             await nursery.start(pool.serve)
             await nursery.start(gate.serve)
+            await nursery.start(_remember_signature, gate, state_dir, pc.probe_interval)
             await nursery.start(window.serve)
             await nursery.start(quota.serve)
             await nursery.start(drain.serve)
