@@ -160,6 +160,9 @@ class Pool:
             app.healthy = False
             self._failed(app, f"probe: {reason}")
             if was:
+                # Logged here: `_failed` sees the appliance already unhealthy, so the
+                # one "unavailable" line an operator needs was never written.
+                log.warning("appliance %s unavailable: probe: %s", app.name, reason)
                 self._notify()
             return
         if version != app.sig_version and app.sig_version:
@@ -168,8 +171,9 @@ class Pool:
         app.sig_version = version
         was = self._usable(app)
         app.healthy = True
-        self._succeeded(app)
+        app.breaker.record_success()  # not `_succeeded`: it would judge `was` too late
         if not was and self._usable(app):
+            log.warning("appliance %s available again", app.name)
             self._notify()
 
     async def _probe_round(self) -> None:

@@ -207,17 +207,24 @@ class VFileOperations(DirOps, MetaOps):
 
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes], ctx: CallerLike) -> None:
-        """Renaming onto a file (or exchanging) changes what a path holds: intent first."""
+        """Renaming a file (onto another or not, or exchanging) changes what a path
+        holds: intent first.
+
+        Also when nothing is overwritten: the move changes the file's ctime, so its
+        clean verdict no longer matches its identity, and without an entry for the
+        new path the file would have neither (found by tests/t5_crash_test.py).
+        """
         (old_p, name_old), (new_p, name_new) = old, new
         try:
-            target = os.stat(name_new, dir_fd=new_p.fd, follow_symlinks=False)
+            target: os.stat_result | None = os.stat(name_new, dir_fd=new_p.fd,
+                                                    follow_symlinks=False)
         except FileNotFoundError:
-            return
+            target = None
         moving = os.stat(name_old, dir_fd=old_p.fd, follow_symlinks=False)
         rctx = request_ctx(ctx)
         if stat.S_ISREG(moving.st_mode):
             await self.hooks.on_write_intent(paths[1], moving, rctx)
-        if flags & RENAME_EXCHANGE and stat.S_ISREG(target.st_mode):
+        if flags & RENAME_EXCHANGE and target is not None and stat.S_ISREG(target.st_mode):
             await self.hooks.on_write_intent(paths[0], target, rctx)
 
     # -- files --------------------------------------------------------------
@@ -232,7 +239,11 @@ class VFileOperations(DirOps, MetaOps):
         fd = self._open_backing(node, flags)
         try:
             st = os.fstat(fd)
-            if not hooks.trivial and stat.S_ISREG(st.st_mode):
+            # The warm path (a current clean verdict) skips `on_open` and the path it
+            # needs (a readlink): an optional hook method, one dict lookup in the gate.
+            warm = getattr(hooks, "allows_cached_nowait", None)
+            if not hooks.trivial and stat.S_ISREG(st.st_mode) and not (
+                    warm is not None and warm(st, flags)):
                 await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx))
         except BaseException:
             os.close(fd)
