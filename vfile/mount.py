@@ -42,6 +42,7 @@ import trio
 from vfile.errors import Exit, UserError
 from vfile.fs import VFileOperations
 from vfile.hooks import FileHooks, NoHooks
+from vfile.notify import notify, watchdog, watchdog_interval
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ class MountOptions:
     state_dir: str | None = None
     #: signature directory for the embedded built-in appliance
     signatures: str | None = None
+    #: serve Prometheus metrics on this HOST:PORT (a bare PORT: loopback); None: off
+    metrics: str | None = None
+    #: append one JSON line per verdict and action to this file; None: off
+    audit_log: str | None = None
+    #: "plain" or "json" (one JSON object per log line)
+    log_format: str = "plain"
 
 
 HooksOpener = Callable[[MountOptions, int], AbstractAsyncContextManager[FileHooks]]
@@ -232,9 +239,14 @@ async def serve(opts: MountOptions, *, open_hooks: HooksOpener = open_passthroug
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_terminate_on_signal, signals)
                     task_status.started()
+                    # systemd (Type=notify): serving now; no-ops without $NOTIFY_SOCKET.
+                    notify(f"READY=1\nSTATUS=serving {src} on {mnt}")
+                    if (interval := watchdog_interval()) is not None:
+                        nursery.start_soon(watchdog, interval)
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
             finally:
+                notify("STOPPING=1")
                 pyfuse3.close(unmount=True)
                 ops.close()
                 log.info("unmounted %r", mnt)
@@ -327,6 +339,8 @@ def child_argv(opts: MountOptions, ready_fd: int) -> list[str]:
         argv.append("--no-scan")
     for flag, value in (("--config", opts.config), ("--fail-mode", opts.fail_mode),
                         ("--state-dir", opts.state_dir), ("--signatures", opts.signatures),
+                        ("--metrics", opts.metrics), ("--audit-log", opts.audit_log),
+                        ("--log-format", None if opts.log_format == "plain" else opts.log_format),
                         ("--timeout", None if opts.timeout is None else repr(opts.timeout))):
         if value is not None:
             argv += [flag, value]

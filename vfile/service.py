@@ -44,6 +44,7 @@ from vfile.drain import Drain
 from vfile.errors import Exit, UserError
 from vfile.gate import Gate
 from vfile.hooks import FileHooks
+from vfile.observability import serve_observers
 from vfile.quota import QuotaMonitor
 from vfile.window import Window
 
@@ -181,6 +182,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(window.serve)
             await nursery.start(quota.serve)
             await nursery.start(drain.serve)
+            await nursery.start(serve_observers, opts, running)  # --metrics, --audit-log
             try:
                 await nursery.start(server.serve)
             except control.ControlError as err:

@@ -46,10 +46,14 @@ StateDir = Annotated[str | None, typer.Option(
     "mountpoint under /var/lib/vfile/).")]
 
 
-def setup_logging(verbose: int = 0) -> None:
+def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
+    """Log to stderr at the level -v asks for, as plain text or JSON lines (vfile.logfmt)."""
+    from vfile.logfmt import formatter
+
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def fail(err: UserError) -> typer.Exit:

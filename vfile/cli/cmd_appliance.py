@@ -18,7 +18,7 @@ import trio
 import typer
 
 from scanner.builtin import BuiltinAppliance
-from scanner.faults import SERVER_KINDS, Fault, FaultKind, parse_fault
+from scanner.faults import KINDS, SERVER_KINDS, Fault, FaultKind, parse_fault
 from scanner.proxy import FaultProxy
 from scanner.signatures import SignatureError
 from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 FaultOpt = Annotated[str, typer.Option(
     "--fault", help="Fault mode: none, refuse, blackhole, delay=DURATION, reset, garbage "
-    "(proxy also: truncate, trickle).")]
+    "(proxy also: truncate, trickle, oversize).")]
 FaultFile = Annotated[str | None, typer.Option(
     "--fault-file", help="On SIGUSR1, read the fault mode from this file.")]
 
@@ -68,7 +68,10 @@ async def serve(
     fault_file: FaultFile = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Run the built-in clamd-protocol appliance."""
+    """Run the built-in clamd-protocol appliance.
+
+    Example: vfile appliance serve --listen tcp://127.0.0.1:3310 --signatures /srv/sigs
+    """
     setup_logging(verbose)
     try:
         appliance = BuiltinAppliance(signatures, _fault(fault, SERVER_KINDS))
@@ -96,17 +99,18 @@ async def proxy(
     fault_file: FaultFile = None,
     verbose: Verbose = 0,
 ) -> None:
-    """Run a fault-injection proxy in front of an appliance."""
+    """Run a fault-injection proxy in front of an appliance.
+
+    Example: vfile appliance proxy --listen tcp://127.0.0.1:3311 --upstream
+    clamd://127.0.0.1:3310 --fault delay=5s
+    """
     setup_logging(verbose)
     try:
-        fp = FaultProxy(upstream, _fault(fault, ("refuse", "blackhole", "delay", "reset",
-                                                 "garbage", "truncate", "trickle")))
+        fp = FaultProxy(upstream, _fault(fault, KINDS))  # every kind, `oversize` too
     except ValueError as err:
         raise UserError(str(err), Exit.USAGE) from None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals, fault_file, fp.set_fault, ("refuse", "blackhole", "delay",
-                                                                 "reset", "garbage", "truncate",
-                                                                 "trickle"), None)
+        nursery.start_soon(_signals, fault_file, fp.set_fault, KINDS, None)
         try:
             bound = await nursery.start(fp.serve, listen)
         except (ValueError, OSError) as err:

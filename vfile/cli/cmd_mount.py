@@ -65,14 +65,27 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
     no_scan: Annotated[bool, typer.Option(
         "--no-scan", help="A plain passthrough: no appliance, no journal (for comparison).")
     ] = False,
+    metrics: Annotated[str | None, typer.Option(
+        "--metrics", help="Serve Prometheus metrics at http://ADDR/metrics; ADDR is PORT "
+        "(loopback) or HOST:PORT, e.g. 127.0.0.1:9310. Default: off.")] = None,
+    audit_log: Annotated[str | None, typer.Option(
+        "--audit-log", help="Append one JSON line per verdict and action (deny, unscanned "
+        "open, infected action) to this file. Default: off.")] = None,
+    log_format: Annotated[str, typer.Option(
+        "--log-format", help="Server log lines: plain, or json (one object per line).")
+    ] = "plain",
     ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
     verbose: Verbose = 0,
 ) -> None:
     """Mount SOURCE on MOUNTPOINT through vfile; returns once the mount serves.
 
     Example: vfile mount /srv/guest-data /mnt/guest --appliance clamd:///run/clamav/clamd.ctl
+
+    Example (systemd, see examples/vfile@.service): vfile mount --foreground
+    --log-format json --metrics 127.0.0.1:9310 /srv/guest-data /mnt/guest
     """
     from vfile import mount as mount_mod
+    from vfile.logfmt import LOG_FORMATS
 
     opts_o = parse_o(options or [])
     opts = mount_mod.MountOptions(source=source, mountpoint=mountpoint,
@@ -80,12 +93,20 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
                                   writeback="no_writeback" not in opts_o, verbose=verbose,
                                   scan=not no_scan, config=config,
                                   appliances=tuple(appliance or ()), fail_mode=fail_mode,
-                                  timeout=timeout, state_dir=state_dir, signatures=signatures)
+                                  timeout=timeout, state_dir=state_dir, signatures=signatures,
+                                  metrics=metrics, audit_log=audit_log, log_format=log_format)
+    if log_format not in LOG_FORMATS:
+        raise UserError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not "
+                        f"{log_format!r}", Exit.USAGE)
+    if metrics is not None:
+        from vfile.metrics import parse_address
+
+        parse_address(metrics)  # a bad address fails here, before anything starts
     if foreground:
-        setup_logging(verbose)
+        setup_logging(verbose, log_format)
         mount_mod.run_foreground(opts, ready_fd)
         return
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     log_path = log_file or mount_mod.default_log_file(mountpoint, os.geteuid(),
                                                       os.path.expanduser("~"))
     mount_mod.start_background(opts, log_path)
@@ -96,7 +117,10 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
 def unmount(
     mountpoint: Annotated[str, typer.Argument(help="A vfile mountpoint.")],
 ) -> None:
-    """Unmount a vfile mount (its server then exits)."""
+    """Unmount a vfile mount (its server then exits).
+
+    Example: vfile unmount /mnt/guest
+    """
     from vfile import mount as mount_mod
 
     mount_mod.unmount(mountpoint)
@@ -104,7 +128,10 @@ def unmount(
 
 @app.command()
 def version() -> None:
-    """Print vfile's version."""
+    """Print vfile's version.
+
+    Example: vfile version
+    """
     import vfile
 
     print(vfile.__version__)

@@ -63,7 +63,12 @@ async def scan(  # noqa: PLR0917  (typer options)
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Scan files with a scan appliance, like clamdscan."""
+    """Scan files with a scan appliance, like clamdscan.
+
+    Exit status: 0 all clean, 1 something infected, 2 something could not be scanned.
+
+    Example: vfile scan -a clamd:///run/clamav/clamd.ctl -a icap://127.0.0.1:1344/avscan /srv/in
+    """
     setup_logging(verbose)
     if timeout <= 0 or jobs < 1:
         raise UserError("--timeout must be > 0 and --jobs >= 1", Exit.USAGE)
