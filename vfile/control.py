@@ -225,6 +225,15 @@ def call_socket(path: str | os.PathLike[str], cmd: str, args: dict[str, Any] | N
         data = bytearray()
         try:
             sock.sendall(request)
+        except TimeoutError:
+            raise ControlError(f"{cmd}: no answer from {path} within {timeout:g}s") from None
+        except OSError as err:
+            # A refusal is sent, and the server's end closed, without reading the
+            # request: our send may then fail (EPIPE/ECONNRESET) while the reply
+            # already waits in our receive buffer. Read it all the same.
+            if err.errno not in (errno.ECONNRESET, errno.EPIPE):
+                raise ControlError(f"{cmd}: {err.strerror}") from None
+        try:
             while chunk := sock.recv(65536):
                 data += chunk
         except TimeoutError:

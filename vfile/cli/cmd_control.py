@@ -108,7 +108,10 @@ def quiesce(
 @app.command()
 @user_errors
 def resume(mountpoint: Mountpoint) -> None:
-    """End the quiesce/migration window; scanning and the drain resume."""
+    """End the quiesce/migration window; scanning and the drain resume.
+
+    Example (a hypervisor thaw hook): vfile resume /mnt/guest
+    """
     result = _call(mountpoint, "resume")
     typer.echo("window ended" if result["was_active"] else "no window was active")
 

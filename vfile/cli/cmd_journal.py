@@ -1,9 +1,25 @@
-"""`vfile journal …` and `vfile quarantine …`: the journal, offline, on a state directory.
+"""`vfile journal …` and `vfile quarantine …`: a mount's journal, live or offline.
 
-Commands are thin over `journal.Journal`. Read-only commands open the
-journal read-only (safe next to a live mount); every `JournalError` becomes
-one line and exit code `Exit.JOURNAL`. A later step adds `--mount` through
-the control plane; for now `--state-dir` is required.
+Commands are thin over `journal.Journal`. Every command takes either
+`--state-dir DIR` (offline, or any journal on disk) or `--mount MOUNTPOINT`
+(a live mount: its state directory comes from the control plane's `status`,
+so only root and the mount's owner get it, and a refusal is exit code
+`Exit.CONTROL`). Every `JournalError` becomes one line and `Exit.JOURNAL`.
+
+Who writes, on a live mount:
+- Reads (list, show, stats, export, quarantine list/show) open the journal
+  read-only, directly: LMDB serves readers in several processes.
+- `retry` goes through the control plane (`journal.retry`): the live process
+  resets the entries and kicks its drain at once (without un-pausing a drain
+  an administrator paused), instead of the drain noticing at its next poll.
+- `purge` and `quarantine restore|delete` open the journal read-write
+  directly, next to the live process. That is safe: LMDB serialises write
+  transactions across processes (its lock file); these operations take no
+  seq (the one value the live process caches in memory -- and its counter
+  adopts the stored `meta.seq` in every transaction that allocates one); the
+  live process copes with an entry that vanished under its drain (`complete`
+  of a missing entry only stores the verdict) and with a map another process
+  grew (`MapResizedError` is handled by its reads and its committer).
 """
 
 from __future__ import annotations
@@ -22,17 +38,43 @@ import typer
 
 from journal import DeferredEntry, Journal, JournalError, QuarantineRecord
 from journal.records import deferred_to_json, quarantine_to_json
+from vfile import control
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.errors import Exit, UserError
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Mount = Annotated[str | None, typer.Option(
+    "--mount", help="A live vfile mountpoint: find its journal through its control plane "
+    "(root and the mount's owner only).")]
+
+
+def _control(mount: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    try:
+        return control.call(mount, cmd, args)
+    except control.ControlError as err:  # Refused included
+        raise UserError(str(err), Exit.CONTROL) from None
+
+
+def resolve_state_dir(state_dir: str | None, mount: str | None) -> str:
+    """The state directory named by `--state-dir`, or the live mount's (`--mount`)."""
+    if state_dir is not None and mount is not None:
+        raise UserError("give --state-dir or --mount, not both", Exit.USAGE)
+    if mount is not None:
+        status = _control(mount, "status")
+        try:
+            return str(status["mount"]["state_dir"])
+        except (KeyError, TypeError):
+            raise UserError(f"{mount}: the mount's status names no state directory",
+                            Exit.CONTROL) from None
+    if state_dir is None:
+        raise UserError("--state-dir DIR or --mount MOUNTPOINT is required", Exit.USAGE)
+    return state_dir
 
 
 @contextlib.contextmanager
-def open_journal(state_dir: str | None, *, readonly: bool) -> Iterator[Journal]:
-    if state_dir is None:
-        raise UserError("--state-dir DIR is required (the journal of a live mount "
-                        "is not reachable yet)", Exit.USAGE)
+def open_journal(state_dir: str | None, *, readonly: bool,
+                 mount: str | None = None) -> Iterator[Journal]:
+    state_dir = resolve_state_dir(state_dir, mount)
     try:
         journal = Journal.open(state_dir, readonly=readonly)
     except JournalError as err:
@@ -63,11 +105,14 @@ def _print_json(obj: Any) -> None:
 
 @journal_app.command("list")
 @user_errors
-def journal_list(state_dir: StateDir = None, json_: Json = False,
+def journal_list(state_dir: StateDir = None, mount: Mount = None, json_: Json = False,
                  limit: Annotated[int | None, typer.Option(help="At most this many.")] = None
                  ) -> None:
-    """List deferred scans, oldest first."""
-    with open_journal(state_dir, readonly=True) as j:
+    """List deferred scans, oldest first.
+
+    Example: vfile journal list --mount /mnt/guest --limit 20
+    """
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
         entries = j.list_deferred(limit=limit)
     if json_:
         _print_json([deferred_to_json(e) for e in entries])
@@ -81,9 +126,13 @@ def journal_list(state_dir: StateDir = None, json_: Json = False,
 @journal_app.command("show")
 @user_errors
 def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")],
-                 state_dir: StateDir = None, json_: Json = False) -> None:
-    """Show one deferred scan, with who opened the file while it was unscanned."""
-    with open_journal(state_dir, readonly=True) as j:
+                 state_dir: StateDir = None, mount: Mount = None, json_: Json = False
+                 ) -> None:
+    """Show one deferred scan, with who opened the file while it was unscanned.
+
+    Example: vfile journal show uploads/setup.exe --mount /mnt/guest
+    """
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
         e = j.get_deferred(path)
     if e is None:
         raise UserError(f"no deferred scan for {path!r}", Exit.USAGE)
@@ -112,9 +161,13 @@ def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")]
 
 @journal_app.command("stats")
 @user_errors
-def journal_stats(state_dir: StateDir = None, json_: Json = False) -> None:
-    """Counts, oldest age and size of the journal."""
-    with open_journal(state_dir, readonly=True) as j:
+def journal_stats(state_dir: StateDir = None, mount: Mount = None, json_: Json = False
+                  ) -> None:
+    """Counts, oldest age and size of the journal.
+
+    Example: vfile journal stats --state-dir /var/lib/vfile/guest --json
+    """
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
         stats = j.stats()
     if json_:
         _print_json(stats)
@@ -127,10 +180,18 @@ def journal_stats(state_dir: StateDir = None, json_: Json = False) -> None:
 @run_async
 async def journal_retry(
         path: Annotated[str | None, typer.Argument(help="Only this path (default: all).")] = None,
-        state_dir: StateDir = None) -> None:
-    """Un-poison entries and reset their backoff so the drain tries them again now."""
-    with open_journal(state_dir, readonly=False) as j:
-        n = await j.retry(path)
+        state_dir: StateDir = None, mount: Mount = None) -> None:
+    """Un-poison entries and reset their backoff so the drain tries them again now.
+
+    Example: vfile journal retry --mount /mnt/guest
+    """
+    if mount is not None and state_dir is None:
+        # The live process resets them and kicks its drain (module docstring).
+        n = int(_control(mount, "journal.retry", {} if path is None else {"path": path})
+                ["retried"])
+    else:
+        with open_journal(state_dir, readonly=False, mount=mount) as j:
+            n = await j.retry(path)
     typer.echo(f"{n} entr{'y' if n == 1 else 'ies'} reset")
 
 
@@ -138,12 +199,16 @@ async def journal_retry(
 @run_async
 async def journal_purge(
         path: Annotated[str | None, typer.Argument(help="Only this path (default: all).")] = None,
-        state_dir: StateDir = None,
+        state_dir: StateDir = None, mount: Mount = None,
         poisoned: Annotated[bool, typer.Option("--poisoned", help="Only poisoned entries.")]
         = False,
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
-    """Drop deferred scans: those files will NOT be scanned later."""
+    """Drop deferred scans: those files will NOT be scanned later.
+
+    Example: vfile journal purge --poisoned --mount /mnt/guest --yes
+    """
     what = path or ("every poisoned entry" if poisoned else "EVERY deferred scan")
+    state_dir = resolve_state_dir(state_dir, mount)
     if not yes and not typer.confirm(f"Drop {what}? Those files will not be scanned later"):
         raise UserError("nothing purged", Exit.USAGE)
     with open_journal(state_dir, readonly=False) as j:
@@ -154,12 +219,15 @@ async def journal_purge(
 @journal_app.command("export")
 @user_errors
 def journal_export(
-        state_dir: StateDir = None,
+        state_dir: StateDir = None, mount: Mount = None,
         output: Annotated[Path | None, typer.Option("--output", "-o",
                                                     help="Write here (default: stdout).")]
         = None) -> None:
-    """Every deferred scan as JSON lines, oldest first."""
-    with open_journal(state_dir, readonly=True) as j:
+    """Every deferred scan as JSON lines, oldest first.
+
+    Example: vfile journal export --state-dir /var/lib/vfile/guest -o deferred.jsonl
+    """
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
         entries = j.list_deferred()
     lines = "".join(json.dumps(deferred_to_json(e), sort_keys=True) + "\n" for e in entries)
     if output is None:
@@ -182,9 +250,13 @@ def _get_record(j: Journal, rec_id: str) -> QuarantineRecord:
 
 @quarantine_app.command("list")
 @user_errors
-def quarantine_list(state_dir: StateDir = None, json_: Json = False) -> None:
-    """List quarantined files."""
-    with open_journal(state_dir, readonly=True) as j:
+def quarantine_list(state_dir: StateDir = None, mount: Mount = None, json_: Json = False
+                    ) -> None:
+    """List quarantined files.
+
+    Example: vfile quarantine list --mount /mnt/guest
+    """
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
         recs = j.list_quarantine()
     if json_:
         _print_json([quarantine_to_json(r) for r in recs])
@@ -197,9 +269,13 @@ def quarantine_list(state_dir: StateDir = None, json_: Json = False) -> None:
 @quarantine_app.command("show")
 @user_errors
 def quarantine_show(rec_id: Annotated[str, typer.Argument(metavar="ID")],
-                    state_dir: StateDir = None, json_: Json = False) -> None:
-    """Show one quarantine record."""
-    with open_journal(state_dir, readonly=True) as j:
+                    state_dir: StateDir = None, mount: Mount = None, json_: Json = False
+                    ) -> None:
+    """Show one quarantine record.
+
+    Example: vfile quarantine show 3f2a9c --mount /mnt/guest
+    """
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
         rec = _get_record(j, rec_id)
     if json_:
         _print_json(quarantine_to_json(rec))
@@ -212,10 +288,14 @@ def quarantine_show(rec_id: Annotated[str, typer.Argument(metavar="ID")],
 @run_async
 async def quarantine_restore(
         rec_id: Annotated[str, typer.Argument(metavar="ID")], state_dir: StateDir = None,
+        mount: Mount = None,
         to: Annotated[Path | None, typer.Option("--to", help="Restore here instead of the "
                                                 "original path.")] = None) -> None:
-    """Move a quarantined file back (never over an existing file) and drop its record."""
-    with open_journal(state_dir, readonly=False) as j:
+    """Move a quarantined file back (never over an existing file) and drop its record.
+
+    Example: vfile quarantine restore 3f2a9c --mount /mnt/guest --to /tmp/recovered
+    """
+    with open_journal(state_dir, readonly=False, mount=mount) as j:
         rec = _get_record(j, rec_id)
         target = to if to is not None else Path(rec.original_path)
         _move_no_overwrite(Path(rec.quarantine_path), target)
@@ -245,9 +325,12 @@ def _move_no_overwrite(src: Path, dst: Path) -> None:
 @quarantine_app.command("delete")
 @run_async
 async def quarantine_delete(rec_id: Annotated[str, typer.Argument(metavar="ID")],
-                            state_dir: StateDir = None) -> None:
-    """Delete a quarantined file and its record."""
-    with open_journal(state_dir, readonly=False) as j:
+                            state_dir: StateDir = None, mount: Mount = None) -> None:
+    """Delete a quarantined file and its record.
+
+    Example: vfile quarantine delete 3f2a9c --mount /mnt/guest
+    """
+    with open_journal(state_dir, readonly=False, mount=mount) as j:
         rec = _get_record(j, rec_id)
         try:
             os.unlink(rec.quarantine_path)

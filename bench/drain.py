@@ -1,0 +1,266 @@
+"""Drain throughput against `clamdscan --fdpass`, and quiesce time with blocked opens.
+
+One run, same files, same clamd:
+
+1. N small files (default 10,000 of 1-4 KiB, `--quick`: 1,000) plus a few
+   large ones (4 x 16 MiB) of distinct random content; a real clamd on a
+   unix socket with its clean-file cache off (`DisableCache yes`), so no
+   phase profits from another one's scans.
+2. `clamdscan --fdpass` over the directory (a temporary config pointing at
+   the same clamd): the reference time.
+3. A real vfile mount on that clamd: a window is opened (`quiesce`), every
+   file is opened through the mount (deferred: reason `window`), and the
+   window is closed with the drain's rate set as asked; the time from
+   `resume` until the drain resolved every entry is the drain time. This is
+   done twice: with the default rate limit (DEFAULT_FILES_PER_S) and with the
+   rate set to unlimited (`vfile drain MNT rate --files-per-s 1e9`). Between
+   the two, every file is touched (a new ctime: a new identity, so cached
+   verdicts do not count).
+4. Quiesce: a second mount on the built-in appliance, black-holed; Q opens
+   (default 64) wait on it with a 30 s deadline; `vfile quiesce` is timed, and
+   so is the moment the last blocked open returned.
+
+`ratio_vs_clamdscan` = unlimited drain time / clamdscan time (aim <= 1.15).
+
+    .venv/bin/python bench/drain.py --quick [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, sys.path[0] is bench/, whose journal.py would shadow the journal package.
+sys.path[:] = [str(ROOT), str(ROOT / "tests"),
+               *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
+from mounting import mounted, vfile_cmd  # type: ignore[import-not-found]  # noqa: E402
+from servers import CLAMD, _stop, _wait_ready, make_samples  # type: ignore[import-not-found]  # noqa: E402
+
+from vfile import control  # noqa: E402
+from vfile.drain import DEFAULT_FILES_PER_S  # noqa: E402
+
+LARGE = 4
+LARGE_SIZE = 16 << 20
+OPENERS = 32
+
+
+def make_files(src: Path, n: int) -> int:
+    rng = random.Random(42)
+    total = 0
+    for i in range(n):
+        d = src / f"d{i // 1000:03d}"
+        d.mkdir(exist_ok=True)
+        data = rng.randbytes(rng.randint(1024, 4096))
+        (d / f"f{i:05d}.bin").write_bytes(data)
+        total += len(data)
+    for i in range(LARGE):
+        (src / f"large{i}.bin").write_bytes(rng.randbytes(LARGE_SIZE))
+        total += LARGE_SIZE
+    return total
+
+
+def all_files(src: Path) -> list[Path]:
+    return sorted(p for p in src.rglob("*") if p.is_file())
+
+
+def start_clamd(tmp: Path, sigdir: Path) -> subprocess.Popen[bytes]:
+    """clamd as tests/servers.py runs it, on a unix socket, with its cache off."""
+    sock = tmp / "clamd.sock"
+    conf = tmp / "clamd.conf"
+    conf.write_text(f"Foreground yes\nLocalSocket {sock}\nDatabaseDirectory {sigdir}\n"
+                    f"LogFile {tmp / 'clamd.log'}\nTemporaryDirectory {tmp}\nUser root\n"
+                    "MaxThreads 8\nSelfCheck 3600\nDisableCache yes\n"
+                    "MaxFileSize 100M\nMaxScanSize 400M\nStreamMaxLength 100M\n")
+    proc = subprocess.Popen([CLAMD, "--foreground",
+                             f"--config-file={conf}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    _wait_ready(proc, [(str(sock), b"zPING\0", b"PONG")], [tmp / "clamd.log"], "clamd")
+    return proc
+
+
+def time_clamdscan(sock: Path, src: Path, tmp: Path) -> float:
+    conf = tmp / "clamdscan.conf"
+    conf.write_text(f"LocalSocket {sock}\n")
+    t = time.perf_counter()
+    res = subprocess.run(["clamdscan", "--fdpass", "--no-summary", f"--config-file={conf}",
+                          str(src)], capture_output=True, text=True, check=False)
+    took = time.perf_counter() - t
+    if res.returncode != 0:
+        raise RuntimeError(f"clamdscan failed ({res.returncode}): {res.stdout[-2000:]}"
+                           f"{res.stderr[-2000:]}")
+    return took
+
+
+def ctl(mnt: Path, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    return control.call(mnt, cmd, args, timeout=120)
+
+
+def wait_for(cond: Callable[[], bool], what: str, deadline: float) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def open_all(paths: list[Path]) -> None:
+    def one(p: Path) -> None:
+        os.close(os.open(p, os.O_RDONLY))
+
+    with ThreadPoolExecutor(OPENERS) as pool:
+        list(pool.map(one, paths))
+
+
+def drain_once(mnt: Path, src: Path, n: int, files_per_s: float) -> dict[str, float]:
+    """Defer every file through a window, then time the drain after `resume`."""
+    ctl(mnt, "drain", {"action": "pause"})
+    ctl(mnt, "quiesce", {"max": 3600})
+    t = time.perf_counter()
+    open_all([mnt / p.relative_to(src) for p in all_files(src)])
+    deferring = time.perf_counter() - t
+    deferred = ctl(mnt, "status")["journal"]["deferred"]
+    if deferred != n:
+        raise RuntimeError(f"expected {n} deferred entries, the journal has {deferred}")
+    ctl(mnt, "drain", {"action": "rate", "files_per_s": files_per_s,
+                       "bytes_per_s": 1e15 if files_per_s > 1e6 else None})
+    before = sum(ctl(mnt, "drain")["done"].values())
+    t = time.perf_counter()
+    ctl(mnt, "resume")
+    ctl(mnt, "drain", {"action": "resume"})
+    wait_for(lambda: sum(ctl(mnt, "drain")["done"].values()) - before >= n, "drained",
+             3600)
+    took = time.perf_counter() - t
+    stats = ctl(mnt, "status")
+    if stats["journal"]["deferred"] != 0 or stats["drain"]["done"]["error"]:
+        raise RuntimeError(f"drain left {stats['journal']['deferred']} entries, "
+                           f"{stats['drain']['done']['error']} errors")
+    return {"seconds": round(took, 3), "files_per_s": round(n / took, 1),
+            "defer_seconds": round(deferring, 3)}
+
+
+def quiesce_blocked(tmp: Path, blocked: int) -> dict[str, float]:
+    root = tmp / "q"
+    src, mnt = root / "src", root / "mnt"
+    src.mkdir(parents=True)
+    mnt.mkdir()
+    for i in range(blocked):
+        (src / f"b{i}.txt").write_text(f"blocked {i}\n")
+    sock, fault = root / "app.sock", root / "fault"
+    fault.write_text("none")
+    app = subprocess.Popen(vfile_cmd("appliance", "serve", "--listen", f"unix://{sock}",
+                                     "--fault-file", str(fault)),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        _wait_ready(app, [(str(sock), b"zPING\0", b"PONG")], [], "built-in appliance")
+        conf = root / "vfile.toml"
+        conf.write_text(f'[mount]\nappliances = ["clamd://{sock}"]\n'
+                        f'state_dir = "{root / "state"}"\n'
+                        '[pool]\nattempt_timeout = "30s"\nretries = 0\n'
+                        '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+                        'deadline = "30s"\nattempt_timeout = "30s"\nretries = 0\n')
+        with mounted(src, mnt, "--config", str(conf)):
+            fault.write_text("blackhole")
+            app.send_signal(10)  # SIGUSR1: re-read the fault
+            time.sleep(0.3)
+            def open_one(path: Path) -> float:
+                os.close(os.open(path, os.O_RDONLY))
+                return time.perf_counter()
+
+            with ThreadPoolExecutor(blocked) as pool:
+                futures = [pool.submit(open_one, mnt / f"b{i}.txt") for i in range(blocked)]
+                wait_for(lambda: ctl(mnt, "status")["gate"]["in_flight"] >= blocked,
+                         "every open is blocked", 30)
+                t = time.perf_counter()
+                reply = ctl(mnt, "quiesce", {"max": 60})
+                returned = time.perf_counter() - t
+                last = max(f.result(timeout=30) for f in futures) - t
+            ctl(mnt, "resume")
+            fault.write_text("refuse")
+            app.send_signal(10)
+        return {"blocked_opens": blocked, "quiesce_seconds": round(returned, 4),
+                "server_side_seconds": reply["took_s"],
+                "last_open_returned_seconds": round(last, 4)}
+    finally:
+        _stop(app)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1,000 small files instead of 10,000")
+    ap.add_argument("--files", type=int, help="number of small files")
+    ap.add_argument("--blocked", type=int, default=64, help="blocked opens for quiesce")
+    ap.add_argument("--json", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+    n_small = args.files or (1000 if args.quick else 10_000)
+    n = n_small + LARGE
+    tmp = Path(tempfile.mkdtemp(prefix="vfile-bench-drain-"))
+    try:
+        src, mnt = tmp / "src", tmp / "mnt"
+        src.mkdir()
+        mnt.mkdir()
+        total = make_files(src, n_small)
+        samples = make_samples(tmp / "samples")
+        (tmp / "clamd").mkdir()
+        clamd = start_clamd(tmp / "clamd", samples.sigdir)
+        try:
+            sock = tmp / "clamd" / "clamd.sock"
+            clamdscan_s = time_clamdscan(sock, src, tmp)
+            conf = tmp / "vfile.toml"
+            conf.write_text(f'[mount]\nappliances = ["clamd://{sock}"]\n'
+                            f'state_dir = "{tmp / "state"}"\n'
+                            '[pool]\nattempt_timeout = "30s"\n'
+                            '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+                            'deadline = "60s"\nattempt_timeout = "30s"\nmax_size = 0\n')
+            with mounted(src, mnt, "--config", str(conf)):
+                wait_for(lambda: ctl(mnt, "status")["appliances"][0]["healthy"],
+                         "the mount sees clamd", 30)
+                limited = drain_once(mnt, src, n, DEFAULT_FILES_PER_S)
+                for p in all_files(src):
+                    os.utime(p)  # new ctime: new identities, cached verdicts do not apply
+                unlimited = drain_once(mnt, src, n, 1e9)
+            clamdscan_again = time_clamdscan(sock, src, tmp)
+        finally:
+            _stop(clamd)
+        quiesce = quiesce_blocked(tmp, args.blocked)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ref = min(clamdscan_s, clamdscan_again)
+    result = {
+        "files": n, "small_files": n_small, "large_files": LARGE, "bytes": total,
+        "clamdscan_fdpass_seconds": [round(clamdscan_s, 3), round(clamdscan_again, 3)],
+        "drain_default_rate": {**limited, "rate_files_per_s": DEFAULT_FILES_PER_S},
+        "drain_unlimited": unlimited,
+        "ratio_vs_clamdscan": round(unlimited["seconds"] / ref, 3),
+        "ratio_vs_clamdscan_default_rate": round(limited["seconds"] / ref, 3),
+        "quiesce": quiesce,
+    }
+    print(f"{'what':<34}{'seconds':>10}{'files/s':>10}")
+    print(f"{'clamdscan --fdpass (best of 2)':<34}{ref:>10.2f}{n / ref:>10.0f}")
+    print(f"{'drain, default rate':<34}{limited['seconds']:>10.2f}{limited['files_per_s']:>10.0f}")
+    print(f"{'drain, unlimited':<34}{unlimited['seconds']:>10.2f}"
+          f"{unlimited['files_per_s']:>10.0f}")
+    print(f"ratio_vs_clamdscan {result['ratio_vs_clamdscan']}  (default rate: "
+          f"{result['ratio_vs_clamdscan_default_rate']})")
+    print(f"quiesce with {quiesce['blocked_opens']} blocked opens: "
+          f"{quiesce['quiesce_seconds'] * 1000:.0f} ms (last open back after "
+          f"{quiesce['last_open_returned_seconds'] * 1000:.0f} ms)")
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
