@@ -84,6 +84,7 @@ class Pool:
         ]
         self._slots = trio.Semaphore(max_concurrency)
         self._changed = trio.Event()
+        self._quiet = False
 
     # --- state, no I/O ---------------------------------------------------
 
@@ -181,13 +182,18 @@ class Pool:
             for app in self._apps:
                 nursery.start_soon(self._probe, app)
 
+    def set_quiet(self, quiet: bool) -> None:
+        """While quiet (a quiesce window), health probes contact no appliance."""
+        self._quiet = quiet
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Probe every appliance now and every probe_interval; runs until cancelled."""
         await self._probe_round()  # each probe is bounded by attempt_timeout
         task_status.started()
         while True:
             await trio.sleep(self.probe_interval)
-            await self._probe_round()
+            if not self._quiet:
+                await self._probe_round()
 
     # --- scanning ----------------------------------------------------------
 

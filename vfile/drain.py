@@ -217,12 +217,16 @@ class Drain:
             self.last_error = result.detail
             await self._queue.release(entry.path, entry.seq, result.detail)
         else:
-            self._adapt(trio.current_time() - started)
+            self._adapt(trio.current_time() - started, result.nbytes)
         self.done[result.outcome] += 1
         self.bytes_done += result.nbytes
 
-    def _adapt(self, latency: float) -> None:
-        """AIMD on the file rate: halve when latency climbs, creep back when not."""
+    def _adapt(self, latency: float, nbytes: int) -> None:
+        """AIMD on the file rate: halve when latency climbs, creep back when not.
+
+        Latency is compared per MiB-ish unit of work, so one large file taking
+        longer than a small one is not mistaken for an appliance in trouble."""
+        latency /= 1 + nbytes / (1024 * 1024)
         self._best_latency = min(self._best_latency, latency)
         floor = max(1.0, self._configured_files_per_s / 64)
         if latency > BACKOFF_FACTOR * max(self._best_latency, 0.005):

@@ -158,6 +158,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         gate.assume_signature(_read_sig(state_dir))
         window = Window()
         window.subscribe(gate.set_window)
+        window.subscribe(pool.set_quiet)
         quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
         gate.quota = quota.state
         drain = Drain(journal, gate.resolve,
