@@ -1,18 +1,24 @@
 """Group commit: many trio tasks, one durable LMDB write transaction per batch.
 
-How it works (leader-based, no background task):
-- A caller appends its operation (a function of the write transaction) to the
-  pending list. If no leader exists it becomes the leader at once; otherwise
-  it waits on its operation's own event.
-- The leader takes the whole pending list as its batch and runs it inside ONE
-  `trio.to_thread.run_sync` call (limiter `_write_limiter`, capacity 1): begin,
-  every operation, commit -- an LMDB write transaction belongs to the thread
-  that began it. It then sets every operation's event, and hands leadership
-  to the first operation that arrived meanwhile (or leaves none). So each
-  leader commits exactly one batch and returns: no caller is kept working for
-  others for longer than one transaction.
-- An operation returns only after the commit of its batch returned, i.e.
-  after LMDB's fsync when the environment is opened with `sync=True`.
+How it works (a pipelined writer thread, no background task):
+- A caller appends its operation to the open batch (the newest pending one)
+  and waits on that batch's event. A defer arrives prepared (tables.py:
+  seq, keys and encoded value computed on the trio thread); any other write
+  is a function of the write transaction.
+- If no writer is running, the caller starts one: a single thread call
+  (`trio.lowlevel.start_thread_soon`) that takes pending batches one after
+  the other -- begin, every operation, commit -- until none is left. An LMDB
+  write transaction thus begins and commits in the same thread, and no trio
+  task is kept waiting for anybody else's records.
+- Pipelining: when the commit of batch N returns, the writer takes batch N+1
+  (which accumulated during N's fsync) and applies its operations at once;
+  only then does it tell the trio thread that N is durable, and commit N+1.
+  The trio thread thus wakes N's callers, and they prepare their next
+  records, while the writer sits in N+1's fsync with the GIL released --
+  rather than competing for the GIL with the writer's own puts.
+- A batch's callers are woken by one event, set on the trio thread (via the
+  run's token) after the commit of their batch returned, i.e. after LMDB's
+  fsync when the environment is opened with `sync=True`.
 
 Invariants:
 - Failure is all-or-nothing per batch: if any operation or the commit raises,
@@ -20,35 +26,37 @@ Invariants:
   `JournalError` (its own instance; `JournalFull` for ENOSPC). Operations are
   therefore written not to raise for expected conditions: they return them.
 - Operations are pure functions of (transaction, the arguments they captured):
-  after `MapFullError` the map is doubled and the same batch re-run.
+  after `MapFullError` the batch is run again once the map has grown.
+- Map growth (`set_mapsize`) happens only on the trio thread, with no writer
+  running: on `MapFullError` (or `MapResizedError`) the writer aborts, hands
+  the batch back and stops; the trio thread grows the map (or adopts another
+  process's size), puts the batch back first in line and starts a writer.
+  Reads are synchronous on the trio thread, so no read is open then either.
 - Cancellation never loses or corrupts another caller's record:
-  * a waiter cancelled while its operation is still pending removes it from
-    the pending list (not acknowledged, not written -- both fine);
-  * a waiter cancelled after its operation was taken into a batch simply
-    stops waiting (the record may become durable without being acknowledged:
-    the journal holds a superset of what was acknowledged);
-  * the leader runs the batch under a shielded cancel scope: a transaction in
-    a thread cannot be interrupted anyway, and abandoning it would leave the
-    other callers of the batch without an answer. The shielded work is one
-    bounded LMDB transaction; the leader sees its cancellation afterwards;
-  * a promoted leader that is cancelled before leading passes leadership on.
-- Map growth (`set_mapsize`) is only called from the trio thread, between
-  transactions: reads are synchronous on the trio thread, and the only other
-  thread touching the environment is the writer, which has finished.
+  * a waiter cancelled while its batch is still pending takes its operation
+    out of it (not acknowledged, not written -- both fine);
+  * a waiter cancelled after its batch was taken simply stops waiting (the
+    record may become durable without being acknowledged: the journal holds
+    a superset of what was acknowledged). Nobody leads, so nobody has to
+    pass anything on.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import lmdb
+import outcome
 import trio
 
 from journal.records import JournalError, JournalFull
-from journal.tables import Txn
+from journal.tables import BatchWriter, PreparedDefer, Tables, Txn
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +65,29 @@ T = TypeVar("T")
 #: The map never grows past this; beyond it the journal reports itself full.
 MAX_MAP_SIZE = 1 << 40
 
-_PENDING, _LEAD, _DONE = 0, 1, 2
+_PENDING, _TAKEN, _DONE = 0, 1, 2
 
 
 class _Op(Generic[T]):
-    __slots__ = ("error", "event", "fn", "result", "state")
+    __slots__ = ("fn", "result")
 
     def __init__(self, fn: Callable[[Txn], T]) -> None:
         self.fn = fn
+        self.result: Any = None
+
+
+class _Batch:
+    __slots__ = ("error", "event", "ops", "state")
+
+    def __init__(self) -> None:
+        self.ops: list[Any] = []  # _Op | PreparedDefer, in arrival order
         self.event = trio.Event()
         self.state = _PENDING
-        self.result: Any = None
-        self.error: JournalError | None = None
+        self.error: BaseException | None = None
+
+
+class _NeedsGrowth(Exception):
+    """The writer stops: the map must grow (or be re-read) on the trio thread."""
 
 
 def translate(err: BaseException, where: str) -> JournalError:
@@ -79,122 +98,215 @@ def translate(err: BaseException, where: str) -> JournalError:
     if isinstance(err, lmdb.MapFullError):
         return JournalFull(f"journal {where}: the map reached its maximum size; "
                            "nothing was written")
-    if isinstance(err, lmdb.DiskError) or code == errno.ENOSPC or "No space left" in str(err):
+    if (isinstance(err, lmdb.DiskError) or code == errno.ENOSPC
+            or "No space left" in str(err) or _short_write_on_full_disk(err, code, where)):
         return JournalFull(f"journal {where}: disk full (no space left on device); "
                            "nothing was written")
     return JournalError(f"journal {where}: write failed: {err}")
 
 
+#: Below this many free bytes, an EIO from LMDB is taken for a full disk.
+_NEARLY_FULL = 64 << 10
+
+
+def _short_write_on_full_disk(err: BaseException, code: object, where: str) -> bool:
+    # LMDB reports a short pwrite (the disk filled up in the middle of it) as EIO,
+    # not ENOSPC: then the file system's free space tells which it was.
+    if code != errno.EIO and "Input/output error" not in str(err):
+        return False
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL
+
+
 class GroupCommitter:
     """Serialises write transactions on one environment, batching concurrent callers."""
 
-    def __init__(self, env: lmdb.Environment, where: str,
+    def __init__(self, env: lmdb.Environment, t: Tables, where: str,
                  on_map_full: Callable[[], bool], max_batch: int | None = None) -> None:
         self._env = env
+        self._t = t
         self._where = where
         # Called on the trio thread after MapFullError; returns False when it cannot grow.
         self._on_map_full = on_map_full
-        self._pending: list[_Op[Any]] = []
-        self._leading = False
         # None: unbounded batches. 1: one transaction per operation (benchmarks compare).
         self._max_batch = max_batch
-        self._write_limiter = trio.CapacityLimiter(1)
+        # Guards _batches, _running and the batches' `ops` and `state` (both threads).
+        self._lock = threading.Lock()
+        self._batches: deque[_Batch] = deque()
+        self._running = False  # a writer runs, or a map growth is under way
+        self._threads = threading.Condition(self._lock)  # notified when _nthreads drops
+        self._nthreads = 0  # writer threads started and not yet ended
+        # Held by the writer around each transaction (and by run_exclusive).
+        self._txn_lock = threading.Lock()
+        self._token: trio.lowlevel.TrioToken | None = None
         self.batches = 0
         self.ops = 0
+
+    # --- the trio side ----------------------------------------------------------------------
 
     async def submit(self, fn: Callable[[Txn], T]) -> T:
         """Run `fn(txn)` in a durable write transaction shared with concurrent callers."""
         op: _Op[T] = _Op(fn)
-        self._pending.append(op)
-        if self._leading:
-            finished = False
-            try:
-                await op.event.wait()
-                finished = True
-            finally:
-                if not finished:
-                    self._abandon(op)
-            if op.state == _DONE:
-                return self._outcome(op)
-        else:
-            self._leading = True
-        return await self._lead(op)
-
-    def _abandon(self, op: _Op[Any]) -> None:
-        # Bounded cleanup for a waiter leaving on cancellation (see module docstring).
-        if op.state == _PENDING and op in self._pending:
-            self._pending.remove(op)
-        elif op.state == _LEAD:
-            self._hand_off()
-
-    def _hand_off(self) -> None:
-        if self._pending:
-            nxt = self._pending[0]
-            nxt.state = _LEAD
-            nxt.event.set()
-        else:
-            self._leading = False
-
-    async def _lead(self, op: _Op[T]) -> T:
-        try:
-            with trio.CancelScope(shield=True):
-                # One scheduler round before taking the batch: the callers the
-                # previous batch just woke usually defer again at once, and this
-                # lets them join this batch instead of waiting for the next one.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                if self._max_batch is None:
-                    batch, self._pending = self._pending, []
-                else:
-                    batch = self._pending[: self._max_batch]
-                    del self._pending[: self._max_batch]
-                await self._commit(batch)
-        finally:
-            self._hand_off()
-        return self._outcome(op)
-
-    @staticmethod
-    def _outcome(op: _Op[T]) -> T:
-        if op.error is not None:
-            raise op.error
+        await self._wait(op)
         result: T = op.result
         return result
 
-    async def run_exclusive(self, fn: Callable[[], T]) -> T:
-        """Run `fn` in the writer thread, between transactions (e.g. an env sync)."""
-        return await trio.to_thread.run_sync(fn, limiter=self._write_limiter)
+    async def submit_defer(self, prepared: PreparedDefer) -> int:
+        """Store a prepared defer durably; its seq (normally `prepared.seq`)."""
+        await self._wait(prepared)
+        return prepared.result
 
-    async def _commit(self, batch: list[_Op[Any]]) -> None:
+    async def _wait(self, op: Any) -> None:
+        with self._lock:
+            batches = self._batches
+            if batches and (self._max_batch is None
+                            or len(batches[-1].ops) < self._max_batch):
+                batch = batches[-1]
+            else:
+                batch = _Batch()
+                batches.append(batch)
+            batch.ops.append(op)
+            start = not self._running
+            if start:
+                self._running = True
+        if start:
+            self._start_writer()
         try:
-            while True:
-                try:
-                    await trio.to_thread.run_sync(self._run_batch, batch,
-                                                  limiter=self._write_limiter)
-                    break
-                except lmdb.MapFullError:
-                    if not self._on_map_full():
-                        raise
-                except lmdb.MapResizedError:
-                    # Another process grew the map: adopt its size, run the batch again.
-                    self._env.set_mapsize(0)
-        except Exception as err:  # every caller of the batch gets the failure
-            log.error("journal %r: transaction of %d operations failed: %s",
-                      self._where, len(batch), err)
-            for o in batch:
-                o.error = translate(err, self._where)
-        self.batches += 1
-        self.ops += len(batch)
-        for o in batch:
-            o.state = _DONE
-            o.event.set()
-
-    def _run_batch(self, batch: list[_Op[Any]]) -> None:
-        txn = self._env.begin(write=True)
-        try:
-            results = [o.fn(txn) for o in batch]
-            txn.commit()
+            await batch.event.wait()
         except BaseException:
-            txn.abort()
+            with self._lock:
+                if batch.state == _PENDING:
+                    batch.ops.remove(op)
             raise
-        # Only after the commit: a retried batch must not see half-set results.
-        for o, r in zip(batch, results, strict=True):
-            o.result = r
+        if batch.error is not None:
+            raise translate(batch.error, self._where)
+
+    def _start_writer(self) -> None:
+        # Called with _running set by the caller; on the trio thread.
+        self._token = trio.lowlevel.current_trio_token()
+        with self._lock:
+            self._nthreads += 1
+        trio.lowlevel.start_thread_soon(self._writer, self._writer_ended,
+                                        name="journal writer")
+
+    def _finish(self, batch: _Batch) -> None:
+        batch.state = _DONE
+        batch.event.set()
+
+    def _regrow(self, batch: _Batch, err: BaseException) -> None:
+        # On the trio thread; no writer runs (_running is still set, so none starts).
+        try:
+            if isinstance(err, lmdb.MapResizedError):
+                self._env.set_mapsize(0)  # another process grew the map: adopt its size
+            elif not self._on_map_full():
+                raise err
+        except Exception as failure:
+            log.error("journal %r: transaction of %d operations failed: %s",
+                      self._where, len(batch.ops), failure)
+            batch.error = failure
+            self._finish(batch)
+        else:
+            with self._lock:
+                self._batches.appendleft(batch)
+        with self._lock:
+            if not self._batches:
+                self._running = False
+                return
+        self._start_writer()
+
+    def _writer_ended(self, result: outcome.Outcome[None]) -> None:
+        # In the writer thread, after `_writer` returned.
+        with self._lock:
+            self._nthreads -= 1
+            self._threads.notify_all()
+        try:
+            result.unwrap()
+        except BaseException as err:  # a bug: never leave callers waiting forever
+            log.critical("journal %r: writer thread died: %r", self._where, err)
+            with self._lock:
+                stranded = list(self._batches)
+                self._batches.clear()
+                self._running = False
+            for b in stranded:
+                b.error = JournalError(f"journal {self._where}: writer died: {err!r}")
+                self._post(self._finish, b)
+
+    def _post(self, fn: Callable[..., object], *args: Any) -> None:
+        token = self._token
+        assert token is not None
+        try:
+            token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            log.warning("journal %r: trio run finished; a batch result was dropped",
+                        self._where)
+
+    async def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run `fn` in a thread, between write transactions (e.g. an env sync)."""
+        def locked() -> T:
+            with self._txn_lock:
+                return fn()
+        return await trio.to_thread.run_sync(locked)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (blocking) until no writer thread runs; for close()."""
+        with self._lock:
+            return self._threads.wait_for(lambda: self._nthreads == 0, timeout)
+
+    # --- the writer thread ------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        done: _Batch | None = None  # committed, its callers not yet told
+        while True:
+            with self._lock:
+                batch = self._batches.popleft() if self._batches else None
+                if batch is None:
+                    self._running = False
+                else:
+                    batch.state = _TAKEN
+            if batch is None:
+                if done is not None:
+                    self._post(self._finish, done)
+                return
+            try:
+                with self._txn_lock:
+                    self._run_batch(batch, done)  # tells the trio thread about `done`
+            except _NeedsGrowth as grow:
+                self._post(self._regrow, batch, grow.args[0])
+                return
+            except Exception as err:  # every caller of the batch gets the failure
+                log.error("journal %r: transaction of %d operations failed: %s",
+                          self._where, len(batch.ops), err)
+                batch.error = err
+            self.batches += 1
+            self.ops += len(batch.ops)
+            done = batch
+
+    def _run_batch(self, batch: _Batch, done: _Batch | None) -> None:
+        """One transaction for `batch`; tells the trio thread `done` is durable as soon
+        as the operations are applied (before this commit's fsync), or on failure."""
+        try:
+            txn = self._env.begin(write=True)
+            try:
+                w = BatchWriter(txn, self._t)
+                for op in batch.ops:
+                    if type(op) is PreparedDefer:
+                        op.result = w.defer(op)
+                    else:
+                        op.result = op.fn(txn)
+                w.finish()
+                del w
+            except BaseException:
+                txn.abort()
+                raise
+            if done is not None:
+                self._post(self._finish, done)
+                done = None
+            txn.commit()
+        except (lmdb.MapFullError, lmdb.MapResizedError) as err:
+            raise _NeedsGrowth(err) from None
+        finally:
+            if done is not None:
+                self._post(self._finish, done)

@@ -33,7 +33,12 @@ _U16 = struct.Struct(">H")
 
 def path_bytes(path: str) -> bytes:
     """The bytes the kernel would see (undecodable bytes round-trip via surrogateescape)."""
-    return os.fsencode(path)
+    try:
+        return os.fsencode(path)
+    except UnicodeEncodeError:
+        # A lone surrogate os never produces (outside surrogateescape's range): still a
+        # key, never a crash. Only hashed, so it need not be what the kernel would see.
+        return path.encode("utf-8", "surrogatepass")
 
 
 def path_hash(path: str) -> bytes:

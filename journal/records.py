@@ -144,8 +144,11 @@ def _unpack(data: bytes, kind: str, length: int) -> list[Any]:
     if not data or data[0] != VALUE_FORMAT:
         version = data[0] if data else None
         raise JournalCorrupt(f"{kind} record has unknown value format {version!r}")
+    body = bytes(data[1:])
+    if body[:1] != b"[" or body[-1:] != b"]":  # json.loads would skip stray whitespace
+        raise JournalCorrupt(f"{kind} record has the wrong shape")
     try:
-        obj = json.loads(bytes(data[1:]).decode("ascii"))
+        obj = json.loads(body.decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise JournalCorrupt(f"{kind} record does not decode: {err}") from None
     if not isinstance(obj, list) or len(obj) != length:
@@ -196,6 +199,22 @@ def encode_deferred(e: DeferredEntry) -> bytes:
                   e.first_deferred, e.last_deferred, e.attempts, e.last_error,
                   [[x.uid, x.pid, x.command, x.time] for x in e.exposures],
                   e.not_before, e.lease_until, e.poisoned, e.order])
+
+
+def encode_new_deferred(path: str, seq: int, identity: Identity | None, *, reason: Reason,
+                        profile: str, now: float, error: str,
+                        exposure: Exposure | None) -> bytes:
+    """`encode_deferred` of a first defer, without building the DeferredEntry.
+
+    The same bytes as `encode_deferred(DeferredEntry(path, seq, identity, reason,
+    profile, now, now, 0, error, exposures, 0.0, 0.0, False, order=seq))` (tested):
+    the group commit encodes on the trio thread, before the writer thread needs it.
+    """
+    return _PREFIX + _dumps([
+        path, seq, _identity_obj(identity), reason.value, profile, now, now, 0, error,
+        [] if exposure is None else [[exposure.uid, exposure.pid, exposure.command,
+                                      exposure.time]],
+        0.0, 0.0, False, seq]).encode("ascii")
 
 
 def decode_deferred(data: bytes) -> DeferredEntry:

@@ -143,7 +143,7 @@ class Journal:
         self.max_attempts = max_attempts
         self._clock = clock
         self._pid = os.getpid()
-        self._committer = GroupCommitter(env, str(where), self._grow_map)
+        self._committer = GroupCommitter(env, t, str(where), self._grow_map)
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
@@ -167,8 +167,8 @@ class Journal:
                 raise JournalError(f"{where}: disk full, cannot create journal") from None
             raise JournalUnreadable(f"{where}: {err.strerror or err}") from None
         if not group_commit:
-            journal._committer = GroupCommitter(journal._env, str(where), journal._grow_map,
-                                                max_batch=1)
+            journal._committer = GroupCommitter(journal._env, journal._t, str(where),
+                                                journal._grow_map, max_batch=1)
         return journal
 
     @classmethod
@@ -198,6 +198,8 @@ class Journal:
             with env.begin() as txn:
                 _check_meta(txn, env, where)  # again: it could have changed since the probe
             t = tables.open_tables(env, None)
+            with env.begin() as txn:
+                t.seq.adopt(tables.stored_seq(txn, t))
         except BaseException:
             env.close()
             raise
@@ -205,6 +207,10 @@ class Journal:
 
     def close(self) -> None:
         if self._pid == os.getpid():
+            # A waiter cancelled mid-batch may leave its writer finishing: let it commit.
+            if not self._committer.wait_idle(30.0):
+                log.error("journal %s: closing while a write transaction still runs",
+                          self.path)
             self._env.close()
 
     def __enter__(self) -> Journal:
@@ -227,10 +233,13 @@ class Journal:
         self._env.set_mapsize(size * 2)
         return True
 
-    async def _write(self, fn: Callable[[Txn], T]) -> T:
+    def _check_writable(self) -> None:
         self._check()
         if self.readonly:
             raise JournalError(f"{self.path}: journal opened read-only")
+
+    async def _write(self, fn: Callable[[Txn], T]) -> T:
+        self._check_writable()
         return await self._committer.submit(fn)
 
     def _read(self, fn: Callable[[Txn], T]) -> T:
@@ -248,11 +257,12 @@ class Journal:
 
     async def defer(self, path: str, identity: Identity | None, reason: Reason, profile: str,
                     *, exposure: Exposure | None = None, error: str = "") -> int:
-        now = self._clock()
-        t = self._t
-        return await self._write(lambda txn: tables.op_defer(
-            txn, t, path=path, identity=identity, reason=reason, profile=profile,
-            exposure=exposure, error=error, now=now))
+        self._check_writable()
+        # Seq, keys and value are made here, on the trio thread: the writer thread
+        # then mostly just puts them (see tables.BatchWriter).
+        return await self._committer.submit_defer(tables.PreparedDefer(
+            self._t, path, identity=identity, reason=reason, profile=profile,
+            exposure=exposure, error=error, now=self._clock()))
 
     async def complete(self, path: str, seq: int, verdict: VerdictRecord | None) -> bool:
         t = self._t

@@ -5,7 +5,8 @@ committer runs the write operations in its writer thread, the store runs the
 reads on the trio thread. No function here begins, commits or aborts.
 
 Tables (named LMDB databases):
-  meta        b"magic", b"format", b"seq" (journal-wide counter, u64)
+  meta        b"magic", b"format", b"seq" (journal-wide counter, u64: at least
+              every seq stored in the journal)
   deferred    path key (keys.py) -> DeferredEntry
   order       order key (order, path key) -> b""; every NON-poisoned entry,
               oldest first, so a claim never scans the whole table.
@@ -20,12 +21,19 @@ Invariants (kept by every write operation below):
 - Write operations do not raise for expected conditions (missing entry, stale
   seq); they return a result. Undecodable stored values are skipped with a
   warning rather than failing every write that happens to scan past them.
+- Seqs come from one in-memory counter per open journal (`SeqCounter`), which
+  never hands out a seq twice and adopts the stored `meta.seq` whenever a
+  transaction reads it (another process may have written). A first defer is
+  prepared (seq, keys, encoded value) on the trio thread; the writer thread
+  stores it as prepared only when its path has no entry and its seq is above
+  the stored counter -- otherwise it runs the full `op_defer` with a fresh seq.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +53,7 @@ from journal.records import (
     decode_deferred,
     decode_verdict,
     encode_deferred,
+    encode_new_deferred,
     encode_quarantine,
     encode_verdict,
 )
@@ -63,6 +72,26 @@ else:
     Txn = lmdb.Transaction
 
 
+class SeqCounter:
+    """The journal-wide seq counter of one open journal, shared by both threads."""
+
+    __slots__ = ("_last", "_lock")
+
+    def __init__(self, last: int = 0) -> None:
+        self._last = last
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            self._last += 1
+            return self._last
+
+    def adopt(self, stored: int) -> None:
+        """Never hand out a seq at or below `stored` (a counter read from a transaction)."""
+        with self._lock:
+            self._last = max(self._last, stored)
+
+
 @dataclass(frozen=True, slots=True)
 class Tables:
     meta: Any
@@ -70,10 +99,13 @@ class Tables:
     order: Any
     verdicts: Any
     quarantine: Any
+    seq: SeqCounter = dataclasses.field(default_factory=SeqCounter)
 
 
 def open_tables(env: lmdb.Environment, txn: Txn | None = None) -> Tables:
-    return Tables(*(env.open_db(name, txn=txn, create=txn is not None) for name in TABLE_NAMES))
+    meta, deferred, order, verdicts, quarantine = (
+        env.open_db(name, txn=txn, create=txn is not None) for name in TABLE_NAMES)
+    return Tables(meta, deferred, order, verdicts, quarantine)
 
 
 def init_meta(txn: Txn, t: Tables) -> None:
@@ -82,9 +114,14 @@ def init_meta(txn: Txn, t: Tables) -> None:
     txn.put(b"seq", keys.u64(0), db=t.meta)
 
 
-def next_seq(txn: Txn, t: Tables) -> int:
+def stored_seq(txn: Txn, t: Tables) -> int:
     raw = txn.get(b"seq", db=t.meta)
-    seq = (keys.from_u64(raw) if raw else 0) + 1
+    return keys.from_u64(raw) if raw else 0
+
+
+def next_seq(txn: Txn, t: Tables) -> int:
+    t.seq.adopt(stored_seq(txn, t))
+    seq = t.seq.take()
     txn.put(b"seq", keys.u64(seq), db=t.meta)
     return seq
 
@@ -176,6 +213,72 @@ def op_defer(txn: Txn, t: Tables, *, path: str, identity: Identity | None, reaso
         new = dataclasses.replace(new, attempts=0, poisoned=False, not_before=0.0)
     put_entry(txn, t, key, old, new)
     return seq
+
+
+class PreparedDefer:
+    """A defer made ready on the trio thread: what the writer thread needs, precomputed."""
+
+    __slots__ = ("error", "exposure", "hash", "identity", "key", "now", "okey", "path",
+                 "profile", "reason", "result", "seq", "value")
+
+    def __init__(self, t: Tables, path: str, *, identity: Identity | None, reason: Reason,
+                 profile: str, exposure: Exposure | None, error: str, now: float) -> None:
+        self.path = path
+        self.identity = identity
+        self.reason = reason
+        self.profile = profile
+        self.exposure = exposure
+        self.error = error
+        self.now = now
+        self.hash = h = keys.path_hash(path)
+        self.key = keys.path_key(h, 0)
+        self.seq = seq = t.seq.take()
+        self.okey = keys.order_key(seq, self.key)
+        self.value = encode_new_deferred(path, seq, identity, reason=reason, profile=profile,
+                                         now=now, error=error, exposure=exposure)
+        self.result: int = 0
+
+    def run_slow(self, txn: Txn, t: Tables) -> int:
+        return op_defer(txn, t, path=self.path, identity=self.identity, reason=self.reason,
+                        profile=self.profile, exposure=self.exposure, error=self.error,
+                        now=self.now)
+
+
+class BatchWriter:
+    """Stores prepared defers in one write transaction (in the writer thread).
+
+    Fast path, per record: one range lookup (is any key of the path's hash
+    there?), one put of the prepared value, one append to the order index.
+    """
+
+    __slots__ = ("_dcur", "_max", "_ocur", "_start", "_t", "_txn")
+
+    def __init__(self, txn: Txn, t: Tables) -> None:
+        self._txn = txn
+        self._t = t
+        self._start = stored_seq(txn, t)
+        t.seq.adopt(self._start)
+        self._max = self._start
+        self._dcur = txn.cursor(db=t.deferred)
+        self._ocur = txn.cursor(db=t.order)
+
+    def defer(self, p: PreparedDefer) -> int:
+        # A seq at or below the stored counter may have been used by another process.
+        if p.seq > self._start:
+            dcur, h = self._dcur, p.hash
+            if not (dcur.set_range(h) and dcur.key()[: keys.HASH_LEN] == h):
+                dcur.put(p.key, p.value)
+                # Seqs above every stored one: usually an append at the end of the index.
+                if not self._ocur.put(p.okey, b"", append=True):
+                    self._txn.put(p.okey, b"", db=self._t.order)
+                self._max = max(self._max, p.seq)
+                return p.seq
+        return p.run_slow(self._txn, self._t)
+
+    def finish(self) -> None:
+        """Keep `meta.seq` at or above every seq stored (call before the commit)."""
+        if self._max > self._start and self._max > stored_seq(self._txn, self._t):
+            self._txn.put(b"seq", keys.u64(self._max), db=self._t.meta)
 
 
 def op_complete(txn: Txn, t: Tables, path: str, seq: int,

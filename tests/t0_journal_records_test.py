@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -22,6 +23,7 @@ from journal.records import (
     decode_quarantine,
     decode_verdict,
     encode_deferred,
+    encode_new_deferred,
     encode_quarantine,
     encode_verdict,
 )
@@ -47,6 +49,22 @@ quarantines = st.builds(QuarantineRecord, texts, texts, texts, texts, floats,
 @given(deferred)
 def test_deferred_round_trips(e: DeferredEntry) -> None:
     assert decode_deferred(encode_deferred(e)) == e
+
+
+@given(st.builds(DeferredEntry, path=texts, seq=st.integers(1, 2**63),
+                 identity=st.none() | identities, reason=st.sampled_from(Reason),
+                 profile=texts, first_deferred=floats | st.integers(0, 2**40),
+                 last_deferred=st.just(0.0), attempts=st.just(0), last_error=texts,
+                 exposures=st.just(()) | st.tuples(exposures), not_before=st.just(0.0),
+                 lease_until=st.just(0.0), poisoned=st.just(False)))
+def test_new_entry_encoding_matches_the_record(e: DeferredEntry) -> None:
+    # The group commit stores these bytes as they are: they must be the record's encoding.
+    now = e.first_deferred
+    entry = dataclasses.replace(e, last_deferred=now, order=e.seq)
+    exp = e.exposures[0] if e.exposures else None
+    assert encode_new_deferred(e.path, e.seq, e.identity, reason=e.reason, profile=e.profile,
+                               now=now, error=e.last_error,
+                               exposure=exp) == encode_deferred(entry)
 
 
 @given(verdicts)

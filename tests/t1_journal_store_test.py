@@ -79,6 +79,42 @@ async def test_200_concurrent_defers_are_all_durable(tmp_path: Path) -> None:
         j.close()
 
 
+async def test_same_path_twice_in_one_batch_merges(journal: Journal) -> None:
+    seqs: list[int] = []
+
+    async def one(i: int) -> None:
+        seqs.append(await journal.defer("/same", ID1, Reason.UNAVAILABLE, "p",
+                                        exposure=Exposure(1, i, "x", 1.0)))
+
+    async with trio.open_nursery() as n:
+        for i in range(10):
+            n.start_soon(one, i)
+    (entry,) = journal.list_deferred()
+    assert len(set(seqs)) == 10 and entry.seq == max(seqs) and entry.order == min(seqs)
+    assert len(entry.exposures) == 10
+
+
+async def test_seqs_stay_above_the_stored_counter(tmp_path: Path) -> None:
+    j = Journal.open(tmp_path / "s")
+    try:
+        first = await j.defer("/a", ID1, Reason.UNAVAILABLE, "p")
+        # Another writer (another process) moved the stored counter on: no seq of ours
+        # may fall at or below it, whatever was prepared before.
+        await j._committer.submit(lambda txn: txn.put(b"seq", keys.u64(first + 1000),
+                                                      db=j._t.meta))
+        later = await j.defer("/b", ID1, Reason.UNAVAILABLE, "p")
+        assert later > first + 1000
+    finally:
+        j.close()
+    j = Journal.open(tmp_path / "s")
+    try:
+        assert await j.defer("/c", ID1, Reason.UNAVAILABLE, "p") > later  # reopened
+        assert [e.path for e in j.list_deferred()] == ["/a", "/b", "/c"]
+        assert [e.path for e in await j.claim(5, lease=1)] == ["/a", "/b", "/c"]
+    finally:
+        j.close()
+
+
 async def test_new_state_dir_is_private(tmp_path: Path) -> None:
     Journal.open(tmp_path / "a" / "b").close()
     assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o700
