@@ -418,17 +418,20 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+        # Lazy: a failed test may still hold the environment open; never leave it mounted.
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 async def test_disk_full(small_fs: Path) -> None:
     j = Journal.open(small_fs / "s", map_size=8 << 20)
     acked: list[str] = []
-    with pytest.raises(JournalFull, match="disk full"):
-        for i in range(10_000):
-            await j.defer(f"/full/{i}" + "x" * 200, ID1, Reason.UNAVAILABLE, "p")
-            acked.append(f"/full/{i}" + "x" * 200)
-    j.close()
+    try:
+        with pytest.raises(JournalFull, match="disk full"):
+            for i in range(10_000):
+                await j.defer(f"/full/{i}" + "x" * 200, ID1, Reason.UNAVAILABLE, "p")
+                acked.append(f"/full/{i}" + "x" * 200)
+    finally:
+        j.close()
     assert acked
     j = Journal.open(small_fs / "s", readonly=True)  # opens cleanly: nothing corrupted
     try:
