@@ -24,15 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Run as a script, bench/ comes first on sys.path, and bench/journal.py would
-# shadow the `journal` package: look in the repository root instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+# Runnable from a checkout without installing: the repository root goes first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vfile.simulate.report import summarize, text_table  # noqa: E402
-from vfile.simulate.run import run_migration  # noqa: E402
-from vfile.simulate.scenario import make_params  # noqa: E402
+from vfile.simulate.report import summarize, text_table
+from vfile.simulate.run import run_migration
+from vfile.simulate.scenario import make_params
 
 
 def bench_row(s: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ with one LMDB transaction per record, in one run, on a fresh journal each
 figures, including `group_commit_records_per_s` and `single_txn_records_per_s`
 at 64 callers.
 
-    .venv/bin/python bench/journal.py [--quick] [--json PATH] [--dir DIR]
+    .venv/bin/python bench/commit.py [--quick] [--json PATH] [--dir DIR]
 """
 
 from __future__ import annotations
