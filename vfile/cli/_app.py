@@ -21,7 +21,9 @@ from vfile.errors import Exit, UserError
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# No Rich markup: help texts show literal "[default: …]" and paths with brackets.
 app = typer.Typer(
+    rich_markup_mode=None,
     name="vfile",
     help="vfile: a fail-safe scanning filter. Mirrors a directory through FUSE, "
     "scans files on open and after write, and journals what it cannot scan.",
@@ -29,11 +31,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-appliance_app = typer.Typer(help="Run the built-in scan appliance or a fault-injection proxy.",
-                            no_args_is_help=True)
-journal_app = typer.Typer(help="Inspect and manage the deferred-scan journal.",
-                          no_args_is_help=True)
-quarantine_app = typer.Typer(help="Inspect and manage quarantined files.", no_args_is_help=True)
+appliance_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True,
+    help="Run the built-in scan appliance or a fault-injection proxy.")
+journal_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                          help="Inspect and manage the deferred-scan journal.")
+quarantine_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                             help="Inspect and manage quarantined files.")
 app.add_typer(appliance_app, name="appliance")
 app.add_typer(journal_app, name="journal")
 app.add_typer(quarantine_app, name="quarantine")
