@@ -4,6 +4,8 @@ control plane (vfile.control). Only root and the mount's owner are served."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -118,7 +120,7 @@ def resume(mountpoint: Mountpoint) -> None:
 
 @app.command()
 @user_errors
-def drain(
+def drain(  # noqa: PLR0917 - typer maps parameters to options
     mountpoint: Mountpoint,
     action: Annotated[str, typer.Argument(help="now | pause | resume | rate | status")] = "status",
     files_per_s: Annotated[float | None, typer.Option(help="With `rate`: files per second.")
@@ -126,10 +128,16 @@ def drain(
     bytes_per_s: Annotated[float | None, typer.Option(help="With `rate`: bytes per second.")
                            ] = None,
     json_: Json = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Then wait until the journal holds nothing left to drain "
+        "(poisoned entries excepted), with a progress bar on a terminal.")] = False,
+    wait_timeout: Annotated[float, typer.Option(
+        help="With --wait: give up after this many seconds (exit 8).")] = 3600.0,
 ) -> None:
     """Steer the drain of deferred scans on a live mount.
 
     Example: vfile drain /mnt/guest rate --files-per-s 50
+    Example: vfile drain /mnt/guest now --wait
     """
     args: dict[str, Any] = {"action": action}
     if files_per_s is not None:
@@ -137,6 +145,9 @@ def drain(
     if bytes_per_s is not None:
         args["bytes_per_s"] = bytes_per_s
     result = _call(mountpoint, "drain", args)
+    if wait:
+        _wait_drained(mountpoint, wait_timeout)
+        result = _call(mountpoint, "drain", {"action": "status"})
     if json_:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return
@@ -145,3 +156,28 @@ def drain(
                f"{result['files_per_s']:g} files/s; done {sum(done.values())} "
                f"({done['clean']} clean, {done['infected']} infected, {done['gone']} gone, "
                f"{done['error']} errors), in flight {result['in_flight']}")
+
+
+def _pending(mountpoint: str) -> int:
+    j = _call(mountpoint, "status")["journal"]
+    return int(j.get("deferred", 0)) - int(j.get("poisoned", 0))
+
+
+def _wait_drained(mountpoint: str, timeout: float) -> None:
+    """Poll the mount until nothing drainable is left, showing progress."""
+    deadline = time.monotonic() + timeout
+    first = left = _pending(mountpoint)
+    bar = typer.progressbar(length=max(first, 1), label="draining", file=sys.stderr) \
+        if sys.stderr.isatty() else None
+    try:
+        while left > 0:
+            if time.monotonic() > deadline:
+                raise UserError(f"{left} entries still to drain after {timeout:g}s", Exit.CONTROL)
+            time.sleep(0.5)
+            now = _pending(mountpoint)
+            if bar is not None and now < left:
+                bar.update(min(left, first) - max(now, 0))
+            left = now
+    finally:
+        if bar is not None:
+            bar.render_finish()
