@@ -6,6 +6,7 @@ key path it was given. See `vfile.config` for how globs match.
 
 from __future__ import annotations
 
+import math
 import re
 
 from vfile.errors import Exit, UserError
@@ -86,6 +87,8 @@ def parse_size(value: object, key: str) -> int:
         raise ConfigError(f"{key}: {value!r} is not a size (e.g. 4096, \"64MiB\", \"1GB\")")
     if unit not in _SIZE_UNITS:
         raise ConfigError(f"{key}: unknown size unit {unit!r} in {value!r}")
+    if not math.isfinite(number):  # TOML `nan` / `inf`: int() of them raises, uncaught
+        raise ConfigError(f"{key}: {value!r} is not a finite size")
     if number < 0:
         raise ConfigError(f"{key}: {value!r} is negative")
     return int(number * _SIZE_UNITS[unit])
@@ -103,6 +106,10 @@ def parse_duration(value: object, key: str) -> float:
         raise ConfigError(f"{key}: {value!r} is not a duration (e.g. 2, \"500ms\", \"1h\")")
     if unit not in _DURATION_UNITS:
         raise ConfigError(f"{key}: unknown duration unit {unit!r} in {value!r}")
+    # TOML has `inf` and `nan`: an infinite deadline is a hang, and NaN passes every
+    # `< 0` / `<= 0` check below and in the callers (tests/t4_badinput_test.py).
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {value!r} is not a finite duration")
     if number < 0:
         raise ConfigError(f"{key}: {value!r} is negative")
     return number * _DURATION_UNITS[unit]

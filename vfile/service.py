@@ -109,7 +109,12 @@ async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,
         sig = gate.last_signature
         if sig and sig != saved:
             tmp = state_dir / (SIG_FILE + ".tmp")
-            tmp.write_text(sig + "\n")
+            # 0600 like the journal: the server runs with umask 0, so write_text()
+            # would leave it 0666 (tests/t4_security_test.py).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)  # a .tmp left by a crash keeps its old mode otherwise
+            with os.fdopen(fd, "w") as f:
+                f.write(sig + "\n")
             os.replace(tmp, state_dir / SIG_FILE)
             saved = sig
         await trio.sleep(interval)
