@@ -1,7 +1,7 @@
 """Fault modes for the built-in appliance and the fault-injection proxy.
 
 A fault is parsed from text (`refuse`, `blackhole`, `delay=2s`, `reset`,
-`garbage`, and for the proxy also `truncate`, `trickle`), or `none`. Parsing
+`garbage`, and for the proxy also `truncate`, `trickle`, `oversize`), or `none`. Parsing
 is pure; the servers decide what each fault does to a connection:
 
 - refuse:    the listening socket is closed, connections are refused
@@ -11,6 +11,8 @@ is pure; the servers decide what each fault does to a connection:
 - garbage:   every reply is replaced with bytes that are no valid reply
 - truncate:  (proxy) replies are cut in half and the connection closed
 - trickle:   (proxy) replies are forwarded one byte every 50 ms
+- oversize:  (proxy) every reply is replaced with a reply-shaped line far longer
+             than any real reply (`stream: AAAA…A OK`): a lax parser would read OK
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-FaultKind = Literal["refuse", "blackhole", "delay", "reset", "garbage", "truncate", "trickle"]
+FaultKind = Literal["refuse", "blackhole", "delay", "reset", "garbage", "truncate", "trickle",
+                    "oversize"]
 KINDS: tuple[FaultKind, ...] = ("refuse", "blackhole", "delay", "reset", "garbage", "truncate",
-                                "trickle")
+                                "trickle", "oversize")
 SERVER_KINDS: tuple[FaultKind, ...] = ("refuse", "blackhole", "delay", "reset", "garbage")
 
 #: what a `garbage` fault sends instead of a reply: printable-looking but no
 #: valid clamd or ICAP reply (it even contains "OK" to catch lax parsers)
 GARBAGE = b"\x16\x03\x01garbage: OK?\xff\xfe stream OK\r\n\x00"
 TRICKLE_INTERVAL = 0.05
+#: what an `oversize` fault sends instead of a reply: 1 MiB, ending like a clean one
+OVERSIZE = b"stream: " + b"A" * (1 << 20) + b" OK\0"
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
 

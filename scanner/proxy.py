@@ -5,7 +5,8 @@ passed as SCM_RIGHTS (clamd FILDES) are forwarded too when both sides are
 unix sockets. Faults apply to what flows back from the appliance:
 `blackhole` swallows it, `delay` holds each piece back, `garbage` replaces
 it, `truncate` forwards half of the first piece and closes, `trickle` sends
-it a byte at a time; `reset` and `refuse` act on the client connection.
+it a byte at a time, `oversize` replaces it with a far too long reply;
+`reset` and `refuse` act on the client connection.
 
 Invariants: both pumps of a connection live in one nursery, so when either
 side closes, the other is torn down; every server task ends with `serve()`.
@@ -21,7 +22,7 @@ import socket
 
 import trio
 
-from scanner.faults import GARBAGE, TRICKLE_INTERVAL, Fault
+from scanner.faults import GARBAGE, OVERSIZE, TRICKLE_INTERVAL, Fault
 from scanner.net import FaultSwitch, connect, reset, serve_switchable
 from scanner.urls import Address, address_of, parse_listen_url
 
@@ -121,6 +122,9 @@ class FaultProxy:
                     await client.send_all(data)
                 elif fault.kind == "garbage":
                     await client.send_all(GARBAGE)
+                    break
+                elif fault.kind == "oversize":
+                    await client.send_all(OVERSIZE)
                     break
                 elif fault.kind == "truncate":
                     await client.send_all(data[: len(data) // 2])
