@@ -126,9 +126,13 @@ def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples
             # The fault is cleared: breaker and probe recover, opens are scanned again.
             _wait_recovered(mnt)
             scans = status(mnt)["gate"]["scans"]
-            results = list(pool.map(_open, [mnt / f"f{i}" / n for n in names]))
+            # A slow fault may have let every true verdict through (and into the
+            # cache): a file created now must be scanned whatever happened before.
+            (d / "fresh.txt").write_bytes(f"written after {fault}\n".encode())
+            after = [*names, "fresh.txt"]
+            results = list(pool.map(_open, [mnt / f"f{i}" / n for n in after]))
             opens += len(results)
-            for (outcome, _), name in zip(results, names, strict=True):
+            for (outcome, _), name in zip(results, after, strict=True):
                 want = "EACCES" if name == "eicar.com" else "ok"
                 assert outcome == want, f"after {fault} ({fail_mode}): {name} got {outcome}"
             assert status(mnt)["gate"]["scans"] > scans, f"after {fault}: nothing scanned"
@@ -140,7 +144,8 @@ def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples
         assert v.outcome == truth, v  # type: ignore[attr-defined]
     print(f"fault figures ({fail_mode}): {opens} opens, {len(FAULTS)} faults, "
           f"slowest open {slowest:.2f}s")
-    assert opens == len(FAULTS) * (CLEAN_FILES + 1) * (ROUNDS + 1)
+    # per fault: ROUNDS rounds of every file, then one more plus the fresh file
+    assert opens == len(FAULTS) * ((CLEAN_FILES + 1) * (ROUNDS + 1) + 1)
 
 
 def _journal_entries(state: Path) -> list[object]:
