@@ -327,16 +327,22 @@ def op_forget(txn: Txn, t: Tables, path: str) -> bool:
 
 
 def op_rename(txn: Txn, t: Tables, old: str, new: str) -> bool:
-    """The entry of `old` follows its file to `new`; `new`'s own entry (overwritten) goes."""
+    """The entry of `old` follows its file to `new`, replacing `new`'s own entry.
+
+    With no entry for `old`, `new`'s entry stays: it may be the intent written
+    for this very rename (intent before effect), and `old`'s entry may have
+    been removed as "gone" by a drain that looked between the rename and this
+    transaction. Dropping it would leave the moved file with neither a verdict
+    nor an entry."""
     if old == new:
         return False
-    target = find(txn, t, new)
-    if target is not None:
-        log.info("journal: %r overwritten by rename; dropping its entry", new)
-        delete_entry(txn, t, *target)
     found = find(txn, t, old)
     if found is None:
         return False
+    target = find(txn, t, new)
+    if target is not None:
+        log.info("journal: %r overwritten by rename; its entry is replaced", new)
+        delete_entry(txn, t, *target)
     key, entry = found
     delete_entry(txn, t, key, entry)
     # A new seq: a drain holding (old, seq) must not complete the moved entry.

@@ -536,9 +536,18 @@ class Gate:
         if d.action is not Action.DEFER:
             return
         identity = None if st is None else Identity.from_stat(st)
-        seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED, profile.name,
-                                        exposure=self._exposure(ctx))
-        self._intents[rel] = _Intent(seq)
+        # Registered before the journal write returns: the drain may claim the new
+        # entry at once, and must see "still being written" rather than take a path
+        # whose file is not there yet (a rename onto it) as gone (tests/t5_crash_test.py).
+        intent = _Intent(seq=-1)
+        self._intents[rel] = intent
+        try:
+            intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
+                                                   profile.name, exposure=self._exposure(ctx))
+        except BaseException:
+            if self._intents.get(rel) is intent:
+                del self._intents[rel]
+            raise
         self.stats.intents += 1
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
