@@ -79,11 +79,40 @@ def mounted(source: Path, mountpoint: Path, *extra: str,
         yield server
     finally:
         force_unmount(mountpoint)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_DEADLINE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, STOP_DEADLINE)
         log_path.unlink(missing_ok=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], deadline: float = 10.0) -> None:
+    """SIGTERM a child we started, SIGKILL it if it does not go within `deadline`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(deadline)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def server_pids(mountpoint: Path) -> list[int]:
+    """Mount servers (`vfile mount --foreground`) whose command line names `mountpoint`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(mountpoint) in cmdline and b"--foreground" in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def wait_gone(mountpoint: Path, deadline: float = 15.0) -> bool:
+    """Wait until no mount server for `mountpoint` is left; False on timeout."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if not server_pids(mountpoint):
+            return True
+        time.sleep(0.05)
+    return False

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import Server, mounted, vfile_cmd
+from mounting import Server, mounted, stop_process, vfile_cmd
 from servers import (  # noqa: F401 (session fixtures)
     EICAR_HDB_NAME,
     GENERATED_NAME,
@@ -146,13 +146,7 @@ def appliance_process(*args: str, kind: str = "serve",
             time.sleep(0.05)
         yield app
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         shutil.rmtree(sockdir, ignore_errors=True)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import mounted, vfile_cmd
+from mounting import mounted, stop_process, vfile_cmd
 
 from scanner.signatures import EICAR
 from vfile.errors import Exit
@@ -120,13 +120,7 @@ def appliance_process(where: Path, fault: str = "none") -> Iterator[AppliancePro
             app.set_fault(fault)
         yield app
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from mounting import force_unmount, is_mounted, mounted, vfile_cmd
+from mounting import force_unmount, is_mounted, mounted, server_pids, vfile_cmd, wait_gone
 
 from vfile.errors import Exit
 
@@ -22,27 +21,6 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                           timeout=60, env={**os.environ, **(env or {})})
 
 
-def server_pids(mountpoint: Path) -> list[int]:
-    """Processes whose command line names this mountpoint (our servers)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if os.fsencode(mountpoint) in cmdline and b"vfile" in cmdline:
-                pids.append(int(entry))
-    return pids
-
-
-def wait_gone(mountpoint: Path, deadline: float = 15.0) -> bool:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if not server_pids(mountpoint):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_background_mount_serves_until_unmount(source: Path, mountpoint: Path,

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from mounting import force_unmount, is_mounted, vfile_cmd
+from mounting import force_unmount, is_mounted, server_pids, vfile_cmd, wait_gone
 
 pytestmark = pytest.mark.mount
 
@@ -147,26 +147,6 @@ def test_unit_runs_the_mount_with_notify_and_watchdog(tmp_path: Path) -> None:
             force_unmount(mnt)
 
 
-def server_pids(mountpoint: Path) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if os.fsencode(mountpoint) in cmdline and b"--foreground" in cmdline:
-                pids.append(int(entry))
-    return pids
-
-
-def wait_gone(mountpoint: Path, deadline: float = 15.0) -> bool:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if not server_pids(mountpoint):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @contextmanager
