@@ -28,7 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from journal import Identity, Journal, Reason
+from vfile.journal import Identity, Journal, Reason
 
 CALLERS = (1, 16, 64)
 

@@ -49,7 +49,7 @@ from mounting import mounted, vfile_cmd  # type: ignore[import-not-found]  # noq
 from servers import CLAMD, _stop, _wait_ready, make_samples  # type: ignore[import-not-found]  # noqa: E402
 
 from vfile import control  # noqa: E402
-from vfile.drain import DEFAULT_FILES_PER_S  # noqa: E402
+from vfile.filter.drain import DEFAULT_FILES_PER_S  # noqa: E402
 
 LARGE = 4
 LARGE_SIZE = 16 << 20

@@ -30,7 +30,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import make_samples, running_cicap, running_clamd  # type: ignore[import-not-found]
 
-from scanner.pool import Pool
+from vfile.scanner.pool import Pool
 
 SIZES = {"4KiB": 4096, "1MiB": 1 << 20, "32MiB": 32 << 20}
 ROUNDS_FULL = {"4KiB": 200, "1MiB": 40, "32MiB": 8}

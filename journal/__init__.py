@@ -4,7 +4,7 @@ package: imports neither `vfile` nor `scanner`.
 Public API: `Journal` (store.py) and the records and errors of records.py.
 """
 
-from journal.records import (
+from vfile.journal.records import (
     DeferredEntry,
     Exposure,
     Identity,
@@ -18,7 +18,7 @@ from journal.records import (
     Reason,
     VerdictRecord,
 )
-from journal.store import Journal
+from vfile.journal.store import Journal
 
 __all__ = ["DeferredEntry", "Exposure", "Identity", "Journal", "JournalCorrupt", "JournalError",
            "JournalForeign", "JournalFull", "JournalTooNew", "JournalUnreadable",

@@ -55,8 +55,8 @@ import lmdb
 import outcome
 import trio
 
-from journal.records import JournalError, JournalFull
-from journal.tables import BatchWriter, PreparedDefer, Tables, Txn
+from vfile.journal.records import JournalError, JournalFull
+from vfile.journal.tables import BatchWriter, PreparedDefer, Tables, Txn
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import struct
 
 import xxhash
 
-from journal.records import Identity
+from vfile.journal.records import Identity
 
 HASH_LEN = 8
 PATH_KEY_LEN = HASH_LEN + 2

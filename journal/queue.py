@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from journal import keys
-from journal.records import DeferredEntry, JournalCorrupt, decode_deferred
-from journal.tables import Tables, Txn, delete_entry, find, iter_entries, put_entry
+from vfile.journal import keys
+from vfile.journal.records import DeferredEntry, JournalCorrupt, decode_deferred
+from vfile.journal.tables import Tables, Txn, delete_entry, find, iter_entries, put_entry
 
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 3600.0

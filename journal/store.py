@@ -43,9 +43,9 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from journal import queue, tables
-from journal.commit import MAX_MAP_SIZE, GroupCommitter
-from journal.records import (
+from vfile.journal import queue, tables
+from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
+from vfile.journal.records import (
     DeferredEntry,
     Exposure,
     Identity,
@@ -59,7 +59,7 @@ from journal.records import (
     VerdictRecord,
     decode_quarantine,
 )
-from journal.tables import Txn
+from vfile.journal.tables import Txn
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from journal import keys
-from journal.records import (
+from vfile.journal import keys
+from vfile.journal.records import (
     MAX_EXPOSURES,
     DeferredEntry,
     Exposure,

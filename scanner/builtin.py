@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from scanner import clamd_proto as proto
-from scanner.faults import GARBAGE, Fault
-from scanner.net import FILE_READS, FaultSwitch, reset, serve_switchable
-from scanner.signatures import EICAR_MAX, Signatures, load
-from scanner.urls import parse_listen_url
+from vfile.scanner import clamd_proto as proto
+from vfile.scanner.faults import GARBAGE, Fault
+from vfile.scanner.net import FILE_READS, FaultSwitch, reset, serve_switchable
+from vfile.scanner.signatures import EICAR_MAX, Signatures, load
+from vfile.scanner.urls import parse_listen_url
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import socket
 
 import trio
 
-from scanner import clamd_proto as proto
-from scanner.net import connect, pread
-from scanner.urls import ApplianceURL
-from scanner.verdict import ApplianceError, Outcome
+from vfile.scanner import clamd_proto as proto
+from vfile.scanner.net import connect, pread
+from vfile.scanner.urls import ApplianceURL
+from vfile.scanner.verdict import ApplianceError, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from scanner.verdict import Outcome
+from vfile.scanner.verdict import Outcome
 
 #: a reply longer than this is hostile or broken (clamd's are < 300 bytes)
 MAX_REPLY = 4096

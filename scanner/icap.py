@@ -17,11 +17,11 @@ import logging
 
 import trio
 
-from scanner import icap_proto as proto
-from scanner.clamd_proto import ProtocolError
-from scanner.net import connect, pread
-from scanner.urls import ApplianceURL
-from scanner.verdict import ApplianceError, Outcome
+from vfile.scanner import icap_proto as proto
+from vfile.scanner.clamd_proto import ProtocolError
+from vfile.scanner.net import connect, pread
+from vfile.scanner.urls import ApplianceURL
+from vfile.scanner.verdict import ApplianceError, Outcome
 
 log = logging.getLogger(__name__)
 

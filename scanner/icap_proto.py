@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from scanner.clamd_proto import ProtocolError
-from scanner.urls import ApplianceURL
-from scanner.verdict import Outcome
+from vfile.scanner.clamd_proto import ProtocolError
+from vfile.scanner.urls import ApplianceURL
+from vfile.scanner.verdict import Outcome
 
 #: the longest ICAP response head we accept
 MAX_HEAD = 64 * 1024

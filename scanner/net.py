@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from scanner.faults import Fault
-from scanner.urls import Address
+from vfile.scanner.faults import Fault
+from vfile.scanner.urls import Address
 
 #: file reads for INSTREAM/ICAP bodies and hashing in the built-in appliance
 FILE_READS = trio.CapacityLimiter(8)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from scanner.breaker import Breaker, State
-from scanner.clamd import ClamdClient
-from scanner.icap import IcapClient
-from scanner.urls import ApplianceURL, parse_appliance_url
-from scanner.verdict import ApplianceError, Outcome, Verdict
+from vfile.scanner.breaker import Breaker, State
+from vfile.scanner.clamd import ClamdClient
+from vfile.scanner.icap import IcapClient
+from vfile.scanner.urls import ApplianceURL, parse_appliance_url
+from vfile.scanner.verdict import ApplianceError, Outcome, Verdict
 
 log = logging.getLogger(__name__)
 

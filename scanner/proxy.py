@@ -22,9 +22,9 @@ import socket
 
 import trio
 
-from scanner.faults import GARBAGE, OVERSIZE, TRICKLE_INTERVAL, Fault
-from scanner.net import FaultSwitch, connect, reset, serve_switchable
-from scanner.urls import Address, address_of, parse_listen_url
+from vfile.scanner.faults import GARBAGE, OVERSIZE, TRICKLE_INTERVAL, Fault
+from vfile.scanner.net import FaultSwitch, connect, reset, serve_switchable
+from vfile.scanner.urls import Address, address_of, parse_listen_url
 
 log = logging.getLogger(__name__)
 

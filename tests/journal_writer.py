@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trio
 
-from journal import Identity, Journal, Reason, VerdictRecord
+from vfile.journal import Identity, Journal, Reason, VerdictRecord
 
 TASKS = 64
 PATHS = 400

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from journal import Journal
-from journal.records import Identity
 from vfile import control
+from vfile.journal import Journal
+from vfile.journal.records import Identity
 
 START_DEADLINE = 30.0
 

@@ -35,9 +35,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from scanner.builtin import BuiltinAppliance
-from scanner.faults import Fault
-from scanner.signatures import EICAR
+from vfile.scanner.builtin import BuiltinAppliance
+from vfile.scanner.faults import Fault
+from vfile.scanner.signatures import EICAR
 
 CLAMD = "/usr/sbin/clamd"
 CICAP = "/usr/bin/c-icap"

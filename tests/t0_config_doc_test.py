@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from vfile import config_doc
-from vfile.config import parse_config
+from vfile.config import reference as config_doc
+from vfile.config.model import parse_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -15,7 +15,7 @@ def test_every_config_field_has_help_and_nothing_else_does() -> None:
     fields = {(s.model, f.name) for s in config_doc.SECTIONS
               for f in dataclasses.fields(s.model)}
     assert fields == set(config_doc.HELP), (
-        "vfile/config_doc.py HELP must describe exactly the config dataclass fields; "
+        "vfile/config/reference.py HELP must describe exactly the config dataclass fields; "
         f"missing: {sorted(n for _, n in fields - set(config_doc.HELP))}, "
         f"stale: {sorted(n for _, n in set(config_doc.HELP) - fields)}")
 
@@ -31,7 +31,7 @@ def test_every_documented_key_is_accepted_with_its_example() -> None:
 def test_committed_reference_is_current() -> None:
     assert DOC.read_text() == config_doc.render(), (
         "docs/configuration.md is stale: run "
-        "`.venv/bin/python -m vfile.config_doc > docs/configuration.md`")
+        "`.venv/bin/python -m vfile.config.reference > docs/configuration.md`")
 
 
 def test_reference_shows_defaults_and_choices() -> None:

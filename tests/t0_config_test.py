@@ -1,4 +1,4 @@
-"""vfile.config: TOML → frozen dataclasses, validation messages, globs."""
+"""vfile.config.model: TOML → frozen dataclasses, validation messages, globs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vfile import config as C
-from vfile.config import (
+from vfile.config import model as C
+from vfile.config.model import (
     Config,
     ConfigError,
     Escalation,

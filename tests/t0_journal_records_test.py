@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from journal import keys, queue, statedir
-from journal.records import (
+from vfile.journal import keys, queue, statedir
+from vfile.journal.records import (
     VALUE_FORMAT,
     DeferredEntry,
     Exposure,

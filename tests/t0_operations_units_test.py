@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vfile.audit import AuditLog
 from vfile.errors import Exit, UserError
-from vfile.logfmt import JsonFormatter, formatter
-from vfile.metrics import Metrics, parse_address
 from vfile.mount_helper import translate
 from vfile.notify import notify, watchdog_interval
+from vfile.observe.audit import AuditLog
+from vfile.observe.logfmt import JsonFormatter, formatter
+from vfile.observe.metrics import Metrics, parse_address
 
 # --- mount.fuse.vfile ------------------------------------------------------------------
 
@@ -77,11 +77,11 @@ def test_watchdog_interval() -> None:
 
 
 def test_json_log_lines_carry_extra_fields_and_exceptions() -> None:
-    record = logging.LogRecord("vfile.gate", logging.WARNING, __file__, 1,
+    record = logging.LogRecord("vfile.filter.gate", logging.WARNING, __file__, 1,
                                "denied: %r (profile %s)", ("a b.exe", "uploads"), None)
     record.path = "a b.exe"
     line = json.loads(JsonFormatter().format(record))
-    assert line["level"] == "WARNING" and line["logger"] == "vfile.gate"
+    assert line["level"] == "WARNING" and line["logger"] == "vfile.filter.gate"
     assert line["message"] == "denied: 'a b.exe' (profile uploads)"
     assert line["path"] == "a b.exe" and line["time"].endswith("Z")
     try:
@@ -171,7 +171,8 @@ async def test_metrics_exposition_from_status_pieces() -> None:
 
 
 def test_child_argv_carries_the_operations_options() -> None:
-    from vfile.mount import MountOptions, child_argv
+    from vfile.mount import child_argv
+    from vfile.options import MountOptions
 
     argv = child_argv(MountOptions("/s", "/m", metrics="127.0.0.1:9310", audit_log="/a.jsonl",
                                    log_format="json"), 5)

@@ -9,13 +9,14 @@ import stat
 
 import pytest
 
-from vfile import perms
 from vfile.cli.cmd_mount import parse_o
-from vfile.errnos import InvalidName, StaleHandle, StaleInode, check_name, errno_for
 from vfile.errors import UserError
 from vfile.hooks import Denied
-from vfile.inodes import ROOT_INODE, InodeTable
-from vfile.mount import MountOptions, default_log_file, fuse_options, overlaps, parse_mounts
+from vfile.mount import default_log_file, fuse_options, overlaps, parse_mounts
+from vfile.options import MountOptions
+from vfile.passthrough import perms
+from vfile.passthrough.errnos import InvalidName, StaleHandle, StaleInode, check_name, errno_for
+from vfile.passthrough.inodes import ROOT_INODE, InodeTable
 
 
 def _st(dev: int, ino: int, mode: int = stat.S_IFREG | 0o644) -> os.stat_result:

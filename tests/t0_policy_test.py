@@ -1,4 +1,4 @@
-"""vfile.policy: the decision table, over every combination of its inputs.
+"""vfile.filter.policy: the decision table, over every combination of its inputs.
 
 `ALL` is the full cross product of `DecisionInputs` fields (every enum member,
 both booleans); each invariant of the policy's docstring is checked on every
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from vfile.config import Escalation, FailMode, OversizeRule
-from vfile.policy import (
+from vfile.config.model import Escalation, FailMode, OversizeRule
+from vfile.filter.policy import (
     JOURNAL_REASONS,
     SCANNED_OR_EXEMPT,
     Action,
@@ -156,7 +156,7 @@ def test_every_defer_has_a_journal_reason() -> None:
 
 
 def test_journal_reasons_match_the_journal() -> None:
-    from journal.records import Reason as JournalReason
+    from vfile.journal.records import Reason as JournalReason
     assert {r.value for r in JournalReason} == {r.value for r in JOURNAL_REASONS}
 
 

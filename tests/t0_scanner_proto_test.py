@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scanner import clamd_proto as cp
-from scanner import icap_proto as ip
-from scanner.breaker import Breaker, State
-from scanner.faults import Fault, parse_duration, parse_fault
-from scanner.signatures import EICAR, EICAR_NAME, Signatures, is_eicar, load
-from scanner.urls import parse_appliance_url, parse_listen_url
-from scanner.verdict import Outcome
+from vfile.scanner import clamd_proto as cp
+from vfile.scanner import icap_proto as ip
+from vfile.scanner.breaker import Breaker, State
+from vfile.scanner.faults import Fault, parse_duration, parse_fault
+from vfile.scanner.signatures import EICAR, EICAR_NAME, Signatures, is_eicar, load
+from vfile.scanner.urls import parse_appliance_url, parse_listen_url
+from vfile.scanner.verdict import Outcome
 
 
 @pytest.mark.parametrize(("reply", "expected"), [

@@ -1,4 +1,4 @@
-"""vfile.actions on real files and a real Journal: what an infected file gets."""
+"""vfile.filter.actions on real files and a real Journal: what an infected file gets."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from journal.records import Identity, VerdictRecord
-from journal.store import Journal
-from vfile import actions as A
-from vfile.actions import Actions, open_parent
-from vfile.config import InfectedAction
+from vfile.config.model import InfectedAction
 from vfile.errors import Exit, UserError
+from vfile.filter import actions as A
+from vfile.filter.actions import Actions, open_parent
+from vfile.journal.records import Identity, VerdictRecord
+from vfile.journal.store import Journal
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import trio
 import trio.testing
 from t1_gate_test import CTX, _profile, gate_env, until
 
-from journal.records import DeferredEntry, Identity, Reason
-from scanner.faults import Fault
-from scanner.signatures import EICAR
-from vfile.drain import Drain, Outcome, Resolution, TokenBucket
+from vfile.filter.drain import Drain, Outcome, Resolution, TokenBucket
+from vfile.journal.records import DeferredEntry, Identity, Reason
+from vfile.scanner.faults import Fault
+from vfile.scanner.signatures import EICAR
 
 
 def test_token_bucket_delays_once_empty() -> None:

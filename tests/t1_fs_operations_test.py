@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import pyfuse3
 import pytest
 
-from vfile.fs import VFileOperations
 from vfile.hooks import Denied, NoHooks, RequestCtx
-from vfile.inodes import ROOT_INODE
+from vfile.passthrough.fs import VFileOperations
+from vfile.passthrough.inodes import ROOT_INODE
 
 
 @dataclass
@@ -35,6 +35,9 @@ class RecordingHooks:
     calls: list[tuple[str, object]] = field(default_factory=list)
     deny_open: bool = False
     explode: bool = False
+
+    def allows_cached_nowait(self, st: os.stat_result, flags: int) -> bool:
+        return False  # every open reaches on_open, so the test sees it
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx) -> None:
@@ -73,7 +76,7 @@ def fields(**on: bool) -> SimpleNamespace:
 
 def make_ops(src: Path, hooks: object = None) -> VFileOperations:
     fd = os.open(src, os.O_PATH | os.O_DIRECTORY)
-    return VFileOperations(fd, os.fsencode(src), hooks or NoHooks(fd))  # type: ignore[arg-type]
+    return VFileOperations(fd, os.fsencode(src), hooks or NoHooks())  # type: ignore[arg-type]
 
 
 async def test_create_write_read_release(src: Path) -> None:

@@ -1,4 +1,4 @@
-"""vfile.gate without the kernel: the real built-in appliance (in-process), a
+"""vfile.filter.gate without the kernel: the real built-in appliance (in-process), a
 real Pool and a real Journal in tmp_path; the hooks are called as the
 passthrough would call them. Faults are switched on the live appliance.
 """
@@ -18,16 +18,16 @@ import pytest
 import trio
 from servers import running_builtin
 
-from journal.records import Identity, Reason
-from journal.store import Journal
-from scanner.builtin import BuiltinAppliance
-from scanner.faults import Fault
-from scanner.pool import Pool
-from scanner.signatures import EICAR, EICAR_NAME
-from vfile.actions import Actions
-from vfile.config import parse_config
-from vfile.gate import Gate
+from vfile.config.model import parse_config
+from vfile.filter.actions import Actions
+from vfile.filter.gate import Gate
 from vfile.hooks import Denied, RequestCtx
+from vfile.journal.records import Identity, Reason
+from vfile.journal.store import Journal
+from vfile.scanner.builtin import BuiltinAppliance
+from vfile.scanner.faults import Fault
+from vfile.scanner.pool import Pool
+from vfile.scanner.signatures import EICAR, EICAR_NAME
 
 CTX = RequestCtx(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)
 #: generous "does not hang" margin on top of a profile's deadline

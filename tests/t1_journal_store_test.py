@@ -13,7 +13,7 @@ import lmdb
 import pytest
 import trio
 
-from journal import (
+from vfile.journal import (
     Exposure,
     Identity,
     Journal,

@@ -10,12 +10,12 @@ import pytest
 import trio
 from servers import GENERATED_NAME, Builtin, Samples, builtin, samples  # noqa: F401
 
-from scanner.builtin import BuiltinAppliance
-from scanner.faults import SERVER_KINDS, Fault
-from scanner.pool import Pool
-from scanner.proxy import FaultProxy
-from scanner.signatures import EICAR_NAME
-from scanner.verdict import Outcome
+from vfile.scanner.builtin import BuiltinAppliance
+from vfile.scanner.faults import SERVER_KINDS, Fault
+from vfile.scanner.pool import Pool
+from vfile.scanner.proxy import FaultProxy
+from vfile.scanner.signatures import EICAR_NAME
+from vfile.scanner.verdict import Outcome
 
 DEADLINE = 5.0  # generous "does not hang" bound
 

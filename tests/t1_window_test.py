@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from vfile.window import DEFAULT_MAX_WINDOW, Window
+from vfile.filter.window import DEFAULT_MAX_WINDOW, Window
 
 
 async def test_open_close_notifies_listeners() -> None:

@@ -21,8 +21,8 @@ from servers import (  # noqa: F401
     samples,
 )
 
-from scanner.pool import Pool
-from scanner.verdict import Outcome
+from vfile.scanner.pool import Pool
+from vfile.scanner.verdict import Outcome
 
 DEADLINE = 10.0
 pytestmark = [pytest.mark.clamd]

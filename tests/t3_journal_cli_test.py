@@ -9,9 +9,9 @@ import pytest
 import trio
 from typer.testing import CliRunner
 
-from journal import Exposure, Identity, Journal, QuarantineRecord, Reason
 from vfile.cli import app
 from vfile.errors import Exit
+from vfile.journal import Exposure, Identity, Journal, QuarantineRecord, Reason
 
 runner = CliRunner()
 ID = Identity(3, 4, 1234, 5, 6)

@@ -35,8 +35,8 @@ from mounting import force_unmount, is_mounted, mounted
 from outage import running_appliance, status, unaccounted, write_config
 from servers import Samples, samples  # noqa: F401 - fixture
 
-from journal import Journal
-from scanner.signatures import EICAR
+from vfile.journal import Journal
+from vfile.scanner.signatures import EICAR
 
 EVERY_BYTE = bytes(b for b in range(1, 256) if b != ord("/"))  # 254 bytes
 

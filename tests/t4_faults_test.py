@@ -33,9 +33,9 @@ from mounting import mounted
 from outage import running_appliance, running_proxy, status, write_config
 from servers import Samples, samples  # noqa: F401 - fixture
 
-from journal import Journal
-from journal.records import decode_verdict
-from scanner.signatures import EICAR
+from vfile.journal import Journal
+from vfile.journal.records import decode_verdict
+from vfile.scanner.signatures import EICAR
 
 DEADLINE = 0.5
 MARGIN = 3.0

@@ -28,7 +28,7 @@ from t4_filter_test import (
     wait_for,
 )
 
-from scanner.signatures import EICAR, EICAR_NAME
+from vfile.scanner.signatures import EICAR, EICAR_NAME
 
 pytestmark = pytest.mark.mount
 

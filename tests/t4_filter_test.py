@@ -41,9 +41,9 @@ from servers import (  # noqa: F401 (session fixtures)
     samples,
 )
 
-from journal.store import Journal
-from scanner.signatures import EICAR, EICAR_NAME
 from vfile import control
+from vfile.journal.store import Journal
+from vfile.scanner.signatures import EICAR, EICAR_NAME
 
 pytestmark = pytest.mark.mount
 

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from mounting import mounted, stop_process, vfile_cmd
 
-from scanner.signatures import EICAR
 from vfile.errors import Exit
+from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
 

@@ -16,8 +16,8 @@ import pytest
 from mounting import Server, mounted, vfile_cmd
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.signatures import EICAR
 from vfile.errors import Exit
+from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
 
@@ -116,7 +116,8 @@ def test_metrics_logs_and_audit_of_a_live_mount(tmp_path: Path) -> None:
         log_lines = [json.loads(line) for line in server.log().splitlines()]
 
     assert all({"time", "level", "logger", "message"} <= set(ln) for ln in log_lines)
-    assert any(ln["logger"] == "vfile.gate" and "infected" in ln["message"] for ln in log_lines)
+    assert any(ln["logger"] == "vfile.filter.gate" and "infected" in ln["message"]
+               for ln in log_lines)
 
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     by = {(e["event"], e["path"], e.get("verdict")): e for e in events}

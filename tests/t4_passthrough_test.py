@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mounting import Server, mounted
 
-from vfile.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, utimens_empty
+from vfile.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, utimens_empty
 
 pytestmark = pytest.mark.mount
 

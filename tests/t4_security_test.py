@@ -32,7 +32,7 @@ from mounting import mounted
 from outage import running_appliance, running_proxy, status, write_config
 from servers import Samples, samples  # noqa: F401 - fixture
 
-from scanner.signatures import EICAR
+from vfile.scanner.signatures import EICAR
 
 DROP = ("import os, sys, errno\n"
         "from vfile import control\n"
@@ -176,5 +176,5 @@ def test_no_escape_from_the_source(shared: Path, samples: Samples) -> None:  # n
 def _deferred(mnt: Path) -> list[dict[str, object]]:
     from vfile import control
 
-    result: list[dict[str, object]] = control.call(mnt, "journal.list", {}, timeout=20)
+    result: list[dict[str, object]] = control.call(mnt, "vfile.journal.list", {}, timeout=20)
     return result

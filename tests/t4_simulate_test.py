@@ -128,7 +128,7 @@ def test_params_checked() -> None:
 
 
 def test_mode_configs_parse() -> None:
-    from vfile.config import FailMode, parse_config
+    from vfile.config.model import FailMode, parse_config
 
     for mode in MODES:
         cfg = parse_config(mode_config(mode, 0.25, "/tmp/q"), source=mode)

@@ -234,7 +234,7 @@ def test_sigkill_mount_server_leaves_nothing_unjournaled(tmp_path: Path) -> None
 
 
 def _journal_depth(state: Path) -> int:
-    from journal import Journal
+    from vfile.journal import Journal
 
     j = Journal.open(state, readonly=True)
     try:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from journal_writer import path_of  # tests/ is on sys.path (rootdir conftest)
 
-from journal import Journal, keys
-from journal.records import decode_deferred, decode_verdict
+from vfile.journal import Journal, keys
+from vfile.journal.records import decode_deferred, decode_verdict
 
 WRITER = Path(__file__).with_name("journal_writer.py")
 KILLS = 24

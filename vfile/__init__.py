@@ -4,9 +4,9 @@ Package map (dependencies point one way):
 
     vfile.cli    -> the typer shell, the only importer of typer
     vfile.mount  -> composition root: builds scanners, journal, filesystem
-    vfile.fs     -> pyfuse3.Operations (thin handlers, one errno mapping)
-    vfile.gate   -> the scan-on-open / after-write machinery
-    vfile.policy -> the pure allow / deny / defer decision
+    vfile.passthrough.fs     -> pyfuse3.Operations (thin handlers, one errno mapping)
+    vfile.filter.gate   -> the scan-on-open / after-write machinery
+    vfile.filter.policy -> the pure allow / deny / defer decision
     scanner/     -> appliance clients, pool, built-in appliance (leaf)
     journal/     -> durable LMDB state (leaf)
 """

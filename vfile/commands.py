@@ -25,13 +25,13 @@ from typing import Any
 
 import trio
 
-from journal.records import deferred_to_json, quarantine_to_json
-from journal.store import Journal
-from scanner.pool import Pool
 from vfile.control import ControlError
-from vfile.drain import Drain
-from vfile.gate import Gate
-from vfile.window import Window
+from vfile.filter.drain import Drain
+from vfile.filter.gate import Gate
+from vfile.filter.window import Window
+from vfile.journal.records import deferred_to_json, quarantine_to_json
+from vfile.journal.store import Journal
+from vfile.scanner.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class Commands:
         self.profiles = profiles
         self._table: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": self.status, "quiesce": self.quiesce, "resume": self.resume,
-            "drain": self.drain_ctl, "journal.list": self.journal_list,
-            "journal.show": self.journal_show, "journal.retry": self.journal_retry,
+            "drain": self.drain_ctl, "vfile.journal.list": self.journal_list,
+            "vfile.journal.show": self.journal_show, "vfile.journal.retry": self.journal_retry,
             "quarantine.list": self.quarantine_list,
         }
 

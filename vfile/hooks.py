@@ -1,6 +1,6 @@
 """The points where the filesystem calls out to the scanning gate.
 
-`vfile.fs` (the pyfuse3 Operations) calls a `FileHooks` object at the few
+`vfile.passthrough.fs` (the pyfuse3 Operations) calls a `FileHooks` object at the few
 moments the gate cares about; the gate implements it without importing
 pyfuse3. Invariants the Operations keep for every hook:
 
@@ -73,6 +73,11 @@ class FileHooks(Protocol):
     #: True when every hook is a no-op, so the filesystem may skip computing paths.
     trivial: bool
 
+    def allows_cached_nowait(self, st: os.stat_result, flags: int) -> bool:
+        """The warm path: True when this open is allowed by a current verdict alone,
+        so `on_open` (and the path it needs) can be skipped. Never blocks."""
+        ...
+
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx) -> None: ...
 
@@ -91,8 +96,8 @@ class NoHooks:
 
     trivial = True
 
-    def __init__(self, root_fd: int | None = None) -> None:
-        self.root_fd = root_fd
+    def allows_cached_nowait(self, st: os.stat_result, flags: int) -> bool:
+        return True
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx) -> None:

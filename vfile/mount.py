@@ -3,7 +3,7 @@
 `serve` is the whole life of a mount server, in one trio task tree:
 
     check FUSE and the paths -> open the source root -> open the hooks
-    (later: journal + scanner pool + gate, started in the same nursery)
+    (the caller's opener: the plain passthrough, or vfile.service's scanning one)
     -> pyfuse3.init (the mount appears) -> report ready -> pyfuse3.main
     until unmounted or SIGTERM/SIGINT -> unmount, close hooks, close fds.
 
@@ -15,7 +15,7 @@ Invariants:
   running ``vfile mount --foreground --ready-fd N`` and waits on the pipe
   for one line, ``OK`` or ``ERR <exit code> <message>``.
 - The server process runs with umask 0: the caller's umask is applied to
-  every object it creates (see vfile.fs).
+  every object it creates (see vfile.passthrough.fs).
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
 from vfile.errors import Exit, UserError
-from vfile.fs import VFileOperations
 from vfile.hooks import FileHooks, NoHooks
 from vfile.notify import notify, watchdog, watchdog_interval
+from vfile.options import MountOptions
+from vfile.passthrough.fs import VFileOperations
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +56,6 @@ READ_AHEAD_KB: int | None = 1024
 FUSE_DEVICE_ENV = "VFILE_FUSE_DEVICE"
 
 
-@dataclass(frozen=True)
-class MountOptions:
-    source: str
-    mountpoint: str
-    #: let users other than the mounting one use the mount (-o allow_other).
-    allow_other: bool = False
-    #: the kernel's writeback cache (see bench/passthrough.py for why it is on).
-    writeback: bool = True
-    verbose: int = 0
-    #: scan through appliances (False: a plain passthrough, for comparison)
-    scan: bool = True
-    config: str | None = None
-    appliances: tuple[str, ...] = ()
-    fail_mode: str | None = None
-    timeout: float | None = None
-    state_dir: str | None = None
-    #: signature directory for the embedded built-in appliance
-    signatures: str | None = None
-    #: serve Prometheus metrics on this HOST:PORT (a bare PORT: loopback); None: off
-    metrics: str | None = None
-    #: append one JSON line per verdict and action to this file; None: off
-    audit_log: str | None = None
-    #: "plain" or "json" (one JSON object per log line)
-    log_format: str = "plain"
-
-
 HooksOpener = Callable[[MountOptions, int], AbstractAsyncContextManager[FileHooks]]
 
 
@@ -89,7 +63,7 @@ HooksOpener = Callable[[MountOptions, int], AbstractAsyncContextManager[FileHook
 async def open_passthrough_hooks(opts: MountOptions, root_fd: int) -> AsyncIterator[FileHooks]:
     """The plain passthrough. The scanning step replaces this with an opener
     that starts the journal and the scanner pool in a nursery and yields the gate."""
-    yield NoHooks(root_fd)
+    yield NoHooks()
 
 
 # -- checks (before anything is mounted) -------------------------------------
@@ -206,7 +180,7 @@ def _tune_readahead(mountpoint: str) -> None:
 
 
 def _raise_fd_limit() -> None:
-    # One O_PATH descriptor per inode the kernel knows (see vfile.inodes).
+    # One O_PATH descriptor per inode the kernel knows (see vfile.passthrough.inodes).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -259,18 +233,12 @@ async def _terminate_on_signal(signals: AsyncIterator[int]) -> None:
         return
 
 
-def default_hooks(opts: MountOptions) -> HooksOpener:
-    if not opts.scan:
-        return open_passthrough_hooks
-    from vfile.service import open_scanning_hooks
-
-    return open_scanning_hooks
-
-
-def run_foreground(opts: MountOptions, ready_fd: int | None = None,
-                   open_hooks: HooksOpener | None = None) -> None:
-    """Serve in this process; tell `ready_fd` (if any) ``OK`` or ``ERR code msg``."""
-    hooks_opener = open_hooks or default_hooks(opts)
+def run_foreground(opts: MountOptions, open_hooks: HooksOpener,
+                   ready_fd: int | None = None) -> None:
+    """Serve in this process with the hooks `open_hooks` yields (the caller picks the
+    assembly: vfile.service's scanning hooks, or `open_passthrough_hooks`); tell
+    `ready_fd` (if any) ``OK`` or ``ERR code msg``."""
+    hooks_opener = open_hooks
 
     reported = ready_fd is None
 

@@ -28,28 +28,27 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from journal import Journal, JournalError
-from journal.statedir import default_state_dir, ensure_state_dir
-from scanner.builtin import BuiltinAppliance
-from scanner.pool import Pool
+import vfile
 from vfile import control
-from vfile.actions import Actions
 from vfile.commands import Commands, MountInfo
-from vfile.config import Config, load_config
-from vfile.drain import Drain
+from vfile.config.model import Config, load_config
 from vfile.errors import Exit, UserError
-from vfile.gate import Gate
+from vfile.filter.actions import Actions
+from vfile.filter.drain import Drain
+from vfile.filter.gate import Gate
+from vfile.filter.quota import QuotaMonitor
+from vfile.filter.window import Window
 from vfile.hooks import FileHooks
-from vfile.observability import serve_observers
-from vfile.quota import QuotaMonitor
-from vfile.window import Window
-
-if TYPE_CHECKING:
-    from vfile.mount import MountOptions
+from vfile.journal import Journal, JournalError
+from vfile.journal.statedir import default_state_dir, ensure_state_dir
+from vfile.observe.serve import open_outputs, serve_outputs
+from vfile.options import MountOptions
+from vfile.scanner.builtin import BuiltinAppliance
+from vfile.scanner.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +158,26 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         qdir = config.mount.quarantine_dir or str(state_dir / "quarantine")
         actions = Actions(root_fd, journal, quarantine_dir=qdir)
         actions.prepare()
-        gate = Gate(config, pool, journal, actions, source_fd=root_fd)
-        gate.assume_signature(_read_sig(state_dir))
+        quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
         window = Window()
+        # The metrics call these at scrape time; the gate and the drain are built
+        # below (the gate takes the observer), hence the late-bound lambdas.
+        gate: Gate
+        drain: Drain
+        status = {"gate": lambda: gate.statistics(),  # noqa: PLW0108
+                  "drain": lambda: drain.statistics(),  # noqa: PLW0108
+                  "appliances": pool.statistics, "window": window.statistics,
+                  "quota": quota.statistics}
+        outputs = open_outputs(opts.metrics, opts.audit_log, status=status,
+                               journal_stats=journal.stats,
+                               info={"version": vfile.__version__,
+                                     "source": os.path.realpath(opts.source),
+                                     "mountpoint": os.path.realpath(opts.mountpoint)})
+        gate = Gate(config, pool, journal, actions, source_fd=root_fd,
+                    observer=outputs.observer, quota=quota.state)
+        gate.assume_signature(_read_sig(state_dir))
         window.subscribe(gate.set_window)
         window.subscribe(pool.set_quiet)
-        quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
-        gate.quota = quota.state
         drain = Drain(journal, gate.resolve,
                       ready=lambda: pool.available() and not window.active)
         info = MountInfo(source=os.path.realpath(opts.source),
@@ -188,7 +200,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(window.serve)
             await nursery.start(quota.serve)
             await nursery.start(drain.serve)
-            await nursery.start(serve_observers, opts, running)  # --metrics, --audit-log
+            await nursery.start(serve_outputs, outputs)  # --metrics, --audit-log
             try:
                 await nursery.start(server.serve)
             except control.ControlError as err:

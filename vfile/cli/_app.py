@@ -51,8 +51,9 @@ StateDir = Annotated[str | None, typer.Option(
 
 
 def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
-    """Log to stderr at the level -v asks for, as plain text or JSON lines (vfile.logfmt)."""
-    from vfile.logfmt import formatter
+    """Log to stderr at the level -v asks for, as plain text or JSON lines
+    (vfile.observe.logfmt)."""
+    from vfile.observe.logfmt import formatter
 
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)

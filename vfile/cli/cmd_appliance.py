@@ -17,12 +17,12 @@ from typing import Annotated
 import trio
 import typer
 
-from scanner.builtin import BuiltinAppliance
-from scanner.faults import KINDS, SERVER_KINDS, Fault, FaultKind, parse_fault
-from scanner.proxy import FaultProxy
-from scanner.signatures import SignatureError
 from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
 from vfile.errors import Exit, UserError
+from vfile.scanner.builtin import BuiltinAppliance
+from vfile.scanner.faults import KINDS, SERVER_KINDS, Fault, FaultKind, parse_fault
+from vfile.scanner.proxy import FaultProxy
+from vfile.scanner.signatures import SignatureError
 
 log = logging.getLogger(__name__)
 

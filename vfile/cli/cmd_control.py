@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from vfile.cli._app import app, user_errors
-from vfile.config_syntax import parse_duration
+from vfile.config.syntax import parse_duration
 from vfile.control import ControlError, Refused, call
 from vfile.errors import Exit, UserError
 

@@ -36,11 +36,11 @@ from typing import Annotated, Any
 
 import typer
 
-from journal import DeferredEntry, Journal, JournalError, QuarantineRecord
-from journal.records import deferred_to_json, quarantine_to_json
 from vfile import control
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.errors import Exit, UserError
+from vfile.journal import DeferredEntry, Journal, JournalError, QuarantineRecord
+from vfile.journal.records import deferred_to_json, quarantine_to_json
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Mount = Annotated[str | None, typer.Option(
@@ -187,7 +187,7 @@ async def journal_retry(
     """
     if mount is not None and state_dir is None:
         # The live process resets them and kicks its drain (module docstring).
-        n = int(_control(mount, "journal.retry", {} if path is None else {"path": path})
+        n = int(_control(mount, "vfile.journal.retry", {} if path is None else {"path": path})
                 ["retried"])
     else:
         with open_journal(state_dir, readonly=False, mount=mount) as j:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from vfile.cli._app import StateDir, Verbose, app, setup_logging, user_errors
-from vfile.config import DEFAULT_DEADLINE, DEFAULT_FAIL_MODE
+from vfile.config.model import DEFAULT_DEADLINE, DEFAULT_FAIL_MODE
 from vfile.errors import Exit, UserError
 
 #: The -o options `vfile mount` understands.
@@ -85,10 +85,11 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
     --log-format json --metrics 127.0.0.1:9310 /srv/guest-data /mnt/guest
     """
     from vfile import mount as mount_mod
-    from vfile.logfmt import LOG_FORMATS
+    from vfile.observe.logfmt import LOG_FORMATS
+    from vfile.options import MountOptions
 
     opts_o = parse_o(options or [])
-    opts = mount_mod.MountOptions(source=source, mountpoint=mountpoint,
+    opts = MountOptions(source=source, mountpoint=mountpoint,
                                   allow_other="allow_other" in opts_o,
                                   writeback="no_writeback" not in opts_o, verbose=verbose,
                                   scan=not no_scan, config=config,
@@ -99,12 +100,16 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
         raise UserError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not "
                         f"{log_format!r}", Exit.USAGE)
     if metrics is not None:
-        from vfile.metrics import parse_address
+        from vfile.observe.metrics import parse_address
 
         parse_address(metrics)  # a bad address fails here, before anything starts
     if foreground:
         setup_logging(verbose, log_format)
-        mount_mod.run_foreground(opts, ready_fd)
+        if opts.scan:
+            from vfile.service import open_scanning_hooks as opener
+        else:
+            opener = mount_mod.open_passthrough_hooks
+        mount_mod.run_foreground(opts, opener, ready_fd)
         return
     setup_logging(verbose, log_format)
     log_path = log_file or mount_mod.default_log_file(mountpoint, os.geteuid(),

@@ -19,10 +19,10 @@ from typing import Annotated
 import trio
 import typer
 
-from scanner.pool import Pool
-from scanner.verdict import Verdict
 from vfile.cli._app import Verbose, app, run_async, setup_logging
 from vfile.errors import Exit, UserError
+from vfile.scanner.pool import Pool
+from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scanner.signatures import EICAR, EICAR_NAME
+from vfile.scanner.signatures import EICAR, EICAR_NAME
 
 HOT_FILES = 12
 ATTACHMENTS = 2

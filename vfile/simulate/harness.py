@@ -25,9 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from scanner.urls import parse_appliance_url
 from vfile import control
 from vfile.mount import is_vfile_mount
+from vfile.scanner.urls import parse_appliance_url
 
 START_DEADLINE = 30.0
 STOP_DEADLINE = 15.0

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from journal import Journal, JournalError
-from journal.records import Identity
 from vfile import control
+from vfile.journal import Journal, JournalError
+from vfile.journal.records import Identity
 from vfile.simulate import guest as guest_mod
 from vfile.simulate.harness import ApplianceProcess, MountProcess, interrupt_as_exception
 from vfile.simulate.scenario import Params, describe_mode, mode_config
@@ -37,7 +37,7 @@ from vfile.simulate.workload import Op, Recorder, Workload, rewrite_file, run_co
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL = 0.25
-#: the gate's log line for an infected file found by the drain (vfile/gate.py `resolve`)
+#: the gate's log line for an infected file found by the drain (vfile/filter/gate.py `resolve`)
 _DRAIN_CAUGHT = re.compile(r"drain: '(.+?)' found infected")
 Progress = Callable[[str], None]
 
@@ -99,7 +99,7 @@ class _Sampler:
         t = self.rec.now()
         try:
             status = self.mount.call("status", timeout=5)
-            entries = self.mount.call("journal.list", timeout=5)
+            entries = self.mount.call("vfile.journal.list", timeout=5)
         except control.ControlError as err:
             log.debug("sample failed: %s", err)
             return None
@@ -283,7 +283,7 @@ def run_mode(mode: str, params: Params, g: guest_mod.Guest, appliance: Appliance
         tl.events["drained"] = drained_at if drained_at is not None else rec.now()
         status = mount.call("status")
         quarantine = mount.call("quarantine.list")
-        remaining = {e["path"] for e in mount.call("journal.list")}
+        remaining = {e["path"] for e in mount.call("vfile.journal.list")}
         sig = next((a["sig_version"] for a in status["appliances"] if a["sig_version"]), "")
     ops = rec.snapshot()
     events, quiesce = tl.events, tl.quiesce

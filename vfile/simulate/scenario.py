@@ -43,7 +43,7 @@ QUICK_WINDOW = "4:2"
 QUICK_AFTER = 3.0
 QUICK_SCALE = 0.25
 
-#: vfile's profiles: the shipped defaults (vfile/config.py).
+#: vfile's profiles: the shipped defaults (vfile/config/model.py).
 VFILE_ATTEMPT = 1.0
 VFILE_DEADLINE = 2.0
 VFILE_RETRIES = 1

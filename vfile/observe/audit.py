@@ -28,7 +28,7 @@ import time
 from typing import TextIO
 
 from vfile.errors import Exit, UserError
-from vfile.logfmt import rfc3339
+from vfile.observe.logfmt import rfc3339
 
 log = logging.getLogger(__name__)
 

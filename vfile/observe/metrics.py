@@ -4,7 +4,7 @@ Two kinds of metric, in one registry per mount (never the global one, so two
 mounts in one process do not collide):
 
 - Instrumented: the gate calls `opened` and `scanned` (through
-  vfile.observe), which feed the open-latency and scan-latency histograms and
+  vfile.observe.observers), which feed the open-latency and scan-latency histograms and
   the scans-by-result-and-appliance counter. Children are cached per label
   set, so an observation is a dict lookup and a locked add.
 - Read at scrape time: `_StatusCollector` turns the same `statistics()` the
@@ -94,7 +94,7 @@ class Metrics:
         self.registry.register(_StatusCollector(status, lambda: self.journal))
         self.address: tuple[str, int] | None = None
 
-    # --- instruments (called by the gate through vfile.observe) ----------------------------
+    # --- instruments (called by the gate through vfile.observe.observers) ---------------
     def _child(self, key: tuple[str, ...], make: Callable[[], Any]) -> Any:
         child = self._children.get(key)
         if child is None:

@@ -1,7 +1,7 @@
 """The one mapping from exceptions inside a FUSE handler to an errno.
 
 Only `FUSEError` may leave a pyfuse3 handler (anything else is logged by
-pyfuse3 and the request gets no useful answer), so `vfile.fs` funnels every
+pyfuse3 and the request gets no useful answer), so `vfile.passthrough.fs` funnels every
 exception through `errno_for` here. This module is pure (no pyfuse3): the
 choice of errno is table-tested in t0.
 

@@ -3,7 +3,7 @@
 Handlers are thin: find the inode or handle, do the syscall inline (on two
 cores a thread hop costs more than an open or a 128 KiB pread), call the
 gate's hooks where DESIGN.md says, and let `handler` map any exception to one
-errno (see `vfile.errnos`). Invariants:
+errno (see `vfile.passthrough.errnos`). Invariants:
 
 - Only `pyfuse3.FUSEError` leaves a handler.
 - No path is resolved from the source root: every syscall is relative to an
@@ -28,20 +28,26 @@ from collections.abc import Sequence
 
 import pyfuse3
 
-from vfile import perms
-from vfile.errnos import StaleHandle, check_name
-from vfile.fsops.base import (
+from vfile.hooks import CallerLike, request_ctx
+from vfile.passthrough import perms
+from vfile.passthrough.dirops import DirOps
+from vfile.passthrough.errnos import StaleHandle, check_name
+from vfile.passthrough.inodes import Inode, stamp_of
+from vfile.passthrough.metaops import MetaOps
+from vfile.passthrough.opsbase import (
     ATTR_TIMEOUT,
     ENTRY_TIMEOUT,
     OPATH,
     FileHandle,
     handler,
 )
-from vfile.fsops.dirs import DirOps
-from vfile.fsops.meta import MetaOps
-from vfile.hooks import CallerLike, request_ctx
-from vfile.inodes import Inode, stamp_of
-from vfile.syscalls import RENAME_EXCHANGE, fchown_empty, proc_path, renameat2, utimens_empty
+from vfile.passthrough.syscalls import (
+    RENAME_EXCHANGE,
+    fchown_empty,
+    proc_path,
+    renameat2,
+    utimens_empty,
+)
 
 __all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "VFileOperations"]
 
@@ -240,10 +246,9 @@ class VFileOperations(DirOps, MetaOps):
         try:
             st = os.fstat(fd)
             # The warm path (a current clean verdict) skips `on_open` and the path it
-            # needs (a readlink): an optional hook method, one dict lookup in the gate.
-            warm = getattr(hooks, "allows_cached_nowait", None)
-            if not hooks.trivial and stat.S_ISREG(st.st_mode) and not (
-                    warm is not None and warm(st, flags)):
+            # needs (a readlink): one dict lookup in the gate.
+            if not hooks.trivial and stat.S_ISREG(st.st_mode) and not \
+                    hooks.allows_cached_nowait(st, flags):
                 await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx))
         except BaseException:
             os.close(fd)

@@ -1,7 +1,7 @@
 """The gate: scan on open and after write, verdict cache, fail modes.
 
 The gate implements `vfile.hooks.FileHooks` for the passthrough. It gathers
-facts, asks the pure `vfile.policy.decide`, and carries the answer out.
+facts, asks the pure `vfile.filter.policy.decide`, and carries the answer out.
 
 Invariants:
 - No open waits longer than its profile's deadline: every wait on a scan is
@@ -38,18 +38,11 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
-from journal.records import Reason as JournalReason
-from journal.store import Journal
-from scanner.pool import Pool
-from scanner.verdict import Verdict
-from vfile.actions import Actions, open_parent
-from vfile.config import Config, Profile, Trigger
-from vfile.drain import Outcome as DrainOutcome
-from vfile.drain import Resolution
-from vfile.hooks import Denied, RequestCtx
-from vfile.observe import Observer
-from vfile.policy import (
+from vfile.config.model import Config, Profile, Trigger
+from vfile.filter.actions import Actions, open_parent
+from vfile.filter.drain import Outcome as DrainOutcome
+from vfile.filter.drain import Resolution
+from vfile.filter.policy import (
     Action,
     Cached,
     Decision,
@@ -60,7 +53,14 @@ from vfile.policy import (
     ScanResult,
     decide,
 )
-from vfile.ratelog import RateLimited
+from vfile.hooks import Denied, RequestCtx
+from vfile.journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
+from vfile.journal.records import Reason as JournalReason
+from vfile.journal.store import Journal
+from vfile.observe.observers import Observer
+from vfile.observe.ratelog import RateLimited
+from vfile.scanner.pool import Pool
+from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ class Gate:
     trivial = False
 
     def __init__(self, config: Config, pool: Pool, journal: Journal, actions: Actions, *,
-                 source_fd: int, clock: Callable[[], float] = time.time,
+                 source_fd: int, observer: Observer | None = None,
+                 quota: Callable[[str], QuotaState] | None = None,
+                 clock: Callable[[], float] = time.time,
                  cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self._config = config
         self._pool = pool
@@ -171,10 +173,10 @@ class Gate:
         self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
         self.stats = _Stats()
-        #: profile name -> scan-debt state; the mount wires in its QuotaMonitor
-        self.quota: Callable[[str], QuotaState] = lambda name: QuotaState.NONE
-        #: timings and audit events (vfile.observe); the mount wires in metrics / audit log
-        self.observer = Observer()
+        #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
+        self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
+        #: timings and audit events (vfile.observe.observers: metrics, audit log)
+        self.observer = observer or Observer()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery of shared and background scans; runs until cancelled."""

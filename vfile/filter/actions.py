@@ -36,10 +36,10 @@ from typing import TypeVar
 
 import trio
 
-from journal.records import Identity, QuarantineRecord, VerdictRecord
-from journal.store import Journal
-from vfile.config import InfectedAction
+from vfile.config.model import InfectedAction
 from vfile.errors import Exit, UserError
+from vfile.journal.records import Identity, QuarantineRecord, VerdictRecord
+from vfile.journal.store import Journal
 
 log = logging.getLogger(__name__)
 

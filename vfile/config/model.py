@@ -33,14 +33,14 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from scanner.urls import parse_appliance_url
-from vfile.config_syntax import (
+from vfile.config.syntax import (
     ConfigError,
     MiB,
     glob_to_regex,
     parse_duration,
     parse_size,
 )
+from vfile.scanner.urls import parse_appliance_url
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import enum
 import errno
 from dataclasses import dataclass
 
-from vfile.config import Escalation, FailMode, OversizeRule
+from vfile.config.model import Escalation, FailMode, OversizeRule
 
 
 class Event(enum.StrEnum):

@@ -18,9 +18,9 @@ from typing import Any
 
 import trio
 
-from journal.records import DeferredEntry
-from vfile.config import Escalation, Profile, Quota
-from vfile.policy import QuotaState
+from vfile.config.model import Escalation, Profile, Quota
+from vfile.filter.policy import QuotaState
+from vfile.journal.records import DeferredEntry
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import trio
 
-from journal.records import DeferredEntry
+from vfile.journal.records import DeferredEntry
 
 log = logging.getLogger(__name__)
 

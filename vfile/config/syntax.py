@@ -1,7 +1,7 @@
 """The small languages inside the configuration: sizes, durations, path globs.
 
 Pure functions; every error is a `ConfigError` whose message starts with the
-key path it was given. See `vfile.config` for how globs match.
+key path it was given. See `vfile.config.model` for how globs match.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class ConfigError(UserError):
 # --- globs -------------------------------------------------------------------
 
 def glob_to_regex(pattern: str) -> str:
-    """Translate a profile glob (see `vfile.config`'s docstring) into a regex."""
+    """Translate a profile glob (see `vfile.config.model`'s docstring) into a regex."""
     if pattern.startswith("/"):
         pattern = pattern.lstrip("/")
     elif "/" not in pattern:

@@ -1,9 +1,9 @@
 """The core the Operations mixins share: the inode and handle tables, the
 helpers that reach the source by descriptor, and the one errno mapping.
 
-Invariants (see also vfile.fs):
+Invariants (see also vfile.passthrough.fs):
 - Only `pyfuse3.FUSEError` leaves a handler: every handler is wrapped in
-  `handler`, which maps anything else through `vfile.errnos.errno_for`.
+  `handler`, which maps anything else through `vfile.passthrough.errnos.errno_for`.
 - No path is resolved from the source root: syscalls are relative to an
   O_PATH descriptor of a known directory, with AT_SYMLINK_NOFOLLOW /
   O_NOFOLLOW, or act on an inode's own descriptor (/proc/self/fd/N).
@@ -22,11 +22,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from vfile import perms
-from vfile.errnos import StaleHandle, errno_for
 from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
-from vfile.inodes import ROOT_INODE, Inode, InodeTable
-from vfile.syscalls import fchown_empty, proc_path
+from vfile.passthrough import perms
+from vfile.passthrough.errnos import StaleHandle, errno_for
+from vfile.passthrough.inodes import ROOT_INODE, Inode, InodeTable
+from vfile.passthrough.syscalls import fchown_empty, proc_path
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class DirHandle:
 
 
 class OpsCore(pyfuse3.Operations):
-    """State and helpers; the handlers live in the mixins and in vfile.fs."""
+    """State and helpers; the handlers live in the mixins and in vfile.passthrough.fs."""
 
     supports_dot_lookup = False  # we are not NFS-exported; never resolve '..'
 
@@ -92,7 +92,7 @@ class OpsCore(pyfuse3.Operations):
         self.enable_writeback_cache = writeback
         self.writeback = writeback
         self.root_path = os.path.realpath(root_path)
-        self.hooks: FileHooks = hooks if hooks is not None else NoHooks(root_fd)
+        self.hooks: FileHooks = hooks if hooks is not None else NoHooks()
         self.table = InodeTable(root_fd, os.fstat(root_fd))
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}

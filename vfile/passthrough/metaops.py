@@ -14,11 +14,11 @@ import stat
 
 import pyfuse3
 
-from vfile import perms
-from vfile.fsops.base import OpsCore, handler
 from vfile.hooks import CallerLike
-from vfile.inodes import ROOT_INODE, Inode
-from vfile.syscalls import proc_path
+from vfile.passthrough import perms
+from vfile.passthrough.inodes import ROOT_INODE, Inode
+from vfile.passthrough.opsbase import OpsCore, handler
+from vfile.passthrough.syscalls import proc_path
 
 
 class MetaOps(OpsCore):

@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from vfile.errnos import StaleInode
+from vfile.passthrough.errnos import StaleInode
 
 log = logging.getLogger(__name__)
 

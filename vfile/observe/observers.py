@@ -26,7 +26,7 @@ class Observer:
         unavailable, timeout) after `seconds`; `appliance` may be empty."""
 
     def audit(self, event: str, path: str, **fields: object) -> None:
-        """A verdict or an action worth an audit line (see vfile.audit)."""
+        """A verdict or an action worth an audit line (see vfile.observe.audit)."""
 
 
 class OpenMetrics(Protocol):

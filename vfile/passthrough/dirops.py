@@ -14,10 +14,10 @@ import os
 
 import pyfuse3
 
-from vfile.errnos import StaleHandle
-from vfile.fsops.base import DirHandle, OpsCore, handler
 from vfile.hooks import CallerLike
-from vfile.inodes import ROOT_INODE, Inode
+from vfile.passthrough.errnos import StaleHandle
+from vfile.passthrough.inodes import ROOT_INODE, Inode
+from vfile.passthrough.opsbase import DirHandle, OpsCore, handler
 
 
 class DirOps(OpsCore):

@@ -1,0 +1,35 @@
+"""What a mount was asked for: the one options record the CLI, the mount and the service share.
+
+A leaf module (no vfile imports), so the mount runner and the scanning service
+both depend on it instead of on each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    source: str
+    mountpoint: str
+    #: let users other than the mounting one use the mount (-o allow_other).
+    allow_other: bool = False
+    #: the kernel's writeback cache (see bench/passthrough.py for why it is on).
+    writeback: bool = True
+    verbose: int = 0
+    #: scan through appliances (False: a plain passthrough, for comparison)
+    scan: bool = True
+    config: str | None = None
+    appliances: tuple[str, ...] = ()
+    fail_mode: str | None = None
+    timeout: float | None = None
+    state_dir: str | None = None
+    #: signature directory for the embedded built-in appliance
+    signatures: str | None = None
+    #: serve Prometheus metrics on this HOST:PORT (a bare PORT: loopback); None: off
+    metrics: str | None = None
+    #: append one JSON line per verdict and action to this file; None: off
+    audit_log: str | None = None
+    #: "plain" or "json" (one JSON object per log line)
+    log_format: str = "plain"
