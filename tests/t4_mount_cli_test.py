@@ -43,6 +43,30 @@ def test_background_mount_serves_until_unmount(source: Path, mountpoint: Path,
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("foreground", [False, True])
+def test_an_unreachable_appliance_is_named_at_mount_time(source: Path, mountpoint: Path,
+                                                        tmp_path: Path, foreground: bool) -> None:
+    """Fail-safe start, but not a silent one: one stderr line per dead appliance, with the
+    fail modes the mount now serves in."""
+    dead = "clamd://nohost.invalid:1"
+    args = ["--state-dir", str(tmp_path / "state"), "-a", dead, "--fail-mode", "closed"]
+    try:
+        if foreground:
+            with mounted(source, mountpoint, *args) as server:
+                err = server.log()
+        else:
+            res = run("mount", str(source), str(mountpoint), *args,
+                      "--log-file", str(tmp_path / "server.log"))
+            assert res.returncode == 0, res.stderr
+            err = res.stderr
+            assert run("unmount", str(mountpoint)).returncode == 0
+        lines = [ln for ln in err.splitlines() if dead in ln and "unreachable" in ln]
+        assert len(lines) == 1, err
+        assert "fail modes" in lines[0] and "default: closed" in lines[0]
+    finally:
+        force_unmount(mountpoint)
+
+
 def _bad(res: subprocess.CompletedProcess[str], code: Exit, words: str) -> None:
     assert res.returncode == int(code), res.stderr
     lines = res.stderr.strip().splitlines()

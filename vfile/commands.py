@@ -184,3 +184,13 @@ class Commands:
 
     def quarantine_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [quarantine_to_json(r) for r in self.journal.list_quarantine()]
+
+
+def unreachable_appliance_lines(appliances: list[dict[str, Any]],
+                                profiles: list[dict[str, Any]]) -> list[str]:
+    """One line per appliance the first probe could not reach, naming the fail modes the
+    mount now serves in (pure: from `status`'s "appliances" and "profiles")."""
+    modes = ", ".join(f"{p['name']}: {p['fail_mode']}" for p in profiles)
+    return [f"appliance {a['url']} is unreachable ({a.get('last_error') or 'no answer'}): "
+            f"the mount serves in its fail modes ({modes}) until it answers"
+            for a in appliances if not a.get("healthy")]

@@ -34,7 +34,7 @@ import trio
 
 import vfile
 from vfile import control
-from vfile.commands import Commands, MountInfo
+from vfile.commands import Commands, MountInfo, unreachable_appliance_lines
 from vfile.config.model import Config, load_config
 from vfile.errors import Exit, UserError
 from vfile.filter.actions import Actions
@@ -195,6 +195,8 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                 rundir.mkdir(mode=0o755, parents=True, exist_ok=True)
                 await nursery.start(builtin.serve, "unix://" + urls[0][len("clamd://"):])
             await nursery.start(pool.serve)
+            for line in unreachable_appliance_lines(pool.statistics(), _profiles(config, quota)):
+                log.warning("%s", line)  # on stderr in the foreground; the CLI repeats it
             await nursery.start(gate.serve)
             await nursery.start(_remember_signature, gate, state_dir, pc.probe_interval)
             await nursery.start(window.serve)

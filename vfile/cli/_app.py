@@ -28,7 +28,7 @@ app = typer.Typer(
     help="vfile: a fail-safe scanning filter. Mirrors a directory through FUSE, "
     "scans files on open and after write, and journals what it cannot scan.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
 )
 appliance_app = typer.Typer(

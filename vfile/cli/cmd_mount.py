@@ -115,6 +115,23 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
     log_path = log_file or mount_mod.default_log_file(mountpoint, os.geteuid(),
                                                       os.path.expanduser("~"))
     mount_mod.start_background(opts, log_path)
+    if opts.scan:
+        _warn_unreachable(mountpoint)
+
+
+def _warn_unreachable(mountpoint: str) -> None:
+    """Say on stderr, once, which appliances the mount could not reach at start."""
+    import sys
+
+    from vfile import control
+    from vfile.commands import unreachable_appliance_lines
+
+    try:
+        st = control.call(mountpoint, "status", timeout=10)
+    except control.ControlError:
+        return  # the mount is up (start_background said so); status is best effort
+    for line in unreachable_appliance_lines(st["appliances"], st["profiles"]):
+        print(f"vfile: warning: {line}", file=sys.stderr)
 
 
 @app.command()
