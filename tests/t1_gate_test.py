@@ -20,7 +20,7 @@ from servers import running_builtin
 
 from vfile.config.model import parse_config
 from vfile.filter.actions import Actions
-from vfile.filter.gate import Gate
+from vfile.filter.gate import SIG_CACHE_S, Gate
 from vfile.hooks import Denied, RequestCtx
 from vfile.journal.records import Identity, Reason
 from vfile.journal.store import Journal
@@ -269,6 +269,7 @@ async def test_signature_version_change_causes_a_rescan(tmp_path: Path) -> None:
         (sigdir / "a.hdb").write_text(f"{'1' * 32}:5:Vfile.Test.Other\n")
         env.appliance.reload()
         await until(lambda: env.pool.signature_version() != before)
+        await trio.sleep(SIG_CACHE_S)  # the gate reuses the pool's answer this long, by design
         await env.open("f")
         assert env.gate.stats.scans == 2
 

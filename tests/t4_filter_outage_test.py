@@ -20,6 +20,7 @@ from t4_filter_test import (
     DEADLINE,
     MARGIN,
     ApplianceProc,
+    Filter,
     appliance_process,
     filtering,
     journal_list,
@@ -32,9 +33,11 @@ from vfile.scanner.signatures import EICAR, EICAR_NAME
 
 pytestmark = pytest.mark.mount
 
-#: once the pool knows the appliance is down an open must not wait on it: "well
-#: under the deadline", generously (the open itself takes about a millisecond)
-KNOWN_DOWN_LIMIT = DEADLINE / 2
+
+
+def attempts(f: Filter) -> int:
+    """Scan attempts the mount's pool made, on every appliance (failed ones included)."""
+    return sum(a["scans"] for a in f.status()["appliances"])
 
 
 @contextlib.contextmanager
@@ -64,10 +67,13 @@ def test_fail_mode_under_outage(tmp_path: Path, mode: str, fault: str) -> None:
         first = timed_read(f.mnt / "a.txt", DEADLINE + MARGIN)
         # Once the probe / breaker knows, nothing waits on the appliance again.
         f.wait_appliance(healthy=False)
+        tried = attempts(f)
         second = timed_read(f.mnt / "b.txt", DEADLINE + MARGIN)
-        assert second.elapsed < KNOWN_DOWN_LIMIT, second
         # A file with a verdict stays readable during the outage, in every mode.
-        assert timed_read(f.mnt / "warm.txt", KNOWN_DOWN_LIMIT).data == b"warm.txt\n"
+        assert timed_read(f.mnt / "warm.txt", DEADLINE + MARGIN).data == b"warm.txt\n"
+        # Neither open waited on the appliance: no attempt was made (counted, not timed,
+        # so a loaded machine cannot make this flaky).
+        assert attempts(f) == tried, (second, f.status()["appliances"])
 
         # One line tells the operator; no line per open.
         assert f.server.log().count(f"appliance {front.url} unavailable") == 1, f.server.log()
@@ -117,7 +123,7 @@ def test_written_during_outage_is_journaled_before_close_and_drained_later(
         assert set(entries) == {"new.txt", "old.txt", "dropped.com"}
         assert {e["reason"] for e in entries.values()} == {"modified"}
         # The file just written is not treated as clean: it opens deferred (safe).
-        assert timed_read(f.mnt / "old.txt", KNOWN_DOWN_LIMIT).data == b"OLD\n"
+        assert timed_read(f.mnt / "old.txt", DEADLINE + MARGIN).data == b"OLD\n"
         # The close scans, unable to scan, leave each entry with the written identity.
         f.wait_idle()
         sizes = {p: e["identity"]["size"] for p, e in journal_list(f.state).items()}

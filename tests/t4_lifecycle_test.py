@@ -17,8 +17,6 @@ import errno
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import mounted, stop_process, vfile_cmd
+from mounting import mounted, vfile_cmd
+from outage import Proc, running_appliance
 
 from vfile.errors import Exit
 from vfile.scanner.signatures import EICAR
@@ -70,58 +69,19 @@ def tree() -> Iterator[Tree]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@dataclass
-class ApplianceProc:
-    proc: subprocess.Popen[bytes]
-    socket_path: Path
-    fault_file: Path
-
-    @property
-    def url(self) -> str:
-        return f"clamd://{self.socket_path}"
-
-    def answers(self) -> bool:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(1.0)
-                s.connect(str(self.socket_path))
-                s.sendall(b"zPING\0")
-                return b"PONG" in s.recv(64)
-        except OSError:
-            return False
-
-    def set_fault(self, fault: str) -> None:
-        """Switch the fault at run time, and wait until it shows (for none/refuse)."""
-        self.fault_file.write_text(fault)
-        self.proc.send_signal(signal.SIGUSR1)
-        if fault == "none":
-            wait_until(self.answers, f"the appliance answers after fault {fault}")
-        elif fault == "refuse":
-            wait_until(lambda: not self.answers(), "the appliance refuses")
-        else:
-            time.sleep(0.3)  # nothing to observe from outside without being swallowed
+#: The one appliance launcher (tests/outage.py): a fault switch waits until the
+#: appliance confirms it in its log, for every kind of fault.
+ApplianceProc = Proc
 
 
 @contextlib.contextmanager
 def appliance_process(where: Path, fault: str = "none") -> Iterator[ApplianceProc]:
-    """`vfile appliance serve` on a unix socket, fault switchable, always stopped.
-    It starts healthy (so we know it serves), then takes `fault`."""
-    sock, fault_file = where / "appliance.sock", where / "appliance.fault"
-    fault_file.write_text("none")
-    log = (where / "appliance.log").open("wb")
-    proc = subprocess.Popen(vfile_cmd("appliance", "serve", "--listen", f"unix://{sock}",
-                                      "--fault-file", str(fault_file)),
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    app = ApplianceProc(proc, sock, fault_file)
-    try:
-        wait_until(lambda: app.answers() or proc.poll() is not None, "the appliance starts")
-        assert proc.poll() is None, (where / "appliance.log").read_text()
+    """`vfile appliance serve` on a unix socket, started healthy, then given `fault`."""
+    del where  # the launcher keeps its socket in a short path of its own
+    with running_appliance() as app:
         if fault != "none":
             app.set_fault(fault)
         yield app
-    finally:
-        stop_process(proc)
-        log.close()
 
 
 def wait_until(cond: Callable[[], object], what: str, deadline: float = SOON) -> None:
