@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,3 +116,12 @@ def wait_gone(mountpoint: Path, deadline: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def wait_for(what: str, check: Callable[[], object], deadline: float = 15.0) -> None:
+    """Poll `check` until it is true; fail naming `what` after `deadline` seconds (a hang)."""
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")
+        time.sleep(0.05)

@@ -69,6 +69,7 @@ class Proc:
     log: Path
     fault_file: Path
     switches: int = 0
+    reloads: int = 0
 
     def set_fault(self, fault: str) -> None:
         """Switch the fault (`none` clears it) and wait until it is in force."""
@@ -76,6 +77,12 @@ class Proc:
         self.switches += 1
         self.proc.send_signal(signal.SIGUSR1)
         _wait_for(self.log, "fault: ", self.proc, "fault switch", self.switches)
+
+    def reload(self) -> None:
+        """Reload the appliance's signatures (SIGHUP) and wait until it says it did."""
+        self.reloads += 1
+        self.proc.send_signal(signal.SIGHUP)
+        _wait_for(self.log, "signatures reloaded", self.proc, "signature reload", self.reloads)
 
 
 def _start(args: list[str], ready: str, sockdir: Path, url: str) -> Iterator[Proc]:

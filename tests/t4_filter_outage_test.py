@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from outage import Proc, running_appliance, running_proxy
 from t4_filter_test import (
     DEADLINE,
     MARGIN,
-    ApplianceProc,
     Filter,
-    appliance_process,
     filtering,
     journal_list,
     journal_paths,
@@ -41,11 +40,11 @@ def attempts(f: Filter) -> int:
 
 
 @contextlib.contextmanager
-def outage_setup(fault: str) -> Iterator[tuple[ApplianceProc, ApplianceProc]]:
+def outage_setup(fault: str) -> Iterator[tuple[Proc, Proc]]:
     """(the appliance, what the mount talks to): the proxy in front for `blackhole`."""
-    with appliance_process() as app:
+    with running_appliance() as app:
         if fault == "blackhole":
-            with appliance_process("--upstream", app.url, kind="proxy") as proxy:
+            with running_proxy(app.url) as proxy:
                 yield app, proxy
         else:
             yield app, app
@@ -105,7 +104,7 @@ def test_written_during_outage_is_journaled_before_close_and_drained_later(
     src = tmp_path / "src"
     src.mkdir()
     (src / "old.txt").write_bytes(b"old\n")
-    with appliance_process() as app, \
+    with running_appliance() as app, \
             filtering(tmp_path, "--appliance", app.url, cooldown="1s") as f:
         assert (f.mnt / "old.txt").read_bytes() == b"old\n"  # a clean verdict
         app.set_fault("refuse")
@@ -144,21 +143,22 @@ def test_fail_safe_boot_with_every_appliance_down(tmp_path: Path) -> None:
     (src / "a.txt").write_bytes(b"a\n")
     (src / "eicar.com").write_bytes(EICAR)
     missing = f"clamd://{tmp_path}/nobody-listens.sock"
-    with appliance_process(fault="blackhole") as app, \
-            filtering(tmp_path, "--appliance", missing, "--appliance", app.url,
-                      cooldown="1s") as f:
-        # Mounted with nothing to scan with: opens are allowed and journaled at once.
-        assert timed_read(f.mnt / "a.txt", DEADLINE + MARGIN).data == b"a\n"
-        assert timed_read(f.mnt / "eicar.com", DEADLINE + MARGIN).data == EICAR
-        entries = journal_list(f.state)
-        assert set(entries) == {"a.txt", "eicar.com"}
-        assert all(e["exposures"] for e in entries.values())
-        assert f.gate()["scans"] == 0
+    with running_appliance() as app:
+        app.set_fault("blackhole")  # every appliance down before the mount starts
+        with filtering(tmp_path, "--appliance", missing, "--appliance", app.url,
+                       cooldown="1s") as f:
+            # Mounted with nothing to scan with: opens are allowed and journaled at once.
+            assert timed_read(f.mnt / "a.txt", DEADLINE + MARGIN).data == b"a\n"
+            assert timed_read(f.mnt / "eicar.com", DEADLINE + MARGIN).data == EICAR
+            entries = journal_list(f.state)
+            assert set(entries) == {"a.txt", "eicar.com"}
+            assert all(e["exposures"] for e in entries.values())
+            assert f.gate()["scans"] == 0
 
-        # One appliance returns: the journal drains, and EICAR is dealt with after the fact.
-        app.set_fault("none")
-        wait_for("the drain to empty the journal", lambda: not journal_paths(f.state))
-        wait_for("eicar.com to be quarantined", lambda: not (src / "eicar.com").exists())
-        scans = f.gate()["scans"]
-        assert (f.mnt / "a.txt").read_bytes() == b"a\n"
-        assert f.gate()["scans"] == scans  # a.txt's verdict came from the drain
+            # One appliance returns: the journal drains, and EICAR is dealt with after the fact.
+            app.set_fault("none")
+            wait_for("the drain to empty the journal", lambda: not journal_paths(f.state))
+            wait_for("eicar.com to be quarantined", lambda: not (src / "eicar.com").exists())
+            scans = f.gate()["scans"]
+            assert (f.mnt / "a.txt").read_bytes() == b"a\n"
+            assert f.gate()["scans"] == scans  # a.txt's verdict came from the drain

@@ -18,20 +18,18 @@ import errno
 import json
 import os
 import shutil
-import signal
-import socket
 import stat
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import Server, mounted, stop_process, vfile_cmd
+from mounting import Server, mounted, vfile_cmd, wait_for
+from outage import running_appliance
 from servers import (  # noqa: F401 (session fixtures)
     EICAR_HDB_NAME,
     GENERATED_NAME,
@@ -60,94 +58,6 @@ attempt_timeout = "500ms"
 probe_interval = "200ms"
 breaker_cooldown = "{cooldown}"
 """
-
-
-# --- appliance processes -----------------------------------------------------------------
-
-
-def ping(sock: str, timeout: float = 0.3) -> str:
-    """`ok` (PONG), `refused` (nobody listens), `silent` (no reply in time) or `bad`."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(sock)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return "refused"
-        try:
-            s.sendall(b"zPING\0")
-            reply = s.recv(64)
-        except TimeoutError:
-            return "silent"
-        except OSError:
-            return "refused"
-    return "ok" if reply.startswith(b"PONG") else "bad"
-
-
-#: what `ping` sees once a fault is in place
-PING_SEES = {"none": "ok", "refuse": "refused", "blackhole": "silent"}
-
-
-def wait_for(what: str, check: Callable[[], bool], deadline: float = SETTLE) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(0.05)
-
-
-@dataclass
-class ApplianceProc:
-    """`vfile appliance serve` or `vfile appliance proxy` running in a subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    sock: str
-    fault_file: Path
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"clamd://{self.sock}"
-
-    def set_fault(self, mode: str) -> None:
-        """Switch the fault (SIGUSR1) and wait until a client sees it."""
-        self.fault_file.write_text(mode)
-        self.proc.send_signal(signal.SIGUSR1)
-        wait_for(f"fault {mode!r} on {self.sock}", lambda: ping(self.sock) == PING_SEES[mode])
-
-    def reload(self) -> None:
-        self.proc.send_signal(signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def appliance_process(*args: str, kind: str = "serve",
-                      fault: str = "none") -> Iterator[ApplianceProc]:
-    """Run `vfile appliance KIND --listen unix://… --fault-file F ARGS…`; always stop it.
-
-    `fault` is the one it starts with (`none` or `blackhole`: `refuse` would be
-    indistinguishable from not having started yet)."""
-    # unix socket paths are limited to 107 bytes: not under pytest's long tmp_path
-    sockdir = Path(tempfile.mkdtemp(prefix="vft-"))
-    sock = str(sockdir / f"{kind}.sock")
-    fault_file = sockdir / "fault"
-    fault_file.write_text(fault)
-    log_path = sockdir / "log"
-    with log_path.open("wb") as logf:
-        proc = subprocess.Popen(vfile_cmd("appliance", kind, "--listen", f"unix://{sock}",
-                                          "--fault-file", str(fault_file), "--fault", fault,
-                                          *args),
-                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
-    app = ApplianceProc(proc, sock, fault_file, log_path)
-    try:
-        end = time.monotonic() + SETTLE
-        while ping(sock) != PING_SEES[fault]:
-            if proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"appliance {kind} did not come up:\n"
-                                     f"{log_path.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield app
-    finally:
-        stop_process(proc)
-        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 # --- the mount ---------------------------------------------------------------------------
@@ -287,7 +197,7 @@ def test_eicar_denied_and_quarantined_clean_served_builtin(tmp_path: Path) -> No
     (src / "eicar.com").write_bytes(EICAR)
     (src / "sub").mkdir()
     (src / "sub" / "clean.txt").write_bytes(b"nothing to see\n" * 1000)
-    with appliance_process() as app, filtering(tmp_path, "--appliance", app.url) as f:
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
         got = timed_read(f.mnt / "sub" / "clean.txt", DEADLINE + MARGIN)
         assert got.data == b"nothing to see\n" * 1000
         got = timed_read(f.mnt / "eicar.com", DEADLINE + MARGIN)
@@ -306,7 +216,7 @@ def test_eicar_denied_and_quarantined_clean_served_builtin(tmp_path: Path) -> No
 
 
 def test_eicar_written_through_the_mount_is_quarantined_after_close(tmp_path: Path) -> None:
-    with appliance_process() as app, filtering(tmp_path, "--appliance", app.url) as f:
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
         (f.mnt / "upload.txt").write_bytes(b"fine\n")
         with open(f.mnt / "dropped.com", "wb") as out:
             out.write(EICAR)
@@ -353,7 +263,7 @@ def test_verdicts_survive_a_remount(tmp_path: Path) -> None:
     src.mkdir()
     (src / "clean.txt").write_bytes(b"clean\n")
     (src / "eicar.com").write_bytes(EICAR)
-    with appliance_process() as app:
+    with running_appliance() as app:
         with filtering(tmp_path, "--appliance", app.url, "--fail-mode", "closed") as f:
             assert (f.mnt / "clean.txt").read_bytes() == b"clean\n"
             assert f.gate()["scans"] == 1
@@ -378,7 +288,7 @@ def test_signature_update_causes_a_rescan(tmp_path: Path,
     src.mkdir()
     shutil.copy(samples.generated, src / "generated.bin")
     (src / "clean.txt").write_bytes(b"clean\n")
-    with appliance_process("--signatures", str(sigdir)) as app, \
+    with running_appliance(sigdir) as app, \
             filtering(tmp_path, "--appliance", app.url) as f:
         assert timed_read(f.mnt / "generated.bin", DEADLINE + MARGIN).data is not None
         assert (f.mnt / "clean.txt").read_bytes() == b"clean\n"

@@ -20,14 +20,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import mounted, vfile_cmd
+from mounting import mounted, vfile_cmd, wait_for
 from outage import Proc, running_appliance
 
 from vfile.errors import Exit
@@ -85,11 +84,7 @@ def appliance_process(where: Path, fault: str = "none") -> Iterator[AppliancePro
 
 
 def wait_until(cond: Callable[[], object], what: str, deadline: float = SOON) -> None:
-    end = time.monotonic() + deadline
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline:g}s waiting until {what}")
-        time.sleep(0.05)
+    wait_for(what, cond, deadline)
 
 
 def write_config(tree: Tree, appliance: ApplianceProc, body: str = "") -> Path:
