@@ -12,6 +12,7 @@ A missing package, data file or entry point fails here, not on a user's machine.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -38,8 +39,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("install")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # -v so setuptools' warnings reach the output we check.
+    # From a copy of the checkout: an in-tree build would reuse (and package) whatever a
+    # stale build/ directory still holds.
+    tree = tmp / "tree"
+    shutil.copytree(ROOT, tree, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
+        "reports"))
     built = _run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp / "dist"),
-                  str(ROOT)], cwd=tmp, env=env)
+                  str(tree)], cwd=tmp, env=env)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     noise = [ln for ln in (built.stdout + built.stderr).splitlines()
              if "Deprecat" in ln or "SetuptoolsWarning" in ln]

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, ParamSpec, TypeVar
 
-import trio
 import typer
 
 from vfile.errors import Exit, UserError
@@ -85,6 +84,8 @@ def run_async(fn: Callable[P, Awaitable[T]]) -> Callable[P, T]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        import trio  # per command: `vfile version`, `status` and `quiesce` never load it
+
         async def main() -> T:
             return await fn(*args, **kwargs)
 

@@ -14,15 +14,11 @@ import signal
 from collections.abc import Callable
 from typing import Annotated
 
-import trio
 import typer
 
 from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
 from vfile.errors import Exit, UserError
-from vfile.scanner.builtin import BuiltinAppliance
 from vfile.scanner.faults import KINDS, SERVER_KINDS, Fault, FaultKind, parse_fault
-from vfile.scanner.proxy import FaultProxy
-from vfile.scanner.signatures import SignatureError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +38,10 @@ def _fault(text: str, allowed: tuple[FaultKind, ...]) -> Fault | None:
 
 async def _signals(fault_file: str | None, set_fault: Callable[[Fault | None], None],
                    allowed: tuple[FaultKind, ...], reload: Callable[[], None] | None) -> None:
+    import trio
+
+    from vfile.scanner.signatures import SignatureError
+
     with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP and reload is not None:
@@ -72,6 +72,11 @@ async def serve(
 
     Example: vfile appliance serve --listen tcp://127.0.0.1:3310 --signatures /srv/sigs
     """
+    import trio
+
+    from vfile.scanner.builtin import BuiltinAppliance
+    from vfile.scanner.signatures import SignatureError
+
     setup_logging(verbose)
     try:
         appliance = BuiltinAppliance(signatures, _fault(fault, SERVER_KINDS))
@@ -104,6 +109,10 @@ async def proxy(
     Example: vfile appliance proxy --listen tcp://127.0.0.1:3311 --upstream
     clamd://127.0.0.1:3310 --fault delay=5s
     """
+    import trio
+
+    from vfile.scanner.proxy import FaultProxy
+
     setup_logging(verbose)
     try:
         fp = FaultProxy(upstream, _fault(fault, KINDS))  # every kind, `oversize` too

@@ -14,15 +14,15 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import trio
 import typer
 
 from vfile.cli._app import Verbose, app, run_async, setup_logging
 from vfile.errors import Exit, UserError
-from vfile.scanner.pool import Pool
-from vfile.scanner.verdict import Verdict
+
+if TYPE_CHECKING:
+    from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ async def scan(  # noqa: PLR0917  (typer options)
 
     Example: vfile scan -a clamd:///run/clamav/clamd.ctl -a icap://127.0.0.1:1344/avscan /srv/in
     """
+    import trio
+
+    from vfile.scanner.pool import Pool
+
     setup_logging(verbose)
     if timeout <= 0 or jobs < 1:
         raise UserError("--timeout must be > 0 and --jobs >= 1", Exit.USAGE)

@@ -68,7 +68,7 @@ def migration(  # noqa: PLR0917 - typer maps parameters to options
 
     Example: vfile simulate migration --quick --report /tmp/sim
     """
-    from vfile.simulate import make_params, simulate, summary_table
+    from vfile.simulate.main import make_params, simulate, summary_table
 
     setup_logging(verbose)
     try:
