@@ -161,6 +161,31 @@ def test_xattrs_and_statfs(dirs: tuple[Path, Path]) -> None:
                                                            native.f_files)
 
 
+def test_noxattr_turns_extended_attributes_off_and_leaves_data_alone(tmp_path: Path) -> None:
+    """-o noxattr: the daemon answers ENOSYS once and the kernel stops sending xattr
+    requests (so no security.capability round trip per write); callers get EOPNOTSUPP,
+    the source's own xattrs are untouched, data I/O is unchanged."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.setxattr(src / "f", "user.kept", b"source value")
+    with mounted(src, mnt, "--no-scan", "-o", "noxattr"):
+        for call in (lambda: os.getxattr(mnt / "f", "user.kept"),
+                     lambda: os.setxattr(mnt / "f", "user.new", b"v"),
+                     lambda: os.listxattr(mnt / "f"),
+                     lambda: os.getxattr(mnt / "f", "security.capability")):
+            with pytest.raises(OSError) as info:
+                call()
+            assert info.value.errno == errno.EOPNOTSUPP
+        with open(mnt / "f", "r+b") as f:
+            for i in range(100):
+                f.write(b"%04d" % i)
+        assert (src / "f").read_bytes() == b"".join(b"%04d" % i for i in range(100))
+    assert os.getxattr(src / "f", "user.kept") == b"source value"
+    assert "user.new" not in os.listxattr(src / "f")
+
+
 def test_rename_exchange_and_noreplace(dirs: tuple[Path, Path]) -> None:
     src, mnt = dirs
     (mnt / "a").write_text("A")

@@ -201,7 +201,8 @@ async def serve(opts: MountOptions, *, open_hooks: HooksOpener = open_passthroug
     # moment leads through the unmount below rather than killing us mounted.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_hooks(opts, root_fd) as hooks:
-            ops = VFileOperations(root_fd, os.fsencode(src), hooks, writeback=opts.writeback)
+            ops = VFileOperations(root_fd, os.fsencode(src), hooks, writeback=opts.writeback,
+                                  xattr=opts.xattr)
             try:
                 pyfuse3.init(ops, mnt, fuse_options(opts, src))
             except RuntimeError as exc:
@@ -302,6 +303,8 @@ def child_argv(opts: MountOptions, ready_fd: int) -> list[str]:
         argv += ["-o", "allow_other"]
     if not opts.writeback:
         argv += ["-o", "no_writeback"]
+    if not opts.xattr:
+        argv += ["-o", "noxattr"]
     argv += ["-v"] * opts.verbose
     if not opts.scan:
         argv.append("--no-scan")

@@ -33,7 +33,7 @@ VALUE_OPTIONS = {
     "log_file": "--log-file", "metrics": "--metrics", "audit_log": "--audit-log",
     "log_format": "--log-format",
 }
-PASS_THROUGH = ("allow_other", "no_writeback")
+PASS_THROUGH = ("allow_other", "no_writeback", "noxattr")
 #: mount(8)'s, the kernel's generic and systemd's options: not vfile's business
 IGNORED = frozenset({
     "defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner", "group",

@@ -17,6 +17,10 @@ class MountOptions:
     allow_other: bool = False
     #: the kernel's writeback cache (see bench/passthrough.py for why it is on).
     writeback: bool = True
+    #: extended attributes through the mount (-o noxattr: off). Off, the kernel stops
+    #: asking for security.capability on every write(2): small writes get much faster
+    #: (README, Limitations), and getxattr/setxattr through the mount fail EOPNOTSUPP.
+    xattr: bool = True
     verbose: int = 0
     #: scan through appliances (False: a plain passthrough, for comparison)
     scan: bool = True

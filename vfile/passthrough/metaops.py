@@ -41,6 +41,10 @@ class MetaOps(OpsCore):
                                 want=mode)
 
     def _xattr_path(self, node: Inode) -> str:
+        if not self.xattr:
+            # ENOSYS, not EOPNOTSUPP: the kernel then stops sending xattr requests at all,
+            # so a write(2) no longer costs a security.capability round trip.
+            raise OSError(errno.ENOSYS, "extended attributes are off (-o noxattr)")
         if node.kind == stat.S_IFLNK:
             # user.* xattrs are not allowed on symlinks, and there is no way to
             # reach one by descriptor without following it.
@@ -50,7 +54,7 @@ class MetaOps(OpsCore):
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: CallerLike) -> bytes:
         node = self.table.get(inode)
-        if node.kind == stat.S_IFLNK:
+        if node.kind == stat.S_IFLNK and self.xattr:
             raise OSError(pyfuse3.ENOATTR, "no xattrs on symlinks")
         return os.getxattr(self._xattr_path(node), name)
 
@@ -65,6 +69,6 @@ class MetaOps(OpsCore):
     @handler
     async def listxattr(self, inode: int, ctx: CallerLike) -> list[bytes]:
         node = self.table.get(inode)
-        if node.kind == stat.S_IFLNK:
+        if node.kind == stat.S_IFLNK and self.xattr:
             return []
-        return [os.fsencode(n) for n in os.listxattr(proc_path(node.fd))]
+        return [os.fsencode(n) for n in os.listxattr(self._xattr_path(node))]

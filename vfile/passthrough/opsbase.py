@@ -87,8 +87,9 @@ class OpsCore(pyfuse3.Operations):
     supports_dot_lookup = False  # we are not NFS-exported; never resolve '..'
 
     def __init__(self, root_fd: int, root_path: bytes, hooks: FileHooks | None = None,
-                 *, writeback: bool = True) -> None:
+                 *, writeback: bool = True, xattr: bool = True) -> None:
         super().__init__()
+        self.xattr = xattr
         self.enable_writeback_cache = writeback
         self.writeback = writeback
         self.root_path = os.path.realpath(root_path)
