@@ -17,8 +17,8 @@ What the pool asks:
 - `attempt_timeout(...)`: the model's quantile for this size times the safety
   factor, floored and capped by configuration; the configured attempt
   timeout whenever the model cannot speak (disabled, fewer than
-  `MIN_SAMPLES` samples, or a size beyond `RANGE_SLACK` times the largest
-  size seen recently: a slope learnt on 4 KiB files says nothing about a
+  `MIN_SAMPLES` samples, or a size beyond both `SMALL` and `RANGE_SLACK`
+  times the largest size seen recently: a slope learnt on 4 KiB files says nothing about a
   64 MiB file, and guessing low there would open a breaker on a healthy
   appliance). The caller's cancel scope (the profile's deadline) still bounds
   every attempt whatever this returns.
@@ -46,6 +46,9 @@ K = 4.0
 MIN_SAMPLES = 8
 #: the model speaks for sizes up to this multiple of the largest recent size
 RANGE_SLACK = 2.0
+#: sizes the model always speaks for once trained: the per-byte part of a scan this
+#: small is a fraction of a millisecond on any appliance, far below the floor
+SMALL = 64 * 1024
 #: the "largest recent size" halves after this many smaller samples
 SPAN_HALF_LIFE = 256
 _SPAN_DECAY = 0.5 ** (1.0 / SPAN_HALF_LIFE)
@@ -147,8 +150,8 @@ class LatencyModel:
         return self._dev
 
     def trusted(self, nbytes: int) -> bool:
-        return self.samples >= MIN_SAMPLES and nbytes / _MIB <= RANGE_SLACK * self._span \
-            + _MIN_SPREAD
+        return self.samples >= MIN_SAMPLES and (
+            nbytes <= SMALL or nbytes / _MIB <= RANGE_SLACK * self._span)
 
     def expected(self, nbytes: int) -> float | None:
         """The fit for this size; None when the model cannot speak for it."""

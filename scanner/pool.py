@@ -311,6 +311,7 @@ class Pool:
             if flight.scope.cancelled_caught:
                 if flight.evicted:
                     settled = flight.counted  # else: released in `finally`
+                    app.scans += flight.counted
                     return None
                 lag = now - (started + timeout)
                 if adaptive and lag > max(STALL, timeout / 4):
