@@ -62,7 +62,7 @@ HEDGE_BURST = 4.0
 #: Defaults of the knobs (vfile's `[pool]` section repeats them for the docs).
 DEFAULT_FLOOR = 0.025
 DEFAULT_CAP = 10.0
-DEFAULT_SAFETY = 5.0
+DEFAULT_SAFETY = 4.0
 DEFAULT_HEDGE_BUDGET = 0.05
 
 

@@ -93,7 +93,7 @@ HELP: dict[tuple[type, str], Key] = {
         '"10s"'),
     (c.PoolConfig, "safety_factor"): Key(
         "number", "Adaptive attempt timeout = the model's high quantile (estimate + 4 "
-        "deviations) times this (1..1000).", "5"),
+        "deviations) times this (1..1000).", "4"),
     (c.PoolConfig, "hedge_budget"): Key(
         "fraction", "Share of scans that may be hedged to a second appliance (0..1; 0: no "
         "hedges).", "0.05"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -307,6 +308,9 @@ def run_mode(mode: str, params: Params, g: guest_mod.Guest, appliance: Appliance
         coverage_s=coverage, gate=status["gate"], drain=status["drain"],
         infected=g.all_infected(), log_tail="\n".join(log_text.splitlines()[-20:]),
         extra={"wall_t0": time.time() - rec.now(),
+               # when the pool's breaker last opened from closed (wall clock; None: never)
+               "breaker_opened_wall": min((a.get("breaker_opened_at") or math.inf
+                                           for a in status["appliances"]), default=math.inf),
                "drain_caught": sorted(set(_DRAIN_CAUGHT.findall(log_text)))})
 
 
