@@ -14,7 +14,8 @@ Invariants:
 
 Adaptive mode (`Adaptive.enabled`, the default; see scanner/latency.py for the model):
 - Attempt timeout: each appliance's latency model (fed with successful scans)
-  sets it per size; the configured attempt timeout is the cold-start value.
+  sets it per size; the configured attempt timeout is the cold-start value. A
+  retry on the same appliance doubles it (TCP's back-off).
 - Hedge: when an attempt passes the model's high quantile and another appliance
   is usable, the same scan goes there too (within the hedge budget); the first
   clean/infected verdict wins, the loser is cancelled and counted as neither
@@ -348,11 +349,17 @@ class Pool:
         return next((a for a in self._apps if a is not primary and self._usable(a)), None)
 
     async def _attempt_hedged(self, app: _Appliance, fd: int, size: int, limit: int | None,
-                              configured: float) -> Verdict | None:
+                              configured: float, *, retry: int) -> Verdict | None:
         """An attempt on `app`; past the model's quantile, the same scan on another usable
-        appliance too (budget permitting). The first clean/infected verdict wins."""
+        appliance too (budget permitting). The first clean/infected verdict wins.
+
+        The `retry`-th retry on one appliance doubles the model's timeout each time
+        (TCP's back-off): one late reply (a loaded host) then costs a retry, not the
+        fail mode, while a hung appliance is found by the first timeouts of every scan."""
         nbytes = size if limit is None else min(size, limit)
         timeout = self._timeout(app, nbytes, configured)
+        if retry and self.adaptive.enabled and app.model.quantile(nbytes) is not None:
+            timeout = min(self.adaptive.cap, timeout * 2 ** retry)
         hedge_at = app.model.quantile(nbytes) if self.adaptive.enabled else None
         if hedge_at is None or hedge_at >= timeout or self._hedge_target(app) is None:
             return await self._attempt(app, fd, size, limit, timeout)
@@ -395,10 +402,11 @@ class Pool:
         self._budget.earn()
         async with self._slots:
             for app in self._apps:
-                for _ in range(tries):
+                for retry in range(tries):
                     if not app.healthy or not app.breaker.allow(trio.current_time()):
                         break
-                    verdict = await self._attempt_hedged(app, fd, size, limit, timeout)
+                    verdict = await self._attempt_hedged(app, fd, size, limit, timeout,
+                                                         retry=retry)
                     if verdict is None:
                         result = Verdict.error(f"{app.last_error}", app.name)
                         continue

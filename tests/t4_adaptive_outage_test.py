@@ -11,13 +11,14 @@ for these files is a few tens of milliseconds).
 
 from __future__ import annotations
 
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import mounted
+from mounting import mounted, vfile_cmd
 from outage import running_appliance, running_proxy, status, unaccounted
 from servers import Samples, samples  # noqa: F401 - fixture
 
@@ -111,6 +112,9 @@ def test_slow_but_alive_appliance_opens_no_breaker(tmp_path: Path,
                     "--state-dir", str(state)), ThreadPoolExecutor(PARALLEL) as pool:
         ad = _warm(mnt, src)
         est = ad["estimate_4KiB_ms"]
+        shown = subprocess.run(vfile_cmd("status", str(mnt)), capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+        assert "adaptive    estimate 4KiB" in shown, shown
         proxy.set_fault(f"delay={3 * est:.0f}ms")
         names = _files(src, "slow", PARALLEL * 2)
         list(pool.map(_open, [mnt / n for n in names]))
