@@ -55,6 +55,8 @@ SAMPLES = 1024
 #: a timeout handled this much later than due (or a quarter of the attempt timeout,
 #: if more) means this process was paused: no evidence against the appliance
 STALL = 0.010
+#: breaker openings remembered per appliance (their wall times)
+OPENED_KEPT = 16
 #: reference sizes `statistics()` reports the model's estimate and timeout for
 REPORT_SIZES = {"4KiB": 4096, "1MiB": 1 << 20}
 
@@ -88,7 +90,9 @@ class _Appliance:
     hedges: int = 0  # hedges sent to this appliance
     hedge_wins: int = 0  # of which gave the verdict
     evicted: int = 0  # attempts cut short by another attempt's timeout
-    opened_at: float | None = None  # wall time the breaker last opened from closed
+    #: wall times the breaker opened from closed (the last few), for detection figures
+    opened: deque[float] = field(default_factory=lambda: deque(maxlen=OPENED_KEPT))
+    opens: int = 0
 
     @property
     def name(self) -> str:
@@ -157,7 +161,9 @@ class Pool:
                 "scans": app.scans, "errors": app.errors, "last_error": app.last_error,
                 "sig_version": app.sig_version,
                 "adaptive": self._adaptive_stats(app),
-                "breaker_opened_at": app.opened_at,
+                "breaker_opens": app.opens,
+                "breaker_opened_at": app.opened[-1] if app.opened else None,
+                "breaker_opened_times": list(app.opened),
             })
         return out
 
@@ -173,8 +179,6 @@ class Pool:
             out[f"timeout_{label}_ms"] = round(timeout * 1000, 3)
         return out
 
-    def hedge_statistics(self) -> dict[str, int]:
-        return {"hedges": self._budget.spent}
 
     def _notify(self) -> None:
         self._changed.set()
@@ -197,7 +201,8 @@ class Pool:
             app.breaker.record_failure(trio.current_time())
         log.debug("appliance %s failed (x%d): %s", app.name, count, reason)
         if closed and app.breaker.state(trio.current_time()) is not State.CLOSED:
-            app.opened_at = time.time()
+            app.opens += 1
+            app.opened.append(time.time())
         if was and not self._usable(app):
             log.warning("appliance %s unavailable: %s", app.name, reason)
             self._notify()
@@ -329,7 +334,9 @@ class Pool:
                 if timed_out and adaptive:
                     self._evict(app, flight, now)
                 return None
-            if not probed:
+            if not probed and outcome is not Outcome.ERROR:
+                # An answered error (a size limit, say) may come back before the
+                # appliance read the whole file: it would teach the model a low slope.
                 app.model.observe(nbytes, now - started)
             app.latencies.append(now - started)
             self._succeeded(app)
