@@ -12,6 +12,7 @@ each pausing `THINK` between scans like an opener. Timeline:
 
     quiet     the model learns; quiet p99 of a scan
     slow      a delay fault of 3x the model's 4 KiB estimate: breaker must stay closed
+    recover   the fault cleared for RECOVER_S: the model relearns
     outage    a black hole: time from the fault to the breaker opening, scan p99/max
               after the fault, scans that waited more than 10x the quiet p99
 
@@ -45,6 +46,7 @@ WORKERS = 4
 THINK = 0.002
 QUIET_S = 1.5
 SLOW_S = 1.0
+RECOVER_S = 1.0
 OUTAGE_S = 2.0
 
 
@@ -88,7 +90,7 @@ async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) ->
         await trio.sleep(SLOW_S)
         slow_stats: dict[str, Any] = pool.statistics()[0]
         fault.set_fault("none")
-        await trio.sleep(0.3)
+        await trio.sleep(RECOVER_S)  # the model relearns the normal latency
         phase_at["outage"] = time.perf_counter()
         fault_wall = time.time()
         fault.set_fault("blackhole")
