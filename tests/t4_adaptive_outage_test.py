@@ -145,3 +145,34 @@ def test_adaptive_off_waits_the_configured_timeout(tmp_path: Path,
         ad = _appliance(mnt)["adaptive"]
         assert ad["enabled"] is False and ad["timeout_4KiB_ms"] == ATTEMPT * 1000, ad
         assert ad["evicted"] == 0 and ad["hedges"] == 0
+
+
+def test_slow_appliance_is_hedged_to_the_next(tmp_path: Path,
+                                              samples: Samples) -> None:  # noqa: F811
+    """Two appliances; the first turns slow (replies 2 s late): opens get their verdicts
+    from the second, hedged there once the first is late, and nothing goes to the fail
+    mode. (Whether the first's attempts also reach their own timeout before the hedge
+    answers depends on the host's load, so its breaker is not asserted on.)"""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml")
+    cfg.write_text(cfg.read_text().replace("adaptive = true\n",
+                                           "adaptive = true\nhedge_budget = 1.0\n"))
+    with running_appliance(samples.sigdir) as first, running_proxy(first.url) as proxy, \
+            running_appliance(samples.sigdir) as second, \
+            mounted(src, mnt, "--appliance", proxy.url, "--appliance", second.url,
+                    "--config", str(cfg), "--state-dir", str(state)), \
+            ThreadPoolExecutor(PARALLEL) as pool:
+        _warm(mnt, src)
+        before = status(mnt)["appliances"][1]["adaptive"]["hedges"]
+        proxy.set_fault("delay=2s")
+        names = _files(src, "hedged", PARALLEL)
+        list(pool.map(_open, [mnt / n for n in names]))
+        slow, fast = status(mnt)["appliances"]
+        gate = status(mnt)["gate"]
+        assert fast["adaptive"]["hedges"] >= before + 1, fast
+        assert fast["adaptive"]["hedge_wins"] >= 1, fast
+        assert gate["deferrals"] == 0 and gate["denials"] == 0, gate
+        assert slow["healthy"], slow
+        proxy.set_fault("none")
