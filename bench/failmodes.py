@@ -14,6 +14,15 @@ Printed: a table. JSON (stdout's last block, and --json PATH): per mode
 `availability` (% of opens of clean files that succeeded, whole run),
 `availability_during_outage`, `unscanned_after_drain`, `quiesce_ms`,
 `blocked_in_open_s` and `coverage_s`. --quick scales every timeout by 0.25.
+
+Hung-appliance detection (issue 16), same run: per mode `quiet_p99_ms` (opens
+before the outage), `outage_over_quiet_p99` (p99 during / quiet p99),
+`waited_10x_quiet_p99` (opens during the outage slower than 10x the quiet p99),
+`detection_ms` (from the fault to the breaker opening); `ratios.legacy_over_safe_p99`;
+and `detection` (bench/hang.py: the pool alone against the built-in appliance
+and a real clamd, adaptive on and off: time to detection for 4 KiB scans, and a
+delay fault at 3x the model's estimate that must open no breaker).
+`--no-detection` skips that part, `--no-clamd` its clamd half.
 """
 
 from __future__ import annotations
@@ -27,9 +36,36 @@ from typing import Any
 # Runnable from a checkout without installing: the repository root goes first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import hang
 from vfile.simulate.report import summarize, text_table
-from vfile.simulate.run import run_migration
+from vfile.simulate.run import ModeResult, run_migration
 from vfile.simulate.scenario import make_params
+
+
+def detection_figures(r: ModeResult, s: dict[str, Any]) -> dict[str, Any]:
+    """Quiet p99, opens that waited > 10x it during the outage, fault -> breaker open."""
+    quiet_p99 = s["latency"]["open"]["before"]["p99_ms"]
+    during_p99 = s["latency"]["open"]["during"]["p99_ms"]
+    start = r.events.get("outage_start")
+    end = r.events.get("outage_end")
+    waited = None
+    if quiet_p99 is not None and start is not None and end is not None:
+        waited = sum(1 for op in r.ops if op.kind == "open" and op.actor != "user"
+                     and start <= op.t < end and op.latency * 1000 > 10 * quiet_p99)
+    detection = None
+    opened: list[float] = r.extra.get("breaker_opened_walls", [])
+    false_opens = None
+    if start is not None and end is not None:
+        fault_wall, back_wall = r.extra["wall_t0"] + start, r.extra["wall_t0"] + end
+        first = next((t for t in opened if t >= fault_wall), None)
+        detection = None if first is None else round((first - fault_wall) * 1000, 1)
+        # an opening outside the outage is a false outage
+        false_opens = sum(1 for t in opened if not fault_wall <= t < back_wall)
+    return {"quiet_p99_ms": quiet_p99,
+            "outage_over_quiet_p99": None if not quiet_p99 or during_p99 is None
+            else round(during_p99 / quiet_p99, 1),
+            "waited_10x_quiet_p99": waited, "detection_ms": detection,
+            "breaker_opens": r.extra.get("breaker_opens"), "false_opens": false_opens}
 
 
 def bench_row(s: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +95,13 @@ def render(rows: dict[str, dict[str, Any]]) -> str:
              _ms(r["availability"]), _ms(r["availability_during_outage"]),
              str(r["unscanned_after_drain"]), _ms(r["quiesce_ms"]),
              f"{r['blocked_in_open_s']:.2f}") for mode, r in rows.items()]
-    return text_table(head, body)
+    head2 = ("mode", "quiet p99 ms", "outage p99 / quiet p99", "opens > 10x quiet p99",
+             "fault -> breaker open ms", "breaker opens (outside the outage)")
+    body2 = [(mode, _ms(r["quiet_p99_ms"]), str(r["outage_over_quiet_p99"]),
+              str(r["waited_10x_quiet_p99"]), _ms(r["detection_ms"]),
+              f"{r['breaker_opens']} ({r['false_opens']})")
+             for mode, r in rows.items()]
+    return text_table(head, body) + "\n\n" + text_table(head2, body2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="60 files, a 3 s outage, every timeout x0.25 (about 40 s)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--no-detection", action="store_true",
+                    help="skip the pool-alone hang detection figures (bench/hang.py)")
+    ap.add_argument("--no-clamd", action="store_true",
+                    help="hang detection against the built-in appliance only")
     args = ap.parse_args(argv)
     if args.quick:
         params = make_params(files=60, outage="2:3", window="2.5:1.5", after=1.5, quick=True)
@@ -75,12 +121,25 @@ def main(argv: list[str] | None = None) -> int:
         params = make_params(files=120, outage="3:6", window="4:3", after=3.0,
                              drain_timeout=60)
     results = run_migration(params, progress=lambda msg: print(msg, file=sys.stderr))
-    rows = {r.mode: bench_row(summarize(r, params)) for r in results}
-    doc = {"params": {"files": params.files, "outage": str(params.outage),
-                      "window": str(params.window), "fault": params.fault,
-                      "scale": params.scale, "quick": params.quick},
-           "modes": rows}
+    rows = {}
+    for r in results:
+        s = summarize(r, params)
+        rows[r.mode] = {**bench_row(s), **detection_figures(r, s)}
+    legacy, safe = rows.get("legacy", {}).get("p99_ms"), rows.get("safe", {}).get("p99_ms")
+    doc: dict[str, Any] = {
+        "params": {"files": params.files, "outage": str(params.outage),
+                   "window": str(params.window), "fault": params.fault,
+                   "scale": params.scale, "quick": params.quick},
+        "modes": rows,
+        "ratios": {"legacy_over_safe_p99": round(legacy / safe, 1) if legacy and safe
+                   else None}}
+    if not args.no_detection:
+        doc["detection"] = hang.measure(keep_clamd=not args.no_clamd)
     print(render(rows))
+    print(f"\nlegacy / safe p99 during the outage: {doc['ratios']['legacy_over_safe_p99']}")
+    if "detection" in doc:
+        print("\nhang detection, the pool alone (bench/hang.py; 4 KiB scans):")
+        print(hang.render(doc["detection"]))
     print(json.dumps(doc, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(doc, indent=2) + "\n")

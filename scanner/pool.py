@@ -11,6 +11,22 @@ Invariants:
   caller's nursery, and also learn each appliance's signature version.
 - An appliance that answers with a well-formed error (a size limit, say) is
   healthy: that counts as a breaker success, and the next appliance is tried.
+
+Adaptive mode (`Adaptive.enabled`, the default; see scanner/latency.py for the model):
+- Attempt timeout: each appliance's latency model (fed with successful scans)
+  sets it per size; the configured attempt timeout is the cold-start value. A
+  retry on the same appliance doubles it (TCP's back-off).
+- Hedge: when an attempt passes the model's high quantile and another appliance
+  is usable, the same scan goes there too (within the hedge budget); the first
+  clean/infected verdict wins, the loser is cancelled and counted as neither
+  success nor failure.
+- Collective detection: when an attempt times out, every other attempt waiting
+  on that appliance that is already late is cancelled (its cancel scope) and
+  counted as a failure too, so the breaker opens on the evidence of all of
+  them at once; once it is open every attempt still waiting there is
+  cancelled and goes to the next appliance or the caller's fail mode.
+- A timeout noticed much later than it was due (this process was paused, not
+  the appliance) is no evidence: neither a failure nor a trigger.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +44,7 @@ import trio
 from vfile.scanner.breaker import Breaker, State
 from vfile.scanner.clamd import ClamdClient
 from vfile.scanner.icap import IcapClient
+from vfile.scanner.latency import Adaptive, HedgeBudget, LatencyModel, attempt_timeout
 from vfile.scanner.urls import ApplianceURL, parse_appliance_url
 from vfile.scanner.verdict import ApplianceError, Outcome, Verdict
 
@@ -34,6 +52,26 @@ log = logging.getLogger(__name__)
 
 #: latency samples kept per appliance for p50/p99
 SAMPLES = 1024
+#: a timeout handled this much later than due (or a quarter of the attempt timeout,
+#: if more) means this process was paused: no evidence against the appliance
+STALL = 0.010
+#: breaker openings remembered per appliance (their wall times)
+OPENED_KEPT = 16
+#: reference sizes `statistics()` reports the model's estimate and timeout for
+REPORT_SIZES = {"4KiB": 4096, "1MiB": 1 << 20}
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """One attempt in flight on an appliance (for collective detection)."""
+
+    started: float
+    #: when it counts as late (the model's quantile), None without a model
+    late_after: float | None
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    evicted: bool = False
+    #: evicted as late: already recorded as a failure
+    counted: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -47,6 +85,14 @@ class _Appliance:
     scans: int = 0
     errors: int = 0
     last_error: str = ""
+    model: LatencyModel = field(default_factory=LatencyModel)
+    flights: set[_Flight] = field(default_factory=set)
+    hedges: int = 0  # hedges sent to this appliance
+    hedge_wins: int = 0  # of which gave the verdict
+    evicted: int = 0  # attempts cut short by another attempt's timeout
+    #: wall times the breaker opened from closed (the last few), for detection figures
+    opened: deque[float] = field(default_factory=lambda: deque(maxlen=OPENED_KEPT))
+    opens: int = 0
 
     @property
     def name(self) -> str:
@@ -67,7 +113,8 @@ def _percentile(samples: Sequence[float], q: float) -> float | None:
 class Pool:
     def __init__(self, urls: Sequence[str], *, attempt_timeout: float = 1.0, retries: int = 1,
                  breaker_failures: int = 3, breaker_cooldown: float = 5.0,
-                 probe_interval: float = 1.0, max_concurrency: int = 16) -> None:
+                 probe_interval: float = 1.0, max_concurrency: int = 16,
+                 adaptive: Adaptive | None = None) -> None:
         if isinstance(urls, str):
             urls = [urls]
         if not urls:
@@ -78,6 +125,8 @@ class Pool:
         self.attempt_timeout = attempt_timeout
         self.retries = retries
         self.probe_interval = probe_interval
+        self.adaptive = Adaptive() if adaptive is None else adaptive
+        self._budget = HedgeBudget(self.adaptive.hedge_budget if self.adaptive.enabled else 0.0)
         self._apps = [
             _Appliance(u, _client(u), Breaker(breaker_failures, breaker_cooldown))
             for u in (parse_appliance_url(text) for text in urls)
@@ -111,8 +160,25 @@ class Pool:
                 "p99_ms": None if p99 is None else round(p99 * 1000, 3),
                 "scans": app.scans, "errors": app.errors, "last_error": app.last_error,
                 "sig_version": app.sig_version,
+                "adaptive": self._adaptive_stats(app),
+                "breaker_opens": app.opens,
+                "breaker_opened_at": app.opened[-1] if app.opened else None,
+                "breaker_opened_times": list(app.opened),
             })
         return out
+
+    def _adaptive_stats(self, app: _Appliance) -> dict[str, object]:
+        """The model's current estimate and attempt timeout at reference sizes."""
+        out: dict[str, object] = {"enabled": self.adaptive.enabled, **app.model.statistics(),
+                                  "hedges": app.hedges, "hedge_wins": app.hedge_wins,
+                                  "evicted": app.evicted}
+        for label, size in REPORT_SIZES.items():
+            est = app.model.expected(size) if self.adaptive.enabled else None
+            out[f"estimate_{label}_ms"] = None if est is None else round(est * 1000, 3)
+            timeout = attempt_timeout(app.model, size, self.adaptive, self.attempt_timeout)
+            out[f"timeout_{label}_ms"] = round(timeout * 1000, 3)
+        return out
+
 
     def _notify(self) -> None:
         self._changed.set()
@@ -126,12 +192,17 @@ class Pool:
 
     # --- health probes -----------------------------------------------------
 
-    def _failed(self, app: _Appliance, reason: str) -> None:
+    def _failed(self, app: _Appliance, reason: str, count: int = 1) -> None:
         was = self._usable(app)
-        app.errors += 1
+        closed = app.breaker.state(trio.current_time()) is State.CLOSED
+        app.errors += count
         app.last_error = reason
-        app.breaker.record_failure(trio.current_time())
-        log.debug("appliance %s failed: %s", app.name, reason)
+        for _ in range(count):
+            app.breaker.record_failure(trio.current_time())
+        log.debug("appliance %s failed (x%d): %s", app.name, count, reason)
+        if closed and app.breaker.state(trio.current_time()) is not State.CLOSED:
+            app.opens += 1
+            app.opened.append(time.time())
         if was and not self._usable(app):
             log.warning("appliance %s unavailable: %s", app.name, reason)
             self._notify()
@@ -197,28 +268,77 @@ class Pool:
 
     # --- scanning ----------------------------------------------------------
 
+    def _timeout(self, app: _Appliance, nbytes: int, configured: float) -> float:
+        return attempt_timeout(app.model, nbytes, self.adaptive, configured)
+
+    def _evict(self, app: _Appliance, origin: _Flight, now: float) -> None:
+        """Collective detection: `origin` timed out on `app`. Every other attempt there
+        that is already late stops waiting and is a failure too; once the breaker is
+        open, every attempt still waiting there stops (it cannot succeed in time)."""
+        others = [f for f in app.flights if f is not origin and not f.evicted]
+        late = [f for f in others if f.late_after is not None and now - f.started >= f.late_after]
+        for f in late:
+            f.evicted = f.counted = True
+            f.scope.cancel()
+        if late:
+            self._failed(app, f"{len(late)} more scans late after a timeout", count=len(late))
+        if not app.breaker.would_allow(now):
+            for f in others:
+                if not f.evicted:
+                    f.evicted = True
+                    f.scope.cancel()
+        app.evicted += sum(f.evicted for f in others)
+
     async def _attempt(self, app: _Appliance, fd: int, size: int, limit: int | None,
                        timeout: float) -> Verdict | None:
-        """One attempt; None when the appliance failed (recorded against it)."""
+        """One attempt; None when the appliance failed (recorded against it), or when it
+        was cut short by collective detection."""
         started = trio.current_time()
+        nbytes = size if limit is None else min(size, limit)
+        adaptive = self.adaptive.enabled
+        flight = _Flight(started, app.model.quantile(nbytes) if adaptive else None,
+                         trio.CancelScope(deadline=started + timeout))
         settled = False
+        probed = False
+        app.flights.add(flight)
         try:
             reason = ""
-            with trio.move_on_after(timeout) as cs:
+            with flight.scope:
                 try:
                     if not app.sig_version:
+                        probed = True
                         app.sig_version = await app.client.probe()
                     outcome, detail = await app.client.scan_fd(fd, size=size, limit=limit)
                 except ApplianceError as err:
                     reason = str(err)
-            if cs.cancelled_caught:
+            app.flights.discard(flight)
+            now = trio.current_time()
+            timed_out = False
+            if flight.scope.cancelled_caught:
+                if flight.evicted:
+                    settled = flight.counted  # else: released in `finally`
+                    app.scans += flight.counted
+                    return None
+                lag = now - (started + timeout)
+                if adaptive and lag > max(STALL, timeout / 4):
+                    # Handled late: this process was paused, not necessarily the appliance.
+                    log.debug("appliance %s: timeout handled %.3fs late; not counted",
+                              app.name, lag)
+                    return None
                 reason = f"no reply within {timeout:g}s"
+                timed_out = True
             app.scans += 1
             settled = True
             if reason:
                 self._failed(app, reason)
+                if timed_out and adaptive:
+                    self._evict(app, flight, now)
                 return None
-            app.latencies.append(trio.current_time() - started)
+            if not probed and outcome is not Outcome.ERROR:
+                # An answered error (a size limit, say) may come back before the
+                # appliance read the whole file: it would teach the model a low slope.
+                app.model.observe(nbytes, now - started)
+            app.latencies.append(now - started)
             self._succeeded(app)
             if isinstance(app.client, IcapClient) and app.client.istag:
                 app.sig_version = app.client.istag
@@ -228,20 +348,72 @@ class Pool:
                 return Verdict.infected(detail, app.name, app.sig_version)
             return Verdict.error(detail, app.name)
         finally:
+            app.flights.discard(flight)
             if not settled:
-                app.breaker.release()  # cancelled from outside: neither success nor failure
+                app.breaker.release()  # cancelled: neither success nor failure
+
+    def _hedge_target(self, primary: _Appliance) -> _Appliance | None:
+        return next((a for a in self._apps if a is not primary and self._usable(a)), None)
+
+    async def _attempt_hedged(self, app: _Appliance, fd: int, size: int, limit: int | None,
+                              configured: float, *, retry: int) -> Verdict | None:
+        """An attempt on `app`; past the model's quantile, the same scan on another usable
+        appliance too (budget permitting). The first clean/infected verdict wins.
+
+        The `retry`-th retry on one appliance doubles the model's timeout each time
+        (TCP's back-off): one late reply (a loaded host) then costs a retry, not the
+        fail mode, while a hung appliance is found by the first timeouts of every scan."""
+        nbytes = size if limit is None else min(size, limit)
+        timeout = self._timeout(app, nbytes, configured)
+        if retry and self.adaptive.enabled and app.model.quantile(nbytes) is not None:
+            timeout = min(self.adaptive.cap, timeout * 2 ** retry)
+        hedge_at = app.model.quantile(nbytes) if self.adaptive.enabled else None
+        if hedge_at is None or hedge_at >= timeout or self._hedge_target(app) is None:
+            return await self._attempt(app, fd, size, limit, timeout)
+        results: dict[int, Verdict | None] = {}
+        first_done = trio.Event()
+        winner: list[_Appliance] = []
+
+        async def run(target: _Appliance, t: float, key: int,
+                      nursery: trio.Nursery) -> None:
+            verdict = await self._attempt(target, fd, size, limit, t)
+            results[key] = verdict
+            first_done.set()
+            if verdict is not None and not verdict.is_error:
+                winner.append(target)
+                nursery.cancel_scope.cancel()  # cancel the loser
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, app, timeout, 0, nursery)
+            with trio.move_on_after(hedge_at):
+                await first_done.wait()
+            other = None if first_done.is_set() else self._hedge_target(app)
+            if other is not None and self._budget.try_spend() \
+                    and other.breaker.allow(trio.current_time()):
+                other.hedges += 1
+                log.debug("hedging a %d-byte scan from %s to %s after %.3fs", nbytes,
+                          app.name, other.name, hedge_at)
+                nursery.start_soon(run, other, self._timeout(other, nbytes, configured), 1,
+                                   nursery)
+        if winner:
+            if winner[0] is not app:
+                winner[0].hedge_wins += 1
+            return results[0] if winner[0] is app else results[1]
+        return results.get(0)
 
     async def scan_fd(self, fd: int, *, size: int, limit: int | None = None,
                       attempt_timeout: float | None = None, retries: int | None = None) -> Verdict:
         timeout = self.attempt_timeout if attempt_timeout is None else attempt_timeout
         tries = 1 + (self.retries if retries is None else retries)
         result: Verdict | None = None
+        self._budget.earn()
         async with self._slots:
             for app in self._apps:
-                for _ in range(tries):
+                for retry in range(tries):
                     if not app.healthy or not app.breaker.allow(trio.current_time()):
                         break
-                    verdict = await self._attempt(app, fd, size, limit, timeout)
+                    verdict = await self._attempt_hedged(app, fd, size, limit, timeout,
+                                                         retry=retry)
                     if verdict is None:
                         result = Verdict.error(f"{app.last_error}", app.name)
                         continue

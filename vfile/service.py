@@ -154,7 +154,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         pc = config.pool
         pool = Pool(urls, attempt_timeout=pc.attempt_timeout, retries=pc.retries,
                     breaker_failures=pc.breaker_failures, breaker_cooldown=pc.breaker_cooldown,
-                    probe_interval=pc.probe_interval)
+                    probe_interval=pc.probe_interval, adaptive=pc.adaptive_knobs())
         qdir = config.mount.quarantine_dir or str(state_dir / "quarantine")
         actions = Actions(root_fd, journal, quarantine_dir=qdir)
         actions.prepare()

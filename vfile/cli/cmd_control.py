@@ -33,6 +33,21 @@ def _fmt_ms(v: object) -> str:
     return "-" if v is None else f"{v}ms"
 
 
+def _adaptive_line(ad: dict[str, Any]) -> str:
+    """The appliance's latency model: estimate and attempt timeout for a small file."""
+    if not ad["enabled"]:
+        return "adaptive    off (fixed attempt timeouts)"
+    if ad.get("estimate_4KiB_ms") is None:
+        est = f"learning ({ad['samples']} samples)"
+    else:
+        est = (f"estimate 4KiB {_fmt_ms(ad['estimate_4KiB_ms'])} "
+               f"({_fmt_ms(ad['fixed_ms'])} + {ad['per_mib_ms']}ms/MiB "
+               f"± {_fmt_ms(ad['deviation_ms'])})")
+    return (f"adaptive    {est}, timeout 4KiB {_fmt_ms(ad['timeout_4KiB_ms'])} "
+            f"1MiB {_fmt_ms(ad['timeout_1MiB_ms'])}, hedges {ad['hedges']} "
+            f"(won {ad['hedge_wins']}), cut short {ad['evicted']}")
+
+
 def render_status(s: dict[str, Any]) -> str:
     """The status as a readable table (pure)."""
     m, w, j, d, g = s["mount"], s["window"], s["journal"], s["drain"], s["gate"]
@@ -56,6 +71,8 @@ def render_status(s: dict[str, Any]) -> str:
                      f"p50 {_fmt_ms(a['p50_ms'])} p99 {_fmt_ms(a['p99_ms'])} "
                      f"scans {a['scans']} errors {a['errors']}"
                      + (f"  last error: {a['last_error']}" if a["last_error"] else ""))
+        if (ad := a.get("adaptive")) is not None:
+            lines.append("    " + _adaptive_line(ad))
     oldest = j.get("oldest_age_s")
     lines.append(f"journal     {j.get('deferred', 0)} deferred ({j.get('poisoned', 0)} poisoned), "
                  f"oldest {'-' if oldest is None else f'{oldest:.0f}s'}, "

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from vfile.scanner import latency
+from vfile.scanner.urls import parse_appliance_url
 from vfile.config.syntax import (
     ConfigError,
     MiB,
@@ -40,7 +42,6 @@ from vfile.config.syntax import (
     parse_duration,
     parse_size,
 )
-from vfile.scanner.urls import parse_appliance_url
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,18 @@ class PoolConfig:
     breaker_failures: int = DEFAULT_BREAKER_FAILURES
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
     probe_interval: float = DEFAULT_PROBE_INTERVAL
+    # The adaptive latency model (scanner/latency.py): per-appliance, size-aware
+    # attempt timeouts, hedged scans and collective hang detection.
+    adaptive: bool = True
+    adaptive_floor: float = latency.DEFAULT_FLOOR
+    adaptive_cap: float = latency.DEFAULT_CAP
+    safety_factor: float = latency.DEFAULT_SAFETY
+    hedge_budget: float = latency.DEFAULT_HEDGE_BUDGET
+
+    def adaptive_knobs(self) -> latency.Adaptive:
+        return latency.Adaptive(enabled=self.adaptive, floor=self.adaptive_floor,
+                                cap=self.adaptive_cap, safety=self.safety_factor,
+                                hedge_budget=self.hedge_budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +278,25 @@ class _Table:
         if positive and seconds <= 0:
             raise ConfigError(f"{self.path(name)}: must be greater than 0, got {value!r}")
         return seconds
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.path(name)}: expected true or false, got {value!r}")
+        return value
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        """A finite number within [low, high]."""
+        value = self.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not low <= value <= high:  # NaN fails this too
+            raise ConfigError(f"{self.path(name)}: expected a number between {low:g} and "
+                              f"{high:g}, got {value!r}")
+        return float(value)
 
     def choice(self, name: str, enum: type[E], default: E) -> E:
         value = self.get(name)
@@ -400,8 +432,16 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
             breaker_cooldown=t.duration("breaker_cooldown", DEFAULT_BREAKER_COOLDOWN,
                                         positive=True),
             probe_interval=t.duration("probe_interval", DEFAULT_PROBE_INTERVAL, positive=True),
+            adaptive=t.boolean("adaptive", True),
+            adaptive_floor=t.duration("adaptive_floor", latency.DEFAULT_FLOOR, positive=True),
+            adaptive_cap=t.duration("adaptive_cap", latency.DEFAULT_CAP, positive=True),
+            safety_factor=t.number("safety_factor", latency.DEFAULT_SAFETY, low=1, high=1000),
+            hedge_budget=t.number("hedge_budget", latency.DEFAULT_HEDGE_BUDGET, low=0, high=1),
         )
         t.done()
+        if pool.adaptive_cap < pool.adaptive_floor:
+            raise ConfigError("pool.adaptive_cap: must be at least pool.adaptive_floor "
+                              f"({pool.adaptive_floor:g}s)")
     raw_profiles = top.get("profile")
     if raw_profiles is None:
         raw_profiles = []

@@ -81,6 +81,22 @@ HELP: dict[tuple[type, str], Key] = {
         '"5s"'),
     (c.PoolConfig, "probe_interval"): Key(
         "duration", "Period of the background health probe of each appliance.", '"1s"'),
+    (c.PoolConfig, "adaptive"): Key(
+        "boolean", "Learn each appliance's latency (fixed + per-byte cost, with a variance "
+        "term) and derive per-scan attempt timeouts from it, hedge slow scans to another "
+        "appliance and stop every late scan on an appliance once one times out. `false`: "
+        "fixed `attempt_timeout`s, no hedges (see the README, Fail modes).", "true"),
+    (c.PoolConfig, "adaptive_floor"): Key(
+        "duration", "Shortest adaptive attempt timeout.", '"25ms"'),
+    (c.PoolConfig, "adaptive_cap"): Key(
+        "duration", "Longest adaptive attempt timeout (a scan's deadline still bounds it).",
+        '"10s"'),
+    (c.PoolConfig, "safety_factor"): Key(
+        "number", "Adaptive attempt timeout = the model's high quantile (estimate + 4 "
+        "deviations) times this (1..1000).", "4"),
+    (c.PoolConfig, "hedge_budget"): Key(
+        "fraction", "Share of scans that may be hedged to a second appliance (0..1; 0: no "
+        "hedges).", "0.05"),
     (c.Profile, "name"): Key(
         "string", "Required, unique: letters, digits, `_`, `.`, `-` (at most 64). Shown in "
         "logs, status and metrics.", '"uploads"'),
@@ -144,6 +160,8 @@ def _default(model: type, field: dataclasses.Field[Any], kind: str) -> str:
             else None
     if value is None:
         return "none"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
     if isinstance(value, enum.Enum):
         return f'`"{value.value}"`'
     if isinstance(value, frozenset | tuple):

@@ -226,6 +226,17 @@ class _StatusCollector(Collector):
                                        "to the appliance", labels=["appliance"])
         errors = CounterMetricFamily("vfile_appliance_errors", "Failed requests to the "
                                      "appliance", labels=["appliance"])
+        estimate = GaugeMetricFamily("vfile_appliance_latency_estimate_seconds", "The "
+                                     "adaptive model's expected scan time, by reference size "
+                                     "(absent while it learns)", labels=["appliance", "size"])
+        timeout = GaugeMetricFamily("vfile_appliance_attempt_timeout_seconds", "The attempt "
+                                    "timeout the pool uses now, by reference size",
+                                    labels=["appliance", "size"])
+        hedges = CounterMetricFamily("vfile_appliance_hedges", "Scans hedged to this "
+                                     "appliance after another one was late", labels=["appliance"])
+        evicted = CounterMetricFamily("vfile_appliance_attempts_cut_short", "Attempts stopped "
+                                      "because another attempt on the appliance timed out",
+                                      labels=["appliance"])
         for a in apps:
             url = str(a["url"])
             up.add_metric([url], 1.0 if a["healthy"] else 0.0)
@@ -233,7 +244,16 @@ class _StatusCollector(Collector):
                 breaker.add_metric([url, state], 1.0 if a["state"] == state else 0.0)
             requests.add_metric([url], a["scans"])
             errors.add_metric([url], a["errors"])
-        yield from (up, breaker, requests, errors)
+            ad = a.get("adaptive")
+            if ad is None:
+                continue
+            for size in ("4KiB", "1MiB"):
+                if (est := ad.get(f"estimate_{size}_ms")) is not None:
+                    estimate.add_metric([url, size], est / 1000)
+                timeout.add_metric([url, size], ad[f"timeout_{size}_ms"] / 1000)
+            hedges.add_metric([url], ad["hedges"])
+            evicted.add_metric([url], ad["evicted"])
+        yield from (up, breaker, requests, errors, estimate, timeout, hedges, evicted)
 
     def _journal_metrics(self, j: dict[str, Any]) -> Iterator[Metric]:
         yield from _gauge("vfile_journal_deferred", "Deferred scans in the journal (its depth)",

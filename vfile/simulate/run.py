@@ -307,6 +307,10 @@ def run_mode(mode: str, params: Params, g: guest_mod.Guest, appliance: Appliance
         coverage_s=coverage, gate=status["gate"], drain=status["drain"],
         infected=g.all_infected(), log_tail="\n".join(log_text.splitlines()[-20:]),
         extra={"wall_t0": time.time() - rec.now(),
+               # when the pool's breakers opened from closed (wall clock), and how often
+               "breaker_opened_walls": sorted(t for a in status["appliances"]
+                                              for t in a.get("breaker_opened_times", [])),
+               "breaker_opens": sum(a.get("breaker_opens", 0) for a in status["appliances"]),
                "drain_caught": sorted(set(_DRAIN_CAUGHT.findall(log_text)))})
 
 

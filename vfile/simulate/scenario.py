@@ -174,7 +174,8 @@ def mode_config(mode: str, scale: float, quarantine_dir: str) -> str:
         deadline = attempt * (retries + 1)
         pool = (f"attempt_timeout = {_d(attempt)}\nretries = {retries}\n"
                 f"breaker_failures = {NEVER_FAILURES}\nbreaker_cooldown = {_d(attempt)}\n"
-                f'probe_interval = "{NEVER_PROBE}"\n')
+                f'probe_interval = "{NEVER_PROBE}"\n'
+                "adaptive = false\n")  # fixed timeouts: no latency model, no hedges
         fail_mode = "closed"
     else:
         attempt = VFILE_ATTEMPT * scale
@@ -196,6 +197,6 @@ def describe_mode(mode: str, scale: float) -> str:
     if mode == "legacy":
         a = LEGACY_ATTEMPT * scale
         return (f"fail-closed, {a:g}s x {LEGACY_RETRIES + 1} attempts, no breaker, "
-                "no health probe, no window")
+                "no health probe, no adaptive timeouts, no window")
     return (f"fail-{mode}, {VFILE_ATTEMPT * scale:g}s attempts, {VFILE_DEADLINE * scale:g}s "
             f"deadline, breaker after {VFILE_BREAKER_FAILURES}, window")

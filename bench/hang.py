@@ -1,0 +1,176 @@
+"""How fast the pool tells a hung appliance, and that a slow one is not taken for hung.
+
+Used by bench/failmodes.py (its `detection` figures); runnable alone:
+
+    .venv/bin/python bench/hang.py [--json PATH]
+
+For each appliance (vfile's built-in appliance as its own process, and a real
+clamd behind `vfile appliance proxy`), a pool with the shipped defaults (1 s
+attempt timeout, 1 retry, breaker after 3 failures; no health probes, so only
+scans can tell) is driven by `WORKERS` concurrent scanners of a 4 KiB file,
+each pausing `THINK` between scans like an opener. Timeline:
+
+    quiet     the model learns; quiet p99 of a scan
+    slow      a delay fault of 3x the model's 4 KiB estimate: breaker must stay closed
+    recover   the fault cleared for RECOVER_S: the model relearns
+    outage    a black hole: time from the fault to the breaker opening, scan p99/max
+              after the fault, scans that waited more than 10x the quiet p99
+
+Each appliance runs twice, adaptive on and off (fixed attempt timeouts: the
+pool before issue 16), side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from servers import make_samples, running_clamd  # type: ignore[import-not-found]
+
+from vfile.scanner.latency import Adaptive
+from vfile.scanner.pool import Pool
+from vfile.simulate.harness import ApplianceProcess
+
+WORKERS = 4
+THINK = 0.002
+QUIET_S = 1.5
+SLOW_S = 1.0
+RECOVER_S = 1.0
+OUTAGE_S = 2.0
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 2)
+
+
+async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) -> dict[str, Any]:
+    pool = Pool([url], attempt_timeout=1.0, retries=1, breaker_failures=3,
+                breaker_cooldown=60.0, probe_interval=60.0,
+                adaptive=Adaptive(enabled=adaptive))
+    scans: list[tuple[float, float, bool]] = []  # (start, latency, clean)
+    phase_at: dict[str, float] = {}
+
+    async def worker() -> None:
+        while True:
+            t = time.perf_counter()
+            v = await pool.scan_path(path)
+            scans.append((t, time.perf_counter() - t, v.is_clean))
+            await trio.sleep(THINK)
+
+    def between(a: str, b: str) -> list[tuple[float, float, bool]]:
+        return [s for s in scans if phase_at[a] <= s[0] < phase_at[b]]
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(WORKERS):
+            nursery.start_soon(worker)
+        phase_at["quiet"] = time.perf_counter()
+        await trio.sleep(QUIET_S)
+        stats: dict[str, Any] = pool.statistics()[0]
+        est = stats["adaptive"]["estimate_4KiB_ms"] or stats["p50_ms"]
+        phase_at["slow"] = time.perf_counter()
+        fault.set_fault(f"delay={3 * est:.2f}ms")
+        await trio.sleep(SLOW_S)
+        slow_stats: dict[str, Any] = pool.statistics()[0]
+        fault.set_fault("none")
+        await trio.sleep(RECOVER_S)  # the model relearns the normal latency
+        phase_at["outage"] = time.perf_counter()
+        fault_wall = time.time()
+        fault.set_fault("blackhole")
+        await trio.sleep(OUTAGE_S)
+        phase_at["end"] = time.perf_counter()
+        out_stats: dict[str, Any] = pool.statistics()[0]
+        nursery.cancel_scope.cancel()
+    fault.set_fault("none")
+    quiet = [lat for _, lat, ok in between("quiet", "slow") if ok]
+    slow = between("slow", "outage")
+    during = [lat for _, lat, _ in between("outage", "end")]
+    quiet_p99 = pct(quiet, 0.99)
+    opened = next((t for t in out_stats["breaker_opened_times"] if t >= fault_wall), None)
+    return {
+        "adaptive": adaptive,
+        "quiet_scans": len(quiet), "quiet_p50_ms": ms(pct(quiet, 0.5)),
+        "quiet_p99_ms": ms(quiet_p99),
+        "estimate_4KiB_ms": est, "timeout_4KiB_ms": stats["adaptive"]["timeout_4KiB_ms"],
+        "slow_delay_ms": round(3 * est, 2), "slow_scans": len(slow),
+        "slow_errors": sum(1 for _, _, ok in slow if not ok),
+        "slow_breaker": slow_stats["state"],
+        "slow_breaker_opens": slow_stats["breaker_opens"],
+        "detection_ms": None if opened is None else round((opened - fault_wall) * 1000, 1),
+        "outage_scans": len(during), "outage_p99_ms": ms(pct(during, 0.99)),
+        "outage_max_ms": ms(max(during) if during else None),
+        "outage_waited_10x_quiet_p99": sum(1 for d in during
+                                           if quiet_p99 is not None and d > 10 * quiet_p99),
+        "evicted": out_stats["adaptive"]["evicted"],
+    }
+
+
+def measure(keep_clamd: bool = True) -> dict[str, dict[str, Any]]:
+    """Both appliances, adaptive on and off: {"builtin/adaptive": {...}, ...}."""
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="vfile-hang-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        samples = make_samples(root / "samples")
+        path = root / "small.bin"
+        path.write_bytes(os.urandom(4096))
+        targets = {"builtin": "builtin"}
+        if keep_clamd:
+            clamd = stack.enter_context(running_clamd(root / "clamd", samples.sigdir))
+            targets["clamd"] = f"clamd://{clamd.socket_path}"
+        for name, target in targets.items():
+            work = root / f"run-{name}"
+            work.mkdir()
+            sigs = samples.sigdir if target == "builtin" else None
+            with ApplianceProcess(work, target, sigs) as appliance:
+                for adaptive in (True, False):
+                    key = f"{name}/{'adaptive' if adaptive else 'fixed'}"
+                    print(f"detection: {key} ...", file=sys.stderr)
+                    out[key] = trio.run(drive, appliance.url, str(path), appliance, adaptive)
+    return out
+
+
+def render(rows: dict[str, dict[str, Any]]) -> str:
+    head = ("appliance/pool", "quiet p99 ms", "timeout ms", "3x-delay: errors / breaker opens",
+            "detect ms", "outage p99 ms", "outage max ms", ">10x quiet p99")
+    body = [(k, str(r["quiet_p99_ms"]), str(r["timeout_4KiB_ms"]),
+             f"{r['slow_errors']} / {r['slow_breaker_opens']}", str(r["detection_ms"]),
+             str(r["outage_p99_ms"]), str(r["outage_max_ms"]),
+             f"{r['outage_waited_10x_quiet_p99']}/{r['outage_scans']}")
+            for k, r in rows.items()]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+                     for line in (head, *body))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-clamd", action="store_true", help="only the built-in appliance")
+    args = ap.parse_args(argv)
+    rows = measure(keep_clamd=not args.no_clamd)
+    print(render(rows))
+    print(json.dumps(rows, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Hung-appliance detection through a real mount (issue 16): the adaptive pool.
+
+The built-in appliance runs behind the fault proxy (both processes); the mount
+uses a long configured attempt timeout (`ATTEMPT`, what the old pool waited out
+on every open at the start of an outage) and probes too rare to help, so only
+the scans themselves can tell the appliance is hung. Asserted on counters
+(breaker state, attempts cut short, deferrals, errors) and on one generous
+bound: no open waits out the configured attempt timeout (the model's timeout
+for these files is a few tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mounting import mounted, vfile_cmd
+from outage import running_appliance, running_proxy, status, unaccounted
+from servers import Samples, samples  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.mount
+
+ATTEMPT = 5.0  # configured attempt timeout (cold start)
+DEADLINE = 12.0  # the profile's deadline: generous
+WARM = 40  # opens of distinct files that teach the model
+PARALLEL = 6
+
+
+def _config(path: Path, *, breaker_failures: int = 3, adaptive: bool = True) -> Path:
+    path.write_text(
+        "[pool]\n"
+        f'attempt_timeout = "{ATTEMPT}s"\nretries = 1\nbreaker_failures = {breaker_failures}\n'
+        'breaker_cooldown = "60s"\nprobe_interval = "60s"\n'
+        f"adaptive = {'true' if adaptive else 'false'}\n"
+        "\n[[profile]]\n"
+        f'name = "default"\nfail_mode = "safe"\ndeadline = "{DEADLINE}s"\n'
+        f'attempt_timeout = "{ATTEMPT}s"\nretries = 1\n')
+    return path
+
+
+def _files(src: Path, prefix: str, n: int) -> list[str]:
+    names = [f"{prefix}{i}.txt" for i in range(n)]
+    for name in names:
+        (src / name).write_bytes(f"{name}: a small clean file\n".encode() * 40)
+    return names
+
+
+def _open(path: Path) -> float:
+    started = time.monotonic()
+    with open(path, "rb") as f:
+        f.read()
+    return time.monotonic() - started
+
+
+def _appliance(mnt: Path) -> dict[str, Any]:
+    app: dict[str, Any] = status(mnt)["appliances"][0]
+    return app
+
+
+def _warm(mnt: Path, src: Path) -> dict[str, Any]:
+    for name in _files(src, "warm", WARM):
+        _open(mnt / name)
+    ad: dict[str, Any] = _appliance(mnt)["adaptive"]
+    assert ad["enabled"] and ad["estimate_4KiB_ms"] is not None, ad
+    assert ad["timeout_4KiB_ms"] < ATTEMPT * 1000, ad
+    return ad
+
+
+def test_black_hole_opens_the_breaker_without_waiting_the_attempt_timeout(
+        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml")
+    with running_appliance(samples.sigdir) as app, running_proxy(app.url) as proxy, \
+            mounted(src, mnt, "--appliance", proxy.url, "--config", str(cfg),
+                    "--state-dir", str(state)), ThreadPoolExecutor(PARALLEL) as pool:
+        _warm(mnt, src)
+        names = _files(src, "outage", PARALLEL * 2)
+        proxy.set_fault("blackhole")
+        took = list(pool.map(_open, [mnt / n for n in names]))
+        a = _appliance(mnt)
+        gate = status(mnt)["gate"]
+        # The scans told: the breaker is open (probes run once a minute), and the
+        # attempts waiting when the first timed out were cut short with it.
+        assert a["state"] == "open", a
+        assert a["adaptive"]["evicted"] >= 1, a
+        # fail-safe: every open went on, journaled
+        assert gate["deferrals"] == len(names), gate
+        assert max(took) < ATTEMPT, took  # the old pool waited ATTEMPT (x retries) here
+        assert unaccounted(src, state, a["sig_version"]) == []
+        proxy.set_fault("none")
+    print(f"black hole: slowest open {max(took) * 1000:.0f} ms; appliance {a}")
+
+
+def test_slow_but_alive_appliance_opens_no_breaker(tmp_path: Path,
+                                                   samples: Samples) -> None:  # noqa: F811
+    """Replies 3x the model's estimate late (the proxy's delay fault) on a few opens at
+    once: every open is scanned, no attempt times out, the breaker stays closed, even
+    with `breaker_failures = 1`."""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml", breaker_failures=1)
+    with running_appliance(samples.sigdir) as app, \
+            running_proxy(app.url, fault="delay=20ms") as proxy, \
+            mounted(src, mnt, "--appliance", proxy.url, "--config", str(cfg),
+                    "--state-dir", str(state)), ThreadPoolExecutor(PARALLEL) as pool:
+        ad = _warm(mnt, src)
+        est = ad["estimate_4KiB_ms"]
+        shown = subprocess.run(vfile_cmd("status", str(mnt)), capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+        assert "adaptive    estimate 4KiB" in shown, shown
+        proxy.set_fault(f"delay={3 * est:.0f}ms")
+        names = _files(src, "slow", PARALLEL * 2)
+        list(pool.map(_open, [mnt / n for n in names]))
+        a = _appliance(mnt)
+        gate = status(mnt)["gate"]
+        assert a["state"] == "closed" and a["errors"] == 0, a
+        assert a["adaptive"]["evicted"] == 0, a
+        assert gate["deferrals"] == 0, gate  # every open got its verdict
+        # and a black hole after it is still found by the scans
+        proxy.set_fault("blackhole")
+        _open(mnt / _files(src, "after", 1)[0])
+        assert _appliance(mnt)["state"] == "open"
+        proxy.set_fault("none")
+
+
+def test_adaptive_off_waits_the_configured_timeout(tmp_path: Path,
+                                                   samples: Samples) -> None:  # noqa: F811
+    """`adaptive = false` is the old pool: the status says so, nothing is cut short."""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml", adaptive=False)
+    with running_appliance(samples.sigdir) as app, \
+            mounted(src, mnt, "--appliance", app.url, "--config", str(cfg),
+                    "--state-dir", str(state)):
+        for name in _files(src, "warm", 10):
+            _open(mnt / name)
+        ad = _appliance(mnt)["adaptive"]
+        assert ad["enabled"] is False and ad["timeout_4KiB_ms"] == ATTEMPT * 1000, ad
+        assert ad["evicted"] == 0 and ad["hedges"] == 0
+
+
+def test_slow_appliance_is_hedged_to_the_next(tmp_path: Path,
+                                              samples: Samples) -> None:  # noqa: F811
+    """Two appliances; the first turns slow (replies 2 s late): opens get their verdicts
+    from the second, hedged there once the first is late, and nothing goes to the fail
+    mode. (Whether the first's attempts also reach their own timeout before the hedge
+    answers depends on the host's load, so its breaker is not asserted on.)"""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml")
+    cfg.write_text(cfg.read_text().replace("adaptive = true\n",
+                                           "adaptive = true\nhedge_budget = 1.0\n"))
+    with running_appliance(samples.sigdir) as first, running_proxy(first.url) as proxy, \
+            running_appliance(samples.sigdir) as second, \
+            mounted(src, mnt, "--appliance", proxy.url, "--appliance", second.url,
+                    "--config", str(cfg), "--state-dir", str(state)), \
+            ThreadPoolExecutor(PARALLEL) as pool:
+        _warm(mnt, src)
+        before = status(mnt)["appliances"][1]["adaptive"]["hedges"]
+        proxy.set_fault("delay=2s")
+        names = _files(src, "hedged", PARALLEL)
+        list(pool.map(_open, [mnt / n for n in names]))
+        slow, fast = status(mnt)["appliances"]
+        gate = status(mnt)["gate"]
+        assert fast["adaptive"]["hedges"] >= before + 1, fast
+        assert fast["adaptive"]["hedge_wins"] >= 1, fast
+        assert gate["deferrals"] == 0 and gate["denials"] == 0, gate
+        assert slow["healthy"], slow
+        proxy.set_fault("none")
