@@ -33,8 +33,6 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from vfile.scanner import latency
-from vfile.scanner.urls import parse_appliance_url
 from vfile.config.syntax import (
     ConfigError,
     MiB,
@@ -42,6 +40,8 @@ from vfile.config.syntax import (
     parse_duration,
     parse_size,
 )
+from vfile.scanner import latency
+from vfile.scanner.urls import parse_appliance_url
 
 log = logging.getLogger(__name__)
 
