@@ -11,6 +11,12 @@ errno (see `vfile.errnos`). Invariants:
   O_NOFOLLOW) or acts on an inode's own descriptor (/proc/self/fd/N, which
   names the inode, not a path). Names from the kernel are checked to be one
   component. A symlink in the source is never followed by the daemon.
+- A caller's open flags reach a syscall only through
+  `perms.backing_open_attempts` / `backing_open_flags`, which drop the
+  path-walk flags (O_NOFOLLOW, O_DIRECTORY) the kernel already applied to the
+  caller's path: on /proc/self/fd/N they would act on the magic link itself.
+  No other handler passes a caller's flags on (setattr, link and xattrs act
+  on the inode through the magic link, which they follow by design).
 - One backing file descriptor per open (fh is that descriptor); data moves
   with pread/pwrite at the kernel's offsets.
 - New objects belong to the caller (uid, gid or the set-gid parent's group),
@@ -260,14 +266,14 @@ class VFileOperations(DirOps, MetaOps):
         if node.kind != stat.S_IFREG:
             # FIFOs and devices are opened by the kernel itself, never here.
             raise OSError(errno.EINVAL if node.kind != stat.S_IFDIR else errno.EISDIR, "open")
-        oflags = perms.backing_open_flags(flags, self.writeback)
-        try:
-            return os.open(proc_path(node.fd), oflags)
-        except PermissionError:
-            if oflags == flags or not self.writeback:
-                raise
-            # An unprivileged daemon may lack read permission on a write-only file.
-            return os.open(proc_path(node.fd), perms.backing_open_flags(flags, False))
+        path = proc_path(node.fd)
+        *first, last = perms.backing_open_attempts(flags, self.writeback)
+        for oflags in first:
+            try:
+                return os.open(path, oflags)
+            except PermissionError:
+                continue  # an unprivileged daemon refused what the caller may do
+        return os.open(path, last)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
