@@ -78,14 +78,19 @@ class Pair:
 
 
 @contextmanager
-def scanning_mount(*extra: str) -> Iterator[Scanning]:
-    """A scanning mount with defaults (built-in appliance), checked when it ends."""
+def scanning_mount(*extra: str, base: Path | None = None) -> Iterator[Scanning]:
+    """A scanning mount with defaults (built-in appliance), checked when it ends.
+
+    With `base`, the mount uses (and keeps) that directory, so a test can mount
+    the same source and state again; otherwise a fresh one is removed after.
+    """
     # Not under pytest's tmp dir: that is 0700, and some clients drop privileges.
-    base = Path(tempfile.mkdtemp(prefix="vfile-clients-"))
+    keep = base is not None
+    base = base or Path(tempfile.mkdtemp(prefix="vfile-clients-"))
     try:
         os.chmod(base, 0o755)
         for sub in ("src", "mnt", "native", "state"):
-            (base / sub).mkdir()
+            (base / sub).mkdir(exist_ok=True)
         with mounted(base / "src", base / "mnt", "--state-dir", str(base / "state"),
                      *extra) as server:
             scanning = Scanning(server, base / "state", base / "native")
@@ -95,7 +100,8 @@ def scanning_mount(*extra: str) -> Iterator[Scanning]:
         assert gate["scans"] > 0, gate
         assert gate["denials"] == 0 and gate["infections"] == 0, gate
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def run(argv: Sequence[str | os.PathLike[str]], cwd: Path | None = None,
