@@ -128,7 +128,7 @@ def outcome(fn: Callable[[], Any]) -> Any:
 
 def tree(root: Path) -> dict[str, tuple[Any, ...]]:
     """What a tree holds, comparable across two places: per relative path its type,
-    mode, size, mtime (ns), content or link target, xattrs, and its hard-link group."""
+    mode, size, mtime (ns), content or link target, xattrs, hard-link group, owner."""
     out: dict[str, tuple[Any, ...]] = {}
     inodes: dict[int, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -147,5 +147,5 @@ def tree(root: Path) -> dict[str, tuple[Any, ...]]:
                 not os.path.isdir(full) else rel
             mtime = None if os.path.isdir(full) else st.st_mtime_ns
             out[rel] = (st.st_mode, st.st_size if body is not None else None, mtime, body,
-                        xattrs, group)
+                        xattrs, group, st.st_uid, st.st_gid)
     return out
