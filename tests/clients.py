@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,13 @@ class Scanning:
     def gate(self) -> dict[str, Any]:
         gate: dict[str, Any] = status(self.mnt)["gate"]
         return gate
+
+    def wait_idle(self, deadline: float = 30.0) -> None:
+        """Until no scan is in flight and no close scan is pending."""
+        end = time.monotonic() + deadline
+        while (g := self.gate())["in_flight"] or g["pending_intents"]:
+            assert time.monotonic() < end, f"the gate is still busy after {deadline}s: {g}"
+            time.sleep(0.02)
 
 
 @dataclass
