@@ -80,7 +80,7 @@ def session(place: Path, origin: Path) -> dict[str, str]:
     git("commit", "-q", "-m", "third", cwd=repo)
     out["head"] = git("rev-parse", "HEAD", "HEAD^{tree}", cwd=repo)
     out["log"] = git("log", "--format=%H %s", "--all", cwd=repo)
-    git("gc", "-q", "--aggressive", "--prune=now", cwd=repo)
+    git("gc", "-q", "--prune=now", cwd=repo)
     out["fsck"] = git("fsck", "--strict", "--full", "--no-dangling", cwd=repo)
     out["count"] = git("count-objects", "-v", cwd=repo).split("size-pack")[0]
     out["origin_head"] = git("rev-parse", "HEAD", cwd=origin)

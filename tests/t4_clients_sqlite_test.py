@@ -29,7 +29,7 @@ from clients import CLIENT_DEADLINE, run, scanning_mount
 pytestmark = pytest.mark.mount
 
 TOTAL = 1_000_000
-TRANSFERS = 150
+TRANSFERS = 100
 
 # The second process: reads snapshots until told to stop; exit 1 on an inconsistent one.
 READER = """
