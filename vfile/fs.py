@@ -1,7 +1,8 @@
 """The pyfuse3 Operations: a passthrough of the source directory, with hooks.
 
 Handlers are thin: find the inode or handle, do the syscall inline (on two
-cores a thread hop costs more than an open or a 128 KiB pread), call the
+cores a thread hop costs more than an open or a 128 KiB pread; reads, writes
+and syncs that could block go to threads, see `vfile.fsops.datapath`), call the
 gate's hooks where DESIGN.md says, and let `handler` map any exception to one
 errno (see `vfile.errnos`). Invariants:
 
@@ -307,19 +308,17 @@ class VFileOperations(DirOps, MetaOps):
         self.files[fd] = FileHandle(fd, node, True)
         return pyfuse3.FileInfo(fh=fd, keep_cache=False), self._entry(node, st)
 
+    # Data moves inline when it cannot block, else in a thread (vfile.fsops.datapath).
+
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(self._file(fh).fd, size, off)
+        h = self._file(fh)
+        return await self.data.read(h.fd, h.node.key[0], off, size)
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        fd = self._file(fh).fd
-        done = os.pwrite(fd, buf, off)
-        if done < len(buf):  # FUSE needs all of it written (or an error)
-            view = memoryview(buf)
-            while done < len(buf):
-                done += os.pwrite(fd, view[done:], off + done)
-        return done
+        h = self._file(fh)
+        return await self.data.write(h.fd, h.node.key[0], off, buf)
 
     async def flush(self, fh: int) -> None:
         # ENOSYS once, and the kernel stops sending FLUSH on every close(2):
@@ -331,11 +330,7 @@ class VFileOperations(DirOps, MetaOps):
 
     @handler
     async def fsync(self, fh: int, datasync: bool) -> None:
-        fd = self._file(fh).fd
-        if datasync:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
+        await self.data.fsync(self._file(fh).fd, datasync)
 
     @handler
     async def release(self, fh: int) -> None:

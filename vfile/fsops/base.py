@@ -24,6 +24,7 @@ import pyfuse3
 
 from vfile import perms
 from vfile.errnos import StaleHandle, errno_for
+from vfile.fsops.datapath import DataPath
 from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
 from vfile.inodes import ROOT_INODE, Inode, InodeTable
 from vfile.syscalls import fchown_empty, proc_path
@@ -97,6 +98,7 @@ class OpsCore(pyfuse3.Operations):
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
+        self.data = DataPath()
 
     # -- helpers ------------------------------------------------------------
 
