@@ -1,6 +1,6 @@
 """One slow read must not stall the mount (issue 15, data path).
 
-The source is tests/slowfs.py, a FUSE filesystem whose `slow` file can be made
+The source is bench/slowfs.py, a FUSE filesystem whose `slow` file can be made
 to take seconds per read (a cold disk or a network filesystem under the
 source). While a reader is stuck in such a read through a scanning vfile
 mount, cached opens of another file must be answered: the daemon reads off
@@ -24,7 +24,7 @@ from mounting import force_unmount, is_mounted, mounted, stop_process
 
 pytestmark = pytest.mark.mount
 
-SLOWFS = Path(__file__).with_name("slowfs.py")
+SLOWFS = Path(__file__).resolve().parent.parent / "bench" / "slowfs.py"
 DELAY = 5.0  # seconds per read of the slow file: far longer than any cached open
 
 

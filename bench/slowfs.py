@@ -1,6 +1,6 @@
 """A tiny read-only FUSE filesystem whose reads can be made slow: a slow source.
 
-    python tests/slowfs.py MOUNTPOINT CONTROL_DIR
+    python bench/slowfs.py MOUNTPOINT CONTROL_DIR
 
 It holds two files, `fast` and `slow`, of SIZE bytes each. While the file
 CONTROL_DIR/delay exists, every read of `slow` sleeps for the number of
@@ -8,7 +8,7 @@ seconds it holds (a cold disk, a network filesystem, a dm-delay device,
 without root tricks), `fast` stays fast. Files are opened with direct_io, so
 every read reaches this process (no page cache in between). The sleep is
 trio's, so this filesystem itself stays responsive. Used as the SOURCE of a
-vfile mount by tests/t4_datapath_test.py.
+vfile mount by tests/t4_datapath_test.py and bench/datapath.py.
 """
 
 from __future__ import annotations
