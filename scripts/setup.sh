@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv clamav-daemon clamdscan c-icap libc-icap-mod-virus-scan)
+PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv clamav-daemon clamdscan c-icap libc-icap-mod-virus-scan
+      git rsync fio cpio sqlite3)  # the second line: real clients in tests/t4_clients_*
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

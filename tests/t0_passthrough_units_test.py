@@ -95,9 +95,38 @@ def test_new_inode_numbers_are_never_reused() -> None:
     (os.O_RDWR | os.O_CREAT | os.O_EXCL, False, os.O_RDWR),
     (os.O_RDONLY | os.O_DIRECT, False, os.O_RDONLY),
     (os.O_WRONLY | os.O_TRUNC, True, os.O_RDWR | os.O_TRUNC),
+    # Path-walk flags did their job on the caller's path; on the daemon's
+    # /proc/self/fd/N magic link O_NOFOLLOW would be ELOOP (issue 18).
+    (os.O_RDONLY | os.O_NOFOLLOW, True, os.O_RDONLY),
+    (os.O_WRONLY | os.O_NOFOLLOW | os.O_APPEND, False, os.O_WRONLY | os.O_APPEND),
+    (os.O_RDWR | os.O_NOFOLLOW | os.O_CREAT | os.O_EXCL, True, os.O_RDWR),
+    (os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, False, os.O_RDONLY),
+    (os.O_RDONLY | os.O_PATH, False, os.O_RDONLY),
+    (os.O_RDWR | os.O_TMPFILE, False, os.O_RDWR | (os.O_TMPFILE & ~os.O_DIRECTORY)),
+    # What the caller asked of the file itself is kept.
+    (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOATIME, True,
+     os.O_RDONLY | os.O_NONBLOCK | os.O_NOATIME),
+    (os.O_WRONLY | os.O_SYNC | os.O_DSYNC, False, os.O_WRONLY | os.O_SYNC | os.O_DSYNC),
 ])
 def test_backing_open_flags(flags: int, writeback: bool, expected: int) -> None:
     assert perms.backing_open_flags(flags, writeback) == expected | os.O_CLOEXEC
+
+
+@pytest.mark.parametrize(("flags", "writeback", "expected"), [
+    (os.O_RDONLY, True, [os.O_RDONLY]),
+    (os.O_RDONLY | os.O_NOFOLLOW, False, [os.O_RDONLY]),
+    (os.O_WRONLY, True, [os.O_RDWR, os.O_WRONLY]),
+    (os.O_WRONLY | os.O_APPEND, True, [os.O_RDWR, os.O_WRONLY | os.O_APPEND]),
+    (os.O_RDONLY | os.O_NOATIME, False, [os.O_RDONLY | os.O_NOATIME, os.O_RDONLY]),
+    (os.O_WRONLY | os.O_NOATIME, True,
+     [os.O_RDWR | os.O_NOATIME, os.O_RDWR, os.O_WRONLY | os.O_NOATIME, os.O_WRONLY]),
+])
+def test_backing_open_attempts(flags: int, writeback: bool, expected: list[int]) -> None:
+    """Each retry drops only what an unprivileged daemon may be refused; the
+    first is what a root daemon opens with."""
+    got = perms.backing_open_attempts(flags, writeback)
+    assert got == [e | os.O_CLOEXEC for e in expected]
+    assert got[0] == perms.backing_open_flags(flags, writeback)
 
 
 @pytest.mark.parametrize(("flags", "writes"), [

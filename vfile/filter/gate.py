@@ -59,6 +59,7 @@ from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
 from vfile.observe.ratelog import RateLimited
+from vfile.passthrough.syscalls import open_for_scan
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Verdict
 
@@ -101,7 +102,7 @@ def _reopen(fd: int) -> int:
     inode even if the path was renamed meanwhile; `dup` is the fallback.
     """
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        return open_for_scan(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return os.dup(fd)
 
@@ -573,8 +574,8 @@ class Gate:
     def _open_source(self, path: str) -> int:
         dir_fd, name = open_parent(self._root, path)
         try:
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                           dir_fd=dir_fd)
+            return open_for_scan(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                                 | os.O_NONBLOCK, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
 

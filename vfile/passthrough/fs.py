@@ -1,7 +1,8 @@
 """The pyfuse3 Operations: a passthrough of the source directory, with hooks.
 
 Handlers are thin: find the inode or handle, do the syscall inline (on two
-cores a thread hop costs more than an open or a 128 KiB pread), call the
+cores a thread hop costs more than an open or a 128 KiB pread; reads, writes
+and syncs that could block go to threads, see `vfile.passthrough.datapath`), call the
 gate's hooks where DESIGN.md says, and let `handler` map any exception to one
 errno (see `vfile.passthrough.errnos`). Invariants:
 
@@ -11,6 +12,12 @@ errno (see `vfile.passthrough.errnos`). Invariants:
   O_NOFOLLOW) or acts on an inode's own descriptor (/proc/self/fd/N, which
   names the inode, not a path). Names from the kernel are checked to be one
   component. A symlink in the source is never followed by the daemon.
+- A caller's open flags reach a syscall only through
+  `perms.backing_open_attempts` / `backing_open_flags`, which drop the
+  path-walk flags (O_NOFOLLOW, O_DIRECTORY) the kernel already applied to the
+  caller's path: on /proc/self/fd/N they would act on the magic link itself.
+  No other handler passes a caller's flags on (setattr, link and xattrs act
+  on the inode through the magic link, which they follow by design).
 - One backing file descriptor per open (fh is that descriptor); data moves
   with pread/pwrite at the kernel's offsets.
 - New objects belong to the caller (uid, gid or the set-gid parent's group),
@@ -265,14 +272,14 @@ class VFileOperations(DirOps, MetaOps):
         if node.kind != stat.S_IFREG:
             # FIFOs and devices are opened by the kernel itself, never here.
             raise OSError(errno.EINVAL if node.kind != stat.S_IFDIR else errno.EISDIR, "open")
-        oflags = perms.backing_open_flags(flags, self.writeback)
-        try:
-            return os.open(proc_path(node.fd), oflags)
-        except PermissionError:
-            if oflags == flags or not self.writeback:
-                raise
-            # An unprivileged daemon may lack read permission on a write-only file.
-            return os.open(proc_path(node.fd), perms.backing_open_flags(flags, False))
+        path = proc_path(node.fd)
+        *first, last = perms.backing_open_attempts(flags, self.writeback)
+        for oflags in first:
+            try:
+                return os.open(path, oflags)
+            except PermissionError:
+                continue  # an unprivileged daemon refused what the caller may do
+        return os.open(path, last)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -306,19 +313,17 @@ class VFileOperations(DirOps, MetaOps):
         self.files[fd] = FileHandle(fd, node, True)
         return pyfuse3.FileInfo(fh=fd, keep_cache=False), self._entry(node, st)
 
+    # Data moves inline when it cannot block, else in a thread (vfile.passthrough.datapath).
+
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(self._file(fh).fd, size, off)
+        h = self._file(fh)
+        return await self.data.read(h.fd, h.node.key[0], off, size)
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        fd = self._file(fh).fd
-        done = os.pwrite(fd, buf, off)
-        if done < len(buf):  # FUSE needs all of it written (or an error)
-            view = memoryview(buf)
-            while done < len(buf):
-                done += os.pwrite(fd, view[done:], off + done)
-        return done
+        h = self._file(fh)
+        return await self.data.write(h.fd, h.node.key[0], off, buf)
 
     async def flush(self, fh: int) -> None:
         # ENOSYS once, and the kernel stops sending FLUSH on every close(2):
@@ -330,11 +335,7 @@ class VFileOperations(DirOps, MetaOps):
 
     @handler
     async def fsync(self, fh: int, datasync: bool) -> None:
-        fd = self._file(fh).fd
-        if datasync:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
+        await self.data.fsync(self._file(fh).fd, datasync)
 
     @handler
     async def release(self, fh: int) -> None:

@@ -24,6 +24,7 @@ import pyfuse3
 
 from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
 from vfile.passthrough import perms
+from vfile.passthrough.datapath import DataPath
 from vfile.passthrough.errnos import StaleHandle, errno_for
 from vfile.passthrough.inodes import ROOT_INODE, Inode, InodeTable
 from vfile.passthrough.syscalls import fchown_empty, proc_path
@@ -98,6 +99,7 @@ class OpsCore(pyfuse3.Operations):
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
+        self.data = DataPath()
 
     # -- helpers ------------------------------------------------------------
 

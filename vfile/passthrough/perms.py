@@ -6,6 +6,13 @@
   daemon opens O_RDWR without O_APPEND. O_DIRECT is never passed on: the
   daemon's buffers are not aligned, and the kernel already gave the caller
   direct-I/O semantics. Creation flags are the caller's business, not ours.
+  Path-walk flags (O_NOFOLLOW, O_DIRECTORY) already acted in the kernel, on
+  the caller's path: the daemon reopens through /proc/self/fd/N, a magic
+  link, where O_NOFOLLOW would turn every open into ELOOP (issue 18). This
+  is the ONE place a caller's open flags become the daemon's: every reopen
+  of an inode goes through it.
+- `backing_open_attempts`: those flags, then what to retry with when only
+  the daemon (not the caller the kernel checked) is refused them.
 - `owner_for`: who owns a new file: the caller, with the parent's group when
   the parent directory is set-group-ID (as ext4 does).
 - `may_access`: the access(2) check on mode bits, for the `access` handler
@@ -17,7 +24,11 @@ from __future__ import annotations
 import os
 import stat
 
-_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+#: Creation flags (the kernel or `create` handles them), O_DIRECT (see above),
+#: and the path-walk flags that did their job on the caller's path. O_TMPFILE
+#: includes O_DIRECTORY, and never reaches `open` (the kernel sends TMPFILE).
+_STRIP = (os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+          | os.O_NOFOLLOW | os.O_DIRECTORY | getattr(os, "O_PATH", 0))
 
 
 def is_write_open(flags: int) -> bool:
@@ -31,6 +42,24 @@ def backing_open_flags(flags: int, writeback: bool) -> int:
         if out & os.O_ACCMODE == os.O_WRONLY:
             out = (out & ~os.O_ACCMODE) | os.O_RDWR
         out &= ~os.O_APPEND
+    return out
+
+
+def backing_open_attempts(flags: int, writeback: bool) -> list[int]:
+    """Flags to open the daemon's descriptor with, in order, trying the next on EPERM/EACCES.
+
+    The kernel checked the caller; an unprivileged daemon may still be refused
+    what the caller was allowed: reading a write-only file (writeback's
+    O_RDWR), or O_NOATIME on a file the daemon does not own. A root daemon
+    always succeeds with the first.
+    """
+    noatime = getattr(os, "O_NOATIME", 0)
+    out: list[int] = []
+    for wb in (writeback, False):
+        base = backing_open_flags(flags, wb)
+        for cand in (base, base & ~noatime):
+            if cand not in out:
+                out.append(cand)
     return out
 
 

@@ -4,6 +4,10 @@
 - `fchownat` / `utimensat` with AT_EMPTY_PATH, to act on an O_PATH file
   descriptor itself — including a symlink, which must never be followed.
 
+`open_for_scan` opens what a scan reads with O_NOATIME: a scan is not an
+access by a user, and must not change the atime that mail readers, backup
+and tiering tools judge by (found by the O_NOATIME client in issue 18).
+
 Every function raises OSError with the C errno on failure, like `os`.
 Operations on O_PATH fds of non-symlinks can instead use the
 /proc/self/fd/N magic link (`proc_path`), which resolves to the inode the fd
@@ -73,3 +77,15 @@ def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
 def proc_path(fd: int) -> str:
     """A path that resolves to exactly the inode `fd` holds (not for symlinks)."""
     return f"/proc/self/fd/{fd}"
+
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_for_scan(path: str | bytes, flags: int, *, dir_fd: int | None = None) -> int:
+    """os.open with O_NOATIME added, or without it where we may not use it (EPERM:
+    an unprivileged daemon on a file it does not own)."""
+    try:
+        return os.open(path, flags | _NOATIME, dir_fd=dir_fd)
+    except PermissionError:
+        return os.open(path, flags, dir_fd=dir_fd)

@@ -1,0 +1,446 @@
+"""The data path side by side: native, libfuse's C passthrough_ll, vfile --no-scan,
+vfile scanning (warm verdicts), in one run.
+
+    .venv/bin/python bench/datapath.py [--quick] [--rounds N] [--json PATH]
+
+Builds libfuse's own example `passthrough_ll` (Debian's libfuse3-dev ships
+its source; gcc and `pkg-config fuse3`) and mounts it with
+`cache=always,writeback`: the limit of the FUSE stack on this kernel. Mounts
+the same kind of source with `vfile mount --no-scan` and with `vfile mount`
+(the embedded built-in appliance; a warm-up pass gives every file a verdict,
+so the timed opens are cached ones). Then runs each workload on every
+contender, interleaved round by round so drift on a shared machine hits all
+alike (issue 15's table):
+
+- 4 KiB writes to one open file; create + write 4 KiB + close; open + close
+  of one file; open + read 64 KiB + close; stat;
+- sequential write (1 MiB writes) and warm sequential read, MiB/s;
+- 8 readers in parallel, each reading its own cold file (page cache dropped
+  with POSIX_FADV_DONTNEED on the file and, under a mount, on its source).
+
+Then cached opens of one file beside 4 readers stuck in slow reads of another
+(the source is bench/slowfs.py, a FUSE filesystem whose reads sleep), against
+the same opens on a quiet mount: C passthrough_ll (multithreaded) and vfile
+scanning; `p99_stuck_vs_quiet` (issue 15's goal: within 2x).
+
+Also measures `thread_hop_us`: one trio.to_thread round trip, the price of
+moving a request off the trio thread (vfile.passthrough.datapath decides with it).
+
+Prints a table (ops/s or MiB/s; per-op p50/p99 µs where an op is timed one
+by one) and JSON with every value and `ratios` (each contender / C
+passthrough_ll). Always unmounts and stops what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+KiB, MiB = 1024, 1024 * 1024
+EXAMPLE = Path("/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c")
+CONTENDERS = ("native", "c_passthrough_ll", "vfile_noscan", "vfile_scan")
+
+# -- building and mounting --------------------------------------------------------
+
+
+def build_passthrough_ll(out: Path) -> Path:
+    if not EXAMPLE.exists():
+        raise SystemExit(f"{EXAMPLE} is missing: apt-get install libfuse3-dev")
+    flags = subprocess.run(["pkg-config", "fuse3", "--cflags", "--libs"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    binary = out / "passthrough_ll"
+    subprocess.run(["gcc", "-O2", "-Wall", str(EXAMPLE), *flags, "-o", str(binary)],
+                   check=True)
+    return binary
+
+
+def _wait_mounted(mnt: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while str(mnt) not in [line.split()[1] for line in
+                           Path("/proc/self/mounts").read_text().splitlines()]:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{mnt}: the filesystem exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{mnt} did not mount")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def mounted_c(binary: Path, src: Path, mnt: Path) -> Iterator[None]:
+    proc = subprocess.Popen([str(binary), "-f", "-o",
+                             f"source={src},cache=always,writeback", str(mnt)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_mounted(mnt, proc)
+        yield
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
+                       capture_output=True)
+        proc.terminate()
+        proc.wait(15)
+
+
+@contextlib.contextmanager
+def mounted_vfile(src: Path, mnt: Path, state: Path, *extra: str) -> Iterator[None]:
+    subprocess.run([sys.executable, "-m", "vfile", "mount", "--state-dir", str(state),
+                    "--log-file", str(state.parent / f"{mnt.name}.log"), *extra, str(src),
+                    str(mnt)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([sys.executable, "-m", "vfile", "unmount", str(mnt)], check=False)
+
+# -- workloads: each returns (rate, per-op latencies in ns or []) -------------------
+
+
+def _drop(*paths: Path) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def timed(n: int, op: Callable[[int], object]) -> tuple[float, list[int]]:
+    lat = []
+    clock = time.perf_counter_ns
+    t0 = clock()
+    for i in range(n):
+        a = clock()
+        op(i)
+        lat.append(clock() - a)
+    return n / ((clock() - t0) / 1e9), lat
+
+
+def write_4k(d: Path, n: int) -> tuple[float, list[int]]:
+    buf = os.urandom(4 * KiB)
+    fd = os.open(d / "w4k", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        return timed(n, lambda _i: os.write(fd, buf))
+    finally:
+        os.close(fd)
+
+
+def create_write_close(d: Path, n: int) -> tuple[float, list[int]]:
+    sub = d / f"cr{time.monotonic_ns()}"
+    sub.mkdir()
+    buf = os.urandom(4 * KiB)
+    base = str(sub)
+
+    def op(i: int) -> None:
+        fd = os.open(f"{base}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, buf)
+        os.close(fd)
+
+    return timed(n, op)
+
+
+def open_close(d: Path, n: int) -> tuple[float, list[int]]:
+    p = str(d / "small")
+    return timed(n, lambda _i: os.close(os.open(p, os.O_RDONLY)))
+
+
+def open_read_close(d: Path, n: int) -> tuple[float, list[int]]:
+    p = str(d / "r64k")
+
+    def op(_i: int) -> None:
+        fd = os.open(p, os.O_RDONLY)
+        os.read(fd, 64 * KiB)
+        os.close(fd)
+
+    return timed(n, op)
+
+
+def stat_op(d: Path, n: int) -> tuple[float, list[int]]:
+    names = [str(d / f"st{i}") for i in range(100)]
+    return timed(n, lambda i: os.stat(names[i % 100]))
+
+
+def seq_write(d: Path, size: int) -> tuple[float, list[int]]:
+    buf = os.urandom(MiB)
+    t0 = time.perf_counter()
+    fd = os.open(d / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for _ in range(size // MiB):
+        os.write(fd, buf)
+    os.close(fd)
+    return size / MiB / (time.perf_counter() - t0), []
+
+
+def seq_read_warm(d: Path, size: int) -> tuple[float, list[int]]:
+    fd = os.open(d / "seq", os.O_RDONLY)
+    try:
+        while os.read(fd, MiB):  # warm it
+            pass
+        t0 = time.perf_counter()
+        os.lseek(fd, 0, os.SEEK_SET)
+        total = 0
+        while chunk := os.read(fd, MiB):
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    return total / MiB / (time.perf_counter() - t0), []
+
+
+def parallel_cold_read(d: Path, src: Path | None, size: int) -> tuple[float, list[int]]:
+    names = [f"cold{i}" for i in range(8)]
+    _drop(*(d / n for n in names), *((src / n for n in names) if src else ()))
+    lat: list[int] = []
+
+    def reader(name: str) -> None:
+        fd = os.open(d / name, os.O_RDONLY)
+        try:
+            a = time.perf_counter_ns()
+            while os.read(fd, MiB):
+                pass
+            lat.append(time.perf_counter_ns() - a)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in names]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 8 * size / MiB / (time.perf_counter() - t0), lat
+
+
+def prepare(d: Path, cold_size: int) -> None:
+    (d / "small").write_bytes(b"x" * 100)
+    (d / "r64k").write_bytes(os.urandom(64 * KiB))
+    for i in range(100):
+        (d / f"st{i}").write_bytes(b"x")
+    for i in range(8):
+        (d / f"cold{i}").write_bytes(os.urandom(cold_size))
+
+
+def warm_up(d: Path) -> None:
+    """Open every file once (under scanning: each gets its verdict now)."""
+    for p in d.iterdir():
+        if p.is_file():
+            p.read_bytes()
+
+
+def thread_hop_us(n: int = 2000) -> float:
+    async def hops() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await trio.to_thread.run_sync(int)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    return trio.run(hops)
+
+# -- cached opens while other reads are stuck on a slow source ---------------------
+
+SLOWFS = Path(__file__).with_name("slowfs.py")
+SLOW_DELAY = 0.2  # seconds per read of the slow file while it is slow
+STUCK_READERS = 4
+
+
+def _direct_read(path: Path) -> None:
+    import mmap
+
+    buf = mmap.mmap(-1, 64 * KiB)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        os.preadv(fd, [buf], 0)
+    finally:
+        os.close(fd)
+
+
+def opens_beside_slow_reads(mnt: Path, control: Path, n: int) -> dict[str, Any]:
+    """p50/p99 of open+close of a cached file, quiet and with readers stuck on `slow`."""
+    for name in ("fast", "slow"):
+        (mnt / name).read_bytes()  # scanned now (under vfile): later opens are cached
+    p = str(mnt / "fast")
+    _, quiet = timed(n, lambda _i: os.close(os.open(p, os.O_RDONLY)))
+    (control / "delay").write_text(str(SLOW_DELAY))
+    stop = threading.Event()
+
+    def stuck_reader() -> None:
+        while not stop.is_set():
+            _direct_read(mnt / "slow")
+
+    readers = [threading.Thread(target=stuck_reader) for _ in range(STUCK_READERS)]
+    for t in readers:
+        t.start()
+    try:
+        time.sleep(SLOW_DELAY)  # every reader inside a slow read
+        _, busy = timed(n, lambda _i: os.close(os.open(p, os.O_RDONLY)))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+        (control / "delay").unlink()
+    return {"quiet_p50_us": pct(quiet, 0.5), "quiet_p99_us": pct(quiet, 0.99),
+            "stuck_p50_us": pct(busy, 0.5), "stuck_p99_us": pct(busy, 0.99),
+            "p99_stuck_vs_quiet": (pct(busy, 0.99) or 0) / (pct(quiet, 0.99) or 1)}
+
+
+def slow_source_section(binary: Path, base: Path, n: int) -> dict[str, dict[str, Any]]:
+    src, control = base / "slow-src", base / "slow-control"
+    src.mkdir()
+    control.mkdir()
+    proc = subprocess.Popen([sys.executable, str(SLOWFS), str(src), str(control)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        _wait_mounted(src, proc)
+        for name in ("c_passthrough_ll", "vfile_scan"):
+            mnt = base / f"slow-{name}"
+            mnt.mkdir()
+            ctx = (mounted_c(binary, src, mnt) if name == "c_passthrough_ll" else
+                   mounted_vfile(src, mnt, base / "slow-state"))
+            with ctx:
+                out[name] = opens_beside_slow_reads(mnt, control, n)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(src)], check=False, capture_output=True)
+        proc.terminate()
+        proc.wait(15)
+    return out
+
+# -- the run -------------------------------------------------------------------------
+
+
+METRICS: dict[str, tuple[str, str]] = {
+    "write_4k": ("4 KiB writes to one open file", "ops/s"),
+    "create_write_close": ("create + write 4 KiB + close", "ops/s"),
+    "open_close": ("open + close (cached verdict)", "ops/s"),
+    "open_read_close": ("open + read 64 KiB + close", "ops/s"),
+    "seq_write": ("sequential write, 1 MiB writes", "MiB/s"),
+    "seq_read_warm": ("sequential read, warm", "MiB/s"),
+    "stat": ("stat", "ops/s"),
+    "parallel_cold_read": ("8 parallel readers, cold files", "MiB/s"),
+}
+
+
+def run_round(d: Path, src: Path | None, n: int, size: int, cold: int
+              ) -> dict[str, tuple[float, list[int]]]:
+    return {
+        "write_4k": write_4k(d, n),
+        "create_write_close": create_write_close(d, max(n // 10, 50)),
+        "open_close": open_close(d, n),
+        "open_read_close": open_read_close(d, max(n // 4, 50)),
+        "seq_write": seq_write(d, size),
+        "seq_read_warm": seq_read_warm(d, size),
+        "stat": stat_op(d, n),
+        "parallel_cold_read": parallel_cold_read(d, src, cold),
+    }
+
+
+def pct(lat: list[int], q: float) -> float | None:
+    if not lat:
+        return None
+    s = sorted(lat)
+    return s[min(len(s) - 1, int(q * len(s)))] / 1000
+
+
+def print_slow(slow: dict[str, dict[str, Any]]) -> None:
+    print(f"cached open+close beside {STUCK_READERS} reads stuck {SLOW_DELAY:g} s each on the "
+          "source (bench/slowfs.py), p50 / p99 µs:")
+    for name, r in slow.items():
+        print(f"  {name:<18} quiet {r['quiet_p50_us']:>8.1f} / {r['quiet_p99_us']:<8.0f}"
+              f" stuck {r['stuck_p50_us']:>8.1f} / {r['stuck_p99_us']:<8.0f}"
+              f" p99 ratio {r['p99_stuck_vs_quiet']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer ops and smaller files")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--only-slow", action="store_true",
+                    help="only the cached-opens-beside-slow-reads section")
+    args = ap.parse_args(argv)
+    n = 1000 if args.quick else 5000
+    size = (16 if args.quick else 64) * MiB
+    cold = (2 if args.quick else 8) * MiB
+
+    base = Path(tempfile.mkdtemp(prefix="vfile-datapath-"))
+    try:
+        binary = build_passthrough_ll(base)
+        slow = slow_source_section(binary, base, n)
+        if args.only_slow:
+            print_slow(slow)
+            print(json.dumps({"slow_source": slow}))
+            return 0
+        dirs = {c: (base / c / "src", base / c / "mnt") for c in CONTENDERS}
+        for src, mnt in dirs.values():
+            src.mkdir(parents=True)
+            mnt.mkdir()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mounted_c(binary, *dirs["c_passthrough_ll"]))
+            stack.enter_context(mounted_vfile(*dirs["vfile_noscan"], base / "state-noscan",
+                                              "--no-scan"))
+            stack.enter_context(mounted_vfile(*dirs["vfile_scan"], base / "state-scan"))
+            where = {c: (dirs[c][0] if c == "native" else dirs[c][1]) for c in CONTENDERS}
+            source = {c: (None if c == "native" else dirs[c][0]) for c in CONTENDERS}
+            for c in CONTENDERS:
+                prepare(where[c], cold)
+                warm_up(where[c])
+            samples: dict[str, dict[str, list[tuple[float, list[int]]]]] = {
+                c: {m: [] for m in METRICS} for c in CONTENDERS}
+            for _ in range(args.rounds):
+                for c in CONTENDERS:
+                    for m, res in run_round(where[c], source[c], n, size, cold).items():
+                        samples[c][m].append(res)
+            hop = thread_hop_us()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in CONTENDERS:
+        results[c] = {}
+        for m in METRICS:
+            rates = [r for r, _ in samples[c][m]]
+            lat = [x for _, ls in samples[c][m] for x in ls]
+            results[c][m] = {"rate": statistics.median(rates), "p50_us": pct(lat, 0.5),
+                             "p99_us": pct(lat, 0.99)}
+    ratios = {c: {m: results[c][m]["rate"] / results["c_passthrough_ll"][m]["rate"]
+                  for m in METRICS} for c in CONTENDERS}
+    load = os.getloadavg()[0]
+    report = {"config": {"ops": n, "seq_MiB": size // MiB, "cold_MiB": cold // MiB,
+                         "rounds": args.rounds, "cpus": os.cpu_count(), "load": load},
+              "thread_hop_us": hop, "results": results, "ratios": ratios,
+              "slow_source": slow}
+
+    print(f"{'workload':<40}" + "".join(f"{c:>18}" for c in CONTENDERS)
+          + f"{'scan / C':>10}")
+    for m, (label, unit) in METRICS.items():
+        print(f"{label + ', ' + unit:<40}" + "".join(
+            f"{results[c][m]['rate']:>18,.0f}" for c in CONTENDERS)
+            + f"{ratios['vfile_scan'][m]:>10.2f}")
+    print(f"{'  p50 / p99 µs':<40}")
+    for m, (label, _unit) in METRICS.items():
+        if results["native"][m]["p50_us"] is None:
+            continue
+        print(f"{'  ' + label:<40}" + "".join(
+            f"{results[c][m]['p50_us']:>9.1f}/{results[c][m]['p99_us']:<8.0f}"
+            for c in CONTENDERS))
+    print_slow(slow)
+    print(f"thread hop (trio.to_thread round trip): {hop:.1f} µs; "
+          f"load average {load:.1f}")
+    print(json.dumps(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
