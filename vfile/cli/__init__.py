@@ -12,6 +12,7 @@ from vfile.cli import (  # noqa: F401  (registers commands)
     cmd_control,
     cmd_journal,
     cmd_mount,
+    cmd_prewarm,
     cmd_scan,
     cmd_simulate,
 )

@@ -8,6 +8,7 @@ unit reads one EnvironmentFile (examples/vfile-cache.env). Repeated options
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Annotated
 
 import trio
@@ -24,6 +25,15 @@ log = logging.getLogger(__name__)
 
 def _opt(env: str, text: str) -> typer.models.OptionInfo:
     return typer.Option(envvar=f"VFILE_CACHE_{env}", help=text)
+
+
+async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    """SIGTERM (systemd) and SIGINT end the service cleanly (exit 0, no traceback)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping on %s", signal.Signals(signum).name)
+            scope.cancel()
+            return
 
 
 @appliance_app.command("cache")
@@ -67,6 +77,7 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
     appliance = CacheAppliance(pool, verdicts)
     try:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             await nursery.start(pool.serve)
             for url in listen:
                 try:
