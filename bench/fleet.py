@@ -161,16 +161,16 @@ def cached_runs(tmp: Path, n: int, image: dict[str, bytes], unique: int,
     with running_redis(tmp / "redis") as redis, running_cache([clamd_url], redis.url) as cache:
         out = []
         for tag in ("cached", "reboot"):
-            before = cache.stats()["upstream_scans"]
+            before = cache.stats()
             with guests(tmp, tag, n, image, unique, cache.url,
                         reuse_src=tag == "reboot") as (mounts, rels):
                 result = storm(mounts, rels)
                 sts = [status(m) for m in mounts]
                 result["deferred"] = sum(s["journal"]["deferred"] for s in sts)
             stats = cache.stats()
-            result["upstream_scans"] = stats["upstream_scans"] - before
-            result["cache"] = {k: stats[k] for k in ("served_from_cache", "shared_local",
-                                                     "shared_remote", "uncached")}
+            result["upstream_scans"] = stats["upstream_scans"] - before["upstream_scans"]
+            result["cache"] = {k: stats[k] - before[k] for k in (
+                "requests", "served_from_cache", "shared_local", "shared_remote", "uncached")}
             out.append(result)
     return out[0], out[1]
 

@@ -30,6 +30,7 @@ from servers import (  # noqa: F401 (session fixtures)
     Clamd,
     Samples,
     clamd_server,
+    free_port,
     samples,
 )
 from t4_filter_test import Opened, appliance_process, timed_read, wait_for
@@ -221,3 +222,26 @@ def test_concurrent_misses_across_proxies_share_one_upstream_scan(
         s1, s2 = c1.stats(), c2.stats()
         assert s1["upstream_scans"] + s2["upstream_scans"] == len(files), (s1, s2)
         assert s1["requests"] == s2["requests"] == len(files)
+
+
+def test_instream_over_tcp_and_fildes_over_unix_share_entries(
+        tmp_path: Path, clamd_server: Clamd) -> None:  # noqa: F811
+    files = {"clean.txt": CLEAN, "eicar.com": EICAR, "big.bin": b"\x01\x02" * 700_000}
+    port = free_port()
+    with running_redis(tmp_path / "redis") as redis, \
+            running_cache([clamd_server.tcp_url], redis.url,
+                          listen_tcp=f"tcp://127.0.0.1:{port}") as cache:
+        # over TCP the guest streams the bytes (INSTREAM, in chunks)
+        with guest(tmp_path, "tcp", f"clamd://127.0.0.1:{port}", files) as g1:
+            assert read(g1, "clean.txt").data == CLEAN
+            assert read(g1, "big.bin").data == files["big.bin"]
+            assert read(g1, "eicar.com").errno == errno.EACCES
+        assert cache.stats()["upstream_scans"] == 3
+        # over the unix socket it passes its descriptor (FILDES): same digests, all hits
+        with guest(tmp_path, "unix", cache.url, files) as g2:
+            assert read(g2, "clean.txt").data == CLEAN
+            assert read(g2, "big.bin").data == files["big.bin"]
+            assert read(g2, "eicar.com").errno == errno.EACCES
+        stats = cache.stats()
+        assert stats["upstream_scans"] == 3, stats
+        assert stats["served_from_cache"] == 3, stats
