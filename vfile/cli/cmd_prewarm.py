@@ -55,6 +55,8 @@ async def prewarm_cmd(  # noqa: PLR0917 - typer maps parameters to options
 
     Files with a current verdict cost a cache hit; the others are scanned and
     their verdicts stored. Interrupted, it resumes where it stopped.
+
+    Example: vfile prewarm /mnt/guest --rate 200
     """
     setup_logging(verbose)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint(mountpoint)
@@ -77,7 +79,6 @@ async def prewarm_cmd(  # noqa: PLR0917 - typer maps parameters to options
         raise UserError(str(err), Exit.CONTROL) from None
     if tty:
         print(file=sys.stderr)
-    if result is None:
-        print(f"vfile: prewarm interrupted; a new run resumes from {ckpt}", file=sys.stderr)
-        raise typer.Exit(130)
+    if result is None:  # SIGTERM: like a lost control connection, the run did not finish
+        raise UserError(f"prewarm interrupted; a new run resumes from {ckpt}", Exit.CONTROL)
     print(json.dumps(asdict(result)) if as_json else render(result))
