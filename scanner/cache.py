@@ -83,6 +83,11 @@ def lock_key(digest: str, version: str) -> str:
     return f"vfc1:l:{{{digest}}}:{_vtag(version)}"
 
 
+def carried_key(version: str) -> str:
+    """The set of digests answered clean from the previous version while `version` was new."""
+    return f"vfc1:c:{_vtag(version)}"
+
+
 def encode(digest: str, verdict: Verdict, now: float | None = None) -> bytes:
     """The stored form of a clean or infected verdict (never an error)."""
     if verdict.is_error or not verdict.sig_version or not _HEX64.fullmatch(digest):
@@ -258,6 +263,29 @@ class RedisVerdicts:
         """Release the lock if it is still ours (compare-and-delete in one script)."""
         key = lock_key(digest, version)
         await self._call(lambda: self._release(keys=[key], args=[token]))
+
+    async def carry(self, digest: str, version: str) -> None:
+        """Record that `digest` was answered from the previous version (grace)."""
+        key = carried_key(version)
+        ttl_ms = int(self.ttl * 1000)
+
+        def run() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.sadd(key, digest)
+            pipe.pexpire(key, ttl_ms)
+            pipe.execute()
+
+        await self._call(run)
+
+    async def covered(self, digest: str, version: str) -> None:
+        """A carried-over digest has its own verdict under `version` now."""
+        key = carried_key(version)
+        await self._call(lambda: self._client.srem(key, digest))
+
+    async def carried_pending(self, version: str) -> int:
+        """Carried-over digests not yet rescanned under `version`."""
+        key = carried_key(version)
+        return int(await self._call(lambda: self._client.scard(key)))
 
     def close(self) -> None:
         self._client.close()

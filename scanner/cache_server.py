@@ -15,7 +15,10 @@ of (digest, upstream signature version):
   value until the lock goes, and scan themselves only if it never comes;
 - Redis down (error, timeout, breaker open): scan upstream as if there were no
   cache, counted in `uncached`;
-- a value not in our exact format: a miss (scanner.cache.decode).
+- a value not in our exact format: a miss (scanner.cache.decode);
+- with a grace period after a signature update (scanner.cache_grace), a miss
+  whose previous-version verdict was clean is answered from it and rescanned
+  in the background.
 
 VERSION answers the upstream's signature version, so a guest's own verdict
 cache is keyed on the same version as the fleet's. While no upstream has ever
@@ -41,6 +44,7 @@ import trio
 from scanner import clamd_proto as proto
 from scanner.builtin import DEFAULT_MAX_STREAM, BuiltinAppliance, _Conn
 from scanner.cache import CacheDown, RedisVerdicts
+from scanner.cache_grace import Grace
 from scanner.net import FILE_READS
 from scanner.pool import Pool
 from scanner.verdict import Verdict
@@ -98,16 +102,18 @@ class ServerStats:
     shared_remote: int = 0  # waited on another proxy's scan (Redis lock)
     uncached: int = 0  # scanned without the cache: Redis down
     store_failures: int = 0
+    carried_over: int = 0  # answered from the previous version's clean (grace)
 
 
 class CacheAppliance(BuiltinAppliance):
     """The built-in appliance's server side in front of an upstream pool and a Redis cache."""
 
     def __init__(self, pool: Pool, cache: RedisVerdicts, *,
-                 max_stream: int = DEFAULT_MAX_STREAM) -> None:
+                 max_stream: int = DEFAULT_MAX_STREAM, grace: Grace | None = None) -> None:
         super().__init__(None, None, max_stream=max_stream)
         self.pool = pool
         self.cache = cache
+        self.grace = grace
         self.stats = ServerStats()
         self._flights: dict[tuple[str, str], _Flight] = {}
 
@@ -116,12 +122,14 @@ class CacheAppliance(BuiltinAppliance):
     def upstream_version(self) -> str:
         """The signature version of the upstream that would scan now, else the last known."""
         version = self.pool.signature_version()
-        if version:
-            return version
-        for app in self.pool.statistics():
-            if app["sig_version"]:
-                return str(app["sig_version"])
-        return ""
+        if not version:
+            for app in self.pool.statistics():
+                if app["sig_version"]:
+                    version = str(app["sig_version"])
+                    break
+        if self.grace is not None:
+            self.grace.observe(version)
+        return version
 
     def version(self) -> str:
         return self.upstream_version()
@@ -144,9 +152,14 @@ class CacheAppliance(BuiltinAppliance):
             version = self.upstream_version()
             if not version:
                 raise trio.BrokenResourceError("no upstream signature version known yet")
+            if self.grace is not None:
+                version = self.grace.guest_version(version)
             return version_reply(version), True
         if name == "STATS":
-            return json.dumps(self.statistics(), separators=(",", ":")).encode(), True
+            stats = self.statistics()
+            if self.grace is not None:
+                stats["grace"] = await self.grace.statistics()
+            return json.dumps(stats, separators=(",", ":")).encode(), True
         if name == "INSTREAM":
             return await self._instream(conn)
         if name == "FILDES":
@@ -230,13 +243,23 @@ class CacheAppliance(BuiltinAppliance):
             if self._flights.get(key) is flight:
                 del self._flights[key]
 
-    async def _resolve(self, digest: str, version: str, fd: int, size: int) -> Verdict:
+    async def rescan(self, digest: str, fd: int, size: int) -> Verdict:
+        """A carried-over content's own verdict under the current version (no grace)."""
+        return await self._resolve(digest, self.upstream_version(), fd, size, carry=False)
+
+    async def _resolve(self, digest: str, version: str, fd: int, size: int, *,
+                       carry: bool = True) -> Verdict:
         token: str | None = None
         try:
             hit = await self.cache.get(digest, version)
             if hit is not None:
                 self.stats.served_from_cache += 1
                 return hit
+            if carry and self.grace is not None:
+                carried = await self.grace.carry_over(digest, version, fd, size)
+                if carried is not None:
+                    self.stats.carried_over += 1
+                    return carried
             token = await self.cache.try_lock(digest, version)
             if token is None:
                 shared = await self._wait_peer(digest, version)

@@ -245,3 +245,49 @@ def test_instream_over_tcp_and_fildes_over_unix_share_entries(
         stats = cache.stats()
         assert stats["upstream_scans"] == 3, stats
         assert stats["served_from_cache"] == 3, stats
+
+
+def test_grace_answers_previous_clean_at_once_and_the_rescan_covers_it(
+        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+    sigdir = tmp_path / "sigs"
+    sigdir.mkdir()
+    (sigdir / "other.hdb").write_text(f"{'0' * 32}:1:Vfile.Test.Nothing\n")
+    generated = samples.generated.read_bytes()
+    files = {"clean.txt": CLEAN, "generated.bin": generated, "eicar.com": EICAR}
+    with running_redis(tmp_path / "redis") as redis, \
+            appliance_process("--signatures", str(sigdir)) as upstream, \
+            running_cache([upstream.url], redis.url, "--grace", "20", "--rescan-rate", "50",
+                          "--attempt-timeout", "1") as cache, \
+            guest(tmp_path, "g1", cache.url, files) as g1, \
+            guest(tmp_path, "g2", cache.url, files) as g2:
+        assert read(g1, "clean.txt").data == CLEAN
+        assert read(g1, "generated.bin").data == generated  # clean under version 1
+        assert read(g1, "eicar.com").errno == errno.EACCES
+        old = sig_version(cache)
+        shutil.copy(samples.sigdir / "vfile-test.hdb", sigdir / "vfile-test.hdb")
+        upstream.reload()
+        wait_for("the cache to see the new version", lambda: sig_version(cache) != old)
+        new = sig_version(cache)
+        # No upstream answers from now on: whatever a guest gets comes from the cache.
+        upstream.set_fault("blackhole")
+        assert read(g2, "clean.txt").data == CLEAN  # at once, from version 1's clean
+        # The bounded trade-off of a grace: a content newly infected under version 2
+        # is still answered from its version-1 clean while the grace lasts...
+        assert read(g2, "generated.bin").data == generated
+        # ...but an infected verdict never carries over (no upstream: denied, closed mode).
+        assert read(g2, "eicar.com").errno == errno.EACCES
+        stats = cache.stats()
+        assert stats["carried_over"] == 2, stats
+        assert stats["grace"]["active"] and stats["grace"]["carried_pending"] == 2, stats
+        # The rescan catches up once the upstream answers, and covers every carried digest.
+        upstream.set_fault("none")
+        wait_for("the rescan to cover the carried-over digests",
+                 lambda: cache.stats()["grace"]["carried_pending"] == 0, deadline=60)
+        digest = hashlib.sha256(generated).hexdigest()
+        assert json.loads(redis.client().get(verdict_key(digest, new)) or b"{}")["o"] \
+            == "infected"
+        # After the grace, guests' locally kept verdicts (keyed on "version+grace") end.
+        wait_for("the grace to end", lambda: not cache.stats()["grace"]["active"], deadline=60)
+        wait_for("guest 2 to deny the newly infected file",
+                 lambda: read(g2, "generated.bin").errno == errno.EACCES)
+        assert read(g2, "clean.txt").data == CLEAN

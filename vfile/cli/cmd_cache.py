@@ -15,6 +15,7 @@ import trio
 import typer
 
 from scanner.cache import DEFAULT_LOCK_TTL, DEFAULT_TIMEOUT, DEFAULT_TTL, RedisVerdicts
+from scanner.cache_grace import DEFAULT_RESCAN_RATE, Grace
 from scanner.cache_server import CacheAppliance
 from scanner.pool import Pool
 from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
@@ -60,6 +61,12 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
         "PROBE_INTERVAL", "Upstream: health probe interval, seconds.")] = 1.0,
     max_concurrency: Annotated[int, _opt(
         "MAX_CONCURRENCY", "Upstream: scans in flight at once.")] = 16,
+    grace: Annotated[float, _opt(
+        "GRACE", "Seconds after a signature update during which a content clean under the "
+        "previous version is answered clean at once and rescanned in the background "
+        "(infected never carries over). 0: off.")] = 0.0,
+    rescan_rate: Annotated[float, _opt(
+        "RESCAN_RATE", "Background rescans per second during a grace.")] = DEFAULT_RESCAN_RATE,
     verbose: Verbose = 0,
 ) -> None:
     """Run a caching appliance: clamd protocol to guests, one upstream scan per content.
@@ -72,13 +79,16 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
         pool = Pool(upstream, attempt_timeout=attempt_timeout, retries=retries,
                     probe_interval=probe_interval, max_concurrency=max_concurrency)
         verdicts = RedisVerdicts(redis, ttl=ttl, lock_ttl=lock_ttl, timeout=redis_timeout)
+        carry = Grace(verdicts, seconds=grace, rate=rescan_rate) if grace > 0 else None
     except ValueError as err:
         raise UserError(str(err), Exit.USAGE) from None
-    appliance = CacheAppliance(pool, verdicts)
+    appliance = CacheAppliance(pool, verdicts, grace=carry)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             await nursery.start(pool.serve)
+            if carry is not None:
+                await nursery.start(carry.run, appliance.rescan)
             for url in listen:
                 try:
                     bound = await nursery.start(appliance.serve, url)
