@@ -16,6 +16,12 @@ clamd ships), for each N in --guests (default 1, 4, 16):
 4. reboot (cached only): the N guests mount again with fresh state (no local
    verdicts), as after a restart: the fleet cache is warm, so upstream scans
    should be 0.
+5. update, without and with a grace (`--grace 300`): on the built-in
+   appliance (clamd with local databases reports no new version), a warm
+   fleet takes a signature update and storms again: without grace every
+   unique content is scanned during the storm; with it the storm is answered
+   from the previous version and the contents are rescanned afterwards at
+   the rescan rate (reported: carried over, rescans after the storm).
 
 Reported per run: upstream scans per storm (goal: unique contents, not
 N x files), p50/p99 of open+read latency during the storm, storm time, and
@@ -47,7 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, sys.path[0] is bench/, whose journal.py would shadow the journal package.
 sys.path[:] = [str(ROOT), str(ROOT / "tests"),
                *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
-from fleet_servers import running_cache, running_redis  # type: ignore[import-not-found]  # noqa: E402
+from fleet_servers import (  # type: ignore[import-not-found]  # noqa: E402
+    running_builtin_process,
+    running_cache,
+    running_redis,
+)
 from mounting import mounted  # type: ignore[import-not-found]  # noqa: E402
 from servers import make_samples, running_clamd  # type: ignore[import-not-found]  # noqa: E402
 
@@ -175,6 +185,47 @@ def cached_runs(tmp: Path, n: int, image: dict[str, bytes], unique: int,
     return out[0], out[1]
 
 
+def wait_until(check: Any, what: str, deadline: float = 120.0) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def update_run(tmp: Path, n: int, image: dict[str, bytes], unique: int,
+               grace: float) -> dict[str, Any]:
+    """A warm fleet, then a signature update, then the next storm (same mounts).
+
+    The upstream is the built-in appliance (its version is a digest of its
+    signatures; clamd with local databases only does not change its version).
+    """
+    sigdir = tmp / f"sigs-{grace:g}"
+    sigdir.mkdir()
+    (sigdir / "a.hdb").write_text(f"{'0' * 32}:1:Vfile.Bench.A\n")
+    extra = ("--grace", str(grace), "--rescan-rate", "100") if grace else ()
+    with running_builtin_process(sigdir) as upstream, \
+            running_redis(tmp / f"redis-{grace:g}") as redis, \
+            running_cache([upstream.url], redis.url, *extra) as cache, \
+            guests(tmp, f"upd{grace:g}", n, image, unique, cache.url) as (mounts, rels):
+        storm(mounts, rels)  # warm: every content has a verdict under version A
+        old = cache.stats()["sig_version"]
+        (sigdir / "b.hdb").write_text(f"{'1' * 32}:1:Vfile.Bench.B\n")
+        upstream.reload()
+        wait_until(lambda: cache.stats()["sig_version"] != old, "the new version")
+        time.sleep(1.5)  # the guests' probes (1 s) see it too
+        before = cache.stats()["upstream_scans"]
+        result = storm(mounts, rels)
+        result["upstream_scans"] = cache.stats()["upstream_scans"] - before
+        if grace:
+            wait_until(lambda: cache.stats()["grace"]["carried_pending"] == 0,
+                       "the rescan to cover the carried-over contents")
+            stats = cache.stats()
+            result["carried_over"] = stats["carried_over"]
+            result["rescans_after"] = stats["upstream_scans"] - before - result["upstream_scans"]
+    return result
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -188,15 +239,23 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
              label="caching appliance")
     ax1.plot(ns, [r["unique_contents"] for r in results], "k:", label="unique contents")
     ax1.plot(ns, [r["reboot"]["upstream_scans"] for r in results], "^-", label="reboot (warm)")
+    ax1.plot(ns, [r["update"]["upstream_scans"] for r in results], "v--",
+             label="after an update, no grace")
+    ax1.plot(ns, [r["update_grace"]["upstream_scans"] for r in results], "D--",
+             label="after an update, grace")
     ax1.set_xlabel("guests booting at once")
     ax1.set_ylabel("upstream scans per storm")
-    ax1.legend()
+    ax1.legend(fontsize="small")
     ax2.plot(ns, [r["direct"]["p99_ms"] for r in results], "o-", label="direct to clamd")
     ax2.plot(ns, [r["cached"]["p99_ms"] for r in results], "s-", label="caching appliance")
     ax2.plot(ns, [r["reboot"]["p99_ms"] for r in results], "^-", label="reboot (warm)")
+    ax2.plot(ns, [r["update"]["p99_ms"] for r in results], "v--",
+             label="after an update, no grace")
+    ax2.plot(ns, [r["update_grace"]["p99_ms"] for r in results], "D--",
+             label="after an update, grace")
     ax2.set_xlabel("guests booting at once")
     ax2.set_ylabel("p99 open+read latency (ms)")
-    ax2.legend()
+    ax2.legend(fontsize="small")
     for ax in (ax1, ax2):
         ax.set_xticks(ns)
         ax.grid(alpha=0.3)
@@ -224,9 +283,12 @@ def main() -> None:
                 run.mkdir()
                 direct = direct_run(run, n, image, args.unique, clamd.unix_url)
                 cached, reboot = cached_runs(run, n, image, args.unique, clamd.unix_url)
+                update = update_run(run, n, image, args.unique, 0.0)
+                update_grace = update_run(run, n, image, args.unique, 300.0)
                 results.append({"guests": n, "files_per_guest": args.files + args.unique,
                                 "unique_contents": args.files + n * args.unique,
-                                "direct": direct, "cached": cached, "reboot": reboot})
+                                "direct": direct, "cached": cached, "reboot": reboot,
+                                "update": update, "update_grace": update_grace})
                 shutil.rmtree(run, ignore_errors=True)
                 print(f"N={n} done", file=sys.stderr, flush=True)
     out = {"bench": "fleet", "machine_cpus": os.cpu_count(), "results": results}
@@ -239,6 +301,14 @@ def main() -> None:
               f"{c['p50_ms']:>7.1f} {c['p99_ms']:>8.1f} | {b['upstream_scans']:>12} "
               f"{b['p99_ms']:>8.1f}")
     print("(latencies in ms: open + read of one file during the storm)")
+    print("after a signature update, the next storm through the caching appliance:")
+    print(f"{'N':>3} | {'no grace: scans':>15} {'p50':>7} {'p99':>8} | "
+          f"{'grace: scans':>12} {'p50':>7} {'p99':>8} {'carried':>8} {'rescans':>8}")
+    for r in results:
+        u, g = r["update"], r["update_grace"]
+        print(f"{r['guests']:>3} | {u['upstream_scans']:>15} {u['p50_ms']:>7.1f} "
+              f"{u['p99_ms']:>8.1f} | {g['upstream_scans']:>12} {g['p50_ms']:>7.1f} "
+              f"{g['p99_ms']:>8.1f} {g['carried_over']:>8} {g['rescans_after']:>8}")
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -76,6 +76,7 @@ class Grace:
         self._changed_at = -float("inf")
         self.carried = 0
         self.refused_full = 0
+        self._queued: set[tuple[str, str]] = set()  # (digest, version) awaiting its rescan
         self.rescanned = 0
 
     # --- the version clock ----------------------------------------------------
@@ -109,6 +110,9 @@ class Grace:
         old = await self.cache.get(digest, self.previous, count=False)
         if old is None or not old.is_clean:
             return None  # absent, or infected: infected never carries over
+        if (digest, version) in self._queued:
+            self.carried += 1  # its rescan is queued already: no second copy of the bytes
+            return Verdict.clean(old.appliance, version)
         try:
             kept = os.dup(fd)
         except OSError:
@@ -119,6 +123,7 @@ class Grace:
             os.close(kept)
             self.refused_full += 1
             return None
+        self._queued.add((digest, version))
         try:
             await self.cache.carry(digest, version)
         except CacheDown:
@@ -147,6 +152,7 @@ class Grace:
                         await self.cache.covered(item.digest, item.version)
                 finally:
                     os.close(item.fd)
+                    self._queued.discard((item.digest, item.version))
         finally:
             while True:  # close what is still queued
                 try:

@@ -151,3 +151,43 @@ def running_cache(upstreams: list[str], redis_url: str, *args: str,
     finally:
         stop_process(proc)
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@dataclass
+class Builtin:
+    """`vfile appliance serve` in a subprocess (reload its signatures with `reload()`)."""
+
+    proc: subprocess.Popen[bytes]
+    sock: str
+
+    @property
+    def url(self) -> str:
+        return f"clamd://{self.sock}"
+
+    def reload(self) -> None:
+        self.proc.send_signal(signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def running_builtin_process(sigdir: Path) -> Iterator[Builtin]:
+    sockdir = Path(tempfile.mkdtemp(prefix="vfb-"))
+    sock = str(sockdir / "builtin.sock")
+    log_path = sockdir / "log"
+    with log_path.open("wb") as logf:
+        proc = subprocess.Popen(vfile_cmd("appliance", "serve", "--listen", f"unix://{sock}",
+                                          "--signatures", str(sigdir)),
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+    try:
+        end = time.monotonic() + START_DEADLINE
+        while True:
+            with contextlib.suppress(OSError):
+                if _clamd_ask(sock, b"zPING\0", 1.0) == b"PONG":
+                    break
+            if proc.poll() is not None or time.monotonic() > end:
+                raise AssertionError("built-in appliance did not come up:\n"
+                                     + log_path.read_text(errors="replace"))
+            time.sleep(0.05)
+        yield Builtin(proc, sock)
+    finally:
+        stop_process(proc)
+        shutil.rmtree(sockdir, ignore_errors=True)
