@@ -271,6 +271,17 @@ class CacheAppliance(BuiltinAppliance):
             self.stats.uncached += 1
             return await self._upstream(fd, size)
         try:
+            if token is not None:
+                # Another proxy may have stored the verdict and let go of the lock
+                # between our miss and our lock (its put comes before its unlock):
+                # look once more before scanning.
+                try:
+                    stored = await self.cache.get(digest, version, count=False)
+                except CacheDown:
+                    stored = None
+                if stored is not None:
+                    self.stats.shared_remote += 1
+                    return stored
             verdict = await self._upstream(fd, size)
             if not verdict.is_error:
                 try:
