@@ -224,12 +224,13 @@ class RedisVerdicts:
     async def get(self, digest: str, version: str, *, count: bool = True) -> Verdict | None:
         """The cached verdict, or None (absent, or not in our format). Raises CacheDown.
 
-        `count=False` for a re-look while waiting on another proxy's scan.
+        `count=False` for a re-look at a key already counted (waiting on another
+        proxy's scan, or once more after taking the lock).
         """
         key = verdict_key(digest, version)
         raw = await self._call(lambda: self._client.get(key))
         verdict = None if raw is None else decode(raw, digest, version)
-        if raw is not None and verdict is None:
+        if raw is not None and verdict is None and count:
             self.stats.corrupt += 1
             log.warning("ignoring a cache value for %s that is not in %s format", key, FORMAT)
         if count:
