@@ -25,14 +25,19 @@ cache is keyed on the same version as the fleet's. While no upstream has ever
 answered there is no version to give: the connection is closed without a
 reply, which the guest counts as an appliance failure (never a clean).
 
-Invariants: nothing but an upstream verdict or a well-formed cached one is
-ever answered as OK; errors are never stored; every wait has a bound (Redis
-socket timeouts, the lock TTL, the pool's per-attempt timeouts and retries).
+Invariants: what is scanned upstream is exactly what was hashed: the bytes
+are copied once into a sealed memory file (a stream as it arrives, a passed
+descriptor read once), and only that copy goes upstream; nothing but an
+upstream verdict or a well-formed cached one is ever answered as OK; errors
+are never stored; every wait has a bound (Redis socket timeouts, the lock
+TTL, the pool's per-attempt timeouts and retries). Memory: each request in
+flight holds its copy, at most max_stream bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -56,15 +61,47 @@ POLL_FIRST = 0.01
 POLL_MAX = 0.1
 
 
-def _sha256_fd(fd: int) -> tuple[str, int]:
-    h = hashlib.sha256()
-    offset = 0
-    while True:
-        data = os.pread(fd, 1 << 20, offset)
-        if not data:
-            return h.hexdigest(), offset
-        h.update(data)
-        offset += len(data)
+class _TooBig(Exception):
+    pass
+
+
+def _new_memfd() -> int:
+    return os.memfd_create("vfile-cache-scan", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
+def _seal(fd: int) -> None:
+    """No more changes to the memory file: what was hashed is what gets scanned."""
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+
+
+def _snapshot(src: int, limit: int) -> tuple[int, str, int]:
+    """Copy `src` into a sealed memory file while hashing it: (memfd, SHA-256, size).
+
+    The guest's descriptor is read once. Scanning it again upstream would let
+    whoever holds it change the file between our hash and the scan, and have
+    the scan's clean verdict stored under the hash of other bytes.
+    """
+    out = _new_memfd()
+    try:
+        h = hashlib.sha256()
+        offset = 0
+        while True:
+            data = os.pread(src, 1 << 20, offset)
+            if not data:
+                break
+            offset += len(data)
+            if offset > limit:
+                raise _TooBig
+            h.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+        _seal(out)
+        return out, h.hexdigest(), offset
+    except BaseException:
+        os.close(out)
+        raise
 
 
 def _clean_text(text: str, limit: int = 200) -> str:
@@ -169,7 +206,7 @@ class CacheAppliance(BuiltinAppliance):
     async def _instream(self, conn: _Conn) -> tuple[bytes, bool]:
         # The bytes go to a memory file: the pool scans file descriptors (FILDES to a
         # local clamd, INSTREAM re-read from it otherwise), and it is bounded by max_stream.
-        fd = os.memfd_create("vfile-cache-instream", os.MFD_CLOEXEC)
+        fd = _new_memfd()
         try:
             h = hashlib.sha256()
             size = 0
@@ -193,6 +230,7 @@ class CacheAppliance(BuiltinAppliance):
                         view = view[os.write(fd, view):]
                     size += len(piece)
                     length -= len(piece)
+            _seal(fd)
             verdict = await self.scan(h.hexdigest(), fd, size)
             return reply_for(verdict, "stream"), True
         finally:
@@ -210,11 +248,17 @@ class CacheAppliance(BuiltinAppliance):
         fd = conn.fds.pop(0)
         try:
             try:
-                digest, size = await trio.to_thread.run_sync(_sha256_fd, fd, limiter=FILE_READS)
+                copy, digest, size = await trio.to_thread.run_sync(
+                    _snapshot, fd, self.max_stream, limiter=FILE_READS)
+            except _TooBig:
+                return f"fd[{fd}]: size limit exceeded. ERROR".encode(), True
             except OSError as err:
                 reason = _clean_text(err.strerror or "read error")
                 return f"fd[{fd}]: {reason}. ERROR".encode(), True
-            verdict = await self.scan(digest, fd, size)
+            try:
+                verdict = await self.scan(digest, copy, size)
+            finally:
+                os.close(copy)
             return reply_for(verdict, f"fd[{fd}]"), True
         finally:
             os.close(fd)
