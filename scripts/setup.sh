@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv clamav-daemon clamdscan c-icap libc-icap-mod-virus-scan
-      git rsync fio cpio sqlite3)  # the second line: real clients in tests/t4_clients_*
+      git rsync fio cpio sqlite3 redis-server)  # second line: real clients (tests/t4_clients_*), Redis (fleet cache)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packaged daemons are started by their postinst scripts; vfile's tests
   # start their own instances on loopback, so keep the system ones out of the way.
-  for svc in clamav-daemon clamav-freshclam c-icap; do
+  for svc in clamav-daemon clamav-freshclam c-icap redis-server; do
     (command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1) || true
     [ -x "/etc/init.d/$svc" ] && "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
   done

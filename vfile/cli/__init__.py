@@ -6,7 +6,16 @@ imported; this module imports them all and exposes `main`.
 
 from __future__ import annotations
 
-from vfile.cli import cmd_appliance, cmd_control, cmd_journal, cmd_mount, cmd_scan, cmd_simulate  # noqa: F401  (registers commands)
+from vfile.cli import (  # noqa: F401  (registers commands)
+    cmd_appliance,
+    cmd_cache,
+    cmd_control,
+    cmd_journal,
+    cmd_mount,
+    cmd_prewarm,
+    cmd_scan,
+    cmd_simulate,
+)
 from vfile.cli._app import app
 
 

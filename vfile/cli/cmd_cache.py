@@ -1,0 +1,100 @@
+"""`vfile appliance cache`: the fleet's caching appliance (scanner.cache_server).
+
+Every option can also come from the environment (VFILE_CACHE_*), so a systemd
+unit reads one EnvironmentFile (examples/vfile-cache.env). Repeated options
+(--listen, --upstream) take space-separated lists there.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Annotated
+
+import trio
+import typer
+
+from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
+from vfile.errors import Exit, UserError
+from vfile.scanner.cache import DEFAULT_LOCK_TTL, DEFAULT_TIMEOUT, DEFAULT_TTL, RedisVerdicts
+from vfile.scanner.cache_grace import DEFAULT_RESCAN_RATE, Grace
+from vfile.scanner.cache_server import CacheAppliance
+from vfile.scanner.pool import Pool
+
+log = logging.getLogger(__name__)
+
+
+def _opt(env: str, text: str) -> typer.models.OptionInfo:
+    return typer.Option(envvar=f"VFILE_CACHE_{env}", help=text)
+
+
+async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    """SIGTERM (systemd) and SIGINT end the service cleanly (exit 0, no traceback)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping on %s", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+@appliance_app.command("cache")
+@run_async
+async def cache(  # noqa: PLR0917 - typer maps parameters to options
+    listen: Annotated[list[str], _opt(
+        "LISTEN", "tcp://HOST:PORT or unix:///path the guests connect to (repeatable).")],
+    upstream: Annotated[list[str], _opt(
+        "UPSTREAM", "Upstream appliance, in priority order (repeatable): clamd://HOST:PORT, "
+        "clamd:///path.sock, icap://HOST:PORT/SERVICE.")],
+    redis: Annotated[str, _opt(
+        "REDIS", "redis://HOST:6379/0 (also rediss://, unix://, "
+        "redis+sentinel://H1:P1,H2:P2/SERVICE/DB, redis+cluster://HOST:PORT).")],
+    ttl: Annotated[float, _opt("TTL", "Seconds a stored verdict lives.")] = DEFAULT_TTL,
+    lock_ttl: Annotated[float, _opt(
+        "LOCK_TTL", "Seconds a scan lock lives (the longest another proxy waits on it).")
+    ] = DEFAULT_LOCK_TTL,
+    redis_timeout: Annotated[float, _opt(
+        "REDIS_TIMEOUT", "Socket timeout of one Redis call, seconds.")] = DEFAULT_TIMEOUT,
+    attempt_timeout: Annotated[float, _opt(
+        "ATTEMPT_TIMEOUT", "Upstream: deadline of one scan attempt, seconds.")] = 30.0,
+    retries: Annotated[int, _opt("RETRIES", "Upstream: retries per appliance.")] = 1,
+    probe_interval: Annotated[float, _opt(
+        "PROBE_INTERVAL", "Upstream: health probe interval, seconds.")] = 1.0,
+    max_concurrency: Annotated[int, _opt(
+        "MAX_CONCURRENCY", "Upstream: scans in flight at once.")] = 16,
+    grace: Annotated[float, _opt(
+        "GRACE", "Seconds after a signature update during which a content clean under the "
+        "previous version is answered clean at once and rescanned in the background "
+        "(infected never carries over). 0: off.")] = 0.0,
+    rescan_rate: Annotated[float, _opt(
+        "RESCAN_RATE", "Background rescans per second during a grace.")] = DEFAULT_RESCAN_RATE,
+    verbose: Verbose = 0,
+) -> None:
+    """Run a caching appliance: clamd protocol to guests, one upstream scan per content.
+
+    Example: vfile appliance cache --listen tcp://0.0.0.0:3310 --upstream
+    clamd://10.0.0.5:3310 --redis redis://10.0.0.9:6379/0
+    """
+    setup_logging(verbose)
+    try:
+        pool = Pool(upstream, attempt_timeout=attempt_timeout, retries=retries,
+                    probe_interval=probe_interval, max_concurrency=max_concurrency)
+        verdicts = RedisVerdicts(redis, ttl=ttl, lock_ttl=lock_ttl, timeout=redis_timeout)
+        carry = Grace(verdicts, seconds=grace, rate=rescan_rate) if grace > 0 else None
+    except ValueError as err:
+        raise UserError(str(err), Exit.USAGE) from None
+    appliance = CacheAppliance(pool, verdicts, grace=carry)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+            await nursery.start(pool.serve)
+            if carry is not None:
+                await nursery.start(carry.run, appliance.rescan)
+            for url in listen:
+                try:
+                    bound = await nursery.start(appliance.serve, url)
+                except (ValueError, OSError) as err:
+                    raise UserError(f"cannot listen on {url}: {err}", Exit.USAGE) from None
+                print(f"caching appliance listening on {bound} -> {', '.join(upstream)} "
+                      f"(cache {redis})", flush=True)
+    finally:
+        verdicts.close()
