@@ -44,6 +44,7 @@ from vfile.drain import Drain
 from vfile.errors import Exit, UserError
 from vfile.gate import Gate
 from vfile.hooks import FileHooks
+from vfile.memwatch import MemoryWatch
 from vfile.observability import serve_observers
 from vfile.quota import QuotaMonitor
 from vfile.window import Window
@@ -139,6 +140,8 @@ async def open_scanning_hooks(opts: MountOptions, root_fd: int) -> AsyncIterator
 
 @contextlib.asynccontextmanager
 async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Running]:
+    memwatch = MemoryWatch()
+    memwatch.start_from_env()  # VFILE_TRACEMALLOC: before anything long-lived is allocated
     config = load_config(opts.config, appliances=opts.appliances, fail_mode=opts.fail_mode,
                          deadline=opts.timeout)
     state_dir = _state_dir(opts, config)
@@ -174,7 +177,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                          owner_uid=os.getuid(), started=time.time())
         commands = Commands(info, gate=gate, pool=pool, journal=journal, window=window,
                             drain=drain, source_fd=root_fd,
-                            profiles=lambda: _profiles(config, quota))
+                            profiles=lambda: _profiles(config, quota), memory=memwatch)
         server = control.ControlServer(rundir / sock_name, commands, owner_uid=os.getuid())
         running = Running(config, journal, pool, gate, window, drain, quota, commands,
                           rundir / sock_name, builtin)
@@ -189,6 +192,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(quota.serve)
             await nursery.start(drain.serve)
             await nursery.start(serve_observers, opts, running)  # --metrics, --audit-log
+            await nursery.start(memwatch.serve)  # SIGUSR2: log where the memory goes
             try:
                 await nursery.start(server.serve)
             except control.ControlError as err:
