@@ -146,6 +146,9 @@ class Workload:
         self.ops = 0
         self.opens = 0
         self.errors: list[str] = []
+        #: (st_dev, st_ino) of every file a reader opened: the distinct files the
+        #: server got to know (writers create new inodes under the same 40 names)
+        self.files_seen: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._write, args=(seed + k,), daemon=True)
                         for k in range(writers)]
@@ -197,7 +200,9 @@ class Workload:
             try:
                 with (self.mnt / f"f{rng.randrange(FILES)}").open("rb") as f:
                     f.read(65536)
+                    st = os.fstat(f.fileno())
                 self._count(opens=1)
+                self.files_seen.add((st.st_dev, st.st_ino))
             except FileNotFoundError:
                 pass
             except OSError as err:
@@ -270,7 +275,7 @@ def soak(minutes: float, interval: float, period: float, seed: int, *,
             time.sleep(0.2)
         time.sleep(interval)
         sample(time.monotonic(), "settled")
-        final = memory(mnt, top=top, types=True)
+        final = memory(mnt, top=top, types=True, garbage=True)
         final["t"] = round(time.monotonic() - started, 2)
         st = status(mnt)
         sig = st["appliances"][0]["sig_version"] or signature_version(state)
@@ -290,7 +295,7 @@ def soak(minutes: float, interval: float, period: float, seed: int, *,
         "anon_start_kib": first["anon_kib"], "anon_end_kib": last["anon_kib"],
         "journal_max": max(s["journal"] for s in samples),
         "journal_end": last["journal"],
-        "files": files, "lost": lost,
+        "files": files, "distinct_files_opened": len(work.files_seen), "lost": lost,
         "cached_verdicts": gate.get("cached_verdicts"),
         "memory": {
             "slopes": {**memory_slopes(samples, baseline.get("t", first["t"])),
@@ -302,6 +307,7 @@ def soak(minutes: float, interval: float, period: float, seed: int, *,
             "growth_since_warm": final.get("growth", []),
             "types_growth_since_warm": final.get("types_growth", {}),
             "top_sites": final.get("top", []),
+            "garbage_at_end": final.get("garbage", {}),
         },
         "samples": samples,
     }

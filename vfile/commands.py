@@ -189,14 +189,15 @@ class Commands:
     def memory(self, args: dict[str, Any]) -> dict[str, Any]:
         """RSS, heap, top allocation sites; see vfile.memwatch. Args: top (int),
         baseline (bool: take a new baseline after this report), types (bool),
-        group ("lineno" or "traceback")."""
+        garbage (bool), group ("lineno" or "traceback")."""
         top = _number(args, "top", minimum=0)
         group = args.get("group", "lineno")
         if group not in ("lineno", "traceback"):
             raise ControlError(f"memory 'group' must be lineno or traceback, not {group!r}")
         return self.memwatch.report(top=DEFAULT_TOP if top is None else int(top),
                                     baseline=bool(args.get("baseline")),
-                                    types=bool(args.get("types")), group=group)
+                                    types=bool(args.get("types")),
+                                    garbage=bool(args.get("garbage")), group=group)
 
     def quarantine_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [quarantine_to_json(r) for r in self.journal.list_quarantine()]

@@ -15,6 +15,7 @@ an operator can tell a leak from a cache filling up:
   warm). SIGUSR2 logs the same report; so does the unmount.
 - ``{"types": true}`` also counts live objects by type (gc), with their growth
   since the baseline: cheap to read, and it names a leaked class directly.
+  ``{"garbage": true}`` counts the cyclic garbage awaiting the collector.
 
 Tracing costs time and memory (each traced block carries its traceback), so it
 is off unless the environment asks; RSS and the heap figures are always there.
@@ -101,15 +102,28 @@ class MemoryWatch:
         return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
 
     def report(self, *, top: int = DEFAULT_TOP, baseline: bool = False,
-               types: bool = False, group: str = "lineno") -> dict[str, Any]:
+               types: bool = False, garbage: bool = False,
+               group: str = "lineno") -> dict[str, Any]:
         """RSS, heap figures, top allocation sites (and growth since the baseline).
 
         `baseline`: after reporting, take a new baseline. `group`: "lineno" or
-        "traceback" (all traced frames of each site)."""
+        "traceback" (all traced frames of each site). `garbage`: count, by type, the
+        cyclic garbage awaiting the collector (it shows in RSS until a full collection)."""
+        found: collections.Counter[str] | None = None
+        if garbage:
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                gc.collect()
+                found = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            finally:
+                gc.garbage.clear()
+                gc.set_debug(0)
         if top > 0 or baseline or types:
             gc.collect()  # count what is alive, not cyclic garbage awaiting a collection
         out: dict[str, Any] = {"rss_kib": rss(), "gc_objects": len(gc.get_objects()),
                                "tracing": tracemalloc.is_tracing()}
+        if found is not None:
+            out["garbage"] = {"objects": sum(found.values()), "types": dict(found.most_common(top))}
         if group not in ("lineno", "traceback"):
             raise ValueError("group must be 'lineno' or 'traceback'")
         snap = None
