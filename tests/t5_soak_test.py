@@ -13,10 +13,11 @@ the growth of its live Python heap (tracemalloc, which the soak turns on in
 the server; measured after a full collection at both ends), per 10,000
 operations so that a loaded machine's slower rate does not hide it, must stay
 under a generous threshold. Before the fix the verdict cache kept one record
-per write: 1,472 KiB per 10,000 operations here (measured); after it, 65. RssAnon over 40 s is too noisy on a shared 2-core machine to tell a leak
-from the allocator warming up (the same run measured 1,733 KiB/min before the
-fix and 2,720 after) (the 20-minute figures in the README do
-that), so it only gets a bound that catches a gross leak outside the heap.
+per write: 1,472 KiB per 10,000 operations here (measured); after it, 65.
+RssAnon over 40 s is too noisy on a shared 2-core machine to tell a leak from
+the allocator warming up (the same run measured 1,733 KiB/min before the fix
+and 2,720 after; the 20-minute figures in the README tell them apart), so it
+only gets a bound that catches a gross leak outside the heap.
 """
 
 from __future__ import annotations
