@@ -10,7 +10,9 @@ Invariants:
   path key, so the order index sorts oldest first and is unique per entry.
 - A verdict key is the identity's five integers followed by xxh3_64 of the
   signature version; the value repeats both, and a read checks them, so a
-  hash collision can only cause a miss, never a wrong verdict.
+  hash collision can only cause a miss, never a wrong verdict. All verdicts
+  of one file (dev, ino) share a 16-byte prefix, so storing one can drop
+  those of the file's older versions (`verdict_prefix`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,21 @@ def verdict_key(identity: Identity, sig_version: str) -> bytes:
     return (_IDENT.pack(identity.dev, identity.ino, identity.size, identity.mtime_ns,
                         identity.ctime_ns)
             + _U64.pack(xxhash.xxh3_64_intdigest(sig_version.encode("utf-8", "surrogatepass"))))
+
+
+_DEV_INO = struct.Struct(">QQ")
+_CTIME_AT = 32  # dev, ino, size, mtime_ns come first in a verdict key
+_I64 = struct.Struct(">q")
+
+
+def verdict_prefix(dev: int, ino: int) -> bytes:
+    """What every verdict key of one file (dev, ino) starts with."""
+    return _DEV_INO.pack(dev, ino)
+
+
+def verdict_key_ctime(key: bytes) -> int:
+    """The ctime_ns a verdict key was made for."""
+    return int(_I64.unpack_from(key, _CTIME_AT)[0])
 
 
 def u64(n: int) -> bytes:

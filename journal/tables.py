@@ -12,7 +12,9 @@ Tables (named LMDB databases):
               oldest first, so a claim never scans the whole table.
               Poisoned entries leave the index (a claim skips them for free)
               and come back on `retry`.
-  verdicts    verdict key -> VerdictRecord
+  verdicts    verdict key -> VerdictRecord; storing a verdict drops the file's
+              verdicts for older ctimes, so the table holds about one per
+              file and signature version, not one per write
   quarantine  record id (utf-8) -> QuarantineRecord
 
 Invariants (kept by every write operation below):
@@ -299,7 +301,22 @@ def op_complete(txn: Txn, t: Tables, path: str, seq: int,
 
 
 def op_put_verdict(txn: Txn, t: Tables, verdict: VerdictRecord) -> None:
-    txn.put(keys.verdict_key(verdict.identity, verdict.sig_version), encode_verdict(verdict),
+    """Store a verdict, and drop the file's verdicts for older versions (issue 19).
+
+    A ctime never goes back, so a verdict for an identity with an older ctime
+    than this one (same dev and ino) can never match again: keeping it made the
+    table grow by one record per write. Verdicts for the same or a newer ctime
+    (other signature versions, a same-tick rewrite) stay."""
+    identity = verdict.identity
+    prefix = keys.verdict_prefix(identity.dev, identity.ino)
+    with txn.cursor(db=t.verdicts) as cur:
+        found = cur.set_range(prefix)
+        while found and cur.key()[:len(prefix)] == prefix:
+            if keys.verdict_key_ctime(cur.key()) < identity.ctime_ns:
+                found = cur.delete()  # moves to the next record
+            else:
+                found = cur.next()
+    txn.put(keys.verdict_key(identity, verdict.sig_version), encode_verdict(verdict),
             db=t.verdicts)
 
 

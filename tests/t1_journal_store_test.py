@@ -282,6 +282,34 @@ async def test_verdicts_and_quarantine(journal: Journal) -> None:
     assert stats["verdicts"] == 1 and stats["quarantined"] == 0
 
 
+async def test_a_new_verdict_drops_the_files_older_versions(journal: Journal) -> None:
+    # Issue 19: one record per write made the table (and the mapped file) grow forever.
+    other_file = VerdictRecord(Identity(1, 11, 5, 5, 5), "27000", "clean", "", "b", 1.0)
+    await journal.put_verdict(other_file)
+    for n in range(100):
+        await journal.put_verdict(VerdictRecord(Identity(1, 10, n, 1000 + n, 1000 + n),
+                                                "27000", "clean", "", "builtin", 1.0))
+    assert journal.stats()["verdicts"] == 2
+    newest = Identity(1, 10, 99, 1099, 1099)
+    assert journal.get_verdict(newest, "27000") is not None
+    assert journal.get_verdict(Identity(1, 10, 98, 1098, 1098), "27000") is None
+    assert journal.get_verdict(other_file.identity, "27000") == other_file
+    # The same version under another signature version stays (a pool of appliances
+    # at different versions), and so does a newer version when an older one lands late.
+    await journal.put_verdict(VerdictRecord(newest, "27001", "clean", "", "clamd", 2.0))
+    late = VerdictRecord(Identity(1, 10, 7, 1007, 1007), "27000", "clean", "", "b", 3.0)
+    await journal.put_verdict(late)
+    assert journal.get_verdict(newest, "27000") is not None
+    assert journal.get_verdict(newest, "27001") is not None
+    assert journal.stats()["verdicts"] == 4
+    # complete() stores its verdict the same way.
+    seq = await journal.defer("/a", newest, Reason.MODIFIED, "p")
+    final = VerdictRecord(Identity(1, 10, 1, 2000, 2000), "27000", "clean", "", "b", 4.0)
+    assert await journal.complete("/a", seq, final)
+    assert journal.stats()["verdicts"] == 2
+    assert journal.get_verdict(final.identity, "27000") == final
+
+
 async def test_map_grows(tmp_path: Path) -> None:
     j = Journal.open(tmp_path / "s", map_size=64 << 10, sync=False)
     try:

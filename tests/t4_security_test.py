@@ -176,5 +176,5 @@ def test_no_escape_from_the_source(shared: Path, samples: Samples) -> None:  # n
 def _deferred(mnt: Path) -> list[dict[str, object]]:
     from vfile import control
 
-    result: list[dict[str, object]] = control.call(mnt, "vfile.journal.list", {}, timeout=20)
+    result: list[dict[str, object]] = control.call(mnt, "journal.list", {}, timeout=20)
     return result

@@ -31,6 +31,7 @@ from vfile.filter.gate import Gate
 from vfile.filter.window import Window
 from vfile.journal.records import deferred_to_json, quarantine_to_json
 from vfile.journal.store import Journal
+from vfile.observe.memwatch import DEFAULT_TOP, MemoryWatch
 from vfile.scanner.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def _number(args: dict[str, Any], key: str, *, minimum: float = 0.0) -> float | 
 class Commands:
     def __init__(self, info: MountInfo, *, gate: Gate, pool: Pool, journal: Journal,
                  window: Window, drain: Drain, source_fd: int,
-                 profiles: Callable[[], list[dict[str, Any]]]) -> None:
+                 profiles: Callable[[], list[dict[str, Any]]],
+                 memory: MemoryWatch | None = None) -> None:
         self.info = info
         self.gate = gate
         self.pool = pool
@@ -85,11 +87,12 @@ class Commands:
         self.drain = drain
         self.source_fd = source_fd
         self.profiles = profiles
+        self.memwatch = memory or MemoryWatch()
         self._table: dict[str, Callable[[dict[str, Any]], Any]] = {
             "status": self.status, "quiesce": self.quiesce, "resume": self.resume,
-            "drain": self.drain_ctl, "vfile.journal.list": self.journal_list,
-            "vfile.journal.show": self.journal_show, "vfile.journal.retry": self.journal_retry,
-            "quarantine.list": self.quarantine_list,
+            "drain": self.drain_ctl, "journal.list": self.journal_list,
+            "journal.show": self.journal_show, "journal.retry": self.journal_retry,
+            "quarantine.list": self.quarantine_list, "memory": self.memory,
         }
 
     async def __call__(self, cmd: str, args: dict[str, Any], uid: int) -> Any:
@@ -181,6 +184,20 @@ class Commands:
         n = await self.journal.retry(path)
         self.drain.kick()
         return {"retried": n}
+
+    # --- memory (issue 19) -------------------------------------------------------------------
+    def memory(self, args: dict[str, Any]) -> dict[str, Any]:
+        """RSS, heap, top allocation sites; see vfile.observe.memwatch. Args: top (int),
+        baseline (bool: take a new baseline after this report), types (bool),
+        garbage (bool), group ("lineno" or "traceback")."""
+        top = _number(args, "top", minimum=0)
+        group = args.get("group", "lineno")
+        if group not in ("lineno", "traceback"):
+            raise ControlError(f"memory 'group' must be lineno or traceback, not {group!r}")
+        return self.memwatch.report(top=DEFAULT_TOP if top is None else int(top),
+                                    baseline=bool(args.get("baseline")),
+                                    types=bool(args.get("types")),
+                                    garbage=bool(args.get("garbage")), group=group)
 
     def quarantine_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [quarantine_to_json(r) for r in self.journal.list_quarantine()]

@@ -45,6 +45,7 @@ from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError
 from vfile.journal.statedir import default_state_dir, ensure_state_dir
+from vfile.observe.memwatch import MemoryWatch
 from vfile.observe.serve import open_outputs, serve_outputs
 from vfile.options import MountOptions
 from vfile.scanner.builtin import BuiltinAppliance
@@ -138,6 +139,8 @@ async def open_scanning_hooks(opts: MountOptions, root_fd: int) -> AsyncIterator
 
 @contextlib.asynccontextmanager
 async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Running]:
+    memwatch = MemoryWatch()
+    memwatch.start_from_env()  # VFILE_TRACEMALLOC: before anything long-lived is allocated
     config = load_config(opts.config, appliances=opts.appliances, fail_mode=opts.fail_mode,
                          deadline=opts.timeout)
     state_dir = _state_dir(opts, config)
@@ -186,7 +189,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                          owner_uid=os.getuid(), started=time.time())
         commands = Commands(info, gate=gate, pool=pool, journal=journal, window=window,
                             drain=drain, source_fd=root_fd,
-                            profiles=lambda: _profiles(config, quota))
+                            profiles=lambda: _profiles(config, quota), memory=memwatch)
         server = control.ControlServer(rundir / sock_name, commands, owner_uid=os.getuid())
         running = Running(config, journal, pool, gate, window, drain, quota, commands,
                           rundir / sock_name, builtin)
@@ -203,6 +206,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(quota.serve)
             await nursery.start(drain.serve)
             await nursery.start(serve_outputs, outputs)  # --metrics, --audit-log
+            await nursery.start(memwatch.serve)  # SIGUSR2: log where the memory goes
             try:
                 await nursery.start(server.serve)
             except control.ControlError as err:

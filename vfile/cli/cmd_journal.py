@@ -187,7 +187,7 @@ async def journal_retry(
     """
     if mount is not None and state_dir is None:
         # The live process resets them and kicks its drain (module docstring).
-        n = int(_control(mount, "vfile.journal.retry", {} if path is None else {"path": path})
+        n = int(_control(mount, "journal.retry", {} if path is None else {"path": path})
                 ["retried"])
     else:
         with open_journal(state_dir, readonly=False, mount=mount) as j:

@@ -66,6 +66,9 @@ class InodeTable:
                      root_st.st_mode & 0o170000, lookups=1)
         self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
         self._by_key: dict[Key, Inode] = {root.key: root}
+        #: told the (st_dev, st_ino) of each entry dropped: the kernel forgot the file,
+        #: so per-file state elsewhere (the gate's cached verdicts) can go too
+        self.on_drop: Callable[[Key], None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -117,6 +120,8 @@ class InodeTable:
         if self._by_key.get(node.key) is node:
             del self._by_key[node.key]
         self._close(node.fd)
+        if self.on_drop is not None:
+            self.on_drop(node.key)
 
     def close_all(self) -> None:
         """At unmount: the kernel will send no more forgets."""

@@ -96,6 +96,9 @@ class OpsCore(pyfuse3.Operations):
         self.root_path = os.path.realpath(root_path)
         self.hooks: FileHooks = hooks if hooks is not None else NoHooks()
         self.table = InodeTable(root_fd, os.fstat(root_fd))
+        # Optional hook: per-file state in the hooks (the gate's verdict cache) follows
+        # the inodes the kernel knows, so it cannot grow with files long deleted.
+        self.table.on_drop = getattr(self.hooks, "forget_file", None)
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1

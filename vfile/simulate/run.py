@@ -99,7 +99,7 @@ class _Sampler:
         t = self.rec.now()
         try:
             status = self.mount.call("status", timeout=5)
-            entries = self.mount.call("vfile.journal.list", timeout=5)
+            entries = self.mount.call("journal.list", timeout=5)
         except control.ControlError as err:
             log.debug("sample failed: %s", err)
             return None
@@ -283,7 +283,7 @@ def run_mode(mode: str, params: Params, g: guest_mod.Guest, appliance: Appliance
         tl.events["drained"] = drained_at if drained_at is not None else rec.now()
         status = mount.call("status")
         quarantine = mount.call("quarantine.list")
-        remaining = {e["path"] for e in mount.call("vfile.journal.list")}
+        remaining = {e["path"] for e in mount.call("journal.list")}
         sig = next((a["sig_version"] for a in status["appliances"] if a["sig_version"]), "")
     ops = rec.snapshot()
     events, quiesce = tl.events, tl.quiesce
