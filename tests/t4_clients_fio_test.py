@@ -56,7 +56,8 @@ def fio(place: Path, rw: str, *extra: str) -> list[tuple[Any, ...]]:
     jobfile = place / f"{rw}.fio"
     jobfile.write_text(JOBS.format(dir=place / rw, rw=rw))
     (place / rw).mkdir(exist_ok=True)
-    res = run(["fio", "--output-format=json", *extra, jobfile])
+    # (in `place`: fio leaves its verify state files in the working directory)
+    res = run(["fio", "--output-format=json", *extra, jobfile], cwd=place)
     report = json.loads(res.stdout[res.stdout.index("{"):])
     jobs = [(j["jobname"], j["error"], j["read"]["io_bytes"], j["write"]["io_bytes"])
             for j in report["jobs"]]
