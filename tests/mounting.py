@@ -12,7 +12,9 @@ own extra arguments.
 
 from __future__ import annotations
 
+import functools
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,9 +56,15 @@ def force_unmount(mountpoint: Path | str) -> None:
                        capture_output=True)
 
 
+def _nofile_limit(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 @contextmanager
 def mounted(source: Path, mountpoint: Path, *extra: str,
-            env: dict[str, str] | None = None) -> Iterator[Server]:
+            env: dict[str, str] | None = None,
+            nofile: int | None = None) -> Iterator[Server]:
+    """`nofile`: the server's soft and hard descriptor limit (a container's)."""
     source, mountpoint = Path(os.path.realpath(source)), Path(os.path.realpath(mountpoint))
     fd, log_name = tempfile.mkstemp(prefix="vfile-server-", suffix=".log")
     log_path = Path(log_name)
@@ -64,7 +72,9 @@ def mounted(source: Path, mountpoint: Path, *extra: str,
         proc = subprocess.Popen(vfile_cmd("mount", "--foreground", *extra, "--",
                                           str(source), str(mountpoint)),
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})},
+                                preexec_fn=None if nofile is None else
+                                functools.partial(_nofile_limit, nofile))
     server = Server(proc, source, mountpoint, log_path)
     try:
         deadline = time.monotonic() + START_DEADLINE
