@@ -12,9 +12,7 @@ own extra arguments.
 
 from __future__ import annotations
 
-import functools
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -56,10 +54,6 @@ def force_unmount(mountpoint: Path | str) -> None:
                        capture_output=True)
 
 
-def _nofile_limit(limit: int) -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
 @contextmanager
 def mounted(source: Path, mountpoint: Path, *extra: str,
             env: dict[str, str] | None = None,
@@ -69,12 +63,12 @@ def mounted(source: Path, mountpoint: Path, *extra: str,
     fd, log_name = tempfile.mkstemp(prefix="vfile-server-", suffix=".log")
     log_path = Path(log_name)
     with os.fdopen(fd, "wb") as logf:
-        proc = subprocess.Popen(vfile_cmd("mount", "--foreground", *extra, "--",
-                                          str(source), str(mountpoint)),
+        # prlimit(1) sets the limit and execs the server (same pid).
+        limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}"]
+        proc = subprocess.Popen([*limit, *vfile_cmd("mount", "--foreground", *extra, "--",
+                                                    str(source), str(mountpoint))],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                env={**os.environ, **(env or {})},
-                                preexec_fn=None if nofile is None else
-                                functools.partial(_nofile_limit, nofile))
+                                env={**os.environ, **(env or {})})
     server = Server(proc, source, mountpoint, log_path)
     try:
         deadline = time.monotonic() + START_DEADLINE

@@ -67,7 +67,7 @@ def test_control_plane_answers_while_the_server_is_out_of_descriptors(
         path.write_text(f"distinct {i}\n")
     held: list[int] = []
     with mounted(tree.source, tree.mountpoint, "--state-dir", str(tree.state),
-                 nofile=limit) as server:
+                 nofile=limit):
         try:
             failed = None
             for path in files:  # hold files open until the server has no descriptor left

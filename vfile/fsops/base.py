@@ -25,8 +25,8 @@ import pyfuse3
 
 from vfile import perms
 from vfile.errnos import StaleHandle, errno_for
-from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
 from vfile.fdcache import FdCache, default_capacity, probe_handles
+from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
 from vfile.inodes import ROOT_INODE, Inode, InodeTable
 from vfile.syscalls import fchown_empty, proc_path
 
