@@ -95,6 +95,14 @@ class FdCache:
                 "mounts": len(self._mounts), "reopens": self.reopens,
                 "evictions": self.evictions}
 
+    def room_for_new(self) -> bool:
+        """Whether one more inode may take a descriptor. Without handles (a non-root
+        mount) nothing can be evicted: the capacity is then a hard limit on known
+        inodes, and lookups of new ones get EMFILE instead of starving the server."""
+        if self.handles:
+            return self.sticky < self.capacity
+        return self.sticky + len(self.lru) < self.capacity
+
     def add_mount(self, dir_fd: int) -> None:
         """Register a directory descriptor (O_RDONLY) for its mount; we own it."""
         _, mount_id = name_to_handle(dir_fd)

@@ -181,6 +181,8 @@ class OpsCore(pyfuse3.Operations):
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         node = self.table.find(st)
         if node is None:
+            if not self.table.cache.room_for_new():
+                raise OSError(errno.EMFILE, "descriptor cache full of inodes it cannot evict")
             fd = os.open(name, OPATH, dir_fd=pfd)
             try:
                 st = os.fstat(fd)  # what we opened, even if the name was swapped
