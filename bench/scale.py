@@ -18,6 +18,10 @@ picked at random, so the kernel revalidates as many directories at every size):
   (readdirplus), after which the server knows every inode: the per-entry cost,
   and the server's descriptors and RSS before and after (RSS per known inode).
 - open_cold: first open+read+close of each sample file (a scan each).
+- server only (first sweep): the same sample against VFileOperations in the
+  bench's own process, no kernel, every inode of the tree registered first:
+  lookup of a known name, getattr, open+release. This isolates the server's
+  own scaling (tables, descriptor cache) from the kernel's and the machine's.
 - stat_warm / open_warm: stat(), and open+read+close of a file with a clean
   verdict, once the kernel's entry and attribute caches (1 s) expired, so each
   goes to the server, whose inode is known but whose descriptor was most
@@ -163,8 +167,8 @@ def walk(mnt: Path) -> int:
     return n
 
 
-def run_size(n: int, tree: Path, work: Path, sample_n: int, fd_cache: int | None
-             ) -> dict[str, Any]:
+def run_size(n: int, tree: Path, work: Path, sample_n: int, fd_cache: int | None, *,
+             with_server: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     rels = generate(tree, n)
     gen_s = time.monotonic() - t0
@@ -176,6 +180,8 @@ def run_size(n: int, tree: Path, work: Path, sample_n: int, fd_cache: int | None
     if fd_cache is not None:
         extra += ["--fd-cache", str(fd_cache)]
     out: dict[str, Any] = {"files": n, "generate_s": round(gen_s, 1)}
+    if with_server:
+        out["server"] = server_side(tree, sample)
     with mounted(tree, mnt, *extra) as server:
         pid = server.proc.pid
         paths = [mnt / r for r in sample]
@@ -255,6 +261,64 @@ def primitives(tree: Path, n: int = 20000) -> dict[str, float]:
             os.close(f)
 
 
+class _Caller:
+    uid = gid = 0
+    pid = os.getpid()
+    umask = 0o022
+
+
+def server_side(tree: Path, sample: list[str]) -> dict[str, Any]:
+    """The server's own per-op cost, without the kernel: VFileOperations over
+    `tree` in this process, every inode registered (as after a walk), then on
+    the sample: lookup of a known name, getattr, open+release (passthrough
+    hooks). Isolates the server's scaling from the kernel's and the machine's."""
+    import trio
+
+    from vfile.fs import VFileOperations
+
+    async def go() -> dict[str, Any]:
+        root_fd = os.open(tree, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        ops = VFileOperations(root_fd, os.fsencode(tree))
+        ctx = _Caller()
+        known: dict[str, tuple[int, int, bytes]] = {}
+        stack: list[tuple[int, str]] = [(1, "")]
+        t0 = time.perf_counter()
+        while stack:
+            ino, rel = stack.pop()
+            for name in sorted(os.listdir(tree / rel if rel else tree)):
+                if name.startswith("."):
+                    continue
+                e = await ops.lookup(ino, name.encode(), ctx)
+                path = f"{rel}/{name}" if rel else name
+                if name.endswith(".dat"):
+                    known[path] = (e.st_ino, ino, name.encode())
+                else:
+                    stack.append((e.st_ino, path))
+        register_us = (time.perf_counter() - t0) / len(ops.table) * 1e6
+        out: dict[str, Any] = {"inodes": len(ops.table),
+                               "register_us_per_inode": round(register_us, 1)}
+        for label in ("lookup", "getattr", "open_release"):
+            lat = []
+            for rel in sample:
+                ino, parent, bname = known[rel]
+                t = time.perf_counter()
+                if label == "lookup":
+                    await ops.lookup(parent, bname, ctx)
+                elif label == "getattr":
+                    await ops.getattr(ino, ctx)
+                else:
+                    fi = await ops.open(ino, os.O_RDONLY, ctx)
+                    await ops.release(fi.fh)
+                lat.append(time.perf_counter() - t)
+            lat.sort()
+            out[f"{label}_p50_us"] = round(lat[len(lat) // 2] * 1e6, 1)
+        out["fd_cache"] = ops.table.cache.statistics()
+        ops.close()
+        return out
+
+    return trio.run(go)
+
+
 OPS = ("lookup_cold", "stat_warm", "open_warm", "open_cold")
 
 
@@ -300,7 +364,22 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["rss_per_inode_bytes"] = round(statistics.median(
         r["rss_per_inode_bytes"] for r in runs))
     out["runs"] = len(runs)
+    out["server"] = runs[0].get("server")
     return out
+
+
+def server_table(report: dict[str, Any]) -> str:
+    res = [r for r in report["results"] if r.get("server")]
+    if not res:
+        return ""
+    base = res[0]["server"]
+    cols = ("lookup_p50_us", "getattr_p50_us", "open_release_p50_us")
+    lines = [f"{'server only':>11}{'inodes':>10}" + "".join(f"{c:>24}" for c in cols)]
+    for r in res:
+        sv = r["server"]
+        lines.append(f"{r['files']:>11}{sv['inodes']:>10}" + "".join(
+            f"{sv[c]:>15.1f} ({sv[c] / base[c]:.2f}x)" for c in cols))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,10 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
     started = time.monotonic()
     try:
-        for _ in range(args.repeat):
+        for rep in range(args.repeat):
             for n in sizes:  # interleaved, so drift on a shared machine hits every size
                 t0 = time.monotonic()
-                r = run_size(n, trees / f"tree-{n}", work, args.sample, args.fd_cache)
+                r = run_size(n, trees / f"tree-{n}", work, args.sample, args.fd_cache,
+                             with_server=rep == 0)
                 r["total_s"] = round(time.monotonic() - t0, 1)
                 runs[n].append(r)
                 print(f"# {n} files: {r['total_s']} s (generate {r['generate_s']} s)",
@@ -340,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
               "results": results, "ratios": ratios(results), "primitives": prims,
               "total_s": round(time.monotonic() - started, 1)}
     print(table(report))
+    print(server_table(report))
     print("per call, µs: " + ", ".join(f"{k} {v}" for k, v in prims.items()))
     text = json.dumps(report, indent=2)
     print(text)
