@@ -9,6 +9,7 @@ burst of large scans cannot starve other thread work in the process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -142,8 +143,21 @@ async def serve_switchable(address: Address, switch: FaultSwitch,
                 os.unlink(address.path)
 
 
+#: accept() errors that mean "out of descriptors or memory, for now": the
+#: listener waits and retries (as trio.serve_listeners does) instead of dying,
+#: which would take an embedding process (a vfile mount) down with it.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF = 0.1
+
+
 async def _accept_loop(listener: trio.SocketListener, handlers: trio.Nursery,
                        handler: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
     while True:
-        stream = await listener.accept()
+        try:
+            stream = await listener.accept()
+        except OSError as err:
+            if err.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            await trio.sleep(ACCEPT_BACKOFF)
+            continue
         handlers.start_soon(handler, stream)

@@ -56,13 +56,17 @@ def force_unmount(mountpoint: Path | str) -> None:
 
 @contextmanager
 def mounted(source: Path, mountpoint: Path, *extra: str,
-            env: dict[str, str] | None = None) -> Iterator[Server]:
+            env: dict[str, str] | None = None,
+            nofile: int | None = None) -> Iterator[Server]:
+    """`nofile`: the server's soft and hard descriptor limit (a container's)."""
     source, mountpoint = Path(os.path.realpath(source)), Path(os.path.realpath(mountpoint))
     fd, log_name = tempfile.mkstemp(prefix="vfile-server-", suffix=".log")
     log_path = Path(log_name)
     with os.fdopen(fd, "wb") as logf:
-        proc = subprocess.Popen(vfile_cmd("mount", "--foreground", *extra, "--",
-                                          str(source), str(mountpoint)),
+        # prlimit(1) sets the limit and execs the server (same pid).
+        limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}"]
+        proc = subprocess.Popen([*limit, *vfile_cmd("mount", "--foreground", *extra, "--",
+                                                    str(source), str(mountpoint))],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 env={**os.environ, **(env or {})})
     server = Server(proc, source, mountpoint, log_path)

@@ -62,10 +62,10 @@ def test_forget_keeps_open_inodes_until_release_and_never_drops_root() -> None:
     closer = Closer()
     table = InodeTable(100, _st(1, 2, stat.S_IFDIR), close=closer)
     node = table.add(_st(1, 5), 105)
-    node.lookups, node.writers = 1, 1
+    node.lookups, node.opens = 1, 1
     table.forget(node.ino, 1)
     assert table.get(node.ino) is node
-    node.writers = 0
+    node.opens = 0
     table.maybe_drop(node)
     assert closer.closed == [105]
     table.forget(ROOT_INODE, 10)

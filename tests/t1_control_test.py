@@ -137,3 +137,47 @@ async def test_stale_socket_is_replaced_and_live_one_refused(tmp_path: Path) -> 
 def test_call_without_a_mount_says_so(tmp_path: Path) -> None:
     with pytest.raises(control.ControlError, match="no live vfile mount"):
         control.call(tmp_path / "not-mounted", "status", timeout=2)
+
+
+_STARVED_SERVER = """
+import os, resource, sys, trio
+from vfile import control
+
+async def handler(cmd, args, uid):
+    return {"pong": cmd}
+
+async def main():
+    server = control.ControlServer(control.Path(sys.argv[1]), handler, owner_uid=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        held = []
+        try:  # take every descriptor left, as a flood of opens through a mount would
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as err:
+            print("starved", err.errno, flush=True)
+        await trio.sleep_forever()
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+trio.run(main)
+"""
+
+
+def test_the_control_plane_answers_in_a_process_out_of_descriptors(tmp_path: Path) -> None:
+    """Issue 20: with every descriptor of the server taken, accept() fails with
+    EMFILE; the control socket still answers, again and again (its reserve)."""
+    import errno
+    import subprocess
+
+    path = tmp_path / "ctl.sock"
+    proc = subprocess.Popen([sys.executable, "-c", _STARVED_SERVER, str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.split() == ["starved", str(errno.EMFILE)], (line, proc.stderr)
+        for i in range(5):
+            assert control.call_socket(path, f"ping{i}", timeout=20) == {"pong": f"ping{i}"}
+    finally:
+        proc.kill()
+        proc.wait()

@@ -15,6 +15,12 @@ Invariants:
   set by the handler (quiesce is bounded by design).
 - Malformed requests get an error reply; nothing a client sends can raise out
   of the server loop.
+- The control plane answers even when the server is out of descriptors (an
+  application holding thousands of files open through the mount, issue 20):
+  it keeps `RESERVED_FDS` descriptors (on /dev/null) in reserve, and when
+  accept() fails with EMFILE/ENFILE it gives one back and accepts at once,
+  taking it again when that client is done. With no reserve left it retries
+  every `ACCEPT_BACKOFF` seconds (what trio.serve_listeners does), never exits.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 64 * 1024
 #: how long a client may take to send its request line.
 READ_DEADLINE = 5.0
+#: descriptors held back so the control socket can accept while the server is out of them.
+RESERVED_FDS = 4
+#: retry interval of accept() when out of descriptors and reserves.
+ACCEPT_BACKOFF = 0.1
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: where root's mounts put their sockets; others use $XDG_RUNTIME_DIR/vfile or /tmp/vfile-UID.
 ROOT_RUNTIME_DIR = Path("/run/vfile")
 
@@ -136,13 +147,42 @@ class ControlServer:
             await sock.bind(str(self.path))
             os.chmod(self.path, 0o666)  # see module docstring: refusal is by peer uid
             sock.listen(64)
-            listener = trio.SocketListener(sock)
             task_status.started(self.path)
-            await trio.serve_listeners(self._serve_one, [listener])
+            await self._accept_loop(sock)
         finally:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+
+    async def _accept_loop(self, sock: trio.socket.SocketType) -> None:
+        reserve = _Reserve(RESERVED_FDS)
+        warned = False
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        conn, _ = await sock.accept()
+                    except OSError as err:
+                        if err.errno not in _OUT_OF_DESCRIPTORS:
+                            raise
+                        if reserve.release():
+                            continue  # its slot is this client's now
+                        if not warned:
+                            log.warning("control: out of descriptors and reserves (%s); "
+                                        "retrying accept", err.strerror)
+                            warned = True
+                        await trio.sleep(ACCEPT_BACKOFF)
+                        continue
+                    warned = False
+                    nursery.start_soon(self._serve_conn, conn, reserve)
+        finally:
+            reserve.close()
+
+    async def _serve_conn(self, conn: trio.socket.SocketType, reserve: _Reserve) -> None:
+        try:
+            await self._serve_one(trio.SocketStream(conn))
+        finally:
+            reserve.refill()
 
     def _remove_stale(self) -> None:
         """A socket left by a crashed server is removed; a live one means busy."""
@@ -186,6 +226,33 @@ class ControlServer:
                 log.exception("control: command %r failed", cmd)
                 reply = encode_reply(False, f"{cmd} failed: {err}")
             await _send_quietly(stream, reply)
+
+
+class _Reserve:
+    """Descriptors held back for the control socket (see the module docstring)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._fds: list[int] = []
+        self.refill()
+
+    def release(self) -> bool:
+        """Give one back to the process; False if none is left."""
+        if not self._fds:
+            return False
+        os.close(self._fds.pop())
+        return True
+
+    def refill(self) -> None:
+        while len(self._fds) < self.size:
+            try:
+                self._fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return  # still short: the next client's end tries again
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
 
 
 async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:

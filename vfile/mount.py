@@ -180,7 +180,8 @@ def _tune_readahead(mountpoint: str) -> None:
 
 
 def _raise_fd_limit() -> None:
-    # One O_PATH descriptor per inode the kernel knows (see vfile.passthrough.inodes).
+    # Open files cost a descriptor each, and the inode table's cache is sized
+    # from the limit (see vfile.passthrough.fdcache): take all we may.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -202,7 +203,7 @@ async def serve(opts: MountOptions, *, open_hooks: HooksOpener = open_passthroug
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_hooks(opts, root_fd) as hooks:
             ops = VFileOperations(root_fd, os.fsencode(src), hooks, writeback=opts.writeback,
-                                  xattr=opts.xattr)
+                                  xattr=opts.xattr, fd_cache=_fd_cache_size(opts))
             try:
                 pyfuse3.init(ops, mnt, fuse_options(opts, src))
             except RuntimeError as exc:
@@ -225,6 +226,15 @@ async def serve(opts: MountOptions, *, open_hooks: HooksOpener = open_passthroug
                 pyfuse3.close(unmount=True)
                 ops.close()
                 log.info("unmounted %r", mnt)
+
+
+def _fd_cache_size(opts: MountOptions) -> int | None:
+    """--fd-cache, else [mount] fd_cache, else None (a default from the limit)."""
+    if opts.fd_cache is not None or opts.config is None:
+        return opts.fd_cache
+    from vfile.config.model import load_config  # parsed (and checked) again by the service
+
+    return load_config(opts.config).mount.fd_cache
 
 
 async def _terminate_on_signal(signals: AsyncIterator[int]) -> None:
@@ -312,7 +322,8 @@ def child_argv(opts: MountOptions, ready_fd: int) -> list[str]:
                         ("--state-dir", opts.state_dir), ("--signatures", opts.signatures),
                         ("--metrics", opts.metrics), ("--audit-log", opts.audit_log),
                         ("--log-format", None if opts.log_format == "plain" else opts.log_format),
-                        ("--timeout", None if opts.timeout is None else repr(opts.timeout))):
+                        ("--timeout", None if opts.timeout is None else repr(opts.timeout)),
+                        ("--fd-cache", None if opts.fd_cache is None else str(opts.fd_cache))):
         if value is not None:
             argv += [flag, value]
     for url in opts.appliances:

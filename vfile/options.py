@@ -37,3 +37,6 @@ class MountOptions:
     audit_log: str | None = None
     #: "plain" or "json" (one JSON object per log line)
     log_format: str = "plain"
+    #: O_PATH descriptors kept open for known inodes (None: [mount] fd_cache, else
+    #: vfile.passthrough.fdcache.default_capacity of the descriptor limit)
+    fd_cache: int | None = None

@@ -111,12 +111,17 @@ async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,
             tmp = state_dir / (SIG_FILE + ".tmp")
             # 0600 like the journal: the server runs with umask 0, so write_text()
             # would leave it 0666 (tests/t4_security_test.py).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            os.fchmod(fd, 0o600)  # a .tmp left by a crash keeps its old mode otherwise
-            with os.fdopen(fd, "w") as f:
-                f.write(sig + "\n")
-            os.replace(tmp, state_dir / SIG_FILE)
-            saved = sig
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                os.fchmod(fd, 0o600)  # a .tmp left by a crash keeps its old mode otherwise
+                with os.fdopen(fd, "w") as f:
+                    f.write(sig + "\n")
+                os.replace(tmp, state_dir / SIG_FILE)
+                saved = sig
+            except OSError as err:
+                # Out of descriptors or space for now: try again next time, never
+                # take the mount down for a hint.
+                log.warning("cannot save the signature version: %s", err)
         await trio.sleep(interval)
 
 

@@ -75,6 +75,10 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
     log_format: Annotated[str, typer.Option(
         "--log-format", help="Server log lines: plain, or json (one object per line).")
     ] = "plain",
+    fd_cache: Annotated[int | None, typer.Option(
+        "--fd-cache", min=16, help="O_PATH descriptors kept open for known inodes; others "
+        "are reopened by file handle [default: 4096, or a quarter of the descriptor limit "
+        "if less].")] = None,
     ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
     verbose: Verbose = 0,
 ) -> None:
@@ -97,7 +101,8 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
                                   scan=not no_scan, config=config,
                                   appliances=tuple(appliance or ()), fail_mode=fail_mode,
                                   timeout=timeout, state_dir=state_dir, signatures=signatures,
-                                  metrics=metrics, audit_log=audit_log, log_format=log_format)
+                                  metrics=metrics, audit_log=audit_log, log_format=log_format,
+                                  fd_cache=fd_cache)
     if log_format not in LOG_FORMATS:
         raise UserError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not "
                         f"{log_format!r}", Exit.USAGE)

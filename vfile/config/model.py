@@ -102,6 +102,9 @@ DEFAULT_PROBE_INTERVAL = 1.0
 DEFAULT_QUOTA_LOW_WATER = 0.8
 DEFAULT_QUOTA_ESCALATE = Escalation.CLOSED
 MAX_RETRIES = 10
+#: The smallest `[mount] fd_cache` (vfile.passthrough.fdcache.MIN_CAPACITY;
+#: config imports no fs code).
+MIN_FD_CACHE = 16
 #: `Config.profile_for` remembers this many path → profile answers.
 PROFILE_CACHE_SIZE = 4096
 
@@ -167,6 +170,8 @@ class MountConfig:
     appliances: tuple[str, ...] = ()
     state_dir: str | None = None
     quarantine_dir: str | None = None
+    #: O_PATH descriptors kept open for known inodes; None: from the descriptor limit
+    fd_cache: int | None = None
 
 
 class _Matcher:
@@ -420,6 +425,8 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
             appliances=_appliances(t.strings("appliances") or (), t.path("appliances")),
             state_dir=t.string("state_dir"),
             quarantine_dir=t.string("quarantine_dir"),
+            fd_cache=(t.integer("fd_cache", 0, low=MIN_FD_CACHE) if t.has("fd_cache")
+                      else None),
         )
         t.done()
     pool = PoolConfig()

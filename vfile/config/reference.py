@@ -68,6 +68,11 @@ HELP: dict[tuple[type, str], Key] = {
     (c.MountConfig, "quarantine_dir"): Key(
         "path", "Where quarantined files go (created 0700; outside the source). Default: "
         "`quarantine/` in the state directory.", '"/var/lib/vfile/quarantine"'),
+    (c.MountConfig, "fd_cache"): Key(
+        "integer", f"O_PATH descriptors the server keeps open for inodes the kernel knows "
+        f"(>= {c.MIN_FD_CACHE}); evicted ones are reopened from a file handle (needs root). "
+        "Default: 4096, or a quarter of the descriptor limit if less. `--fd-cache` "
+        "overrides it.", "4096"),
     (c.PoolConfig, "attempt_timeout"): Key(
         "duration", "One attempt against one appliance (health probes and the drain).",
         '"1s"'),

@@ -26,6 +26,7 @@ class DirOps(OpsCore):
     @handler
     async def opendir(self, inode: int, ctx: CallerLike) -> int:
         node = self.table.get(inode)
+        self._check_room()
         fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
         dh = self._next_dh
         self._next_dh += 1
@@ -54,7 +55,7 @@ class DirOps(OpsCore):
         for i in range(max(start_id - 2, 0), len(names)):
             name = names[i]
             try:
-                node, st = self._known(dnode, name)
+                node, st = self._known(dnode, name, dh.fd)
             except FileNotFoundError:
                 continue  # removed since the snapshot: skip, never repeat
             if not pyfuse3.readdir_reply(token, name, self._entry(node, st), i + 3):

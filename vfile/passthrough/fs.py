@@ -167,7 +167,7 @@ class VFileOperations(DirOps, MetaOps):
         except BaseException:
             os.close(fd)
             raise
-        node, st = self._adopt(fd)
+        node, st = self._adopt(fd, parent, name)
         return self._entry(node, st)
 
     @handler
@@ -181,6 +181,7 @@ class VFileOperations(DirOps, MetaOps):
                                              os.fstat(node.fd), request_ctx(ctx))
         # Linking the inode itself (via its /proc magic link), not a name.
         os.link(proc_path(node.fd).encode(), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        node.seen_as(parent.ino, new_name)
         node.lookups += 1
         return self._entry(node, os.fstat(node.fd))
 
@@ -215,8 +216,21 @@ class VFileOperations(DirOps, MetaOps):
             renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
         else:
             os.rename(name_old, name_new, src_dir_fd=old_p.fd, dst_dir_fd=new_p.fd)
+        self._moved(new_p, name_new)
+        if flags & RENAME_EXCHANGE:
+            self._moved(old_p, name_old)
         if paths is not None and not flags & RENAME_EXCHANGE:
             await hooks.on_rename(*paths)
+
+    def _moved(self, parent: Inode, name: bytes) -> None:
+        """A known non-directory now named `name` in `parent`: remember it (path_of)."""
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return
+        node = self.table.find(st)
+        if node is not None and node.kind != stat.S_IFDIR:
+            node.seen_as(parent.ino, name)
 
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes], ctx: CallerLike) -> None:
@@ -245,6 +259,7 @@ class VFileOperations(DirOps, MetaOps):
     @handler
     async def open(self, inode: int, flags: int, ctx: CallerLike) -> pyfuse3.FileInfo:
         node = self.table.get(inode)
+        self._check_room()
         writing = perms.is_write_open(flags)
         hooks = self.hooks
         if writing and not hooks.trivial:
@@ -257,6 +272,7 @@ class VFileOperations(DirOps, MetaOps):
             if not hooks.trivial and stat.S_ISREG(st.st_mode) and not \
                     hooks.allows_cached_nowait(st, flags):
                 await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx))
+            self.table.cache.pin(node)  # an open file keeps its inode's descriptor
         except BaseException:
             os.close(fd)
             raise
@@ -286,6 +302,7 @@ class VFileOperations(DirOps, MetaOps):
                      ctx: CallerLike) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self.table.get(parent_inode)
         check_name(name)
+        self._check_room()
         hooks = self.hooks
         if not hooks.trivial:
             await hooks.on_write_intent(self._child_path(parent, name), None, request_ctx(ctx))
@@ -307,7 +324,8 @@ class VFileOperations(DirOps, MetaOps):
         except BaseException:
             os.close(fd)
             raise
-        node, st = self._adopt(path_fd)
+        node, st = self._adopt(path_fd, parent, name)
+        self.table.cache.pin(node)
         node.stamp = stamp_of(st)
         node.writers += 1  # a new file is new content: its close is a last close
         self.files[fd] = FileHandle(fd, node, True)
@@ -353,4 +371,5 @@ class VFileOperations(DirOps, MetaOps):
                         await self.hooks.on_last_close(self.path_of(node), h.fd, st)
         finally:
             os.close(h.fd)
+            self.table.cache.unpin(node)
             self.table.maybe_drop(node)

@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import os
+import resource
 import stat
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
 from vfile.passthrough import perms
 from vfile.passthrough.datapath import DataPath
 from vfile.passthrough.errnos import StaleHandle, errno_for
+from vfile.passthrough.fdcache import FdCache, default_capacity, probe_handles
 from vfile.passthrough.inodes import ROOT_INODE, Inode, InodeTable
 from vfile.passthrough.syscalls import fchown_empty, proc_path
 
@@ -42,6 +44,17 @@ ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
 
 OPATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Descriptors left to the rest of the server (journal, appliance and control
+#: sockets, the metrics listener, log and state files) when the mount's open
+#: files are counted against the limit: opens through the mount get EMFILE
+#: first, so a flood of them cannot starve the server of its own descriptors.
+HEADROOM_FDS = 64
+
+
+def max_open_files(nofile: int, cache: int) -> int:
+    """Open files and directories the mount serves at once (pure). Each open file
+    costs its own descriptor and pins its inode's (so two)."""
+    return max(16, (nofile - cache - HEADROOM_FDS) // 2)
 
 
 def handler(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -82,23 +95,47 @@ class DirHandle:
     served: bool = False
 
 
+def open_fd_cache(root_fd: int, capacity: int | None) -> FdCache:
+    """The descriptor cache for a source root: file handles if the kernel lets us
+    reopen by handle (root: CAP_DAC_READ_SEARCH), else one fd per known inode."""
+    if capacity is None:
+        capacity = default_capacity(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    mount_fd = os.open(proc_path(root_fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    why = probe_handles(root_fd, mount_fd)
+    cache = FdCache(capacity, handles=why is None)
+    if why is None:
+        cache.add_mount(mount_fd)
+        log.info("descriptor cache: %d O_PATH descriptors, reopened by file handle",
+                 cache.capacity)
+    else:
+        os.close(mount_fd)
+        log.warning("cannot reopen files by handle (%s; needs CAP_DAC_READ_SEARCH and a "
+                    "filesystem that exports handles): one descriptor per inode the kernel "
+                    "knows, so the descriptor limit bounds the files in use", why)
+    return cache
+
+
 class OpsCore(pyfuse3.Operations):
     """State and helpers; the handlers live in the mixins and in vfile.passthrough.fs."""
 
     supports_dot_lookup = False  # we are not NFS-exported; never resolve '..'
 
     def __init__(self, root_fd: int, root_path: bytes, hooks: FileHooks | None = None,
-                 *, writeback: bool = True, xattr: bool = True) -> None:
+                 *, writeback: bool = True, xattr: bool = True,
+                 fd_cache: int | None = None) -> None:
         super().__init__()
         self.xattr = xattr
         self.enable_writeback_cache = writeback
         self.writeback = writeback
         self.root_path = os.path.realpath(root_path)
         self.hooks: FileHooks = hooks if hooks is not None else NoHooks()
-        self.table = InodeTable(root_fd, os.fstat(root_fd))
+        self.table = InodeTable(root_fd, os.fstat(root_fd), cache=open_fd_cache(root_fd, fd_cache))
         # Optional hook: per-file state in the hooks (the gate's verdict cache) follows
         # the inodes the kernel knows, so it cannot grow with files long deleted.
         self.table.on_drop = getattr(self.hooks, "forget_file", None)
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_open = max_open_files(nofile, self.table.cache.capacity)
+        self._refusals = 0
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
@@ -114,6 +151,10 @@ class OpsCore(pyfuse3.Operations):
         root = self.root_path
         if target.startswith(root + b"/"):
             return target[len(root) + 1:]
+        if node.name is not None and (parent := self.table.find_ino(node.parent)) is not None:
+            # Reopened from its handle, the kernel may have no path for a file
+            # (a disconnected dentry reads as "/"): where we last saw it.
+            return self._child_path(parent, node.name)
         return target  # moved out of the source behind our back: say where
 
     def _child_path(self, parent: Inode, name: bytes) -> bytes:
@@ -139,32 +180,42 @@ class OpsCore(pyfuse3.Operations):
         e.st_ctime_ns = st.st_ctime_ns
         return e
 
-    def _known(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
-        """The inode for `name` in `parent`, registered but not yet referenced."""
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+    def _known(self, parent: Inode, name: bytes,
+               dir_fd: int | None = None) -> tuple[Inode, os.stat_result]:
+        """The inode for `name` in `parent` (reached by `dir_fd` if given, else by
+        the parent's own descriptor), registered but not yet referenced."""
+        pfd = parent.fd if dir_fd is None else dir_fd
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         node = self.table.find(st)
-        if node is not None:
-            return node, st
-        fd = os.open(name, OPATH, dir_fd=parent.fd)
-        try:
-            st = os.fstat(fd)  # what we opened, even if the name was swapped
-            node = self.table.find(st)
-        except BaseException:
-            os.close(fd)
-            raise
-        if node is not None:
-            os.close(fd)
-            return node, st
-        return self.table.add(st, fd), st
+        if node is None:
+            if not self.table.cache.room_for_new():
+                raise OSError(errno.EMFILE, "descriptor cache full of inodes it cannot evict")
+            fd = os.open(name, OPATH, dir_fd=pfd)
+            try:
+                st = os.fstat(fd)  # what we opened, even if the name was swapped
+                node = self.table.find(st)
+            except BaseException:
+                os.close(fd)
+                raise
+            if node is None:
+                node = self.table.add(st, fd)
+            else:
+                os.close(fd)
+        if node.kind != stat.S_IFDIR:
+            node.seen_as(parent.ino, name)
+        return node, st
 
-    def _adopt(self, fd: int) -> tuple[Inode, os.stat_result]:
-        """Register a new object from an O_PATH fd we own; one kernel reference."""
+    def _adopt(self, fd: int, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
+        """Register a new object `name` in `parent` from an O_PATH fd we own; one
+        kernel reference."""
         st = os.fstat(fd)
         node = self.table.find(st)
         if node is None:
             node = self.table.add(st, fd)
         else:
             os.close(fd)
+        if node.kind != stat.S_IFDIR:
+            node.seen_as(parent.ino, name)
         node.lookups += 1
         return node, st
 
@@ -179,6 +230,17 @@ class OpsCore(pyfuse3.Operations):
             if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID) \
                     and not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
                 os.chmod(proc_path(fd), mode)
+
+    def _check_room(self) -> None:
+        """EMFILE for one more open file or directory beyond `max_open`."""
+        if len(self.files) + len(self.dirs) < self.max_open:
+            return
+        self._refusals += 1
+        if self._refusals == 1 or self._refusals % 1000 == 0:
+            log.warning("%d files and directories open through the mount, the most this "
+                        "server's descriptor limit allows: opens get EMFILE (%d so far)",
+                        self.max_open, self._refusals)
+        raise OSError(errno.EMFILE, "too many files open through the mount")
 
     def _file(self, fh: int) -> FileHandle:
         try:

@@ -2,7 +2,11 @@
 
 - `renameat2` for RENAME_NOREPLACE / RENAME_EXCHANGE (os.rename has no flags);
 - `fchownat` / `utimensat` with AT_EMPTY_PATH, to act on an O_PATH file
-  descriptor itself — including a symlink, which must never be followed.
+  descriptor itself — including a symlink, which must never be followed;
+- `name_to_handle_at` / `open_by_handle_at`, so the inode table can close a
+  descriptor and reopen the very same inode later (see vfile.passthrough.fdcache). A
+  handle is only ever made here from a descriptor vfile itself holds; it never
+  comes from, or goes to, a user.
 
 `open_for_scan` opens what a scan reads with O_NOATIME: a scan is not an
 access by a user, and must not change the atime that mail readers, backup
@@ -35,6 +39,25 @@ _renameat2.restype = ctypes.c_int
 _fchownat = _libc.fchownat
 _fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
 _fchownat.restype = ctypes.c_int
+
+
+#: The kernel's MAX_HANDLE_SZ: the largest f_handle any filesystem encodes.
+MAX_HANDLE_SZ = 128
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+_HEADER = ctypes.sizeof(ctypes.c_uint) + ctypes.sizeof(ctypes.c_int)
+_name_to_handle_at = _libc.name_to_handle_at
+_name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle),
+                               ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+_name_to_handle_at.restype = ctypes.c_int
+_open_by_handle_at = _libc.open_by_handle_at
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_open_by_handle_at.restype = ctypes.c_int
 
 
 class _Timespec(ctypes.Structure):
@@ -72,6 +95,28 @@ def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
     """Set times of the inode an (O_PATH) fd refers to; None leaves a time as is."""
     times = (_Timespec * 2)(_ts(atime_ns), _ts(mtime_ns))
     _check(_utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), "utimensat")
+
+
+def name_to_handle(fd: int) -> tuple[bytes, int]:
+    """The file handle of the inode `fd` holds (AT_EMPTY_PATH: no name, no race)
+    and the id of the mount it was reached through. The bytes are the kernel's
+    `struct file_handle`, header included, ready for `open_by_handle`."""
+    h = _FileHandle()
+    h.handle_bytes = MAX_HANDLE_SZ
+    mount_id = ctypes.c_int()
+    _check(_name_to_handle_at(fd, b"", ctypes.byref(h), ctypes.byref(mount_id),
+                              AT_EMPTY_PATH), "name_to_handle_at")
+    return ctypes.string_at(ctypes.addressof(h), _HEADER + h.handle_bytes), mount_id.value
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """Open the inode `handle` names on the filesystem of `mount_fd` (which must
+    not be an O_PATH descriptor). Needs CAP_DAC_READ_SEARCH."""
+    fd = _open_by_handle_at(mount_fd, handle, flags)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_by_handle_at: {os.strerror(err)}")
+    return int(fd)
 
 
 def proc_path(fd: int) -> str:
