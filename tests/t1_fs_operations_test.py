@@ -39,6 +39,9 @@ class RecordingHooks:
     def allows_cached_nowait(self, st: os.stat_result, flags: int) -> bool:
         return False  # every open reaches on_open, so the test sees it
 
+    def forget_file(self, key: tuple[int, int]) -> None:
+        pass
+
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx) -> None:
         self.calls.append(("open", path))

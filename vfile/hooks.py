@@ -78,6 +78,10 @@ class FileHooks(Protocol):
         so `on_open` (and the path it needs) can be skipped. Never blocks."""
         ...
 
+    def forget_file(self, key: tuple[int, int]) -> None:
+        """The kernel forgot the file (st_dev, st_ino): per-file state may go."""
+        ...
+
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx) -> None: ...
 
@@ -98,6 +102,9 @@ class NoHooks:
 
     def allows_cached_nowait(self, st: os.stat_result, flags: int) -> bool:
         return True
+
+    def forget_file(self, key: tuple[int, int]) -> None:
+        pass
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx) -> None:

@@ -130,9 +130,9 @@ class OpsCore(pyfuse3.Operations):
         self.root_path = os.path.realpath(root_path)
         self.hooks: FileHooks = hooks if hooks is not None else NoHooks()
         self.table = InodeTable(root_fd, os.fstat(root_fd), cache=open_fd_cache(root_fd, fd_cache))
-        # Optional hook: per-file state in the hooks (the gate's verdict cache) follows
-        # the inodes the kernel knows, so it cannot grow with files long deleted.
-        self.table.on_drop = getattr(self.hooks, "forget_file", None)
+        # Per-file state in the hooks (the gate's verdict cache) follows the inodes the
+        # kernel knows, so it cannot grow with files long deleted.
+        self.table.on_drop = self.hooks.forget_file
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_open = max_open_files(nofile, self.table.cache.capacity)
         self._refusals = 0
