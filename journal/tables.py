@@ -218,7 +218,7 @@ def op_defer(txn: Txn, t: Tables, *, path: str, identity: Identity | None, reaso
 class PreparedDefer:
     """A defer made ready on the trio thread: what the writer thread needs, precomputed."""
 
-    __slots__ = ("error", "exposure", "hash", "identity", "key", "now", "okey", "path",
+    __slots__ = ("error", "exposure", "hash", "held", "identity", "key", "now", "okey", "path",
                  "profile", "reason", "result", "seq", "value")
 
     def __init__(self, t: Tables, path: str, *, identity: Identity | None, reason: Reason,
@@ -237,6 +237,7 @@ class PreparedDefer:
         self.value = encode_new_deferred(path, seq, identity, reason=reason, profile=profile,
                                          now=now, error=error, exposure=exposure)
         self.result: int = 0
+        self.held = False  # its caller stopped waiting; still queued (commit.py, tier 3)
 
     def run_slow(self, txn: Txn, t: Tables) -> int:
         return op_defer(txn, t, path=self.path, identity=self.identity, reason=self.reason,

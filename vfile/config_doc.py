@@ -45,6 +45,10 @@ SECTIONS = (
     Section("[pool]", c.PoolConfig,
             "The appliance pool: failover in priority order, a circuit breaker and a "
             "background health probe per appliance. Also used by the drain."),
+    Section("[journal]", c.JournalConfig,
+            "The journal's durability (README \"Durability of journal records\"). Write "
+            "intents are fsynced before the operation returns; records of unscanned reads "
+            "are committed at once and fsynced in the background."),
     Section("[[profile]]", c.Profile,
             "Policy for a set of paths, one table per profile. The first profile whose "
             "`paths` match a file wins; the default profile catches everything else. A "
@@ -68,6 +72,10 @@ HELP: dict[tuple[type, str], Key] = {
     (c.MountConfig, "quarantine_dir"): Key(
         "path", "Where quarantined files go (created 0700; outside the source). Default: "
         "`quarantine/` in the state directory.", '"/var/lib/vfile/quarantine"'),
+    (c.JournalConfig, "sync_interval"): Key(
+        "duration", "How often records of unscanned reads (and verdicts) are fsynced in the "
+        "background; a power loss can lose at most this much of them (a process crash "
+        "none). Also done at quiesce, resume and unmount.", '"1s"'),
     (c.PoolConfig, "attempt_timeout"): Key(
         "duration", "One attempt against one appliance (health probes and the drain).",
         '"1s"'),

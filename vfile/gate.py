@@ -11,8 +11,10 @@ Invariants:
   (a "flight"). The scan runs in the gate's own nursery (`serve`), on its own
   file descriptor, so a waiter cancelled by a FUSE interrupt neither kills it
   for the others nor pulls the descriptor from under it.
-- `safe`: the journal entry (with who opened the file) is durable before the
-  open returns. Write intents are durable before `on_write_intent` returns.
+- `safe`: the journal entry (with who opened the file) is committed before the
+  open returns (tier 2: not fsynced; or, when the state disk takes no write
+  within the profile's deadline, queued in memory until it does). Write
+  intents are durable (fsynced) before `on_write_intent` returns.
 - A verdict is stored for the identity the scanned descriptor had before and
   after the scan; content that changed during the scan gets no verdict.
 - While a path has an unresolved write intent, a cached clean verdict does
@@ -170,6 +172,7 @@ class Gate:
         self._idle.set()
         self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
+        self._held_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self.stats = _Stats()
         #: profile name -> scan-debt state; the mount wires in its QuotaMonitor
         self.quota: Callable[[str], QuotaState] = lambda name: QuotaState.NONE
@@ -443,10 +446,20 @@ class Gate:
             self.stats.deferrals += 1
             self.stats.exposures += d.exposure
             error = verdict.detail if verdict is not None and verdict.is_error else ""
-            seq = await self._journal.defer(path, identity, JournalReason(d.reason.value),
-                                            profile.name, exposure=self._exposure(ctx),
-                                            error=error)
-            if (intent := self._intents.get(path)) is not None:
+            # Tier 2 (README "Durability of journal records"): an unscanned read changes
+            # no content, so its record is committed without fsync, and waited for at
+            # most the deadline; then it stays queued in memory until the disk takes it.
+            seq: int | None = None
+            with trio.move_on_after(profile.deadline):
+                seq = await self._journal.defer(path, identity, JournalReason(d.reason.value),
+                                                profile.name, exposure=self._exposure(ctx),
+                                                error=error, durable=False, hold=True)
+            if seq is None:
+                self._held_log(f"held:{profile.name}", logging.WARNING,
+                               "journal: %r recorded in memory only (the state disk took no "
+                               "write within %gs); written when it does", path,
+                               profile.deadline)
+            elif (intent := self._intents.get(path)) is not None:
                 intent.seq = seq  # the same entry, re-deferred: the close scan resolves it
             self._exposure_log(f"safe:{profile.name}", logging.INFO,
                                "deferred: %r opened unscanned (profile %s, %s), journaled",

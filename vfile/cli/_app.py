@@ -50,13 +50,19 @@ StateDir = Annotated[str | None, typer.Option(
     "mountpoint under /var/lib/vfile/).")]
 
 
-def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
-    """Log to stderr at the level -v asks for, as plain text or JSON lines (vfile.logfmt)."""
+def setup_logging(verbose: int = 0, fmt: str = "plain", *, queued: bool = False) -> None:
+    """Log to stderr at the level -v asks for, as plain text or JSON lines (vfile.logfmt).
+    `queued` (a mount server): lines are written by a thread (vfile.logqueue)."""
     from vfile.logfmt import formatter
 
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
+    if queued:
+        from vfile import logqueue
+
+        logqueue.install(handler, level)
+        return
     logging.basicConfig(level=level, handlers=[handler])
 
 

@@ -103,7 +103,7 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
 
         parse_address(metrics)  # a bad address fails here, before anything starts
     if foreground:
-        setup_logging(verbose, log_format)
+        setup_logging(verbose, log_format, queued=True)
         mount_mod.run_foreground(opts, ready_fd)
         return
     setup_logging(verbose, log_format)
