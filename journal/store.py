@@ -293,6 +293,11 @@ class Journal:
             with env.begin() as txn:
                 _check_meta(txn, env, where)  # again: it could have changed since the probe
             t = tables.open_tables(env, None)
+            if t.profiles is None and not readonly:
+                # Format 1: build the profile index and counters once (tables.upgrade).
+                with env.begin(write=True) as txn:
+                    t = tables.upgrade(env, txn, t)
+                env.sync(True)
             with env.begin() as txn:
                 t.seq.adopt(tables.stored_seq(txn, t))
         except BaseException:
@@ -472,12 +477,47 @@ class Journal:
 
     def list_deferred(self, *, limit: int | None = None,
                       include_poisoned: bool = True) -> list[DeferredEntry]:
+        """Deferred entries, oldest first; `limit` N costs O(N log profiles)."""
         t = self._t
-        entries = self._read(lambda txn: [e for _, e in tables.iter_entries(txn, t)])
-        entries.sort(key=lambda e: e.order)
-        if not include_poisoned:
-            entries = [e for e in entries if not e.poisoned]
-        return entries if limit is None else entries[:limit]
+        if t.profiles is None:  # a format-1 journal opened read-only: walk it
+            entries = self._read(lambda txn: [e for _, e in tables.iter_entries(txn, t)])
+            entries.sort(key=lambda e: e.order)
+            if not include_poisoned:
+                entries = [e for e in entries if not e.poisoned]
+            return entries if limit is None else entries[:limit]
+
+        def read(txn: Txn) -> list[DeferredEntry]:
+            out: list[DeferredEntry] = []
+            for e in tables.iter_oldest_first(txn, t):
+                if include_poisoned or not e.poisoned:
+                    out.append(e)
+                    if limit is not None and len(out) >= limit:
+                        break
+            return out
+
+        return self._read(read)
+
+    def profile_debts(self) -> dict[str, tuple[int, int, float]]:
+        """Per profile with entries: (entries, bytes, age of the oldest in s), from the
+        counters and one index lookup per profile: no walk (the quota's measure)."""
+        t, now = self._t, self._clock()
+
+        def read(txn: Txn) -> dict[str, tuple[int, int, float]]:
+            if t.profiles is None:
+                acc: dict[str, tuple[int, int, float]] = {}
+                for _, e in tables.iter_entries(txn, t):
+                    n, b, age = acc.get(e.profile, (0, 0, 0.0))
+                    acc[e.profile] = (n + 1, b + (e.identity.size if e.identity else 0),
+                                      max(age, now - e.first_deferred))
+                return acc
+            out = {}
+            for name, (n, b) in tables.profile_counts(txn, t).items():
+                oldest = tables.oldest_of_profile(txn, t, name)
+                out[name] = (n, b, 0.0 if oldest is None
+                             else max(0.0, now - oldest.first_deferred))
+            return out
+
+        return self._read(read)
 
     def list_quarantine(self) -> list[QuarantineRecord]:
         t = self._t
@@ -508,9 +548,18 @@ class Journal:
             indexed = int(txn.stat(t.order)["entries"])
             oldest: float | None = None
             size = 0
-            for _, e in tables.iter_entries(txn, t):
-                oldest = e.first_deferred if oldest is None else min(oldest, e.first_deferred)
-                size += e.identity.size if e.identity is not None else 0
+            if t.profiles is None:  # format 1, read-only: walk
+                for _, e in tables.iter_entries(txn, t):
+                    oldest = e.first_deferred if oldest is None else min(oldest,
+                                                                         e.first_deferred)
+                    size += e.identity.size if e.identity is not None else 0
+            else:  # O(profiles): counters and the first index key of each profile
+                for name, (_, b) in tables.profile_counts(txn, t).items():
+                    size += b
+                    first = tables.oldest_of_profile(txn, t, name)
+                    if first is not None:
+                        oldest = first.first_deferred if oldest is None else min(
+                            oldest, first.first_deferred)
             return {
                 "deferred": deferred, "poisoned": deferred - indexed,
                 "oldest_age_s": None if oldest is None else max(0.0, now - oldest),

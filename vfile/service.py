@@ -178,7 +178,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         window = Window()
         window.subscribe(gate.set_window)
         window.subscribe(pool.set_quiet)
-        quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
+        quota = QuotaMonitor(config.all_profiles(), journal.profile_debts)
         gate.quota = quota.state
         drain = Drain(journal, gate.resolve,
                       ready=lambda: pool.available() and not window.active)
