@@ -219,6 +219,13 @@ class GroupCommitter:
             if start:
                 self._running = True
         if start:
+            if not durable:
+                # Let operations made in this same scheduling round (a drain's
+                # completions, a reader's next record) join this transaction: one
+                # writer-thread hand-off for all of them. Shielded and bounded: the
+                # writer must start even if this caller is cancelled meanwhile.
+                with trio.CancelScope(shield=True):
+                    await trio.lowlevel.checkpoint()
             self._start_writer()
         try:
             await batch.event.wait()

@@ -49,6 +49,7 @@ from vfile.actions import Actions, open_parent
 from vfile.config import Config, Profile, Trigger
 from vfile.drain import Outcome as DrainOutcome
 from vfile.drain import Resolution
+from vfile.drain import scan_done as drain_scan_done
 from vfile.hooks import Denied, RequestCtx
 from vfile.observe import Observer
 from vfile.policy import (
@@ -671,6 +672,8 @@ class Gate:
                 self._remember(record)
         finally:
             os.close(fd)
+            if (done := drain_scan_done.get()) is not None:
+                done()  # the appliance's part is over: the drain may start its next scan
         if record.outcome == "infected":
             trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
             log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",
