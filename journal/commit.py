@@ -17,8 +17,24 @@ How it works (a pipelined writer thread, no background task):
   records, while the writer sits in N+1's fsync with the GIL released --
   rather than competing for the GIL with the writer's own puts.
 - A batch's callers are woken by one event, set on the trio thread (via the
-  run's token) after the commit of their batch returned, i.e. after LMDB's
-  fsync when the environment is opened with `sync=True`.
+  run's token) after the commit of their batch returned -- and, if any of
+  its operations is durable (tier 1, README "Durability of journal
+  records"), after the fsync that follows that commit.
+
+Durability tiers (the environment is opened with `sync=False`, so a commit
+alone reaches the OS page cache: it survives a process crash, not a power
+loss):
+- tier 1, `durable=True` (the default for every write): the batch's commit is
+  followed by `env.sync(True)` before any of its callers is woken. One fsync
+  serves the whole batch, and every earlier non-durable commit with it.
+- tier 2, `durable=False`: committed without fsync; `sync_if_dirty` (called
+  every `sync_interval` by the mount, and at quiesce, resume and close)
+  makes it durable later.
+- tier 3: a tier-2 caller may stop waiting (its deadline passed: a frozen or
+  slow state disk) without taking its record back: the record stays queued
+  in memory (`held`) and is written when the disk takes writes again. The
+  queue is bounded (`MAX_QUEUED`): beyond it a tier-2 write is refused with
+  `JournalFull` at once rather than queued.
 
 Invariants:
 - Failure is all-or-nothing per batch: if any operation or the commit raises,
@@ -34,7 +50,8 @@ Invariants:
   Reads are synchronous on the trio thread, so no read is open then either.
 - Cancellation never loses or corrupts another caller's record:
   * a waiter cancelled while its batch is still pending takes its operation
-    out of it (not acknowledged, not written -- both fine);
+    out of it (not acknowledged, not written -- both fine), unless the
+    operation is a held tier-2 record (`hold=True`): that one stays queued;
   * a waiter cancelled after its batch was taken simply stops waiting (the
     record may become durable without being acknowledged: the journal holds
     a superset of what was acknowledged). Nobody leads, so nobody has to
@@ -64,26 +81,33 @@ T = TypeVar("T")
 
 #: The map never grows past this; beyond it the journal reports itself full.
 MAX_MAP_SIZE = 1 << 40
+#: Operations waiting for a writer, beyond which a tier-2 write is refused at once
+#: (a state disk that takes no writes must not grow our memory without bound).
+#: A queued defer is a few hundred bytes: 64k of them are tens of MiB.
+MAX_QUEUED = 65536
 
 _PENDING, _TAKEN, _DONE = 0, 1, 2
 
 
 class _Op(Generic[T]):
-    __slots__ = ("fn", "result")
+    __slots__ = ("durable", "fn", "held", "result")
 
-    def __init__(self, fn: Callable[[Txn], T]) -> None:
+    def __init__(self, fn: Callable[[Txn], T], durable: bool = True) -> None:
         self.fn = fn
         self.result: Any = None
+        self.durable = durable
+        self.held = False
 
 
 class _Batch:
-    __slots__ = ("error", "event", "ops", "state")
+    __slots__ = ("durable", "error", "event", "ops", "state")
 
     def __init__(self) -> None:
         self.ops: list[Any] = []  # _Op | PreparedDefer, in arrival order
         self.event = trio.Event()
         self.state = _PENDING
         self.error: BaseException | None = None
+        self.durable = False  # some operation needs the fsync (tier 1)
 
 
 class _NeedsGrowth(Exception):
@@ -125,8 +149,11 @@ class GroupCommitter:
     """Serialises write transactions on one environment, batching concurrent callers."""
 
     def __init__(self, env: lmdb.Environment, t: Tables, where: str,
-                 on_map_full: Callable[[], bool], max_batch: int | None = None) -> None:
+                 on_map_full: Callable[[], bool], *, max_batch: int | None = None,
+                 fsync: bool = True) -> None:
         self._env = env
+        # False: never fsync (benchmarks, tests); every tier is then a tier-2 record.
+        self._fsync = fsync
         self._t = t
         self._where = where
         # Called on the trio thread after MapFullError; returns False when it cannot grow.
@@ -144,23 +171,41 @@ class GroupCommitter:
         self._token: trio.lowlevel.TrioToken | None = None
         self.batches = 0
         self.ops = 0
+        #: operations queued, not yet taken by a writer (guarded by _lock)
+        self.queued = 0
+        #: tier-2 records whose callers stopped waiting, not yet committed (trio thread)
+        self.held = 0
+        #: held records lost because their batch failed (trio thread)
+        self.held_lost = 0
+        #: non-durable commits since the last fsync (the writer adds, a sync subtracts)
+        self.unsynced = 0
+        self.fsyncs = 0
+        self.refused = 0
 
     # --- the trio side ----------------------------------------------------------------------
 
-    async def submit(self, fn: Callable[[Txn], T]) -> T:
-        """Run `fn(txn)` in a durable write transaction shared with concurrent callers."""
-        op: _Op[T] = _Op(fn)
-        await self._wait(op)
+    async def submit(self, fn: Callable[[Txn], T], *, durable: bool = True) -> T:
+        """Run `fn(txn)` in a write transaction shared with concurrent callers; with
+        `durable`, return only once it is fsynced."""
+        op: _Op[T] = _Op(fn, durable)
+        await self._wait(op, durable, hold=False)
         result: T = op.result
         return result
 
-    async def submit_defer(self, prepared: PreparedDefer) -> int:
-        """Store a prepared defer durably; its seq (normally `prepared.seq`)."""
-        await self._wait(prepared)
+    async def submit_defer(self, prepared: PreparedDefer, *, durable: bool = True,
+                           hold: bool = False) -> int:
+        """Store a prepared defer; its seq (normally `prepared.seq`). `hold`: a
+        cancelled caller leaves the record queued (tier 3, module docstring)."""
+        await self._wait(prepared, durable, hold=hold and not durable)
         return prepared.result
 
-    async def _wait(self, op: Any) -> None:
+    async def _wait(self, op: Any, durable: bool, *, hold: bool) -> None:
         with self._lock:
+            if not durable and self.queued >= MAX_QUEUED:
+                self.refused += 1
+                raise JournalFull(f"journal {self._where}: {self.queued} records wait for "
+                                  "the state disk, which takes no writes; nothing was written")
+            self.queued += 1
             batches = self._batches
             if batches and (self._max_batch is None
                             or len(batches[-1].ops) < self._max_batch):
@@ -169,17 +214,29 @@ class GroupCommitter:
                 batch = _Batch()
                 batches.append(batch)
             batch.ops.append(op)
+            batch.durable = batch.durable or durable
             start = not self._running
             if start:
                 self._running = True
         if start:
+            if not durable:
+                # Let operations made in this same scheduling round (a drain's
+                # completions, a reader's next record) join this transaction: one
+                # writer-thread hand-off for all of them. Shielded and bounded: the
+                # writer must start even if this caller is cancelled meanwhile.
+                with trio.CancelScope(shield=True):
+                    await trio.lowlevel.checkpoint()
             self._start_writer()
         try:
             await batch.event.wait()
         except BaseException:
             with self._lock:
-                if batch.state == _PENDING:
+                if batch.state == _PENDING and not hold:
                     batch.ops.remove(op)
+                    self.queued -= 1
+                elif hold and batch.state != _DONE:
+                    op.held = True  # written when the disk takes it (_finish counts it)
+                    self.held += 1
             raise
         if batch.error is not None:
             raise translate(batch.error, self._where)
@@ -193,7 +250,14 @@ class GroupCommitter:
                                         name="journal writer")
 
     def _finish(self, batch: _Batch) -> None:
+        # On the trio thread.
         batch.state = _DONE
+        for op in batch.ops:
+            if op.held:
+                op.held = False
+                self.held -= 1
+                if batch.error is not None:
+                    self.held_lost += 1
         batch.event.set()
 
     def _regrow(self, batch: _Batch, err: BaseException) -> None:
@@ -211,6 +275,7 @@ class GroupCommitter:
         else:
             with self._lock:
                 self._batches.appendleft(batch)
+                self.queued += len(batch.ops)
         with self._lock:
             if not self._batches:
                 self._running = False
@@ -229,6 +294,7 @@ class GroupCommitter:
             with self._lock:
                 stranded = list(self._batches)
                 self._batches.clear()
+                self.queued = 0
                 self._running = False
             for b in stranded:
                 b.error = JournalError(f"journal {self._where}: writer died: {err!r}")
@@ -250,6 +316,16 @@ class GroupCommitter:
                 return fn()
         return await trio.to_thread.run_sync(locked)
 
+    def sync_now(self) -> None:
+        """fsync the environment (blocking; in a thread). Concurrent commits are fine:
+        LMDB's env sync is an fdatasync of the data file, it takes no lock."""
+        with self._lock:
+            before = self.unsynced
+        self._env.sync(True)
+        with self._lock:
+            self.fsyncs += 1
+            self.unsynced -= before
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait (blocking) until no writer thread runs; for close()."""
         with self._lock:
@@ -266,6 +342,7 @@ class GroupCommitter:
                     self._running = False
                 else:
                     batch.state = _TAKEN
+                    self.queued -= len(batch.ops)
             if batch is None:
                 if done is not None:
                     self._post(self._finish, done)
@@ -305,6 +382,12 @@ class GroupCommitter:
                 self._post(self._finish, done)
                 done = None
             txn.commit()
+            if batch.durable and self._fsync:
+                # Tier 1: durable before any caller of the batch is woken.
+                self.sync_now()
+            else:
+                with self._lock:
+                    self.unsynced += 1
         except (lmdb.MapFullError, lmdb.MapResizedError) as err:
             raise _NeedsGrowth(err) from None
         finally:

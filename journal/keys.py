@@ -8,6 +8,9 @@ Invariants:
   always one-element) range of keys sharing the hash and compares paths.
 - An order key is the entry's `order` (8 bytes big-endian) followed by its
   path key, so the order index sorts oldest first and is unique per entry.
+- A profile index key is the profile name (utf-8), a NUL, the entry's
+  `order` (8 bytes big-endian) and its path key: one range per profile,
+  oldest first.
 - A verdict key is the identity's five integers followed by xxh3_64 of the
   signature version; the value repeats both, and a read checks them, so a
   hash collision can only cause a miss, never a wrong verdict. All verdicts
@@ -64,6 +67,29 @@ def order_key(order: int, pkey: bytes) -> bytes:
 
 def order_key_split(key: bytes) -> tuple[int, bytes]:
     return int(_U64.unpack_from(key)[0]), bytes(key[8:])
+
+
+def profile_bytes(profile: str) -> bytes:
+    return profile.encode("utf-8", "surrogateescape")
+
+
+def profile_prefix(profile: str) -> bytes:
+    """Every index key of a profile starts with this (profile names hold no NUL)."""
+    return profile_bytes(profile) + b"\0"
+
+
+def profile_key(profile: str, order: int, pkey: bytes) -> bytes:
+    """Key of the profile index: the profile's prefix, the entry's order, its path key."""
+    return profile_prefix(profile) + _U64.pack(order) + pkey
+
+
+def profile_key_order(key: bytes, prefix_len: int) -> int:
+    return int(_U64.unpack_from(key, prefix_len)[0])
+
+
+def profile_key_path(key: bytes) -> bytes:
+    """The path key at the end of a profile index key."""
+    return bytes(key[-PATH_KEY_LEN:])
 
 
 def verdict_key(identity: Identity, sig_version: str) -> bytes:

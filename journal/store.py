@@ -9,14 +9,26 @@ Invariants:
   sub-directory, then its `data.mdb` renamed into place. A crash during
   creation leaves either no journal or a complete one, never an LMDB
   environment without vfile's magic (which would then look foreign).
-- Writes go through the group committer (commit.py): every async write
-  method returns only once its transaction is durable. Reads are synchronous
-  on the calling (trio) thread: an LMDB read is microseconds, cheaper than a
-  thread hop, and it keeps the writer thread the only other user of the env.
+- Writes go through the group committer (commit.py). A write returns once
+  its transaction is committed; tier-1 writes (content-change records,
+  renames, quarantine, administrator edits) only once it is also fsynced;
+  tier-2 writes (unscanned-read records, verdicts, drain bookkeeping) are
+  fsynced by `sync_if_dirty` within the mount's `sync_interval`, and at
+  quiesce, resume and close. See README "Durability of journal records".
+- Reads are synchronous on the calling (trio) thread: an LMDB read is
+  microseconds, cheaper than a thread hop, and it keeps the writer thread the
+  only other user of the env.
+- A read never waits for the state disk: with `lock_dir` (a tmpfs such as
+  /run), LMDB's lock file lives there (`lock.mdb` is a symlink to it). A read
+  transaction stores into the lock file's mmap (its reader slot); on a frozen
+  file system that store faults and blocks until thaw, holding the GIL, so the
+  whole process would stop. Data pages are mapped read-only and are never
+  written through the map, so reads of them do not block.
 - An environment is never used across fork(): every call checks the pid.
 
-What the LMDB durability options trade (all on by default, `sync=False` turns
-both `sync` and `metasync` off):
+The environment of a writable journal is opened with `sync=False` (LMDB's
+MDB_NOSYNC, metasync off too): durability is decided per transaction by the
+committer, with an explicit `env.sync(True)`. What the LMDB options trade:
 - `sync`: fsync the data file at each commit. Off: a commit is only in the
   page cache; an OS crash or power loss can lose the last transactions (LMDB
   stays consistent, it rolls back to an older meta page). A process crash
@@ -32,7 +44,9 @@ both `sync` and `metasync` off):
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -42,6 +56,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
+import trio
+import xxhash
 
 from vfile.journal import queue, tables
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
@@ -67,6 +83,7 @@ T = TypeVar("T")
 DATA_FILE = "data.mdb"
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_ATTEMPTS = 10
+LOCK_FILE = "lock.mdb"
 
 
 def _check_meta(txn: Txn, env: lmdb.Environment, where: Path) -> None:
@@ -110,6 +127,70 @@ def probe(state_dir: Path) -> None:
         env.close()
 
 
+def _lock_target(state_dir: Path, lock_dir: Path) -> Path:
+    digest = xxhash.xxh3_64_hexdigest(os.fsencode(os.path.realpath(state_dir)))
+    return lock_dir / f"journal-{digest}.lock"
+
+
+def place_lock(state_dir: Path, lock_dir: Path) -> bool:
+    """Make `state_dir/lock.mdb` a symlink into `lock_dir` (a tmpfs), so reads
+    never store into a file on the state disk (module docstring). Returns False
+    (and leaves the lock where it is) if another process uses the current one.
+
+    LMDB keeps nothing in its lock file that must outlive the last process
+    using the environment, so a lock file that vanished with /run is fine."""
+    link = state_dir / LOCK_FILE
+    target = _lock_target(state_dir, lock_dir)
+    try:
+        if os.readlink(link) == str(target):
+            return True
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # EINVAL: a regular file
+            raise
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Nobody may be using the current lock file while we swap it: LMDB holds a
+    # shared fcntl lock on its first byte in every process that has the env open.
+    fd = -1
+    if os.path.lexists(link):
+        try:
+            fd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1  # a dangling symlink (its tmpfs was emptied): nobody uses it
+        if fd >= 0:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+            except OSError:
+                os.close(fd)
+                log.warning("journal %s: its lock file is in use by another process; "
+                            "left on the state disk this time", state_dir)
+                return False
+    try:
+        tmp = state_dir / f".lock-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return True
+
+
+def _ensure_lock_dir(state_dir: Path) -> None:
+    # `lock.mdb` points into a tmpfs emptied since (a reboot): recreate its directory,
+    # so LMDB can create the lock file through the symlink.
+    link = state_dir / LOCK_FILE
+    try:
+        target = Path(os.readlink(link))
+    except OSError:
+        return
+    if not target.parent.exists():
+        with contextlib.suppress(OSError):
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def _create(state_dir: Path, map_size: int) -> None:
     tmp = state_dir / f".init-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +216,8 @@ class Journal:
     """Deferred scans, verdicts and quarantine records of one mount."""
 
     def __init__(self, env: lmdb.Environment, t: tables.Tables, where: Path, *,
-                 readonly: bool, max_attempts: int, clock: Callable[[], float]) -> None:
+                 readonly: bool, max_attempts: int, clock: Callable[[], float],
+                 fsync: bool = True) -> None:
         self._env = env
         self._t = t
         self.path = where
@@ -143,21 +225,28 @@ class Journal:
         self.max_attempts = max_attempts
         self._clock = clock
         self._pid = os.getpid()
-        self._committer = GroupCommitter(env, t, str(where), self._grow_map)
+        self._fsync = fsync
+        self._committer = GroupCommitter(env, t, str(where), self._grow_map, fsync=fsync)
+        self._sync_limiter = trio.CapacityLimiter(1)
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
              readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE,
              max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-             clock: Callable[[], float] = time.time, group_commit: bool = True) -> Journal:
+             clock: Callable[[], float] = time.time, group_commit: bool = True,
+             lock_dir: str | os.PathLike[str] | None = None) -> Journal:
         """Open (creating if missing, unless `readonly`) the journal in `state_dir`.
 
-        `group_commit=False` runs one transaction per operation (for comparison).
+        `sync=False` never fsyncs (benchmarks and tests only: tier-1 records then
+        survive a process crash but not a power loss). `group_commit=False` runs
+        one transaction per operation (for comparison). `lock_dir`: keep LMDB's
+        lock file there (a tmpfs), see `place_lock`.
         """
         where = Path(state_dir)
         try:
             journal = cls._open(where, sync=sync, readonly=readonly, map_size=map_size,
-                                max_attempts=max_attempts, clock=clock)
+                                max_attempts=max_attempts, clock=clock,
+                                lock_dir=None if lock_dir is None else Path(lock_dir))
         except PermissionError:
             raise JournalUnreadable(f"{where}: permission denied") from None
         except lmdb.Error as err:
@@ -168,12 +257,13 @@ class Journal:
             raise JournalUnreadable(f"{where}: {err.strerror or err}") from None
         if not group_commit:
             journal._committer = GroupCommitter(journal._env, journal._t, str(where),
-                                                journal._grow_map, max_batch=1)
+                                                journal._grow_map, max_batch=1, fsync=sync)
         return journal
 
     @classmethod
     def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,
-              max_attempts: int, clock: Callable[[], float]) -> Journal:
+              max_attempts: int, clock: Callable[[], float],
+              lock_dir: Path | None) -> Journal:
         if not where.exists():
             if readonly:
                 raise JournalUnreadable(f"{where}: no journal here (directory missing)")
@@ -191,19 +281,30 @@ class Journal:
             raise JournalUnreadable(f"{where}: no journal here")
         else:
             _create(where, map_size)
+        if lock_dir is not None and not readonly:
+            place_lock(where, lock_dir)
+        else:
+            _ensure_lock_dir(where)
+        # sync=False: the committer fsyncs explicitly, per durability tier (commit.py).
         env = lmdb.open(str(where), map_size=map_size, max_dbs=tables.MAX_DBS,
-                        readonly=readonly, sync=sync, metasync=sync, mode=0o600,
+                        readonly=readonly, sync=False, metasync=False, mode=0o600,
                         create=False, max_spare_txns=4)
         try:
             with env.begin() as txn:
                 _check_meta(txn, env, where)  # again: it could have changed since the probe
             t = tables.open_tables(env, None)
+            if t.profiles is None and not readonly:
+                # Format 1: build the profile index and counters once (tables.upgrade).
+                with env.begin(write=True) as txn:
+                    t = tables.upgrade(env, txn, t)
+                env.sync(True)
             with env.begin() as txn:
                 t.seq.adopt(tables.stored_seq(txn, t))
         except BaseException:
             env.close()
             raise
-        return cls(env, t, where, readonly=readonly, max_attempts=max_attempts, clock=clock)
+        return cls(env, t, where, readonly=readonly, max_attempts=max_attempts, clock=clock,
+                   fsync=sync)
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -211,6 +312,11 @@ class Journal:
             if not self._committer.wait_idle(30.0):
                 log.error("journal %s: closing while a write transaction still runs",
                           self.path)
+            if not self.readonly and self._fsync and self._committer.unsynced:
+                try:
+                    self._committer.sync_now()  # tier-2 records: durable at unmount
+                except lmdb.Error as err:
+                    log.error("journal %s: final sync failed: %s", self.path, err)
             self._env.close()
 
     def __enter__(self) -> Journal:
@@ -238,9 +344,9 @@ class Journal:
         if self.readonly:
             raise JournalError(f"{self.path}: journal opened read-only")
 
-    async def _write(self, fn: Callable[[Txn], T]) -> T:
+    async def _write(self, fn: Callable[[Txn], T], *, durable: bool = True) -> T:
         self._check_writable()
-        return await self._committer.submit(fn)
+        return await self._committer.submit(fn, durable=durable)
 
     def _read(self, fn: Callable[[Txn], T]) -> T:
         self._check()
@@ -256,30 +362,41 @@ class Journal:
     # --- writes ------------------------------------------------------------------------------
 
     async def defer(self, path: str, identity: Identity | None, reason: Reason, profile: str,
-                    *, exposure: Exposure | None = None, error: str = "") -> int:
+                    *, exposure: Exposure | None = None, error: str = "",
+                    durable: bool = True, hold: bool = False) -> int:
+        """Record that `path` needs a scan. `durable` (tier 1): fsynced before this
+        returns; otherwise (tier 2) committed, fsynced within the sync interval.
+        `hold` (tier 2 only): if the caller is cancelled (its deadline passed), the
+        record stays queued in memory and is written when the disk takes it."""
         self._check_writable()
         # Seq, keys and value are made here, on the trio thread: the writer thread
         # then mostly just puts them (see tables.BatchWriter).
         return await self._committer.submit_defer(tables.PreparedDefer(
             self._t, path, identity=identity, reason=reason, profile=profile,
-            exposure=exposure, error=error, now=self._clock()))
+            exposure=exposure, error=error, now=self._clock()), durable=durable, hold=hold)
+
+    # Resolving, verdicts and the drain's bookkeeping are tier 2: losing them to a
+    # power loss only means a file is scanned again (README "Durability").
 
     async def complete(self, path: str, seq: int, verdict: VerdictRecord | None) -> bool:
         t = self._t
-        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict))
+        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict),
+                                 durable=False)
 
     async def put_verdict(self, verdict: VerdictRecord) -> None:
         t = self._t
-        await self._write(lambda txn: tables.op_put_verdict(txn, t, verdict))
+        await self._write(lambda txn: tables.op_put_verdict(txn, t, verdict), durable=False)
 
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]:
         now, t = self._clock(), self._t
-        return await self._write(lambda txn: queue.op_claim(txn, t, n, lease, now))
+        return await self._write(lambda txn: queue.op_claim(txn, t, n, lease, now),
+                                 durable=False)
 
     async def release(self, path: str, seq: int, error: str) -> None:
         now, t, limit = self._clock(), self._t, self.max_attempts
         if await self._write(lambda txn: queue.op_release(
-            txn, t, path=path, seq=seq, error=error, now=now, max_attempts=limit)):
+            txn, t, path=path, seq=seq, error=error, now=now, max_attempts=limit),
+                durable=False):
             log.warning("journal: %r poisoned after %d failed scan attempts: %s",
                         path, limit, error)
 
@@ -292,8 +409,9 @@ class Journal:
         return await self._write(lambda txn: queue.op_purge(txn, t, path, poisoned_only))
 
     async def forget_path(self, path: str) -> None:
+        # Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it.
         t = self._t
-        await self._write(lambda txn: tables.op_forget(txn, t, path))
+        await self._write(lambda txn: tables.op_forget(txn, t, path), durable=False)
 
     async def rename_path(self, old: str, new: str) -> None:
         t = self._t
@@ -313,9 +431,38 @@ class Journal:
         await self._write(lambda txn: tables.op_remove_quarantine(txn, t, id))
 
     async def sync(self) -> None:
+        """fsync now, between write transactions (quiesce, resume)."""
         self._check()
-        env = self._env
-        await self._committer.run_exclusive(lambda: env.sync(True))
+        await self._committer.run_exclusive(self._committer.sync_now)
+
+    async def sync_if_dirty(self) -> bool:
+        """fsync if a commit since the last fsync was not fsynced (tier-2 records).
+        On a state disk that takes no writes this waits in a thread; cancelling the
+        caller abandons the wait (the thread finishes when the disk thaws)."""
+        self._check()
+        if self.readonly or not self._fsync or not self._committer.unsynced:
+            return False
+        await trio.to_thread.run_sync(self._committer.sync_now, limiter=self._sync_limiter,
+                                      abandon_on_cancel=True)
+        return True
+
+    async def serve_sync(self, interval: float, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        """Run `sync_if_dirty` every `interval` seconds until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.sync_if_dirty()
+            except lmdb.Error as err:
+                log.error("journal %s: background sync failed: %s", self.path, err)
+
+    def durability(self) -> dict[str, int]:
+        """Counters of the durability tiers (README "Durability of journal records")."""
+        c = self._committer
+        return {"unsynced_commits": c.unsynced, "fsyncs": c.fsyncs, "queued": c.queued,
+                "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused}
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -330,12 +477,47 @@ class Journal:
 
     def list_deferred(self, *, limit: int | None = None,
                       include_poisoned: bool = True) -> list[DeferredEntry]:
+        """Deferred entries, oldest first; `limit` N costs O(N log profiles)."""
         t = self._t
-        entries = self._read(lambda txn: [e for _, e in tables.iter_entries(txn, t)])
-        entries.sort(key=lambda e: e.order)
-        if not include_poisoned:
-            entries = [e for e in entries if not e.poisoned]
-        return entries if limit is None else entries[:limit]
+        if t.profiles is None:  # a format-1 journal opened read-only: walk it
+            entries = self._read(lambda txn: [e for _, e in tables.iter_entries(txn, t)])
+            entries.sort(key=lambda e: e.order)
+            if not include_poisoned:
+                entries = [e for e in entries if not e.poisoned]
+            return entries if limit is None else entries[:limit]
+
+        def read(txn: Txn) -> list[DeferredEntry]:
+            out: list[DeferredEntry] = []
+            for e in tables.iter_oldest_first(txn, t):
+                if include_poisoned or not e.poisoned:
+                    out.append(e)
+                    if limit is not None and len(out) >= limit:
+                        break
+            return out
+
+        return self._read(read)
+
+    def profile_debts(self) -> dict[str, tuple[int, int, float]]:
+        """Per profile with entries: (entries, bytes, age of the oldest in s), from the
+        counters and one index lookup per profile: no walk (the quota's measure)."""
+        t, now = self._t, self._clock()
+
+        def read(txn: Txn) -> dict[str, tuple[int, int, float]]:
+            if t.profiles is None:
+                acc: dict[str, tuple[int, int, float]] = {}
+                for _, e in tables.iter_entries(txn, t):
+                    n, b, age = acc.get(e.profile, (0, 0, 0.0))
+                    acc[e.profile] = (n + 1, b + (e.identity.size if e.identity else 0),
+                                      max(age, now - e.first_deferred))
+                return acc
+            out = {}
+            for name, (n, b) in tables.profile_counts(txn, t).items():
+                oldest = tables.oldest_of_profile(txn, t, name)
+                out[name] = (n, b, 0.0 if oldest is None
+                             else max(0.0, now - oldest.first_deferred))
+            return out
+
+        return self._read(read)
 
     def list_quarantine(self) -> list[QuarantineRecord]:
         t = self._t
@@ -366,9 +548,18 @@ class Journal:
             indexed = int(txn.stat(t.order)["entries"])
             oldest: float | None = None
             size = 0
-            for _, e in tables.iter_entries(txn, t):
-                oldest = e.first_deferred if oldest is None else min(oldest, e.first_deferred)
-                size += e.identity.size if e.identity is not None else 0
+            if t.profiles is None:  # format 1, read-only: walk
+                for _, e in tables.iter_entries(txn, t):
+                    oldest = e.first_deferred if oldest is None else min(oldest,
+                                                                         e.first_deferred)
+                    size += e.identity.size if e.identity is not None else 0
+            else:  # O(profiles): counters and the first index key of each profile
+                for name, (_, b) in tables.profile_counts(txn, t).items():
+                    size += b
+                    first = tables.oldest_of_profile(txn, t, name)
+                    if first is not None:
+                        oldest = first.first_deferred if oldest is None else min(
+                            oldest, first.first_deferred)
             return {
                 "deferred": deferred, "poisoned": deferred - indexed,
                 "oldest_age_s": None if oldest is None else max(0.0, now - oldest),

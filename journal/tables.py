@@ -16,10 +16,21 @@ Tables (named LMDB databases):
               verdicts for older ctimes, so the table holds about one per
               file and signature version, not one per write
   quarantine  record id (utf-8) -> QuarantineRecord
+  profiles    profile index key (profile, order, path key) -> b""; EVERY
+              deferred entry (poisoned too), oldest first within its profile
+              (format 2). With meta's per-profile counters it answers the
+              figures status, metrics and the quota need without a walk.
+  meta        b"p:" + profile -> (entries u64, bytes u64) of that profile's
+              deferred entries (format 2)
 
 Invariants (kept by every write operation below):
 - `order` holds exactly one key per non-poisoned deferred entry, built from
   the entry's `order` and its path key.
+- `profiles` holds exactly one key per deferred entry, and meta's `p:` counters
+  equal the count and byte total (identity sizes) of each profile's entries:
+  every change goes through `put_entry` / `delete_entry` (or BatchWriter's fast
+  path, which does the same). A format-1 journal (no such table) is upgraded on
+  its first writable open by one walk (`upgrade`); read-only, it is walked.
 - Write operations do not raise for expected conditions (missing entry, stale
   seq); they return a result. Undecodable stored values are skipped with a
   warning rather than failing every write that happens to scan past them.
@@ -34,7 +45,9 @@ Invariants (kept by every write operation below):
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,9 +77,12 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"vfile-journal"
 #: Version of the table layout; a journal with a higher one is refused.
-JOURNAL_FORMAT = 1
-TABLE_NAMES = (b"meta", b"deferred", b"order", b"verdicts", b"quarantine")
+#: 2: the `profiles` index and the per-profile counters.
+JOURNAL_FORMAT = 2
+TABLE_NAMES = (b"meta", b"deferred", b"order", b"verdicts", b"quarantine", b"profiles")
 MAX_DBS = 8
+_COUNTS = struct.Struct(">QQ")
+_COUNTER_PREFIX = b"p:"
 
 if TYPE_CHECKING:
     Txn = lmdb.Transaction[bytes]
@@ -101,13 +117,106 @@ class Tables:
     order: Any
     verdicts: Any
     quarantine: Any
+    #: None: a format-1 journal opened read-only (figures are then walked)
+    profiles: Any = None
     seq: SeqCounter = dataclasses.field(default_factory=SeqCounter)
 
 
 def open_tables(env: lmdb.Environment, txn: Txn | None = None) -> Tables:
     meta, deferred, order, verdicts, quarantine = (
-        env.open_db(name, txn=txn, create=txn is not None) for name in TABLE_NAMES)
-    return Tables(meta, deferred, order, verdicts, quarantine)
+        env.open_db(name, txn=txn, create=txn is not None) for name in TABLE_NAMES[:5])
+    try:
+        profiles = env.open_db(b"profiles", txn=txn, create=txn is not None)
+    except lmdb.NotFoundError:
+        profiles = None
+    return Tables(meta, deferred, order, verdicts, quarantine, profiles)
+
+
+def stored_format(txn: Txn, t: Tables) -> int:
+    raw = txn.get(b"format", db=t.meta) or b"1"
+    return int(raw.decode("ascii"))
+
+
+def upgrade(env: lmdb.Environment, txn: Txn, t: Tables) -> Tables:
+    """Bring a format-1 journal to format 2 in `txn`: build the profile index and
+    counters by one walk. Returns the tables with `profiles` open."""
+    profiles = env.open_db(b"profiles", txn=txn, create=True)
+    t = dataclasses.replace(t, profiles=profiles)
+    n = 0
+    for key, entry in list(iter_entries(txn, t)):
+        txn.put(keys.profile_key(entry.profile, entry.order, key), b"", db=profiles)
+        _count(txn, t, entry.profile, 1, _size(entry))
+        n += 1
+    txn.put(b"format", str(JOURNAL_FORMAT).encode(), db=t.meta)
+    log.info("journal: upgraded to format %d (%d entries indexed)", JOURNAL_FORMAT, n)
+    return t
+
+
+def _size(entry: DeferredEntry) -> int:
+    return entry.identity.size if entry.identity is not None else 0
+
+
+def _count(txn: Txn, t: Tables, profile: str, entries: int, nbytes: int) -> None:
+    ck = _COUNTER_PREFIX + keys.profile_bytes(profile)
+    raw = txn.get(ck, db=t.meta)
+    n, b = _COUNTS.unpack(raw) if raw is not None else (0, 0)
+    n, b = max(0, n + entries), max(0, b + nbytes)
+    if n:
+        txn.put(ck, _COUNTS.pack(n, b), db=t.meta)
+    elif raw is not None:
+        txn.delete(ck, db=t.meta)
+
+
+def profile_counts(txn: Txn, t: Tables) -> dict[str, tuple[int, int]]:
+    """(entries, bytes) per profile with deferred entries, from the counters."""
+    out: dict[str, tuple[int, int]] = {}
+    cur = txn.cursor(db=t.meta)
+    if cur.set_range(_COUNTER_PREFIX):
+        for key, raw in cur:
+            if not key.startswith(_COUNTER_PREFIX):
+                break
+            name = bytes(key[len(_COUNTER_PREFIX):]).decode("utf-8", "surrogateescape")
+            n, b = _COUNTS.unpack(raw)
+            out[name] = (int(n), int(b))
+    return out
+
+
+def oldest_of_profile(txn: Txn, t: Tables, profile: str) -> DeferredEntry | None:
+    """The profile's entry deferred first (one range lookup)."""
+    prefix = keys.profile_prefix(profile)
+    cur = txn.cursor(db=t.profiles)
+    if not cur.set_range(prefix):
+        return None
+    for pk in cur.iternext(keys=True, values=False):
+        if not pk.startswith(prefix):
+            return None
+        raw = txn.get(keys.profile_key_path(pk), db=t.deferred)
+        if raw is not None:
+            entry = _decode_or_none(pk, raw)
+            if entry is not None:
+                return entry
+    return None
+
+
+def iter_oldest_first(txn: Txn, t: Tables) -> Iterator[DeferredEntry]:
+    """Every deferred entry (poisoned too), oldest first: a merge of the profiles'
+    ranges of the index, so taking N costs O(N log P)."""
+    names = list(profile_counts(txn, t))
+
+    def one(profile: str) -> Iterator[tuple[int, bytes]]:
+        prefix = keys.profile_prefix(profile)
+        cur = txn.cursor(db=t.profiles)
+        if not cur.set_range(prefix):
+            return
+        for pk in cur.iternext(keys=True, values=False):
+            if not pk.startswith(prefix):
+                return
+            yield keys.profile_key_order(pk, len(prefix)), keys.profile_key_path(pk)
+
+    for _, pkey in heapq.merge(*(one(n) for n in names)):
+        raw = txn.get(pkey, db=t.deferred)
+        if raw is not None and (entry := _decode_or_none(pkey, raw)) is not None:
+            yield entry
 
 
 def init_meta(txn: Txn, t: Tables) -> None:
@@ -170,19 +279,34 @@ def _free_key(txn: Txn, t: Tables, path: str) -> bytes:
 
 def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,
               new: DeferredEntry) -> None:
-    """Store `new` at `key`, keeping the order index in step with `old` -> `new`."""
+    """Store `new` at `key`, keeping the indexes and counters in step with `old` -> `new`."""
     was_indexed = old is not None and not old.poisoned
     if was_indexed and (new.poisoned or old is None or old.order != new.order):
         assert old is not None
         txn.delete(keys.order_key(old.order, key), db=t.order)
     if not new.poisoned and not (was_indexed and old is not None and old.order == new.order):
         txn.put(keys.order_key(new.order, key), b"", db=t.order)
+    if t.profiles is not None:
+        if old is None or old.profile != new.profile or old.order != new.order:
+            if old is not None:
+                txn.delete(keys.profile_key(old.profile, old.order, key), db=t.profiles)
+            txn.put(keys.profile_key(new.profile, new.order, key), b"", db=t.profiles)
+        if old is None:
+            _count(txn, t, new.profile, 1, _size(new))
+        elif old.profile != new.profile:
+            _count(txn, t, old.profile, -1, -_size(old))
+            _count(txn, t, new.profile, 1, _size(new))
+        elif _size(old) != _size(new):
+            _count(txn, t, new.profile, 0, _size(new) - _size(old))
     txn.put(key, encode_deferred(new), db=t.deferred)
 
 
 def delete_entry(txn: Txn, t: Tables, key: bytes, entry: DeferredEntry) -> None:
     if not entry.poisoned:
         txn.delete(keys.order_key(entry.order, key), db=t.order)
+    if t.profiles is not None:
+        txn.delete(keys.profile_key(entry.profile, entry.order, key), db=t.profiles)
+        _count(txn, t, entry.profile, -1, -_size(entry))
     txn.delete(key, db=t.deferred)
 
 
@@ -220,7 +344,7 @@ def op_defer(txn: Txn, t: Tables, *, path: str, identity: Identity | None, reaso
 class PreparedDefer:
     """A defer made ready on the trio thread: what the writer thread needs, precomputed."""
 
-    __slots__ = ("error", "exposure", "hash", "identity", "key", "now", "okey", "path",
+    __slots__ = ("error", "exposure", "hash", "held", "identity", "key", "now", "okey", "path",
                  "profile", "reason", "result", "seq", "value")
 
     def __init__(self, t: Tables, path: str, *, identity: Identity | None, reason: Reason,
@@ -239,6 +363,7 @@ class PreparedDefer:
         self.value = encode_new_deferred(path, seq, identity, reason=reason, profile=profile,
                                          now=now, error=error, exposure=exposure)
         self.result: int = 0
+        self.held = False  # its caller stopped waiting; still queued (commit.py, tier 3)
 
     def run_slow(self, txn: Txn, t: Tables) -> int:
         return op_defer(txn, t, path=self.path, identity=self.identity, reason=self.reason,
@@ -273,6 +398,12 @@ class BatchWriter:
                 # Seqs above every stored one: usually an append at the end of the index.
                 if not self._ocur.put(p.okey, b"", append=True):
                     self._txn.put(p.okey, b"", db=self._t.order)
+                t = self._t
+                if t.profiles is not None:
+                    self._txn.put(keys.profile_key(p.profile, p.seq, p.key), b"",
+                                  db=t.profiles)
+                    _count(self._txn, t, p.profile,
+                           1, p.identity.size if p.identity is not None else 0)
                 self._max = max(self._max, p.seq)
                 return p.seq
         return p.run_slow(self._txn, self._t)

@@ -56,12 +56,16 @@ def force_unmount(mountpoint: Path | str) -> None:
 
 @contextmanager
 def mounted(source: Path, mountpoint: Path, *extra: str,
-            env: dict[str, str] | None = None,
-            nofile: int | None = None) -> Iterator[Server]:
-    """`nofile`: the server's soft and hard descriptor limit (a container's)."""
+            env: dict[str, str] | None = None, nofile: int | None = None,
+            log_path: Path | None = None) -> Iterator[Server]:
+    """`nofile`: the server's soft and hard descriptor limit (a container's).
+    `log_path`: where the server's stderr goes (default: a temporary file)."""
     source, mountpoint = Path(os.path.realpath(source)), Path(os.path.realpath(mountpoint))
-    fd, log_name = tempfile.mkstemp(prefix="vfile-server-", suffix=".log")
-    log_path = Path(log_name)
+    if log_path is None:
+        fd, log_name = tempfile.mkstemp(prefix="vfile-server-", suffix=".log")
+        log_path = Path(log_name)
+    else:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "wb") as logf:
         # prlimit(1) sets the limit and execs the server (same pid).
         limit = [] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}"]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,10 @@ def test_audit_log_lines(tmp_path: Path) -> None:
     audit = AuditLog(str(path)).open()
     audit.write("deny", "x.exe", {"verdict": "none", "uid": 1000, "pid": 42, "signature": None})
     audit.write("verdict", "y", {"verdict": "clean", "appliance": "clamd://h:1"})
-    # Line-buffered: on disk before close.
+    # Written by the audit writer thread, line-buffered: on disk soon, before close.
+    deadline = time.monotonic() + 10
+    while path.read_text().count("\n") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     audit.close()
     assert [ln["event"] for ln in lines] == ["deny", "verdict"]

@@ -126,7 +126,9 @@ async def test_drain_catches_up_after_an_outage(tmp_path: Path) -> None:
             assert drain.done[Outcome.CLEAN] == 0, "no drain while the appliance is down"
             env.appliance.set_fault(None)
             with trio.fail_after(10):
-                while env.journal.list_deferred():  # noqa: ASYNC110
+                # The entry goes (a tier-2 commit, no fsync) before the infected action
+                # and the count: wait for both.
+                while env.journal.list_deferred() or sum(drain.done.values()) < 3:  # noqa: ASYNC110
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         assert drain.done[Outcome.CLEAN] == 1
@@ -137,3 +139,22 @@ async def test_drain_catches_up_after_an_outage(tmp_path: Path) -> None:
         assert [r.original_path for r in records] == ["bad.com"]
         assert (env.source / "ok.txt").exists()
         assert CTX.uid == os.getuid()
+
+
+async def test_one_lucky_scan_does_not_collapse_the_rate(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The rate backs off on a sustained latency rise, not because one scan was fast
+    (issue 20: a drain at 160 files/s against a rate of 500)."""
+    drain = Drain(FakeQueue(0), lambda e: None, ready=lambda: True,  # type: ignore[arg-type,return-value]
+                  files_per_s=500)
+    drain._adapt(0.001, 0)  # one lucky scan
+    for i in range(300):
+        drain._adapt(0.02 + (i % 5) * 0.004, 0)  # ordinary jitter around 20 ms
+        await trio.sleep(0.02)
+    assert drain.statistics()["files_per_s"] == 500
+    lowest = 500.0
+    for _ in range(20):  # the appliance slows down tenfold
+        drain._adapt(0.4, 0)
+        lowest = min(lowest, drain.statistics()["files_per_s"])
+        await trio.sleep(0.4)
+    assert lowest < 500

@@ -31,6 +31,7 @@ from vfile.filter.gate import Gate
 from vfile.filter.window import Window
 from vfile.journal.records import deferred_to_json, quarantine_to_json
 from vfile.journal.store import Journal
+from vfile.observe import logqueue
 from vfile.observe.memwatch import DEFAULT_TOP, MemoryWatch
 from vfile.scanner.pool import Pool
 
@@ -117,9 +118,11 @@ class Commands:
             "profiles": self.profiles(),
             "window": self.window.statistics(),
             "appliances": self.pool.statistics(),
-            "journal": journal_stats,
+            "journal": {**journal_stats, "durability": self.journal.durability()},
             "drain": self.drain.statistics(),
             "gate": self.gate.statistics(),
+            "logging": logqueue.statistics(),
+            "audit_log": self.gate.observer.statistics(),
         }
 
     # --- windows --------------------------------------------------------------------------
@@ -136,9 +139,13 @@ class Commands:
         log.warning("quiesced in %.3fs: journal and source synced", took)
         return {"took_s": round(took, 4), "window": self.window.statistics()}
 
-    def resume(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def resume(self, args: dict[str, Any]) -> dict[str, Any]:
         was = self.window.close()
         self.drain.kick()
+        # Records of the window's unscanned reads (tier 2) made durable now, if the
+        # state disk takes it in time; otherwise the background sync does it.
+        with trio.move_on_after(SETTLE_DEADLINE):
+            await self.journal.sync_if_dirty()
         return {"was_active": was, "window": self.window.statistics()}
 
     # --- drain ----------------------------------------------------------------------------

@@ -81,9 +81,19 @@ def _state_dir(opts: MountOptions, config: Config) -> Path:
                         Exit.JOURNAL) from None
 
 
-def _open_journal(state_dir: Path) -> Journal:
+def _lock_dir(rundir: Path) -> Path | None:
+    """Where LMDB's lock file goes: a tmpfs (/run/vfile, $XDG_RUNTIME_DIR/vfile), so a
+    frozen state disk never blocks a journal read (journal/store.py). Not the /tmp
+    fallback: a directory there may have been planted by another user."""
+    return None if rundir.parent == Path("/tmp") else rundir / "journal-locks"
+
+
+def _open_journal(state_dir: Path, rundir: Path) -> Journal:
     try:
-        return Journal.open(state_dir)
+        return Journal.open(state_dir, lock_dir=_lock_dir(rundir))
+    except OSError as err:  # the lock directory
+        raise UserError(f"{state_dir}: cannot place the journal's lock file: {err}",
+                        Exit.JOURNAL) from None
     except JournalError as err:
         raise UserError(str(err), Exit.JOURNAL) from None
 
@@ -105,18 +115,22 @@ async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,
     appliance down still finds the verdicts stored under it."""
     saved = _read_sig(state_dir)
     task_status.started()
+    def write(sig: str) -> None:
+        tmp = state_dir / (SIG_FILE + ".tmp")
+        # 0600 like the journal: the server runs with umask 0, so write_text()
+        # would leave it 0666 (tests/t4_security_test.py).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # a .tmp left by a crash keeps its old mode otherwise
+        with os.fdopen(fd, "w") as f:
+            f.write(sig + "\n")
+        os.replace(tmp, state_dir / SIG_FILE)
+
     while True:
         sig = gate.last_signature
         if sig and sig != saved:
-            tmp = state_dir / (SIG_FILE + ".tmp")
-            # 0600 like the journal: the server runs with umask 0, so write_text()
-            # would leave it 0666 (tests/t4_security_test.py).
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                os.fchmod(fd, 0o600)  # a .tmp left by a crash keeps its old mode otherwise
-                with os.fdopen(fd, "w") as f:
-                    f.write(sig + "\n")
-                os.replace(tmp, state_dir / SIG_FILE)
+                # In a thread: the state disk may be frozen (no file I/O on the trio thread).
+                await trio.to_thread.run_sync(write, sig, abandon_on_cancel=True)
                 saved = sig
             except OSError as err:
                 # Out of descriptors or space for now: try again next time, never
@@ -149,10 +163,10 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     config = load_config(opts.config, appliances=opts.appliances, fail_mode=opts.fail_mode,
                          deadline=opts.timeout)
     state_dir = _state_dir(opts, config)
-    journal = _open_journal(state_dir)
+    rundir = control.runtime_dir()
+    journal = _open_journal(state_dir, rundir)
     try:
         sock_name = control.socket_name(opts.mountpoint)
-        rundir = control.runtime_dir()
         builtin: BuiltinAppliance | None = None
         urls = list(config.mount.appliances)
         if not urls:
@@ -166,7 +180,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         qdir = config.mount.quarantine_dir or str(state_dir / "quarantine")
         actions = Actions(root_fd, journal, quarantine_dir=qdir)
         actions.prepare()
-        quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
+        quota = QuotaMonitor(config.all_profiles(), journal.profile_debts)
         window = Window()
         # The metrics call these at scrape time; the gate and the drain are built
         # below (the gate takes the observer), hence the late-bound lambdas.
@@ -205,6 +219,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(pool.serve)
             for line in unreachable_appliance_lines(pool.statistics(), _profiles(config, quota)):
                 log.warning("%s", line)  # on stderr in the foreground; the CLI repeats it
+            await nursery.start(journal.serve_sync, config.journal.sync_interval)
             await nursery.start(gate.serve)
             await nursery.start(_remember_signature, gate, state_dir, pc.probe_interval)
             await nursery.start(window.serve)

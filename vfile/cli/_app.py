@@ -49,14 +49,20 @@ StateDir = Annotated[str | None, typer.Option(
     "mountpoint under /var/lib/vfile/).")]
 
 
-def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
+def setup_logging(verbose: int = 0, fmt: str = "plain", *, queued: bool = False) -> None:
     """Log to stderr at the level -v asks for, as plain text or JSON lines
-    (vfile.observe.logfmt)."""
+    (vfile.observe.logfmt). `queued` (a mount server): lines are written by a thread
+    (vfile.observe.logqueue)."""
     from vfile.observe.logfmt import formatter
 
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
+    if queued:
+        from vfile.observe import logqueue
+
+        logqueue.install(handler, level)
+        return
     logging.basicConfig(level=level, handlers=[handler])
 
 

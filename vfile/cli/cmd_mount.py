@@ -111,7 +111,7 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
 
         parse_address(metrics)  # a bad address fails here, before anything starts
     if foreground:
-        setup_logging(verbose, log_format)
+        setup_logging(verbose, log_format, queued=True)
         if opts.scan:
             from vfile.service import open_scanning_hooks as opener
         else:

@@ -105,6 +105,8 @@ MAX_RETRIES = 10
 #: The smallest `[mount] fd_cache` (vfile.passthrough.fdcache.MIN_CAPACITY;
 #: config imports no fs code).
 MIN_FD_CACHE = 16
+#: how often unscanned-read journal records (tier 2) are fsynced in the background
+DEFAULT_SYNC_INTERVAL = 1.0
 #: `Config.profile_for` remembers this many path → profile answers.
 PROFILE_CACHE_SIZE = 4096
 
@@ -174,6 +176,12 @@ class MountConfig:
     fd_cache: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    #: seconds between background fsyncs of tier-2 records (README "Durability")
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
+
+
 class _Matcher:
     """Compiled profile globs plus a bounded path → profile memo."""
 
@@ -199,6 +207,7 @@ class _Matcher:
 class Config:
     mount: MountConfig = MountConfig()
     pool: PoolConfig = PoolConfig()
+    journal: JournalConfig = JournalConfig()
     #: the non-default profiles, in match order
     profiles: tuple[Profile, ...] = ()
     default: Profile = Profile()
@@ -449,6 +458,12 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         if pool.adaptive_cap < pool.adaptive_floor:
             raise ConfigError("pool.adaptive_cap: must be at least pool.adaptive_floor "
                               f"({pool.adaptive_floor:g}s)")
+    journal = JournalConfig()
+    if top.has("journal"):
+        t = _Table(top.get("journal"), "journal")
+        journal = JournalConfig(
+            sync_interval=t.duration("sync_interval", DEFAULT_SYNC_INTERVAL, positive=True))
+        t.done()
     raw_profiles = top.get("profile")
     if raw_profiles is None:
         raw_profiles = []
@@ -459,7 +474,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     top.done()
     default = next((p for p in profiles if p.name == DEFAULT_PROFILE_NAME), Profile())
     others = tuple(p for p in profiles if p.name != DEFAULT_PROFILE_NAME)
-    return Config(mount=mount, pool=pool, profiles=others, default=default)
+    return Config(mount=mount, pool=pool, journal=journal, profiles=others, default=default)
 
 
 def parse_config(text: str, *, source: str = "<config>") -> Config:
@@ -498,7 +513,8 @@ def apply_overrides(config: Config, *, appliances: Sequence[str] = (),
         # The per-attempt timeout never outlives the total deadline.
         default = replace(default, deadline=seconds,
                           attempt_timeout=min(default.attempt_timeout, seconds))
-    return Config(mount=mount, pool=config.pool, profiles=config.profiles, default=default)
+    return Config(mount=mount, pool=config.pool, journal=config.journal,
+                  profiles=config.profiles, default=default)
 
 
 def load_config(path: str | None, *, appliances: Sequence[str] = (),

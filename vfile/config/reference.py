@@ -45,6 +45,10 @@ SECTIONS = (
     Section("[pool]", c.PoolConfig,
             "The appliance pool: failover in priority order, a circuit breaker and a "
             "background health probe per appliance. Also used by the drain."),
+    Section("[journal]", c.JournalConfig,
+            "The journal's durability (README \"Durability of journal records\"). Write "
+            "intents are fsynced before the operation returns; records of unscanned reads "
+            "are committed at once and fsynced in the background."),
     Section("[[profile]]", c.Profile,
             "Policy for a set of paths, one table per profile. The first profile whose "
             "`paths` match a file wins; the default profile catches everything else. A "
@@ -73,6 +77,10 @@ HELP: dict[tuple[type, str], Key] = {
         f"(>= {c.MIN_FD_CACHE}); evicted ones are reopened from a file handle (needs root). "
         "Default: 4096, or a quarter of the descriptor limit if less. `--fd-cache` "
         "overrides it.", "4096"),
+    (c.JournalConfig, "sync_interval"): Key(
+        "duration", "How often records of unscanned reads (and verdicts) are fsynced in the "
+        "background; a power loss can lose at most this much of them (a process crash "
+        "none). Also done at quiesce, resume and unmount.", '"1s"'),
     (c.PoolConfig, "attempt_timeout"): Key(
         "duration", "One attempt against one appliance (health probes and the drain).",
         '"1s"'),

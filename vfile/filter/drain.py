@@ -15,10 +15,16 @@ Invariants:
   entry with the error (backoff and poisoning are the journal's business).
 - The drain never waits on an appliance without a deadline: `resolve` runs
   under `scan_deadline`.
+- `concurrency` bounds the scans in flight, not the journal writes that settle
+  them: `resolve` calls `scan_done()` once the appliance's part is over, which
+  frees the slot for the next scan while its completion commits (measured: the
+  commit was a third of a resolve's time on a busy disk). At most
+  `SETTLING_FACTOR` times `concurrency` entries are in flight in all.
 """
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import math
@@ -42,9 +48,19 @@ DEFAULT_BYTES_PER_S = 256.0 * 1024 * 1024
 DEFAULT_BATCH = 64
 DEFAULT_LEASE = 120.0
 DEFAULT_SCAN_DEADLINE = 30.0
-#: latency above this multiple of the best recent latency halves the rate.
+#: recent latency above this multiple of the long-run latency halves the rate.
 BACKOFF_FACTOR = 3.0
+#: weights of the recent and of the long-run latency averages (per scan)
+FAST_WEIGHT = 0.2
+SLOW_WEIGHT = 0.02
 IDLE_POLL = 0.5
+#: entries in flight (scanning or settling) per scan slot
+SETTLING_FACTOR = 4
+
+#: Set by the drain around each `resolve`: call it when the scan is over (see the
+#: module docstring); calling it again, or not at all, is harmless.
+scan_done: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "drain_scan_done", default=None)
 
 
 class Outcome(enum.StrEnum):
@@ -117,6 +133,7 @@ class Drain:
         self._resolve = resolve
         self._ready = ready
         self._slots = trio.Semaphore(concurrency)
+        self._inflight = trio.Semaphore(concurrency * SETTLING_FACTOR)
         self._files = TokenBucket(files_per_s, max(1.0, files_per_s), trio.current_time)
         self._bytes = TokenBucket(bytes_per_s, max(1.0, bytes_per_s), trio.current_time)
         self._configured_files_per_s = files_per_s
@@ -125,7 +142,9 @@ class Drain:
         self._scan_deadline = scan_deadline
         self._paused = False
         self._kick = trio.Event()
-        self._best_latency = math.inf
+        self._fast_latency = 0.0  # recent average (EWMA); 0: no sample yet
+        self._slow_latency = 0.0  # long-run average: the baseline
+        self._last_backoff = -math.inf
         self.done: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self.bytes_done = 0
         self.in_flight = 0
@@ -188,6 +207,7 @@ class Drain:
                     size = entry.identity.size if entry.identity else 0
                     await self._files.take(1)
                     await self._bytes.take(size)
+                    await self._inflight.acquire()
                     await self._slots.acquire()
                     nursery.start_soon(self._one, entry)
 
@@ -201,6 +221,17 @@ class Drain:
         the file is gone; every error path releases it here, exactly once."""
         self.in_flight += 1
         started = trio.current_time()
+        scanned_at: float | None = None
+        slot_held = True
+
+        def free_slot() -> None:
+            nonlocal slot_held, scanned_at
+            if slot_held:
+                slot_held = False
+                scanned_at = trio.current_time()
+                self._slots.release()
+
+        scan_done.set(free_slot)  # this task's own context: only its resolve sees it
         try:
             with trio.move_on_after(self._scan_deadline) as scope:
                 result = await self._resolve(entry)
@@ -212,12 +243,14 @@ class Drain:
             result = Resolution(Outcome.ERROR, detail=f"{type(err).__name__}: {err}")
         finally:
             self.in_flight -= 1
-            self._slots.release()
+            free_slot()
+            self._inflight.release()
         if result.outcome is Outcome.ERROR:
             self.last_error = result.detail
             await self._queue.release(entry.path, entry.seq, result.detail)
         else:
-            self._adapt(trio.current_time() - started, result.nbytes)
+            # The appliance's latency: until the scan was over, not the journal write.
+            self._adapt((scanned_at or trio.current_time()) - started, result.nbytes)
         self.done[result.outcome] += 1
         self.bytes_done += result.nbytes
 
@@ -225,12 +258,23 @@ class Drain:
         """AIMD on the file rate: halve when latency climbs, creep back when not.
 
         Latency is compared per MiB-ish unit of work, so one large file taking
-        longer than a small one is not mistaken for an appliance in trouble."""
+        longer than a small one is not mistaken for an appliance in trouble. The
+        baseline is a slow moving average, not the best latency ever seen (one
+        lucky scan made every later one look slow, and the rate collapsed to its
+        floor: issue 20 measured 160 files/s against a rate of 500); and the rate
+        is halved at most once per recent latency, not once per slow completion
+        (8 completions in flight would otherwise divide it by 256)."""
         latency /= 1 + nbytes / (1024 * 1024)
-        self._best_latency = min(self._best_latency, latency)
+        if not self._slow_latency:
+            self._fast_latency = self._slow_latency = latency
+        self._fast_latency += FAST_WEIGHT * (latency - self._fast_latency)
+        self._slow_latency += SLOW_WEIGHT * (latency - self._slow_latency)
         floor = max(1.0, self._configured_files_per_s / 64)
-        if latency > BACKOFF_FACTOR * max(self._best_latency, 0.005):
-            self._files.rate = max(floor, self._files.rate / 2)
+        now = trio.current_time()
+        if self._fast_latency > BACKOFF_FACTOR * max(self._slow_latency, 0.005):
+            if now - self._last_backoff >= self._fast_latency:
+                self._last_backoff = now
+                self._files.rate = max(floor, self._files.rate / 2)
         else:
             self._files.rate = min(self._configured_files_per_s,
                                    self._files.rate + self._configured_files_per_s / 32)

@@ -11,8 +11,10 @@ Invariants:
   (a "flight"). The scan runs in the gate's own nursery (`serve`), on its own
   file descriptor, so a waiter cancelled by a FUSE interrupt neither kills it
   for the others nor pulls the descriptor from under it.
-- `safe`: the journal entry (with who opened the file) is durable before the
-  open returns. Write intents are durable before `on_write_intent` returns.
+- `safe`: the journal entry (with who opened the file) is committed before the
+  open returns (tier 2: not fsynced; or, when the state disk takes no write
+  within the profile's deadline, queued in memory until it does). Write
+  intents are durable (fsynced) before `on_write_intent` returns.
 - A verdict is stored for the identity the scanned descriptor had before and
   after the scan; content that changed during the scan gets no verdict.
 - While a path has an unresolved write intent, a cached clean verdict does
@@ -41,6 +43,7 @@ from vfile.config.model import Config, Profile, Trigger
 from vfile.filter.actions import Actions, open_parent
 from vfile.filter.drain import Outcome as DrainOutcome
 from vfile.filter.drain import Resolution
+from vfile.filter.drain import scan_done as drain_scan_done
 from vfile.filter.policy import (
     Action,
     Cached,
@@ -165,6 +168,7 @@ class Gate:
         self._idle.set()
         self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
+        self._held_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self.stats = _Stats()
         #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
@@ -437,10 +441,20 @@ class Gate:
             self.stats.deferrals += 1
             self.stats.exposures += d.exposure
             error = verdict.detail if verdict is not None and verdict.is_error else ""
-            seq = await self._journal.defer(path, identity, JournalReason(d.reason.value),
-                                            profile.name, exposure=self._exposure(ctx),
-                                            error=error)
-            if (intent := self._intents.get(path)) is not None:
+            # Tier 2 (README "Durability of journal records"): an unscanned read changes
+            # no content, so its record is committed without fsync, and waited for at
+            # most the deadline; then it stays queued in memory until the disk takes it.
+            seq: int | None = None
+            with trio.move_on_after(profile.deadline):
+                seq = await self._journal.defer(path, identity, JournalReason(d.reason.value),
+                                                profile.name, exposure=self._exposure(ctx),
+                                                error=error, durable=False, hold=True)
+            if seq is None:
+                self._held_log(f"held:{profile.name}", logging.WARNING,
+                               "journal: %r recorded in memory only (the state disk took no "
+                               "write within %gs); written when it does", path,
+                               profile.deadline)
+            elif (intent := self._intents.get(path)) is not None:
                 intent.seq = seq  # the same entry, re-deferred: the close scan resolves it
             self._exposure_log(f"safe:{profile.name}", logging.INFO,
                                "deferred: %r opened unscanned (profile %s, %s), journaled",
@@ -651,6 +665,8 @@ class Gate:
                 self._remember(record)
         finally:
             os.close(fd)
+            if (done := drain_scan_done.get()) is not None:
+                done()  # the appliance's part is over: the drain may start its next scan
         if record.outcome == "infected":
             trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
             log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",

@@ -17,13 +17,23 @@ write(2) per line, no fsync); it is an operator's record, the journal is the
 durable one. Rotate it with logrotate's ``copytruncate`` (the file stays
 open). A write error is logged once and the audit log then stays quiet rather than failing
 I/O through the mount.
+
+Never on the event loop: `write` only formats the line and puts it on a
+bounded queue (`QUEUE_SIZE` lines); a writer thread does the write(2). A
+disk that takes no writes (frozen during a migration, full, slow) thus never
+stalls a request; once the queue is full, lines are dropped and counted
+(`statistics`, shown in `vfile status`), and the writer notes how many in
+the file (a ``dropped`` event) when it catches up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from typing import TextIO
 
@@ -32,12 +42,22 @@ from vfile.observe.logfmt import rfc3339
 
 log = logging.getLogger(__name__)
 
+#: audit lines waiting for the writer thread before new ones are dropped
+QUEUE_SIZE = 10_000
+#: how long close() waits for the writer to flush what is queued
+FLUSH_DEADLINE = 5.0
+_STOP = ""
+
 
 class AuditLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self._file: TextIO | None = None
         self.lines = 0
+        self.dropped = 0
+        self._reported = 0
+        self._queue: queue.Queue[str] = queue.Queue(QUEUE_SIZE)
+        self._thread: threading.Thread | None = None
 
     def open(self) -> AuditLog:
         try:
@@ -48,22 +68,51 @@ class AuditLog:
         except OSError as err:
             raise UserError(f"cannot open audit log {self.path!r}: {err.strerror}",
                             Exit.CONFIG) from None
+        self._thread = threading.Thread(target=self._writer, name="audit writer", daemon=True)
+        self._thread.start()
         return self
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Flush what is queued (at most FLUSH_DEADLINE) and close the file."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=FLUSH_DEADLINE)
+        thread.join(FLUSH_DEADLINE)
+        if thread.is_alive():
+            log.error("audit log %r: the disk takes no writes; %d line(s) not written",
+                      self.path, self._queue.qsize())
 
     def write(self, event: str, path: str, fields: dict[str, object]) -> None:
-        if self._file is None:
+        """Queue one line (never blocks: a full queue drops it, counted)."""
+        if self._thread is None:
             return
         line: dict[str, object] = {"time": rfc3339(time.time()), "event": event, "path": path}
         line.update((k, v) for k, v in fields.items() if v is not None)
         try:
-            self._file.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+            self._queue.put_nowait(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+        except queue.Full:
+            self.dropped += 1
+
+    def _writer(self) -> None:
+        f = self._file
+        assert f is not None
+        try:
+            while (text := self._queue.get()) != _STOP:
+                missed = self.dropped - self._reported
+                if missed:
+                    self._reported += missed
+                    text = json.dumps({"time": rfc3339(time.time()), "event": "dropped",
+                                       "path": "", "lines": missed}) + "\n" + text
+                f.write(text)
+                self.lines += 1
         except (OSError, ValueError) as err:
             log.error("audit log %r: cannot write (%s); audit lines stop here", self.path, err)
-            self.close()
-            return
-        self.lines += 1
+            self._thread = None  # write() stops queueing
+        finally:
+            self._file = None
+            f.close()
+
+    def statistics(self) -> dict[str, int]:
+        return {"lines": self.lines, "queued": self._queue.qsize(), "dropped": self.dropped}

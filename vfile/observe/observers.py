@@ -7,7 +7,7 @@ pays one method call. The mount (vfile.service) plugs in `Observers`,
 which fans out to the Prometheus metrics and the audit log.
 
 Invariant: an observer never raises into the gate and never blocks: metrics
-observe in memory, the audit log writes one line to a line-buffered file.
+observe in memory, the audit log queues one line for its writer thread.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ class Observer:
     def audit(self, event: str, path: str, **fields: object) -> None:
         """A verdict or an action worth an audit line (see vfile.observe.audit)."""
 
+    def statistics(self) -> dict[str, int] | None:
+        """The audit log's counters (lines, queued, dropped), if there is one."""
+        return None
+
 
 class OpenMetrics(Protocol):
     def opened(self, decision: str, seconds: float) -> None: ...
@@ -36,6 +40,7 @@ class OpenMetrics(Protocol):
 
 class AuditSink(Protocol):
     def write(self, event: str, path: str, fields: dict[str, object]) -> None: ...
+    def statistics(self) -> dict[str, int]: ...
 
 
 class Observers(Observer):
@@ -57,3 +62,6 @@ class Observers(Observer):
     def audit(self, event: str, path: str, **fields: object) -> None:
         if self._audit is not None:
             self._audit.write(event, path, fields)
+
+    def statistics(self) -> dict[str, int] | None:
+        return None if self._audit is None else self._audit.statistics()
