@@ -101,12 +101,18 @@ class VFileOperations(DirOps, MetaOps):
     async def _truncate(self, node: Inode, handle: FileHandle | None, size: int,
                         ctx: CallerLike) -> None:
         hooks = self.hooks
+        token = None
         if not hooks.trivial:
-            await hooks.on_write_intent(self.path_of(node), os.fstat(node.fd), request_ctx(ctx))
-        if handle is not None:
-            os.ftruncate(handle.fd, size)
-        else:
-            os.truncate(proc_path(node.fd), size)
+            token = await hooks.on_write_intent(self.path_of(node), os.fstat(node.fd),
+                                                request_ctx(ctx))
+        try:
+            if handle is not None:
+                os.ftruncate(handle.fd, size)
+            else:
+                os.truncate(proc_path(node.fd), size)
+        except BaseException:
+            hooks.release_intent(token)  # EFBIG, ENOSPC...: nothing changed
+            raise
         if not hooks.trivial and node.writers == 0:
             await hooks.on_last_close(self.path_of(node), None, os.fstat(node.fd))
 
@@ -123,11 +129,22 @@ class VFileOperations(DirOps, MetaOps):
         parent = self.table.get(parent_inode)
         check_name(name)
         perm = perms.creation_mode(mode, ctx.umask)
-        if stat.S_ISREG(mode) and not self.hooks.trivial:
-            await self.hooks.on_write_intent(self._child_path(parent, name), None,
-                                             request_ctx(ctx))
-        os.mknod(name, stat.S_IFMT(mode) | perm, rdev, dir_fd=parent.fd)
-        return self._finish_new(parent, name, ctx, perm)
+        hooks = self.hooks
+        if not stat.S_ISREG(mode) or hooks.trivial:
+            os.mknod(name, stat.S_IFMT(mode) | perm, rdev, dir_fd=parent.fd)
+            return self._finish_new(parent, name, ctx, perm)
+        path = self._child_path(parent, name)
+        token = await hooks.on_write_intent(path, None, request_ctx(ctx))
+        try:
+            os.mknod(name, stat.S_IFMT(mode) | perm, rdev, dir_fd=parent.fd)
+            entry = self._finish_new(parent, name, ctx, perm)
+        except BaseException:
+            hooks.release_intent(token)
+            raise
+        # No handle will be closed: the new file's last close is now.
+        await hooks.on_last_close(path, None, os.stat(name, dir_fd=parent.fd,
+                                                      follow_symlinks=False))
+        return entry
 
     @handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
@@ -163,13 +180,26 @@ class VFileOperations(DirOps, MetaOps):
         node = self.table.get(inode)
         parent = self.table.get(new_parent_inode)
         check_name(new_name)
-        if not self.hooks.trivial and node.kind == stat.S_IFREG:
-            await self.hooks.on_write_intent(self._child_path(parent, new_name),
-                                             os.fstat(node.fd), request_ctx(ctx))
-        # Linking the inode itself (via its /proc magic link), not a name.
-        os.link(proc_path(node.fd).encode(), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        hooks = self.hooks
+        token = path = None
+        if not hooks.trivial and node.kind == stat.S_IFREG:
+            path = self._child_path(parent, new_name)
+            token = await hooks.on_write_intent(path, os.fstat(node.fd), request_ctx(ctx))
+        try:
+            # Linking the inode itself (via its /proc magic link), not a name.
+            os.link(proc_path(node.fd).encode(), new_name, dst_dir_fd=parent.fd,
+                    follow_symlinks=True)
+        except BaseException:
+            hooks.release_intent(token)
+            raise
         node.lookups += 1
-        return self._entry(node, os.fstat(node.fd))
+        st = os.fstat(node.fd)
+        if path is not None:
+            if node.writers == 0:
+                await hooks.on_last_close(path, None, st)  # no handle will close it
+            else:
+                hooks.release_intent(token)  # the entry stays for the drain
+        return self._entry(node, st)
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:
@@ -195,18 +225,27 @@ class VFileOperations(DirOps, MetaOps):
         check_name(name_new)
         hooks = self.hooks
         paths = None
-        if not hooks.trivial:
-            paths = (self._child_path(old_p, name_old), self._child_path(new_p, name_new))
-            await self._rename_intents((old_p, name_old), (new_p, name_new), flags, paths, ctx)
-        if flags:
-            renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
-        else:
-            os.rename(name_old, name_new, src_dir_fd=old_p.fd, dst_dir_fd=new_p.fd)
-        if paths is not None and not flags & RENAME_EXCHANGE:
-            await hooks.on_rename(*paths)
+        tokens: list[object] = []
+        try:
+            if not hooks.trivial:
+                paths = (self._child_path(old_p, name_old), self._child_path(new_p, name_new))
+                tokens = await self._rename_intents((old_p, name_old), (new_p, name_new),
+                                                    flags, paths, ctx)
+            if flags:
+                renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
+            else:
+                os.rename(name_old, name_new, src_dir_fd=old_p.fd, dst_dir_fd=new_p.fd)
+            if paths is not None and not flags & RENAME_EXCHANGE:
+                await hooks.on_rename(*paths)
+        finally:
+            # A failed rename changed nothing; an exchange has no handle to close (the
+            # entries stay for the drain); a plain rename's on_rename already ended them.
+            for token in tokens:
+                hooks.release_intent(token)
 
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
-                              flags: int, paths: tuple[bytes, bytes], ctx: CallerLike) -> None:
+                              flags: int, paths: tuple[bytes, bytes],
+                              ctx: CallerLike) -> list[object]:
         """Renaming a file (onto another or not, or exchanging) changes what a path
         holds: intent first.
 
@@ -222,10 +261,17 @@ class VFileOperations(DirOps, MetaOps):
             target = None
         moving = os.stat(name_old, dir_fd=old_p.fd, follow_symlinks=False)
         rctx = request_ctx(ctx)
-        if stat.S_ISREG(moving.st_mode):
-            await self.hooks.on_write_intent(paths[1], moving, rctx)
-        if flags & RENAME_EXCHANGE and target is not None and stat.S_ISREG(target.st_mode):
-            await self.hooks.on_write_intent(paths[0], target, rctx)
+        tokens = []
+        try:
+            if stat.S_ISREG(moving.st_mode):
+                tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
+            if flags & RENAME_EXCHANGE and target is not None and stat.S_ISREG(target.st_mode):
+                tokens.append(await self.hooks.on_write_intent(paths[0], target, rctx))
+        except BaseException:
+            for token in tokens:
+                self.hooks.release_intent(token)
+            raise
+        return tokens
 
     # -- files --------------------------------------------------------------
 
@@ -234,9 +280,15 @@ class VFileOperations(DirOps, MetaOps):
         node = self.table.get(inode)
         writing = perms.is_write_open(flags)
         hooks = self.hooks
+        token = None
         if writing and not hooks.trivial:
-            await hooks.on_write_intent(self.path_of(node), os.fstat(node.fd), request_ctx(ctx))
-        fd = self._open_backing(node, flags)
+            token = await hooks.on_write_intent(self.path_of(node), os.fstat(node.fd),
+                                                request_ctx(ctx))
+        try:
+            fd = self._open_backing(node, flags)
+        except BaseException:
+            hooks.release_intent(token)
+            raise
         try:
             st = os.fstat(fd)
             # The warm path (a current clean verdict) skips `on_open` and the path it
@@ -247,6 +299,7 @@ class VFileOperations(DirOps, MetaOps):
                 await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx))
         except BaseException:
             os.close(fd)
+            hooks.release_intent(token)  # denied: no writer will close it
             raise
         stamp = stamp_of(st)
         keep = node.stamp == stamp
@@ -275,18 +328,24 @@ class VFileOperations(DirOps, MetaOps):
         parent = self.table.get(parent_inode)
         check_name(name)
         hooks = self.hooks
+        token = None
         if not hooks.trivial:
-            await hooks.on_write_intent(self._child_path(parent, name), None, request_ctx(ctx))
+            token = await hooks.on_write_intent(self._child_path(parent, name), None,
+                                                request_ctx(ctx))
         perm = perms.creation_mode(mode, ctx.umask)
         oflags = perms.backing_open_flags(flags, self.writeback) | os.O_NOFOLLOW
         try:
-            fd = os.open(name, oflags | os.O_CREAT | os.O_EXCL, perm, dir_fd=parent.fd)
-            created = True
-        except FileExistsError:
-            if flags & os.O_EXCL:
-                raise
-            fd = os.open(name, oflags, dir_fd=parent.fd)  # lost a race: plain open
-            created = False
+            try:
+                fd = os.open(name, oflags | os.O_CREAT | os.O_EXCL, perm, dir_fd=parent.fd)
+                created = True
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                fd = os.open(name, oflags, dir_fd=parent.fd)  # lost a race: plain open
+                created = False
+        except BaseException:
+            hooks.release_intent(token)
+            raise
         try:
             if created:
                 self._give_to_caller(fd, parent, ctx, perm)
@@ -294,6 +353,7 @@ class VFileOperations(DirOps, MetaOps):
             path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         except BaseException:
             os.close(fd)
+            hooks.release_intent(token)
             raise
         node, st = self._adopt(path_fd)
         node.stamp = stamp_of(st)

@@ -48,6 +48,7 @@ from vfile.config import Config, Profile, Trigger
 from vfile.drain import Outcome as DrainOutcome
 from vfile.drain import Resolution
 from vfile.hooks import Denied, RequestCtx
+from vfile.intents import Intent, IntentTable
 from vfile.observe import Observer
 from vfile.policy import (
     Action,
@@ -116,13 +117,6 @@ class _Flight:
     verdict: Verdict | None = None
 
 
-@dataclass(eq=False)
-class _Intent:
-    """A write intent: replaced by each new write, while `seq` follows re-defers."""
-
-    seq: int
-
-
 @dataclass
 class _Stats:
     scans: int = 0
@@ -158,7 +152,7 @@ class Gate:
         #: cancel scopes of every wait and scan in flight (a window cancels them all)
         self._scopes: set[trio.CancelScope] = set()
         #: path → its unresolved write intent
-        self._intents: dict[str, _Intent] = {}
+        self._intents = IntentTable()
         self._window = False
         self._last_sig = ""
         self._sig_cached = ""
@@ -521,7 +515,7 @@ class Gate:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> None:
+                              ctx: RequestCtx) -> Intent | None:
         rel = os.fsdecode(path)
         profile = self._config.profile_for(rel)
         d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
@@ -534,21 +528,26 @@ class Gate:
                            "denied write: %r (profile %s): %s", rel, profile.name, d.reason.value)
             raise Denied(d.errno, f"write refused: {d.reason.value}")
         if d.action is not Action.DEFER:
-            return
+            return None
         identity = None if st is None else Identity.from_stat(st)
         # Registered before the journal write returns: the drain may claim the new
         # entry at once, and must see "still being written" rather than take a path
         # whose file is not there yet (a rename onto it) as gone (tests/t5_crash_test.py).
-        intent = _Intent(seq=-1)
-        self._intents[rel] = intent
+        intent = self._intents.begin(rel)
         try:
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
                                                    profile.name, exposure=self._exposure(ctx))
         except BaseException:
-            if self._intents.get(rel) is intent:
-                del self._intents[rel]
+            self._intents.roll_back(intent)
             raise
         self.stats.intents += 1
+        return intent
+
+    def release_intent(self, token: object) -> None:
+        """The operation of `token` (from `on_write_intent`) failed or left no writer to
+        close: end the intent; its journal entry stays for the drain."""
+        if isinstance(token, Intent):
+            self._intents.roll_back(token)
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)
@@ -560,12 +559,14 @@ class Gate:
             own_fd = _reopen(fd) if fd is not None else self._open_source(rel)
         except OSError as err:
             log.info("close scan of %r: cannot open it (%s); left to the drain", rel, err)
-            self._intents.pop(rel, None)
+            self._intents.finish(intent)
             return
+        intent.closing = True
         try:
             self._start(self._run_close, rel, intent, own_fd, profile)
         except BaseException:
             os.close(own_fd)
+            self._intents.finish(intent)
             raise
 
     def _open_source(self, path: str) -> int:
@@ -576,7 +577,7 @@ class Gate:
         finally:
             os.close(dir_fd)
 
-    async def _run_close(self, path: str, intent: _Intent, fd: int, profile: Profile) -> None:
+    async def _run_close(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
             async with self._close_slots:
                 await self._close_scan(path, intent, fd, profile)
@@ -584,10 +585,9 @@ class Gate:
             log.error("close scan of %r failed: %s; left to the drain", path, err)
         finally:
             os.close(fd)
-            if self._intents.get(path) is intent:
-                del self._intents[path]
+            self._intents.finish(intent)
 
-    async def _close_scan(self, path: str, intent: _Intent, fd: int, profile: Profile) -> None:
+    async def _close_scan(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         identity = Identity.from_stat(os.fstat(fd))
         sig = self._sig()
         inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
@@ -668,21 +668,16 @@ class Gate:
 
     async def on_unlink(self, path: bytes) -> None:
         rel = os.fsdecode(path)
-        self._intents.pop(rel, None)
+        self._intents.pop(rel)
         await self._journal.forget_path(rel)
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
         if self._is_dir(dst):
-            prefix = src + "/"
-            for path in [p for p in self._intents if p.startswith(prefix)]:
-                self._intents[dst + "/" + path[len(prefix):]] = self._intents.pop(path)
+            self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)
             return
-        self._intents.pop(dst, None)
-        intent = self._intents.pop(src, None)
-        if intent is not None:
-            self._intents[dst] = intent
+        self._intents.move(src, dst)
         if self._journal.get_deferred(src) is None:
             # The moved file has no entry of its own (it had a clean verdict). Keep
             # the entry `on_write_intent(dst)` made durable before the rename: the
