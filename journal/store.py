@@ -48,6 +48,7 @@ from journal.commit import MAX_MAP_SIZE, GroupCommitter
 from journal.records import (
     DeferredEntry,
     Exposure,
+    ExposureRecord,
     Identity,
     JournalCorrupt,
     JournalError,
@@ -265,8 +266,9 @@ class Journal:
             exposure=exposure, error=error, now=self._clock()))
 
     async def complete(self, path: str, seq: int, verdict: VerdictRecord | None) -> bool:
-        t = self._t
-        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict))
+        t, now = self._t, self._clock()
+        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict,
+                                                                now))
 
     async def put_verdict(self, verdict: VerdictRecord) -> None:
         t = self._t
@@ -291,18 +293,37 @@ class Journal:
         t = self._t
         return await self._write(lambda txn: queue.op_purge(txn, t, path, poisoned_only))
 
-    async def forget_path(self, path: str) -> None:
-        t = self._t
-        await self._write(lambda txn: tables.op_forget(txn, t, path))
+    async def forget_path(self, path: str, outcome: str = "unlinked") -> DeferredEntry | None:
+        """Drop the path's entry; its exposures are kept (`list_exposed`) as `outcome`."""
+        t, now = self._t, self._clock()
+        return await self._write(lambda txn: tables.op_forget(txn, t, path, outcome, now))
 
     async def rename_path(self, old: str, new: str) -> None:
-        t = self._t
-        await self._write(lambda txn: tables.op_rename(txn, t, old, new))
+        t, now = self._t, self._clock()
+        await self._write(lambda txn: tables.op_rename(txn, t, old, new, now))
 
     async def rename_tree(self, old_dir: str, new_dir: str) -> int:
         """A directory was renamed: entries below it follow (scans all entries)."""
+        t, now = self._t, self._clock()
+        return await self._write(lambda txn: tables.op_rename_tree(txn, t, old_dir, new_dir,
+                                                                   now))
+
+    async def keep_exposures(self, path: str, outcome: str) -> None:
+        """Keep the exposures of `path`'s entry (`list_exposed`) as `outcome`; the entry
+        stays."""
+        t, now = self._t, self._clock()
+
+        def op(txn: Txn) -> None:
+            found = tables.find(txn, t, path)
+            if found is not None:
+                tables.archive(txn, t, found[1], outcome, now=now)
+
+        await self._write(op)
+
+    async def clear_exposed(self, path: str | None = None) -> int:
+        """An administrator clears kept exposure records (of `path`, or all)."""
         t = self._t
-        return await self._write(lambda txn: tables.op_rename_tree(txn, t, old_dir, new_dir))
+        return await self._write(lambda txn: tables.op_clear_exposed(txn, t, path))
 
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t
@@ -352,6 +373,11 @@ class Journal:
 
         return sorted(self._read(read), key=lambda r: r.time)
 
+    def list_exposed(self) -> list[ExposureRecord]:
+        """Exposure records kept after their entries ended, oldest first."""
+        t = self._t
+        return sorted(self._read(lambda txn: tables.list_exposed(txn, t)), key=lambda r: r.first)
+
     def get_quarantine(self, id: str) -> QuarantineRecord | None:
         t = self._t
         raw = self._read(lambda txn: txn.get(id.encode("utf-8", "surrogateescape"),
@@ -374,6 +400,8 @@ class Journal:
                 "oldest_age_s": None if oldest is None else max(0.0, now - oldest),
                 "bytes": size, "verdicts": int(txn.stat(t.verdicts)["entries"]),
                 "quarantined": int(txn.stat(t.quarantine)["entries"]),
+                "exposure_records": 0 if t.exposed is None else
+                int(txn.stat(t.exposed)["entries"]),
             }
 
         out = self._read(read)

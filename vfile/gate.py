@@ -38,7 +38,14 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
-from journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
+from journal.records import (
+    DeferredEntry,
+    Exposure,
+    Identity,
+    JournalError,
+    VerdictRecord,
+    exposure_to_json,
+)
 from journal.records import Reason as JournalReason
 from journal.store import Journal
 from scanner.pool import Pool
@@ -84,6 +91,10 @@ SIG_CACHE_S = 0.05
 
 def _ckey(identity: Identity, sig: str) -> CacheKey:
     return (identity.dev, identity.ino, identity.size, identity.mtime_ns, identity.ctime_ns, sig)
+
+
+def exposures_json(exposures: tuple[Exposure, ...]) -> list[dict[str, object]]:
+    return [exposure_to_json(x) for x in exposures]
 
 
 def command_of(pid: int) -> str:
@@ -358,12 +369,14 @@ class Gate:
     async def _settle(self, path: str, record: VerdictRecord, profile: Profile, *,
                       persist: bool, seq: int | None = None) -> None:
         """Store a verdict (resolving a journal entry it answers), act if infected."""
+        exposures: tuple[Exposure, ...] = ()
         try:
-            if seq is None and persist:
-                entry = self._journal.get_deferred(path)
-                if entry is not None and entry.identity == record.identity \
-                        and path not in self._intents:
-                    seq = entry.seq
+            entry = self._journal.get_deferred(path)
+            if entry is not None:
+                exposures = entry.exposures  # kept by the journal; shown with the action
+            if seq is None and persist and entry is not None \
+                    and entry.identity == record.identity and path not in self._intents:
+                seq = entry.seq
             if seq is not None:
                 await self._journal.complete(path, seq, record)
             elif persist or record.outcome == "infected":
@@ -376,10 +389,12 @@ class Gate:
             return
         self.stats.infections += 1
         done = await self._actions.apply(profile.infected_action, path, record,
-                                         profile=profile.name, hook=profile.hook)
+                                         profile=profile.name, hook=profile.hook,
+                                         exposures=exposures)
         self.observer.audit("verdict", path, verdict="infected", signature=record.signature,
                             appliance=record.appliance, profile=profile.name,
-                            action=profile.infected_action.value, result=done)
+                            action=profile.infected_action.value, result=done,
+                            exposures=exposures_json(exposures))
         log.warning("infected: %r signature %s (profile %s, action %s: %s)", path,
                     record.signature, profile.name, profile.infected_action.value, done)
 
@@ -411,9 +426,9 @@ class Gate:
 
     # --- carrying out a decision ---------------------------------------------------------
 
-    def _exposure(self, ctx: RequestCtx) -> Exposure:
+    def _exposure(self, ctx: RequestCtx, *, wrote: bool = False) -> Exposure:
         return Exposure(uid=ctx.uid, pid=ctx.pid, command=command_of(ctx.pid),
-                        time=self._clock())
+                        time=self._clock(), wrote=wrote)
 
     async def _carry_out(self, d: Decision, path: str, identity: Identity, profile: Profile, *,
                          ctx: RequestCtx, verdict: Verdict | None,
@@ -536,7 +551,8 @@ class Gate:
         intent = self._intents.begin(rel)
         try:
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
-                                                   profile.name, exposure=self._exposure(ctx))
+                                                   profile.name,
+                                                   exposure=self._exposure(ctx, wrote=True))
         except BaseException:
             self._intents.roll_back(intent)
             raise
@@ -669,7 +685,15 @@ class Gate:
     async def on_unlink(self, path: bytes) -> None:
         rel = os.fsdecode(path)
         self._intents.pop(rel)
-        await self._journal.forget_path(rel)
+        entry = await self._journal.forget_path(rel)  # its exposures are kept
+        if entry is not None:
+            self._audit_exposures(rel, "unlinked", entry.exposures)
+
+    def _audit_exposures(self, path: str, outcome: str, exposures: tuple[Exposure, ...]) -> None:
+        readers = tuple(x for x in exposures if not x.wrote)
+        if readers:
+            self.observer.audit("exposures", path, outcome=outcome,
+                                exposures=exposures_json(exposures))
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
@@ -678,6 +702,11 @@ class Gate:
             await self._journal.rename_tree(src, dst)
             return
         self._intents.move(src, dst)
+        target = self._journal.get_deferred(dst)
+        if target is not None and any(not x.wrote for x in target.exposures):
+            # Who read the file this rename replaced: kept, and said so.
+            await self._journal.keep_exposures(dst, "overwritten")
+            self._audit_exposures(dst, "overwritten", target.exposures)
         if self._journal.get_deferred(src) is None:
             # The moved file has no entry of its own (it had a clean verdict). Keep
             # the entry `on_write_intent(dst)` made durable before the rename: the

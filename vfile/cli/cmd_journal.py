@@ -36,8 +36,8 @@ from typing import Annotated, Any
 
 import typer
 
-from journal import DeferredEntry, Journal, JournalError, QuarantineRecord
-from journal.records import deferred_to_json, quarantine_to_json
+from journal import DeferredEntry, Exposure, Journal, JournalError, QuarantineRecord
+from journal.records import deferred_to_json, exposed_to_json, quarantine_to_json
 from vfile import control
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.errors import Exit, UserError
@@ -155,8 +155,48 @@ def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")]
                                 f"mtime_ns={ident.mtime_ns} ctime_ns={ident.ctime_ns}"),
         f"exposures:       {len(e.exposures)} (opened while unscanned)",
     ]
-    lines += [f"  {_when(x.time)}  uid={x.uid} pid={x.pid} {x.command}" for x in e.exposures]
+    lines += _exposure_lines(e.exposures)
     typer.echo("\n".join(lines))
+
+
+def _exposure_lines(exposures: tuple[Exposure, ...]) -> list[str]:
+    return [f"  {_when(x.first_time)} .. {_when(x.time)}  {x.count:>4}x  uid={x.uid} "
+            f"pid={x.pid} {x.command}{' (wrote it)' if x.wrote else ''}" for x in exposures]
+
+
+@journal_app.command("exposures")
+@run_async
+async def journal_exposures(
+        state_dir: StateDir = None, mount: Mount = None, json_: Json = False,
+        clear: Annotated[str | None, typer.Option(
+            "--clear", metavar="PATH", help="Clear the exposure record of this path.")] = None,
+        clear_all: Annotated[bool, typer.Option(
+            "--clear-all", help="Clear every kept exposure record.")] = False) -> None:
+    """Who opened files unscanned whose entries ended without a clean verdict for what
+    they read (unlinked or renamed over before a scan, infected, changed): kept until
+    an administrator clears them.
+
+    Example: vfile journal exposures --mount /mnt/guest
+    Example: vfile journal exposures --mount /mnt/guest --clear uploads/setup.exe
+    """
+    if clear is not None and clear_all:
+        raise UserError("give --clear PATH or --clear-all, not both", Exit.USAGE)
+    if clear is not None or clear_all:
+        # Read-write next to a live mount is safe: see the module docstring.
+        with open_journal(state_dir, readonly=False, mount=mount) as j:
+            n = await j.clear_exposed(clear)
+        typer.echo(f"{n} cleared")
+        return
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
+        records = j.list_exposed()
+    if json_:
+        _print_json([exposed_to_json(r) for r in records])
+        return
+    for r in records:
+        what = f"{r.outcome} {r.detail}".strip()
+        typer.echo(f"{_when(r.time)}  {what:<24} {r.path}")
+        typer.echo("\n".join(_exposure_lines(r.exposures)))
+    typer.echo(f"{len(records)} kept", err=True)
 
 
 @journal_app.command("stats")
@@ -281,7 +321,11 @@ def quarantine_show(rec_id: Annotated[str, typer.Argument(metavar="ID")],
         _print_json(quarantine_to_json(rec))
         return
     for key, value in quarantine_to_json(rec).items():
-        typer.echo(f"{key + ':':<17}{value}")
+        if key != "exposures":
+            typer.echo(f"{key + ':':<17}{value}")
+    typer.echo(f"{'exposures:':<17}{len(rec.exposures)} (opened while unscanned)")
+    if rec.exposures:
+        typer.echo("\n".join(_exposure_lines(rec.exposures)))
 
 
 @quarantine_app.command("restore")
