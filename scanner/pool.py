@@ -11,6 +11,9 @@ Invariants:
   caller's nursery, and also learn each appliance's signature version.
 - An appliance that answers with a well-formed error (a size limit, say) is
   healthy: that counts as a breaker success, and the next appliance is tried.
+- `scan_fd(count_timeouts=False)` (the drain's slow scans of large files): a
+  timeout is no evidence the appliance is down, so it is not recorded against
+  the breaker; refusals, resets and bad replies still are.
 """
 
 from __future__ import annotations
@@ -197,8 +200,9 @@ class Pool:
 
     # --- scanning ----------------------------------------------------------
 
-    async def _attempt(self, app: _Appliance, fd: int, size: int, limit: int | None,
-                       timeout: float) -> Verdict | None:
+    async def _attempt(self, app: _Appliance, fd: int, size: int,  # noqa: PLR0917
+                       limit: int | None, timeout: float,
+                       count_timeouts: bool = True) -> Verdict | None:
         """One attempt; None when the appliance failed (recorded against it)."""
         started = trio.current_time()
         settled = False
@@ -213,6 +217,10 @@ class Pool:
                     reason = str(err)
             if cs.cancelled_caught:
                 reason = f"no reply within {timeout:g}s"
+                if not count_timeouts:
+                    app.scans += 1
+                    app.last_error = reason
+                    return None  # `finally` releases a half-open trial: no verdict either way
             app.scans += 1
             settled = True
             if reason:
@@ -232,7 +240,8 @@ class Pool:
                 app.breaker.release()  # cancelled from outside: neither success nor failure
 
     async def scan_fd(self, fd: int, *, size: int, limit: int | None = None,
-                      attempt_timeout: float | None = None, retries: int | None = None) -> Verdict:
+                      attempt_timeout: float | None = None, retries: int | None = None,
+                      count_timeouts: bool = True) -> Verdict:
         timeout = self.attempt_timeout if attempt_timeout is None else attempt_timeout
         tries = 1 + (self.retries if retries is None else retries)
         result: Verdict | None = None
@@ -241,7 +250,8 @@ class Pool:
                 for _ in range(tries):
                     if not app.healthy or not app.breaker.allow(trio.current_time()):
                         break
-                    verdict = await self._attempt(app, fd, size, limit, timeout)
+                    verdict = await self._attempt(app, fd, size, limit, timeout,
+                                                  count_timeouts)
                     if verdict is None:
                         result = Verdict.error(f"{app.last_error}", app.name)
                         continue

@@ -50,8 +50,8 @@ NAMES = 6  # per writer
 FAULTS = ("none", "none", "refuse", "reset", "blackhole", "delay=0.3s", "garbage", "truncate")
 #: a thread blocked in the dead mount gets ENOTCONN at once; this only bounds a bug
 JOIN_DEADLINE = 20.0
-#: Without the kernel's writeback cache (see the module docstring).
-WRITEBACK = ("-o", "no_writeback")
+#: The default mount options: the kernel's writeback cache on.
+WRITEBACK: tuple[str, ...] = ()
 
 Model = dict[str, bytes | None]  # relative path -> content (None: absent)
 

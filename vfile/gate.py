@@ -308,17 +308,24 @@ class Gate:
             await self._idle.wait()
 
     async def _scan(self, fd: int, identity: Identity, profile: Profile,
-                    scope: trio.CancelScope) -> tuple[ScanResult, Verdict | None]:
+                    scope: trio.CancelScope, *,
+                    drain: bool = False) -> tuple[ScanResult, Verdict | None]:
         """`_scan_once`, timed for the observer."""
         started = time.perf_counter()
-        result, verdict = await self._scan_once(fd, identity, profile, scope)
+        result, verdict = await self._scan_once(fd, identity, profile, scope, drain=drain)
         self.observer.scanned(result.value, verdict.appliance if verdict is not None else "",
                               time.perf_counter() - started)
         return result, verdict
 
     async def _scan_once(self, fd: int, identity: Identity, profile: Profile,
-                         scope: trio.CancelScope) -> tuple[ScanResult, Verdict | None]:
-        """Scan our own descriptor `fd` under `scope`; classify what came back."""
+                         scope: trio.CancelScope, *,
+                         drain: bool = False) -> tuple[ScanResult, Verdict | None]:
+        """Scan our own descriptor `fd` under `scope`; classify what came back.
+
+        `drain`: one attempt may take the profile's whole drain deadline, and a
+        timeout is not counted against the appliance's breaker (a slow scan of a
+        large file says nothing about the appliance being down).
+        """
         limit = profile.scan_first if profile.is_oversize(identity.size) else None
         verdict: Verdict | None = None
         self._scopes.add(scope)
@@ -326,7 +333,8 @@ class Gate:
             with scope:
                 verdict = await self._pool.scan_fd(
                     fd, size=identity.size, limit=limit,
-                    attempt_timeout=profile.attempt_timeout, retries=profile.retries)
+                    attempt_timeout=profile.drain_deadline if drain else profile.attempt_timeout,
+                    retries=profile.retries, count_timeouts=not drain)
         finally:
             self._scopes.discard(scope)
         if verdict is None:
@@ -664,8 +672,8 @@ class Gate:
             sig = self._sig()
             record = self._lookup(identity, sig)
             if record is None:
-                scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-                result, verdict = await self._scan(fd, identity, profile, scope)
+                scope = trio.CancelScope(deadline=trio.current_time() + profile.drain_deadline)
+                result, verdict = await self._scan(fd, identity, profile, scope, drain=True)
                 if verdict is None or result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                     detail = verdict.detail if verdict is not None else result.value
                     return Resolution(DrainOutcome.ERROR, detail=detail)

@@ -40,7 +40,7 @@ from vfile import control
 from vfile.actions import Actions
 from vfile.commands import Commands, MountInfo
 from vfile.config import Config, load_config
-from vfile.drain import Drain
+from vfile.drain import DEFAULT_LEASE, Drain
 from vfile.errors import Exit, UserError
 from vfile.gate import Gate
 from vfile.hooks import FileHooks
@@ -89,6 +89,9 @@ def _open_journal(state_dir: Path) -> Journal:
 
 
 SIG_FILE = "last-signature-version"
+#: the drain's bound on one resolve beyond the profiles' drain deadlines (journal writes,
+#: the infected action)
+DRAIN_MARGIN = 30.0
 
 
 def _read_sig(state_dir: Path) -> str:
@@ -166,8 +169,12 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         window.subscribe(pool.set_quiet)
         quota = QuotaMonitor(config.all_profiles(), journal.list_deferred)
         gate.quota = quota.state
+        # The drain's outer bound and lease cover the longest profile drain deadline.
+        scan_deadline = max(p.drain_deadline for p in config.all_profiles()) + DRAIN_MARGIN
         drain = Drain(journal, gate.resolve,
-                      ready=lambda: pool.available() and not window.active)
+                      ready=lambda: pool.available() and not window.active,
+                      scan_deadline=scan_deadline,
+                      lease=max(DEFAULT_LEASE, 2 * scan_deadline))
         info = MountInfo(source=os.path.realpath(opts.source),
                          mountpoint=os.path.realpath(opts.mountpoint),
                          state_dir=str(state_dir), quarantine_dir=qdir,
