@@ -43,6 +43,7 @@ from journal.records import (
     Exposure,
     Identity,
     JournalError,
+    JournalFull,
     VerdictRecord,
     exposure_to_json,
 )
@@ -80,6 +81,8 @@ CLOSE_SCANS = 4
 EXPOSURE_LOG_INTERVAL = 10.0
 #: at most one "denied, no verdict" line per profile per this many seconds
 DENY_LOG_INTERVAL = 1.0
+#: at most one "journal full" line per this many seconds
+FULL_LOG_INTERVAL = 60.0
 
 VerdictKey = tuple[Identity, str]
 #: the verdict cache's key: identity fields and signature version as a plain tuple,
@@ -140,6 +143,7 @@ class _Stats:
     deferrals: int = 0
     denials: int = 0
     intents: int = 0
+    journal_full: int = 0
 
 
 class Gate:
@@ -175,6 +179,7 @@ class Gate:
         self._idle.set()
         self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
+        self._full_log = RateLimited(FULL_LOG_INTERVAL, log)
         self.stats = _Stats()
         #: profile name -> scan-debt state; the mount wires in its QuotaMonitor
         self.quota: Callable[[str], QuotaState] = lambda name: QuotaState.NONE
@@ -276,6 +281,7 @@ class Gate:
             "cached_verdicts": len(self._cache), "infections": s.infections,
             "exposures": s.exposures, "deferrals": s.deferrals, "denials": s.denials,
             "write_intents": s.intents, "pending_intents": len(self._intents),
+            "journal_full": s.journal_full,
             "in_flight": len(self._flights), "window": self._window,
         }
 
@@ -460,9 +466,12 @@ class Gate:
             self.stats.deferrals += 1
             self.stats.exposures += d.exposure
             error = verdict.detail if verdict is not None and verdict.is_error else ""
-            seq = await self._journal.defer(path, identity, JournalReason(d.reason.value),
-                                            profile.name, exposure=self._exposure(ctx),
-                                            error=error)
+            try:
+                seq = await self._journal.defer(path, identity, JournalReason(d.reason.value),
+                                                profile.name, exposure=self._exposure(ctx),
+                                                error=error)
+            except JournalFull as err:
+                raise self._full(path, err) from None
             if (intent := self._intents.get(path)) is not None:
                 intent.seq = seq  # the same entry, re-deferred: the close scan resolves it
             self._exposure_log(f"safe:{profile.name}", logging.INFO,
@@ -561,11 +570,21 @@ class Gate:
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
                                                    profile.name,
                                                    exposure=self._exposure(ctx, wrote=True))
-        except BaseException:
+        except BaseException as err:
             self._intents.roll_back(intent)
+            if isinstance(err, JournalFull):
+                raise self._full(rel, err) from None
             raise
         self.stats.intents += 1
         return intent
+
+    def _full(self, path: str, err: JournalFull) -> OSError:
+        """The journal cannot record `path`: the operation fails with EIO (nothing unscanned
+        goes unrecorded), counted, with one log line a minute rather than one per open."""
+        self.stats.journal_full += 1
+        self._full_log("full", logging.ERROR, "journal full: %r and others fail with EIO "
+                       "until it has room: %s", path, err)
+        return OSError(errno.EIO, "journal full")
 
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to

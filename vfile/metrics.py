@@ -208,7 +208,9 @@ class _StatusCollector(Collector):
                  "(fail-open, or fail-safe and journaled)"),
                 ("deferrals", "vfile_deferrals", "Opens allowed and journaled for a later scan"),
                 ("denials", "vfile_denials", "Opens and writes denied"),
-                ("write_intents", "vfile_write_intents", "Write intents journaled")):
+                ("write_intents", "vfile_write_intents", "Write intents journaled"),
+                ("journal_full", "vfile_journal_full", "Opens and writes failed with EIO "
+                 "because the journal was full")):
             yield from _counter(name, doc, g.get(key))
         yield from _gauge("vfile_scans_in_flight", "Scans in flight", g.get("in_flight"))
         yield from _gauge("vfile_pending_write_intents", "Files being written, not yet scanned",
