@@ -112,6 +112,10 @@ def test_exposures_survive_unlink_rename_and_infection(tree: Tree) -> None:  # n
         assert res.returncode == 0, res.stderr
         assert (READER_UID, "cat") in _who(json.loads(res.stdout)["exposures"])
         assert (READER_UID, "cat") in _who(json.loads(hook_out.read_text()))
+        # Restored (without --to) into the live mount's source, at its place.
+        res = cli("quarantine", "restore", rec["id"], "--mount", str(mnt))
+        assert res.returncode == 0 and f"to {src / 'later.com'}" in res.stdout, res.stderr
+        assert (src / "later.com").read_bytes() == EICAR
 
         # Kept until an administrator clears it.
         res = cli("journal", "exposures", "--mount", str(mnt), "--clear", "gone.txt")

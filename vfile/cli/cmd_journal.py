@@ -41,6 +41,7 @@ from journal.records import deferred_to_json, exposed_to_json, quarantine_to_jso
 from vfile import control
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.errors import Exit, UserError
+from vfile.restore import RestoreError, restore_into
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Mount = Annotated[str | None, typer.Option(
@@ -334,15 +335,36 @@ async def quarantine_restore(
         rec_id: Annotated[str, typer.Argument(metavar="ID")], state_dir: StateDir = None,
         mount: Mount = None,
         to: Annotated[Path | None, typer.Option("--to", help="Restore here instead of the "
-                                                "original path.")] = None) -> None:
+                                                "original place.")] = None,
+        source: Annotated[str | None, typer.Option(
+            "--source", help="The mount's source directory (default with --mount: the live "
+            "mount's), where the file goes back to its original place.")] = None) -> None:
     """Move a quarantined file back (never over an existing file) and drop its record.
 
+    Without --to the file goes back into the source at its original place.
+
+    Example: vfile quarantine restore 3f2a9c --mount /mnt/guest
     Example: vfile quarantine restore 3f2a9c --mount /mnt/guest --to /tmp/recovered
     """
+    if source is None and mount is not None and to is None:
+        source = str(_control(mount, "status")["mount"]["source"])
     with open_journal(state_dir, readonly=False, mount=mount) as j:
         rec = _get_record(j, rec_id)
-        target = to if to is not None else Path(rec.original_path)
-        _move_no_overwrite(Path(rec.quarantine_path), target)
+        quarantined = Path(rec.quarantine_path)
+        if to is not None or os.path.isabs(rec.original_path):
+            target = to if to is not None else Path(rec.original_path)
+            _move_no_overwrite(quarantined, target)
+        elif source is None:
+            raise UserError(f"{rec_id}: its path {rec.original_path!r} is relative to the "
+                            "mount's source: give --mount, --source DIR or --to PATH",
+                            Exit.USAGE)
+        else:
+            if not quarantined.exists():
+                raise UserError(f"{quarantined}: quarantined file is missing", Exit.USAGE)
+            try:
+                target = restore_into(source, rec.original_path, quarantined)
+            except RestoreError as err:
+                raise UserError(str(err), Exit.USAGE) from None
         await j.remove_quarantine(rec_id)
     typer.echo(f"restored {rec_id} to {target}")
 
