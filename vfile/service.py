@@ -187,7 +187,10 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                           rundir / sock_name, builtin)
         async with trio.open_nursery() as nursery:
             if builtin is not None:
-                rundir.mkdir(mode=0o755, parents=True, exist_ok=True)
+                try:
+                    control.prepare_runtime_dir(rundir)
+                except control.ControlError as err:
+                    raise UserError(str(err), Exit.MOUNTPOINT) from None
                 await nursery.start(builtin.serve, "unix://" + urls[0][len("clamd://"):])
             await nursery.start(pool.serve)
             await nursery.start(gate.serve)
