@@ -145,6 +145,8 @@ class Journal:
         self._clock = clock
         self._pid = os.getpid()
         self._committer = GroupCommitter(env, t, str(where), self._grow_map)
+        #: verdicts this process deleted (`delete_verdicts`), for status and metrics
+        self.verdicts_collected = 0
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
@@ -320,6 +322,13 @@ class Journal:
 
         await self._write(op)
 
+    async def delete_verdicts(self, keys: list[bytes]) -> int:
+        """Delete verdicts by key (`verdict_batch`); one small write transaction."""
+        t = self._t
+        n = await self._write(lambda txn: tables.op_delete_verdicts(txn, t, keys))
+        self.verdicts_collected += n
+        return n
+
     async def clear_exposed(self, path: str | None = None) -> int:
         """An administrator clears kept exposure records (of `path`, or all)."""
         t = self._t
@@ -373,6 +382,12 @@ class Journal:
 
         return sorted(self._read(read), key=lambda r: r.time)
 
+    def verdict_batch(self, after: bytes | None,
+                      n: int) -> list[tuple[bytes, VerdictRecord | None]]:
+        """Up to `n` verdicts (key, record or None if undecodable) after key `after`."""
+        t = self._t
+        return self._read(lambda txn: tables.verdict_batch(txn, t, after, n))
+
     def list_exposed(self) -> list[ExposureRecord]:
         """Exposure records kept after their entries ended, oldest first."""
         t = self._t
@@ -410,6 +425,7 @@ class Journal:
         out["map_size"] = int(info["map_size"])
         out["map_used"] = (int(info["last_pgno"]) + 1) * int(stat["psize"])
         out["path"] = str(self.path)
+        out["verdicts_collected"] = self.verdicts_collected
         return out
 
     def statistics(self) -> dict[str, Any]:

@@ -391,6 +391,31 @@ def op_put_verdict(txn: Txn, t: Tables, verdict: VerdictRecord) -> None:
             db=t.verdicts)
 
 
+def verdict_batch(txn: Txn, t: Tables, after: bytes | None,
+                  n: int) -> list[tuple[bytes, VerdictRecord | None]]:
+    """Up to `n` verdicts in key order after key `after` (None: from the start);
+    an undecodable one comes back as None (garbage too)."""
+    out: list[tuple[bytes, VerdictRecord | None]] = []
+    cur = txn.cursor(db=t.verdicts)
+    if not (cur.set_range(after) if after is not None else cur.first()):
+        return out
+    for raw_key, raw in cur:
+        key = bytes(raw_key)
+        if key == after:
+            continue
+        try:
+            out.append((key, decode_verdict(raw)))
+        except JournalCorrupt:
+            out.append((key, None))
+        if len(out) >= n:
+            break
+    return out
+
+
+def op_delete_verdicts(txn: Txn, t: Tables, victims: list[bytes]) -> int:
+    return sum(bool(txn.delete(k, db=t.verdicts)) for k in victims)
+
+
 def get_verdict(txn: Txn, t: Tables, identity: Identity, sig_version: str) -> VerdictRecord | None:
     raw = txn.get(keys.verdict_key(identity, sig_version), db=t.verdicts)
     if raw is None:

@@ -187,3 +187,36 @@ def test_restore_without_to_goes_into_the_source(tmp_path: Path,
     assert not (tmp_path / "outside" / "escape.com").exists() and (qdir / "r3").exists()
     code, out, _ = vfile("quarantine", "list", "--state-dir", str(state), "--json")
     assert {r["id"] for r in json.loads(out)} == {"r2", "r3"}
+
+
+def test_gc_collects_verdicts_of_gone_files_and_old_signatures(tmp_path: Path) -> None:
+    """`vfile journal gc`: verdicts for identities no file has any more, or at a
+    signature version no longer in use, go; current ones stay."""
+    from journal.records import VerdictRecord
+
+    state, src = tmp_path / "state", tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (src / name).write_text(f"content {name}\n")
+    ident = {name: Identity.from_stat((src / name).stat()) for name in ("a", "b", "c", "d")}
+    old_a = Identity(ident["a"].dev, ident["a"].ino, 3, 1, 1)  # a before a rewrite
+    (src / "d").unlink()
+
+    async def fill() -> None:
+        j = Journal.open(state)
+        try:
+            for i, sig in ((ident["a"], "S2"), (ident["b"], "S2"), (old_a, "S2"),
+                           (ident["c"], "S1"), (ident["d"], "S2")):
+                await j.put_verdict(VerdictRecord(i, sig, "clean", "", "app", 1.0))
+        finally:
+            j.close()
+
+    trio.run(fill)
+    (state / "last-signature-version").write_text("S2\n")
+    code, out, err = vfile("journal", "gc", "--state-dir", str(state), "--source", str(src))
+    assert code == 0, err
+    assert "3 of 5 verdicts collected" in out
+    code, out, _ = vfile("journal", "stats", "--state-dir", str(state), "--json")
+    assert json.loads(out)["verdicts"] == 2
+    code, _, err = vfile("journal", "gc", "--state-dir", str(state))
+    assert code == Exit.USAGE and "--source" in err

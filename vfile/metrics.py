@@ -249,6 +249,9 @@ class _StatusCollector(Collector):
         yield from _gauge("vfile_journal_deferred_bytes", "Bytes awaiting a deferred scan",
                           j.get("bytes"))
         yield from _gauge("vfile_journal_verdicts", "Verdicts stored", j.get("verdicts"))
+        yield from _counter("vfile_verdicts_collected", "Stored verdicts collected (old "
+                            "signature versions, files that no longer exist)",
+                            j.get("verdicts_collected"))
         yield from _gauge("vfile_journal_quarantined", "Quarantine records", j.get("quarantined"))
         yield from _gauge("vfile_journal_map_used_bytes", "LMDB map in use", j.get("map_used"))
         yield from _gauge("vfile_journal_map_size_bytes", "LMDB map size", j.get("map_size"))

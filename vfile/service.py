@@ -46,6 +46,7 @@ from vfile.gate import Gate
 from vfile.hooks import FileHooks
 from vfile.observability import serve_observers
 from vfile.quota import QuotaMonitor
+from vfile.verdict_gc import VerdictCollector
 from vfile.window import Window
 
 if TYPE_CHECKING:
@@ -198,6 +199,11 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(window.serve)
             await nursery.start(quota.serve)
             await nursery.start(drain.serve)
+            collector = VerdictCollector(
+                journal, info.source,
+                lambda: [gate.last_signature, *(str(a["sig_version"])
+                                                for a in pool.statistics())])
+            await nursery.start(collector.serve)
             await nursery.start(serve_observers, opts, running)  # --metrics, --audit-log
             try:
                 await nursery.start(server.serve)

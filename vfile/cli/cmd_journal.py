@@ -38,10 +38,11 @@ import typer
 
 from journal import DeferredEntry, Exposure, Journal, JournalError, QuarantineRecord
 from journal.records import deferred_to_json, exposed_to_json, quarantine_to_json
-from vfile import control
+from vfile import control, verdict_gc
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.errors import Exit, UserError
 from vfile.restore import RestoreError, restore_into
+from vfile.service import SIG_FILE
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Mount = Annotated[str | None, typer.Option(
@@ -198,6 +199,37 @@ async def journal_exposures(
         typer.echo(f"{_when(r.time)}  {what:<24} {r.path}")
         typer.echo("\n".join(_exposure_lines(r.exposures)))
     typer.echo(f"{len(records)} kept", err=True)
+
+
+@journal_app.command("gc")
+@run_async
+async def journal_gc(
+        state_dir: StateDir = None, mount: Mount = None,
+        source: Annotated[str | None, typer.Option(
+            "--source", help="The mount's source directory (default with --mount: the live "
+            "mount's).")] = None,
+        signature: Annotated[list[str] | None, typer.Option(
+            "--signature", help="A signature version in use (default: the one the mount "
+            "last recorded in its state directory).")] = None) -> None:
+    """Collect stored verdicts of files that no longer exist and of old signature
+    versions (a live mount also does this in the background).
+
+    Example: vfile journal gc --state-dir /var/lib/vfile/guest --source /srv/guest
+    """
+    if source is None and mount is not None:
+        source = str(_control(mount, "status")["mount"]["source"])
+    if source is None:
+        raise UserError("--source DIR (or --mount) is required: verdicts are kept for the "
+                        "files it holds", Exit.USAGE)
+    state = resolve_state_dir(state_dir, mount)
+    sigs = list(signature or [])
+    if not sigs:
+        with contextlib.suppress(OSError):
+            sigs = [(Path(state) / SIG_FILE).read_text().strip()]
+    with open_journal(state, readonly=False) as j:
+        done = await verdict_gc.collect(j, source=source, signatures=sigs)
+    typer.echo(f"{done.collected} of {done.examined} verdicts collected in {done.seconds:.1f}s"
+               + ("" if any(sigs) else " (no signature version known: kept every version)"))
 
 
 @journal_app.command("stats")
