@@ -129,6 +129,13 @@ def translate(err: BaseException, where: str) -> JournalError:
     return JournalError(f"journal {where}: write failed: {err}")
 
 
+def _log_failure(where: str, n: int, err: BaseException) -> None:
+    # A full disk fails every transaction until it has room: its callers report it,
+    # rate-limited (a line per transaction would be a line per open).
+    level = logging.DEBUG if isinstance(translate(err, where), JournalFull) else logging.ERROR
+    log.log(level, "journal %r: transaction of %d operations failed: %s", where, n, err)
+
+
 #: Below this many free bytes, an EIO from LMDB is taken for a full disk.
 _NEARLY_FULL = 64 << 10
 
@@ -268,8 +275,7 @@ class GroupCommitter:
             elif not self._on_map_full():
                 raise err
         except Exception as failure:
-            log.error("journal %r: transaction of %d operations failed: %s",
-                      self._where, len(batch.ops), failure)
+            _log_failure(self._where, len(batch.ops), failure)
             batch.error = failure
             self._finish(batch)
         else:
@@ -354,8 +360,7 @@ class GroupCommitter:
                 self._post(self._regrow, batch, grow.args[0])
                 return
             except Exception as err:  # every caller of the batch gets the failure
-                log.error("journal %r: transaction of %d operations failed: %s",
-                          self._where, len(batch.ops), err)
+                _log_failure(self._where, len(batch.ops), err)
                 batch.error = err
             self.batches += 1
             self.ops += len(batch.ops)

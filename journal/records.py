@@ -25,7 +25,8 @@ from typing import Any
 
 #: Version byte at the start of every stored value.
 VALUE_FORMAT = 1
-#: How many exposures (who opened a file unscanned) an entry keeps: the newest.
+#: How many exposures (who opened a file unscanned, one per uid and command) a record
+#: keeps: the first opener always, then the most recent others.
 MAX_EXPOSURES = 32
 
 
@@ -80,12 +81,54 @@ class Reason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Exposure:
-    """Who opened a file while it had no verdict."""
+    """Who opened a file while it had no verdict: one uid and command, aggregated."""
 
     uid: int
+    #: the pid of the latest open
     pid: int
     command: str
+    #: the latest open
     time: float
+    #: the first open (0.0: the same as `time`)
+    first: float = 0.0
+    count: int = 1
+    #: it opened the file to write it (a write intent), not to read unscanned content
+    wrote: bool = False
+
+    @property
+    def first_time(self) -> float:
+        return self.first or self.time
+
+    def key(self) -> tuple[int, str]:
+        return (self.uid, self.command)
+
+
+def merge_exposures(old: tuple[Exposure, ...], new: Exposure, *, same_batch: bool = False,
+                    limit: int = MAX_EXPOSURES) -> tuple[Exposure, ...]:
+    """`old` with `new` counted in: one aggregate per (uid, command), in order of first
+    open, at most `limit`, never dropping the first opener (index 0).
+
+    `same_batch`: `new` is a later copy of an aggregate already counted (the same
+    first time): it replaces it rather than adding to its count.
+    """
+    out = list(old)
+    for i, x in enumerate(out):
+        if x.key() == new.key():
+            if same_batch and x.first_time == new.first_time:
+                count = max(x.count, new.count)
+            else:
+                count = x.count + new.count
+            latest = new if new.time >= x.time else x
+            out[i] = Exposure(x.uid, latest.pid, x.command, max(x.time, new.time),
+                              min(x.first_time, new.first_time), count,
+                              x.wrote and new.wrote)
+            return tuple(out)
+    out.append(new)
+    while len(out) > max(1, limit):
+        # Drop the other opener seen least recently; the first opener stays.
+        stale = min(range(1, len(out)), key=lambda i: out[i].time)
+        del out[stale]
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +171,24 @@ class QuarantineRecord:
     time: float
     identity: Identity | None
     profile: str
+    #: who opened the file while it had no verdict
+    exposures: tuple[Exposure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExposureRecord:
+    """Exposures kept after their deferred entry ended without a clean verdict for the
+    content they read: the file was unlinked or renamed over before a scan, found
+    infected, or changed before a scan. Kept, one per path, until an administrator
+    clears them."""
+
+    path: str
+    #: "unlinked" | "overwritten" | "infected" | "changed" | "gone"
+    outcome: str
+    detail: str
+    first: float
+    time: float
+    exposures: tuple[Exposure, ...]
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -189,15 +250,29 @@ def _identity(v: object) -> Identity | None:
 
 
 def _exposure(v: object) -> Exposure:
-    if not isinstance(v, list) or len(v) != 4:
+    if not isinstance(v, list) or len(v) not in (4, 7):
         raise JournalCorrupt("exposure has the wrong shape")
-    return Exposure(_int(v[0]), _int(v[1]), _str(v[2]), _float(v[3]))
+    if len(v) == 4:  # written before exposures were aggregated
+        return Exposure(_int(v[0]), _int(v[1]), _str(v[2]), _float(v[3]))
+    if type(v[6]) is not bool:
+        raise JournalCorrupt("exposure has the wrong shape")
+    return Exposure(_int(v[0]), _int(v[1]), _str(v[2]), _float(v[3]), _float(v[4]),
+                    _int(v[5]), v[6])
+
+
+def _exposure_obj(x: Exposure) -> list[Any]:
+    return [x.uid, x.pid, x.command, x.time, x.first, x.count, x.wrote]
+
+
+def exposure_to_json(x: Exposure) -> dict[str, Any]:
+    return {"uid": x.uid, "pid": x.pid, "command": x.command, "time": x.time,
+            "first": x.first_time, "last": x.time, "count": x.count, "wrote": x.wrote}
 
 
 def encode_deferred(e: DeferredEntry) -> bytes:
     return _pack([e.path, e.seq, _identity_obj(e.identity), e.reason.value, e.profile,
                   e.first_deferred, e.last_deferred, e.attempts, e.last_error,
-                  [[x.uid, x.pid, x.command, x.time] for x in e.exposures],
+                  [_exposure_obj(x) for x in e.exposures],
                   e.not_before, e.lease_until, e.poisoned, e.order])
 
 
@@ -212,8 +287,7 @@ def encode_new_deferred(path: str, seq: int, identity: Identity | None, *, reaso
     """
     return _PREFIX + _dumps([
         path, seq, _identity_obj(identity), reason.value, profile, now, now, 0, error,
-        [] if exposure is None else [[exposure.uid, exposure.pid, exposure.command,
-                                      exposure.time]],
+        [] if exposure is None else [_exposure_obj(exposure)],
         0.0, 0.0, False, seq]).encode("ascii")
 
 
@@ -256,13 +330,39 @@ def decode_verdict(data: bytes) -> VerdictRecord:
 
 def encode_quarantine(r: QuarantineRecord) -> bytes:
     return _pack([r.id, r.original_path, r.quarantine_path, r.signature, r.time,
-                  _identity_obj(r.identity), r.profile])
+                  _identity_obj(r.identity), r.profile,
+                  [_exposure_obj(x) for x in r.exposures]])
+
+
+def _exposures(v: object) -> tuple[Exposure, ...]:
+    if not isinstance(v, list):
+        raise JournalCorrupt("exposures have the wrong shape")
+    return tuple(_exposure(x) for x in v)
 
 
 def decode_quarantine(data: bytes) -> QuarantineRecord:
-    v = _unpack(data, "quarantine", 7)
+    try:
+        v = _unpack(data, "quarantine", 8)
+    except JournalCorrupt:
+        v = [*_unpack(data, "quarantine", 7), []]  # written before exposures were kept
     return QuarantineRecord(_str(v[0]), _str(v[1]), _str(v[2]), _str(v[3]), _float(v[4]),
-                            _identity(v[5]), _str(v[6]))
+                            _identity(v[5]), _str(v[6]), _exposures(v[7]))
+
+
+def encode_exposed(r: ExposureRecord) -> bytes:
+    return _pack([r.path, r.outcome, r.detail, r.first, r.time,
+                  [_exposure_obj(x) for x in r.exposures]])
+
+
+def decode_exposed(data: bytes) -> ExposureRecord:
+    v = _unpack(data, "exposure", 6)
+    return ExposureRecord(_str(v[0]), _str(v[1]), _str(v[2]), _float(v[3]), _float(v[4]),
+                          _exposures(v[5]))
+
+
+def exposed_to_json(r: ExposureRecord) -> dict[str, Any]:
+    return {"path": r.path, "outcome": r.outcome, "detail": r.detail, "first": r.first,
+            "time": r.time, "exposures": [exposure_to_json(x) for x in r.exposures]}
 
 
 def deferred_to_json(e: DeferredEntry) -> dict[str, Any]:
@@ -272,8 +372,7 @@ def deferred_to_json(e: DeferredEntry) -> dict[str, Any]:
         "identity": None if e.identity is None else _identity_dict(e.identity),
         "reason": e.reason.value, "profile": e.profile, "first_deferred": e.first_deferred,
         "last_deferred": e.last_deferred, "attempts": e.attempts, "last_error": e.last_error,
-        "exposures": [{"uid": x.uid, "pid": x.pid, "command": x.command, "time": x.time}
-                      for x in e.exposures],
+        "exposures": [exposure_to_json(x) for x in e.exposures],
         "not_before": e.not_before, "lease_until": e.lease_until, "poisoned": e.poisoned,
     }
 
@@ -281,7 +380,8 @@ def deferred_to_json(e: DeferredEntry) -> dict[str, Any]:
 def quarantine_to_json(r: QuarantineRecord) -> dict[str, Any]:
     return {"id": r.id, "original_path": r.original_path, "quarantine_path": r.quarantine_path,
             "signature": r.signature, "time": r.time, "profile": r.profile,
-            "identity": None if r.identity is None else _identity_dict(r.identity)}
+            "identity": None if r.identity is None else _identity_dict(r.identity),
+            "exposures": [exposure_to_json(x) for x in r.exposures]}
 
 
 def _identity_dict(i: Identity) -> dict[str, int]:

@@ -64,6 +64,7 @@ from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
+    ExposureRecord,
     Identity,
     JournalCorrupt,
     JournalError,
@@ -228,6 +229,8 @@ class Journal:
         self._fsync = fsync
         self._committer = GroupCommitter(env, t, str(where), self._grow_map, fsync=fsync)
         self._sync_limiter = trio.CapacityLimiter(1)
+        #: verdicts this process deleted (`delete_verdicts`), for status and metrics
+        self.verdicts_collected = 0
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
@@ -379,9 +382,9 @@ class Journal:
     # power loss only means a file is scanned again (README "Durability").
 
     async def complete(self, path: str, seq: int, verdict: VerdictRecord | None) -> bool:
-        t = self._t
-        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict),
-                                 durable=False)
+        t, now = self._t, self._clock()
+        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict,
+                                                                now), durable=False)
 
     async def put_verdict(self, verdict: VerdictRecord) -> None:
         t = self._t
@@ -408,19 +411,47 @@ class Journal:
         t = self._t
         return await self._write(lambda txn: queue.op_purge(txn, t, path, poisoned_only))
 
-    async def forget_path(self, path: str) -> None:
-        # Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it.
-        t = self._t
-        await self._write(lambda txn: tables.op_forget(txn, t, path), durable=False)
+    async def forget_path(self, path: str, outcome: str = "unlinked") -> DeferredEntry | None:
+        """Drop the path's entry; its exposures are kept (`list_exposed`) as `outcome`.
+        Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it."""
+        t, now = self._t, self._clock()
+        return await self._write(lambda txn: tables.op_forget(txn, t, path, outcome, now),
+                                 durable=False)
 
     async def rename_path(self, old: str, new: str) -> None:
-        t = self._t
-        await self._write(lambda txn: tables.op_rename(txn, t, old, new))
+        t, now = self._t, self._clock()
+        await self._write(lambda txn: tables.op_rename(txn, t, old, new, now))
 
     async def rename_tree(self, old_dir: str, new_dir: str) -> int:
         """A directory was renamed: entries below it follow (scans all entries)."""
+        t, now = self._t, self._clock()
+        return await self._write(lambda txn: tables.op_rename_tree(txn, t, old_dir, new_dir,
+                                                                   now))
+
+    async def keep_exposures(self, path: str, outcome: str) -> None:
+        """Keep the exposures of `path`'s entry (`list_exposed`) as `outcome`; the entry
+        stays."""
+        t, now = self._t, self._clock()
+
+        def op(txn: Txn) -> None:
+            found = tables.find(txn, t, path)
+            if found is not None:
+                tables.archive(txn, t, found[1], outcome, now=now)
+
+        await self._write(op)
+
+    async def delete_verdicts(self, keys: list[bytes]) -> int:
+        """Delete verdicts by key (`verdict_batch`); one small write transaction."""
         t = self._t
-        return await self._write(lambda txn: tables.op_rename_tree(txn, t, old_dir, new_dir))
+        # Tier 2: a collection lost to a crash is only redone.
+        n = await self._write(lambda txn: tables.op_delete_verdicts(txn, t, keys), durable=False)
+        self.verdicts_collected += n
+        return n
+
+    async def clear_exposed(self, path: str | None = None) -> int:
+        """An administrator clears kept exposure records (of `path`, or all)."""
+        t = self._t
+        return await self._write(lambda txn: tables.op_clear_exposed(txn, t, path))
 
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t
@@ -534,6 +565,17 @@ class Journal:
 
         return sorted(self._read(read), key=lambda r: r.time)
 
+    def verdict_batch(self, after: bytes | None,
+                      n: int) -> list[tuple[bytes, VerdictRecord | None]]:
+        """Up to `n` verdicts (key, record or None if undecodable) after key `after`."""
+        t = self._t
+        return self._read(lambda txn: tables.verdict_batch(txn, t, after, n))
+
+    def list_exposed(self) -> list[ExposureRecord]:
+        """Exposure records kept after their entries ended, oldest first."""
+        t = self._t
+        return sorted(self._read(lambda txn: tables.list_exposed(txn, t)), key=lambda r: r.first)
+
     def get_quarantine(self, id: str) -> QuarantineRecord | None:
         t = self._t
         raw = self._read(lambda txn: txn.get(id.encode("utf-8", "surrogateescape"),
@@ -565,6 +607,8 @@ class Journal:
                 "oldest_age_s": None if oldest is None else max(0.0, now - oldest),
                 "bytes": size, "verdicts": int(txn.stat(t.verdicts)["entries"]),
                 "quarantined": int(txn.stat(t.quarantine)["entries"]),
+                "exposure_records": 0 if t.exposed is None else
+                int(txn.stat(t.exposed)["entries"]),
             }
 
         out = self._read(read)
@@ -573,6 +617,7 @@ class Journal:
         out["map_size"] = int(info["map_size"])
         out["map_used"] = (int(info["last_pgno"]) + 1) * int(stat["psize"])
         out["path"] = str(self.path)
+        out["verdicts_collected"] = self.verdicts_collected
         return out
 
     def statistics(self) -> dict[str, Any]:

@@ -22,6 +22,10 @@ Tables (named LMDB databases):
               figures status, metrics and the quota need without a walk.
   meta        b"p:" + profile -> (entries u64, bytes u64) of that profile's
               deferred entries (format 2)
+  exposed     sha256(path) -> ExposureRecord: who opened a file unscanned, kept
+              after its entry ended without a clean verdict for what they read
+              (created on first open by a newer vfile; absent in a read-only
+              open of an older journal, then read as empty)
 
 Invariants (kept by every write operation below):
 - `order` holds exactly one key per non-poisoned deferred entry, built from
@@ -31,6 +35,10 @@ Invariants (kept by every write operation below):
   every change goes through `put_entry` / `delete_entry` (or BatchWriter's fast
   path, which does the same). A format-1 journal (no such table) is upgraded on
   its first writable open by one walk (`upgrade`); read-only, it is walked.
+- Exposures are never dropped except by an administrator (`op_clear_exposed`)
+  or by a clean verdict for the very content they read (the entry's identity):
+  an entry that is unlinked, renamed over, found infected, gone, or whose
+  content changes before a scan, first merges its exposures into `exposed`.
 - Write operations do not raise for expected conditions (missing entry, stale
   seq); they return a result. Undecodable stored values are skipped with a
   warning rather than failing every write that happens to scan past them.
@@ -45,6 +53,7 @@ Invariants (kept by every write operation below):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import heapq
 import logging
 import struct
@@ -57,20 +66,23 @@ import lmdb
 
 from vfile.journal import keys
 from vfile.journal.records import (
-    MAX_EXPOSURES,
     DeferredEntry,
     Exposure,
+    ExposureRecord,
     Identity,
     JournalCorrupt,
     QuarantineRecord,
     Reason,
     VerdictRecord,
     decode_deferred,
+    decode_exposed,
     decode_verdict,
     encode_deferred,
+    encode_exposed,
     encode_new_deferred,
     encode_quarantine,
     encode_verdict,
+    merge_exposures,
 )
 
 log = logging.getLogger(__name__)
@@ -119,6 +131,8 @@ class Tables:
     quarantine: Any
     #: None: a format-1 journal opened read-only (figures are then walked)
     profiles: Any = None
+    #: None only in a read-only open of a journal made before the table existed
+    exposed: Any = None
     seq: SeqCounter = dataclasses.field(default_factory=SeqCounter)
 
 
@@ -129,7 +143,13 @@ def open_tables(env: lmdb.Environment, txn: Txn | None = None) -> Tables:
         profiles = env.open_db(b"profiles", txn=txn, create=txn is not None)
     except lmdb.NotFoundError:
         profiles = None
-    return Tables(meta, deferred, order, verdicts, quarantine, profiles)
+    exposed: Any
+    try:
+        exposed = env.open_db(b"exposed", txn=txn, create=txn is not None)
+    except lmdb.NotFoundError:
+        # A journal from before the table: add it (its own write txn), unless read-only.
+        exposed = None if env.flags()["readonly"] else env.open_db(b"exposed", create=True)
+    return Tables(meta, deferred, order, verdicts, quarantine, profiles, exposed)
 
 
 def stored_format(txn: Txn, t: Tables) -> int:
@@ -330,10 +350,14 @@ def op_defer(txn: Txn, t: Tables, *, path: str, identity: Identity | None, reaso
             exposures=() if exposure is None else (exposure,), not_before=0.0,
             lease_until=0.0, poisoned=False, order=seq))
         return seq
-    exposures = old.exposures if exposure is None else (*old.exposures, exposure)
+    exposures = old.exposures if exposure is None else merge_exposures(old.exposures, exposure)
     new = dataclasses.replace(
         old, seq=seq, identity=identity, reason=reason, profile=profile, last_deferred=now,
-        last_error=error or old.last_error, exposures=exposures[-MAX_EXPOSURES:])
+        last_error=error or old.last_error, exposures=exposures)
+    if identity != old.identity and old.identity is not None:
+        # What the openers so far read is replaced before anyone scanned it: keep who
+        # they were (they also stay on the entry, which now stands for the new content).
+        archive(txn, t, old, "changed", now=now)
     if identity != old.identity:
         # New content: earlier failures said nothing about it; scan it afresh.
         new = dataclasses.replace(new, attempts=0, poisoned=False, not_before=0.0)
@@ -414,13 +438,77 @@ class BatchWriter:
             self._txn.put(b"seq", keys.u64(self._max), db=self._t.meta)
 
 
-def op_complete(txn: Txn, t: Tables, path: str, seq: int,
-                verdict: VerdictRecord | None) -> bool:
+def _exposed_key(path: str) -> bytes:
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()
+
+
+def archive(txn: Txn, t: Tables, entry: DeferredEntry, outcome: str, detail: str = "", *,
+            now: float) -> None:
+    """Merge the exposures of `entry` into the path's exposure record."""
+    if not entry.exposures or t.exposed is None:
+        return
+    if outcome != "infected" and all(x.wrote for x in entry.exposures):
+        # Only its writers opened it (every file written has one): nobody read
+        # unscanned content. Kept for an infected file: who wrote it matters.
+        return
+    key = _exposed_key(entry.path)
+    raw = txn.get(key, db=t.exposed)
+    old: ExposureRecord | None = None
+    if raw is not None:
+        try:
+            old = decode_exposed(raw)
+        except JournalCorrupt as err:
+            log.warning("journal: replacing an undecodable exposure record: %s", err)
+    exposures = () if old is None else old.exposures
+    for x in entry.exposures:
+        # The same aggregate archived again (a later copy of it) is not counted twice.
+        exposures = merge_exposures(exposures, x, same_batch=True)
+    if old is not None and old.outcome in ("infected",) and outcome != "infected":
+        outcome, detail = old.outcome, old.detail  # the worst news stays visible
+    txn.put(key, encode_exposed(ExposureRecord(
+        path=entry.path, outcome=outcome, detail=detail,
+        first=now if old is None else old.first, time=now, exposures=exposures)),
+        db=t.exposed)
+
+
+def list_exposed(txn: Txn, t: Tables) -> list[ExposureRecord]:
+    if t.exposed is None:
+        return []
+    out = []
+    for key, raw in txn.cursor(db=t.exposed):
+        try:
+            out.append(decode_exposed(raw))
+        except JournalCorrupt as err:
+            log.warning("journal: skipping undecodable exposure record %s: %s",
+                        bytes(key).hex(), err)
+    return out
+
+
+def op_clear_exposed(txn: Txn, t: Tables, path: str | None) -> int:
+    """An administrator clears the exposure record of `path` (None: all of them)."""
+    if t.exposed is None:
+        return 0
+    if path is not None:
+        return int(bool(txn.delete(_exposed_key(path), db=t.exposed)))
+    keys_ = [bytes(k) for k in txn.cursor(db=t.exposed).iternext(values=False)]
+    for k in keys_:
+        txn.delete(k, db=t.exposed)
+    return len(keys_)
+
+
+def op_complete(txn: Txn, t: Tables, path: str, seq: int,  # noqa: PLR0917
+                verdict: VerdictRecord | None, now: float = 0.0) -> bool:
     removed = False
     found = find(txn, t, path)
     if found is not None:
         key, entry = found
         if entry.seq == seq:
+            if verdict is None:
+                archive(txn, t, entry, "gone", now=now)
+            elif verdict.outcome == "infected":
+                archive(txn, t, entry, "infected", verdict.signature, now=now)
+            elif verdict.identity != entry.identity:
+                archive(txn, t, entry, "changed", now=now)  # clean, but not what they read
             delete_entry(txn, t, key, entry)
             removed = True
         elif entry.lease_until:
@@ -451,6 +539,31 @@ def op_put_verdict(txn: Txn, t: Tables, verdict: VerdictRecord) -> None:
             db=t.verdicts)
 
 
+def verdict_batch(txn: Txn, t: Tables, after: bytes | None,
+                  n: int) -> list[tuple[bytes, VerdictRecord | None]]:
+    """Up to `n` verdicts in key order after key `after` (None: from the start);
+    an undecodable one comes back as None (garbage too)."""
+    out: list[tuple[bytes, VerdictRecord | None]] = []
+    cur = txn.cursor(db=t.verdicts)
+    if not (cur.set_range(after) if after is not None else cur.first()):
+        return out
+    for raw_key, raw in cur:
+        key = bytes(raw_key)
+        if key == after:
+            continue
+        try:
+            out.append((key, decode_verdict(raw)))
+        except JournalCorrupt:
+            out.append((key, None))
+        if len(out) >= n:
+            break
+    return out
+
+
+def op_delete_verdicts(txn: Txn, t: Tables, victims: list[bytes]) -> int:
+    return sum(bool(txn.delete(k, db=t.verdicts)) for k in victims)
+
+
 def get_verdict(txn: Txn, t: Tables, identity: Identity, sig_version: str) -> VerdictRecord | None:
     raw = txn.get(keys.verdict_key(identity, sig_version), db=t.verdicts)
     if raw is None:
@@ -466,15 +579,18 @@ def get_verdict(txn: Txn, t: Tables, identity: Identity, sig_version: str) -> Ve
     return rec
 
 
-def op_forget(txn: Txn, t: Tables, path: str) -> bool:
+def op_forget(txn: Txn, t: Tables, path: str, outcome: str = "unlinked",
+              now: float = 0.0) -> DeferredEntry | None:
+    """Drop `path`'s entry (its exposures are kept as `outcome`); the entry, or None."""
     found = find(txn, t, path)
     if found is None:
-        return False
+        return None
+    archive(txn, t, found[1], outcome, now=now)
     delete_entry(txn, t, *found)
-    return True
+    return found[1]
 
 
-def op_rename(txn: Txn, t: Tables, old: str, new: str) -> bool:
+def op_rename(txn: Txn, t: Tables, old: str, new: str, now: float = 0.0) -> bool:
     """The entry of `old` follows its file to `new`, replacing `new`'s own entry.
 
     With no entry for `old`, `new`'s entry stays: it may be the intent written
@@ -490,6 +606,7 @@ def op_rename(txn: Txn, t: Tables, old: str, new: str) -> bool:
     target = find(txn, t, new)
     if target is not None:
         log.info("journal: %r overwritten by rename; its entry is replaced", new)
+        archive(txn, t, target[1], "overwritten", now=now)
         delete_entry(txn, t, *target)
     key, entry = found
     delete_entry(txn, t, key, entry)
@@ -499,12 +616,12 @@ def op_rename(txn: Txn, t: Tables, old: str, new: str) -> bool:
     return True
 
 
-def op_rename_tree(txn: Txn, t: Tables, old_dir: str, new_dir: str) -> int:
+def op_rename_tree(txn: Txn, t: Tables, old_dir: str, new_dir: str, now: float = 0.0) -> int:
     """Every entry under directory `old_dir` follows it to `new_dir` (full scan)."""
     prefix = old_dir.rstrip("/") + "/"
     moving = [e.path for _, e in iter_entries(txn, t) if e.path.startswith(prefix)]
     for path in moving:
-        op_rename(txn, t, path, new_dir.rstrip("/") + "/" + path[len(prefix):])
+        op_rename(txn, t, path, new_dir.rstrip("/") + "/" + path[len(prefix):], now)
     return len(moving)
 
 

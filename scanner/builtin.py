@@ -195,7 +195,8 @@ class BuiltinAppliance:
                 if fault.kind == "reset":
                     reset(conn.stream)
                     return
-                if fault.kind == "delay":
+                if fault.kind == "delay" or (fault.kind == "slowscan"
+                                             and name in ("INSTREAM", "FILDES")):
                     await trio.sleep(fault.delay)
                 if fault.kind == "garbage":
                     reply = GARBAGE

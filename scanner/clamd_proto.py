@@ -5,7 +5,8 @@ parse replies. Server side (the built-in appliance): split commands in either
 `z…\\0` or `n…\\n` form.
 
 Invariant: only the exact reply `NAME: OK` means clean. `NAME: SIG FOUND` is
-infected, `… ERROR` is an appliance-reported error, and anything else —
+infected, except `Heuristics.Limits.Exceeded.*` (clamd stopped at a scan limit:
+an error), `… ERROR` is an appliance-reported error, and anything else —
 unknown words, control bytes, non-ASCII, oversize — raises `ProtocolError`,
 which callers turn into an error verdict. Nothing unparsed is ever clean.
 """
@@ -74,6 +75,10 @@ def _text(reply: bytes) -> str:
     return text
 
 
+#: what clamd reports (with AlertExceedsMax yes) for content over its scan limits
+LIMITS_EXCEEDED = "Heuristics.Limits.Exceeded"
+
+
 def parse_scan_reply(reply: bytes) -> tuple[Outcome, str]:
     """Parse a scan reply (without its terminator) into (outcome, detail).
 
@@ -93,6 +98,10 @@ def parse_scan_reply(reply: bytes) -> tuple[Outcome, str]:
         return Outcome.CLEAN, ""
     if rest.endswith(" FOUND"):
         sig = rest[: -len(" FOUND")]
+        if sig.startswith(LIMITS_EXCEEDED):
+            # clamd stopped at MaxFileSize/MaxScanSize/MaxFiles/MaxRecursion... and says so
+            # (only with AlertExceedsMax): it did not scan everything, so no verdict.
+            return Outcome.ERROR, f"size limit exceeded, not scanned ({sig})"
         if _SIG.fullmatch(sig):
             return Outcome.INFECTED, sig
     raise ProtocolError(f"unrecognised reply {text[:80]!r}")

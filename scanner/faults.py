@@ -7,6 +7,8 @@ is pure; the servers decide what each fault does to a connection:
 - refuse:    the listening socket is closed, connections are refused
 - blackhole: connections are accepted and read, never answered
 - delay=D:   every reply is held back D seconds
+- slowscan=D: every scan reply is held back D seconds, PING and VERSION are not:
+             a healthy appliance busy with a large file or a deep archive
 - reset:     connections are accepted and reset (RST) at once
 - garbage:   every reply is replaced with bytes that are no valid reply
 - truncate:  (proxy) replies are cut in half and the connection closed
@@ -21,11 +23,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-FaultKind = Literal["refuse", "blackhole", "delay", "reset", "garbage", "truncate", "trickle",
-                    "oversize"]
+FaultKind = Literal["refuse", "blackhole", "delay", "slowscan", "reset", "garbage", "truncate",
+                    "trickle", "oversize"]
 KINDS: tuple[FaultKind, ...] = ("refuse", "blackhole", "delay", "reset", "garbage", "truncate",
                                 "trickle", "oversize")
-SERVER_KINDS: tuple[FaultKind, ...] = ("refuse", "blackhole", "delay", "reset", "garbage")
+SERVER_KINDS: tuple[FaultKind, ...] = ("refuse", "blackhole", "delay", "slowscan", "reset",
+                                       "garbage")
+#: faults that take a duration
+TIMED: tuple[FaultKind, ...] = ("delay", "slowscan")
 
 #: what a `garbage` fault sends instead of a reply: printable-looking but no
 #: valid clamd or ICAP reply (it even contains "OK" to catch lax parsers)
@@ -52,7 +57,7 @@ class Fault:
     delay: float = 0.0
 
     def __str__(self) -> str:
-        return f"delay={self.delay:g}s" if self.kind == "delay" else self.kind
+        return f"{self.kind}={self.delay:g}s" if self.kind in TIMED else self.kind
 
 
 def parse_fault(text: str, *, allowed: tuple[FaultKind, ...] = KINDS) -> Fault | None:
@@ -62,12 +67,13 @@ def parse_fault(text: str, *, allowed: tuple[FaultKind, ...] = KINDS) -> Fault |
         return None
     name, sep, arg = text.partition("=")
     if name not in allowed:
-        names = ", ".join("delay=DURATION" if k == "delay" else k for k in allowed)
+        names = ", ".join(f"{k}=DURATION" if k in TIMED else k for k in allowed)
         raise ValueError(f"unknown fault {text!r} (expected one of: none, {names})")
-    if name == "delay":
+    if name in TIMED:
         if not sep:
-            raise ValueError("fault delay needs a duration, e.g. delay=2s")
-        return Fault("delay", parse_duration(arg))
+            raise ValueError(f"fault {name} needs a duration, e.g. {name}=2s")
+        timed: FaultKind = "slowscan" if name == "slowscan" else "delay"
+        return Fault(timed, parse_duration(arg))
     if sep:
         raise ValueError(f"fault {name!r} takes no argument")
     kind: FaultKind = name

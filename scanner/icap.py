@@ -145,6 +145,12 @@ class IcapClient:
             last = proto.LAST_CHUNK_IEOF if offset >= length else proto.LAST_CHUNK
             await conn.send(head + proto.encode_chunk(data) + last)
             resp = await conn.head()
+            if resp.status == 204 and offset < length:
+                # The server decided on the preview alone: it never saw the rest of the
+                # file (c-icap does this over virus_scan.MaxObjectSize, or for a file
+                # type outside ScanFileTypes). Unscanned bytes are no verdict.
+                return Outcome.ERROR, (f"size limit or skipped type: 204 after a preview of "
+                                       f"{offset} of {length} bytes, the file was not scanned")
             if resp.status != 100:
                 return await self._final(conn, resp, fd, length)
             if offset >= length:

@@ -27,6 +27,10 @@ Adaptive mode (`Adaptive.enabled`, the default; see scanner/latency.py for the m
   cancelled and goes to the next appliance or the caller's fail mode.
 - A timeout noticed much later than it was due (this process was paused, not
   the appliance) is no evidence: neither a failure nor a trigger.
+- `scan_fd(count_timeouts=False)` (the drain's slow scans of large files): a
+  timeout is no evidence the appliance is down, so it is not recorded against
+  the breaker (nor evicts others); refusals, resets and bad replies still are.
+  Such a scan gets the caller's timeout as it is: no adaptive timeout, no hedge.
 """
 
 from __future__ import annotations
@@ -289,10 +293,12 @@ class Pool:
                     f.scope.cancel()
         app.evicted += sum(f.evicted for f in others)
 
-    async def _attempt(self, app: _Appliance, fd: int, size: int, limit: int | None,
-                       timeout: float) -> Verdict | None:
+    async def _attempt(self, app: _Appliance, fd: int, size: int,  # noqa: PLR0917
+                       limit: int | None, timeout: float,
+                       count_timeouts: bool = True) -> Verdict | None:
         """One attempt; None when the appliance failed (recorded against it), or when it
-        was cut short by collective detection."""
+        was cut short by collective detection. `count_timeouts=False`: a timeout is
+        not recorded against the appliance."""
         started = trio.current_time()
         nbytes = size if limit is None else min(size, limit)
         adaptive = self.adaptive.enabled
@@ -326,6 +332,10 @@ class Pool:
                               app.name, lag)
                     return None
                 reason = f"no reply within {timeout:g}s"
+                if not count_timeouts:
+                    app.scans += 1
+                    app.last_error = reason
+                    return None  # `finally` releases a half-open trial: no verdict either way
                 timed_out = True
             app.scans += 1
             settled = True
@@ -356,13 +366,17 @@ class Pool:
         return next((a for a in self._apps if a is not primary and self._usable(a)), None)
 
     async def _attempt_hedged(self, app: _Appliance, fd: int, size: int, limit: int | None,
-                              configured: float, *, retry: int) -> Verdict | None:
+                              configured: float, *, retry: int,
+                              count_timeouts: bool = True) -> Verdict | None:
         """An attempt on `app`; past the model's quantile, the same scan on another usable
         appliance too (budget permitting). The first clean/infected verdict wins.
 
         The `retry`-th retry on one appliance doubles the model's timeout each time
         (TCP's back-off): one late reply (a loaded host) then costs a retry, not the
         fail mode, while a hung appliance is found by the first timeouts of every scan."""
+        if not count_timeouts:
+            # The drain's own long deadline, as given: the on-open model is not for it.
+            return await self._attempt(app, fd, size, limit, configured, count_timeouts=False)
         nbytes = size if limit is None else min(size, limit)
         timeout = self._timeout(app, nbytes, configured)
         if retry and self.adaptive.enabled and app.model.quantile(nbytes) is not None:
@@ -402,7 +416,8 @@ class Pool:
         return results.get(0)
 
     async def scan_fd(self, fd: int, *, size: int, limit: int | None = None,
-                      attempt_timeout: float | None = None, retries: int | None = None) -> Verdict:
+                      attempt_timeout: float | None = None, retries: int | None = None,
+                      count_timeouts: bool = True) -> Verdict:
         timeout = self.attempt_timeout if attempt_timeout is None else attempt_timeout
         tries = 1 + (self.retries if retries is None else retries)
         result: Verdict | None = None
@@ -413,7 +428,8 @@ class Pool:
                     if not app.healthy or not app.breaker.allow(trio.current_time()):
                         break
                     verdict = await self._attempt_hedged(app, fd, size, limit, timeout,
-                                                         retry=retry)
+                                                         retry=retry,
+                                                         count_timeouts=count_timeouts)
                     if verdict is None:
                         result = Verdict.error(f"{app.last_error}", app.name)
                         continue

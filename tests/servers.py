@@ -159,8 +159,10 @@ class Clamd:
 
 
 @contextlib.contextmanager
-def running_clamd(tmp: Path, sigdir: Path, *, stream_max: str = "10M") -> Iterator[Clamd]:
-    """Run a real clamd (foreground) with `sigdir` as its database directory."""
+def running_clamd(tmp: Path, sigdir: Path, *, stream_max: str = "10M",
+                  extra: str = "") -> Iterator[Clamd]:
+    """Run a real clamd (foreground) with `sigdir` as its database directory (and
+    `extra` configuration lines)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     sock = str(tmp / "clamd.sock")
@@ -171,7 +173,7 @@ def running_clamd(tmp: Path, sigdir: Path, *, stream_max: str = "10M") -> Iterat
         f"LocalSocket {sock}\nTCPSocket {port}\nTCPAddr 127.0.0.1\n"
         f"DatabaseDirectory {sigdir}\nStreamMaxLength {stream_max}\n"
         f"LogFile {log}\nPidFile {tmp / 'clamd.pid'}\nTemporaryDirectory {tmp}\n"
-        "User root\nMaxThreads 8\nSelfCheck 3600\n")
+        "User root\nMaxThreads 8\nSelfCheck 3600\n" + extra)
     out = (tmp / "clamd.out").open("wb")
     proc = subprocess.Popen([CLAMD, "--foreground", f"--config-file={conf}"], stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -200,7 +202,7 @@ class Cicap:
 
 
 @contextlib.contextmanager
-def running_cicap(clamd_socket: str, tmp: Path) -> Iterator[Cicap]:
+def running_cicap(clamd_socket: str, tmp: Path, *, max_object: str = "100M") -> Iterator[Cicap]:
     """Run a real c-icap with virus_scan + clamd_mod using the clamd at `clamd_socket`."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "cicap-tmp").mkdir(exist_ok=True)
@@ -221,7 +223,7 @@ def running_cicap(clamd_socket: str, tmp: Path) -> Iterator[Cicap]:
         "Service avscan virus_scan.so\n"
         "virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GRAPHICS STREAM DOCUMENT BINARY\n"
         "virus_scan.SendPercentData 0\nvirus_scan.Allow204Responces on\n"
-        "virus_scan.PassOnError off\nvirus_scan.MaxObjectSize 100M\n"
+        f"virus_scan.PassOnError off\nvirus_scan.MaxObjectSize {max_object}\n"
         "virus_scan.DefaultEngine clamd\n")
     out = (tmp / "cicap.out").open("wb")
     proc = subprocess.Popen([CICAP, "-N", "-f", str(conf)], stdout=out, stderr=subprocess.STDOUT,

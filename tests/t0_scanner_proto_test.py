@@ -185,3 +185,13 @@ def test_signatures(tmp_path: Path) -> None:
     (d / "c.hdb").write_text("nothex:1:Bad\n")
     with pytest.raises(ValueError, match=r"c\.hdb:1"):
         load(str(d))
+
+
+def test_clamd_limits_exceeded_is_an_error_not_an_infection() -> None:
+    from vfile.scanner.clamd_proto import parse_scan_reply
+    from vfile.scanner.verdict import Outcome
+
+    for sig in ("Heuristics.Limits.Exceeded.MaxFileSize", "Heuristics.Limits.Exceeded"):
+        outcome, detail = parse_scan_reply(f"stream: {sig} FOUND".encode())
+        assert outcome is Outcome.ERROR and "size limit" in detail and sig in detail
+    assert parse_scan_reply(b"stream: Eicar-Signature FOUND")[0] is Outcome.INFECTED

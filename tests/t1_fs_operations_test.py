@@ -52,8 +52,12 @@ class RecordingHooks:
             raise Denied(errno.EACCES, "infected: Test-Signature")
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> None:
+                              ctx: RequestCtx) -> object:
         self.calls.append(("intent", path))
+        return None
+
+    def release_intent(self, token: object) -> None:
+        return None
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         self.calls.append(("last_close", path))

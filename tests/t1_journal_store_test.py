@@ -91,7 +91,8 @@ async def test_same_path_twice_in_one_batch_merges(journal: Journal) -> None:
             n.start_soon(one, i)
     (entry,) = journal.list_deferred()
     assert len(set(seqs)) == 10 and entry.seq == max(seqs) and entry.order == min(seqs)
-    assert len(entry.exposures) == 10
+    [x] = entry.exposures  # one (uid, command): one aggregate that counted all ten
+    assert x.count == 10
 
 
 async def test_seqs_stay_above_the_stored_counter(tmp_path: Path) -> None:
@@ -126,14 +127,24 @@ async def test_redefer_keeps_first_and_bumps_seq(journal: Journal, clock: Clock)
                              exposure=Exposure(1000, 42, "cat", clock.now))
     clock.now += 5
     for i in range(40):
+        clock.now += 1
         s2 = await journal.defer("/f", ID1, Reason.TIMEOUT, "p",
-                                 exposure=Exposure(1000, 100 + i, "vi", clock.now))
+                                 exposure=Exposure(1000 + i % 2, 100 + i, f"vi{i}", clock.now))
+    for i in range(3):
+        s2 = await journal.defer("/f", ID1, Reason.TIMEOUT, "p",
+                                 exposure=Exposure(1001, 200 + i, "vi39", clock.now + i))
     e = journal.get_deferred("/f")
     assert e is not None
     assert s2 > s1 and e.seq == s2 and e.order == s1
-    assert e.first_deferred == clock.now - 5 and e.last_deferred == clock.now
+    assert e.first_deferred == clock.now - 45 and e.last_deferred == clock.now
     assert e.reason == Reason.TIMEOUT
-    assert len(e.exposures) == 32 and e.exposures[-1].pid == 139
+    # Bounded, the first opener kept, the most recent others kept, repeats counted.
+    assert len(e.exposures) == 32
+    assert (e.exposures[0].command, e.exposures[0].pid) == ("cat", 42)
+    assert e.exposures[1].command == "vi9"
+    last = e.exposures[-1]
+    assert (last.command, last.count, last.pid) == ("vi39", 4, 202)
+    assert last.first == clock.now and last.time == clock.now + 2
 
 
 async def test_complete_with_stale_seq_keeps_newer_entry(journal: Journal) -> None:
@@ -467,3 +478,25 @@ async def test_disk_full(small_fs: Path) -> None:
         assert set(acked) <= paths
     finally:
         j.close()
+
+
+async def test_exposures_are_kept_when_their_entry_ends_unverified(journal: Journal) -> None:
+    reader = Exposure(1001, 7, "cat", 5.0)
+    writer = Exposure(1000, 8, "cp", 4.0, wrote=True)
+    await journal.defer("/gone", ID1, Reason.UNAVAILABLE, "p", exposure=reader)
+    await journal.defer("/tmp", None, Reason.MODIFIED, "p", exposure=writer)
+    clean = await journal.defer("/clean", ID1, Reason.UNAVAILABLE, "p", exposure=reader)
+    bad = await journal.defer("/bad", ID1, Reason.MODIFIED, "p", exposure=writer)
+    await journal.forget_path("/gone")
+    await journal.forget_path("/tmp")  # only its writer opened it: nothing to keep
+    await journal.complete("/clean", clean,
+                           VerdictRecord(ID1, "sig", "clean", "", "a", 1.0))  # what they read
+    await journal.complete("/bad", bad, VerdictRecord(ID1, "sig", "infected", "Eicar", "a", 1.0))
+    kept = {r.path: r for r in journal.list_exposed()}
+    assert set(kept) == {"/gone", "/bad"}
+    assert kept["/gone"].outcome == "unlinked" and kept["/gone"].exposures == (reader,)
+    assert (kept["/bad"].outcome, kept["/bad"].detail) == ("infected", "Eicar")
+    assert journal.stats()["exposure_records"] == 2
+    assert await journal.clear_exposed("/gone") == 1
+    assert await journal.clear_exposed() == 1
+    assert journal.list_exposed() == []

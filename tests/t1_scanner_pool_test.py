@@ -11,7 +11,7 @@ import trio
 from servers import GENERATED_NAME, Builtin, Samples, builtin, samples  # noqa: F401
 
 from vfile.scanner.builtin import BuiltinAppliance
-from vfile.scanner.faults import SERVER_KINDS, Fault
+from vfile.scanner.faults import SERVER_KINDS, TIMED, Fault
 from vfile.scanner.pool import Pool
 from vfile.scanner.proxy import FaultProxy
 from vfile.scanner.signatures import EICAR_NAME
@@ -57,7 +57,7 @@ async def test_builtin_stream_limit_and_reload(tmp_path: Path, samples: Samples)
 
 @pytest.mark.parametrize("fault", [*SERVER_KINDS])
 async def test_builtin_faults_give_errors(tmp_path: Path, samples: Samples, fault: str) -> None:  # noqa: F811
-    f = Fault("delay", 3.0) if fault == "delay" else Fault(fault)  # type: ignore[arg-type]
+    f = Fault(fault, 3.0) if fault in TIMED else Fault(fault)  # type: ignore[arg-type]
     async with running(tmp_path, samples, f) as b:
         for url in (b.tcp_url, b.unix_url):
             pool = Pool([url], attempt_timeout=0.5, retries=1)

@@ -138,3 +138,85 @@ def test_bad_journal_is_one_line_and_exit_journal(tmp_path: Path) -> None:
     assert code == Exit.JOURNAL and not (tmp_path / "missing").exists()
     code, _, err = vfile("journal", "list")
     assert code == Exit.USAGE and "--state-dir" in err
+
+
+def test_restore_without_to_goes_into_the_source(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records keep the path relative to the source: restore puts the file back there
+    (not relative to the caller's cwd), never over an existing file, never through a
+    symlink planted in the source, and says where."""
+    state, qdir, src = tmp_path / "state", tmp_path / "q", tmp_path / "src"
+    for d in (qdir, src / "sub" / "dir", tmp_path / "cwd", tmp_path / "outside"):
+        d.mkdir(parents=True)
+    (src / "link").symlink_to(tmp_path / "outside")
+
+    async def fill() -> None:
+        j = Journal.open(state)
+        try:
+            for qid, rel in (("r1", "sub/dir/a.com"), ("r2", "sub/taken.com"),
+                             ("r3", "link/escape.com")):
+                (qdir / qid).write_bytes(b"quarantined " + qid.encode())
+                await j.add_quarantine(QuarantineRecord(qid, rel, str(qdir / qid), "Eicar",
+                                                        2.0, ID, "default"))
+        finally:
+            j.close()
+
+    trio.run(fill)
+    (src / "sub" / "taken.com").write_text("someone else's file")
+    monkeypatch.chdir(tmp_path / "cwd")
+    code, _, err = vfile("quarantine", "restore", "r1", "--state-dir", str(state))
+    assert code == Exit.USAGE and "--source" in err
+    assert not (tmp_path / "cwd" / "sub").exists()
+
+    code, out, err = vfile("quarantine", "restore", "r1", "--state-dir", str(state),
+                           "--source", str(src))
+    assert code == 0, err
+    assert (src / "sub" / "dir" / "a.com").read_bytes() == b"quarantined r1"
+    assert f"restored r1 to {src / 'sub' / 'dir' / 'a.com'}" in out
+    assert not (qdir / "r1").exists()
+
+    code, _, err = vfile("quarantine", "restore", "r2", "--state-dir", str(state),
+                         "--source", str(src))
+    assert code == Exit.USAGE and "refusing to overwrite" in err
+    assert (src / "sub" / "taken.com").read_text() == "someone else's file"
+    assert (qdir / "r2").exists()
+
+    code, _, err = vfile("quarantine", "restore", "r3", "--state-dir", str(state),
+                         "--source", str(src))
+    assert code == Exit.USAGE and "symlink" in err, err
+    assert not (tmp_path / "outside" / "escape.com").exists() and (qdir / "r3").exists()
+    code, out, _ = vfile("quarantine", "list", "--state-dir", str(state), "--json")
+    assert {r["id"] for r in json.loads(out)} == {"r2", "r3"}
+
+
+def test_gc_collects_verdicts_of_gone_files_and_old_signatures(tmp_path: Path) -> None:
+    """`vfile journal gc`: verdicts for identities no file has any more, or at a
+    signature version no longer in use, go; current ones stay."""
+    from vfile.journal.records import VerdictRecord
+
+    state, src = tmp_path / "state", tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (src / name).write_text(f"content {name}\n")
+    ident = {name: Identity.from_stat((src / name).stat()) for name in ("a", "b", "c", "d")}
+    old_a = Identity(ident["a"].dev, ident["a"].ino, 3, 1, 1)  # a before a rewrite
+    (src / "d").unlink()
+
+    async def fill() -> None:
+        j = Journal.open(state)
+        try:
+            for i, sig in ((ident["a"], "S2"), (ident["b"], "S2"), (old_a, "S2"),
+                           (ident["c"], "S1"), (ident["d"], "S2")):
+                await j.put_verdict(VerdictRecord(i, sig, "clean", "", "app", 1.0))
+        finally:
+            j.close()
+
+    trio.run(fill)
+    (state / "last-signature-version").write_text("S2\n")
+    code, out, err = vfile("journal", "gc", "--state-dir", str(state), "--source", str(src))
+    assert code == 0, err
+    assert "3 of 5 verdicts collected" in out
+    code, out, _ = vfile("journal", "stats", "--state-dir", str(state), "--json")
+    assert json.loads(out)["verdicts"] == 2
+    code, _, err = vfile("journal", "gc", "--state-dir", str(state))
+    assert code == Exit.USAGE and "--source" in err

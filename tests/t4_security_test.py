@@ -178,3 +178,70 @@ def _deferred(mnt: Path) -> list[dict[str, object]]:
 
     result: list[dict[str, object]] = control.call(mnt, "journal.list", {}, timeout=20)
     return result
+
+
+#: a second uid of our own (no passwd entry needed), so runs in parallel do not meet
+def _second_uid() -> int:
+    return 40000 + os.getpid() % 20000
+
+
+PREPARE = ("import os, sys, random\n"
+           "from vfile import control\n"
+           "uid = int(sys.argv[1])\n"
+           "os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)\n"
+           "os.environ.pop('XDG_RUNTIME_DIR', None)\n"
+           "try:\n"
+           "    print('USED', control.prepare_runtime_dir(control.runtime_dir()))\n"
+           "except control.ControlError as err:\n"
+           "    print('REFUSED', err); sys.exit(3)\n")
+
+
+def test_runtime_dir_of_another_user_is_refused() -> None:
+    """Without XDG_RUNTIME_DIR a non-root mount keeps its sockets in /tmp/vfile-UID: a
+    directory someone else made there (to swap the embedded appliance's socket for a
+    fake clamd answering OK) is refused, as is a symlink or a group/world-open mode."""
+    assert os.getuid() == 0, "this test needs root to act as a second uid"
+    uid = _second_uid()
+    rundir = Path(f"/tmp/vfile-{uid}")
+    assert not os.path.lexists(rundir), f"{rundir} exists before the test"
+
+    def as_second() -> tuple[int, str]:
+        proc = subprocess.run([sys.executable, "-c", PREPARE, str(uid)], capture_output=True,
+                              text=True, timeout=60, check=False)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    elsewhere = Path(tempfile.mkdtemp(prefix="vfile-rt-"))
+    try:
+        rundir.mkdir(mode=0o777)  # made by another user (root here; uid 1000 alike)
+        os.chmod(rundir, 0o777)
+        code, out = as_second()
+        assert code == 3 and "REFUSED" in out and str(rundir) in out and "owned by" in out, out
+        rundir.rmdir()
+
+        os.chown(elsewhere, uid, uid)
+        os.chmod(elsewhere, 0o700)
+        rundir.symlink_to(elsewhere)  # to a directory the user owns: still refused
+        code, out = as_second()
+        assert code == 3 and "symlink" in out, out
+        rundir.unlink()
+
+        rundir.mkdir()
+        os.chown(rundir, uid, uid)
+        os.chmod(rundir, 0o755)
+        code, out = as_second()
+        assert code == 3 and "0700" in out, out
+        rundir.rmdir()
+
+        code, out = as_second()  # absent: made by the user, 0700
+        assert code == 0 and f"USED {rundir}" in out, out
+        st = rundir.lstat()
+        assert stat.S_ISDIR(st.st_mode) and st.st_uid == uid
+        assert stat.S_IMODE(st.st_mode) == 0o700
+        code, out = as_second()  # and used again
+        assert code == 0, out
+    finally:
+        if rundir.is_symlink():
+            rundir.unlink()
+        elif rundir.exists():
+            shutil.rmtree(rundir)
+        shutil.rmtree(elsewhere, ignore_errors=True)

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -71,6 +72,54 @@ def runtime_dir(uid: int | None = None) -> Path:
     if xdg and os.path.isdir(xdg):
         return Path(xdg) / "vfile"
     return Path(f"/tmp/vfile-{uid}")
+
+
+def prepare_runtime_dir(path: Path, uid: int | None = None) -> Path:
+    """Create (or check) the directory that holds a mount's sockets; return it.
+
+    Root's `/run/vfile` is root's. Anyone else's must be a real directory (not a
+    symlink) owned by them with mode 0700: a directory another local user made at
+    the predictable /tmp/vfile-UID first could hold a socket posing as the embedded
+    appliance (a fake clamd answering OK that receives a descriptor of every file
+    scanned) or as the control plane.
+    """
+    uid = os.getuid() if uid is None else uid
+    private = uid != 0
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700 if private else 0o755)
+        if private:
+            os.chmod(path, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise ControlError(f"runtime directory {path}: cannot create it: "
+                           f"{err.strerror or err}") from None
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise ControlError(f"runtime directory {path}: {err.strerror or err}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ControlError(f"runtime directory {path} is a symlink; refusing it (remove it, "
+                           "or set XDG_RUNTIME_DIR)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlError(f"runtime directory {path} is not a directory; refusing it")
+    if st.st_uid != uid:
+        raise ControlError(f"runtime directory {path} is owned by uid {st.st_uid}, not by "
+                           f"uid {uid}; refusing it (remove it, or set XDG_RUNTIME_DIR)")
+    if private and stat.S_IMODE(st.st_mode) != 0o700:
+        raise ControlError(f"runtime directory {path} has mode "
+                           f"{stat.S_IMODE(st.st_mode):04o}, not 0700; refusing it")
+    return path
+
+
+def _trusted_dir(path: Path) -> bool:
+    """A runtime directory a client may use: a real directory owned by root or us."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return True  # absent: nothing listens there anyway
+    return stat.S_ISDIR(st.st_mode) and st.st_uid in (0, os.getuid())
 
 
 def socket_name(mountpoint: str | os.PathLike[str]) -> str:
@@ -140,7 +189,7 @@ class ControlServer:
         self.owner_uid = owner_uid
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
-        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        prepare_runtime_dir(self.path.parent)
         self._remove_stale()
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -265,6 +314,8 @@ def call(mountpoint: str | os.PathLike[str], cmd: str, args: dict[str, Any] | No
          *, timeout: float = 30.0) -> Any:
     """Send one command to a live mount (blocking; for the CLI). Raise ControlError."""
     for path in candidate_sockets(mountpoint):
+        if not _trusted_dir(path.parent):
+            continue  # someone else's directory: whatever listens there is not our mount
         try:
             return call_socket(path, cmd, args, timeout=timeout)
         except _NotListening:

@@ -12,6 +12,10 @@ pyfuse3. Invariants the Operations keep for every hook:
 - `on_write_intent` runs *before* anything that can change a file's content
   takes effect (open for writing, create, truncate, rename onto, link): when it
   returns, the intent must be durable. Raising `Denied` stops the operation.
+  It returns a token (None when no intent was made). The filesystem passes it
+  to `release_intent` when the operation failed, or succeeded without leaving
+  a writer whose last close resolves it (mknod, link, an exchange); every
+  intent ends in a last close, an unlink, a rename or that release.
 - `on_last_close` runs when the last writer of an inode releases it (or after
   a truncate done without an open handle, then with ``fd=None``).
 - `on_unlink` / `on_rename` run after the operation succeeded.
@@ -86,7 +90,9 @@ class FileHooks(Protocol):
                       ctx: RequestCtx) -> None: ...
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> None: ...
+                              ctx: RequestCtx) -> object: ...
+
+    def release_intent(self, token: object) -> None: ...
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None: ...
 
@@ -111,7 +117,10 @@ class NoHooks:
         return None
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> None:
+                              ctx: RequestCtx) -> object:
+        return None
+
+    def release_intent(self, token: object) -> None:
         return None
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:

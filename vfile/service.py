@@ -38,9 +38,10 @@ from vfile.commands import Commands, MountInfo, unreachable_appliance_lines
 from vfile.config.model import Config, load_config
 from vfile.errors import Exit, UserError
 from vfile.filter.actions import Actions
-from vfile.filter.drain import Drain
+from vfile.filter.drain import DEFAULT_LEASE, Drain
 from vfile.filter.gate import Gate
 from vfile.filter.quota import QuotaMonitor
+from vfile.filter.verdict_gc import VerdictCollector
 from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError
@@ -99,6 +100,9 @@ def _open_journal(state_dir: Path, rundir: Path) -> Journal:
 
 
 SIG_FILE = "last-signature-version"
+#: the drain's bound on one resolve beyond the profiles' drain deadlines (journal writes,
+#: the infected action)
+DRAIN_MARGIN = 30.0
 
 
 def _read_sig(state_dir: Path) -> str:
@@ -200,8 +204,12 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         gate.assume_signature(_read_sig(state_dir))
         window.subscribe(gate.set_window)
         window.subscribe(pool.set_quiet)
+        # The drain's outer bound and lease cover the longest profile drain deadline.
+        scan_deadline = max(p.drain_deadline for p in config.all_profiles()) + DRAIN_MARGIN
         drain = Drain(journal, gate.resolve,
-                      ready=lambda: pool.available() and not window.active)
+                      ready=lambda: pool.available() and not window.active,
+                      scan_deadline=scan_deadline,
+                      lease=max(DEFAULT_LEASE, 2 * scan_deadline))
         info = MountInfo(source=os.path.realpath(opts.source),
                          mountpoint=os.path.realpath(opts.mountpoint),
                          state_dir=str(state_dir), quarantine_dir=qdir,
@@ -214,7 +222,10 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                           rundir / sock_name, builtin)
         async with trio.open_nursery() as nursery:
             if builtin is not None:
-                rundir.mkdir(mode=0o755, parents=True, exist_ok=True)
+                try:
+                    control.prepare_runtime_dir(rundir)
+                except control.ControlError as err:
+                    raise UserError(str(err), Exit.MOUNTPOINT) from None
                 await nursery.start(builtin.serve, "unix://" + urls[0][len("clamd://"):])
             await nursery.start(pool.serve)
             for line in unreachable_appliance_lines(pool.statistics(), _profiles(config, quota)):
@@ -225,6 +236,11 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(window.serve)
             await nursery.start(quota.serve)
             await nursery.start(drain.serve)
+            collector = VerdictCollector(
+                journal, info.source,
+                lambda: [gate.last_signature, *(str(a["sig_version"])
+                                                for a in pool.statistics())])
+            await nursery.start(collector.serve)
             await nursery.start(serve_outputs, outputs)  # --metrics, --audit-log
             await nursery.start(memwatch.serve)  # SIGUSR2: log where the memory goes
             try:

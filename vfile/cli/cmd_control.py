@@ -86,6 +86,9 @@ def render_status(s: dict[str, Any]) -> str:
                  f"cache hit rate {'-' if rate is None else f'{rate:.1%}'}, "
                  f"infections {g['infections']}, exposures {g['exposures']}, "
                  f"deferrals {g['deferrals']}, denials {g['denials']}")
+    if g.get("journal_full"):
+        lines.append(f"JOURNAL FULL {g['journal_full']} opens/writes failed with EIO: "
+                     f"free space in {m['state_dir']}")
     return "\n".join(lines)
 
 

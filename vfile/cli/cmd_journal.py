@@ -39,8 +39,11 @@ import typer
 from vfile import control
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.errors import Exit, UserError
-from vfile.journal import DeferredEntry, Journal, JournalError, QuarantineRecord
-from vfile.journal.records import deferred_to_json, quarantine_to_json
+from vfile.filter import verdict_gc
+from vfile.filter.restore import RestoreError, restore_into
+from vfile.journal import DeferredEntry, Exposure, Journal, JournalError, QuarantineRecord
+from vfile.journal.records import deferred_to_json, exposed_to_json, quarantine_to_json
+from vfile.service import SIG_FILE
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Mount = Annotated[str | None, typer.Option(
@@ -155,8 +158,79 @@ def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")]
                                 f"mtime_ns={ident.mtime_ns} ctime_ns={ident.ctime_ns}"),
         f"exposures:       {len(e.exposures)} (opened while unscanned)",
     ]
-    lines += [f"  {_when(x.time)}  uid={x.uid} pid={x.pid} {x.command}" for x in e.exposures]
+    lines += _exposure_lines(e.exposures)
     typer.echo("\n".join(lines))
+
+
+def _exposure_lines(exposures: tuple[Exposure, ...]) -> list[str]:
+    return [f"  {_when(x.first_time)} .. {_when(x.time)}  {x.count:>4}x  uid={x.uid} "
+            f"pid={x.pid} {x.command}{' (wrote it)' if x.wrote else ''}" for x in exposures]
+
+
+@journal_app.command("exposures")
+@run_async
+async def journal_exposures(
+        state_dir: StateDir = None, mount: Mount = None, json_: Json = False,
+        clear: Annotated[str | None, typer.Option(
+            "--clear", metavar="PATH", help="Clear the exposure record of this path.")] = None,
+        clear_all: Annotated[bool, typer.Option(
+            "--clear-all", help="Clear every kept exposure record.")] = False) -> None:
+    """Who opened files unscanned whose entries ended without a clean verdict for what
+    they read (unlinked or renamed over before a scan, infected, changed): kept until
+    an administrator clears them.
+
+    Example: vfile journal exposures --mount /mnt/guest
+    Example: vfile journal exposures --mount /mnt/guest --clear uploads/setup.exe
+    """
+    if clear is not None and clear_all:
+        raise UserError("give --clear PATH or --clear-all, not both", Exit.USAGE)
+    if clear is not None or clear_all:
+        # Read-write next to a live mount is safe: see the module docstring.
+        with open_journal(state_dir, readonly=False, mount=mount) as j:
+            n = await j.clear_exposed(clear)
+        typer.echo(f"{n} cleared")
+        return
+    with open_journal(state_dir, readonly=True, mount=mount) as j:
+        records = j.list_exposed()
+    if json_:
+        _print_json([exposed_to_json(r) for r in records])
+        return
+    for r in records:
+        what = f"{r.outcome} {r.detail}".strip()
+        typer.echo(f"{_when(r.time)}  {what:<24} {r.path}")
+        typer.echo("\n".join(_exposure_lines(r.exposures)))
+    typer.echo(f"{len(records)} kept", err=True)
+
+
+@journal_app.command("gc")
+@run_async
+async def journal_gc(
+        state_dir: StateDir = None, mount: Mount = None,
+        source: Annotated[str | None, typer.Option(
+            "--source", help="The mount's source directory (default with --mount: the live "
+            "mount's).")] = None,
+        signature: Annotated[list[str] | None, typer.Option(
+            "--signature", help="A signature version in use (default: the one the mount "
+            "last recorded in its state directory).")] = None) -> None:
+    """Collect stored verdicts of files that no longer exist and of old signature
+    versions (a live mount also does this in the background).
+
+    Example: vfile journal gc --state-dir /var/lib/vfile/guest --source /srv/guest
+    """
+    if source is None and mount is not None:
+        source = str(_control(mount, "status")["mount"]["source"])
+    if source is None:
+        raise UserError("--source DIR (or --mount) is required: verdicts are kept for the "
+                        "files it holds", Exit.USAGE)
+    state = resolve_state_dir(state_dir, mount)
+    sigs = list(signature or [])
+    if not sigs:
+        with contextlib.suppress(OSError):
+            sigs = [(Path(state) / SIG_FILE).read_text().strip()]
+    with open_journal(state, readonly=False) as j:
+        done = await verdict_gc.collect(j, source=source, signatures=sigs)
+    typer.echo(f"{done.collected} of {done.examined} verdicts collected in {done.seconds:.1f}s"
+               + ("" if any(sigs) else " (no signature version known: kept every version)"))
 
 
 @journal_app.command("stats")
@@ -281,7 +355,11 @@ def quarantine_show(rec_id: Annotated[str, typer.Argument(metavar="ID")],
         _print_json(quarantine_to_json(rec))
         return
     for key, value in quarantine_to_json(rec).items():
-        typer.echo(f"{key + ':':<17}{value}")
+        if key != "exposures":
+            typer.echo(f"{key + ':':<17}{value}")
+    typer.echo(f"{'exposures:':<17}{len(rec.exposures)} (opened while unscanned)")
+    if rec.exposures:
+        typer.echo("\n".join(_exposure_lines(rec.exposures)))
 
 
 @quarantine_app.command("restore")
@@ -290,15 +368,36 @@ async def quarantine_restore(
         rec_id: Annotated[str, typer.Argument(metavar="ID")], state_dir: StateDir = None,
         mount: Mount = None,
         to: Annotated[Path | None, typer.Option("--to", help="Restore here instead of the "
-                                                "original path.")] = None) -> None:
+                                                "original place.")] = None,
+        source: Annotated[str | None, typer.Option(
+            "--source", help="The mount's source directory (default with --mount: the live "
+            "mount's), where the file goes back to its original place.")] = None) -> None:
     """Move a quarantined file back (never over an existing file) and drop its record.
 
+    Without --to the file goes back into the source at its original place.
+
+    Example: vfile quarantine restore 3f2a9c --mount /mnt/guest
     Example: vfile quarantine restore 3f2a9c --mount /mnt/guest --to /tmp/recovered
     """
+    if source is None and mount is not None and to is None:
+        source = str(_control(mount, "status")["mount"]["source"])
     with open_journal(state_dir, readonly=False, mount=mount) as j:
         rec = _get_record(j, rec_id)
-        target = to if to is not None else Path(rec.original_path)
-        _move_no_overwrite(Path(rec.quarantine_path), target)
+        quarantined = Path(rec.quarantine_path)
+        if to is not None or os.path.isabs(rec.original_path):
+            target = to if to is not None else Path(rec.original_path)
+            _move_no_overwrite(quarantined, target)
+        elif source is None:
+            raise UserError(f"{rec_id}: its path {rec.original_path!r} is relative to the "
+                            "mount's source: give --mount, --source DIR or --to PATH",
+                            Exit.USAGE)
+        else:
+            if not quarantined.exists():
+                raise UserError(f"{quarantined}: quarantined file is missing", Exit.USAGE)
+            try:
+                target = restore_into(source, rec.original_path, quarantined)
+            except RestoreError as err:
+                raise UserError(str(err), Exit.USAGE) from None
         await j.remove_quarantine(rec_id)
     typer.echo(f"restored {rec_id} to {target}")
 

@@ -89,6 +89,9 @@ DEFAULT_TRIGGERS: frozenset[Trigger] = frozenset({Trigger.OPEN, Trigger.CLOSE})
 DEFAULT_DEADLINE = 2.0
 DEFAULT_ATTEMPT_TIMEOUT = 1.0
 DEFAULT_RETRIES = 1
+#: how long the drain waits for one deferred file's verdict: a large file over ICAP or a
+#: deep archive may take minutes, and the drain has no user waiting on it
+DEFAULT_DRAIN_DEADLINE = 600.0
 DEFAULT_MAX_SIZE = 64 * MiB
 #: `journal` for open/safe profiles; a closed profile never allows unscanned
 #: files, so its default oversize rule is `deny`.
@@ -133,6 +136,7 @@ class Profile:
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
     deadline: float = DEFAULT_DEADLINE
     retries: int = DEFAULT_RETRIES
+    drain_deadline: float = DEFAULT_DRAIN_DEADLINE
     #: bytes; 0 = unlimited
     max_size: int = DEFAULT_MAX_SIZE
     oversize: OversizeRule = DEFAULT_OVERSIZE
@@ -408,6 +412,7 @@ def _profile(data: object, key: str, names: set[str]) -> Profile:
         name=name, paths=paths, triggers=triggers, fail_mode=fail_mode,
         attempt_timeout=attempt_timeout, deadline=deadline,
         retries=t.integer("retries", DEFAULT_RETRIES, high=MAX_RETRIES),
+        drain_deadline=t.duration("drain_deadline", DEFAULT_DRAIN_DEADLINE, positive=True),
         max_size=max_size, oversize=oversize, scan_first=scan_first,
         infected_action=action, hook=hook, quota=quota,
     )

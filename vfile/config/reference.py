@@ -131,6 +131,10 @@ HELP: dict[tuple[type, str], Key] = {
     (c.Profile, "deadline"): Key(
         "duration", "Total time an open waits for a verdict; retries never extend it.",
         '"2s"'),
+    (c.Profile, "drain_deadline"): Key(
+        "duration", "How long the drain waits for one deferred file's verdict (no user "
+        "waits on it: a large file may take minutes). Its timeouts do not count against "
+        "the appliance's circuit breaker.", '"10m"'),
     (c.Profile, "retries"): Key(
         "integer", f"Further attempts within the deadline (0..{c.MAX_RETRIES}).", "1"),
     (c.Profile, "max_size"): Key(

@@ -12,7 +12,8 @@ Invariants:
 - Rename gives `NAME.infected` (never replacing an existing file) with mode
   000, and stores the infected verdict for the renamed file's new identity so
   it is not scanned and renamed again.
-- A hook runs with VFILE_PATH, VFILE_SIGNATURE, VFILE_PROFILE, VFILE_APPLIANCE in
+- A hook runs with VFILE_PATH, VFILE_SIGNATURE, VFILE_PROFILE, VFILE_APPLIANCE and
+  VFILE_EXPOSURES (JSON: who opened the file while it had no verdict) in
   its environment under `HOOK_DEADLINE`; its failure is logged, never raised.
 - `apply` never raises for a failed action: the file stays denied by its
   cached infected verdict, and the failure is logged and reported.
@@ -22,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shlex
@@ -38,7 +40,13 @@ import trio
 
 from vfile.config.model import InfectedAction
 from vfile.errors import Exit, UserError
-from vfile.journal.records import Identity, QuarantineRecord, VerdictRecord
+from vfile.journal.records import (
+    Exposure,
+    Identity,
+    QuarantineRecord,
+    VerdictRecord,
+    exposure_to_json,
+)
 from vfile.journal.store import Journal
 
 log = logging.getLogger(__name__)
@@ -158,20 +166,22 @@ class Actions:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def apply(self, action: InfectedAction, path: str, verdict: VerdictRecord, *,
-                    profile: str, hook: str | None = None) -> str:
-        """Do `action` to `path`; return what was done, for the log line."""
+                    profile: str, hook: str | None = None,
+                    exposures: tuple[Exposure, ...] = ()) -> str:
+        """Do `action` to `path`; return what was done, for the log line. `exposures`
+        (who opened it unscanned) go into the quarantine record and the hook's env."""
         try:
             if action is InfectedAction.DENY:
                 return "denied"
             if action is InfectedAction.QUARANTINE:
-                return await self._quarantine(path, verdict, profile)
+                return await self._quarantine(path, verdict, profile, exposures)
             if action is InfectedAction.RENAME:
                 return await self._rename(path, verdict)
             if action is InfectedAction.DELETE:
                 await self._thread(lambda: self._delete(path))
-                await self._journal.forget_path(path)
+                await self._journal.forget_path(path, "infected")
                 return "deleted"
-            return await self._hook(hook, path, verdict, profile)
+            return await self._hook(hook, path, verdict, profile, exposures)
         except (OSError, UserError) as err:
             log.error("infected action %s on %r failed: %s", action.value, path, err)
             return f"{action.value} failed ({err}); denied"
@@ -184,7 +194,8 @@ class Actions:
         finally:
             os.close(dir_fd)
 
-    async def _quarantine(self, path: str, verdict: VerdictRecord, profile: str) -> str:
+    async def _quarantine(self, path: str, verdict: VerdictRecord, profile: str,
+                          exposures: tuple[Exposure, ...]) -> str:
         if self._qdir_text is None:
             raise UserError("no quarantine directory configured")
         rec_id = uuid.uuid4().hex
@@ -214,8 +225,8 @@ class Actions:
         await self._journal.add_quarantine(QuarantineRecord(
             id=rec_id, original_path=path, quarantine_path=str(dest),
             signature=verdict.signature, time=self._clock(), identity=identity,
-            profile=profile))
-        await self._journal.forget_path(path)
+            profile=profile, exposures=exposures))
+        await self._journal.forget_path(path, "infected")
         return f"quarantined as {dest}"
 
     async def _rename(self, path: str, verdict: VerdictRecord) -> str:
@@ -248,17 +259,18 @@ class Actions:
             return parent + new, st
 
         new_path, st = await self._thread(move)
-        await self._journal.forget_path(path)
+        await self._journal.forget_path(path, "infected")
         # The chmod changed the identity: record the verdict for the new one too.
         await self._journal.put_verdict(replace(verdict, identity=Identity.from_stat(st)))
         return f"renamed to {new_path!r}"
 
     async def _hook(self, hook: str | None, path: str, verdict: VerdictRecord,
-                    profile: str) -> str:
+                    profile: str, exposures: tuple[Exposure, ...]) -> str:
         if not hook:
             raise UserError("no hook command configured")
         env = {**os.environ, "VFILE_PATH": path, "VFILE_SIGNATURE": verdict.signature,
-               "VFILE_PROFILE": profile, "VFILE_APPLIANCE": verdict.appliance}
+               "VFILE_PROFILE": profile, "VFILE_APPLIANCE": verdict.appliance,
+               "VFILE_EXPOSURES": json.dumps([exposure_to_json(x) for x in exposures])}
         with trio.move_on_after(HOOK_DEADLINE) as cs:
             done = await trio.run_process(shlex.split(hook), env=env, check=False,
                                           stdin=subprocess.DEVNULL)

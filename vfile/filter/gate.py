@@ -44,6 +44,7 @@ from vfile.filter.actions import Actions, open_parent
 from vfile.filter.drain import Outcome as DrainOutcome
 from vfile.filter.drain import Resolution
 from vfile.filter.drain import scan_done as drain_scan_done
+from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.policy import (
     Action,
     Cached,
@@ -57,7 +58,15 @@ from vfile.filter.policy import (
 )
 from vfile.filter.verdicts import VerdictCache
 from vfile.hooks import Denied, RequestCtx
-from vfile.journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
+from vfile.journal.records import (
+    DeferredEntry,
+    Exposure,
+    Identity,
+    JournalError,
+    JournalFull,
+    VerdictRecord,
+    exposure_to_json,
+)
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
@@ -77,10 +86,16 @@ CLOSE_SCANS = 4
 EXPOSURE_LOG_INTERVAL = 10.0
 #: at most one "denied, no verdict" line per profile per this many seconds
 DENY_LOG_INTERVAL = 1.0
+#: at most one "journal full" line per this many seconds
+FULL_LOG_INTERVAL = 60.0
 
 VerdictKey = tuple[Identity, str]
 #: how long the gate reuses the pool's signature version before asking again
 SIG_CACHE_S = 0.05
+
+
+def exposures_json(exposures: tuple[Exposure, ...]) -> list[dict[str, object]]:
+    return [exposure_to_json(x) for x in exposures]
 
 
 def command_of(pid: int) -> str:
@@ -114,13 +129,6 @@ class _Flight:
     verdict: Verdict | None = None
 
 
-@dataclass(eq=False)
-class _Intent:
-    """A write intent: replaced by each new write, while `seq` follows re-defers."""
-
-    seq: int
-
-
 @dataclass
 class _Stats:
     scans: int = 0
@@ -133,6 +141,7 @@ class _Stats:
     deferrals: int = 0
     denials: int = 0
     intents: int = 0
+    journal_full: int = 0
 
 
 class Gate:
@@ -156,7 +165,7 @@ class Gate:
         #: cancel scopes of every wait and scan in flight (a window cancels them all)
         self._scopes: set[trio.CancelScope] = set()
         #: path → its unresolved write intent
-        self._intents: dict[str, _Intent] = {}
+        self._intents = IntentTable()
         self._window = False
         self._last_sig = ""
         self._sig_cached = ""
@@ -169,6 +178,7 @@ class Gate:
         self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
         self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
         self._held_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
+        self._full_log = RateLimited(FULL_LOG_INTERVAL, log)
         self.stats = _Stats()
         #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
@@ -269,6 +279,7 @@ class Gate:
             "cached_verdicts": len(self._cache), "infections": s.infections,
             "exposures": s.exposures, "deferrals": s.deferrals, "denials": s.denials,
             "write_intents": s.intents, "pending_intents": len(self._intents),
+            "journal_full": s.journal_full,
             "in_flight": len(self._flights), "window": self._window,
         }
 
@@ -301,17 +312,24 @@ class Gate:
             await self._idle.wait()
 
     async def _scan(self, fd: int, identity: Identity, profile: Profile,
-                    scope: trio.CancelScope) -> tuple[ScanResult, Verdict | None]:
+                    scope: trio.CancelScope, *,
+                    drain: bool = False) -> tuple[ScanResult, Verdict | None]:
         """`_scan_once`, timed for the observer."""
         started = time.perf_counter()
-        result, verdict = await self._scan_once(fd, identity, profile, scope)
+        result, verdict = await self._scan_once(fd, identity, profile, scope, drain=drain)
         self.observer.scanned(result.value, verdict.appliance if verdict is not None else "",
                               time.perf_counter() - started)
         return result, verdict
 
     async def _scan_once(self, fd: int, identity: Identity, profile: Profile,
-                         scope: trio.CancelScope) -> tuple[ScanResult, Verdict | None]:
-        """Scan our own descriptor `fd` under `scope`; classify what came back."""
+                         scope: trio.CancelScope, *,
+                         drain: bool = False) -> tuple[ScanResult, Verdict | None]:
+        """Scan our own descriptor `fd` under `scope`; classify what came back.
+
+        `drain`: one attempt may take the profile's whole drain deadline, and a
+        timeout is not counted against the appliance's breaker (a slow scan of a
+        large file says nothing about the appliance being down).
+        """
         limit = profile.scan_first if profile.is_oversize(identity.size) else None
         verdict: Verdict | None = None
         self._scopes.add(scope)
@@ -319,7 +337,8 @@ class Gate:
             with scope:
                 verdict = await self._pool.scan_fd(
                     fd, size=identity.size, limit=limit,
-                    attempt_timeout=profile.attempt_timeout, retries=profile.retries)
+                    attempt_timeout=profile.drain_deadline if drain else profile.attempt_timeout,
+                    retries=profile.retries, count_timeouts=not drain)
         finally:
             self._scopes.discard(scope)
         if verdict is None:
@@ -362,12 +381,14 @@ class Gate:
     async def _settle(self, path: str, record: VerdictRecord, profile: Profile, *,
                       persist: bool, seq: int | None = None) -> None:
         """Store a verdict (resolving a journal entry it answers), act if infected."""
+        exposures: tuple[Exposure, ...] = ()
         try:
-            if seq is None and persist:
-                entry = self._journal.get_deferred(path)
-                if entry is not None and entry.identity == record.identity \
-                        and path not in self._intents:
-                    seq = entry.seq
+            entry = self._journal.get_deferred(path)
+            if entry is not None:
+                exposures = entry.exposures  # kept by the journal; shown with the action
+            if seq is None and persist and entry is not None \
+                    and entry.identity == record.identity and path not in self._intents:
+                seq = entry.seq
             if seq is not None:
                 await self._journal.complete(path, seq, record)
             elif persist or record.outcome == "infected":
@@ -380,10 +401,12 @@ class Gate:
             return
         self.stats.infections += 1
         done = await self._actions.apply(profile.infected_action, path, record,
-                                         profile=profile.name, hook=profile.hook)
+                                         profile=profile.name, hook=profile.hook,
+                                         exposures=exposures)
         self.observer.audit("verdict", path, verdict="infected", signature=record.signature,
                             appliance=record.appliance, profile=profile.name,
-                            action=profile.infected_action.value, result=done)
+                            action=profile.infected_action.value, result=done,
+                            exposures=exposures_json(exposures))
         log.warning("infected: %r signature %s (profile %s, action %s: %s)", path,
                     record.signature, profile.name, profile.infected_action.value, done)
 
@@ -415,9 +438,9 @@ class Gate:
 
     # --- carrying out a decision ---------------------------------------------------------
 
-    def _exposure(self, ctx: RequestCtx) -> Exposure:
+    def _exposure(self, ctx: RequestCtx, *, wrote: bool = False) -> Exposure:
         return Exposure(uid=ctx.uid, pid=ctx.pid, command=command_of(ctx.pid),
-                        time=self._clock())
+                        time=self._clock(), wrote=wrote)
 
     async def _carry_out(self, d: Decision, path: str, identity: Identity, profile: Profile, *,
                          ctx: RequestCtx, verdict: Verdict | None,
@@ -445,10 +468,14 @@ class Gate:
             # no content, so its record is committed without fsync, and waited for at
             # most the deadline; then it stays queued in memory until the disk takes it.
             seq: int | None = None
-            with trio.move_on_after(profile.deadline):
-                seq = await self._journal.defer(path, identity, JournalReason(d.reason.value),
-                                                profile.name, exposure=self._exposure(ctx),
-                                                error=error, durable=False, hold=True)
+            try:
+                with trio.move_on_after(profile.deadline):
+                    seq = await self._journal.defer(path, identity,
+                                                    JournalReason(d.reason.value), profile.name,
+                                                    exposure=self._exposure(ctx), error=error,
+                                                    durable=False, hold=True)
+            except JournalFull as err:
+                raise self._full(path, err) from None
             if seq is None:
                 self._held_log(f"held:{profile.name}", logging.WARNING,
                                "journal: %r recorded in memory only (the state disk took no "
@@ -528,7 +555,7 @@ class Gate:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> None:
+                              ctx: RequestCtx) -> Intent | None:
         rel = os.fsdecode(path)
         profile = self._config.profile_for(rel)
         d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
@@ -541,21 +568,37 @@ class Gate:
                            "denied write: %r (profile %s): %s", rel, profile.name, d.reason.value)
             raise Denied(d.errno, f"write refused: {d.reason.value}")
         if d.action is not Action.DEFER:
-            return
+            return None
         identity = None if st is None else Identity.from_stat(st)
         # Registered before the journal write returns: the drain may claim the new
         # entry at once, and must see "still being written" rather than take a path
         # whose file is not there yet (a rename onto it) as gone (tests/t5_crash_test.py).
-        intent = _Intent(seq=-1)
-        self._intents[rel] = intent
+        intent = self._intents.begin(rel)
         try:
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
-                                                   profile.name, exposure=self._exposure(ctx))
-        except BaseException:
-            if self._intents.get(rel) is intent:
-                del self._intents[rel]
+                                                   profile.name,
+                                                   exposure=self._exposure(ctx, wrote=True))
+        except BaseException as err:
+            self._intents.roll_back(intent)
+            if isinstance(err, JournalFull):
+                raise self._full(rel, err) from None
             raise
         self.stats.intents += 1
+        return intent
+
+    def _full(self, path: str, err: JournalFull) -> OSError:
+        """The journal cannot record `path`: the operation fails with EIO (nothing unscanned
+        goes unrecorded), counted, with one log line a minute rather than one per open."""
+        self.stats.journal_full += 1
+        self._full_log("full", logging.ERROR, "journal full: %r and others fail with EIO "
+                       "until it has room: %s", path, err)
+        return OSError(errno.EIO, "journal full")
+
+    def release_intent(self, token: object) -> None:
+        """The operation of `token` (from `on_write_intent`) failed or left no writer to
+        close: end the intent; its journal entry stays for the drain."""
+        if isinstance(token, Intent):
+            self._intents.roll_back(token)
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)
@@ -567,12 +610,14 @@ class Gate:
             own_fd = _reopen(fd) if fd is not None else self._open_source(rel)
         except OSError as err:
             log.info("close scan of %r: cannot open it (%s); left to the drain", rel, err)
-            self._intents.pop(rel, None)
+            self._intents.finish(intent)
             return
+        intent.closing = True
         try:
             self._start(self._run_close, rel, intent, own_fd, profile)
         except BaseException:
             os.close(own_fd)
+            self._intents.finish(intent)
             raise
 
     def _open_source(self, path: str) -> int:
@@ -583,7 +628,7 @@ class Gate:
         finally:
             os.close(dir_fd)
 
-    async def _run_close(self, path: str, intent: _Intent, fd: int, profile: Profile) -> None:
+    async def _run_close(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
             async with self._close_slots:
                 await self._close_scan(path, intent, fd, profile)
@@ -591,10 +636,9 @@ class Gate:
             log.error("close scan of %r failed: %s; left to the drain", path, err)
         finally:
             os.close(fd)
-            if self._intents.get(path) is intent:
-                del self._intents[path]
+            self._intents.finish(intent)
 
-    async def _close_scan(self, path: str, intent: _Intent, fd: int, profile: Profile) -> None:
+    async def _close_scan(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         identity = Identity.from_stat(os.fstat(fd))
         sig = self._sig()
         inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
@@ -655,8 +699,8 @@ class Gate:
             sig = self._sig()
             record = self._lookup(identity, sig)
             if record is None:
-                scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-                result, verdict = await self._scan(fd, identity, profile, scope)
+                scope = trio.CancelScope(deadline=trio.current_time() + profile.drain_deadline)
+                result, verdict = await self._scan(fd, identity, profile, scope, drain=True)
                 if verdict is None or result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                     detail = verdict.detail if verdict is not None else result.value
                     return Resolution(DrainOutcome.ERROR, detail=detail)
@@ -677,21 +721,29 @@ class Gate:
 
     async def on_unlink(self, path: bytes) -> None:
         rel = os.fsdecode(path)
-        self._intents.pop(rel, None)
-        await self._journal.forget_path(rel)
+        self._intents.pop(rel)
+        entry = await self._journal.forget_path(rel)  # its exposures are kept
+        if entry is not None:
+            self._audit_exposures(rel, "unlinked", entry.exposures)
+
+    def _audit_exposures(self, path: str, outcome: str, exposures: tuple[Exposure, ...]) -> None:
+        readers = tuple(x for x in exposures if not x.wrote)
+        if readers:
+            self.observer.audit("exposures", path, outcome=outcome,
+                                exposures=exposures_json(exposures))
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
         if self._is_dir(dst):
-            prefix = src + "/"
-            for path in [p for p in self._intents if p.startswith(prefix)]:
-                self._intents[dst + "/" + path[len(prefix):]] = self._intents.pop(path)
+            self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)
             return
-        self._intents.pop(dst, None)
-        intent = self._intents.pop(src, None)
-        if intent is not None:
-            self._intents[dst] = intent
+        self._intents.move(src, dst)
+        target = self._journal.get_deferred(dst)
+        if target is not None and any(not x.wrote for x in target.exposures):
+            # Who read the file this rename replaced: kept, and said so.
+            await self._journal.keep_exposures(dst, "overwritten")
+            self._audit_exposures(dst, "overwritten", target.exposures)
         if self._journal.get_deferred(src) is None:
             # The moved file has no entry of its own (it had a clean verdict). Keep
             # the entry `on_write_intent(dst)` made durable before the rename: the

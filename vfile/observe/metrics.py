@@ -208,7 +208,9 @@ class _StatusCollector(Collector):
                  "(fail-open, or fail-safe and journaled)"),
                 ("deferrals", "vfile_deferrals", "Opens allowed and journaled for a later scan"),
                 ("denials", "vfile_denials", "Opens and writes denied"),
-                ("write_intents", "vfile_write_intents", "Write intents journaled")):
+                ("write_intents", "vfile_write_intents", "Write intents journaled"),
+                ("journal_full", "vfile_journal_full", "Opens and writes failed with EIO "
+                 "because the journal was full")):
             yield from _counter(name, doc, g.get(key))
         yield from _gauge("vfile_scans_in_flight", "Scans in flight", g.get("in_flight"))
         yield from _gauge("vfile_pending_write_intents", "Files being written, not yet scanned",
@@ -267,6 +269,9 @@ class _StatusCollector(Collector):
         yield from _gauge("vfile_journal_deferred_bytes", "Bytes awaiting a deferred scan",
                           j.get("bytes"))
         yield from _gauge("vfile_journal_verdicts", "Verdicts stored", j.get("verdicts"))
+        yield from _counter("vfile_verdicts_collected", "Stored verdicts collected (old "
+                            "signature versions, files that no longer exist)",
+                            j.get("verdicts_collected"))
         yield from _gauge("vfile_journal_quarantined", "Quarantine records", j.get("quarantined"))
         yield from _gauge("vfile_journal_map_used_bytes", "LMDB map in use", j.get("map_used"))
         yield from _gauge("vfile_journal_map_size_bytes", "LMDB map size", j.get("map_size"))

@@ -1,0 +1,112 @@
+"""Write intents in memory: which paths are being written, and by which intent.
+
+A write intent is made (and its journal entry made durable) before anything
+that can change a file's content; the close scan after the last writer
+resolves it. This module owns the in-memory side: path → the current
+`Intent`. Pure bookkeeping, no I/O.
+
+Invariants:
+- Every intent ends `done`: resolved by its close scan, dropped by an unlink
+  or a rename, or rolled back because its operation failed (or finished
+  without a handle to close, like mknod, link or an exchange). An intent that
+  nothing ends would turn off the cached-open fast path for the whole mount,
+  make the drain answer "still being written" forever and count in the quota.
+- Rolling back never loses protection: the journal entry stays (the drain
+  scans the file), and an older intent this one replaced, still waiting for
+  its writers' last close, becomes current again with the newest entry seq,
+  so that close resolves the entry.
+- An intent a close scan has claimed is not rolled back: that scan reads the
+  file after the failed operation and resolves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(eq=False)
+class Intent:
+    """A write intent: replaced by each new write, while `seq` follows re-defers."""
+
+    path: str
+    seq: int = -1
+    #: the intent this one replaced (made current again if this one is rolled back)
+    prev: Intent | None = None
+    #: a close scan was started for it: that scan resolves it
+    closing: bool = False
+    done: bool = False
+
+
+class IntentTable:
+    """path → its current, unresolved `Intent`."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, Intent] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_path)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._by_path
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._by_path))
+
+    def get(self, path: str) -> Intent | None:
+        return self._by_path.get(path)
+
+    def begin(self, path: str) -> Intent:
+        """A new intent for `path`, current from now on."""
+        prev = self._by_path.get(path)
+        intent = Intent(path, prev=prev)
+        self._by_path[path] = intent
+        return intent
+
+    def finish(self, intent: Intent) -> None:
+        """`intent` is resolved (its close scan ended): forget it if still current."""
+        intent.done = True
+        intent.prev = None
+        if self._by_path.get(intent.path) is intent:
+            del self._by_path[intent.path]
+
+    def pop(self, path: str) -> Intent | None:
+        """Drop the path's intent (the file was unlinked or renamed over)."""
+        intent = self._by_path.pop(path, None)
+        if intent is not None:
+            intent.done = True
+        return intent
+
+    def move(self, old: str, new: str) -> None:
+        """The file at `old` is now at `new`, with its intent (if any)."""
+        self.pop(new)
+        intent = self._by_path.pop(old, None)
+        if intent is not None:
+            intent.path = new
+            self._by_path[new] = intent
+
+    def move_tree(self, old_dir: str, new_dir: str) -> None:
+        prefix = old_dir + "/"
+        for path in [p for p in self._by_path if p.startswith(prefix)]:
+            self.move(path, new_dir + "/" + path[len(prefix):])
+
+    def roll_back(self, intent: Intent) -> None:
+        """The operation `intent` was made for failed, or ended with no handle to close.
+
+        The journal entry stays for the drain. If an older intent of the path is
+        still waiting for its close, it is current again and resolves the entry.
+        """
+        if intent.done or intent.closing:
+            return
+        intent.done = True
+        if self._by_path.get(intent.path) is not intent:
+            return  # a newer intent replaced it; it skips this one when rolled back itself
+        prev = intent.prev
+        while prev is not None and prev.done:
+            prev = prev.prev
+        intent.prev = None
+        if prev is None:
+            del self._by_path[intent.path]
+        else:
+            prev.seq = max(prev.seq, intent.seq)
+            self._by_path[intent.path] = prev

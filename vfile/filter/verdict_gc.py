@@ -1,0 +1,145 @@
+"""Collecting verdicts nobody can use any more, so the verdict table does not only grow.
+
+A verdict answers for one (identity, signature version); every rewrite makes
+a new identity and every signature update a new version, so old rows pile up.
+Two kinds are garbage:
+
+- verdicts at a signature version no appliance reports now (after an update
+  every file is rescanned at the new version anyway);
+- verdicts for an identity no file in the source has any more (rewritten,
+  unlinked, renamed over: size, mtime and ctime are part of the identity).
+
+Invariants:
+- Incremental: verdicts are read in batches (short read transactions) and
+  deleted in batches of at most `BATCH` keys, one small group-committed write
+  transaction each, so the collector never holds the writer for long.
+- A verdict stored after the collection began is kept: the walk of the source
+  may not have seen its file.
+- Collecting a verdict that was still useful costs one rescan, never a wrong
+  answer: verdicts are a cache of scans, and the journal entries (what still
+  needs a scan) are never touched here.
+- The source walk runs in a worker thread, never follows symlinks, and reads
+  no file content.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from vfile.journal.records import VerdictRecord
+from vfile.journal.store import Journal
+
+log = logging.getLogger(__name__)
+
+#: verdict keys read, and at most deleted, per transaction
+BATCH = 1000
+#: the mount collects this long after it starts, then every `INTERVAL`
+FIRST_DELAY = 300.0
+INTERVAL = 3600.0
+
+IdentityKey = tuple[int, int, int, int, int]
+
+
+def source_identities(root: str) -> set[IdentityKey]:
+    """(dev, ino, size, mtime_ns, ctime_ns) of every regular file below `root`."""
+    found: set[IdentityKey] = set()
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue  # vanished or unreadable: its verdicts are garbage or kept next time
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                found.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return found
+
+
+@dataclass
+class Collected:
+    examined: int = 0
+    collected: int = 0
+    seconds: float = 0.0
+
+
+def is_garbage(rec: VerdictRecord | None, *, live: set[IdentityKey] | None,
+               signatures: set[str], started: float) -> bool:
+    """Whether a stored verdict can go (pure)."""
+    if rec is None:
+        return True  # undecodable: nobody can use it
+    if rec.time >= started:
+        return False
+    if signatures and rec.sig_version not in signatures:
+        return True
+    i = rec.identity
+    return live is not None and (i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns) not in live
+
+
+async def collect(journal: Journal, *, source: str | None, signatures: Iterable[str],
+                  clock: Callable[[], float] = time.time) -> Collected:
+    """One incremental pass over the verdict table; see the module docstring.
+
+    `source`: the source directory (None: keep verdicts whatever files exist);
+    `signatures`: the versions in use (empty: keep verdicts whatever their version).
+    """
+    began, started = time.monotonic(), clock()
+    sigs = {s for s in signatures if s}
+    live = None if source is None else await trio.to_thread.run_sync(source_identities, source)
+    out = Collected()
+    after: bytes | None = None
+    while True:
+        batch = journal.verdict_batch(after, BATCH)
+        if not batch:
+            break
+        after = batch[-1][0]
+        out.examined += len(batch)
+        victims = [k for k, rec in batch
+                   if is_garbage(rec, live=live, signatures=sigs, started=started)]
+        if victims:
+            out.collected += await journal.delete_verdicts(victims)
+        await trio.lowlevel.checkpoint()  # let the request path in between batches
+    out.seconds = time.monotonic() - began
+    return out
+
+
+class VerdictCollector:
+    """The mount's background collection: `nursery.start(collector.serve)`."""
+
+    def __init__(self, journal: Journal, source: str, signatures: Callable[[], Iterable[str]],
+                 *, first_delay: float = FIRST_DELAY, interval: float = INTERVAL) -> None:
+        self._journal = journal
+        self._source = source
+        self._signatures = signatures
+        self._first_delay = first_delay
+        self._interval = interval
+        self.runs = 0
+        self.last: Collected | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep(self._first_delay)
+        while True:
+            try:
+                self.last = await collect(self._journal, source=self._source,
+                                          signatures=list(self._signatures()))
+                self.runs += 1
+                if self.last.collected:
+                    log.info("verdicts: %d of %d collected in %.1fs", self.last.collected,
+                             self.last.examined, self.last.seconds)
+            except Exception as err:  # a journal or walk failure must not end the mount
+                log.warning("verdict collection failed: %s; trying again later", err)
+            await trio.sleep(self._interval)
