@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from journal import queue, tables
+from journal import names, queue, tables, taint
 from journal.commit import MAX_MAP_SIZE, GroupCommitter
 from journal.records import (
     DeferredEntry,
@@ -144,6 +144,8 @@ class Journal:
         self._clock = clock
         self._pid = os.getpid()
         self._committer = GroupCommitter(env, t, str(where), self._grow_map)
+        #: the `tainted` table (journal.taint); None in a read-only journal without one
+        self._taint_db = taint.open_taint_table(env, readonly=readonly)
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
@@ -303,6 +305,33 @@ class Journal:
         """A directory was renamed: entries below it follow (scans all entries)."""
         t = self._t
         return await self._write(lambda txn: tables.op_rename_tree(txn, t, old_dir, new_dir))
+
+    async def relink_path(self, old: str, new: str) -> int | None:
+        """Name `old` went while `new` still names the same file: its entry moves there
+        (merged into `new`'s own); returns `new`'s seq, None if `old` had no entry."""
+        t = self._t
+        return await self._write(lambda txn: names.op_relink(txn, t, old, new))
+
+    async def exchange(self, a: str, b: str) -> int:
+        """`a` and `b` (files or directories) were exchanged: entries follow their files."""
+        t = self._t
+        return await self._write(lambda txn: names.op_exchange(txn, t, a, b))
+
+    async def put_taint(self, rec: taint.TaintRecord) -> None:
+        """Remember that inode (dev, ino) held infected content (journal.taint)."""
+        db = self._taint_db
+        await self._write(lambda txn: taint.op_put(txn, db, rec))
+
+    async def clear_taint(self, dev: int, ino: int) -> bool:
+        """A scan of the inode's current content said clean."""
+        db = self._taint_db
+        return await self._write(lambda txn: taint.op_clear(txn, db, dev, ino))
+
+    def get_taint(self, dev: int, ino: int) -> taint.TaintRecord | None:
+        db = self._taint_db
+        if db is None:
+            return None
+        return self._read(lambda txn: taint.get(txn, db, dev, ino))
 
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t

@@ -52,7 +52,7 @@ class RecordingHooks:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         self.calls.append(("last_close", path))
 
-    async def on_unlink(self, path: bytes) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         self.calls.append(("unlink", path))
 
     async def on_rename(self, old: bytes, new: bytes) -> None:

@@ -21,14 +21,16 @@ errno (see `vfile.errnos`). Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 from collections.abc import Sequence
 
 import pyfuse3
+import trio
 
-from vfile import perms
+from vfile import links, perms
 from vfile.errnos import StaleHandle, check_name
 from vfile.fsops.base import (
     ATTR_TIMEOUT,
@@ -40,7 +42,7 @@ from vfile.fsops.base import (
 from vfile.fsops.dirs import DirOps
 from vfile.fsops.meta import MetaOps
 from vfile.hooks import CallerLike, request_ctx
-from vfile.inodes import Inode, stamp_of
+from vfile.inodes import ROOT_INODE, Inode, stamp_of
 from vfile.syscalls import RENAME_EXCHANGE, fchown_empty, proc_path, renameat2, utimens_empty
 
 __all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "VFileOperations"]
@@ -169,16 +171,39 @@ class VFileOperations(DirOps, MetaOps):
         # Linking the inode itself (via its /proc magic link), not a name.
         os.link(proc_path(node.fd).encode(), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
         node.lookups += 1
-        return self._entry(node, os.fstat(node.fd))
+        node.saw_name(parent.ino, new_name)
+        st = os.fstat(node.fd)
+        if not self.hooks.trivial and node.kind == stat.S_IFREG and node.writers == 0:
+            # Nobody will close it: the close scan resolves the link's intent now.
+            await self.hooks.on_last_close(self._child_path(parent, new_name), None, st)
+        return self._entry(node, st)
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:
         parent = self.table.get(parent_inode)
         check_name(name)
         path = None if self.hooks.trivial else self._child_path(parent, name)
+        before = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         os.unlink(name, dir_fd=parent.fd)
         if path is not None:
-            await self.hooks.on_unlink(path)
+            await self.hooks.on_unlink(path, await self._survivor(before, path))
+
+    async def _survivor(self, st: os.stat_result | None, gone: bytes) -> bytes | None:
+        """Another live name of a regular file whose name `gone` was just unlinked, so
+        its journal entry moves there instead of being dropped (issue 13)."""
+        if st is None or st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+            return None
+        node = self.table.find(st)
+        if node is not None:
+            return self.live_name(node, dead=gone)
+        key = (st.st_dev, st.st_ino)
+        root = self.table.get(ROOT_INODE).fd
+        # Never reached through the mount: walk the source, off the trio thread.
+        return await trio.to_thread.run_sync(
+            lambda: links.find_name(root, key, exclude=gone))
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:

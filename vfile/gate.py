@@ -41,13 +41,16 @@ import trio
 from journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
 from journal.records import Reason as JournalReason
 from journal.store import Journal
+from journal.taint import TaintRecord
 from scanner.pool import Pool
 from scanner.verdict import Verdict
+from vfile import sticky
 from vfile.actions import Actions, open_parent
 from vfile.config import Config, Profile, Trigger
 from vfile.drain import Outcome as DrainOutcome
 from vfile.drain import Resolution
 from vfile.hooks import Denied, RequestCtx
+from vfile.links import ProfileChooser
 from vfile.observe import Observer
 from vfile.policy import (
     Action,
@@ -79,6 +82,8 @@ VerdictKey = tuple[Identity, str]
 CacheKey = tuple[int, int, int, int, int, str]
 #: how long the gate reuses the pool's signature version before asking again
 SIG_CACHE_S = 0.05
+#: how long hashing a file just found infected may take (vfile.sticky); in the background
+TAINT_HASH_DEADLINE = 60.0
 
 
 def _ckey(identity: Identity, sig: str) -> CacheKey:
@@ -146,6 +151,8 @@ class Gate:
                  source_fd: int, clock: Callable[[], float] = time.time,
                  cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self._config = config
+        #: profile selection aware of hard links (vfile.links)
+        self._profiles = ProfileChooser(config)
         self._pool = pool
         self._journal = journal
         self._actions = actions
@@ -365,6 +372,7 @@ class Gate:
                       persist: bool, seq: int | None = None) -> None:
         """Store a verdict (resolving a journal entry it answers), act if infected."""
         try:
+            await self._update_taint(path, record)
             if seq is None and persist:
                 entry = self._journal.get_deferred(path)
                 if entry is not None and entry.identity == record.identity \
@@ -497,14 +505,18 @@ class Gate:
                       ctx: RequestCtx) -> None:
         started = time.perf_counter()
         rel = os.fsdecode(path)
-        profile = self._config.profile_for(rel)
+        profile = self._profiles.profile_for(rel, st.st_nlink)
         identity = Identity.from_stat(st)
         sig = self._sig()
         cached = self._lookup(identity, sig)
+        tainted = False
+        if cached is None and (taint := self._journal.get_taint(identity.dev,
+                                                                identity.ino)) is not None:
+            cached, tainted = await self._known_infected(taint, fd, identity, sig, profile)
         access = flags & os.O_ACCMODE
-        inputs = self._inputs(Event.OPEN, profile, rel, st.st_size, cached,
-                              writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
-                              reading=access != os.O_WRONLY)
+        inputs = replace(self._inputs(Event.OPEN, profile, rel, st.st_size, cached,
+                                      writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
+                                      reading=access != os.O_WRONLY), tainted=tainted)
         d = decide(inputs)
         verdict: Verdict | None = None
         if cached is not None and cached.outcome == "infected":
@@ -516,14 +528,52 @@ class Gate:
             d = decide(replace(inputs, scan=result, window=self._window))
         try:
             await self._carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
-                                  from_cache=cached is not None and cached.outcome == "infected")
+                                  from_cache=tainted or (cached is not None
+                                                         and cached.outcome == "infected"))
         finally:
             self.observer.opened(d.action.value, time.perf_counter() - started)
+
+    async def _known_infected(self, taint: TaintRecord, fd: int, identity: Identity, sig: str,
+                              profile: Profile) -> tuple[VerdictRecord | None, bool]:
+        """A file found infected before (vfile.sticky): its verdict if its content is
+        provably unchanged (same SHA-256), and True (it stays tainted) either way."""
+        if taint.digest and taint.size == identity.size:
+            digest = await sticky.digest_within(fd, identity.size, profile.deadline)
+            if digest == taint.digest:
+                rec = VerdictRecord(identity=identity, sig_version=sig, outcome="infected",
+                                    signature=taint.signature, appliance="(unchanged content)",
+                                    time=self._clock())
+                self._remember(rec)
+                return rec, True
+        return None, True
+
+    async def _update_taint(self, path: str, record: VerdictRecord) -> None:
+        """Infected: remember the inode and its content digest (before any action moves
+        it). Clean: a scan of its current content clears an old taint."""
+        ident = record.identity
+        if record.outcome != "infected":
+            if self._journal.get_taint(ident.dev, ident.ino) is not None:
+                await self._journal.clear_taint(ident.dev, ident.ino)
+                log.info("%r scanned clean: no longer known infected", path)
+            return
+        digest = ""
+        try:
+            fd = self._open_source(path)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if Identity.from_stat(os.fstat(fd)) == ident:
+                    digest = await sticky.digest_within(fd, ident.size, TAINT_HASH_DEADLINE) or ""
+            finally:
+                os.close(fd)
+        await self._journal.put_taint(TaintRecord(ident.dev, ident.ino, ident.size, digest,
+                                                  record.signature, self._clock()))
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
                               ctx: RequestCtx) -> None:
         rel = os.fsdecode(path)
-        profile = self._config.profile_for(rel)
+        profile = self._profiles.profile_for(rel, st.st_nlink if st is not None else 1)
         d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
         if d.action is Action.DENY:
             self.stats.denials += 1
@@ -555,7 +605,7 @@ class Gate:
         intent = self._intents.get(rel)
         if intent is None:
             return  # no intent: the profile does not scan after writes
-        profile = self._config.profile_for(rel)
+        profile = self._profiles.profile_for(rel, st.st_nlink)
         try:
             own_fd = _reopen(fd) if fd is not None else self._open_source(rel)
         except OSError as err:
@@ -644,7 +694,7 @@ class Gate:
                 await self._journal.complete(path, entry.seq, None)
                 return Resolution(DrainOutcome.GONE, detail="no longer a regular file")
             identity = Identity.from_stat(st)
-            profile = self._config.profile_for(path)
+            profile = self._profiles.profile_for(path, st.st_nlink)
             sig = self._sig()
             record = self._lookup(identity, sig)
             if record is None:
@@ -666,10 +716,19 @@ class Gate:
         outcome = DrainOutcome.INFECTED if record.outcome == "infected" else DrainOutcome.CLEAN
         return Resolution(outcome, nbytes=identity.size)
 
-    async def on_unlink(self, path: bytes) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         rel = os.fsdecode(path)
-        self._intents.pop(rel, None)
-        await self._journal.forget_path(rel)
+        intent = self._intents.pop(rel, None)
+        if survivor is None:
+            await self._journal.forget_path(rel)
+            return
+        # Still linked as `survivor`: the entry, intent and exposures go there.
+        new = os.fsdecode(survivor)
+        seq = await self._journal.relink_path(rel, new)
+        if intent is not None and new not in self._intents:
+            self._intents[new] = intent
+            if seq is not None:
+                intent.seq = seq
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)

@@ -14,7 +14,9 @@ pyfuse3. Invariants the Operations keep for every hook:
   returns, the intent must be durable. Raising `Denied` stops the operation.
 - `on_last_close` runs when the last writer of an inode releases it (or after
   a truncate done without an open handle, then with ``fd=None``).
-- `on_unlink` / `on_rename` run after the operation succeeded.
+- `on_unlink` / `on_rename` / `on_exchange` run after the operation succeeded;
+  `on_unlink` gets `survivor`, another live name of the file, when the file
+  is still linked elsewhere (its journal entry moves there).
 
 Any other exception a hook raises is a bug: it is logged and becomes EIO.
 """
@@ -81,7 +83,7 @@ class FileHooks(Protocol):
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None: ...
 
-    async def on_unlink(self, path: bytes) -> None: ...
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None: ...
 
     async def on_rename(self, old: bytes, new: bytes) -> None: ...
 
@@ -105,7 +107,7 @@ class NoHooks:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         return None
 
-    async def on_unlink(self, path: bytes) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         return None
 
     async def on_rename(self, old: bytes, new: bytes) -> None:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 
 Key = tuple[int, int]
+#: names remembered per inode (`Inode.names`)
+MAX_NAMES = 8
 
 
 @dataclass(slots=True, eq=False)
@@ -49,6 +51,18 @@ class Inode:
     #: (size, mtime_ns, ctime_ns) when the kernel last saw its content; equal at
     #: the next open means the kernel's page cache is still valid (keep_cache).
     stamp: tuple[int, int, int] | None = field(default=None)
+    #: (parent inode, name) pairs the kernel reached this inode by, newest last (at
+    #: most `MAX_NAMES`): the other names of a hard-linked file, checked before use.
+    names: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def saw_name(self, parent: int, name: bytes) -> None:
+        pair = (parent, name)
+        if self.names and self.names[-1] == pair:
+            return
+        if pair in self.names:
+            self.names.remove(pair)
+        self.names.append(pair)
+        del self.names[:-MAX_NAMES]
 
 
 def stamp_of(st: os.stat_result) -> tuple[int, int, int]:

@@ -22,8 +22,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from vfile import perms
-from vfile.errnos import StaleHandle, errno_for
+from vfile import links, perms
+from vfile.errnos import StaleHandle, StaleInode, errno_for
 from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
 from vfile.inodes import ROOT_INODE, Inode, InodeTable
 from vfile.syscalls import fchown_empty, proc_path
@@ -41,6 +41,8 @@ ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
 
 OPATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: what readlink(/proc/self/fd/N) appends to the name of an unlinked file
+DELETED = b" (deleted)"
 
 
 def handler(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -106,9 +108,36 @@ class OpsCore(pyfuse3.Operations):
             return b""
         target = os.readlink(proc_path(node.fd).encode())
         root = self.root_path
-        if target.startswith(root + b"/"):
-            return target[len(root) + 1:]
-        return target  # moved out of the source behind our back: say where
+        rel = target[len(root) + 1:] if target.startswith(root + b"/") else target
+        if node.kind == stat.S_IFREG and target.endswith(DELETED):
+            # The name the inode was first reached by is gone: a hard link may still
+            # name it, and a journal entry under "x (deleted)" would be dropped by the
+            # drain as gone, or answered by a decoy put at that name (issue 13).
+            live = self.live_name(node, dead=rel)
+            if live is not None:
+                return live
+        return rel  # outside the source: moved out behind our back; say where
+
+    def live_name(self, node: Inode, dead: bytes = b"") -> bytes | None:
+        """A live source-relative name of a regular file other than `dead`, from the
+        names the kernel reached it by, else by walking the source (a link made
+        behind our back); None once it has no name at all."""
+        for parent_ino, name in reversed(node.names):
+            try:
+                parent = self.table.get(parent_ino)
+            except StaleInode:
+                continue
+            if links.reaches(parent.fd, name, node.key):
+                path = self._child_path(parent, name)
+                if path != dead:
+                    return path
+        st = os.fstat(node.fd)
+        if st.st_nlink == 0:
+            return None
+        if dead.endswith(DELETED) and links.reaches(self.table.get(ROOT_INODE).fd, dead,
+                                                     node.key):
+            return dead  # a live file whose name really ends in " (deleted)"
+        return links.find_name(self.table.get(ROOT_INODE).fd, node.key, exclude=dead)
 
     def _child_path(self, parent: Inode, name: bytes) -> bytes:
         base = self.path_of(parent)
@@ -137,19 +166,21 @@ class OpsCore(pyfuse3.Operations):
         """The inode for `name` in `parent`, registered but not yet referenced."""
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         node = self.table.find(st)
-        if node is not None:
-            return node, st
-        fd = os.open(name, OPATH, dir_fd=parent.fd)
-        try:
-            st = os.fstat(fd)  # what we opened, even if the name was swapped
-            node = self.table.find(st)
-        except BaseException:
-            os.close(fd)
-            raise
-        if node is not None:
-            os.close(fd)
-            return node, st
-        return self.table.add(st, fd), st
+        if node is None:
+            fd = os.open(name, OPATH, dir_fd=parent.fd)
+            try:
+                st = os.fstat(fd)  # what we opened, even if the name was swapped
+                node = self.table.find(st)
+            except BaseException:
+                os.close(fd)
+                raise
+            if node is not None:
+                os.close(fd)
+            else:
+                node = self.table.add(st, fd)
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            node.saw_name(parent.ino, name)  # another name of a hard-linked file
+        return node, st
 
     def _adopt(self, fd: int) -> tuple[Inode, os.stat_result]:
         """Register a new object from an O_PATH fd we own; one kernel reference."""

