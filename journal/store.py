@@ -278,12 +278,17 @@ class Journal:
         now, t = self._clock(), self._t
         return await self._write(lambda txn: queue.op_claim(txn, t, n, lease, now))
 
-    async def release(self, path: str, seq: int, error: str) -> None:
-        now, t, limit = self._clock(), self._t, self.max_attempts
+    async def release(self, path: str, seq: int, error: str, *, poison: bool = False) -> None:
+        """A failed attempt (with back-off, poisoned after `max_attempts`); `poison`:
+        the entry cannot be scanned at all (its reason in `error`), poisoned now."""
+        now, t, limit = self._clock(), self._t, 1 if poison else self.max_attempts
         if await self._write(lambda txn: queue.op_release(
             txn, t, path=path, seq=seq, error=error, now=now, max_attempts=limit)):
-            log.warning("journal: %r poisoned after %d failed scan attempts: %s",
-                        path, limit, error)
+            if poison:
+                log.warning("journal: %r cannot be scanned: %s", path, error)
+            else:
+                log.warning("journal: %r poisoned after %d failed scan attempts: %s",
+                            path, limit, error)
 
     async def retry(self, path: str | None = None) -> int:
         t = self._t

@@ -12,6 +12,7 @@ The appliance is the built-in one as a process (fault switchable at run time).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from mounting import Server, mounted
-from outage import unaccounted
+from outage import running_appliance, unaccounted
 from t4_lifecycle_test import (
     ApplianceProc,
     Tree,
@@ -215,3 +216,57 @@ def test_infected_stays_denied_across_a_remount_in_an_outage(tree: Tree) -> None
         os.utime(tree.mountpoint / "bad")
     with escape_mount(tree, "refuse"):
         assert read_errno(tree.mountpoint / "bad")[0] == errno.EACCES
+
+
+# --- 3. a scan of a prefix is not a verdict on the whole file -----------------------------------
+
+#: over the profiles' 1 MiB max_size and the default scan_first (16 MiB)
+BIG = 17 << 20
+
+
+def _big_profile(fail_mode: str, oversize: str) -> str:
+    first = 'scan_first = "64KiB"\n' if oversize == "scan-first" else ""
+    return (f'[[profile]]\nname = "big"\npaths = ["big/**"]\nfail_mode = "{fail_mode}"\n'
+            f'max_size = "1MiB"\noversize = "{oversize}"\n{first}'
+            'infected_action = "deny"\n')
+
+
+@contextmanager
+def sig_mount(tree: Tree, sigdir: Path, profiles: str) -> Iterator[Server]:  # noqa: F811
+    """A mount on a built-in appliance that loads `sigdir`'s hash signatures."""
+    with running_appliance(sigdir) as app:
+        conf = tree.root / "vfile.toml"
+        conf.write_text(f'[mount]\nappliances = ["{app.url}"]\nstate_dir = "{tree.state}"\n'
+                        '[pool]\nprobe_interval = "200ms"\nbreaker_cooldown = "500ms"\n'
+                        + profiles)
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf)) as server:
+            yield server
+
+
+def test_a_prefix_scan_never_becomes_a_full_verdict(tree: Tree) -> None:  # noqa: F811
+    """A 17 MiB file whose whole-file hash is a signature, in a safe profile with
+    `oversize = "journal"`: the drain does not store a scan of its first 16 MiB as
+    a clean verdict (the entry stays, listed as unscannable with its reason), and a
+    stricter rule later (closed, oversize deny) is not fooled by one; a
+    `scan-first` rule, which asks for a prefix only, is served by a prefix scan."""
+    sigdir = tree.root / "sigs"
+    sigdir.mkdir()
+    data = os.urandom(BIG)
+    (sigdir / "big.hdb").write_text(f"{hashlib.md5(data).hexdigest()}:{BIG}:Big.Whole.File\n")
+    (tree.source / "big").mkdir()
+    (tree.source / "big" / "f").write_bytes(data)
+    mnt = tree.mountpoint
+    with sig_mount(tree, sigdir, _big_profile("safe", "journal")):
+        assert read_errno(mnt / "big" / "f") == (0, data)   # allowed, journaled (rule)
+        wait_until(lambda: status(mnt)["drain"]["done"].get("unscannable", 0)
+                   + status(mnt)["drain"]["done"]["clean"] >= 1, "the drain looked at it")
+        [row] = journal_rows(mnt)
+        assert row["path"] == "big/f" and row["reason"] == "oversize", row
+        assert row["poisoned"] and "max_size" in row["last_error"], row
+        assert status(mnt)["drain"]["done"]["clean"] == 0
+    with sig_mount(tree, sigdir, _big_profile("closed", "deny")):
+        assert read_errno(mnt / "big" / "f")[0] == errno.EACCES
+    with sig_mount(tree, sigdir, _big_profile("closed", "scan-first")):
+        assert read_errno(mnt / "big" / "f") == (0, data)   # the rule asked for 64 KiB
+    with sig_mount(tree, sigdir, _big_profile("closed", "deny").replace('"1MiB"', "0")):
+        assert read_errno(mnt / "big" / "f")[0] == errno.EACCES  # the whole file: infected

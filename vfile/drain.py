@@ -52,6 +52,9 @@ class Outcome(enum.StrEnum):
     INFECTED = "infected"
     GONE = "gone"
     ERROR = "error"
+    #: the profile's oversize rule forbids a verdict from a partial scan: the entry stays,
+    #: listed (poisoned) with the reason, instead of being retried until poisoned
+    UNSCANNABLE = "unscannable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,8 @@ class Resolution:
 
 class JournalQueue(Protocol):
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]: ...
-    async def release(self, path: str, seq: int, error: str) -> None: ...
+    async def release(self, path: str, seq: int, error: str, *,
+                      poison: bool = False) -> None: ...
 
 
 Resolve = Callable[[DeferredEntry], Awaitable[Resolution]]
@@ -216,6 +220,8 @@ class Drain:
         if result.outcome is Outcome.ERROR:
             self.last_error = result.detail
             await self._queue.release(entry.path, entry.seq, result.detail)
+        elif result.outcome is Outcome.UNSCANNABLE:
+            await self._queue.release(entry.path, entry.seq, result.detail, poison=True)
         else:
             self._adapt(trio.current_time() - started, result.nbytes)
         self.done[result.outcome] += 1

@@ -44,7 +44,7 @@ from journal.store import Journal
 from journal.taint import TaintRecord
 from scanner.pool import Pool
 from scanner.verdict import Verdict
-from vfile import sticky
+from vfile import coverage, sticky
 from vfile.actions import Actions, open_parent
 from vfile.config import Config, Profile, Trigger
 from vfile.drain import Outcome as DrainOutcome
@@ -341,10 +341,13 @@ class Gate:
             return ScanResult.ERROR, Verdict.error("file changed during the scan")
         return (ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED), verdict
 
-    def _record(self, identity: Identity, verdict: Verdict, sig: str) -> VerdictRecord:
+    def _record(self, identity: Identity, verdict: Verdict, sig: str,
+                profile: Profile) -> VerdictRecord:
+        limit = profile.scan_first if profile.is_oversize(identity.size) else None
         return VerdictRecord(identity=identity, sig_version=verdict.sig_version or sig,
                              outcome=verdict.outcome.value, signature=verdict.detail,
-                             appliance=verdict.appliance, time=self._clock())
+                             appliance=verdict.appliance, time=self._clock(),
+                             covered=coverage.covered_by(limit, identity.size))
 
     async def _run_flight(self, key: VerdictKey, flight: _Flight, fd: int, path: str,
                           profile: Profile) -> None:
@@ -361,7 +364,7 @@ class Gate:
             record = None
             if flight.verdict is not None and flight.result in (ScanResult.CLEAN,
                                                                  ScanResult.INFECTED):
-                record = self._record(identity, flight.verdict, sig)
+                record = self._record(identity, flight.verdict, sig, profile)
                 self._remember(record)  # before waking the waiters: the next open hits it
             flight.done.set()
         if record is not None:
@@ -495,7 +498,7 @@ class Gate:
         started = time.perf_counter()
         rec = self._cache.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                st.st_ctime_ns, self._sig()))
-        if rec is None or rec.outcome != "clean":
+        if rec is None or rec.outcome != "clean" or not coverage.is_whole(rec):
             return False
         self.stats.cache_hits += 1
         self.observer.opened(Action.ALLOW.value, time.perf_counter() - started)
@@ -509,6 +512,8 @@ class Gate:
         identity = Identity.from_stat(st)
         sig = self._sig()
         cached = self._lookup(identity, sig)
+        if cached is not None and not coverage.admits(cached, profile):
+            cached = None  # a verdict on a prefix, and this rule asks for more
         tainted = False
         if cached is None and (taint := self._journal.get_taint(identity.dev,
                                                                 identity.ino)) is not None:
@@ -652,7 +657,7 @@ class Gate:
             d = decide(replace(inputs, scan=result, window=self._window))
         current = self._intents.get(path) is intent
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
-            record = self._record(identity, verdict, sig)
+            record = self._record(identity, verdict, sig, profile)
             self._remember(record)
             partial = profile.is_oversize(identity.size)
             # A newer intent (another writer came) keeps its entry: only store the verdict.
@@ -697,6 +702,12 @@ class Gate:
             profile = self._profiles.profile_for(path, st.st_nlink)
             sig = self._sig()
             record = self._lookup(identity, sig)
+            if record is not None and not coverage.admits(record, profile):
+                record = None
+            if record is None and (why := coverage.unscannable(profile, identity.size)):
+                # The rule asks for the whole file and it is over the limit: a prefix
+                # scan would be no verdict. Listed as unscannable, not retried.
+                return Resolution(DrainOutcome.UNSCANNABLE, detail=why)
             if record is None:
                 scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
                 result, verdict = await self._scan(fd, identity, profile, scope)
@@ -704,7 +715,7 @@ class Gate:
                     detail = verdict.detail if verdict is not None else result.value
                     return Resolution(DrainOutcome.ERROR, detail=detail)
                 self.stats.scans += 1
-                record = self._record(identity, verdict, sig)
+                record = self._record(identity, verdict, sig, profile)
                 self._remember(record)
         finally:
             os.close(fd)

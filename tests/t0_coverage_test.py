@@ -1,0 +1,59 @@
+"""What a verdict covered and which rules it answers (vfile.coverage): pure."""
+
+from __future__ import annotations
+
+from journal.records import (
+    Identity,
+    VerdictRecord,
+    _pack,
+    decode_verdict,
+    encode_verdict,
+)
+from vfile.config import FailMode, OversizeRule, Profile
+from vfile.coverage import WHOLE, admits, covered_by, unscannable
+
+MiB = 1 << 20
+SIZE = 17 * MiB
+IDENT = Identity(1, 2, SIZE, 3, 4)
+FIRST = Profile(name="f", paths=("f/**",), max_size=MiB, oversize=OversizeRule.SCAN_FIRST,
+                scan_first=16 * MiB)
+JOURNAL = Profile(name="j", paths=("j/**",), max_size=MiB, oversize=OversizeRule.JOURNAL)
+DENY = Profile(name="d", paths=("d/**",), max_size=MiB, oversize=OversizeRule.DENY,
+               fail_mode=FailMode.CLOSED)
+UNLIMITED = Profile(name="u", paths=("u/**",), max_size=0)
+
+
+def _rec(outcome: str, covered: int) -> VerdictRecord:
+    return VerdictRecord(IDENT, "sig", outcome, "", "a", 0.0, covered)
+
+
+def test_covered_by() -> None:
+    assert covered_by(None, SIZE) == WHOLE
+    assert covered_by(16 * MiB, SIZE) == 16 * MiB
+    assert covered_by(16 * MiB, 100) == WHOLE
+
+
+def test_a_prefix_verdict_admits_only_under_a_rule_asking_for_no_more() -> None:
+    prefix = _rec("clean", 16 * MiB)
+    assert admits(prefix, FIRST)
+    assert not admits(prefix, JOURNAL)
+    assert not admits(prefix, DENY)
+    assert not admits(prefix, UNLIMITED)
+    assert not admits(_rec("clean", MiB), FIRST)  # asked for 16 MiB, has 1 MiB
+    for p in (FIRST, JOURNAL, DENY, UNLIMITED):
+        assert admits(_rec("clean", WHOLE), p)
+        assert admits(_rec("infected", MiB), p)  # infected is infected
+
+
+def test_the_drain_leaves_whole_file_rules_over_the_limit_unscanned() -> None:
+    assert unscannable(JOURNAL, SIZE) and "max_size" in unscannable(JOURNAL, SIZE)
+    assert unscannable(DENY, SIZE)
+    assert unscannable(FIRST, SIZE) == ""
+    assert unscannable(JOURNAL, 100) == ""
+
+
+def test_verdicts_round_trip_and_old_records_count_as_a_prefix() -> None:
+    rec = _rec("clean", 16 * MiB)
+    assert decode_verdict(encode_verdict(rec)) == rec
+    old = _pack([[1, 2, SIZE, 3, 4], "sig", "clean", "", "a", 0.0])  # no coverage field
+    assert not admits(decode_verdict(old), JOURNAL)
