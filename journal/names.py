@@ -7,9 +7,7 @@ run by the group committer's writer thread. Invariants:
 - An entry is never dropped while the file it belongs to is still reachable:
   `op_relink` moves (or merges) it onto a live name of the same file.
 - `op_exchange` swaps every entry with its file: after it, each entry's path
-  names the file it was written for. Moved entries get a fresh seq, so a drain
-  holding the old (path, seq) cannot complete an entry that now belongs to
-  another file.
+  names the file it was written for.
 """
 
 from __future__ import annotations
@@ -58,7 +56,7 @@ def op_relink(txn: Txn, t: Tables, old: str, new: str) -> int | None:
     return moved.seq
 
 
-def _swap_name(path: str, a: str, b: str) -> str | None:
+def swapped_path(path: str, a: str, b: str) -> str | None:
     """`path` after exchanging `a` and `b` (files or directories); None if untouched."""
     for x, y in ((a, b), (b, a)):
         if path == x:
@@ -70,19 +68,20 @@ def _swap_name(path: str, a: str, b: str) -> str | None:
 
 def op_exchange(txn: Txn, t: Tables, a: str, b: str) -> int:
     """`a` and `b` were exchanged (RENAME_EXCHANGE): every entry at or below either
-    follows its file. Returns how many entries moved."""
+    follows its file (keeping its seq). Returns how many entries moved."""
     a, b = a.rstrip("/"), b.rstrip("/")
     if a == b:
         return 0
     moving: list[tuple[str, DeferredEntry]] = []
     for key, entry in list(iter_entries(txn, t)):
-        new = _swap_name(entry.path, a, b)
+        new = swapped_path(entry.path, a, b)
         if new is not None:
             delete_entry(txn, t, key, entry)
             moving.append((new, entry))
     for new, entry in moving:
         key, old = locate(txn, t, new)
         assert old is None, "every entry at a swapped name was removed first"
-        put_entry(txn, t, key, None, dataclasses.replace(
-            entry, path=new, seq=next_seq(txn, t), lease_until=0.0))
+        # Seqs are journal-wide: a drain holding (old name, seq) finds the other
+        # file's entry there, with another seq, and completes nothing.
+        put_entry(txn, t, key, None, dataclasses.replace(entry, path=new, lease_until=0.0))
     return len(moving)

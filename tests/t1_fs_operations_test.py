@@ -58,6 +58,9 @@ class RecordingHooks:
     async def on_rename(self, old: bytes, new: bytes) -> None:
         self.calls.append(("rename", (old, new)))
 
+    async def on_exchange(self, a: bytes, b: bytes) -> None:
+        self.calls.append(("exchange", (a, b)))
+
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:

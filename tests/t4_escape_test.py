@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ from t4_lifecycle_test import (
 )
 
 from scanner.signatures import EICAR
+from vfile.syscalls import RENAME_EXCHANGE, renameat2
 
 pytestmark = pytest.mark.mount
 
@@ -270,3 +272,57 @@ def test_a_prefix_scan_never_becomes_a_full_verdict(tree: Tree) -> None:  # noqa
         assert read_errno(mnt / "big" / "f") == (0, data)   # the rule asked for 64 KiB
     with sig_mount(tree, sigdir, _big_profile("closed", "deny").replace('"1MiB"', "0")):
         assert read_errno(mnt / "big" / "f")[0] == errno.EACCES  # the whole file: infected
+
+
+# --- 7. RENAME_EXCHANGE ---------------------------------------------------------------------------
+
+
+def _exchange(mnt: Path, a: str, b: str) -> None:
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        renameat2(fd, a.encode(), fd, b.encode(), RENAME_EXCHANGE)
+    finally:
+        os.close(fd)
+
+
+def _read_as(command: str, path: Path) -> None:
+    """Open `path` from a process named `command` (its exposure names it)."""
+    subprocess.run([command, "-c", "1", str(path)] if command == "head" else [command, str(path)],
+                   capture_output=True, check=True, timeout=60)
+
+
+def test_exchange_keeps_every_entry_with_its_file(tree: Tree) -> None:  # noqa: F811
+    """Appliance down: files p (EICAR, read by `cat`) and q (read by `head`), and
+    directories d1/f (EICAR) and d2/g, all journaled. After exchanging p<->q and
+    d1<->d2 each entry names its file (identity and who opened it), and once the
+    appliance is back the drain finds EICAR where it now is."""
+    with escape_mount(tree, "refuse") as (app, _server):
+        mnt, src = tree.mountpoint, tree.source
+        (src / "d1").mkdir()
+        (src / "d2").mkdir()
+        for rel, data in (("p", EICAR), ("q", b"q clean\n"), ("d1/f", EICAR),
+                          ("d2/g", b"g clean\n")):
+            (src / rel).write_bytes(data)
+        _read_as("cat", mnt / "p")
+        _read_as("head", mnt / "q")
+        _read_as("cat", mnt / "d1" / "f")
+        _read_as("head", mnt / "d2" / "g")
+        _exchange(mnt, "p", "q")
+        _exchange(mnt, "d1", "d2")
+        rows = {r["path"]: r for r in journal_rows(mnt)}
+        assert sorted(rows) == ["d1/g", "d2/f", "p", "q"], sorted(rows)
+        for rel, reader in (("q", "cat"), ("p", "head"), ("d2/f", "cat"), ("d1/g", "head")):
+            assert rows[rel]["identity"]["ino"] == os.stat(src / rel).st_ino, rel
+            commands = {e["command"] for e in rows[rel]["exposures"]}
+            assert reader in commands and ({"cat", "head"} - {reader}).isdisjoint(commands), \
+                rows[rel]
+        app.set_fault("none")
+        wait_until(lambda: journal_rows(mnt) == [], "the journal drained")
+        assert status(mnt)["drain"]["done"]["infected"] == 2
+        for rel in ("q", "d2/f"):
+            assert read_errno(mnt / rel)[0] == errno.EACCES, rel
+        for rel in ("p", "d1/g"):
+            assert read_errno(mnt / rel)[0] == 0, rel
+        sig = (tree.state / "last-signature-version").read_text().strip()
+        # every file has a clean verdict but the two infected ones (denied above)
+        assert unaccounted(src, tree.state, sig) == ["d2/f", "q"]

@@ -227,7 +227,9 @@ class VFileOperations(DirOps, MetaOps):
             renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
         else:
             os.rename(name_old, name_new, src_dir_fd=old_p.fd, dst_dir_fd=new_p.fd)
-        if paths is not None and not flags & RENAME_EXCHANGE:
+        if paths is not None and flags & RENAME_EXCHANGE:
+            await hooks.on_exchange(*paths)
+        elif paths is not None:
             await hooks.on_rename(*paths)
 
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
@@ -247,10 +249,16 @@ class VFileOperations(DirOps, MetaOps):
             target = None
         moving = os.stat(name_old, dir_fd=old_p.fd, follow_symlinks=False)
         rctx = request_ctx(ctx)
-        if stat.S_ISREG(moving.st_mode):
+        if flags & RENAME_EXCHANGE:
+            # Each file's intent under the name it has now: `on_exchange` then swaps
+            # the entries with the files, so each keeps its own (issue 13). A crash in
+            # between leaves an entry at each name, so both files are still scanned.
+            if stat.S_ISREG(moving.st_mode):
+                await self.hooks.on_write_intent(paths[0], moving, rctx)
+            if target is not None and stat.S_ISREG(target.st_mode):
+                await self.hooks.on_write_intent(paths[1], target, rctx)
+        elif stat.S_ISREG(moving.st_mode):
             await self.hooks.on_write_intent(paths[1], moving, rctx)
-        if flags & RENAME_EXCHANGE and target is not None and stat.S_ISREG(target.st_mode):
-            await self.hooks.on_write_intent(paths[0], target, rctx)
 
     # -- files --------------------------------------------------------------
 

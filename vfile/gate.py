@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from journal.names import swapped_path
 from journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
 from journal.records import Reason as JournalReason
 from journal.store import Journal
@@ -761,6 +762,22 @@ class Gate:
             # with neither (found by tests/t5_crash_test.py).
             return
         await self._journal.rename_path(src, dst)
+
+    async def on_exchange(self, a: bytes, b: bytes) -> None:
+        """`a` and `b` (two files or two directories) were exchanged: every journal
+        entry and in-memory intent at or below either follows its file."""
+        x, y = os.fsdecode(a), os.fsdecode(b)
+        # The intents written for the exchange itself (at `a` and `b`) are left to
+        # the drain, as after a rename; intents below exchanged directories follow.
+        self._intents.pop(x, None)
+        self._intents.pop(y, None)
+        moved = {}
+        for path in list(self._intents):
+            new = swapped_path(path, x, y)
+            if new is not None:
+                moved[new] = self._intents.pop(path)
+        self._intents.update(moved)
+        await self._journal.exchange(x, y)
 
     def _is_dir(self, path: str) -> bool:
         try:

@@ -87,6 +87,8 @@ class FileHooks(Protocol):
 
     async def on_rename(self, old: bytes, new: bytes) -> None: ...
 
+    async def on_exchange(self, a: bytes, b: bytes) -> None: ...
+
 
 class NoHooks:
     """The plain passthrough: every hook does nothing."""
@@ -111,4 +113,7 @@ class NoHooks:
         return None
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
+        return None
+
+    async def on_exchange(self, a: bytes, b: bytes) -> None:
         return None
