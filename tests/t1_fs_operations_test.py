@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,6 +61,12 @@ class RecordingHooks:
 
     async def on_exchange(self, a: bytes, b: bytes) -> None:
         self.calls.append(("exchange", (a, b)))
+
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None:
+        self.calls.append(("metadata", path))
+        change()
 
 
 @pytest.fixture

@@ -82,6 +82,13 @@ def read_errno(path: Path) -> tuple[int, bytes]:
         return err.errno or -1, b""
 
 
+def sig_of(t: Tree) -> str:
+    """The signature version the mount persisted (it writes it periodically)."""
+    path = t.state / "last-signature-version"
+    wait_until(path.exists, "the mount persisted its signature version")
+    return path.read_text().strip()
+
+
 def live_rows(t: Tree) -> list[dict[str, Any]]:
     """Journal rows, each checked to name no dead file ("x (deleted)")."""
     rows = journal_rows(t.mountpoint)
@@ -131,7 +138,7 @@ def test_unlinking_one_name_keeps_the_entry_of_the_other(tree: Tree) -> None:  #
         app.set_fault("none")
         wait_until(lambda: journal_rows(mnt) == [], "the journal drained")
         assert status(mnt)["drain"]["done"]["clean"] >= 1
-        sig = (tree.state / "last-signature-version").read_text().strip()
+        sig = sig_of(tree)
         assert unaccounted(tree.source, tree.state, sig) == []
 
 
@@ -323,6 +330,34 @@ def test_exchange_keeps_every_entry_with_its_file(tree: Tree) -> None:  # noqa: 
             assert read_errno(mnt / rel)[0] == errno.EACCES, rel
         for rel in ("p", "d1/g"):
             assert read_errno(mnt / rel)[0] == 0, rel
-        sig = (tree.state / "last-signature-version").read_text().strip()
+        sig = sig_of(tree)
         # every file has a clean verdict but the two infected ones (denied above)
         assert unaccounted(src, tree.state, sig) == ["d2/f", "q"]
+
+
+# --- 8. metadata-only changes -------------------------------------------------------------------
+
+
+def test_metadata_changes_keep_the_verdict_or_are_journaled(tree: Tree) -> None:  # noqa: F811
+    """A scanned file is chmodded, touched and chowned through the mount while the
+    appliance is down: each file keeps a verdict for its new identity (content
+    provably unchanged) or has a journal entry; never neither. A file with no
+    verdict that is touched is journaled."""
+    with escape_mount(tree) as (app, _server):
+        mnt, src = tree.mountpoint, tree.source
+        for name in ("m", "t", "o"):
+            (src / name).write_bytes(f"clean {name}\n".encode())
+            assert read_errno(mnt / name)[0] == 0  # scanned, verdict stored
+        app.set_fault("refuse")
+        (src / "never").write_bytes(b"never scanned\n")
+        os.chmod(mnt / "m", 0o600)
+        os.utime(mnt / "t", ns=(1, 2))
+        os.chown(mnt / "o", 1000, 1000)
+        os.utime(mnt / "never")
+        sig = sig_of(tree)
+        assert unaccounted(src, tree.state, sig) == []
+        assert [r["path"] for r in journal_rows(mnt)] == ["never"]
+        with quiesced(mnt):  # the kept verdicts serve the files without the appliance
+            for name in ("m", "t", "o"):
+                assert read_errno(mnt / name) == (0, f"clean {name}\n".encode())
+            assert [r["path"] for r in journal_rows(mnt)] == ["never"]

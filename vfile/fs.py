@@ -88,16 +88,30 @@ class VFileOperations(DirOps, MetaOps):
         handle = self.files.get(fh) if fh is not None else None
         if fields.update_size:
             await self._truncate(node, handle, attr.st_size, ctx)
-        if fields.update_uid or fields.update_gid:
-            fchown_empty(node.fd, attr.st_uid if fields.update_uid else -1,
-                         attr.st_gid if fields.update_gid else -1)
-        if fields.update_mode:
-            if node.kind == stat.S_IFLNK:
-                raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
-            os.chmod(proc_path(node.fd), stat.S_IMODE(attr.st_mode))
-        if fields.update_atime or fields.update_mtime:
-            utimens_empty(node.fd, attr.st_atime_ns if fields.update_atime else None,
-                          attr.st_mtime_ns if fields.update_mtime else None)
+
+        def change_metadata() -> os.stat_result:
+            if fields.update_uid or fields.update_gid:
+                fchown_empty(node.fd, attr.st_uid if fields.update_uid else -1,
+                             attr.st_gid if fields.update_gid else -1)
+            if fields.update_mode:
+                if node.kind == stat.S_IFLNK:
+                    raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
+                os.chmod(proc_path(node.fd), stat.S_IMODE(attr.st_mode))
+            if fields.update_atime or fields.update_mtime:
+                utimens_empty(node.fd, attr.st_atime_ns if fields.update_atime else None,
+                              attr.st_mtime_ns if fields.update_mtime else None)
+            return os.fstat(node.fd)
+
+        if not (fields.update_uid or fields.update_gid or fields.update_mode
+                or fields.update_atime or fields.update_mtime):
+            pass
+        elif node.kind == stat.S_IFREG and not self.hooks.trivial:
+            # A new ctime is a new identity: the gate keeps the verdict or journals it.
+            await self.hooks.on_metadata_change(self.path_of(node), os.fstat(node.fd),
+                                                request_ctx(ctx), change_metadata,
+                                                writing=node.writers > 0)
+        else:
+            change_metadata()
         return self._entry(node, os.fstat(node.fd))
 
     async def _truncate(self, node: Inode, handle: FileHandle | None, size: int,

@@ -606,6 +606,38 @@ class Gate:
             raise
         self.stats.intents += 1
 
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None:
+        """chown/chmod/utimens: a new ctime, so a new identity. Intent first (durable);
+        then the change; then, if the content provably did not change (no writer, no
+        pending intent, a whole-file verdict for the old identity), that verdict is
+        stored for the new identity and the intent resolved in one transaction.
+        Otherwise the entry stays for the drain. At no point has the file neither."""
+        rel = os.fsdecode(path)
+        profile = self._profiles.profile_for(rel, st.st_nlink)
+        before = Identity.from_stat(st)
+        sig = self._sig()
+        old = self._lookup(before, sig)
+        pending = rel in self._intents or writing
+        seq = None
+        if not pending and decide(self._inputs(Event.WRITE, profile, rel, 0, None)).action \
+                is Action.DEFER and self._journal.get_deferred(rel) is None:
+            seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile.name,
+                                            exposure=self._exposure(ctx))
+        now = Identity.from_stat(change())
+        if pending or old is None or now.size != before.size:
+            return  # an entry (the writer's, or the one above) stays for the drain
+        kept = replace(old, identity=now, time=self._clock())
+        self._remember(kept)
+        try:
+            if seq is not None:
+                await self._journal.complete(rel, seq, kept)
+            else:
+                await self._journal.put_verdict(kept)
+        except JournalError as err:
+            log.error("journal: cannot keep the verdict of %r: %s", rel, err)
+
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)
         intent = self._intents.get(rel)

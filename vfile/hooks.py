@@ -14,6 +14,10 @@ pyfuse3. Invariants the Operations keep for every hook:
   returns, the intent must be durable. Raising `Denied` stops the operation.
 - `on_last_close` runs when the last writer of an inode releases it (or after
   a truncate done without an open handle, then with ``fd=None``).
+- `on_metadata_change` runs `change` (chown, chmod, utimens of a regular file;
+  it returns the file's new stat) itself, between journaling and keeping the
+  verdict, so the file always has one or the other; `writing` says a writer
+  has the file open.
 - `on_unlink` / `on_rename` / `on_exchange` run after the operation succeeded;
   `on_unlink` gets `survivor`, another live name of the file, when the file
   is still linked elsewhere (its journal entry moves there).
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,6 +94,10 @@ class FileHooks(Protocol):
 
     async def on_exchange(self, a: bytes, b: bytes) -> None: ...
 
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None: ...
+
 
 class NoHooks:
     """The plain passthrough: every hook does nothing."""
@@ -117,3 +126,8 @@ class NoHooks:
 
     async def on_exchange(self, a: bytes, b: bytes) -> None:
         return None
+
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None:
+        change()
