@@ -38,7 +38,7 @@ class RecordingHooks:
     explode: bool = False
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None:
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None:
         self.calls.append(("open", path))
         os.fstat(fd)  # the fd is live during the hook
         if self.explode:

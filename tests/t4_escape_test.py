@@ -361,3 +361,31 @@ def test_metadata_changes_keep_the_verdict_or_are_journaled(tree: Tree) -> None:
             for name in ("m", "t", "o"):
                 assert read_errno(mnt / name) == (0, f"clean {name}\n".encode())
             assert [r["path"] for r in journal_rows(mnt)] == ["never"]
+
+
+# --- 2. a concurrent writer's bytes (writeback cache) -------------------------------------------
+
+
+def test_a_reader_is_never_judged_from_content_older_than_it_sees(tree: Tree) -> None:  # noqa: F811
+    """With the writeback cache on (the default) a writer's bytes sit in the kernel's
+    page cache, not in the source, while a second open reads them: a closed profile
+    denies that open, a safe one allows it and journals the exposure."""
+    with escape_mount(tree):
+        mnt, src = tree.mountpoint, tree.source
+        for rel in ("uploads/f", "s"):
+            (src / rel).write_bytes(b"clean\n")  # shorter than EICAR, which replaces it
+            assert read_errno(mnt / rel)[0] == 0  # scanned clean
+        with open(mnt / "uploads" / "f", "r+b") as w:
+            w.write(EICAR)
+            w.flush()
+            assert read_errno(mnt / "uploads" / "f")[0] == errno.EACCES
+        with open(mnt / "s", "r+b") as w:
+            w.write(EICAR)
+            w.flush()
+            got = read_errno(mnt / "s")
+            assert got[0] == 0 and got[1].startswith(EICAR)
+            [row] = [r for r in journal_rows(mnt) if r["path"] == "s"]
+            assert any(e["command"] == "pytest" or e["pid"] == os.getpid()
+                       for e in row["exposures"]), row
+        wait_until(lambda: read_errno(mnt / "uploads" / "f")[0] == errno.EACCES
+                   and read_errno(mnt / "s")[0] == errno.EACCES, "the close scans found EICAR")

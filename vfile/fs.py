@@ -289,9 +289,12 @@ class VFileOperations(DirOps, MetaOps):
             # The warm path (a current clean verdict) skips `on_open` and the path it
             # needs (a readlink): an optional hook method, one dict lookup in the gate.
             warm = getattr(hooks, "allows_cached_nowait", None)
-            if not hooks.trivial and stat.S_ISREG(st.st_mode) and not (
-                    warm is not None and warm(st, flags)):
-                await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx))
+            # Another writer's bytes may be in the kernel's page cache, not the source.
+            unflushed = self.writeback and node.writers > 0
+            if not hooks.trivial and stat.S_ISREG(st.st_mode) and (unflushed or not (
+                    warm is not None and warm(st, flags))):
+                await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx),
+                                    unflushed=unflushed)
         except BaseException:
             os.close(fd)
             raise

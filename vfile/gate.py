@@ -506,7 +506,7 @@ class Gate:
         return True
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None:
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None:
         started = time.perf_counter()
         rel = os.fsdecode(path)
         profile = self._profiles.profile_for(rel, st.st_nlink)
@@ -522,7 +522,8 @@ class Gate:
         access = flags & os.O_ACCMODE
         inputs = replace(self._inputs(Event.OPEN, profile, rel, st.st_size, cached,
                                       writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
-                                      reading=access != os.O_WRONLY), tainted=tainted)
+                                      reading=access != os.O_WRONLY),
+                         tainted=tainted, unflushed=unflushed)
         d = decide(inputs)
         verdict: Verdict | None = None
         if cached is not None and cached.outcome == "infected":

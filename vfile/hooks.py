@@ -7,8 +7,10 @@ pyfuse3. Invariants the Operations keep for every hook:
 - Paths are relative to the source root, as bytes, without a leading slash
   (the root itself is ``b""``).
 - `on_open` runs for opens of regular files only, after the file is opened
-  and before the open returns; raising `Denied` fails the open with its errno
-  and the file descriptor is closed by the caller, not by the hook.
+  and before the open returns (`unflushed`: another open may have written
+  bytes the kernel's writeback cache holds but the source does not yet);
+  raising `Denied` fails the open with its errno and the file descriptor is
+  closed by the caller, not by the hook.
 - `on_write_intent` runs *before* anything that can change a file's content
   takes effect (open for writing, create, truncate, rename onto, link): when it
   returns, the intent must be durable. Raising `Denied` stops the operation.
@@ -81,7 +83,7 @@ class FileHooks(Protocol):
     trivial: bool
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None: ...
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None: ...
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
                               ctx: RequestCtx) -> None: ...
@@ -108,7 +110,7 @@ class NoHooks:
         self.root_fd = root_fd
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None:
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None:
         return None
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,

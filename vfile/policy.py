@@ -8,6 +8,8 @@ answer is never SCAN, so the loop ends.
 
 Invariants (checked exhaustively by tests/t0_policy_test.py):
 - an infected verdict (cached or fresh) is never allowed, for every event;
+- a reading open while another open may hold unflushed writes (`unflushed`) is
+  never allowed as scanned: closed denies, safe defers, open logs the exposure;
 - a tainted file (found infected, not scanned clean since) is never opened for
   reading without a clean verdict for its current content, in any profile;
 - a current clean verdict is allowed (unless the quota made the profile
@@ -129,6 +131,10 @@ class DecisionInputs:
     #: the inode was found infected and no scan of its current content said clean since
     #: (journal.taint): a metadata change does not make it servable again
     tainted: bool = False
+    #: another open of the file may write, and with the kernel's writeback cache its
+    #: bytes can be in the page cache the reader will see but not yet in the source a
+    #: scan reads: no scan or cached verdict speaks for what this open will see
+    unflushed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +199,9 @@ def decide(inp: DecisionInputs) -> Decision:
     if inp.event is Event.WRITE:
         # Intent before effect: always journaled, whatever the appliance does.
         return Decision(Action.DEFER, Reason.MODIFIED)
+    if inp.unflushed and inp.event is Event.OPEN and inp.reading:
+        # Content newer than any scan could have seen: the fail mode decides.
+        return _no_verdict(inp, Reason.MODIFIED)
     if inp.cached is Cached.CLEAN and not inp.write_pending:
         return Decision(Action.ALLOW, Reason.CACHED)
     if inp.event is Event.OPEN and not inp.reading:
