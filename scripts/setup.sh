@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv clamav-daemon clamdscan c-icap libc-icap-mod-virus-scan)
+PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv clamav-daemon clamdscan c-icap libc-icap-mod-virus-scan
+      e2fsprogs)  # e2fsprogs: mkfs.ext2 for the whole-second source of t4_escape_test
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

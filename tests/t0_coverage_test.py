@@ -57,3 +57,18 @@ def test_verdicts_round_trip_and_old_records_count_as_a_prefix() -> None:
     assert decode_verdict(encode_verdict(rec)) == rec
     old = _pack([[1, 2, SIZE, 3, 4], "sig", "clean", "", "a", 0.0])  # no coverage field
     assert not admits(decode_verdict(old), JOURNAL)
+
+
+def test_racy_clean_rule() -> None:
+    from vfile.racy import COARSE_FS_NS, TICK_NS, granularity_ns, is_racy, wait_s
+
+    fine = Identity(1, 2, 3, 10_000_000_123, 10_000_000_456)
+    whole = Identity(1, 2, 3, 10_000_000_000, 10_000_000_000)
+    assert granularity_ns(fine) == TICK_NS and granularity_ns(whole) == COARSE_FS_NS
+    assert is_racy(fine, 10_000_000_456)                      # scanned in the same tick
+    assert not is_racy(fine, 10_000_000_456 + TICK_NS + 1)    # a tick later: trusted
+    assert is_racy(whole, 11_500_000_000)                     # FAT-like: within 2 s
+    assert not is_racy(whole, 12_000_000_001)
+    assert wait_s(fine, 10_000_000_456 + TICK_NS + 1) == 0
+    assert 0 < wait_s(fine, 10_000_000_456) <= (TICK_NS + 1) / 1e9
+    assert wait_s(Identity(1, 2, 3, 10**19, 10**19), 0) <= (COARSE_FS_NS + 1) / 1e9

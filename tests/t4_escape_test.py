@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from t4_lifecycle_test import (
 )
 
 from scanner.signatures import EICAR
+from vfile.racy import TICK_NS
 from vfile.syscalls import RENAME_EXCHANGE, renameat2
 
 pytestmark = pytest.mark.mount
@@ -347,6 +349,8 @@ def test_metadata_changes_keep_the_verdict_or_are_journaled(tree: Tree) -> None:
         mnt, src = tree.mountpoint, tree.source
         for name in ("m", "t", "o"):
             (src / name).write_bytes(f"clean {name}\n".encode())
+        time.sleep(2 * TICK_NS / 1e9)  # past the timestamp tick: verdicts are kept
+        for name in ("m", "t", "o"):
             assert read_errno(mnt / name)[0] == 0  # scanned, verdict stored
         app.set_fault("refuse")
         (src / "never").write_bytes(b"never scanned\n")
@@ -389,3 +393,49 @@ def test_a_reader_is_never_judged_from_content_older_than_it_sees(tree: Tree) ->
                        for e in row["exposures"]), row
         wait_until(lambda: read_errno(mnt / "uploads" / "f")[0] == errno.EACCES
                    and read_errno(mnt / "s")[0] == errno.EACCES, "the close scans found EICAR")
+
+
+# --- 6. same-tick rewrites ("racy clean") ---------------------------------------------------------
+
+
+@contextmanager
+def coarse_source(tree: Tree) -> Iterator[None]:  # noqa: F811
+    """The source on a loop-mounted ext2 with 128-byte inodes: whole-second
+    timestamps, so a rewrite within the same second keeps (size, mtime, ctime)."""
+    img = tree.root / "source.img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-I", "128", str(img)], check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run(["mount", "-o", "loop", str(img), str(tree.source)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        os.chmod(tree.source, 0o777)
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(tree.source)], check=False, capture_output=True,
+                       timeout=60)
+
+
+def test_a_same_tick_rewrite_does_not_inherit_the_clean_verdict(tree: Tree) -> None:  # noqa: F811
+    """A file is scanned clean through the mount, then rewritten behind vfile's back
+    with content of the same size within the same timestamp tick (one second on
+    this source): the next open scans again and finds EICAR."""
+    clean = b"y" * (len(EICAR) - 1) + b"\n"
+    with coarse_source(tree), escape_mount(tree):
+        src, mnt = tree.source, tree.mountpoint
+        for attempt in range(10):
+            name = f"r{attempt}"
+            time.sleep(1.02 - time.time() % 1)  # the sequence fits in one second
+            (src / name).write_bytes(clean)
+            before = os.stat(src / name)
+            assert read_errno(mnt / name) == (0, clean)
+            with open(src / name, "r+b") as f:
+                f.write(EICAR)
+            after = os.stat(src / name)
+            if (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+                    after.st_size, after.st_mtime_ns, after.st_ctime_ns):
+                break
+        else:
+            raise AssertionError("no rewrite within one second in 10 tries")
+        assert read_errno(mnt / name)[0] == errno.EACCES

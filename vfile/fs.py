@@ -211,8 +211,8 @@ class VFileOperations(DirOps, MetaOps):
         if st is None or st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
             return None
         node = self.table.find(st)
-        if node is not None:
-            return self.live_name(node, dead=gone)
+        if node is not None and (known := self.known_live_name(node, dead=gone)) is not None:
+            return known
         key = (st.st_dev, st.st_ino)
         root = self.table.get(ROOT_INODE).fd
         # Never reached through the mount: walk the source, off the trio thread.

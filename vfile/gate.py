@@ -45,7 +45,7 @@ from journal.store import Journal
 from journal.taint import TaintRecord
 from scanner.pool import Pool
 from scanner.verdict import Verdict
-from vfile import coverage, sticky
+from vfile import coverage, racy, sticky
 from vfile.actions import Actions, open_parent
 from vfile.config import Config, Profile, Trigger
 from vfile.drain import Outcome as DrainOutcome
@@ -83,6 +83,8 @@ VerdictKey = tuple[Identity, str]
 CacheKey = tuple[int, int, int, int, int, str]
 #: how long the gate reuses the pool's signature version before asking again
 SIG_CACHE_S = 0.05
+#: why a clean scan was not kept (vfile.racy)
+RACY = "modified within the timestamp granularity of the scan (racy clean): scanned again later"
 #: how long hashing a file just found infected may take (vfile.sticky); in the background
 TAINT_HASH_DEADLINE = 60.0
 
@@ -311,13 +313,16 @@ class Gate:
             await self._idle.wait()
 
     async def _scan(self, fd: int, identity: Identity, profile: Profile,
-                    scope: trio.CancelScope) -> tuple[ScanResult, Verdict | None]:
-        """`_scan_once`, timed for the observer."""
+                    scope: trio.CancelScope) -> tuple[ScanResult, Verdict | None, bool]:
+        """`_scan_once`, timed for the observer; the flag says the verdict may be kept
+        (False: a clean verdict on a "racy" file, see vfile.racy)."""
         started = time.perf_counter()
+        started_ns = time.time_ns()
         result, verdict = await self._scan_once(fd, identity, profile, scope)
         self.observer.scanned(result.value, verdict.appliance if verdict is not None else "",
                               time.perf_counter() - started)
-        return result, verdict
+        keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, started_ns)
+        return result, verdict, keep
 
     async def _scan_once(self, fd: int, identity: Identity, profile: Profile,
                          scope: trio.CancelScope) -> tuple[ScanResult, Verdict | None]:
@@ -355,16 +360,17 @@ class Gate:
         identity, sig = key
         try:
             self.stats.scans += 1
-            flight.result, flight.verdict = await self._scan(fd, identity, profile,
-                                                             flight.scope)
+            flight.result, flight.verdict, keep = await self._scan(fd, identity, profile,
+                                                                   flight.scope)
         except OSError as err:
             flight.result, flight.verdict = ScanResult.ERROR, Verdict.error(str(err))
         finally:
             os.close(fd)
             self._flights.pop(key, None)
             record = None
-            if flight.verdict is not None and flight.result in (ScanResult.CLEAN,
-                                                                 ScanResult.INFECTED):
+            # A racy clean verdict answers these waiters only: neither cached nor stored.
+            if flight.verdict is not None and keep and flight.result in (ScanResult.CLEAN,
+                                                                         ScanResult.INFECTED):
                 record = self._record(identity, flight.verdict, sig, profile)
                 self._remember(record)  # before waking the waiters: the next open hits it
             flight.done.set()
@@ -545,7 +551,8 @@ class Gate:
         """A file found infected before (vfile.sticky): its verdict if its content is
         provably unchanged (same SHA-256), and True (it stays tainted) either way."""
         if taint.digest and taint.size == identity.size:
-            digest = await sticky.digest_within(fd, identity.size, profile.deadline)
+            # A quarter of the deadline: a scan may follow if the content changed.
+            digest = await sticky.digest_within(fd, identity.size, profile.deadline / 4)
             if digest == taint.digest:
                 rec = VerdictRecord(identity=identity, sig_version=sig, outcome="infected",
                                     signature=taint.signature, appliance="(unchanged content)",
@@ -677,6 +684,9 @@ class Gate:
                 del self._intents[path]
 
     async def _close_scan(self, path: str, intent: _Intent, fd: int, profile: Profile) -> None:
+        # Nobody waits for a close scan: let the file's last timestamp tick pass first,
+        # so its verdict is not "racy" (vfile.racy) and need not be scanned again.
+        await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
         identity = Identity.from_stat(os.fstat(fd))
         sig = self._sig()
         inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
@@ -685,9 +695,11 @@ class Gate:
         if d.action is Action.SCAN:
             self.stats.close_scans += 1
             scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-            result, verdict = await self._scan(fd, identity, profile, scope)
+            result, verdict, keep = await self._scan(fd, identity, profile, scope)
             if self._window and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                 result = ScanResult.NOT_ATTEMPTED
+            if not keep:  # racy clean: the drain scans it again, later
+                result, verdict = ScanResult.ERROR, Verdict.error(RACY)
             d = decide(replace(inputs, scan=result, window=self._window))
         current = self._intents.get(path) is intent
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
@@ -744,10 +756,12 @@ class Gate:
                 return Resolution(DrainOutcome.UNSCANNABLE, detail=why)
             if record is None:
                 scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-                result, verdict = await self._scan(fd, identity, profile, scope)
+                result, verdict, keep = await self._scan(fd, identity, profile, scope)
                 if verdict is None or result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                     detail = verdict.detail if verdict is not None else result.value
                     return Resolution(DrainOutcome.ERROR, detail=detail)
+                if not keep:
+                    return Resolution(DrainOutcome.ERROR, detail=RACY)
                 self.stats.scans += 1
                 record = self._record(identity, verdict, sig, profile)
                 self._remember(record)

@@ -121,7 +121,18 @@ class OpsCore(pyfuse3.Operations):
     def live_name(self, node: Inode, dead: bytes = b"") -> bytes | None:
         """A live source-relative name of a regular file other than `dead`, from the
         names the kernel reached it by, else by walking the source (a link made
-        behind our back); None once it has no name at all."""
+        behind our back; O(tree), on this thread: only for an open of a file whose
+        first name is gone while others were never seen); None once it has none."""
+        known = self.known_live_name(node, dead)
+        if known is not None or os.fstat(node.fd).st_nlink == 0:
+            return known
+        if dead.endswith(DELETED) and links.reaches(self.table.get(ROOT_INODE).fd, dead,
+                                                     node.key):
+            return dead  # a live file whose name really ends in " (deleted)"
+        return links.find_name(self.table.get(ROOT_INODE).fd, node.key, exclude=dead)
+
+    def known_live_name(self, node: Inode, dead: bytes = b"") -> bytes | None:
+        """A live name of `node` other than `dead` among those the kernel reached it by."""
         for parent_ino, name in reversed(node.names):
             try:
                 parent = self.table.get(parent_ino)
@@ -131,13 +142,7 @@ class OpsCore(pyfuse3.Operations):
                 path = self._child_path(parent, name)
                 if path != dead:
                     return path
-        st = os.fstat(node.fd)
-        if st.st_nlink == 0:
-            return None
-        if dead.endswith(DELETED) and links.reaches(self.table.get(ROOT_INODE).fd, dead,
-                                                     node.key):
-            return dead  # a live file whose name really ends in " (deleted)"
-        return links.find_name(self.table.get(ROOT_INODE).fd, node.key, exclude=dead)
+        return None
 
     def _child_path(self, parent: Inode, name: bytes) -> bytes:
         base = self.path_of(parent)
