@@ -42,7 +42,6 @@ from journal.names import swapped_path
 from journal.records import DeferredEntry, Exposure, Identity, JournalError, VerdictRecord
 from journal.records import Reason as JournalReason
 from journal.store import Journal
-from journal.taint import TaintRecord
 from scanner.pool import Pool
 from scanner.verdict import Verdict
 from vfile import coverage, racy, sticky
@@ -85,8 +84,6 @@ CacheKey = tuple[int, int, int, int, int, str]
 SIG_CACHE_S = 0.05
 #: why a clean scan was not kept (vfile.racy)
 RACY = "modified within the timestamp granularity of the scan (racy clean): scanned again later"
-#: how long hashing a file just found infected may take (vfile.sticky); in the background
-TAINT_HASH_DEADLINE = 60.0
 
 
 def _ckey(identity: Identity, sig: str) -> CacheKey:
@@ -382,7 +379,8 @@ class Gate:
                       persist: bool, seq: int | None = None) -> None:
         """Store a verdict (resolving a journal entry it answers), act if infected."""
         try:
-            await self._update_taint(path, record)
+            await sticky.update_taint(self._journal, self._open_source, path, record,
+                                      self._clock())
             if seq is None and persist:
                 entry = self._journal.get_deferred(path)
                 if entry is not None and entry.identity == record.identity \
@@ -524,7 +522,13 @@ class Gate:
         tainted = False
         if cached is None and (taint := self._journal.get_taint(identity.dev,
                                                                 identity.ino)) is not None:
-            cached, tainted = await self._known_infected(taint, fd, identity, sig, profile)
+            tainted = True  # until a scan of the current content says clean
+            # A quarter of the deadline: a scan may follow if the content changed.
+            with trio.move_on_after(profile.deadline / 4):
+                cached = await sticky.unchanged_infected(taint, fd, identity, sig=sig,
+                                                         now=self._clock())
+            if cached is not None:
+                self._remember(cached)
         access = flags & os.O_ACCMODE
         inputs = replace(self._inputs(Event.OPEN, profile, rel, st.st_size, cached,
                                       writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
@@ -545,44 +549,6 @@ class Gate:
                                                          and cached.outcome == "infected"))
         finally:
             self.observer.opened(d.action.value, time.perf_counter() - started)
-
-    async def _known_infected(self, taint: TaintRecord, fd: int, identity: Identity, sig: str,
-                              profile: Profile) -> tuple[VerdictRecord | None, bool]:
-        """A file found infected before (vfile.sticky): its verdict if its content is
-        provably unchanged (same SHA-256), and True (it stays tainted) either way."""
-        if taint.digest and taint.size == identity.size:
-            # A quarter of the deadline: a scan may follow if the content changed.
-            digest = await sticky.digest_within(fd, identity.size, profile.deadline / 4)
-            if digest == taint.digest:
-                rec = VerdictRecord(identity=identity, sig_version=sig, outcome="infected",
-                                    signature=taint.signature, appliance="(unchanged content)",
-                                    time=self._clock())
-                self._remember(rec)
-                return rec, True
-        return None, True
-
-    async def _update_taint(self, path: str, record: VerdictRecord) -> None:
-        """Infected: remember the inode and its content digest (before any action moves
-        it). Clean: a scan of its current content clears an old taint."""
-        ident = record.identity
-        if record.outcome != "infected":
-            if self._journal.get_taint(ident.dev, ident.ino) is not None:
-                await self._journal.clear_taint(ident.dev, ident.ino)
-                log.info("%r scanned clean: no longer known infected", path)
-            return
-        digest = ""
-        try:
-            fd = self._open_source(path)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                if Identity.from_stat(os.fstat(fd)) == ident:
-                    digest = await sticky.digest_within(fd, ident.size, TAINT_HASH_DEADLINE) or ""
-            finally:
-                os.close(fd)
-        await self._journal.put_taint(TaintRecord(ident.dev, ident.ino, ident.size, digest,
-                                                  record.signature, self._clock()))
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
                               ctx: RequestCtx) -> None:

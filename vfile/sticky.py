@@ -18,10 +18,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 
 import trio
 
+from journal.records import Identity, VerdictRecord
+from journal.store import Journal
+from journal.taint import TaintRecord
+
 log = logging.getLogger(__name__)
+
+#: how long hashing a file just found infected may take (in the background)
+TAINT_HASH_DEADLINE = 60.0
 
 CHUNK = 1 << 20
 #: hashing runs at most this many at once (files found infected are few)
@@ -52,14 +60,52 @@ def _digest_of(fd: int, size: int) -> str:
         os.close(own)
 
 
-async def digest_within(fd: int, size: int, deadline: float) -> str | None:
-    """The digest of `fd`'s content, or None if it could not be had within
-    `deadline` seconds or read. `fd` stays the caller's."""
-    with trio.move_on_after(deadline):
+async def digest(fd: int, size: int) -> str | None:
+    """The digest of `fd`'s content, or None if it cannot be read. `fd` stays the
+    caller's; the caller sets the deadline (the thread is abandoned on cancel)."""
+    try:
+        return await trio.to_thread.run_sync(_digest_of, fd, size,
+                                             abandon_on_cancel=True, limiter=_LIMITER)
+    except OSError as err:
+        log.info("cannot hash a tainted file: %s", err)
+        return None
+
+
+async def unchanged_infected(taint: TaintRecord, fd: int, identity: Identity, *, sig: str,
+                             now: float) -> VerdictRecord | None:
+    """An infected verdict for a tainted file's current identity if its content is
+    provably the infected content (same size and SHA-256), else None. The caller
+    bounds it with a cancel scope."""
+    if not taint.digest or taint.size != identity.size:
+        return None
+    if await digest(fd, identity.size) != taint.digest:
+        return None
+    return VerdictRecord(identity=identity, sig_version=sig, outcome="infected",
+                         signature=taint.signature, appliance="(unchanged content)", time=now)
+
+
+async def update_taint(journal: Journal, open_source: Callable[[str], int], path: str,
+                       record: VerdictRecord, now: float) -> None:
+    """A verdict was stored. Infected: remember the inode and its content digest (call
+    before any action moves the file). Clean: a scan of the current content clears
+    an old taint."""
+    ident = record.identity
+    if record.outcome != "infected":
+        if journal.get_taint(ident.dev, ident.ino) is not None:
+            await journal.clear_taint(ident.dev, ident.ino)
+            log.info("%r scanned clean: no longer known infected", path)
+        return
+    digest_hex = ""
+    try:
+        fd = open_source(path)
+    except OSError:
+        fd = -1  # gone already: tainted with an unknown digest (only a clean scan clears it)
+    if fd >= 0:
         try:
-            return await trio.to_thread.run_sync(_digest_of, fd, size,
-                                                 abandon_on_cancel=True, limiter=_LIMITER)
-        except OSError as err:
-            log.info("cannot hash a tainted file: %s", err)
-            return None
-    return None
+            if Identity.from_stat(os.fstat(fd)) == ident:
+                with trio.move_on_after(TAINT_HASH_DEADLINE):
+                    digest_hex = await digest(fd, ident.size) or ""
+        finally:
+            os.close(fd)
+    await journal.put_taint(TaintRecord(ident.dev, ident.ino, ident.size, digest_hex,
+                                        record.signature, now))
