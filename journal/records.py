@@ -160,6 +160,8 @@ class VerdictRecord:
     signature: str
     appliance: str
     time: float
+    #: bytes the scan covered: -1 the whole file; else a prefix (vfile.filter.coverage)
+    covered: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,18 +316,25 @@ def decode_deferred_path(data: bytes) -> str:
 
 def encode_verdict(r: VerdictRecord) -> bytes:
     return _pack([_identity_obj(r.identity), r.sig_version, r.outcome, r.signature,
-                  r.appliance, r.time])
+                  r.appliance, r.time, r.covered])
 
 
 def decode_verdict(data: bytes) -> VerdictRecord:
-    v = _unpack(data, "verdict", 6)
+    try:
+        v = _unpack(data, "verdict", 7)
+    except JournalCorrupt:
+        # Written before verdicts recorded their coverage: only whole-file verdicts
+        # were stored then... except by the drain, on a prefix: count those as a prefix
+        # of unknown length, never as the whole file (issue 13).
+        v = [*_unpack(data, "verdict", 6), 0]
     ident = _identity(v[0])
     if ident is None:
         raise JournalCorrupt("verdict record has no identity")
     outcome = _str(v[2])
     if outcome not in ("clean", "infected"):
         raise JournalCorrupt(f"verdict record has unknown outcome {outcome!r}")
-    return VerdictRecord(ident, _str(v[1]), outcome, _str(v[3]), _str(v[4]), _float(v[5]))
+    return VerdictRecord(ident, _str(v[1]), outcome, _str(v[3]), _str(v[4]), _float(v[5]),
+                         _int(v[6]))
 
 
 def encode_quarantine(r: QuarantineRecord) -> bytes:

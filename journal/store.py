@@ -59,7 +59,7 @@ import lmdb
 import trio
 import xxhash
 
-from vfile.journal import queue, tables
+from vfile.journal import names, queue, tables, taint
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
 from vfile.journal.records import (
     DeferredEntry,
@@ -231,6 +231,8 @@ class Journal:
         self._sync_limiter = trio.CapacityLimiter(1)
         #: verdicts this process deleted (`delete_verdicts`), for status and metrics
         self.verdicts_collected = 0
+        #: the `tainted` table (journal.taint); None in a read-only journal without one
+        self._taint_db = taint.open_taint_table(env, readonly=readonly)
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
@@ -395,13 +397,18 @@ class Journal:
         return await self._write(lambda txn: queue.op_claim(txn, t, n, lease, now),
                                  durable=False)
 
-    async def release(self, path: str, seq: int, error: str) -> None:
-        now, t, limit = self._clock(), self._t, self.max_attempts
+    async def release(self, path: str, seq: int, error: str, *, poison: bool = False) -> None:
+        """A failed attempt (with back-off, poisoned after `max_attempts`); `poison`:
+        the entry cannot be scanned at all (its reason in `error`), poisoned now."""
+        now, t, limit = self._clock(), self._t, 1 if poison else self.max_attempts
         if await self._write(lambda txn: queue.op_release(
             txn, t, path=path, seq=seq, error=error, now=now, max_attempts=limit),
                 durable=False):
-            log.warning("journal: %r poisoned after %d failed scan attempts: %s",
-                        path, limit, error)
+            if poison:
+                log.warning("journal: %r cannot be scanned: %s", path, error)
+            else:
+                log.warning("journal: %r poisoned after %d failed scan attempts: %s",
+                            path, limit, error)
 
     async def retry(self, path: str | None = None) -> int:
         t = self._t
@@ -452,6 +459,33 @@ class Journal:
         """An administrator clears kept exposure records (of `path`, or all)."""
         t = self._t
         return await self._write(lambda txn: tables.op_clear_exposed(txn, t, path))
+
+    async def relink_path(self, old: str, new: str) -> int | None:
+        """Name `old` went while `new` still names the same file: its entry moves there
+        (merged into `new`'s own); returns `new`'s seq, None if `old` had no entry."""
+        t = self._t
+        return await self._write(lambda txn: names.op_relink(txn, t, old, new))
+
+    async def exchange(self, a: str, b: str) -> int:
+        """`a` and `b` (files or directories) were exchanged: entries follow their files."""
+        t = self._t
+        return await self._write(lambda txn: names.op_exchange(txn, t, a, b))
+
+    async def put_taint(self, rec: taint.TaintRecord) -> None:
+        """Remember that inode (dev, ino) held infected content (journal.taint)."""
+        db = self._taint_db
+        await self._write(lambda txn: taint.op_put(txn, db, rec))
+
+    async def clear_taint(self, dev: int, ino: int) -> bool:
+        """A scan of the inode's current content said clean."""
+        db = self._taint_db
+        return await self._write(lambda txn: taint.op_clear(txn, db, dev, ino))
+
+    def get_taint(self, dev: int, ino: int) -> taint.TaintRecord | None:
+        db = self._taint_db
+        if db is None:
+            return None
+        return self._read(lambda txn: taint.get(txn, db, dev, ino))
 
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t

@@ -184,6 +184,15 @@ def test_first_matching_profile_wins() -> None:
     ("x[/]y", "x/y", False),
     ("a+b(c).txt", "a+b(c).txt", True),
     ("[unclosed", "[unclosed", True),
+    # every glob matches every byte of a name but '/' (issue 13: a newline escaped **)
+    ("uploads/**", "uploads/a\nb", True),
+    ("uploads/**", "uploads/\n/x", True),
+    ("**/*.exe", "a\nb/c\n.exe", True),
+    ("*.exe", "x\n.exe", True),
+    ("a?b", "a\nb", True),
+    ("[!x]", "\n", True),
+    ("*", "a\r\x7f\udcff", True),
+    ("uploads/*", "uploads/a\n/b", False),
 ])
 def test_globs(pattern: str, path: str, matches: bool) -> None:
     cfg = Config(profiles=(C.Profile(name="p", paths=(pattern,)),))

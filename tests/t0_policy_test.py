@@ -52,11 +52,12 @@ def _unscanned(inp: DecisionInputs) -> bool:
 
 
 def test_the_table_covers_every_field_value() -> None:
-    # 3 events x 3 cached x 6 scan results x 3 fail modes x 3 oversize rules x 3 quota x 2^7
-    assert len(ALL) == 3 * 3 * 6 * 3 * 3 * 3 * 2**7
+    # 3 events x 3 cached x 6 scan results x 3 fail modes x 3 oversize rules x 3 quota x 2^9
+    assert len(ALL) == 3 * 3 * 6 * 3 * 3 * 3 * 2**9
     assert {f.name for f in FIELDS} == {
         "event", "trigger_enabled", "cached", "write_pending", "writing", "reading", "window",
-        "appliance_down", "oversize", "oversize_rule", "scan", "fail_mode", "quota"}
+        "appliance_down", "oversize", "oversize_rule", "scan", "fail_mode", "quota",
+        "tainted", "unflushed"}
 
 
 def test_pure() -> None:
@@ -74,6 +75,7 @@ def test_infected_is_never_allowed() -> None:
 def test_a_current_clean_verdict_is_always_allowed() -> None:
     for inp, dec in TABLE:
         if (inp.event is Event.OPEN and inp.cached is Cached.CLEAN and not inp.write_pending
+                and not (inp.unflushed and inp.reading)
                 and inp.scan is not ScanResult.INFECTED
                 and not (inp.quota is QuotaState.READ_ONLY and inp.writing
                          and inp.trigger_enabled)):
@@ -83,7 +85,7 @@ def test_a_current_clean_verdict_is_always_allowed() -> None:
 def test_a_fresh_clean_scan_is_allowed() -> None:
     for inp, dec in TABLE:
         if (inp.event is Event.OPEN and inp.scan is ScanResult.CLEAN
-                and inp.cached is not Cached.INFECTED
+                and inp.cached is not Cached.INFECTED and not (inp.unflushed and inp.reading)
                 and not (inp.quota is QuotaState.READ_ONLY and inp.writing)):
             assert dec.action is Action.ALLOW and dec.reason in SCANNED_OR_EXEMPT, inp
 
@@ -104,7 +106,8 @@ def test_scan_only_without_a_result_so_the_loop_ends() -> None:
     for inp, dec in TABLE:
         if dec.action is Action.SCAN:
             assert inp.scan is ScanResult.NOT_ATTEMPTED and inp.event is not Event.WRITE, inp
-            assert inp.trigger_enabled and not inp.window and not inp.appliance_down
+            assert inp.trigger_enabled or inp.tainted
+            assert not inp.window and not inp.appliance_down
             assert inp.reading or inp.event is Event.CLOSE
             assert not (inp.oversize and inp.oversize_rule is not OversizeRule.SCAN_FIRST)
             assert dec.reason is Reason.NEEDS_SCAN
@@ -136,6 +139,7 @@ def test_open_allows_unscanned_with_the_exposure_flag() -> None:
                 assert dec.exposure, inp
             if (inp.scan in (ScanResult.ERROR, ScanResult.TIMEOUT, ScanResult.UNAVAILABLE)
                     and _unscanned(inp) and inp.trigger_enabled and inp.reading
+                    and not inp.tainted and not inp.unflushed
                     and inp.quota is QuotaState.NONE):
                 assert dec == Decision(Action.ALLOW, Reason(inp.scan.value), exposure=True), inp
 
@@ -187,6 +191,7 @@ def test_read_only_quota_denies_writing_opens_with_erofs() -> None:
     for inp, dec in TABLE:
         if (inp.event is Event.OPEN and inp.quota is QuotaState.READ_ONLY and inp.writing
                 and inp.trigger_enabled and inp.cached is not Cached.INFECTED
+                and not (inp.tainted and inp.reading)
                 and inp.scan is not ScanResult.INFECTED):
             assert dec.action is Action.DENY and dec.errno == errno.EROFS, inp
         if dec.errno == errno.EROFS:
@@ -240,3 +245,27 @@ def test_rows(fields: dict[str, Any], expected: Decision) -> None:
 def test_quota_state_from_escalation() -> None:
     assert QuotaState.escalated(Escalation.CLOSED) is QuotaState.CLOSED
     assert QuotaState.escalated(Escalation.READ_ONLY) is QuotaState.READ_ONLY
+
+
+def test_a_tainted_file_is_never_read_without_a_clean_verdict() -> None:
+    """Found infected, then touched / chmodded / renamed (issue 13): a reading open
+    needs a clean verdict of its current content, in every profile, window or not."""
+    for inp, dec in TABLE:
+        if (inp.tainted and inp.event is Event.OPEN and inp.reading
+                and inp.cached is not Cached.CLEAN and inp.scan is not ScanResult.CLEAN):
+            assert dec.action in (Action.DENY, Action.SCAN), inp
+            if dec.action is Action.DENY:
+                assert dec.reason is Reason.INFECTED, inp
+
+
+def test_unflushed_writes_make_every_reading_open_unscanned() -> None:
+    """Another open may hold writes the source does not show yet (writeback cache):
+    neither a cached verdict nor a scan speaks for what the reader will see."""
+    for inp, dec in TABLE:
+        if (inp.unflushed and inp.event is Event.OPEN and inp.reading and inp.trigger_enabled
+                and inp.cached is not Cached.INFECTED and inp.scan is not ScanResult.INFECTED
+                and not inp.tainted):
+            assert dec.action is not Action.SCAN, inp
+            assert dec.reason not in (Reason.CLEAN, Reason.CACHED), inp
+            if dec.allows:
+                assert dec.exposure, inp

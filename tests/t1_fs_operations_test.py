@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,7 +44,7 @@ class RecordingHooks:
         pass
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None:
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None:
         self.calls.append(("open", path))
         os.fstat(fd)  # the fd is live during the hook
         if self.explode:
@@ -62,11 +63,20 @@ class RecordingHooks:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         self.calls.append(("last_close", path))
 
-    async def on_unlink(self, path: bytes) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         self.calls.append(("unlink", path))
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         self.calls.append(("rename", (old, new)))
+
+    async def on_exchange(self, a: bytes, b: bytes) -> None:
+        self.calls.append(("exchange", (a, b)))
+
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None:
+        self.calls.append(("metadata", path))
+        change()
 
 
 @pytest.fixture

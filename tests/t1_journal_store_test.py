@@ -500,3 +500,38 @@ async def test_exposures_are_kept_when_their_entry_ends_unverified(journal: Jour
     assert await journal.clear_exposed("/gone") == 1
     assert await journal.clear_exposed() == 1
     assert journal.list_exposed() == []
+
+
+# --- names: relink and exchange (issue 13) ------------------------------------------------------
+
+
+async def test_relink_moves_or_merges_and_exchange_swaps_files_and_trees(tmp_path: Path) -> None:
+    from vfile.journal.records import Exposure
+    from vfile.journal.records import Reason as R
+
+    j = Journal.open(tmp_path / "j")
+    try:
+        who = Exposure(uid=1, pid=2, command="cat", time=1.0)
+        await j.defer("a", None, R.MODIFIED, "p", exposure=who)
+        seq = await j.relink_path("a", "b")
+        entry = j.get_deferred("b")
+        assert j.get_deferred("a") is None and entry is not None and entry.seq == seq
+        assert entry.exposures == (who,)
+        other = Exposure(uid=3, pid=4, command="head", time=2.0)
+        await j.defer("c", None, R.MODIFIED, "p", exposure=other)
+        await j.relink_path("b", "c")  # merged into c's own entry, exposures of both
+        merged = j.get_deferred("c")
+        assert merged is not None and set(merged.exposures) == {who, other}
+        assert await j.relink_path("nothing", "c") is None
+        for path in ("x", "y", "d1/f", "d1/sub/g", "d2/h", "d10/k"):
+            await j.defer(path, None, R.MODIFIED, path)
+        before = {e.path: e.seq for e in j.list_deferred()}
+        assert await j.exchange("x", "y") == 2
+        assert await j.exchange("d1", "d2") == 3
+        after = {e.path: (e.profile, e.seq) for e in j.list_deferred()}
+        assert after["y"] == ("x", before["x"]) and after["x"] == ("y", before["y"])
+        assert after["d2/f"][0] == "d1/f" and after["d2/sub/g"][0] == "d1/sub/g"
+        assert after["d1/h"][0] == "d2/h"
+        assert after["d10/k"][0] == "d10/k"  # a sibling with a common prefix stays
+    finally:
+        j.close()

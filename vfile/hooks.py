@@ -7,8 +7,10 @@ pyfuse3. Invariants the Operations keep for every hook:
 - Paths are relative to the source root, as bytes, without a leading slash
   (the root itself is ``b""``).
 - `on_open` runs for opens of regular files only, after the file is opened
-  and before the open returns; raising `Denied` fails the open with its errno
-  and the file descriptor is closed by the caller, not by the hook.
+  and before the open returns (`unflushed`: another open may have written
+  bytes the kernel's writeback cache holds but the source does not yet);
+  raising `Denied` fails the open with its errno and the file descriptor is
+  closed by the caller, not by the hook.
 - `on_write_intent` runs *before* anything that can change a file's content
   takes effect (open for writing, create, truncate, rename onto, link): when it
   returns, the intent must be durable. Raising `Denied` stops the operation.
@@ -18,7 +20,13 @@ pyfuse3. Invariants the Operations keep for every hook:
   intent ends in a last close, an unlink, a rename or that release.
 - `on_last_close` runs when the last writer of an inode releases it (or after
   a truncate done without an open handle, then with ``fd=None``).
-- `on_unlink` / `on_rename` run after the operation succeeded.
+- `on_metadata_change` runs `change` (chown, chmod, utimens of a regular file;
+  it returns the file's new stat) itself, between journaling and keeping the
+  verdict, so the file always has one or the other; `writing` says a writer
+  has the file open.
+- `on_unlink` / `on_rename` / `on_exchange` run after the operation succeeded;
+  `on_unlink` gets `survivor`, another live name of the file, when the file
+  is still linked elsewhere (its journal entry moves there).
 
 Any other exception a hook raises is a bug: it is logged and becomes EIO.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,7 +96,7 @@ class FileHooks(Protocol):
         ...
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None: ...
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None: ...
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
                               ctx: RequestCtx) -> object: ...
@@ -96,9 +105,15 @@ class FileHooks(Protocol):
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None: ...
 
-    async def on_unlink(self, path: bytes) -> None: ...
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None: ...
 
     async def on_rename(self, old: bytes, new: bytes) -> None: ...
+
+    async def on_exchange(self, a: bytes, b: bytes) -> None: ...
+
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None: ...
 
 
 class NoHooks:
@@ -113,7 +128,7 @@ class NoHooks:
         pass
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None:
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None:
         return None
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
@@ -126,8 +141,16 @@ class NoHooks:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         return None
 
-    async def on_unlink(self, path: bytes) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         return None
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         return None
+
+    async def on_exchange(self, a: bytes, b: bytes) -> None:
+        return None
+
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None:
+        change()

@@ -62,7 +62,10 @@ def glob_to_regex(pattern: str) -> str:
         else:
             out.append(re.escape(c))
             i += 1
-    return "".join(out)
+    # DOTALL: `.` (from `**`) must match a newline too, or `uploads/a\nb` would fall
+    # out of `uploads/**` into a weaker profile (issue 13). Every glob matches every
+    # byte of a name but `/`.
+    return "(?s)" + "".join(out)
 
 
 # --- values ------------------------------------------------------------------

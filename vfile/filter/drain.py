@@ -68,6 +68,9 @@ class Outcome(enum.StrEnum):
     INFECTED = "infected"
     GONE = "gone"
     ERROR = "error"
+    #: the profile's oversize rule forbids a verdict from a partial scan: the entry stays,
+    #: listed (poisoned) with the reason, instead of being retried until poisoned
+    UNSCANNABLE = "unscannable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,8 @@ class Resolution:
 
 class JournalQueue(Protocol):
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]: ...
-    async def release(self, path: str, seq: int, error: str) -> None: ...
+    async def release(self, path: str, seq: int, error: str, *,
+                      poison: bool = False) -> None: ...
 
 
 Resolve = Callable[[DeferredEntry], Awaitable[Resolution]]
@@ -248,6 +252,8 @@ class Drain:
         if result.outcome is Outcome.ERROR:
             self.last_error = result.detail
             await self._queue.release(entry.path, entry.seq, result.detail)
+        elif result.outcome is Outcome.UNSCANNABLE:
+            await self._queue.release(entry.path, entry.seq, result.detail, poison=True)
         else:
             # The appliance's latency: until the scan was over, not the journal write.
             self._adapt((scanned_at or trio.current_time()) - started, result.nbytes)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from vfile.config.model import Config, Profile, Trigger
+from vfile.filter import coverage, racy, sticky
 from vfile.filter.actions import Actions, open_parent
 from vfile.filter.drain import Outcome as DrainOutcome
 from vfile.filter.drain import Resolution
@@ -58,6 +59,7 @@ from vfile.filter.policy import (
 )
 from vfile.filter.verdicts import VerdictCache
 from vfile.hooks import Denied, RequestCtx
+from vfile.journal.names import swapped_path
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
@@ -71,6 +73,7 @@ from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
 from vfile.observe.ratelog import RateLimited
+from vfile.passthrough.links import ProfileChooser
 from vfile.passthrough.syscalls import open_for_scan
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Verdict
@@ -92,6 +95,8 @@ FULL_LOG_INTERVAL = 60.0
 VerdictKey = tuple[Identity, str]
 #: how long the gate reuses the pool's signature version before asking again
 SIG_CACHE_S = 0.05
+#: why a clean scan was not kept (vfile.filter.racy)
+RACY = "modified within the timestamp granularity of the scan (racy clean): scanned again later"
 
 
 def exposures_json(exposures: tuple[Exposure, ...]) -> list[dict[str, object]]:
@@ -155,6 +160,8 @@ class Gate:
                  clock: Callable[[], float] = time.time,
                  cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self._config = config
+        #: profile selection aware of hard links (vfile.passthrough.links)
+        self._profiles = ProfileChooser(config)
         self._pool = pool
         self._journal = journal
         self._actions = actions
@@ -313,13 +320,16 @@ class Gate:
 
     async def _scan(self, fd: int, identity: Identity, profile: Profile,
                     scope: trio.CancelScope, *,
-                    drain: bool = False) -> tuple[ScanResult, Verdict | None]:
-        """`_scan_once`, timed for the observer."""
+                    drain: bool = False) -> tuple[ScanResult, Verdict | None, bool]:
+        """`_scan_once`, timed for the observer; the flag says the verdict may be kept
+        (False: a clean verdict on a "racy" file, see vfile.filter.racy)."""
         started = time.perf_counter()
+        started_ns = time.time_ns()
         result, verdict = await self._scan_once(fd, identity, profile, scope, drain=drain)
         self.observer.scanned(result.value, verdict.appliance if verdict is not None else "",
                               time.perf_counter() - started)
-        return result, verdict
+        keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, started_ns)
+        return result, verdict, keep
 
     async def _scan_once(self, fd: int, identity: Identity, profile: Profile,
                          scope: trio.CancelScope, *,
@@ -351,27 +361,31 @@ class Gate:
             return ScanResult.ERROR, Verdict.error("file changed during the scan")
         return (ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED), verdict
 
-    def _record(self, identity: Identity, verdict: Verdict, sig: str) -> VerdictRecord:
+    def _record(self, identity: Identity, verdict: Verdict, sig: str,
+                profile: Profile) -> VerdictRecord:
+        limit = profile.scan_first if profile.is_oversize(identity.size) else None
         return VerdictRecord(identity=identity, sig_version=verdict.sig_version or sig,
                              outcome=verdict.outcome.value, signature=verdict.detail,
-                             appliance=verdict.appliance, time=self._clock())
+                             appliance=verdict.appliance, time=self._clock(),
+                             covered=coverage.covered_by(limit, identity.size))
 
     async def _run_flight(self, key: VerdictKey, flight: _Flight, fd: int, path: str,
                           profile: Profile) -> None:
         identity, sig = key
         try:
             self.stats.scans += 1
-            flight.result, flight.verdict = await self._scan(fd, identity, profile,
-                                                             flight.scope)
+            flight.result, flight.verdict, keep = await self._scan(fd, identity, profile,
+                                                                   flight.scope)
         except OSError as err:
             flight.result, flight.verdict = ScanResult.ERROR, Verdict.error(str(err))
         finally:
             os.close(fd)
             self._flights.pop(key, None)
             record = None
-            if flight.verdict is not None and flight.result in (ScanResult.CLEAN,
-                                                                 ScanResult.INFECTED):
-                record = self._record(identity, flight.verdict, sig)
+            # A racy clean verdict answers these waiters only: neither cached nor stored.
+            if flight.verdict is not None and keep and flight.result in (ScanResult.CLEAN,
+                                                                         ScanResult.INFECTED):
+                record = self._record(identity, flight.verdict, sig, profile)
                 self._remember(record)  # before waking the waiters: the next open hits it
             flight.done.set()
         if record is not None:
@@ -383,6 +397,8 @@ class Gate:
         """Store a verdict (resolving a journal entry it answers), act if infected."""
         exposures: tuple[Exposure, ...] = ()
         try:
+            await sticky.update_taint(self._journal, self._open_source, path, record,
+                                      self._clock())
             entry = self._journal.get_deferred(path)
             if entry is not None:
                 exposures = entry.exposures  # kept by the journal; shown with the action
@@ -521,24 +537,37 @@ class Gate:
             return False
         started = time.perf_counter()
         rec = self._cache.get_stat(st, self._sig())
-        if rec is None or rec.outcome != "clean":
+        if rec is None or rec.outcome != "clean" or not coverage.is_whole(rec):
             return False
         self.stats.cache_hits += 1
         self.observer.opened(Action.ALLOW.value, time.perf_counter() - started)
         return True
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
-                      ctx: RequestCtx) -> None:
+                      ctx: RequestCtx, *, unflushed: bool = False) -> None:
         started = time.perf_counter()
         rel = os.fsdecode(path)
-        profile = self._config.profile_for(rel)
+        profile = self._profiles.profile_for(rel, st.st_nlink)
         identity = Identity.from_stat(st)
         sig = self._sig()
         cached = self._lookup(identity, sig)
+        if cached is not None and not coverage.admits(cached, profile):
+            cached = None  # a verdict on a prefix, and this rule asks for more
+        tainted = False
+        if cached is None and (taint := self._journal.get_taint(identity.dev,
+                                                                identity.ino)) is not None:
+            tainted = True  # until a scan of the current content says clean
+            # A quarter of the deadline: a scan may follow if the content changed.
+            with trio.move_on_after(profile.deadline / 4):
+                cached = await sticky.unchanged_infected(taint, fd, identity, sig=sig,
+                                                         now=self._clock())
+            if cached is not None:
+                self._remember(cached)
         access = flags & os.O_ACCMODE
-        inputs = self._inputs(Event.OPEN, profile, rel, st.st_size, cached,
-                              writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
-                              reading=access != os.O_WRONLY)
+        inputs = replace(self._inputs(Event.OPEN, profile, rel, st.st_size, cached,
+                                      writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
+                                      reading=access != os.O_WRONLY),
+                         tainted=tainted, unflushed=unflushed)
         d = decide(inputs)
         verdict: Verdict | None = None
         if cached is not None and cached.outcome == "infected":
@@ -550,14 +579,15 @@ class Gate:
             d = decide(replace(inputs, scan=result, window=self._window))
         try:
             await self._carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
-                                  from_cache=cached is not None and cached.outcome == "infected")
+                                  from_cache=tainted or (cached is not None
+                                                         and cached.outcome == "infected"))
         finally:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
                               ctx: RequestCtx) -> Intent | None:
         rel = os.fsdecode(path)
-        profile = self._config.profile_for(rel)
+        profile = self._profiles.profile_for(rel, st.st_nlink if st is not None else 1)
         d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
         if d.action is Action.DENY:
             self.stats.denials += 1
@@ -600,12 +630,44 @@ class Gate:
         if isinstance(token, Intent):
             self._intents.roll_back(token)
 
+    async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                                 change: Callable[[], os.stat_result], *,
+                                 writing: bool) -> None:
+        """chown/chmod/utimens: a new ctime, so a new identity. Intent first (durable);
+        then the change; then, if the content provably did not change (no writer, no
+        pending intent, a whole-file verdict for the old identity), that verdict is
+        stored for the new identity and the intent resolved in one transaction.
+        Otherwise the entry stays for the drain. At no point has the file neither."""
+        rel = os.fsdecode(path)
+        profile = self._profiles.profile_for(rel, st.st_nlink)
+        before = Identity.from_stat(st)
+        sig = self._sig()
+        old = self._lookup(before, sig)
+        pending = rel in self._intents or writing
+        seq = None
+        if not pending and decide(self._inputs(Event.WRITE, profile, rel, 0, None)).action \
+                is Action.DEFER and self._journal.get_deferred(rel) is None:
+            seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile.name,
+                                            exposure=self._exposure(ctx))
+        now = Identity.from_stat(change())
+        if pending or old is None or now.size != before.size:
+            return  # an entry (the writer's, or the one above) stays for the drain
+        kept = replace(old, identity=now, time=self._clock())
+        self._remember(kept)
+        try:
+            if seq is not None:
+                await self._journal.complete(rel, seq, kept)
+            else:
+                await self._journal.put_verdict(kept)
+        except JournalError as err:
+            log.error("journal: cannot keep the verdict of %r: %s", rel, err)
+
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)
         intent = self._intents.get(rel)
         if intent is None:
             return  # no intent: the profile does not scan after writes
-        profile = self._config.profile_for(rel)
+        profile = self._profiles.profile_for(rel, st.st_nlink)
         try:
             own_fd = _reopen(fd) if fd is not None else self._open_source(rel)
         except OSError as err:
@@ -639,6 +701,9 @@ class Gate:
             self._intents.finish(intent)
 
     async def _close_scan(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+        # Nobody waits for a close scan: let the file's last timestamp tick pass first,
+        # so its verdict is not "racy" (vfile.filter.racy) and need not be scanned again.
+        await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
         identity = Identity.from_stat(os.fstat(fd))
         sig = self._sig()
         inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
@@ -647,13 +712,15 @@ class Gate:
         if d.action is Action.SCAN:
             self.stats.close_scans += 1
             scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-            result, verdict = await self._scan(fd, identity, profile, scope)
+            result, verdict, keep = await self._scan(fd, identity, profile, scope)
             if self._window and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                 result = ScanResult.NOT_ATTEMPTED
+            if not keep:  # racy clean: the drain scans it again, later
+                result, verdict = ScanResult.ERROR, Verdict.error(RACY)
             d = decide(replace(inputs, scan=result, window=self._window))
         current = self._intents.get(path) is intent
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
-            record = self._record(identity, verdict, sig)
+            record = self._record(identity, verdict, sig, profile)
             self._remember(record)
             partial = profile.is_oversize(identity.size)
             # A newer intent (another writer came) keeps its entry: only store the verdict.
@@ -695,17 +762,25 @@ class Gate:
                 await self._journal.complete(path, entry.seq, None)
                 return Resolution(DrainOutcome.GONE, detail="no longer a regular file")
             identity = Identity.from_stat(st)
-            profile = self._config.profile_for(path)
+            profile = self._profiles.profile_for(path, st.st_nlink)
             sig = self._sig()
             record = self._lookup(identity, sig)
+            if record is not None and not coverage.admits(record, profile):
+                record = None
+            if record is None and (why := coverage.unscannable(profile, identity.size)):
+                # The rule asks for the whole file and it is over the limit: a prefix
+                # scan would be no verdict. Listed as unscannable, not retried.
+                return Resolution(DrainOutcome.UNSCANNABLE, detail=why)
             if record is None:
                 scope = trio.CancelScope(deadline=trio.current_time() + profile.drain_deadline)
-                result, verdict = await self._scan(fd, identity, profile, scope, drain=True)
+                result, verdict, keep = await self._scan(fd, identity, profile, scope, drain=True)
                 if verdict is None or result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                     detail = verdict.detail if verdict is not None else result.value
                     return Resolution(DrainOutcome.ERROR, detail=detail)
+                if not keep:
+                    return Resolution(DrainOutcome.ERROR, detail=RACY)
                 self.stats.scans += 1
-                record = self._record(identity, verdict, sig)
+                record = self._record(identity, verdict, sig, profile)
                 self._remember(record)
         finally:
             os.close(fd)
@@ -719,12 +794,23 @@ class Gate:
         outcome = DrainOutcome.INFECTED if record.outcome == "infected" else DrainOutcome.CLEAN
         return Resolution(outcome, nbytes=identity.size)
 
-    async def on_unlink(self, path: bytes) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         rel = os.fsdecode(path)
-        self._intents.pop(rel)
-        entry = await self._journal.forget_path(rel)  # its exposures are kept
-        if entry is not None:
-            self._audit_exposures(rel, "unlinked", entry.exposures)
+        if survivor is None:
+            self._intents.pop(rel)
+            entry = await self._journal.forget_path(rel)  # its exposures are kept
+            if entry is not None:
+                self._audit_exposures(rel, "unlinked", entry.exposures)
+            return
+        # Still linked as `survivor`: the entry, intent and exposures go there.
+        new = os.fsdecode(survivor)
+        if new in self._intents:
+            self._intents.pop(rel)
+        else:
+            self._intents.move(rel, new)
+        seq = await self._journal.relink_path(rel, new)
+        if seq is not None and (intent := self._intents.get(new)) is not None:
+            intent.seq = seq
 
     def _audit_exposures(self, path: str, outcome: str, exposures: tuple[Exposure, ...]) -> None:
         readers = tuple(x for x in exposures if not x.wrote)
@@ -752,6 +838,18 @@ class Gate:
             # with neither (found by tests/t5_crash_test.py).
             return
         await self._journal.rename_path(src, dst)
+
+    async def on_exchange(self, a: bytes, b: bytes) -> None:
+        """`a` and `b` (two files or two directories) were exchanged: every journal
+        entry and in-memory intent at or below either follows its file."""
+        x, y = os.fsdecode(a), os.fsdecode(b)
+        # The intents written for the exchange itself (at `a` and `b`) are left to
+        # the drain, as after a rename; intents below exchanged directories follow.
+        self._intents.pop(x)
+        self._intents.pop(y)
+        self._intents.relocate({path: new for path in self._intents
+                                if (new := swapped_path(path, x, y)) is not None})
+        await self._journal.exchange(x, y)
 
     def _is_dir(self, path: str) -> bool:
         try:

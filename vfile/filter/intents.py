@@ -85,6 +85,14 @@ class IntentTable:
             intent.path = new
             self._by_path[new] = intent
 
+    def relocate(self, moves: dict[str, str]) -> None:
+        """Move several intents at once (old path -> new path; an exchange swaps them)."""
+        taken = [(self._by_path.pop(old), new) for old, new in moves.items()
+                 if old in self._by_path]
+        for intent, new in taken:
+            intent.path = new
+            self._by_path[new] = intent
+
     def move_tree(self, old_dir: str, new_dir: str) -> None:
         prefix = old_dir + "/"
         for path in [p for p in self._by_path if p.startswith(prefix)]:

@@ -8,6 +8,10 @@ answer is never SCAN, so the loop ends.
 
 Invariants (checked exhaustively by tests/t0_policy_test.py):
 - an infected verdict (cached or fresh) is never allowed, for every event;
+- a reading open while another open may hold unflushed writes (`unflushed`) is
+  never allowed as scanned: closed denies, safe defers, open logs the exposure;
+- a tainted file (found infected, not scanned clean since) is never opened for
+  reading without a clean verdict for its current content, in any profile;
 - a current clean verdict is allowed (unless the quota made the profile
   read-only and the open is for writing);
 - during a window or with the appliances known down, never SCAN;
@@ -124,6 +128,13 @@ class DecisionInputs:
     scan: ScanResult = ScanResult.NOT_ATTEMPTED
     fail_mode: FailMode = FailMode.SAFE
     quota: QuotaState = QuotaState.NONE
+    #: the inode was found infected and no scan of its current content said clean since
+    #: (journal.taint): a metadata change does not make it servable again
+    tainted: bool = False
+    #: another open of the file may write, and with the kernel's writeback cache its
+    #: bytes can be in the page cache the reader will see but not yet in the source a
+    #: scan reads: no scan or cached verdict speaks for what this open will see
+    unflushed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,15 @@ def decide(inp: DecisionInputs) -> Decision:
     """Allow, deny, defer or scan; see the module docstring for the guarantees."""
     if inp.cached is Cached.INFECTED or inp.scan is ScanResult.INFECTED:
         return Decision(Action.DENY, Reason.INFECTED)
+    if inp.tainted and inp.event is Event.OPEN and inp.reading \
+            and inp.cached is not Cached.CLEAN and inp.scan is not ScanResult.CLEAN:
+        # Found infected, not scanned clean since: whatever the profile, window or
+        # appliance say, only a clean scan of the current content lets it be read.
+        whole = not inp.oversize or inp.oversize_rule is OversizeRule.SCAN_FIRST
+        if inp.scan is ScanResult.NOT_ATTEMPTED and whole and not inp.window \
+                and not inp.appliance_down:
+            return Decision(Action.SCAN, Reason.NEEDS_SCAN)
+        return Decision(Action.DENY, Reason.INFECTED)
     read_only_write = inp.quota is QuotaState.READ_ONLY and (
         inp.event is Event.WRITE or (inp.event is Event.OPEN and inp.writing))
     if not inp.trigger_enabled:
@@ -179,6 +199,9 @@ def decide(inp: DecisionInputs) -> Decision:
     if inp.event is Event.WRITE:
         # Intent before effect: always journaled, whatever the appliance does.
         return Decision(Action.DEFER, Reason.MODIFIED)
+    if inp.unflushed and inp.event is Event.OPEN and inp.reading:
+        # Content newer than any scan could have seen: the fail mode decides.
+        return _no_verdict(inp, Reason.MODIFIED)
     if inp.cached is Cached.CLEAN and not inp.write_pending:
         return Decision(Action.ALLOW, Reason.CACHED)
     if inp.event is Event.OPEN and not inp.reading:

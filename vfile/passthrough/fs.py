@@ -28,18 +28,20 @@ errno (see `vfile.passthrough.errnos`). Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 from collections.abc import Sequence
 
 import pyfuse3
+import trio
 
 from vfile.hooks import CallerLike, request_ctx
-from vfile.passthrough import perms
+from vfile.passthrough import links, perms
 from vfile.passthrough.dirops import DirOps
 from vfile.passthrough.errnos import StaleHandle, check_name
-from vfile.passthrough.inodes import Inode, stamp_of
+from vfile.passthrough.inodes import ROOT_INODE, Inode, stamp_of
 from vfile.passthrough.metaops import MetaOps
 from vfile.passthrough.opsbase import (
     ATTR_TIMEOUT,
@@ -99,16 +101,30 @@ class VFileOperations(DirOps, MetaOps):
         handle = self.files.get(fh) if fh is not None else None
         if fields.update_size:
             await self._truncate(node, handle, attr.st_size, ctx)
-        if fields.update_uid or fields.update_gid:
-            fchown_empty(node.fd, attr.st_uid if fields.update_uid else -1,
-                         attr.st_gid if fields.update_gid else -1)
-        if fields.update_mode:
-            if node.kind == stat.S_IFLNK:
-                raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
-            os.chmod(proc_path(node.fd), stat.S_IMODE(attr.st_mode))
-        if fields.update_atime or fields.update_mtime:
-            utimens_empty(node.fd, attr.st_atime_ns if fields.update_atime else None,
-                          attr.st_mtime_ns if fields.update_mtime else None)
+
+        def change_metadata() -> os.stat_result:
+            if fields.update_uid or fields.update_gid:
+                fchown_empty(node.fd, attr.st_uid if fields.update_uid else -1,
+                             attr.st_gid if fields.update_gid else -1)
+            if fields.update_mode:
+                if node.kind == stat.S_IFLNK:
+                    raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
+                os.chmod(proc_path(node.fd), stat.S_IMODE(attr.st_mode))
+            if fields.update_atime or fields.update_mtime:
+                utimens_empty(node.fd, attr.st_atime_ns if fields.update_atime else None,
+                              attr.st_mtime_ns if fields.update_mtime else None)
+            return os.fstat(node.fd)
+
+        if not (fields.update_uid or fields.update_gid or fields.update_mode
+                or fields.update_atime or fields.update_mtime):
+            pass
+        elif node.kind == stat.S_IFREG and not self.hooks.trivial:
+            # A new ctime is a new identity: the gate keeps the verdict or journals it.
+            await self.hooks.on_metadata_change(self.path_of(node), os.fstat(node.fd),
+                                                request_ctx(ctx), change_metadata,
+                                                writing=node.writers > 0)
+        else:
+            change_metadata()
         st = os.fstat(node.fd)
         if node.kind == stat.S_IFREG:
             # The kernel knows of this change: not one made behind our back (see open).
@@ -211,6 +227,7 @@ class VFileOperations(DirOps, MetaOps):
             raise
         node.seen_as(parent.ino, new_name)
         node.lookups += 1
+        node.saw_name(parent.ino, new_name)
         st = os.fstat(node.fd)
         node.stamp = stamp_of(st)  # the new link changed ctime, through the mount (see open)
         if path is not None:
@@ -225,9 +242,27 @@ class VFileOperations(DirOps, MetaOps):
         parent = self.table.get(parent_inode)
         check_name(name)
         path = None if self.hooks.trivial else self._child_path(parent, name)
+        before = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         os.unlink(name, dir_fd=parent.fd)
         if path is not None:
-            await self.hooks.on_unlink(path)
+            await self.hooks.on_unlink(path, await self._survivor(before, path))
+
+    async def _survivor(self, st: os.stat_result | None, gone: bytes) -> bytes | None:
+        """Another live name of a regular file whose name `gone` was just unlinked, so
+        its journal entry moves there instead of being dropped (issue 13)."""
+        if st is None or st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+            return None
+        node = self.table.find(st)
+        if node is not None and (known := self.known_live_name(node, dead=gone)) is not None:
+            return known
+        key = (st.st_dev, st.st_ino)
+        root = self.table.get(ROOT_INODE).fd
+        # Never reached through the mount: walk the source, off the trio thread.
+        return await trio.to_thread.run_sync(
+            lambda: links.find_name(root, key, exclude=gone))
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:
@@ -257,11 +292,13 @@ class VFileOperations(DirOps, MetaOps):
             self._moved(new_p, name_new)
             if flags & RENAME_EXCHANGE:
                 self._moved(old_p, name_old)
-            if paths is not None and not flags & RENAME_EXCHANGE:
+            if paths is not None and flags & RENAME_EXCHANGE:
+                await hooks.on_exchange(*paths)  # entries and intents follow their files
+            elif paths is not None:
                 await hooks.on_rename(*paths)
         finally:
-            # A failed rename changed nothing; an exchange has no handle to close (the
-            # entries stay for the drain); a plain rename's on_rename already ended them.
+            # A failed rename changed nothing; an exchange has no handle to close (its
+            # entries, swapped, stay for the drain); a plain rename's on_rename ended them.
             for token in tokens:
                 hooks.release_intent(token)
 
@@ -299,10 +336,16 @@ class VFileOperations(DirOps, MetaOps):
         rctx = request_ctx(ctx)
         tokens = []
         try:
-            if stat.S_ISREG(moving.st_mode):
+            if flags & RENAME_EXCHANGE:
+                # Each file's intent under the name it has now: `on_exchange` then swaps
+                # the entries with the files, so each keeps its own (issue 13). A crash in
+                # between leaves an entry at each name, so both files are still scanned.
+                if stat.S_ISREG(moving.st_mode):
+                    tokens.append(await self.hooks.on_write_intent(paths[0], moving, rctx))
+                if target is not None and stat.S_ISREG(target.st_mode):
+                    tokens.append(await self.hooks.on_write_intent(paths[1], target, rctx))
+            elif stat.S_ISREG(moving.st_mode):
                 tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
-            if flags & RENAME_EXCHANGE and target is not None and stat.S_ISREG(target.st_mode):
-                tokens.append(await self.hooks.on_write_intent(paths[0], target, rctx))
         except BaseException:
             for token in tokens:
                 self.hooks.release_intent(token)
@@ -330,9 +373,12 @@ class VFileOperations(DirOps, MetaOps):
             st = os.fstat(fd)
             # The warm path (a current clean verdict) skips `on_open` and the path it
             # needs (a readlink): one dict lookup in the gate.
-            if not hooks.trivial and stat.S_ISREG(st.st_mode) and not \
-                    hooks.allows_cached_nowait(st, flags):
-                await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx))
+            # Another writer's bytes may be in the kernel's page cache, not the source.
+            unflushed = self.writeback and node.writers > 0
+            if not hooks.trivial and stat.S_ISREG(st.st_mode) and (
+                    unflushed or not hooks.allows_cached_nowait(st, flags)):
+                await hooks.on_open(self.path_of(node), fd, st, flags, request_ctx(ctx),
+                                    unflushed=unflushed)
             self.table.cache.pin(node)  # an open file keeps its inode's descriptor
         except BaseException:
             os.close(fd)

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 
 Key = tuple[int, int]
+#: names remembered per inode (`Inode.names`)
+MAX_NAMES = 8
 
 
 class Inode:
@@ -50,7 +52,7 @@ class Inode:
     entries and handle (bench/scale.py measures it)."""
 
     __slots__ = ("_cache", "_fd", "handle", "ino", "key", "kind", "lookups", "mount_id",
-                 "name", "opens", "parent", "root", "stamp", "sticky", "writers")
+                 "name", "names", "opens", "parent", "root", "stamp", "sticky", "writers")
 
     def __init__(self, ino: int, key: Key, fd: int, kind: int, cache: FdCache, *,
                  lookups: int = 0) -> None:
@@ -69,6 +71,10 @@ class Inode:
         #: where a non-directory was last seen: (parent inode number, name).
         self.parent = 0
         self.name: bytes | None = None
+        #: (parent inode, name) pairs the kernel reached a hard-linked file by, newest
+        #: last (at most `MAX_NAMES`; None until it has a second name): its other names,
+        #: checked before use.
+        self.names: list[tuple[int, bytes]] | None = None
         #: the kernel's struct file_handle, made when the descriptor is first evicted.
         self.handle: bytes | None = None
         self.mount_id = 0
@@ -91,6 +97,20 @@ class Inode:
     def seen_as(self, parent: int, name: bytes) -> None:
         self.parent = parent
         self.name = name
+
+    def saw_name(self, parent: int, name: bytes) -> None:
+        """Remember one more name of a hard-linked file (`names`)."""
+        pair = (parent, name)
+        names = self.names
+        if names is None:
+            self.names = [pair]
+            return
+        if names[-1] == pair:
+            return
+        if pair in names:
+            names.remove(pair)
+        names.append(pair)
+        del names[:-MAX_NAMES]
 
 
 def stamp_of(st: os.stat_result) -> tuple[int, int, int]:

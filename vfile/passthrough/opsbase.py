@@ -24,9 +24,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
-from vfile.passthrough import perms
+from vfile.passthrough import links, perms
 from vfile.passthrough.datapath import DataPath
-from vfile.passthrough.errnos import StaleHandle, errno_for
+from vfile.passthrough.errnos import StaleHandle, StaleInode, errno_for
 from vfile.passthrough.fdcache import FdCache, default_capacity, probe_handles
 from vfile.passthrough.inodes import ROOT_INODE, Inode, InodeTable
 from vfile.passthrough.syscalls import fchown_empty, proc_path
@@ -55,6 +55,9 @@ def max_open_files(nofile: int, cache: int) -> int:
     """Open files and directories the mount serves at once (pure). Each open file
     costs its own descriptor and pins its inode's (so two)."""
     return max(16, (nofile - cache - HEADROOM_FDS) // 2)
+
+#: what readlink(/proc/self/fd/N) appends to the name of an unlinked file
+DELETED = b" (deleted)"
 
 
 def handler(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -150,12 +153,47 @@ class OpsCore(pyfuse3.Operations):
         target = os.readlink(proc_path(node.fd).encode())
         root = self.root_path
         if target.startswith(root + b"/"):
-            return target[len(root) + 1:]
-        if node.name is not None and (parent := self.table.find_ino(node.parent)) is not None:
+            rel = target[len(root) + 1:]
+        elif node.name is not None and (parent := self.table.find_ino(node.parent)) is not None:
             # Reopened from its handle, the kernel may have no path for a file
             # (a disconnected dentry reads as "/"): where we last saw it.
             return self._child_path(parent, node.name)
-        return target  # moved out of the source behind our back: say where
+        else:
+            rel = target  # outside the source: moved out behind our back; say where
+        if node.kind == stat.S_IFREG and target.endswith(DELETED):
+            # The name the inode was first reached by is gone: a hard link may still
+            # name it, and a journal entry under "x (deleted)" would be dropped by the
+            # drain as gone, or answered by a decoy put at that name (issue 13).
+            live = self.live_name(node, dead=rel)
+            if live is not None:
+                return live
+        return rel
+
+    def live_name(self, node: Inode, dead: bytes = b"") -> bytes | None:
+        """A live source-relative name of a regular file other than `dead`, from the
+        names the kernel reached it by, else by walking the source (a link made
+        behind our back; O(tree), on this thread: only for an open of a file whose
+        first name is gone while others were never seen); None once it has none."""
+        known = self.known_live_name(node, dead)
+        if known is not None or os.fstat(node.fd).st_nlink == 0:
+            return known
+        if dead.endswith(DELETED) and links.reaches(self.table.get(ROOT_INODE).fd, dead,
+                                                     node.key):
+            return dead  # a live file whose name really ends in " (deleted)"
+        return links.find_name(self.table.get(ROOT_INODE).fd, node.key, exclude=dead)
+
+    def known_live_name(self, node: Inode, dead: bytes = b"") -> bytes | None:
+        """A live name of `node` other than `dead` among those the kernel reached it by."""
+        for parent_ino, name in reversed(node.names or ()):
+            try:
+                parent = self.table.get(parent_ino)
+            except StaleInode:
+                continue
+            if links.reaches(parent.fd, name, node.key):
+                path = self._child_path(parent, name)
+                if path != dead:
+                    return path
+        return None
 
     def _child_path(self, parent: Inode, name: bytes) -> bytes:
         base = self.path_of(parent)
@@ -203,6 +241,8 @@ class OpsCore(pyfuse3.Operations):
                 os.close(fd)
         if node.kind != stat.S_IFDIR:
             node.seen_as(parent.ino, name)
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            node.saw_name(parent.ino, name)  # another name of a hard-linked file
         return node, st
 
     def _adopt(self, fd: int, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
