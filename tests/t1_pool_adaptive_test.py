@@ -141,7 +141,10 @@ async def test_hedge_takes_the_first_verdict_and_spares_the_slow_one(
         front = await _serve_proxy(builtin.unix_url, nursery)
         async with running_builtin(tmp_path, samples.sigdir) as second:
             pool = Pool([front.url, second.tcp_url], attempt_timeout=LONG, retries=0,
-                        breaker_failures=1, adaptive=Adaptive(hedge_budget=1.0))
+                        breaker_failures=1,
+                        # the floor keeps the slow one's own timeout (1 s) far beyond the
+                        # hedge point (its quantile, milliseconds) even on a loaded host
+                        adaptive=Adaptive(hedge_budget=1.0, floor=1.0))
             with trio.fail_after(DEADLINE):
                 await warm(pool, str(samples.clean))
                 before = adaptive(app_stats(pool, 1))  # a warm scan may have been hedged

@@ -150,29 +150,30 @@ def test_adaptive_off_waits_the_configured_timeout(tmp_path: Path,
 def test_slow_appliance_is_hedged_to_the_next(tmp_path: Path,
                                               samples: Samples) -> None:  # noqa: F811
     """Two appliances; the first turns slow (replies 2 s late): opens get their verdicts
-    from the second, hedged there once the first is late, and nothing goes to the fail
-    mode. (Whether the first's attempts also reach their own timeout before the hedge
-    answers depends on the host's load, so its breaker is not asserted on.)"""
+    from the second, hedged there once the first is late; the losers are cancelled, not
+    failures, so the first's breaker stays closed; nothing goes to the fail mode."""
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()
     mnt.mkdir()
     cfg = _config(tmp_path / "vfile.toml")
-    cfg.write_text(cfg.read_text().replace("adaptive = true\n",
-                                           "adaptive = true\nhedge_budget = 1.0\n"))
+    # The floor keeps the first appliance's own attempt timeout (1 s) far beyond the
+    # hedge point (its quantile, milliseconds), however loaded the host.
+    cfg.write_text(cfg.read_text().replace(
+        "adaptive = true\n", 'adaptive = true\nhedge_budget = 1.0\nadaptive_floor = "1s"\n'))
     with running_appliance(samples.sigdir) as first, running_proxy(first.url) as proxy, \
             running_appliance(samples.sigdir) as second, \
             mounted(src, mnt, "--appliance", proxy.url, "--appliance", second.url,
-                    "--config", str(cfg), "--state-dir", str(state)), \
-            ThreadPoolExecutor(PARALLEL) as pool:
+                    "--config", str(cfg), "--state-dir", str(state)):
         _warm(mnt, src)
         before = status(mnt)["appliances"][1]["adaptive"]["hedges"]
         proxy.set_fault("delay=2s")
-        names = _files(src, "hedged", PARALLEL)
-        list(pool.map(_open, [mnt / n for n in names]))
+        # one at a time: the hedge budget's burst (a few hedges at once) stays out of it
+        for name in _files(src, "hedged", PARALLEL):
+            _open(mnt / name)
         slow, fast = status(mnt)["appliances"]
         gate = status(mnt)["gate"]
-        assert fast["adaptive"]["hedges"] >= before + 1, fast
+        assert fast["adaptive"]["hedges"] >= before + PARALLEL, fast
         assert fast["adaptive"]["hedge_wins"] >= 1, fast
         assert gate["deferrals"] == 0 and gate["denials"] == 0, gate
-        assert slow["healthy"], slow
+        assert slow["state"] == "closed" and slow["errors"] == 0, (slow["last_error"], slow)
         proxy.set_fault("none")
