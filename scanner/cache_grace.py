@@ -25,7 +25,8 @@ clean, for at most the grace period (plus a guest's probe interval). Grace
 is off by default. Guests whose profiles must not accept it (`closed`
 profiles that opt out) use a caching appliance, or a listener, without grace.
 
-Invariants: the queue never holds more than `queue_size` descriptors; every
+Invariants: the queue never holds more than `queue_size` descriptors nor
+`queue_bytes` bytes of kept copies; every
 descriptor taken is closed exactly once (after its rescan, or at shutdown);
 a rescan that fails is retried (paced), never dropped, while the service runs.
 """
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 
 GRACE_SUFFIX = "+grace"
 DEFAULT_RESCAN_RATE = 20.0
-DEFAULT_QUEUE = 1024
+DEFAULT_QUEUE = 512  # descriptors kept: stay well under a default 1024 fd limit
+#: bytes of kept copies at most (they are memory files)
+DEFAULT_QUEUE_BYTES = 1 << 30
 RETRY_AFTER = 1.0
 
 
@@ -64,7 +67,8 @@ Rescan = Callable[[str, int, int], Awaitable[Verdict]]
 
 class Grace:
     def __init__(self, cache: RedisVerdicts, *, seconds: float, rate: float = DEFAULT_RESCAN_RATE,
-                 queue_size: int = DEFAULT_QUEUE) -> None:
+                 queue_size: int = DEFAULT_QUEUE,
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         if seconds < 0 or rate <= 0 or queue_size < 1:
             raise ValueError("grace must be >= 0 s, the rescan rate > 0, the queue >= 1")
         self.cache = cache
@@ -77,6 +81,8 @@ class Grace:
         self.carried = 0
         self.refused_full = 0
         self._queued: set[tuple[str, str]] = set()  # (digest, version) awaiting its rescan
+        self.queue_bytes = queue_bytes
+        self._queued_bytes = 0
         self.rescanned = 0
 
     # --- the version clock ----------------------------------------------------
@@ -113,6 +119,9 @@ class Grace:
         if (digest, version) in self._queued:
             self.carried += 1  # its rescan is queued already: no second copy of the bytes
             return Verdict.clean(old.appliance, version)
+        if self._queued_bytes + size > self.queue_bytes:
+            self.refused_full += 1
+            return None
         try:
             kept = os.dup(fd)
         except OSError:
@@ -124,6 +133,7 @@ class Grace:
             self.refused_full += 1
             return None
         self._queued.add((digest, version))
+        self._queued_bytes += size
         try:
             await self.cache.carry(digest, version)
         except CacheDown:
@@ -153,6 +163,7 @@ class Grace:
                 finally:
                     os.close(item.fd)
                     self._queued.discard((item.digest, item.version))
+                    self._queued_bytes -= item.size
         finally:
             while True:  # close what is still queued
                 try:
@@ -169,4 +180,5 @@ class Grace:
         return {"seconds": self.seconds, "active": self.active(), "previous": self.previous,
                 "carried": self.carried, "rescanned": self.rescanned,
                 "queued": self._send.statistics().current_buffer_used,
+                "queued_bytes": self._queued_bytes,
                 "refused_full": self.refused_full, "carried_pending": pending}

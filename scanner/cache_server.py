@@ -30,8 +30,8 @@ are copied once into a sealed memory file (a stream as it arrives, a passed
 descriptor read once), and only that copy goes upstream; nothing but an
 upstream verdict or a well-formed cached one is ever answered as OK; errors
 are never stored; every wait has a bound (Redis socket timeouts, the lock
-TTL, the pool's per-attempt timeouts and retries). Memory: each request in
-flight holds its copy, at most max_stream bytes.
+TTL, the pool's per-attempt timeouts and retries). Memory: at most
+max_inflight requests hold a copy, each at most max_stream bytes.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
+#: scan requests holding a copy of their bytes at once
+DEFAULT_MAX_INFLIGHT = 64
 #: how often a proxy waiting on another's scan looks for the verdict (first, last)
 POLL_FIRST = 0.01
 POLL_MAX = 0.1
@@ -146,8 +148,12 @@ class CacheAppliance(BuiltinAppliance):
     """The built-in appliance's server side in front of an upstream pool and a Redis cache."""
 
     def __init__(self, pool: Pool, cache: RedisVerdicts, *,
-                 max_stream: int = DEFAULT_MAX_STREAM, grace: Grace | None = None) -> None:
+                 max_stream: int = DEFAULT_MAX_STREAM, grace: Grace | None = None,
+                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
         super().__init__(None, None, max_stream=max_stream)
+        # copies held at once: memory stays under max_inflight x max_stream; more
+        # requests wait (their bytes stay in the kernel's socket buffers meanwhile)
+        self._copies = trio.Semaphore(max_inflight)
         self.pool = pool
         self.cache = cache
         self.grace = grace
@@ -198,9 +204,11 @@ class CacheAppliance(BuiltinAppliance):
                 stats["grace"] = await self.grace.statistics()
             return json.dumps(stats, separators=(",", ":")).encode(), True
         if name == "INSTREAM":
-            return await self._instream(conn)
+            async with self._copies:
+                return await self._instream(conn)
         if name == "FILDES":
-            return await self._fildes(conn)
+            async with self._copies:
+                return await self._fildes(conn)
         return b"UNKNOWN COMMAND", False
 
     async def _instream(self, conn: _Conn) -> tuple[bytes, bool]:

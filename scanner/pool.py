@@ -302,8 +302,10 @@ class Pool:
         started = trio.current_time()
         nbytes = size if limit is None else min(size, limit)
         adaptive = self.adaptive.enabled
-        flight = _Flight(started, app.model.quantile(nbytes) if adaptive else None,
-                         trio.CancelScope(deadline=started + timeout))
+        # A drain scan (count_timeouts=False) is never "late" for collective detection:
+        # its long deadline is its own, and slowness there is no sign of a hang.
+        late_after = app.model.quantile(nbytes) if adaptive and count_timeouts else None
+        flight = _Flight(started, late_after, trio.CancelScope(deadline=started + timeout))
         settled = False
         probed = False
         app.flights.add(flight)

@@ -36,7 +36,7 @@ from servers import (  # noqa: F401 (session fixtures)
 )
 from t4_filter_test import Opened, timed_read
 
-from vfile.scanner.cache import FORMAT, verdict_key
+from vfile.scanner.cache import FORMAT, lock_key, verdict_key
 from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
@@ -292,3 +292,22 @@ def test_grace_answers_previous_clean_at_once_and_the_rescan_covers_it(
         wait_for("guest 2 to deny the newly infected file",
                  lambda: read(g2, "generated.bin").errno == errno.EACCES)
         assert read(g2, "clean.txt").data == CLEAN
+
+
+def test_a_lock_left_by_a_dead_proxy_delays_an_open_by_at_most_the_lock_ttl(
+        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+    digest = hashlib.sha256(CLEAN).hexdigest()
+    with running_redis(tmp_path / "redis") as redis, \
+            running_appliance(samples.sigdir) as upstream, \
+            running_cache([upstream.url], redis.url, "--lock-ttl", "1") as cache:
+        # As if another proxy took the scan lock for this content and died: its lock
+        # outlives our own lock TTL by far.
+        redis.client().set(lock_key(digest, sig_version(cache)), b"dead-proxy", px=600_000)
+        with guest(tmp_path, "g1", cache.url, {"clean.txt": CLEAN}) as g1:
+            opened = read(g1, "clean.txt")
+            assert opened.data == CLEAN
+            assert opened.elapsed < GUEST_DEADLINE  # waited ~1 s for the peer, then scanned
+        stats = cache.stats()
+        assert stats["upstream_scans"] == 1 and stats["shared_remote"] == 0, stats
+        assert json.loads(redis.client().get(verdict_key(digest, sig_version(cache))) or b"{}")[
+            "o"] == "clean"

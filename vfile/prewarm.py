@@ -180,6 +180,7 @@ async def prewarm(mountpoint: str, *, rate: float = DEFAULT_RATE,
     if rate <= 0 or concurrency < 1:
         raise ValueError("rate must be > 0 and concurrency >= 1")
     mountpoint = os.path.realpath(mountpoint)
+    await _wait_ready(mountpoint)  # also: a live vfile mount, or ControlError now
     paths = await trio.to_thread.run_sync(walk, mountpoint)
     prog = Progress(total=len(paths), rate=rate)
     resume = load_checkpoint(checkpoint, mountpoint)

@@ -18,7 +18,7 @@ from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
 from vfile.errors import Exit, UserError
 from vfile.scanner.cache import DEFAULT_LOCK_TTL, DEFAULT_TIMEOUT, DEFAULT_TTL, RedisVerdicts
 from vfile.scanner.cache_grace import DEFAULT_RESCAN_RATE, Grace
-from vfile.scanner.cache_server import CacheAppliance
+from vfile.scanner.cache_server import DEFAULT_MAX_INFLIGHT, CacheAppliance
 from vfile.scanner.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
         "PROBE_INTERVAL", "Upstream: health probe interval, seconds.")] = 1.0,
     max_concurrency: Annotated[int, _opt(
         "MAX_CONCURRENCY", "Upstream: scans in flight at once.")] = 16,
+    max_inflight: Annotated[int, _opt(
+        "MAX_INFLIGHT", "Scan requests holding a copy of their bytes at once (memory: this x "
+        "64 MiB at most); more wait.")] = DEFAULT_MAX_INFLIGHT,
     grace: Annotated[float, _opt(
         "GRACE", "Seconds after a signature update during which a content clean under the "
         "previous version is answered clean at once and rescanned in the background "
@@ -82,7 +85,9 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
         carry = Grace(verdicts, seconds=grace, rate=rescan_rate) if grace > 0 else None
     except ValueError as err:
         raise UserError(str(err), Exit.USAGE) from None
-    appliance = CacheAppliance(pool, verdicts, grace=carry)
+    if max_inflight < 1:
+        raise UserError("--max-inflight must be >= 1", Exit.USAGE)
+    appliance = CacheAppliance(pool, verdicts, grace=carry, max_inflight=max_inflight)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)

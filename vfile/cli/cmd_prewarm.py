@@ -66,17 +66,25 @@ async def prewarm_cmd(  # noqa: PLR0917 - typer maps parameters to options
         print(("\r" if tty else "") + render(p), end="" if tty else "\n", file=sys.stderr,
               flush=True)
 
+    if rate <= 0 or concurrency < 1:
+        raise UserError("--rate must be > 0 and --concurrency >= 1", Exit.USAGE)
     result: Progress | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+    error: ControlError | None = None
+
+    async def run(scope: trio.CancelScope) -> None:
+        nonlocal result, error
+        try:
             result = await prewarm(mountpoint, rate=rate, concurrency=concurrency,
                                    checkpoint=ckpt, report=report)
-            nursery.cancel_scope.cancel()
-    except ValueError as err:
-        raise UserError(str(err), Exit.USAGE) from None
-    except ControlError as err:
-        raise UserError(str(err), Exit.CONTROL) from None
+        except ControlError as err:  # not a live vfile mount, or not ours to steer
+            error = err
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+        nursery.start_soon(run, nursery.cancel_scope)
+    if error is not None:
+        raise UserError(str(error), Exit.CONTROL)
     if tty:
         print(file=sys.stderr)
     if result is None:  # SIGTERM: like a lost control connection, the run did not finish
