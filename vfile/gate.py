@@ -65,7 +65,7 @@ from vfile.verdicts import VerdictCache
 log = logging.getLogger(__name__)
 
 #: verdicts kept in memory (LRU, one per file and signature version: vfile.verdicts,
-#: about 0.6 KiB each); the journal holds the rest
+#: about 0.5 KiB each); the journal holds the rest
 DEFAULT_CACHE_SIZE = 65536
 #: background scans after a last close running at once (on-open scans do not wait for them)
 CLOSE_SCANS = 4

@@ -117,10 +117,11 @@ class InodeTable:
 
     def _drop(self, node: Inode) -> None:
         del self._by_ino[node.ino]
-        if self._by_key.get(node.key) is node:
+        known = self._by_key.get(node.key) is node
+        if known:
             del self._by_key[node.key]
         self._close(node.fd)
-        if self.on_drop is not None:
+        if known and self.on_drop is not None:
             self.on_drop(node.key)
 
     def close_all(self) -> None:
