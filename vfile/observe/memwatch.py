@@ -19,6 +19,9 @@ an operator can tell a leak from a cache filling up:
 
 Tracing costs time and memory (each traced block carries its traceback), so it
 is off unless the environment asks; RSS and the heap figures are always there.
+A report runs on the trio thread: with `top`, `types` or `garbage` it takes a
+full collection and a snapshot, which holds up the server for tens of
+milliseconds to a second. A diagnosis tool, not something to poll.
 """
 
 from __future__ import annotations

@@ -188,11 +188,12 @@ class InodeTable:
         if self._by_ino.get(node.ino) is not node:
             return  # already dropped
         del self._by_ino[node.ino]
-        if self._by_key.get(node.key) is node:
+        known = self._by_key.get(node.key) is node
+        if known:
             del self._by_key[node.key]
         self.cache.drop(node)
-        if self.on_drop is not None:
-            self.on_drop(node.key)
+        if known and self.on_drop is not None:
+            self.on_drop(node.key)  # only when the file's entry goes, not a stale twin
 
     def close_all(self) -> None:
         """At unmount: the kernel will send no more forgets."""
