@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 from fleet_servers import Cache, restart_redis, running_cache, running_redis
-from mounting import Server, mounted
+from mounting import Server, mounted, wait_for
+from outage import running_appliance
 from servers import (  # noqa: F401 (session fixtures)
     GENERATED_NAME,
     Clamd,
@@ -33,7 +34,7 @@ from servers import (  # noqa: F401 (session fixtures)
     free_port,
     samples,
 )
-from t4_filter_test import Opened, appliance_process, timed_read, wait_for
+from t4_filter_test import Opened, timed_read
 
 from vfile.scanner.cache import FORMAT, verdict_key
 from vfile.scanner.signatures import EICAR
@@ -83,7 +84,7 @@ CLEAN = b"a clean file the whole fleet has\n" * 200
 def test_a_hit_answers_without_upstream_contact(tmp_path: Path, samples: Samples) -> None:  # noqa: F811
     files = {"clean.txt": CLEAN, "eicar.com": EICAR}
     with running_redis(tmp_path / "redis") as redis, \
-            appliance_process("--signatures", str(samples.sigdir)) as upstream, \
+            running_appliance(samples.sigdir) as upstream, \
             running_cache([upstream.url], redis.url) as cache:
         with guest(tmp_path, "g1", cache.url, files) as g1:
             assert read(g1, "clean.txt").data == CLEAN
@@ -108,7 +109,7 @@ def test_new_signature_version_misses_and_never_serves_old_clean(
     generated = samples.generated.read_bytes()
     files = {"clean.txt": CLEAN, "generated.bin": generated}
     with running_redis(tmp_path / "redis") as redis, \
-            appliance_process("--signatures", str(sigdir)) as upstream, \
+            running_appliance(sigdir) as upstream, \
             running_cache([upstream.url], redis.url) as cache, \
             guest(tmp_path, "g1", cache.url, files) as g1:
         # Version 1 does not know the generated file: it is clean there, and cached so.
@@ -152,7 +153,7 @@ def test_a_foreign_value_planted_in_redis_is_a_miss_never_clean(
         tmp_path: Path, samples: Samples) -> None:  # noqa: F811
     digest = hashlib.sha256(EICAR).hexdigest()
     with running_redis(tmp_path / "redis") as redis, \
-            appliance_process("--signatures", str(samples.sigdir)) as upstream, \
+            running_appliance(samples.sigdir) as upstream, \
             running_cache([upstream.url], redis.url) as cache:
         version = sig_version(cache)
         key = verdict_key(digest, version)
@@ -210,7 +211,7 @@ def test_concurrent_misses_across_proxies_share_one_upstream_scan(
     # Whether a proxy finds the other's lock (and waits) or its stored verdict
     # (a hit) depends on timing; either way each content is scanned once.
     with running_redis(tmp_path / "redis") as redis, \
-            appliance_process("--signatures", str(samples.sigdir)) as upstream, \
+            running_appliance(samples.sigdir) as upstream, \
             running_cache([upstream.url], redis.url) as c1, \
             running_cache([upstream.url], redis.url) as c2, \
             guest(tmp_path, "g1", c1.url, files) as g1, \
@@ -255,7 +256,7 @@ def test_grace_answers_previous_clean_at_once_and_the_rescan_covers_it(
     generated = samples.generated.read_bytes()
     files = {"clean.txt": CLEAN, "generated.bin": generated, "eicar.com": EICAR}
     with running_redis(tmp_path / "redis") as redis, \
-            appliance_process("--signatures", str(sigdir)) as upstream, \
+            running_appliance(sigdir) as upstream, \
             running_cache([upstream.url], redis.url, "--grace", "20", "--rescan-rate", "50",
                           "--attempt-timeout", "1") as cache, \
             guest(tmp_path, "g1", cache.url, files) as g1, \

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from mounting import vfile_cmd
+from outage import running_appliance
 from servers import Samples, samples  # noqa: F401 (session fixture)
-from t4_filter_test import appliance_process, filtering
+from t4_filter_test import filtering
 
 from vfile import control
 from vfile.scanner.signatures import EICAR
@@ -48,7 +49,7 @@ def test_prewarm_scans_what_has_no_verdict_once_then_opens_are_hits(tmp_path: Pa
     src.mkdir()
     make_tree(src)
     ckpt = tmp_path / "prewarm.json"
-    with appliance_process() as app, filtering(tmp_path, "--appliance", app.url) as f:
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
         first = run_prewarm(f.mnt, ckpt)
         assert first["total"] == FILES
         assert (first["opened"], first["denied"], first["failed"]) == (FILES - 1, 1, 0), first
@@ -68,7 +69,7 @@ def test_prewarm_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     src.mkdir()
     rels = make_tree(src)
     ckpt = tmp_path / "prewarm.json"
-    with appliance_process() as app, filtering(tmp_path, "--appliance", app.url) as f:
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
         # As an interrupted run leaves it: everything up to the 10th file done.
         ckpt.write_text(json.dumps({"mountpoint": str(f.mnt), "done_through": rels[9]}))
         out = run_prewarm(f.mnt, ckpt)
@@ -85,7 +86,7 @@ def test_prewarm_waits_out_a_window(tmp_path: Path) -> None:
     src.mkdir()
     make_tree(src)
     ckpt = tmp_path / "prewarm.json"
-    with appliance_process() as app, filtering(tmp_path, "--appliance", app.url) as f:
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
         control.call(f.mnt, "quiesce", {"max": 3.0}, timeout=10)
         t0 = time.monotonic()
         out = run_prewarm(f.mnt, ckpt)
