@@ -12,6 +12,15 @@ anything else (a planted key, another program, a truncated write, an older
 format) is a miss, never a clean. Errors are never stored: an error says
 nothing about the bytes.
 
+Authenticity: a value in exactly our format can be written by anyone who can
+write to Redis (a guest on its network, another tenant of a shared Redis), and
+would make an infected content come back clean. With a key (`--key-file`,
+shared by the fleet's caching appliances), every value carries "m", an
+HMAC-SHA256 of the other fields under that key, and `decode` accepts only a
+value whose HMAC checks: a forged or replayed-across-keys value is a miss.
+Without a key, values are unauthenticated and Redis must be trusted (the
+appliance says so at start).
+
 Threading: redis.asyncio needs asyncio and vfile runs on trio, so the well-
 kept synchronous client runs in worker threads through one named
 `CapacityLimiter` (REDIS_CALLS), with socket and connect timeouts so no
@@ -30,6 +39,7 @@ digest and version equal the ones asked for.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -56,6 +66,8 @@ REDIS_CALLS = trio.CapacityLimiter(16)
 DEFAULT_TTL = 48 * 3600.0
 DEFAULT_LOCK_TTL = 15.0
 DEFAULT_TIMEOUT = 0.25
+#: shortest HMAC key accepted (bytes)
+MIN_KEY = 16
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SIG = re.compile(r"[!-~]{1,256}")
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -88,25 +100,49 @@ def carried_key(version: str) -> str:
     return f"vfc1:c:{_vtag(version)}"
 
 
-def encode(digest: str, verdict: Verdict, now: float | None = None) -> bytes:
-    """The stored form of a clean or infected verdict (never an error)."""
+_FIELDS = frozenset({"f", "d", "v", "o", "s", "a", "t"})
+
+
+def _mac(key: bytes, fields: dict[str, Any]) -> str:
+    """HMAC-SHA256 of the canonical JSON of a value's fields (without "m")."""
+    body = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def encode(digest: str, verdict: Verdict, now: float | None = None,
+           key: bytes | None = None) -> bytes:
+    """The stored form of a clean or infected verdict (never an error); with `key`,
+    authenticated by an HMAC in "m"."""
     if verdict.is_error or not verdict.sig_version or not _HEX64.fullmatch(digest):
         raise ValueError("only a clean or infected verdict with a version is stored")
-    return json.dumps({
+    obj: dict[str, Any] = {
         "f": FORMAT, "d": digest, "v": verdict.sig_version, "o": str(verdict.outcome),
         "s": verdict.detail, "a": verdict.appliance,
         "t": round(time.time() if now is None else now, 3),
-    }, separators=(",", ":"), sort_keys=True).encode()
+    }
+    if key is not None:
+        obj["m"] = _mac(key, obj)
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def decode(raw: bytes, digest: str, version: str) -> Verdict | None:
-    """The verdict in `raw` if it is exactly our format for (digest, version), else None."""
+def decode(raw: bytes, digest: str, version: str,
+           key: bytes | None = None) -> Verdict | None:
+    """The verdict in `raw` if it is exactly our format for (digest, version) (and,
+    with `key`, carries a valid HMAC under it), else None."""
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(obj, dict) or set(obj) != {"f", "d", "v", "o", "s", "a", "t"}:
+    if not isinstance(obj, dict):
         return None
+    if key is None:
+        if set(obj) != _FIELDS:
+            return None
+    else:
+        mac = obj.pop("m", None)
+        if set(obj) != _FIELDS or not isinstance(mac, str) \
+                or not hmac.compare_digest(mac, _mac(key, obj)):
+            return None
     if obj["f"] != FORMAT or obj["d"] != digest or obj["v"] != version:
         return None
     appliance = obj["a"]
@@ -173,9 +209,12 @@ class RedisVerdicts:
 
     def __init__(self, url: str, *, ttl: float = DEFAULT_TTL, lock_ttl: float = DEFAULT_LOCK_TTL,
                  timeout: float = DEFAULT_TIMEOUT, breaker_cooldown: float = 1.0,
-                 client: Any = None) -> None:
+                 client: Any = None, key: bytes | None = None) -> None:
         if ttl <= 0 or lock_ttl <= 0 or timeout <= 0:
             raise ValueError("ttl, lock_ttl and timeout must be > 0")
+        if key is not None and len(key) < MIN_KEY:
+            raise ValueError(f"the cache key must be at least {MIN_KEY} bytes")
+        self.key = key
         self.url = url
         self.ttl = ttl
         self.lock_ttl = lock_ttl
@@ -229,7 +268,7 @@ class RedisVerdicts:
         """
         key = verdict_key(digest, version)
         raw = await self._call(lambda: self._client.get(key))
-        verdict = None if raw is None else decode(raw, digest, version)
+        verdict = None if raw is None else decode(raw, digest, version, self.key)
         if raw is not None and verdict is None and count:
             self.stats.corrupt += 1
             log.warning("ignoring a cache value for %s that is not in %s format", key, FORMAT)
@@ -242,7 +281,7 @@ class RedisVerdicts:
 
     async def put(self, digest: str, verdict: Verdict) -> None:
         """Store a clean or infected verdict under its own signature version. Raises CacheDown."""
-        value = encode(digest, verdict)
+        value = encode(digest, verdict, key=self.key)
         key = verdict_key(digest, verdict.sig_version)
         ttl_ms = int(self.ttl * 1000)
         await self._call(lambda: self._client.set(key, value, px=ttl_ms))

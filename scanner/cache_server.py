@@ -142,6 +142,7 @@ class ServerStats:
     uncached: int = 0  # scanned without the cache: Redis down
     store_failures: int = 0
     carried_over: int = 0  # answered from the previous version's clean (grace)
+    other_version: int = 0  # a clean of another signature version: answered as an error
 
 
 class CacheAppliance(BuiltinAppliance):
@@ -274,7 +275,26 @@ class CacheAppliance(BuiltinAppliance):
     # --- the cache logic ------------------------------------------------------
 
     async def scan(self, digest: str, fd: int, size: int) -> Verdict:
-        """The verdict for the bytes in `fd` (whose SHA-256 is `digest`)."""
+        """The verdict for the bytes in `fd` (whose SHA-256 is `digest`), as guests may
+        take it: a clean made under another signature version than VERSION now names
+        is an error (see `_as_current`)."""
+        return self._as_current(await self._scan(digest, fd, size))
+
+    def _as_current(self, verdict: Verdict) -> Verdict:
+        """A guest labels each verdict with the version VERSION gave it: a clean from an
+        upstream with other (older) signatures, reached by failover or a hedged scan,
+        would be kept as clean under the newest ones. Infected stands under any version;
+        a clean of another version is an error (the guest's fail mode, then a rescan)."""
+        if not verdict.is_clean:
+            return verdict
+        current = self.upstream_version()
+        if not current or verdict.sig_version == current:
+            return verdict
+        self.stats.other_version += 1
+        return Verdict.error(f"scanned under signature version {verdict.sig_version}, "
+                             f"not the current {current}", verdict.appliance)
+
+    async def _scan(self, digest: str, fd: int, size: int) -> Verdict:
         self.stats.requests += 1
         version = self.upstream_version()
         if not version:

@@ -44,6 +44,30 @@ def test_anything_but_our_exact_format_is_a_miss(mutate: object) -> None:
     assert decode(raw, D, V) is None
 
 
+K = b"k" * 32
+
+
+def test_with_a_key_only_a_value_under_that_key_is_a_verdict() -> None:
+    clean, infected = Verdict.clean("a", V), Verdict.infected("Win.Test-1", "c", V)
+    assert decode(encode(D, clean, key=K), D, V, K) == clean
+    assert decode(encode(D, infected, key=K), D, V, K) == infected
+    assert decode(encode(D, clean), D, V, K) is None  # unauthenticated: forged by anyone
+    assert decode(encode(D, clean, key=b"x" * 32), D, V, K) is None  # another key
+    assert decode(encode(D, clean, key=K), D, V) is None  # a keyless reader: not its shape
+    # an authenticated infected value changed to clean, or moved to another digest
+    tampered = json.loads(encode(D, infected, key=K))
+    tampered.update(o="clean", s="")
+    assert decode(json.dumps(tampered).encode(), D, V, K) is None
+    other = hashlib.sha256(b"y").hexdigest()
+    moved = json.loads(encode(D, clean, key=K))
+    moved["d"] = other
+    assert decode(json.dumps(moved).encode(), other, V, K) is None
+    for mac in (None, 1, "", "0" * 64):
+        bad = json.loads(encode(D, clean, key=K))
+        bad["m"] = mac
+        assert decode(json.dumps(bad).encode(), D, V, K) is None
+
+
 @pytest.mark.parametrize("raw", [b"", b"clean", b"\xff\xfe", b"{", b"null", b"1"])
 def test_garbage_is_a_miss(raw: bytes) -> None:
     assert decode(raw, D, V) is None

@@ -169,6 +169,36 @@ def test_a_foreign_value_planted_in_redis_is_a_miss_never_clean(
         assert stats["upstream_scans"] == len(plants), stats
 
 
+def test_a_well_formed_value_forged_in_redis_is_a_miss_with_a_key(
+        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+    """Whoever can write to Redis (a guest on its network, another tenant) can write a
+    value in exactly our format saying "clean" for an infected content. With a key file
+    shared by the caching appliances, values carry an HMAC, and a forged one is a miss."""
+    digest = hashlib.sha256(EICAR).hexdigest()
+    key_file = tmp_path / "cache.key"
+    key_file.write_bytes(b"0123456789abcdef0123456789abcdef")
+    key_file.chmod(0o600)
+    with running_redis(tmp_path / "redis") as redis, \
+            running_appliance(samples.sigdir) as upstream, \
+            running_cache([upstream.url], redis.url, "--key-file", str(key_file)) as cache:
+        version = sig_version(cache)
+        key = verdict_key(digest, version)
+        forged = {"f": FORMAT, "d": digest, "v": version, "o": "clean", "s": "", "a": "x",
+                  "t": 0}
+        redis.client().set(key, json.dumps(forged, separators=(",", ":"),
+                                           sort_keys=True).encode())
+        with guest(tmp_path, "g1", cache.url, {"eicar.com": EICAR}) as g:
+            assert read(g, "eicar.com").errno == errno.EACCES
+        assert cache.stats()["upstream_scans"] == 1
+        # what the appliance stored itself is authenticated, and answers the next guest
+        stored = json.loads(redis.client().get(key) or b"{}")
+        assert stored["o"] == "infected" and stored.get("m"), stored
+        upstream.set_fault("refuse")
+        with guest(tmp_path, "g2", cache.url, {"eicar.com": EICAR}) as g:
+            assert read(g, "eicar.com").errno == errno.EACCES
+        assert cache.stats()["served_from_cache"] == 1
+
+
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_redis_dying_mid_storm_loses_no_verdict_and_hangs_no_open(
         tmp_path: Path, samples: Samples, clamd_server: Clamd, how: str) -> None:  # noqa: F811

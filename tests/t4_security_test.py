@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -245,3 +246,36 @@ def test_runtime_dir_of_another_user_is_refused() -> None:
         elif rundir.exists():
             shutil.rmtree(rundir)
         shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def _acl_xattr(*entries: tuple[int, int, int]) -> bytes:
+    """A system.posix_acl_access value (version 2; tag, perm, id per entry)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+# ACL tags (linux/posix_acl.h) and the undefined id of the owner/group/mask/other entries
+USER_OBJ, USER, GROUP_OBJ, MASK, OTHER, NOID = 0x01, 0x02, 0x04, 0x10, 0x20, 0xFFFFFFFF
+READ_FILE = ("try:\n"
+             "    open(sys.argv[1], 'rb').read(); print('READ')\n"
+             "except PermissionError:\n"
+             "    print('EACCES'); sys.exit(13)\n")
+
+
+def test_an_acl_that_denies_is_honoured(shared: Path) -> None:
+    """A file others may read (0644) whose ACL denies nobody: nobody is refused through
+    the mount as natively. The kernel checks ACLs for a FUSE mount only if the daemon
+    asks for FUSE_POSIX_ACL; without it, mode bits alone let nobody read the file."""
+    src, mnt, _state = _tree(shared)
+    secret = src / "secret"
+    secret.write_bytes(b"not for nobody")
+    os.chmod(secret, 0o644)
+    os.setxattr(secret, "system.posix_acl_access", _acl_xattr(
+        (USER_OBJ, 6, NOID), (USER, 0, 65534), (GROUP_OBJ, 4, NOID), (MASK, 4, NOID),
+        (OTHER, 4, NOID)))
+    code, out = _as_nobody(READ_FILE, str(secret))
+    assert (code, out.strip()) == (13, "EACCES"), f"the source ignores ACLs here: {out}"
+    with mounted(src, mnt, "--no-scan", "-o", "allow_other"):
+        code, out = _as_nobody(READ_FILE, str(mnt / "secret"))
+        assert (code, out.strip()) == (13, "EACCES"), out
+        # ...and the owner still reads it
+        assert (mnt / "secret").read_bytes() == b"not for nobody"

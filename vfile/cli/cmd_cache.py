@@ -37,6 +37,16 @@ async def _stop_on_signals(scope: trio.CancelScope) -> None:
             return
 
 
+def _read_key(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read().strip()
+    except OSError as err:
+        raise UserError(f"cannot read the cache key {path}: {err.strerror}", Exit.USAGE) from None
+
+
 @appliance_app.command("cache")
 @run_async
 async def cache(  # noqa: PLR0917 - typer maps parameters to options
@@ -70,6 +80,10 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
         "(infected never carries over). 0: off.")] = 0.0,
     rescan_rate: Annotated[float, _opt(
         "RESCAN_RATE", "Background rescans per second during a grace.")] = DEFAULT_RESCAN_RATE,
+    key_file: Annotated[str | None, _opt(
+        "KEY_FILE", "A secret (at least 16 bytes) shared by the fleet's caching appliances: "
+        "stored verdicts carry an HMAC under it, and a value without a valid one (forged by "
+        "whoever can write to Redis) is a miss. Without it, Redis must be trusted.")] = None,
     verbose: Verbose = 0,
 ) -> None:
     """Run a caching appliance: clamd protocol to guests, one upstream scan per content.
@@ -81,10 +95,15 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
     try:
         pool = Pool(upstream, attempt_timeout=attempt_timeout, retries=retries,
                     probe_interval=probe_interval, max_concurrency=max_concurrency)
-        verdicts = RedisVerdicts(redis, ttl=ttl, lock_ttl=lock_ttl, timeout=redis_timeout)
+        key = _read_key(key_file)
+        verdicts = RedisVerdicts(redis, ttl=ttl, lock_ttl=lock_ttl, timeout=redis_timeout,
+                                 key=key)
         carry = Grace(verdicts, seconds=grace, rate=rescan_rate) if grace > 0 else None
     except ValueError as err:
         raise UserError(str(err), Exit.USAGE) from None
+    if key is None:
+        log.warning("no --key-file: cached verdicts are not authenticated, so anyone who "
+                    "can write to %s can make any content answer clean", redis)
     if max_inflight < 1:
         raise UserError("--max-inflight must be >= 1", Exit.USAGE)
     appliance = CacheAppliance(pool, verdicts, grace=carry, max_inflight=max_inflight)

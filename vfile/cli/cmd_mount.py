@@ -42,7 +42,7 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
     options: Annotated[list[str] | None, typer.Option(
         "-o", help="Mount options, comma separated: allow_other (let other users in), "
         "no_writeback (no kernel writeback cache), noxattr (no extended attributes: much "
-        "faster small writes).")] = None,
+        "faster small writes, but POSIX ACLs are not enforced).")] = None,
     log_file: Annotated[str | None, typer.Option(
         "--log-file", help="Background server log (default: /var/log/vfile/<mountpoint>.log "
         "as root, else ~/.local/state/vfile/<mountpoint>.log).")] = None,

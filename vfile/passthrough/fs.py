@@ -434,7 +434,7 @@ class VFileOperations(DirOps, MetaOps):
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
-                fd = os.open(name, oflags, dir_fd=parent.fd)  # lost a race: plain open
+                fd = self._open_existing(parent, name, oflags)  # lost a race: plain open
                 created = False
         except BaseException:
             hooks.release_intent(token)
@@ -456,6 +456,25 @@ class VFileOperations(DirOps, MetaOps):
         # Another writer already holds it (lost a create race): keep its pages (see open).
         keep = self.writeback and node.writers > 1
         return pyfuse3.FileInfo(fh=fd, keep_cache=keep), self._entry(node, st)
+
+    @staticmethod
+    def _open_existing(parent: Inode, name: bytes, oflags: int) -> int:
+        """Open what a racing create found under `name`: a regular file only.
+
+        O_NONBLOCK, so a FIFO made in the source behind the kernel's cached negative
+        entry cannot block the trio thread (an O_WRONLY open of a FIFO waits for a
+        reader); the kernel opens special files itself, never through a handle here.
+        """
+        fd = os.open(name, oflags | os.O_NONBLOCK, dir_fd=parent.fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.ENXIO, "not a regular file", name)
+            if not oflags & os.O_NONBLOCK:
+                os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # Data moves inline when it cannot block, else in a thread (vfile.passthrough.datapath).
 

@@ -128,6 +128,10 @@ class OpsCore(pyfuse3.Operations):
                  fd_cache: int | None = None) -> None:
         super().__init__()
         self.xattr = xattr
+        # FUSE_POSIX_ACL: without it the kernel checks mode bits only, so an ACL entry
+        # that denies a user (u:bob:--- on a 0644 file) would not stop bob through the
+        # mount. With -o noxattr the kernel cannot read ACLs at all (see README).
+        self.enable_acl = xattr
         self.enable_writeback_cache = writeback
         self.writeback = writeback
         self.root_path = os.path.realpath(root_path)
