@@ -61,6 +61,12 @@ SAMPLES = 1024
 STALL = 0.010
 #: breaker openings remembered per appliance (their wall times)
 OPENED_KEPT = 16
+#: a background (drain) scan waits this many times what an on-open scan of its size
+#: may take, and at least as long as reading it at `PATIENT_BYTES_PER_S`, within the
+#: caller's deadline: a large file gets its time, a hung appliance cannot hold a
+#: drain slot for the whole deadline
+PATIENCE = 10
+PATIENT_BYTES_PER_S = 4 << 20
 #: reference sizes `statistics()` reports the model's estimate and timeout for
 REPORT_SIZES = {"4KiB": 4096, "1MiB": 1 << 20}
 
@@ -209,6 +215,13 @@ class Pool:
             app.opened.append(time.time())
         if was and not self._usable(app):
             log.warning("appliance %s unavailable: %s", app.name, reason)
+            # Nothing still waiting there can succeed in time (a probe or a timeout
+            # said so): background scans included, which have no model to go by.
+            # (Adaptive off is the classic pool: each attempt waits out its own timer.)
+            for f in app.flights if self.adaptive.enabled else ():
+                if not f.evicted:
+                    f.evicted = True
+                    f.scope.cancel()
             self._notify()
 
     def _succeeded(self, app: _Appliance) -> None:
@@ -376,10 +389,14 @@ class Pool:
         The `retry`-th retry on one appliance doubles the model's timeout each time
         (TCP's back-off): one late reply (a loaded host) then costs a retry, not the
         fail mode, while a hung appliance is found by the first timeouts of every scan."""
-        if not count_timeouts:
-            # The drain's own long deadline, as given: the on-open model is not for it.
-            return await self._attempt(app, fd, size, limit, configured, count_timeouts=False)
         nbytes = size if limit is None else min(size, limit)
+        if not count_timeouts:
+            # A background scan: patient (see PATIENCE), never hedged, its timeouts no
+            # evidence against the appliance; the caller's deadline still bounds it.
+            patient = max(PATIENCE * self._timeout(app, nbytes, self.attempt_timeout),
+                          PATIENCE * self.attempt_timeout, nbytes / PATIENT_BYTES_PER_S)
+            return await self._attempt(app, fd, size, limit, min(configured, patient),
+                                       count_timeouts=False)
         timeout = self._timeout(app, nbytes, configured)
         if retry and self.adaptive.enabled and app.model.quantile(nbytes) is not None:
             timeout = min(self.adaptive.cap, timeout * 2 ** retry)

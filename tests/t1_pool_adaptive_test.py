@@ -9,6 +9,7 @@ fixed-timeout pool fails them by hanging, and the assertions are on counters
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import trio
@@ -212,3 +213,24 @@ async def test_disabled_is_the_fixed_timeout_pool(builtin: Builtin,  # noqa: F81
     stats = app_stats(pool)
     # each waited out its own fixed timeout: four failures, nothing cut short
     assert stats["errors"] == 4 and adaptive(stats)["evicted"] == 0
+
+
+async def test_a_background_scan_on_a_hung_appliance_gives_up_long_before_its_deadline(
+        builtin: Builtin, samples: Samples) -> None:  # noqa: F811
+    """The drain's scans have a deadline of minutes, so that a large file gets its time;
+    a small file on a black-holed appliance must not hold a drain slot for all of it
+    (found by the migration demo: the drain stalled with one scan in a black hole)."""
+    pool = Pool([builtin.tcp_url], attempt_timeout=0.2, retries=0, breaker_failures=3)
+    with trio.fail_after(DEADLINE):
+        await warm(pool, str(samples.clean), 10)
+    builtin.appliance.set_fault(Fault("blackhole"))
+    fd = os.open(samples.clean, os.O_RDONLY)
+    try:
+        with trio.fail_after(DEADLINE):  # the deadline given below is 600 s
+            verdict = await pool.scan_fd(fd, size=os.fstat(fd).st_size, attempt_timeout=600.0,
+                                         count_timeouts=False)
+    finally:
+        os.close(fd)
+    assert verdict.is_error
+    stats = app_stats(pool)
+    assert stats["errors"] == 0 and stats["state"] == "closed"  # no evidence against it
