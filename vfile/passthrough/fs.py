@@ -118,9 +118,12 @@ class VFileOperations(DirOps, MetaOps):
         if not (fields.update_uid or fields.update_gid or fields.update_mode
                 or fields.update_atime or fields.update_mtime):
             pass
-        elif node.kind == stat.S_IFREG and not self.hooks.trivial:
+        elif node.kind == stat.S_IFREG and not self.hooks.trivial \
+                and (before := os.fstat(node.fd)).st_nlink > 0:
             # A new ctime is a new identity: the gate keeps the verdict or journals it.
-            await self.hooks.on_metadata_change(self.path_of(node), os.fstat(node.fd),
+            # (Not for a file with no name left: the kernel flushes an unlinked inode's
+            # times as it evicts it, and a journal entry would only name "x (deleted)".)
+            await self.hooks.on_metadata_change(self.path_of(node), before,
                                                 request_ctx(ctx), change_metadata,
                                                 writing=node.writers > 0)
         else:
