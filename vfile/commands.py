@@ -13,8 +13,6 @@ bounded moment to finish journaling, then sync the journal and the source.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import inspect
 import logging
 import os
@@ -33,6 +31,7 @@ from vfile.journal.records import deferred_to_json, quarantine_to_json
 from vfile.journal.store import Journal
 from vfile.observe import logqueue
 from vfile.observe.memwatch import DEFAULT_TOP, MemoryWatch
+from vfile.passthrough.syscalls import syncfs
 from vfile.scanner.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -40,21 +39,6 @@ log = logging.getLogger(__name__)
 #: how long quiesce lets cancelled requests finish their journal writes
 SETTLE_DEADLINE = 0.5
 SYNC_LIMITER = trio.CapacityLimiter(1)
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def syncfs(dir_fd: int) -> None:
-    """Flush the filesystem holding directory `dir_fd` (an O_PATH fd will do), not
-    every filesystem as sync(2) would."""
-    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
-
 
 @dataclass
 class MountInfo:

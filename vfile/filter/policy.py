@@ -63,7 +63,7 @@ class ScanResult(enum.StrEnum):
 
 
 class QuotaState(enum.StrEnum):
-    """The profile's scan-debt state (issue 6 computes it)."""
+    """The profile's scan-debt state (vfile.filter.quota computes it)."""
 
     NONE = "none"
     CLOSED = "closed"

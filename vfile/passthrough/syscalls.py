@@ -134,3 +134,15 @@ def open_for_scan(path: str | bytes, flags: int, *, dir_fd: int | None = None) -
         return os.open(path, flags | _NOATIME, dir_fd=dir_fd)
     except PermissionError:
         return os.open(path, flags, dir_fd=dir_fd)
+
+
+def syncfs(dir_fd: int) -> None:
+    """Flush the filesystem holding directory `dir_fd` (an O_PATH fd will do), not
+    every filesystem as sync(2) would."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
