@@ -25,6 +25,7 @@ from pathlib import Path
 from vfile.mount import parse_mounts
 
 START_DEADLINE = 30.0
+TRACEBACK = "Traceback (most recent call last)"
 STOP_DEADLINE = 15.0
 
 
@@ -57,9 +58,14 @@ def force_unmount(mountpoint: Path | str) -> None:
 @contextmanager
 def mounted(source: Path, mountpoint: Path, *extra: str,
             env: dict[str, str] | None = None, nofile: int | None = None,
-            log_path: Path | None = None) -> Iterator[Server]:
+            log_path: Path | None = None, tracebacks_expected: bool = False
+            ) -> Iterator[Server]:
     """`nofile`: the server's soft and hard descriptor limit (a container's).
-    `log_path`: where the server's stderr goes (default: a temporary file)."""
+    `log_path`: where the server's stderr goes (default: a temporary file).
+
+    Like S3QL's log checker: a test whose server logged a traceback fails, even if
+    everything it asserted held (a handler that crashed is a bug the test did not
+    look for), unless it says `tracebacks_expected`."""
     source, mountpoint = Path(os.path.realpath(source)), Path(os.path.realpath(mountpoint))
     if log_path is None:
         fd, log_name = tempfile.mkstemp(prefix="vfile-server-", suffix=".log")
@@ -74,6 +80,7 @@ def mounted(source: Path, mountpoint: Path, *extra: str,
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 env={**os.environ, **(env or {})})
     server = Server(proc, source, mountpoint, log_path)
+    body_passed = False
     try:
         deadline = time.monotonic() + START_DEADLINE
         while not is_mounted(mountpoint):
@@ -85,10 +92,14 @@ def mounted(source: Path, mountpoint: Path, *extra: str,
                                      f"{server.log()}")
             time.sleep(0.02)
         yield server
+        body_passed = True
     finally:
         force_unmount(mountpoint)
         stop_process(proc, STOP_DEADLINE)
+        text = server.log() if log_path.exists() else ""
         log_path.unlink(missing_ok=True)
+    if body_passed and not tracebacks_expected and TRACEBACK in text:
+        raise AssertionError(f"the vfile server logged a traceback:\n{text[-6000:]}")
 
 
 def stop_process(proc: subprocess.Popen[bytes], deadline: float = 10.0) -> None:
