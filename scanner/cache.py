@@ -46,6 +46,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from vfile.scanner.breaker import Breaker, State
+from vfile.scanner.cache_defaults import DEFAULT_LOCK_TTL, DEFAULT_TIMEOUT, DEFAULT_TTL
 from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,6 @@ log = logging.getLogger(__name__)
 FORMAT = "vfile-cache/1"
 #: Redis calls in flight from one process (each holds a pooled connection)
 REDIS_CALLS = trio.CapacityLimiter(16)
-DEFAULT_TTL = 48 * 3600.0
-DEFAULT_LOCK_TTL = 15.0
-DEFAULT_TIMEOUT = 0.25
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SIG = re.compile(r"[!-~]{1,256}")
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
