@@ -56,6 +56,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from vfile.scanner.breaker import Breaker, State
+from vfile.scanner.cache_defaults import DEFAULT_LOCK_TTL, DEFAULT_TIMEOUT, DEFAULT_TTL
 from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,6 @@ log = logging.getLogger(__name__)
 FORMAT = "vfile-cache/1"
 #: Redis calls in flight from one process (each holds a pooled connection)
 REDIS_CALLS = trio.CapacityLimiter(16)
-DEFAULT_TTL = 48 * 3600.0
-DEFAULT_LOCK_TTL = 15.0
-DEFAULT_TIMEOUT = 0.25
 #: shortest HMAC key accepted (bytes)
 MIN_KEY = 16
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -42,12 +42,12 @@ from dataclasses import dataclass
 import trio
 
 from vfile.scanner.cache import CacheDown, RedisVerdicts
+from vfile.scanner.cache_defaults import DEFAULT_RESCAN_RATE
 from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
 GRACE_SUFFIX = "+grace"
-DEFAULT_RESCAN_RATE = 20.0
 DEFAULT_QUEUE = 512  # descriptors kept: stay well under a default 1024 fd limit
 #: bytes of kept copies at most (they are memory files)
 DEFAULT_QUEUE_BYTES = 1 << 30

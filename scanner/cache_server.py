@@ -49,6 +49,7 @@ import trio
 from vfile.scanner import clamd_proto as proto
 from vfile.scanner.builtin import DEFAULT_MAX_STREAM, BuiltinAppliance, _Conn
 from vfile.scanner.cache import CacheDown, RedisVerdicts
+from vfile.scanner.cache_defaults import DEFAULT_MAX_INFLIGHT
 from vfile.scanner.cache_grace import Grace
 from vfile.scanner.net import FILE_READS
 from vfile.scanner.pool import Pool
@@ -56,8 +57,6 @@ from vfile.scanner.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
-#: scan requests holding a copy of their bytes at once
-DEFAULT_MAX_INFLIGHT = 64
 #: how often a proxy waiting on another's scan looks for the verdict (first, last)
 POLL_FIRST = 0.01
 POLL_MAX = 0.1

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from vfile import control
+from vfile import control, control_server
 
 
 def test_parse_request_accepts_a_command() -> None:
@@ -48,7 +48,7 @@ async def _handler(cmd: str, args: dict[str, Any], uid: int) -> Any:
 
 async def _with_server(tmp_path: Path, owner: int, fn: Any) -> Any:
     path = tmp_path / "ctl.sock"
-    server = control.ControlServer(path, _handler, owner_uid=owner)
+    server = control_server.ControlServer(path, _handler, owner_uid=owner)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         try:
@@ -126,7 +126,7 @@ async def test_stale_socket_is_replaced_and_live_one_refused(tmp_path: Path) -> 
     stale.close()  # bound but nobody listens: what a crashed server leaves
 
     async def body(p: Path) -> None:
-        second = control.ControlServer(p, _handler, owner_uid=0)
+        second = control_server.ControlServer(p, _handler, owner_uid=0)
         with pytest.raises(control.ControlError, match="another vfile"):
             await second.serve()
         assert await trio.to_thread.run_sync(control.call_socket, p, "echo") is not None
@@ -141,13 +141,14 @@ def test_call_without_a_mount_says_so(tmp_path: Path) -> None:
 
 _STARVED_SERVER = """
 import os, resource, sys, trio
-from vfile import control
+from pathlib import Path
+from vfile import control_server
 
 async def handler(cmd, args, uid):
     return {"pong": cmd}
 
 async def main():
-    server = control.ControlServer(control.Path(sys.argv[1]), handler, owner_uid=0)
+    server = control_server.ControlServer(Path(sys.argv[1]), handler, owner_uid=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         held = []

@@ -101,6 +101,7 @@ def write_config(tree: Tree, appliance: ApplianceProc, body: str = "") -> Path:
 _AS_UID = """
 import os, sys, click, typer
 from vfile.cli import app
+import vfile.journal.records  # commands import the journal (and trio) themselves: load it now
 uid, args = int(sys.argv[1]), sys.argv[2:]
 cmd = typer.main.get_command(app)
 # Parse the whole command line once before dropping privileges: typer imports

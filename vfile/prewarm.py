@@ -44,11 +44,10 @@ import trio
 
 from vfile import control
 from vfile.filter.drain import BACKOFF_FACTOR, TokenBucket
+from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RATE = 50.0
-DEFAULT_CONCURRENCY = 4
 STATUS_EVERY = 1.0
 CHECKPOINT_EVERY = 1.0
 #: the real open, of the inode an O_PATH|O_NOFOLLOW descriptor pinned (see _open_once)

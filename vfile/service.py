@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 import vfile
-from vfile import control
+from vfile import control, control_server
 from vfile.commands import Commands, MountInfo, unreachable_appliance_lines
 from vfile.config.model import Config, load_config
 from vfile.errors import Exit, UserError
@@ -217,7 +217,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         commands = Commands(info, gate=gate, pool=pool, journal=journal, window=window,
                             drain=drain, source_fd=root_fd,
                             profiles=lambda: _profiles(config, quota), memory=memwatch)
-        server = control.ControlServer(rundir / sock_name, commands, owner_uid=os.getuid())
+        server = control_server.ControlServer(rundir / sock_name, commands, owner_uid=os.getuid())
         running = Running(config, journal, pool, gate, window, drain, quota, commands,
                           rundir / sock_name, builtin)
         async with trio.open_nursery() as nursery:

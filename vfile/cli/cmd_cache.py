@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import trio
 import typer
 
 from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
 from vfile.errors import Exit, UserError
-from vfile.scanner.cache import DEFAULT_LOCK_TTL, DEFAULT_TIMEOUT, DEFAULT_TTL, RedisVerdicts
-from vfile.scanner.cache_grace import DEFAULT_RESCAN_RATE, Grace
-from vfile.scanner.cache_server import DEFAULT_MAX_INFLIGHT, CacheAppliance
-from vfile.scanner.pool import Pool
+from vfile.scanner.cache_defaults import (
+    DEFAULT_LOCK_TTL,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_RESCAN_RATE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TTL,
+)
+
+if TYPE_CHECKING:
+    import trio
+
+# trio, redis and the scanner are imported by the command, not here: every `vfile`
+# invocation imports this module (issue 12; tests/t0_cli_imports_test.py).
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,8 @@ def _opt(env: str, text: str) -> typer.models.OptionInfo:
 
 async def _stop_on_signals(scope: trio.CancelScope) -> None:
     """SIGTERM (systemd) and SIGINT end the service cleanly (exit 0, no traceback)."""
+    import trio
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("stopping on %s", signal.Signals(signum).name)
@@ -91,6 +101,13 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
     Example: vfile appliance cache --listen tcp://0.0.0.0:3310 --upstream
     clamd://10.0.0.5:3310 --redis redis://10.0.0.9:6379/0
     """
+    import trio
+
+    from vfile.scanner.cache import RedisVerdicts
+    from vfile.scanner.cache_grace import Grace
+    from vfile.scanner.cache_server import CacheAppliance
+    from vfile.scanner.pool import Pool
+
     setup_logging(verbose)
     try:
         pool = Pool(upstream, attempt_timeout=attempt_timeout, retries=retries,

@@ -123,8 +123,13 @@ def quiesce(
         except UserError as err:
             raise UserError(str(err), Exit.USAGE) from None
     result = _call(mountpoint, "quiesce", args)
+    remaining = result["window"].get("remaining_s")
+    if remaining is None:  # a --max shorter than the quiesce took: over already
+        typer.echo(f"quiesced in {result['took_s'] * 1000:.0f} ms; the window has already "
+                   "ended (--max)")
+        return
     typer.echo(f"quiesced in {result['took_s'] * 1000:.0f} ms; window ends within "
-               f"{result['window']['remaining_s']:.0f}s unless resumed")
+               f"{remaining:.0f}s unless resumed")
 
 
 @app.command()

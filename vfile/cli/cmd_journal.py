@@ -32,18 +32,20 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from vfile import control
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.errors import Exit, UserError
-from vfile.filter import verdict_gc
-from vfile.filter.restore import RestoreError, restore_into
-from vfile.journal import DeferredEntry, Exposure, Journal, JournalError, QuarantineRecord
-from vfile.journal.records import deferred_to_json, exposed_to_json, quarantine_to_json
-from vfile.service import SIG_FILE
+
+if TYPE_CHECKING:
+    from vfile.journal import DeferredEntry, Exposure, Journal, QuarantineRecord
+
+# The journal (lmdb), the filter and the service are imported by the commands that
+# use them, not here: `import vfile.cli` stays light for `vfile version`, `status`
+# and `quiesce` (issue 12; tests/t0_cli_imports_test.py).
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Mount = Annotated[str | None, typer.Option(
@@ -77,6 +79,8 @@ def resolve_state_dir(state_dir: str | None, mount: str | None) -> str:
 @contextlib.contextmanager
 def open_journal(state_dir: str | None, *, readonly: bool,
                  mount: str | None = None) -> Iterator[Journal]:
+    from vfile.journal import Journal, JournalError
+
     state_dir = resolve_state_dir(state_dir, mount)
     try:
         journal = Journal.open(state_dir, readonly=readonly)
@@ -115,6 +119,8 @@ def journal_list(state_dir: StateDir = None, mount: Mount = None, json_: Json = 
 
     Example: vfile journal list --mount /mnt/guest --limit 20
     """
+    from vfile.journal.records import deferred_to_json
+
     with open_journal(state_dir, readonly=True, mount=mount) as j:
         entries = j.list_deferred(limit=limit)
     if json_:
@@ -135,6 +141,8 @@ def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")]
 
     Example: vfile journal show uploads/setup.exe --mount /mnt/guest
     """
+    from vfile.journal.records import deferred_to_json
+
     with open_journal(state_dir, readonly=True, mount=mount) as j:
         e = j.get_deferred(path)
     if e is None:
@@ -182,6 +190,8 @@ async def journal_exposures(
     Example: vfile journal exposures --mount /mnt/guest
     Example: vfile journal exposures --mount /mnt/guest --clear uploads/setup.exe
     """
+    from vfile.journal.records import exposed_to_json
+
     if clear is not None and clear_all:
         raise UserError("give --clear PATH or --clear-all, not both", Exit.USAGE)
     if clear is not None or clear_all:
@@ -217,6 +227,9 @@ async def journal_gc(
 
     Example: vfile journal gc --state-dir /var/lib/vfile/guest --source /srv/guest
     """
+    from vfile.filter import verdict_gc
+    from vfile.service import SIG_FILE
+
     if source is None and mount is not None:
         source = str(_control(mount, "status")["mount"]["source"])
     if source is None:
@@ -301,6 +314,8 @@ def journal_export(
 
     Example: vfile journal export --state-dir /var/lib/vfile/guest -o deferred.jsonl
     """
+    from vfile.journal.records import deferred_to_json
+
     with open_journal(state_dir, readonly=True, mount=mount) as j:
         entries = j.list_deferred()
     lines = "".join(json.dumps(deferred_to_json(e), sort_keys=True) + "\n" for e in entries)
@@ -330,6 +345,8 @@ def quarantine_list(state_dir: StateDir = None, mount: Mount = None, json_: Json
 
     Example: vfile quarantine list --mount /mnt/guest
     """
+    from vfile.journal.records import quarantine_to_json
+
     with open_journal(state_dir, readonly=True, mount=mount) as j:
         recs = j.list_quarantine()
     if json_:
@@ -349,6 +366,8 @@ def quarantine_show(rec_id: Annotated[str, typer.Argument(metavar="ID")],
 
     Example: vfile quarantine show 3f2a9c --mount /mnt/guest
     """
+    from vfile.journal.records import quarantine_to_json
+
     with open_journal(state_dir, readonly=True, mount=mount) as j:
         rec = _get_record(j, rec_id)
     if json_:
@@ -379,6 +398,8 @@ async def quarantine_restore(
     Example: vfile quarantine restore 3f2a9c --mount /mnt/guest
     Example: vfile quarantine restore 3f2a9c --mount /mnt/guest --to /tmp/recovered
     """
+    from vfile.filter.restore import RestoreError, restore_into
+
     if source is None and mount is not None and to is None:
         source = str(_control(mount, "status")["mount"]["source"])
     with open_journal(state_dir, readonly=False, mount=mount) as j:

@@ -7,15 +7,22 @@ import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import trio
 import typer
 
 from vfile.cli._app import Verbose, app, run_async, setup_logging
 from vfile.control import ControlError
 from vfile.errors import Exit, UserError
-from vfile.prewarm import DEFAULT_CONCURRENCY, DEFAULT_RATE, Progress, default_checkpoint, prewarm
+from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE
+
+if TYPE_CHECKING:
+    import trio
+
+    from vfile.prewarm import Progress
+
+# trio and vfile.prewarm (which brings the filter) are imported by the command, not
+# here: every `vfile` invocation imports this module (issue 12).
 
 BAR = 30
 
@@ -30,6 +37,8 @@ def render(p: Progress) -> str:
 
 
 async def _stop_on_sigterm(scope: trio.CancelScope) -> None:
+    import trio
+
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
             scope.cancel()
@@ -58,6 +67,10 @@ async def prewarm_cmd(  # noqa: PLR0917 - typer maps parameters to options
 
     Example: vfile prewarm /mnt/guest --rate 200
     """
+    import trio
+
+    from vfile.prewarm import default_checkpoint, prewarm
+
     setup_logging(verbose)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint(mountpoint)
     tty = sys.stderr.isatty()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -484,6 +483,8 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 
 def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse TOML text; errors name `source`, and for syntax errors the line."""
+    import tomllib  # here, not at the top: every `vfile` command imports this module (issue 12)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
