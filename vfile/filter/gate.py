@@ -34,8 +34,8 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 
 import trio
 
@@ -45,11 +45,12 @@ from vfile.filter.actions import Actions, open_parent
 from vfile.filter.drain import Outcome as DrainOutcome
 from vfile.filter.drain import Resolution
 from vfile.filter.drain import scan_done as drain_scan_done
+from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.intents import Intent, IntentTable
+from vfile.filter.outcomes import Outcomes, Stats, exposures_json
 from vfile.filter.policy import (
     Action,
     Cached,
-    Decision,
     DecisionInputs,
     Event,
     QuotaState,
@@ -58,7 +59,7 @@ from vfile.filter.policy import (
     decide,
 )
 from vfile.filter.verdicts import VerdictCache
-from vfile.hooks import Denied, RequestCtx
+from vfile.hooks import RequestCtx
 from vfile.journal.names import swapped_path
 from vfile.journal.records import (
     DeferredEntry,
@@ -67,12 +68,10 @@ from vfile.journal.records import (
     JournalError,
     JournalFull,
     VerdictRecord,
-    exposure_to_json,
 )
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
-from vfile.observe.ratelog import RateLimited
 from vfile.passthrough.links import ProfileChooser
 from vfile.passthrough.syscalls import open_for_scan
 from vfile.scanner.pool import Pool
@@ -85,31 +84,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_SIZE = 65536
 #: background scans after a last close running at once (on-open scans do not wait for them)
 CLOSE_SCANS = 4
-#: at most one exposure line per profile per this many seconds
-EXPOSURE_LOG_INTERVAL = 10.0
-#: at most one "denied, no verdict" line per profile per this many seconds
-DENY_LOG_INTERVAL = 1.0
-#: at most one "journal full" line per this many seconds
-FULL_LOG_INTERVAL = 60.0
 
-VerdictKey = tuple[Identity, str]
 #: how long the gate reuses the pool's signature version before asking again
 SIG_CACHE_S = 0.05
 #: why a clean scan was not kept (vfile.filter.racy)
 RACY = "modified within the timestamp granularity of the scan (racy clean): scanned again later"
-
-
-def exposures_json(exposures: tuple[Exposure, ...]) -> list[dict[str, object]]:
-    return [exposure_to_json(x) for x in exposures]
-
-
-def command_of(pid: int) -> str:
-    """The caller's command name (from /proc), or "?" once it is gone."""
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip() or "?"
-    except OSError:
-        return "?"
 
 
 def _reopen(fd: int) -> int:
@@ -122,31 +101,6 @@ def _reopen(fd: int) -> int:
         return open_for_scan(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return os.dup(fd)
-
-
-@dataclass(eq=False)
-class _Flight:
-    """One scan in flight, shared by every open of the same identity."""
-
-    scope: trio.CancelScope
-    done: trio.Event = field(default_factory=trio.Event)
-    result: ScanResult = ScanResult.NOT_ATTEMPTED
-    verdict: Verdict | None = None
-
-
-@dataclass
-class _Stats:
-    scans: int = 0
-    close_scans: int = 0
-    shared: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    infections: int = 0
-    exposures: int = 0
-    deferrals: int = 0
-    denials: int = 0
-    intents: int = 0
-    journal_full: int = 0
 
 
 class Gate:
@@ -168,39 +122,34 @@ class Gate:
         self._root = source_fd
         self._clock = clock
         self._cache = VerdictCache(cache_size)
-        self._flights: dict[VerdictKey, _Flight] = {}
         #: cancel scopes of every wait and scan in flight (a window cancels them all)
-        self._scopes: set[trio.CancelScope] = set()
+        self._scopes = Scopes()
+        self._flights = Flights(self._scopes)
+        #: the nursery of shared and background scans
+        self._tasks = Tasks()
         #: path → its unresolved write intent
         self._intents = IntentTable()
         self._window = False
         self._last_sig = ""
         self._sig_cached = ""
         self._sig_until = 0.0
-        self._nursery: trio.Nursery | None = None
         self._close_slots = trio.Semaphore(CLOSE_SCANS)
-        self._busy = 0
-        self._idle = trio.Event()
-        self._idle.set()
-        self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
-        self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
-        self._held_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
-        self._full_log = RateLimited(FULL_LOG_INTERVAL, log)
-        self.stats = _Stats()
+        self.stats = Stats()
         #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
         #: timings and audit events (vfile.observe.observers: metrics, audit log)
-        self.observer = observer or Observer()
+        self._observer = observer or Observer()
+        #: carrying out decisions: audit, logs, counters, deferrals
+        self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
+
+    @property
+    def observer(self) -> Observer:
+        """Timings and audit events (shared with the gate's parts: set at construction)."""
+        return self._observer
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery of shared and background scans; runs until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        await self._tasks.serve(task_status=task_status)
 
     # --- state --------------------------------------------------------------------------
 
@@ -212,8 +161,7 @@ class Gate:
         """Start or end a window; starting one cancels every wait and scan at once."""
         self._window = active
         if active:
-            for scope in list(self._scopes):
-                scope.cancel()
+            self._scopes.cancel_all()
 
     def quota_state(self, profile: Profile) -> QuotaState:
         """The profile's scan-debt state, as the mount's quota monitor last measured it."""
@@ -292,31 +240,9 @@ class Gate:
 
     # --- scanning -----------------------------------------------------------------------
 
-    def _start(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        if self._nursery is None:
-            raise RuntimeError("Gate.serve() is not running")
-
-        async def tracked() -> None:
-            try:
-                await fn(*args)
-            except Exception:
-                # A bug in one background scan must not take the mount down; its
-                # journal entry (if any) stays for the drain.
-                log.exception("background scan task failed")
-            finally:
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
-
-        self._nursery.start_soon(tracked)
-        if not self._busy:
-            self._idle = trio.Event()
-        self._busy += 1
-
     async def wait_idle(self) -> None:
         """Wait until no scan, verdict store or infected action is under way."""
-        while self._busy:
-            await self._idle.wait()
+        await self._tasks.wait_idle()
 
     async def _scan(self, fd: int, identity: Identity, profile: Profile,
                     scope: trio.CancelScope, *,
@@ -342,15 +268,11 @@ class Gate:
         """
         limit = profile.scan_first if profile.is_oversize(identity.size) else None
         verdict: Verdict | None = None
-        self._scopes.add(scope)
-        try:
-            with scope:
-                verdict = await self._pool.scan_fd(
-                    fd, size=identity.size, limit=limit,
-                    attempt_timeout=profile.drain_deadline if drain else profile.attempt_timeout,
-                    retries=profile.retries, count_timeouts=not drain)
-        finally:
-            self._scopes.discard(scope)
+        with self._scopes.watching(scope), scope:
+            verdict = await self._pool.scan_fd(
+                fd, size=identity.size, limit=limit,
+                attempt_timeout=profile.drain_deadline if drain else profile.attempt_timeout,
+                retries=profile.retries, count_timeouts=not drain)
         if verdict is None:
             return ScanResult.TIMEOUT, None
         if verdict.is_error:
@@ -369,7 +291,7 @@ class Gate:
                              appliance=verdict.appliance, time=self._clock(),
                              covered=coverage.covered_by(limit, identity.size))
 
-    async def _run_flight(self, key: VerdictKey, flight: _Flight, fd: int, path: str,
+    async def _run_flight(self, key: VerdictKey, flight: Flight, fd: int, path: str,
                           profile: Profile) -> None:
         identity, sig = key
         try:
@@ -380,7 +302,7 @@ class Gate:
             flight.result, flight.verdict = ScanResult.ERROR, Verdict.error(str(err))
         finally:
             os.close(fd)
-            self._flights.pop(key, None)
+            self._flights.land(key)
             record = None
             # A racy clean verdict answers these waiters only: neither cached nor stored.
             if flight.verdict is not None and keep and flight.result in (ScanResult.CLEAN,
@@ -429,97 +351,19 @@ class Gate:
     async def _scan_for_open(self, path: str, fd: int, identity: Identity, sig: str,
                              profile: Profile) -> tuple[ScanResult, Verdict | None]:
         key = (identity, sig)
-        flight = self._flights.get(key)
-        if flight is None:
+
+        def launch(flight: Flight) -> None:
             own_fd = _reopen(fd)
-            flight = _Flight(trio.CancelScope(deadline=trio.current_time() + profile.deadline))
-            self._flights[key] = flight
             try:
-                self._start(self._run_flight, key, flight, own_fd, path, profile)
+                self._tasks.start(self._run_flight, key, flight, own_fd, path, profile)
             except BaseException:
                 os.close(own_fd)
-                self._flights.pop(key, None)
                 raise
-        else:
+
+        flight, shared = self._flights.take_off(key, profile.deadline, launch)
+        if shared:
             self.stats.shared += 1
-        with trio.move_on_after(profile.deadline) as wait:
-            self._scopes.add(wait)
-            try:
-                await flight.done.wait()
-            finally:
-                self._scopes.discard(wait)
-        if not flight.done.is_set():
-            return ScanResult.TIMEOUT, None
-        return flight.result, flight.verdict
-
-    # --- carrying out a decision ---------------------------------------------------------
-
-    def _exposure(self, ctx: RequestCtx, *, wrote: bool = False) -> Exposure:
-        return Exposure(uid=ctx.uid, pid=ctx.pid, command=command_of(ctx.pid),
-                        time=self._clock(), wrote=wrote)
-
-    async def _carry_out(self, d: Decision, path: str, identity: Identity, profile: Profile, *,
-                         ctx: RequestCtx, verdict: Verdict | None,
-                         from_cache: bool = False) -> None:
-        if d.action is not Action.ALLOW or d.exposure:
-            self.observer.audit(
-                "deny" if d.action is Action.DENY else "unscanned", path,
-                verdict=d.reason.value if d.reason is Reason.INFECTED else "none",
-                signature=verdict.detail if verdict is not None and verdict.is_infected else None,
-                profile=profile.name, action=d.action.value, reason=d.reason.value,
-                uid=ctx.uid, pid=ctx.pid)
-        if d.action is Action.ALLOW:
-            if d.exposure:
-                self.stats.exposures += 1
-                self._exposure_log(f"open:{profile.name}", logging.WARNING,
-                                   "exposure: %r opened unscanned by uid %d pid %d "
-                                   "(profile %s, fail-open, %s)", path, ctx.uid, ctx.pid,
-                                   profile.name, d.reason.value)
-            return
-        if d.action is Action.DEFER:
-            self.stats.deferrals += 1
-            self.stats.exposures += d.exposure
-            error = verdict.detail if verdict is not None and verdict.is_error else ""
-            # Tier 2 (README "Durability of journal records"): an unscanned read changes
-            # no content, so its record is committed without fsync, and waited for at
-            # most the deadline; then it stays queued in memory until the disk takes it.
-            seq: int | None = None
-            try:
-                with trio.move_on_after(profile.deadline):
-                    seq = await self._journal.defer(path, identity,
-                                                    JournalReason(d.reason.value), profile.name,
-                                                    exposure=self._exposure(ctx), error=error,
-                                                    durable=False, hold=True)
-            except JournalFull as err:
-                raise self._full(path, err) from None
-            if seq is None:
-                self._held_log(f"held:{profile.name}", logging.WARNING,
-                               "journal: %r recorded in memory only (the state disk took no "
-                               "write within %gs); written when it does", path,
-                               profile.deadline)
-            elif (intent := self._intents.get(path)) is not None:
-                intent.seq = seq  # the same entry, re-deferred: the close scan resolves it
-            self._exposure_log(f"safe:{profile.name}", logging.INFO,
-                               "deferred: %r opened unscanned (profile %s, %s), journaled",
-                               path, profile.name, d.reason.value)
-            return
-        self.stats.denials += 1
-        if d.reason is Reason.INFECTED:
-            what = f"infected with {verdict.detail}" if verdict is not None else "infected"
-            if from_cache:  # a fresh detection is logged once, with its action, by the scan
-                log.info("denied: %r %s (cached verdict, profile %s)", path, what, profile.name)
-        elif d.reason is Reason.OVERSIZE:
-            what = f"larger than max_size {profile.max_size}"
-            log.warning("denied: %r (profile %s): %s", path, profile.name, what)
-        elif d.reason is Reason.QUOTA:
-            what = "scan-debt quota exceeded"
-            self._deny_log(f"quota:{profile.name}", logging.WARNING, "denied: %r (profile %s): %s",
-                           path, profile.name, what)
-        else:
-            what = f"no verdict within {profile.deadline:g}s ({d.reason.value})"
-            self._deny_log(f"closed:{profile.name}", logging.WARNING,
-                           "denied: %r (profile %s): %s", path, profile.name, what)
-        raise Denied(d.errno, what)
+        return await self._flights.wait(flight, profile.deadline)
 
     # --- the hooks ----------------------------------------------------------------------
 
@@ -578,7 +422,7 @@ class Gate:
                 result = ScanResult.NOT_ATTEMPTED  # cancelled by the window: reason "window"
             d = decide(replace(inputs, scan=result, window=self._window))
         try:
-            await self._carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
+            await self._outcomes.carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
                                   from_cache=tainted or (cached is not None
                                                          and cached.outcome == "infected"))
         finally:
@@ -590,13 +434,7 @@ class Gate:
         profile = self._profiles.profile_for(rel, st.st_nlink if st is not None else 1)
         d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
         if d.action is Action.DENY:
-            self.stats.denials += 1
-            self.observer.audit("deny", rel, verdict="none", profile=profile.name,
-                                action="deny-write", reason=d.reason.value, uid=ctx.uid,
-                                pid=ctx.pid)
-            self._deny_log(f"write:{profile.name}", logging.WARNING,
-                           "denied write: %r (profile %s): %s", rel, profile.name, d.reason.value)
-            raise Denied(d.errno, f"write refused: {d.reason.value}")
+            self._outcomes.refuse_write(d, rel, profile, ctx)
         if d.action is not Action.DEFER:
             return None
         identity = None if st is None else Identity.from_stat(st)
@@ -605,24 +443,16 @@ class Gate:
         # whose file is not there yet (a rename onto it) as gone (tests/t5_crash_test.py).
         intent = self._intents.begin(rel)
         try:
+            exposure = self._outcomes.exposure(ctx, wrote=True)
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
-                                                   profile.name,
-                                                   exposure=self._exposure(ctx, wrote=True))
+                                                   profile.name, exposure=exposure)
         except BaseException as err:
             self._intents.roll_back(intent)
             if isinstance(err, JournalFull):
-                raise self._full(rel, err) from None
+                raise self._outcomes.full(rel, err) from None
             raise
         self.stats.intents += 1
         return intent
-
-    def _full(self, path: str, err: JournalFull) -> OSError:
-        """The journal cannot record `path`: the operation fails with EIO (nothing unscanned
-        goes unrecorded), counted, with one log line a minute rather than one per open."""
-        self.stats.journal_full += 1
-        self._full_log("full", logging.ERROR, "journal full: %r and others fail with EIO "
-                       "until it has room: %s", path, err)
-        return OSError(errno.EIO, "journal full")
 
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
@@ -648,7 +478,7 @@ class Gate:
         if not pending and decide(self._inputs(Event.WRITE, profile, rel, 0, None)).action \
                 is Action.DEFER and self._journal.get_deferred(rel) is None:
             seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile.name,
-                                            exposure=self._exposure(ctx))
+                                            exposure=self._outcomes.exposure(ctx))
         now = Identity.from_stat(change())
         if pending or old is None or now.size != before.size:
             return  # an entry (the writer's, or the one above) stays for the drain
@@ -676,7 +506,7 @@ class Gate:
             return
         intent.closing = True
         try:
-            self._start(self._run_close, rel, intent, own_fd, profile)
+            self._tasks.start(self._run_close, rel, intent, own_fd, profile)
         except BaseException:
             os.close(own_fd)
             self._intents.finish(intent)
@@ -800,7 +630,7 @@ class Gate:
             self._intents.pop(rel)
             entry = await self._journal.forget_path(rel)  # its exposures are kept
             if entry is not None:
-                self._audit_exposures(rel, "unlinked", entry.exposures)
+                self._outcomes.audit_exposures(rel, "unlinked", entry.exposures)
             return
         # Still linked as `survivor`: the entry, intent and exposures go there.
         new = os.fsdecode(survivor)
@@ -811,12 +641,6 @@ class Gate:
         seq = await self._journal.relink_path(rel, new)
         if seq is not None and (intent := self._intents.get(new)) is not None:
             intent.seq = seq
-
-    def _audit_exposures(self, path: str, outcome: str, exposures: tuple[Exposure, ...]) -> None:
-        readers = tuple(x for x in exposures if not x.wrote)
-        if readers:
-            self.observer.audit("exposures", path, outcome=outcome,
-                                exposures=exposures_json(exposures))
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
@@ -829,7 +653,7 @@ class Gate:
         if target is not None and any(not x.wrote for x in target.exposures):
             # Who read the file this rename replaced: kept, and said so.
             await self._journal.keep_exposures(dst, "overwritten")
-            self._audit_exposures(dst, "overwritten", target.exposures)
+            self._outcomes.audit_exposures(dst, "overwritten", target.exposures)
         if self._journal.get_deferred(src) is None:
             # The moved file has no entry of its own (it had a clean verdict). Keep
             # the entry `on_write_intent(dst)` made durable before the rename: the
