@@ -41,13 +41,13 @@ import trio
 
 from vfile.config.model import Config, Profile, Trigger
 from vfile.filter import coverage, racy, sticky
-from vfile.filter.actions import Actions, open_parent
+from vfile.filter.actions import Actions
 from vfile.filter.drain import Outcome as DrainOutcome
 from vfile.filter.drain import Resolution
 from vfile.filter.drain import scan_done as drain_scan_done
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.intents import Intent, IntentTable
-from vfile.filter.outcomes import Outcomes, Stats, exposures_json
+from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
     Action,
     Cached,
@@ -58,12 +58,13 @@ from vfile.filter.policy import (
     ScanResult,
     decide,
 )
+from vfile.filter.settling import Settler
+from vfile.filter.source import Source, reopen
 from vfile.filter.verdicts import VerdictCache
 from vfile.hooks import RequestCtx
 from vfile.journal.names import swapped_path
 from vfile.journal.records import (
     DeferredEntry,
-    Exposure,
     Identity,
     JournalError,
     JournalFull,
@@ -73,7 +74,6 @@ from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
 from vfile.passthrough.links import ProfileChooser
-from vfile.passthrough.syscalls import open_for_scan
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Verdict
 
@@ -89,18 +89,6 @@ CLOSE_SCANS = 4
 SIG_CACHE_S = 0.05
 #: why a clean scan was not kept (vfile.filter.racy)
 RACY = "modified within the timestamp granularity of the scan (racy clean): scanned again later"
-
-
-def _reopen(fd: int) -> int:
-    """A descriptor of our own on the same file, readable, with its own offset.
-
-    Reopening through /proc gives a new open file description of the same
-    inode even if the path was renamed meanwhile; `dup` is the fallback.
-    """
-    try:
-        return open_for_scan(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
-        return os.dup(fd)
 
 
 class Gate:
@@ -119,7 +107,8 @@ class Gate:
         self._pool = pool
         self._journal = journal
         self._actions = actions
-        self._root = source_fd
+        #: the source directory, read by descriptor
+        self._source = Source(source_fd)
         self._clock = clock
         self._cache = VerdictCache(cache_size)
         #: cancel scopes of every wait and scan in flight (a window cancels them all)
@@ -139,6 +128,9 @@ class Gate:
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
         #: timings and audit events (vfile.observe.observers: metrics, audit log)
         self._observer = observer or Observer()
+        #: storing verdicts, acting on infected ones
+        self._settler = Settler(journal, self._intents, actions, open_source=self._source.open,
+                                observer=self._observer, stats=self.stats, clock=clock)
         #: carrying out decisions: audit, logs, counters, deferrals
         self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
 
@@ -311,49 +303,17 @@ class Gate:
                 self._remember(record)  # before waking the waiters: the next open hits it
             flight.done.set()
         if record is not None:
-            partial = profile.is_oversize(identity.size)
-            await self._settle(path, record, profile, persist=not partial)
-
-    async def _settle(self, path: str, record: VerdictRecord, profile: Profile, *,
-                      persist: bool, seq: int | None = None) -> None:
-        """Store a verdict (resolving a journal entry it answers), act if infected."""
-        exposures: tuple[Exposure, ...] = ()
-        try:
-            await sticky.update_taint(self._journal, self._open_source, path, record,
-                                      self._clock())
-            entry = self._journal.get_deferred(path)
-            if entry is not None:
-                exposures = entry.exposures  # kept by the journal; shown with the action
-            if seq is None and persist and entry is not None \
-                    and entry.identity == record.identity and path not in self._intents:
-                seq = entry.seq
-            if seq is not None:
-                await self._journal.complete(path, seq, record)
-            elif persist or record.outcome == "infected":
-                await self._journal.put_verdict(record)
-        except JournalError as err:
-            log.error("journal: cannot store the verdict for %r: %s", path, err)
-        if record.outcome != "infected":
-            self.observer.audit("verdict", path, verdict=record.outcome,
-                                appliance=record.appliance, profile=profile.name, action="none")
-            return
-        self.stats.infections += 1
-        done = await self._actions.apply(profile.infected_action, path, record,
-                                         profile=profile.name, hook=profile.hook,
-                                         exposures=exposures)
-        self.observer.audit("verdict", path, verdict="infected", signature=record.signature,
-                            appliance=record.appliance, profile=profile.name,
-                            action=profile.infected_action.value, result=done,
-                            exposures=exposures_json(exposures))
-        log.warning("infected: %r signature %s (profile %s, action %s: %s)", path,
-                    record.signature, profile.name, profile.infected_action.value, done)
+            if profile.is_oversize(identity.size):
+                await self._settler.keep_partial(path, record, profile)
+            else:
+                await self._settler.keep(path, record, profile)
 
     async def _scan_for_open(self, path: str, fd: int, identity: Identity, sig: str,
                              profile: Profile) -> tuple[ScanResult, Verdict | None]:
         key = (identity, sig)
 
         def launch(flight: Flight) -> None:
-            own_fd = _reopen(fd)
+            own_fd = reopen(fd)
             try:
                 self._tasks.start(self._run_flight, key, flight, own_fd, path, profile)
             except BaseException:
@@ -499,7 +459,7 @@ class Gate:
             return  # no intent: the profile does not scan after writes
         profile = self._profiles.profile_for(rel, st.st_nlink)
         try:
-            own_fd = _reopen(fd) if fd is not None else self._open_source(rel)
+            own_fd = reopen(fd) if fd is not None else self._source.open(rel)
         except OSError as err:
             log.info("close scan of %r: cannot open it (%s); left to the drain", rel, err)
             self._intents.finish(intent)
@@ -511,14 +471,6 @@ class Gate:
             os.close(own_fd)
             self._intents.finish(intent)
             raise
-
-    def _open_source(self, path: str) -> int:
-        dir_fd, name = open_parent(self._root, path)
-        try:
-            return open_for_scan(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                                 | os.O_NONBLOCK, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
 
     async def _run_close(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
@@ -552,10 +504,13 @@ class Gate:
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
             record = self._record(identity, verdict, sig, profile)
             self._remember(record)
-            partial = profile.is_oversize(identity.size)
-            # A newer intent (another writer came) keeps its entry: only store the verdict.
-            await self._settle(path, record, profile, persist=not partial,
-                               seq=intent.seq if current and not partial else None)
+            if profile.is_oversize(identity.size):
+                await self._settler.keep_partial(path, record, profile)
+            elif current:
+                await self._settler.resolve(path, record, profile, intent.seq)
+            else:
+                # A newer intent (another writer came) keeps its entry: only store the verdict.
+                await self._settler.keep(path, record, profile)
             return
         if current and d.action is Action.DEFER:
             # Keep the entry for the drain, now with the identity of the written file.
@@ -579,7 +534,7 @@ class Gate:
         if path in self._intents:
             return Resolution(DrainOutcome.ERROR, detail="still being written")
         try:
-            fd = self._open_source(path)
+            fd = self._source.open(path)
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
                 return Resolution(DrainOutcome.ERROR, detail=f"cannot open: {err.strerror}")
@@ -620,7 +575,7 @@ class Gate:
             trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
             log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",
                         path, record.signature, trail or "nobody")
-        await self._settle(path, record, profile, persist=True, seq=entry.seq)
+        await self._settler.resolve(path, record, profile, entry.seq)
         outcome = DrainOutcome.INFECTED if record.outcome == "infected" else DrainOutcome.CLEAN
         return Resolution(outcome, nbytes=identity.size)
 
@@ -644,7 +599,7 @@ class Gate:
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
-        if self._is_dir(dst):
+        if self._source.is_dir(dst):
             self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)
             return
@@ -674,15 +629,3 @@ class Gate:
         self._intents.relocate({path: new for path in self._intents
                                 if (new := swapped_path(path, x, y)) is not None})
         await self._journal.exchange(x, y)
-
-    def _is_dir(self, path: str) -> bool:
-        try:
-            dir_fd, name = open_parent(self._root, path)
-        except OSError:
-            return False
-        try:
-            return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-        except OSError:
-            return False
-        finally:
-            os.close(dir_fd)
