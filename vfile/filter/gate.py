@@ -29,10 +29,8 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -42,9 +40,7 @@ import trio
 from vfile.config.model import Config, Profile, Trigger
 from vfile.filter import coverage, racy, sticky
 from vfile.filter.actions import Actions
-from vfile.filter.drain import Outcome as DrainOutcome
 from vfile.filter.drain import Resolution
-from vfile.filter.drain import scan_done as drain_scan_done
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Outcomes, Stats
@@ -58,6 +54,8 @@ from vfile.filter.policy import (
     ScanResult,
     decide,
 )
+from vfile.filter.resolution import Resolver
+from vfile.filter.scanning import RACY, Scanning
 from vfile.filter.settling import Settler
 from vfile.filter.source import Source, reopen
 from vfile.filter.verdicts import VerdictCache
@@ -85,10 +83,6 @@ DEFAULT_CACHE_SIZE = 65536
 #: background scans after a last close running at once (on-open scans do not wait for them)
 CLOSE_SCANS = 4
 
-#: how long the gate reuses the pool's signature version before asking again
-SIG_CACHE_S = 0.05
-#: why a clean scan was not kept (vfile.filter.racy)
-RACY = "modified within the timestamp granularity of the scan (racy clean): scanned again later"
 
 
 class Gate:
@@ -119,18 +113,22 @@ class Gate:
         #: path → its unresolved write intent
         self._intents = IntentTable()
         self._window = False
-        self._last_sig = ""
-        self._sig_cached = ""
-        self._sig_until = 0.0
         self._close_slots = trio.Semaphore(CLOSE_SCANS)
         self.stats = Stats()
         #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
         #: timings and audit events (vfile.observe.observers: metrics, audit log)
         self._observer = observer or Observer()
+        #: scans classified and timed; the signature version
+        self._scanning = Scanning(pool, self._scopes, self._observer, clock)
         #: storing verdicts, acting on infected ones
         self._settler = Settler(journal, self._intents, actions, open_source=self._source.open,
                                 observer=self._observer, stats=self.stats, clock=clock)
+        #: the drain's resolve
+        self._resolver = Resolver(journal=journal, intents=self._intents, source=self._source,
+                                  profiles=self._profiles, scanning=self._scanning,
+                                  settler=self._settler, stats=self.stats, lookup=self._lookup,
+                                  remember=self._remember, window=lambda: self._window)
         #: carrying out decisions: audit, logs, counters, deferrals
         self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
 
@@ -162,27 +160,12 @@ class Gate:
     @property
     def last_signature(self) -> str:
         """The newest signature version any appliance reported (persisted by the mount)."""
-        return self._last_sig
+        return self._scanning.last_signature
 
     def assume_signature(self, sig: str) -> None:
         """Trust `sig` (remembered from an earlier run) until an appliance reports one:
         a mount that boots with every appliance down still finds its stored verdicts."""
-        if not self._last_sig:
-            self._last_sig = sig
-
-    def _sig(self) -> str:
-        # Asking the pool walks every appliance's breaker: reuse its answer briefly.
-        now = time.monotonic()
-        if now < self._sig_until:
-            return self._sig_cached
-        # While every appliance is down the pool knows no version: keep trusting the
-        # last one seen, so files with verdicts stay readable during an outage.
-        sig = self._pool.signature_version()
-        if sig:
-            self._last_sig = sig
-        self._sig_cached = sig or self._last_sig
-        self._sig_until = now + SIG_CACHE_S
-        return self._sig_cached
+        self._scanning.assume_signature(sig)
 
     def _lookup(self, identity: Identity, sig: str) -> VerdictRecord | None:
         rec = self._cache.get(identity, sig)
@@ -236,59 +219,12 @@ class Gate:
         """Wait until no scan, verdict store or infected action is under way."""
         await self._tasks.wait_idle()
 
-    async def _scan(self, fd: int, identity: Identity, profile: Profile,
-                    scope: trio.CancelScope, *,
-                    drain: bool = False) -> tuple[ScanResult, Verdict | None, bool]:
-        """`_scan_once`, timed for the observer; the flag says the verdict may be kept
-        (False: a clean verdict on a "racy" file, see vfile.filter.racy)."""
-        started = time.perf_counter()
-        started_ns = time.time_ns()
-        result, verdict = await self._scan_once(fd, identity, profile, scope, drain=drain)
-        self.observer.scanned(result.value, verdict.appliance if verdict is not None else "",
-                              time.perf_counter() - started)
-        keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, started_ns)
-        return result, verdict, keep
-
-    async def _scan_once(self, fd: int, identity: Identity, profile: Profile,
-                         scope: trio.CancelScope, *,
-                         drain: bool = False) -> tuple[ScanResult, Verdict | None]:
-        """Scan our own descriptor `fd` under `scope`; classify what came back.
-
-        `drain`: one attempt may take the profile's whole drain deadline, and a
-        timeout is not counted against the appliance's breaker (a slow scan of a
-        large file says nothing about the appliance being down).
-        """
-        limit = profile.scan_first if profile.is_oversize(identity.size) else None
-        verdict: Verdict | None = None
-        with self._scopes.watching(scope), scope:
-            verdict = await self._pool.scan_fd(
-                fd, size=identity.size, limit=limit,
-                attempt_timeout=profile.drain_deadline if drain else profile.attempt_timeout,
-                retries=profile.retries, count_timeouts=not drain)
-        if verdict is None:
-            return ScanResult.TIMEOUT, None
-        if verdict.is_error:
-            down = not self._pool.available()
-            return (ScanResult.UNAVAILABLE if down else ScanResult.ERROR), verdict
-        if Identity.from_stat(os.fstat(fd)) != identity:
-            # Written to while we read it: the verdict says nothing about either version.
-            return ScanResult.ERROR, Verdict.error("file changed during the scan")
-        return (ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED), verdict
-
-    def _record(self, identity: Identity, verdict: Verdict, sig: str,
-                profile: Profile) -> VerdictRecord:
-        limit = profile.scan_first if profile.is_oversize(identity.size) else None
-        return VerdictRecord(identity=identity, sig_version=verdict.sig_version or sig,
-                             outcome=verdict.outcome.value, signature=verdict.detail,
-                             appliance=verdict.appliance, time=self._clock(),
-                             covered=coverage.covered_by(limit, identity.size))
-
     async def _run_flight(self, key: VerdictKey, flight: Flight, fd: int, path: str,
                           profile: Profile) -> None:
         identity, sig = key
         try:
             self.stats.scans += 1
-            flight.result, flight.verdict, keep = await self._scan(fd, identity, profile,
+            flight.result, flight.verdict, keep = await self._scanning.scan(fd, identity, profile,
                                                                    flight.scope)
         except OSError as err:
             flight.result, flight.verdict = ScanResult.ERROR, Verdict.error(str(err))
@@ -299,7 +235,7 @@ class Gate:
             # A racy clean verdict answers these waiters only: neither cached nor stored.
             if flight.verdict is not None and keep and flight.result in (ScanResult.CLEAN,
                                                                          ScanResult.INFECTED):
-                record = self._record(identity, flight.verdict, sig, profile)
+                record = self._scanning.record(identity, flight.verdict, sig, profile)
                 self._remember(record)  # before waking the waiters: the next open hits it
             flight.done.set()
         if record is not None:
@@ -340,7 +276,7 @@ class Gate:
         if flags & (os.O_ACCMODE | os.O_TRUNC) or self._intents:
             return False
         started = time.perf_counter()
-        rec = self._cache.get_stat(st, self._sig())
+        rec = self._cache.get_stat(st, self._scanning.signature())
         if rec is None or rec.outcome != "clean" or not coverage.is_whole(rec):
             return False
         self.stats.cache_hits += 1
@@ -353,7 +289,7 @@ class Gate:
         rel = os.fsdecode(path)
         profile = self._profiles.profile_for(rel, st.st_nlink)
         identity = Identity.from_stat(st)
-        sig = self._sig()
+        sig = self._scanning.signature()
         cached = self._lookup(identity, sig)
         if cached is not None and not coverage.admits(cached, profile):
             cached = None  # a verdict on a prefix, and this rule asks for more
@@ -431,7 +367,7 @@ class Gate:
         rel = os.fsdecode(path)
         profile = self._profiles.profile_for(rel, st.st_nlink)
         before = Identity.from_stat(st)
-        sig = self._sig()
+        sig = self._scanning.signature()
         old = self._lookup(before, sig)
         pending = rel in self._intents or writing
         seq = None
@@ -487,14 +423,14 @@ class Gate:
         # so its verdict is not "racy" (vfile.filter.racy) and need not be scanned again.
         await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
         identity = Identity.from_stat(os.fstat(fd))
-        sig = self._sig()
+        sig = self._scanning.signature()
         inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
         d = decide(inputs)
         verdict: Verdict | None = None
         if d.action is Action.SCAN:
             self.stats.close_scans += 1
             scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-            result, verdict, keep = await self._scan(fd, identity, profile, scope)
+            result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
             if self._window and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                 result = ScanResult.NOT_ATTEMPTED
             if not keep:  # racy clean: the drain scans it again, later
@@ -502,7 +438,7 @@ class Gate:
             d = decide(replace(inputs, scan=result, window=self._window))
         current = self._intents.get(path) is intent
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
-            record = self._record(identity, verdict, sig, profile)
+            record = self._scanning.record(identity, verdict, sig, profile)
             self._remember(record)
             if profile.is_oversize(identity.size):
                 await self._settler.keep_partial(path, record, profile)
@@ -528,56 +464,7 @@ class Gate:
         exposure trail logged). Gone: the entry is removed. Anything else is
         an error for the drain to release with back-off.
         """
-        path = entry.path
-        if self._window:
-            return Resolution(DrainOutcome.ERROR, detail="window active")
-        if path in self._intents:
-            return Resolution(DrainOutcome.ERROR, detail="still being written")
-        try:
-            fd = self._source.open(path)
-        except OSError as err:
-            if err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
-                return Resolution(DrainOutcome.ERROR, detail=f"cannot open: {err.strerror}")
-            await self._journal.complete(path, entry.seq, None)
-            log.info("drain: %r is gone (%s); entry removed", path, err.strerror)
-            return Resolution(DrainOutcome.GONE)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                await self._journal.complete(path, entry.seq, None)
-                return Resolution(DrainOutcome.GONE, detail="no longer a regular file")
-            identity = Identity.from_stat(st)
-            profile = self._profiles.profile_for(path, st.st_nlink)
-            sig = self._sig()
-            record = self._lookup(identity, sig)
-            if record is not None and not coverage.admits(record, profile):
-                record = None
-            if record is None and (why := coverage.unscannable(profile, identity.size)):
-                # The rule asks for the whole file and it is over the limit: a prefix
-                # scan would be no verdict. Listed as unscannable, not retried.
-                return Resolution(DrainOutcome.UNSCANNABLE, detail=why)
-            if record is None:
-                scope = trio.CancelScope(deadline=trio.current_time() + profile.drain_deadline)
-                result, verdict, keep = await self._scan(fd, identity, profile, scope, drain=True)
-                if verdict is None or result not in (ScanResult.CLEAN, ScanResult.INFECTED):
-                    detail = verdict.detail if verdict is not None else result.value
-                    return Resolution(DrainOutcome.ERROR, detail=detail)
-                if not keep:
-                    return Resolution(DrainOutcome.ERROR, detail=RACY)
-                self.stats.scans += 1
-                record = self._record(identity, verdict, sig, profile)
-                self._remember(record)
-        finally:
-            os.close(fd)
-            if (done := drain_scan_done.get()) is not None:
-                done()  # the appliance's part is over: the drain may start its next scan
-        if record.outcome == "infected":
-            trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
-            log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",
-                        path, record.signature, trail or "nobody")
-        await self._settler.resolve(path, record, profile, entry.seq)
-        outcome = DrainOutcome.INFECTED if record.outcome == "infected" else DrainOutcome.CLEAN
-        return Resolution(outcome, nbytes=identity.size)
+        return await self._resolver.resolve(entry)
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         rel = os.fsdecode(path)
