@@ -38,8 +38,9 @@ from dataclasses import replace
 import trio
 
 from vfile.config.model import Config, Profile, Trigger
-from vfile.filter import coverage, racy, sticky
+from vfile.filter import coverage, sticky
 from vfile.filter.actions import Actions
+from vfile.filter.closing import CloseScans
 from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.intents import Intent, IntentTable
@@ -50,12 +51,11 @@ from vfile.filter.policy import (
     DecisionInputs,
     Event,
     QuotaState,
-    Reason,
     ScanResult,
     decide,
 )
 from vfile.filter.resolution import Resolver
-from vfile.filter.scanning import RACY, Scanning
+from vfile.filter.scanning import Scanning
 from vfile.filter.settling import Settler
 from vfile.filter.source import Source, reopen
 from vfile.filter.verdicts import VerdictCache
@@ -80,8 +80,6 @@ log = logging.getLogger(__name__)
 #: verdicts kept in memory (LRU, one per file and signature version: vfile.filter.verdicts,
 #: about 0.6 KiB each); the journal holds the rest
 DEFAULT_CACHE_SIZE = 65536
-#: background scans after a last close running at once (on-open scans do not wait for them)
-CLOSE_SCANS = 4
 
 
 
@@ -113,7 +111,6 @@ class Gate:
         #: path → its unresolved write intent
         self._intents = IntentTable()
         self._window = False
-        self._close_slots = trio.Semaphore(CLOSE_SCANS)
         self.stats = Stats()
         #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
@@ -124,6 +121,11 @@ class Gate:
         #: storing verdicts, acting on infected ones
         self._settler = Settler(journal, self._intents, actions, open_source=self._source.open,
                                 observer=self._observer, stats=self.stats, clock=clock)
+        #: the scans after a last close
+        self._closing = CloseScans(journal=journal, intents=self._intents,
+                                   scanning=self._scanning, settler=self._settler,
+                                   stats=self.stats, inputs=self._inputs,
+                                   remember=self._remember, window=lambda: self._window)
         #: the drain's resolve
         self._resolver = Resolver(journal=journal, intents=self._intents, source=self._source,
                                   profiles=self._profiles, scanning=self._scanning,
@@ -402,57 +404,11 @@ class Gate:
             return
         intent.closing = True
         try:
-            self._tasks.start(self._run_close, rel, intent, own_fd, profile)
+            self._tasks.start(self._closing.run, rel, intent, own_fd, profile)
         except BaseException:
             os.close(own_fd)
             self._intents.finish(intent)
             raise
-
-    async def _run_close(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
-        try:
-            async with self._close_slots:
-                await self._close_scan(path, intent, fd, profile)
-        except (OSError, JournalError) as err:
-            log.error("close scan of %r failed: %s; left to the drain", path, err)
-        finally:
-            os.close(fd)
-            self._intents.finish(intent)
-
-    async def _close_scan(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
-        # Nobody waits for a close scan: let the file's last timestamp tick pass first,
-        # so its verdict is not "racy" (vfile.filter.racy) and need not be scanned again.
-        await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
-        identity = Identity.from_stat(os.fstat(fd))
-        sig = self._scanning.signature()
-        inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
-        d = decide(inputs)
-        verdict: Verdict | None = None
-        if d.action is Action.SCAN:
-            self.stats.close_scans += 1
-            scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-            result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
-            if self._window and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
-                result = ScanResult.NOT_ATTEMPTED
-            if not keep:  # racy clean: the drain scans it again, later
-                result, verdict = ScanResult.ERROR, Verdict.error(RACY)
-            d = decide(replace(inputs, scan=result, window=self._window))
-        current = self._intents.get(path) is intent
-        if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
-            record = self._scanning.record(identity, verdict, sig, profile)
-            self._remember(record)
-            if profile.is_oversize(identity.size):
-                await self._settler.keep_partial(path, record, profile)
-            elif current:
-                await self._settler.resolve(path, record, profile, intent.seq)
-            else:
-                # A newer intent (another writer came) keeps its entry: only store the verdict.
-                await self._settler.keep(path, record, profile)
-            return
-        if current and d.action is Action.DEFER:
-            # Keep the entry for the drain, now with the identity of the written file.
-            error = verdict.detail if verdict is not None else d.reason.value
-            intent.seq = await self._journal.defer(path, identity, JournalReason.MODIFIED,
-                                                   profile.name, error=error)
 
     # --- the drain's side ------------------------------------------------------------------
 
