@@ -66,6 +66,7 @@ from vfile.journal.records import (
     Identity,
     JournalError,
     JournalFull,
+    VerdictOutcome,
     VerdictRecord,
 )
 from vfile.journal.records import Reason as JournalReason
@@ -226,8 +227,8 @@ class Gate:
         identity, sig = key
         try:
             self.stats.scans += 1
-            flight.result, flight.verdict, keep = await self._scanning.scan(fd, identity, profile,
-                                                                   flight.scope)
+            flight.result, flight.verdict, keep = await self._scanning.scan(
+                fd, identity, profile, flight.scope)
         except OSError as err:
             flight.result, flight.verdict = ScanResult.ERROR, Verdict.error(str(err))
         finally:
@@ -279,7 +280,7 @@ class Gate:
             return False
         started = time.perf_counter()
         rec = self._cache.get_stat(st, self._scanning.signature())
-        if rec is None or rec.outcome != "clean" or not coverage.is_whole(rec):
+        if rec is None or rec.outcome != VerdictOutcome.CLEAN or not coverage.is_whole(rec):
             return False
         self.stats.cache_hits += 1
         self.observer.opened(Action.ALLOW.value, time.perf_counter() - started)
@@ -312,7 +313,7 @@ class Gate:
                          tainted=tainted, unflushed=unflushed)
         d = decide(inputs)
         verdict: Verdict | None = None
-        if cached is not None and cached.outcome == "infected":
+        if cached is not None and cached.outcome == VerdictOutcome.INFECTED:
             verdict = Verdict.infected(cached.signature, cached.appliance, cached.sig_version)
         if d.action is Action.SCAN:
             result, verdict = await self._scan_for_open(rel, fd, identity, sig, profile)
@@ -320,9 +321,10 @@ class Gate:
                 result = ScanResult.NOT_ATTEMPTED  # cancelled by the window: reason "window"
             d = decide(replace(inputs, scan=result, window=self._window))
         try:
+            from_cache = tainted or (cached is not None
+                                     and cached.outcome == VerdictOutcome.INFECTED)
             await self._outcomes.carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
-                                  from_cache=tainted or (cached is not None
-                                                         and cached.outcome == "infected"))
+                                           from_cache=from_cache)
         finally:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
@@ -453,12 +455,7 @@ class Gate:
             await self._journal.keep_exposures(dst, "overwritten")
             self._outcomes.audit_exposures(dst, "overwritten", target.exposures)
         if self._journal.get_deferred(src) is None:
-            # The moved file has no entry of its own (it had a clean verdict). Keep
-            # the entry `on_write_intent(dst)` made durable before the rename: the
-            # rename changed the file's ctime, so that verdict no longer matches, and
-            # `rename_path` would drop dst's entry as "overwritten" and leave the file
-            # with neither (found by tests/t5_crash_test.py).
-            return
+            return  # nothing to move (journal.tables.op_rename): spare a durable commit
         await self._journal.rename_path(src, dst)
 
     async def on_exchange(self, a: bytes, b: bytes) -> None:

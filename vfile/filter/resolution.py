@@ -28,7 +28,7 @@ from vfile.filter.policy import ScanResult
 from vfile.filter.scanning import RACY, Scanning
 from vfile.filter.settling import Settler
 from vfile.filter.source import Source
-from vfile.journal.records import DeferredEntry, Identity, VerdictRecord
+from vfile.journal.records import DeferredEntry, Identity, VerdictOutcome, VerdictRecord
 from vfile.journal.store import Journal
 from vfile.passthrough.links import ProfileChooser
 
@@ -101,10 +101,11 @@ class Resolver:
             os.close(fd)
             if (done := drain_scan_done.get()) is not None:
                 done()  # the appliance's part is over: the drain may start its next scan
-        if record.outcome == "infected":
+        if record.outcome == VerdictOutcome.INFECTED:
             trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
             log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",
                         path, record.signature, trail or "nobody")
         await self._settler.resolve(path, record, profile, entry.seq)
-        outcome = DrainOutcome.INFECTED if record.outcome == "infected" else DrainOutcome.CLEAN
+        infected = record.outcome == VerdictOutcome.INFECTED
+        outcome = DrainOutcome.INFECTED if infected else DrainOutcome.CLEAN
         return Resolution(outcome, nbytes=identity.size)

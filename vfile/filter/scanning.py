@@ -20,7 +20,7 @@ from vfile.config.model import Profile
 from vfile.filter import coverage, racy
 from vfile.filter.flights import Scopes
 from vfile.filter.policy import ScanResult
-from vfile.journal.records import Identity, VerdictRecord
+from vfile.journal.records import Identity, VerdictOutcome, VerdictRecord
 from vfile.observe.observers import Observer
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Verdict
@@ -113,6 +113,7 @@ class Scanning:
         """The verdict to store for `identity`, saying how much of the file it covers."""
         limit = profile.scan_first if profile.is_oversize(identity.size) else None
         return VerdictRecord(identity=identity, sig_version=verdict.sig_version or sig,
-                             outcome=verdict.outcome.value, signature=verdict.detail,
-                             appliance=verdict.appliance, time=self._clock(),
+                             outcome=VerdictOutcome(verdict.outcome.value),
+                             signature=verdict.detail, appliance=verdict.appliance,
+                             time=self._clock(),
                              covered=coverage.covered_by(limit, identity.size))

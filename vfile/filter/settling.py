@@ -29,7 +29,13 @@ from vfile.filter import sticky
 from vfile.filter.actions import Actions
 from vfile.filter.intents import IntentTable
 from vfile.filter.outcomes import Stats, exposures_json
-from vfile.journal.records import DeferredEntry, Exposure, JournalError, VerdictRecord
+from vfile.journal.records import (
+    DeferredEntry,
+    Exposure,
+    JournalError,
+    VerdictOutcome,
+    VerdictRecord,
+)
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
 
@@ -75,7 +81,7 @@ class Settler:
     async def keep_partial(self, path: str, record: VerdictRecord, profile: Profile) -> None:
         """A verdict on a prefix: resolves nothing; stored only if infected."""
         async def store(entry: DeferredEntry | None) -> None:
-            if record.outcome == "infected":
+            if record.outcome == VerdictOutcome.INFECTED:
                 await self._journal.put_verdict(record)
         await self._settle(path, record, profile, store)
 
@@ -92,7 +98,7 @@ class Settler:
             await store(entry)
         except JournalError as err:
             log.error("journal: cannot store the verdict for %r: %s", path, err)
-        if record.outcome != "infected":
+        if record.outcome != VerdictOutcome.INFECTED:
             self._observer.audit("verdict", path, verdict=record.outcome,
                                  appliance=record.appliance, profile=profile.name,
                                  action="none")
