@@ -1,7 +1,12 @@
 """The gate: scan on open and after write, verdict cache, fail modes.
 
 The gate implements `vfile.hooks.FileHooks` for the passthrough. It gathers
-facts, asks the pure `vfile.filter.policy.decide`, and carries the answer out.
+facts, asks the pure `vfile.filter.policy.decide`, and has its parts carry the
+answer out: `flights` (scans in flight, cancel scopes, background tasks),
+`scanning` (one scan, classified), `settling` (storing verdicts, acting on
+infected files), `outcomes` (audit, logs, counters, deferrals), `closing`
+(scans after a last close), `resolution` (the drain's resolve), `source`
+(reading the source by descriptor), `verdicts` and `intents`.
 
 Invariants:
 - No open waits longer than its profile's deadline: every wait on a scan is
