@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vfile.filter.verdict_gc import collect
 from vfile.journal import Identity, Journal, Reason
-from vfile.journal.records import VerdictRecord
+from vfile.journal.records import VerdictOutcome, VerdictRecord
 
 WORKERS = 32
 
@@ -56,7 +56,8 @@ async def _run(base: Path, rewrites: int, files: int, every: int | None) -> dict
                 path.write_bytes(str(i).encode())
                 sig = "S1" if i < rewrites // 2 else "S2"
                 await j.complete(rel, seq, VerdictRecord(Identity.from_stat(path.stat()), sig,
-                                                         "clean", "", "bench", time.time()))
+                                                         VerdictOutcome.CLEAN, "", "bench",
+                                                         time.time()))
                 done += 1
                 if every and done % every == 0:
                     async with lock:

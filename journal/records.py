@@ -69,6 +69,13 @@ class Identity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+class VerdictOutcome(enum.StrEnum):
+    """What a stored verdict says (encoded in the journal as its string value)."""
+
+    CLEAN = "clean"
+    INFECTED = "infected"
+
+
 class Reason(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
@@ -156,7 +163,7 @@ class DeferredEntry:
 class VerdictRecord:
     identity: Identity
     sig_version: str
-    outcome: str  # "clean" | "infected"
+    outcome: VerdictOutcome
     signature: str
     appliance: str
     time: float
@@ -330,9 +337,10 @@ def decode_verdict(data: bytes) -> VerdictRecord:
     ident = _identity(v[0])
     if ident is None:
         raise JournalCorrupt("verdict record has no identity")
-    outcome = _str(v[2])
-    if outcome not in ("clean", "infected"):
-        raise JournalCorrupt(f"verdict record has unknown outcome {outcome!r}")
+    try:
+        outcome = VerdictOutcome(_str(v[2]))
+    except ValueError:
+        raise JournalCorrupt(f"verdict record has unknown outcome {v[2]!r}") from None
     return VerdictRecord(ident, _str(v[1]), outcome, _str(v[3]), _str(v[4]), _float(v[5]),
                          _int(v[6]))
 

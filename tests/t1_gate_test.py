@@ -22,7 +22,8 @@ from servers import running_builtin
 from vfile.config.model import parse_config
 from vfile.filter import racy
 from vfile.filter.actions import Actions
-from vfile.filter.gate import SIG_CACHE_S, Gate
+from vfile.filter.gate import Gate
+from vfile.filter.scanning import SIG_CACHE_S
 from vfile.hooks import Denied, RequestCtx
 from vfile.journal.records import Identity, Reason
 from vfile.journal.store import Journal

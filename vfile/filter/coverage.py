@@ -10,7 +10,7 @@ An infected verdict is about the file whatever it covered. Pure.
 from __future__ import annotations
 
 from vfile.config.model import OversizeRule, Profile
-from vfile.journal.records import VerdictRecord
+from vfile.journal.records import VerdictOutcome, VerdictRecord
 
 #: `VerdictRecord.covered` of a verdict on the whole file
 WHOLE = -1
@@ -28,7 +28,7 @@ def is_whole(rec: VerdictRecord) -> bool:
 def admits(rec: VerdictRecord, profile: Profile) -> bool:
     """May `rec` answer for its file under `profile`? An infected verdict always
     may; a clean one on a prefix only under `scan-first` asking for at most it."""
-    if rec.outcome == "infected" or is_whole(rec):
+    if rec.outcome == VerdictOutcome.INFECTED or is_whole(rec):
         return True
     size = rec.identity.size
     return (profile.oversize is OversizeRule.SCAN_FIRST and profile.is_oversize(size)

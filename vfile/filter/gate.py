@@ -1,7 +1,12 @@
 """The gate: scan on open and after write, verdict cache, fail modes.
 
 The gate implements `vfile.hooks.FileHooks` for the passthrough. It gathers
-facts, asks the pure `vfile.filter.policy.decide`, and carries the answer out.
+facts, asks the pure `vfile.filter.policy.decide`, and has its parts carry the
+answer out: `flights` (scans in flight, cancel scopes, background tasks),
+`scanning` (one scan, classified), `settling` (storing verdicts, acting on
+infected files), `outcomes` (audit, logs, counters, deferrals), `closing`
+(scans after a last close), `resolution` (the drain's resolve), `source`
+(reading the source by descriptor), `verdicts` and `intents`.
 
 Invariants:
 - No open waits longer than its profile's deadline: every wait on a scan is
@@ -29,52 +34,50 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 
 import trio
 
 from vfile.config.model import Config, Profile, Trigger
-from vfile.filter import coverage, racy, sticky
-from vfile.filter.actions import Actions, open_parent
-from vfile.filter.drain import Outcome as DrainOutcome
+from vfile.filter import coverage, sticky
+from vfile.filter.actions import Actions
+from vfile.filter.closing import CloseScans
 from vfile.filter.drain import Resolution
-from vfile.filter.drain import scan_done as drain_scan_done
+from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.intents import Intent, IntentTable
+from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
     Action,
     Cached,
-    Decision,
     DecisionInputs,
     Event,
     QuotaState,
-    Reason,
     ScanResult,
     decide,
 )
+from vfile.filter.resolution import Resolver
+from vfile.filter.scanning import Scanning
+from vfile.filter.settling import Settler
+from vfile.filter.source import Source, reopen
 from vfile.filter.verdicts import VerdictCache
-from vfile.hooks import Denied, RequestCtx
+from vfile.hooks import RequestCtx
 from vfile.journal.names import swapped_path
 from vfile.journal.records import (
     DeferredEntry,
-    Exposure,
     Identity,
     JournalError,
     JournalFull,
+    VerdictOutcome,
     VerdictRecord,
-    exposure_to_json,
 )
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
-from vfile.observe.ratelog import RateLimited
 from vfile.passthrough.links import ProfileChooser
-from vfile.passthrough.syscalls import open_for_scan
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Verdict
 
@@ -83,70 +86,7 @@ log = logging.getLogger(__name__)
 #: verdicts kept in memory (LRU, one per file and signature version: vfile.filter.verdicts,
 #: about 0.6 KiB each); the journal holds the rest
 DEFAULT_CACHE_SIZE = 65536
-#: background scans after a last close running at once (on-open scans do not wait for them)
-CLOSE_SCANS = 4
-#: at most one exposure line per profile per this many seconds
-EXPOSURE_LOG_INTERVAL = 10.0
-#: at most one "denied, no verdict" line per profile per this many seconds
-DENY_LOG_INTERVAL = 1.0
-#: at most one "journal full" line per this many seconds
-FULL_LOG_INTERVAL = 60.0
 
-VerdictKey = tuple[Identity, str]
-#: how long the gate reuses the pool's signature version before asking again
-SIG_CACHE_S = 0.05
-#: why a clean scan was not kept (vfile.filter.racy)
-RACY = "modified within the timestamp granularity of the scan (racy clean): scanned again later"
-
-
-def exposures_json(exposures: tuple[Exposure, ...]) -> list[dict[str, object]]:
-    return [exposure_to_json(x) for x in exposures]
-
-
-def command_of(pid: int) -> str:
-    """The caller's command name (from /proc), or "?" once it is gone."""
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip() or "?"
-    except OSError:
-        return "?"
-
-
-def _reopen(fd: int) -> int:
-    """A descriptor of our own on the same file, readable, with its own offset.
-
-    Reopening through /proc gives a new open file description of the same
-    inode even if the path was renamed meanwhile; `dup` is the fallback.
-    """
-    try:
-        return open_for_scan(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
-        return os.dup(fd)
-
-
-@dataclass(eq=False)
-class _Flight:
-    """One scan in flight, shared by every open of the same identity."""
-
-    scope: trio.CancelScope
-    done: trio.Event = field(default_factory=trio.Event)
-    result: ScanResult = ScanResult.NOT_ATTEMPTED
-    verdict: Verdict | None = None
-
-
-@dataclass
-class _Stats:
-    scans: int = 0
-    close_scans: int = 0
-    shared: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    infections: int = 0
-    exposures: int = 0
-    deferrals: int = 0
-    denials: int = 0
-    intents: int = 0
-    journal_full: int = 0
 
 
 class Gate:
@@ -165,42 +105,49 @@ class Gate:
         self._pool = pool
         self._journal = journal
         self._actions = actions
-        self._root = source_fd
+        #: the source directory, read by descriptor
+        self._source = Source(source_fd)
         self._clock = clock
         self._cache = VerdictCache(cache_size)
-        self._flights: dict[VerdictKey, _Flight] = {}
         #: cancel scopes of every wait and scan in flight (a window cancels them all)
-        self._scopes: set[trio.CancelScope] = set()
+        self._scopes = Scopes()
+        self._flights = Flights(self._scopes)
+        #: the nursery of shared and background scans
+        self._tasks = Tasks()
         #: path → its unresolved write intent
         self._intents = IntentTable()
         self._window = False
-        self._last_sig = ""
-        self._sig_cached = ""
-        self._sig_until = 0.0
-        self._nursery: trio.Nursery | None = None
-        self._close_slots = trio.Semaphore(CLOSE_SCANS)
-        self._busy = 0
-        self._idle = trio.Event()
-        self._idle.set()
-        self._exposure_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
-        self._deny_log = RateLimited(DENY_LOG_INTERVAL, log)
-        self._held_log = RateLimited(EXPOSURE_LOG_INTERVAL, log)
-        self._full_log = RateLimited(FULL_LOG_INTERVAL, log)
-        self.stats = _Stats()
+        self.stats = Stats()
         #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
         #: timings and audit events (vfile.observe.observers: metrics, audit log)
-        self.observer = observer or Observer()
+        self._observer = observer or Observer()
+        #: scans classified and timed; the signature version
+        self._scanning = Scanning(pool, self._scopes, self._observer, clock)
+        #: storing verdicts, acting on infected ones
+        self._settler = Settler(journal, self._intents, actions, open_source=self._source.open,
+                                observer=self._observer, stats=self.stats, clock=clock)
+        #: the scans after a last close
+        self._closing = CloseScans(journal=journal, intents=self._intents,
+                                   scanning=self._scanning, settler=self._settler,
+                                   stats=self.stats, inputs=self._inputs,
+                                   remember=self._remember, window=lambda: self._window)
+        #: the drain's resolve
+        self._resolver = Resolver(journal=journal, intents=self._intents, source=self._source,
+                                  profiles=self._profiles, scanning=self._scanning,
+                                  settler=self._settler, stats=self.stats, lookup=self._lookup,
+                                  remember=self._remember, window=lambda: self._window)
+        #: carrying out decisions: audit, logs, counters, deferrals
+        self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
+
+    @property
+    def observer(self) -> Observer:
+        """Timings and audit events (shared with the gate's parts: set at construction)."""
+        return self._observer
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery of shared and background scans; runs until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        await self._tasks.serve(task_status=task_status)
 
     # --- state --------------------------------------------------------------------------
 
@@ -212,8 +159,7 @@ class Gate:
         """Start or end a window; starting one cancels every wait and scan at once."""
         self._window = active
         if active:
-            for scope in list(self._scopes):
-                scope.cancel()
+            self._scopes.cancel_all()
 
     def quota_state(self, profile: Profile) -> QuotaState:
         """The profile's scan-debt state, as the mount's quota monitor last measured it."""
@@ -222,27 +168,12 @@ class Gate:
     @property
     def last_signature(self) -> str:
         """The newest signature version any appliance reported (persisted by the mount)."""
-        return self._last_sig
+        return self._scanning.last_signature
 
     def assume_signature(self, sig: str) -> None:
         """Trust `sig` (remembered from an earlier run) until an appliance reports one:
         a mount that boots with every appliance down still finds its stored verdicts."""
-        if not self._last_sig:
-            self._last_sig = sig
-
-    def _sig(self) -> str:
-        # Asking the pool walks every appliance's breaker: reuse its answer briefly.
-        now = time.monotonic()
-        if now < self._sig_until:
-            return self._sig_cached
-        # While every appliance is down the pool knows no version: keep trusting the
-        # last one seen, so files with verdicts stay readable during an outage.
-        sig = self._pool.signature_version()
-        if sig:
-            self._last_sig = sig
-        self._sig_cached = sig or self._last_sig
-        self._sig_until = now + SIG_CACHE_S
-        return self._sig_cached
+        self._scanning.assume_signature(sig)
 
     def _lookup(self, identity: Identity, sig: str) -> VerdictRecord | None:
         rec = self._cache.get(identity, sig)
@@ -292,234 +223,51 @@ class Gate:
 
     # --- scanning -----------------------------------------------------------------------
 
-    def _start(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        if self._nursery is None:
-            raise RuntimeError("Gate.serve() is not running")
-
-        async def tracked() -> None:
-            try:
-                await fn(*args)
-            except Exception:
-                # A bug in one background scan must not take the mount down; its
-                # journal entry (if any) stays for the drain.
-                log.exception("background scan task failed")
-            finally:
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
-
-        self._nursery.start_soon(tracked)
-        if not self._busy:
-            self._idle = trio.Event()
-        self._busy += 1
-
     async def wait_idle(self) -> None:
         """Wait until no scan, verdict store or infected action is under way."""
-        while self._busy:
-            await self._idle.wait()
+        await self._tasks.wait_idle()
 
-    async def _scan(self, fd: int, identity: Identity, profile: Profile,
-                    scope: trio.CancelScope, *,
-                    drain: bool = False) -> tuple[ScanResult, Verdict | None, bool]:
-        """`_scan_once`, timed for the observer; the flag says the verdict may be kept
-        (False: a clean verdict on a "racy" file, see vfile.filter.racy)."""
-        started = time.perf_counter()
-        started_ns = time.time_ns()
-        result, verdict = await self._scan_once(fd, identity, profile, scope, drain=drain)
-        self.observer.scanned(result.value, verdict.appliance if verdict is not None else "",
-                              time.perf_counter() - started)
-        keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, started_ns)
-        return result, verdict, keep
-
-    async def _scan_once(self, fd: int, identity: Identity, profile: Profile,
-                         scope: trio.CancelScope, *,
-                         drain: bool = False) -> tuple[ScanResult, Verdict | None]:
-        """Scan our own descriptor `fd` under `scope`; classify what came back.
-
-        `drain`: one attempt may take the profile's whole drain deadline, and a
-        timeout is not counted against the appliance's breaker (a slow scan of a
-        large file says nothing about the appliance being down).
-        """
-        limit = profile.scan_first if profile.is_oversize(identity.size) else None
-        verdict: Verdict | None = None
-        self._scopes.add(scope)
-        try:
-            with scope:
-                verdict = await self._pool.scan_fd(
-                    fd, size=identity.size, limit=limit,
-                    attempt_timeout=profile.drain_deadline if drain else profile.attempt_timeout,
-                    retries=profile.retries, count_timeouts=not drain)
-        finally:
-            self._scopes.discard(scope)
-        if verdict is None:
-            return ScanResult.TIMEOUT, None
-        if verdict.is_error:
-            down = not self._pool.available()
-            return (ScanResult.UNAVAILABLE if down else ScanResult.ERROR), verdict
-        if Identity.from_stat(os.fstat(fd)) != identity:
-            # Written to while we read it: the verdict says nothing about either version.
-            return ScanResult.ERROR, Verdict.error("file changed during the scan")
-        return (ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED), verdict
-
-    def _record(self, identity: Identity, verdict: Verdict, sig: str,
-                profile: Profile) -> VerdictRecord:
-        limit = profile.scan_first if profile.is_oversize(identity.size) else None
-        return VerdictRecord(identity=identity, sig_version=verdict.sig_version or sig,
-                             outcome=verdict.outcome.value, signature=verdict.detail,
-                             appliance=verdict.appliance, time=self._clock(),
-                             covered=coverage.covered_by(limit, identity.size))
-
-    async def _run_flight(self, key: VerdictKey, flight: _Flight, fd: int, path: str,
+    async def _run_flight(self, key: VerdictKey, flight: Flight, fd: int, path: str,
                           profile: Profile) -> None:
         identity, sig = key
         try:
             self.stats.scans += 1
-            flight.result, flight.verdict, keep = await self._scan(fd, identity, profile,
-                                                                   flight.scope)
+            flight.result, flight.verdict, keep = await self._scanning.scan(
+                fd, identity, profile, flight.scope)
         except OSError as err:
             flight.result, flight.verdict = ScanResult.ERROR, Verdict.error(str(err))
         finally:
             os.close(fd)
-            self._flights.pop(key, None)
+            self._flights.land(key)
             record = None
             # A racy clean verdict answers these waiters only: neither cached nor stored.
             if flight.verdict is not None and keep and flight.result in (ScanResult.CLEAN,
                                                                          ScanResult.INFECTED):
-                record = self._record(identity, flight.verdict, sig, profile)
+                record = self._scanning.record(identity, flight.verdict, sig, profile)
                 self._remember(record)  # before waking the waiters: the next open hits it
             flight.done.set()
         if record is not None:
-            partial = profile.is_oversize(identity.size)
-            await self._settle(path, record, profile, persist=not partial)
-
-    async def _settle(self, path: str, record: VerdictRecord, profile: Profile, *,
-                      persist: bool, seq: int | None = None) -> None:
-        """Store a verdict (resolving a journal entry it answers), act if infected."""
-        exposures: tuple[Exposure, ...] = ()
-        try:
-            await sticky.update_taint(self._journal, self._open_source, path, record,
-                                      self._clock())
-            entry = self._journal.get_deferred(path)
-            if entry is not None:
-                exposures = entry.exposures  # kept by the journal; shown with the action
-            if seq is None and persist and entry is not None \
-                    and entry.identity == record.identity and path not in self._intents:
-                seq = entry.seq
-            if seq is not None:
-                await self._journal.complete(path, seq, record)
-            elif persist or record.outcome == "infected":
-                await self._journal.put_verdict(record)
-        except JournalError as err:
-            log.error("journal: cannot store the verdict for %r: %s", path, err)
-        if record.outcome != "infected":
-            self.observer.audit("verdict", path, verdict=record.outcome,
-                                appliance=record.appliance, profile=profile.name, action="none")
-            return
-        self.stats.infections += 1
-        done = await self._actions.apply(profile.infected_action, path, record,
-                                         profile=profile.name, hook=profile.hook,
-                                         exposures=exposures)
-        self.observer.audit("verdict", path, verdict="infected", signature=record.signature,
-                            appliance=record.appliance, profile=profile.name,
-                            action=profile.infected_action.value, result=done,
-                            exposures=exposures_json(exposures))
-        log.warning("infected: %r signature %s (profile %s, action %s: %s)", path,
-                    record.signature, profile.name, profile.infected_action.value, done)
+            if profile.is_oversize(identity.size):
+                await self._settler.keep_partial(path, record, profile)
+            else:
+                await self._settler.keep(path, record, profile)
 
     async def _scan_for_open(self, path: str, fd: int, identity: Identity, sig: str,
                              profile: Profile) -> tuple[ScanResult, Verdict | None]:
         key = (identity, sig)
-        flight = self._flights.get(key)
-        if flight is None:
-            own_fd = _reopen(fd)
-            flight = _Flight(trio.CancelScope(deadline=trio.current_time() + profile.deadline))
-            self._flights[key] = flight
+
+        def launch(flight: Flight) -> None:
+            own_fd = reopen(fd)
             try:
-                self._start(self._run_flight, key, flight, own_fd, path, profile)
+                self._tasks.start(self._run_flight, key, flight, own_fd, path, profile)
             except BaseException:
                 os.close(own_fd)
-                self._flights.pop(key, None)
                 raise
-        else:
+
+        flight, shared = self._flights.take_off(key, profile.deadline, launch)
+        if shared:
             self.stats.shared += 1
-        with trio.move_on_after(profile.deadline) as wait:
-            self._scopes.add(wait)
-            try:
-                await flight.done.wait()
-            finally:
-                self._scopes.discard(wait)
-        if not flight.done.is_set():
-            return ScanResult.TIMEOUT, None
-        return flight.result, flight.verdict
-
-    # --- carrying out a decision ---------------------------------------------------------
-
-    def _exposure(self, ctx: RequestCtx, *, wrote: bool = False) -> Exposure:
-        return Exposure(uid=ctx.uid, pid=ctx.pid, command=command_of(ctx.pid),
-                        time=self._clock(), wrote=wrote)
-
-    async def _carry_out(self, d: Decision, path: str, identity: Identity, profile: Profile, *,
-                         ctx: RequestCtx, verdict: Verdict | None,
-                         from_cache: bool = False) -> None:
-        if d.action is not Action.ALLOW or d.exposure:
-            self.observer.audit(
-                "deny" if d.action is Action.DENY else "unscanned", path,
-                verdict=d.reason.value if d.reason is Reason.INFECTED else "none",
-                signature=verdict.detail if verdict is not None and verdict.is_infected else None,
-                profile=profile.name, action=d.action.value, reason=d.reason.value,
-                uid=ctx.uid, pid=ctx.pid)
-        if d.action is Action.ALLOW:
-            if d.exposure:
-                self.stats.exposures += 1
-                self._exposure_log(f"open:{profile.name}", logging.WARNING,
-                                   "exposure: %r opened unscanned by uid %d pid %d "
-                                   "(profile %s, fail-open, %s)", path, ctx.uid, ctx.pid,
-                                   profile.name, d.reason.value)
-            return
-        if d.action is Action.DEFER:
-            self.stats.deferrals += 1
-            self.stats.exposures += d.exposure
-            error = verdict.detail if verdict is not None and verdict.is_error else ""
-            # Tier 2 (README "Durability of journal records"): an unscanned read changes
-            # no content, so its record is committed without fsync, and waited for at
-            # most the deadline; then it stays queued in memory until the disk takes it.
-            seq: int | None = None
-            try:
-                with trio.move_on_after(profile.deadline):
-                    seq = await self._journal.defer(path, identity,
-                                                    JournalReason(d.reason.value), profile.name,
-                                                    exposure=self._exposure(ctx), error=error,
-                                                    durable=False, hold=True)
-            except JournalFull as err:
-                raise self._full(path, err) from None
-            if seq is None:
-                self._held_log(f"held:{profile.name}", logging.WARNING,
-                               "journal: %r recorded in memory only (the state disk took no "
-                               "write within %gs); written when it does", path,
-                               profile.deadline)
-            elif (intent := self._intents.get(path)) is not None:
-                intent.seq = seq  # the same entry, re-deferred: the close scan resolves it
-            self._exposure_log(f"safe:{profile.name}", logging.INFO,
-                               "deferred: %r opened unscanned (profile %s, %s), journaled",
-                               path, profile.name, d.reason.value)
-            return
-        self.stats.denials += 1
-        if d.reason is Reason.INFECTED:
-            what = f"infected with {verdict.detail}" if verdict is not None else "infected"
-            if from_cache:  # a fresh detection is logged once, with its action, by the scan
-                log.info("denied: %r %s (cached verdict, profile %s)", path, what, profile.name)
-        elif d.reason is Reason.OVERSIZE:
-            what = f"larger than max_size {profile.max_size}"
-            log.warning("denied: %r (profile %s): %s", path, profile.name, what)
-        elif d.reason is Reason.QUOTA:
-            what = "scan-debt quota exceeded"
-            self._deny_log(f"quota:{profile.name}", logging.WARNING, "denied: %r (profile %s): %s",
-                           path, profile.name, what)
-        else:
-            what = f"no verdict within {profile.deadline:g}s ({d.reason.value})"
-            self._deny_log(f"closed:{profile.name}", logging.WARNING,
-                           "denied: %r (profile %s): %s", path, profile.name, what)
-        raise Denied(d.errno, what)
+        return await self._flights.wait(flight, profile.deadline)
 
     # --- the hooks ----------------------------------------------------------------------
 
@@ -536,8 +284,8 @@ class Gate:
         if flags & (os.O_ACCMODE | os.O_TRUNC) or self._intents:
             return False
         started = time.perf_counter()
-        rec = self._cache.get_stat(st, self._sig())
-        if rec is None or rec.outcome != "clean" or not coverage.is_whole(rec):
+        rec = self._cache.get_stat(st, self._scanning.signature())
+        if rec is None or rec.outcome != VerdictOutcome.CLEAN or not coverage.is_whole(rec):
             return False
         self.stats.cache_hits += 1
         self.observer.opened(Action.ALLOW.value, time.perf_counter() - started)
@@ -549,7 +297,7 @@ class Gate:
         rel = os.fsdecode(path)
         profile = self._profiles.profile_for(rel, st.st_nlink)
         identity = Identity.from_stat(st)
-        sig = self._sig()
+        sig = self._scanning.signature()
         cached = self._lookup(identity, sig)
         if cached is not None and not coverage.admits(cached, profile):
             cached = None  # a verdict on a prefix, and this rule asks for more
@@ -570,7 +318,7 @@ class Gate:
                          tainted=tainted, unflushed=unflushed)
         d = decide(inputs)
         verdict: Verdict | None = None
-        if cached is not None and cached.outcome == "infected":
+        if cached is not None and cached.outcome == VerdictOutcome.INFECTED:
             verdict = Verdict.infected(cached.signature, cached.appliance, cached.sig_version)
         if d.action is Action.SCAN:
             result, verdict = await self._scan_for_open(rel, fd, identity, sig, profile)
@@ -578,9 +326,10 @@ class Gate:
                 result = ScanResult.NOT_ATTEMPTED  # cancelled by the window: reason "window"
             d = decide(replace(inputs, scan=result, window=self._window))
         try:
-            await self._carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
-                                  from_cache=tainted or (cached is not None
-                                                         and cached.outcome == "infected"))
+            from_cache = tainted or (cached is not None
+                                     and cached.outcome == VerdictOutcome.INFECTED)
+            await self._outcomes.carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
+                                           from_cache=from_cache)
         finally:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
@@ -590,13 +339,7 @@ class Gate:
         profile = self._profiles.profile_for(rel, st.st_nlink if st is not None else 1)
         d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
         if d.action is Action.DENY:
-            self.stats.denials += 1
-            self.observer.audit("deny", rel, verdict="none", profile=profile.name,
-                                action="deny-write", reason=d.reason.value, uid=ctx.uid,
-                                pid=ctx.pid)
-            self._deny_log(f"write:{profile.name}", logging.WARNING,
-                           "denied write: %r (profile %s): %s", rel, profile.name, d.reason.value)
-            raise Denied(d.errno, f"write refused: {d.reason.value}")
+            self._outcomes.refuse_write(d, rel, profile, ctx)
         if d.action is not Action.DEFER:
             return None
         identity = None if st is None else Identity.from_stat(st)
@@ -605,24 +348,16 @@ class Gate:
         # whose file is not there yet (a rename onto it) as gone (tests/t5_crash_test.py).
         intent = self._intents.begin(rel)
         try:
+            exposure = self._outcomes.exposure(ctx, wrote=True)
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
-                                                   profile.name,
-                                                   exposure=self._exposure(ctx, wrote=True))
+                                                   profile.name, exposure=exposure)
         except BaseException as err:
             self._intents.roll_back(intent)
             if isinstance(err, JournalFull):
-                raise self._full(rel, err) from None
+                raise self._outcomes.full(rel, err) from None
             raise
         self.stats.intents += 1
         return intent
-
-    def _full(self, path: str, err: JournalFull) -> OSError:
-        """The journal cannot record `path`: the operation fails with EIO (nothing unscanned
-        goes unrecorded), counted, with one log line a minute rather than one per open."""
-        self.stats.journal_full += 1
-        self._full_log("full", logging.ERROR, "journal full: %r and others fail with EIO "
-                       "until it has room: %s", path, err)
-        return OSError(errno.EIO, "journal full")
 
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
@@ -641,14 +376,14 @@ class Gate:
         rel = os.fsdecode(path)
         profile = self._profiles.profile_for(rel, st.st_nlink)
         before = Identity.from_stat(st)
-        sig = self._sig()
+        sig = self._scanning.signature()
         old = self._lookup(before, sig)
         pending = rel in self._intents or writing
         seq = None
         if not pending and decide(self._inputs(Event.WRITE, profile, rel, 0, None)).action \
                 is Action.DEFER and self._journal.get_deferred(rel) is None:
             seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile.name,
-                                            exposure=self._exposure(ctx))
+                                            exposure=self._outcomes.exposure(ctx))
         now = Identity.from_stat(change())
         if pending or old is None or now.size != before.size:
             return  # an entry (the writer's, or the one above) stays for the drain
@@ -669,69 +404,18 @@ class Gate:
             return  # no intent: the profile does not scan after writes
         profile = self._profiles.profile_for(rel, st.st_nlink)
         try:
-            own_fd = _reopen(fd) if fd is not None else self._open_source(rel)
+            own_fd = reopen(fd) if fd is not None else self._source.open(rel)
         except OSError as err:
             log.info("close scan of %r: cannot open it (%s); left to the drain", rel, err)
             self._intents.finish(intent)
             return
         intent.closing = True
         try:
-            self._start(self._run_close, rel, intent, own_fd, profile)
+            self._tasks.start(self._closing.run, rel, intent, own_fd, profile)
         except BaseException:
             os.close(own_fd)
             self._intents.finish(intent)
             raise
-
-    def _open_source(self, path: str) -> int:
-        dir_fd, name = open_parent(self._root, path)
-        try:
-            return open_for_scan(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                                 | os.O_NONBLOCK, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    async def _run_close(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
-        try:
-            async with self._close_slots:
-                await self._close_scan(path, intent, fd, profile)
-        except (OSError, JournalError) as err:
-            log.error("close scan of %r failed: %s; left to the drain", path, err)
-        finally:
-            os.close(fd)
-            self._intents.finish(intent)
-
-    async def _close_scan(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
-        # Nobody waits for a close scan: let the file's last timestamp tick pass first,
-        # so its verdict is not "racy" (vfile.filter.racy) and need not be scanned again.
-        await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
-        identity = Identity.from_stat(os.fstat(fd))
-        sig = self._sig()
-        inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
-        d = decide(inputs)
-        verdict: Verdict | None = None
-        if d.action is Action.SCAN:
-            self.stats.close_scans += 1
-            scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-            result, verdict, keep = await self._scan(fd, identity, profile, scope)
-            if self._window and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
-                result = ScanResult.NOT_ATTEMPTED
-            if not keep:  # racy clean: the drain scans it again, later
-                result, verdict = ScanResult.ERROR, Verdict.error(RACY)
-            d = decide(replace(inputs, scan=result, window=self._window))
-        current = self._intents.get(path) is intent
-        if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
-            record = self._record(identity, verdict, sig, profile)
-            self._remember(record)
-            partial = profile.is_oversize(identity.size)
-            # A newer intent (another writer came) keeps its entry: only store the verdict.
-            await self._settle(path, record, profile, persist=not partial,
-                               seq=intent.seq if current and not partial else None)
-            return
-        if current and d.action is Action.DEFER:
-            # Keep the entry for the drain, now with the identity of the written file.
-            error = verdict.detail if verdict is not None else d.reason.value
-            intent.seq = await self._journal.defer(path, identity, JournalReason.MODIFIED,
-                                                   profile.name, error=error)
 
     # --- the drain's side ------------------------------------------------------------------
 
@@ -743,56 +427,7 @@ class Gate:
         exposure trail logged). Gone: the entry is removed. Anything else is
         an error for the drain to release with back-off.
         """
-        path = entry.path
-        if self._window:
-            return Resolution(DrainOutcome.ERROR, detail="window active")
-        if path in self._intents:
-            return Resolution(DrainOutcome.ERROR, detail="still being written")
-        try:
-            fd = self._open_source(path)
-        except OSError as err:
-            if err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
-                return Resolution(DrainOutcome.ERROR, detail=f"cannot open: {err.strerror}")
-            await self._journal.complete(path, entry.seq, None)
-            log.info("drain: %r is gone (%s); entry removed", path, err.strerror)
-            return Resolution(DrainOutcome.GONE)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                await self._journal.complete(path, entry.seq, None)
-                return Resolution(DrainOutcome.GONE, detail="no longer a regular file")
-            identity = Identity.from_stat(st)
-            profile = self._profiles.profile_for(path, st.st_nlink)
-            sig = self._sig()
-            record = self._lookup(identity, sig)
-            if record is not None and not coverage.admits(record, profile):
-                record = None
-            if record is None and (why := coverage.unscannable(profile, identity.size)):
-                # The rule asks for the whole file and it is over the limit: a prefix
-                # scan would be no verdict. Listed as unscannable, not retried.
-                return Resolution(DrainOutcome.UNSCANNABLE, detail=why)
-            if record is None:
-                scope = trio.CancelScope(deadline=trio.current_time() + profile.drain_deadline)
-                result, verdict, keep = await self._scan(fd, identity, profile, scope, drain=True)
-                if verdict is None or result not in (ScanResult.CLEAN, ScanResult.INFECTED):
-                    detail = verdict.detail if verdict is not None else result.value
-                    return Resolution(DrainOutcome.ERROR, detail=detail)
-                if not keep:
-                    return Resolution(DrainOutcome.ERROR, detail=RACY)
-                self.stats.scans += 1
-                record = self._record(identity, verdict, sig, profile)
-                self._remember(record)
-        finally:
-            os.close(fd)
-            if (done := drain_scan_done.get()) is not None:
-                done()  # the appliance's part is over: the drain may start its next scan
-        if record.outcome == "infected":
-            trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
-            log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",
-                        path, record.signature, trail or "nobody")
-        await self._settle(path, record, profile, persist=True, seq=entry.seq)
-        outcome = DrainOutcome.INFECTED if record.outcome == "infected" else DrainOutcome.CLEAN
-        return Resolution(outcome, nbytes=identity.size)
+        return await self._resolver.resolve(entry)
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         rel = os.fsdecode(path)
@@ -800,7 +435,7 @@ class Gate:
             self._intents.pop(rel)
             entry = await self._journal.forget_path(rel)  # its exposures are kept
             if entry is not None:
-                self._audit_exposures(rel, "unlinked", entry.exposures)
+                self._outcomes.audit_exposures(rel, "unlinked", entry.exposures)
             return
         # Still linked as `survivor`: the entry, intent and exposures go there.
         new = os.fsdecode(survivor)
@@ -812,15 +447,9 @@ class Gate:
         if seq is not None and (intent := self._intents.get(new)) is not None:
             intent.seq = seq
 
-    def _audit_exposures(self, path: str, outcome: str, exposures: tuple[Exposure, ...]) -> None:
-        readers = tuple(x for x in exposures if not x.wrote)
-        if readers:
-            self.observer.audit("exposures", path, outcome=outcome,
-                                exposures=exposures_json(exposures))
-
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
-        if self._is_dir(dst):
+        if self._source.is_dir(dst):
             self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)
             return
@@ -829,14 +458,9 @@ class Gate:
         if target is not None and any(not x.wrote for x in target.exposures):
             # Who read the file this rename replaced: kept, and said so.
             await self._journal.keep_exposures(dst, "overwritten")
-            self._audit_exposures(dst, "overwritten", target.exposures)
+            self._outcomes.audit_exposures(dst, "overwritten", target.exposures)
         if self._journal.get_deferred(src) is None:
-            # The moved file has no entry of its own (it had a clean verdict). Keep
-            # the entry `on_write_intent(dst)` made durable before the rename: the
-            # rename changed the file's ctime, so that verdict no longer matches, and
-            # `rename_path` would drop dst's entry as "overwritten" and leave the file
-            # with neither (found by tests/t5_crash_test.py).
-            return
+            return  # nothing to move (journal.tables.op_rename): spare a durable commit
         await self._journal.rename_path(src, dst)
 
     async def on_exchange(self, a: bytes, b: bytes) -> None:
@@ -850,15 +474,3 @@ class Gate:
         self._intents.relocate({path: new for path in self._intents
                                 if (new := swapped_path(path, x, y)) is not None})
         await self._journal.exchange(x, y)
-
-    def _is_dir(self, path: str) -> bool:
-        try:
-            dir_fd, name = open_parent(self._root, path)
-        except OSError:
-            return False
-        try:
-            return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-        except OSError:
-            return False
-        finally:
-            os.close(dir_fd)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import trio
 
-from vfile.journal.records import Identity, VerdictRecord
+from vfile.journal.records import Identity, VerdictOutcome, VerdictRecord
 from vfile.journal.store import Journal
 from vfile.journal.taint import TaintRecord
 
@@ -80,7 +80,7 @@ async def unchanged_infected(taint: TaintRecord, fd: int, identity: Identity, *,
         return None
     if await digest(fd, identity.size) != taint.digest:
         return None
-    return VerdictRecord(identity=identity, sig_version=sig, outcome="infected",
+    return VerdictRecord(identity=identity, sig_version=sig, outcome=VerdictOutcome.INFECTED,
                          signature=taint.signature, appliance="(unchanged content)", time=now)
 
 
@@ -90,7 +90,7 @@ async def update_taint(journal: Journal, open_source: Callable[[str], int], path
     before any action moves the file). Clean: a scan of the current content clears
     an old taint."""
     ident = record.identity
-    if record.outcome != "infected":
+    if record.outcome != VerdictOutcome.INFECTED:
         if journal.get_taint(ident.dev, ident.ino) is not None:
             await journal.clear_taint(ident.dev, ident.ino)
             log.info("%r scanned clean: no longer known infected", path)

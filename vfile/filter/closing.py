@@ -1,0 +1,105 @@
+"""The scan after a last close: resolve a write intent with a verdict, or leave it for the drain.
+
+Nobody waits for a close scan, so it first lets the file's last timestamp
+tick pass (its verdict then is not "racy", `vfile.filter.racy`). At most
+`CLOSE_SCANS` run at once; on-open scans do not wait for them. A verdict
+resolves the intent's journal entry (verdict and removal in one transaction)
+only if no newer intent replaced it; otherwise the entry stays for the drain,
+with the identity of the written file. Journal or file trouble is logged and
+leaves the entry in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import trio
+
+from vfile.config.model import Profile
+from vfile.filter import racy
+from vfile.filter.intents import Intent, IntentTable
+from vfile.filter.outcomes import Stats
+from vfile.filter.policy import Action, DecisionInputs, Event, Reason, ScanResult, decide
+from vfile.filter.scanning import RACY, Scanning
+from vfile.filter.settling import Settler
+from vfile.journal.records import Identity, JournalError, VerdictRecord
+from vfile.journal.records import Reason as JournalReason
+from vfile.journal.store import Journal
+from vfile.scanner.verdict import Verdict
+
+#: the gate's logger: operators filter and alert on it (the gate split kept its name)
+log = logging.getLogger("vfile.filter.gate")
+
+#: background scans after a last close running at once (on-open scans do not wait for them)
+CLOSE_SCANS = 4
+
+#: the gate's decision inputs for (event, profile, path, size, cached verdict)
+Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], DecisionInputs]
+
+
+class CloseScans:
+    """The gate's scans after a last close (module doc); `run` is a background task."""
+
+    def __init__(self, *, journal: Journal, intents: IntentTable, scanning: Scanning,
+                 settler: Settler, stats: Stats, inputs: Inputs,
+                 remember: Callable[[VerdictRecord], None],
+                 window: Callable[[], bool]) -> None:
+        self._journal = journal
+        self._intents = intents
+        self._scanning = scanning
+        self._settler = settler
+        self.stats = stats
+        self._inputs = inputs
+        self._remember = remember
+        self._window = window
+        self._slots = trio.Semaphore(CLOSE_SCANS)
+
+    async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+        try:
+            async with self._slots:
+                await self._scan(path, intent, fd, profile)
+        except (OSError, JournalError) as err:
+            log.error("close scan of %r failed: %s; left to the drain", path, err)
+        finally:
+            os.close(fd)
+            self._intents.finish(intent)
+
+    async def _scan(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+        # Nobody waits for a close scan: let the file's last timestamp tick pass first,
+        # so its verdict is not "racy" (vfile.filter.racy) and need not be scanned again.
+        await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
+        identity = Identity.from_stat(os.fstat(fd))
+        sig = self._scanning.signature()
+        inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
+        d = decide(inputs)
+        verdict: Verdict | None = None
+        if d.action is Action.SCAN:
+            self.stats.close_scans += 1
+            scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
+            result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
+            if self._window() and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
+                result = ScanResult.NOT_ATTEMPTED
+            if not keep:  # racy clean: the drain scans it again, later
+                result, verdict = ScanResult.ERROR, Verdict.error(RACY)
+            d = decide(replace(inputs, scan=result, window=self._window()))
+        current = self._intents.get(path) is intent
+        if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
+            record = self._scanning.record(identity, verdict, sig, profile)
+            self._remember(record)
+            if profile.is_oversize(identity.size):
+                await self._settler.keep_partial(path, record, profile)
+            elif current:
+                await self._settler.resolve(path, record, profile, intent.seq)
+            else:
+                # A newer intent (another writer came) keeps its entry: only store the verdict.
+                await self._settler.keep(path, record, profile)
+            return
+        if current and d.action is Action.DEFER:
+            # Keep the entry for the drain, now with the identity of the written file.
+            error = verdict.detail if verdict is not None else d.reason.value
+            intent.seq = await self._journal.defer(path, identity, JournalReason.MODIFIED,
+                                                   profile.name, error=error)

@@ -1,0 +1,115 @@
+"""Settling a verdict: store it (resolving the journal entry it answers), act if infected.
+
+Three named operations replace the old `_settle(persist, seq)` flag pair:
+
+- `resolve(seq)`: the verdict answers journal entry `seq` (the drain's, or a
+  close scan's own write intent): verdict stored and entry removed in one
+  transaction.
+- `keep`: a whole-file verdict from a scan nobody's entry asked for (an open's
+  scan, or a close scan a newer writer overtook): stored, and it resolves the
+  path's entry only if that entry is for this very identity and no write is
+  pending on the path.
+- `keep_partial`: a verdict on a prefix (an oversize file): it answers no entry
+  and a clean one is not stored; an infected one is (a prefix is enough to
+  know a file is infected).
+
+Each then updates the sticky taint (before any action moves the file), audits
+the verdict and, when infected, applies the profile's action with who opened
+the file unscanned. Journal trouble is logged, never raised: the entry stays
+for the drain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from vfile.config.model import Profile
+from vfile.filter import sticky
+from vfile.filter.actions import Actions
+from vfile.filter.intents import IntentTable
+from vfile.filter.outcomes import Stats, exposures_json
+from vfile.journal.records import (
+    DeferredEntry,
+    Exposure,
+    JournalError,
+    VerdictOutcome,
+    VerdictRecord,
+)
+from vfile.journal.store import Journal
+from vfile.observe.observers import Observer
+
+#: the gate's logger: operators filter and alert on it (the gate split kept its name)
+log = logging.getLogger("vfile.filter.gate")
+
+#: how a verdict goes into the journal, given the path's deferred entry (if any)
+Store = Callable[[DeferredEntry | None], Awaitable[None]]
+
+
+class Settler:
+    """Settles verdicts for the gate; shares its journal, intents, counters and observer."""
+
+    def __init__(self, journal: Journal, intents: IntentTable, actions: Actions, *,
+                 open_source: Callable[[str], int], observer: Observer, stats: Stats,
+                 clock: Callable[[], float]) -> None:
+        self._journal = journal
+        self._intents = intents
+        self._actions = actions
+        self._open_source = open_source
+        self._observer = observer
+        self._stats = stats
+        self._clock = clock
+
+    async def resolve(self, path: str, record: VerdictRecord, profile: Profile,
+                      seq: int) -> None:
+        """Store `record` and remove journal entry `seq` of `path` in one transaction."""
+        async def store(entry: DeferredEntry | None) -> None:
+            await self._journal.complete(path, seq, record)
+        await self._settle(path, record, profile, store)
+
+    async def keep(self, path: str, record: VerdictRecord, profile: Profile) -> None:
+        """Store a whole-file verdict; it resolves the path's entry only if that entry is
+        for the same identity and no write is pending on the path."""
+        async def store(entry: DeferredEntry | None) -> None:
+            if entry is not None and entry.identity == record.identity \
+                    and path not in self._intents:
+                await self._journal.complete(path, entry.seq, record)
+            else:
+                await self._journal.put_verdict(record)
+        await self._settle(path, record, profile, store)
+
+    async def keep_partial(self, path: str, record: VerdictRecord, profile: Profile) -> None:
+        """A verdict on a prefix: resolves nothing; stored only if infected."""
+        async def store(entry: DeferredEntry | None) -> None:
+            if record.outcome == VerdictOutcome.INFECTED:
+                await self._journal.put_verdict(record)
+        await self._settle(path, record, profile, store)
+
+    async def _settle(self, path: str, record: VerdictRecord, profile: Profile,
+                      store: Store) -> None:
+        """Store a verdict (resolving a journal entry it answers), act if infected."""
+        exposures: tuple[Exposure, ...] = ()
+        try:
+            await sticky.update_taint(self._journal, self._open_source, path, record,
+                                      self._clock())
+            entry = self._journal.get_deferred(path)
+            if entry is not None:
+                exposures = entry.exposures  # kept by the journal; shown with the action
+            await store(entry)
+        except JournalError as err:
+            log.error("journal: cannot store the verdict for %r: %s", path, err)
+        if record.outcome != VerdictOutcome.INFECTED:
+            self._observer.audit("verdict", path, verdict=record.outcome,
+                                 appliance=record.appliance, profile=profile.name,
+                                 action="none")
+            return
+        self._stats.infections += 1
+        done = await self._actions.apply(profile.infected_action, path, record,
+                                         profile=profile.name, hook=profile.hook,
+                                         exposures=exposures)
+        self._observer.audit("verdict", path, verdict="infected", signature=record.signature,
+                             appliance=record.appliance, profile=profile.name,
+                             action=profile.infected_action.value, result=done,
+                             exposures=exposures_json(exposures))
+        log.warning("infected: %r signature %s (profile %s, action %s: %s)", path,
+                    record.signature, profile.name, profile.infected_action.value, done)

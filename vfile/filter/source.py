@@ -1,0 +1,55 @@
+"""Reading the source by descriptor, for the gate's scans.
+
+Every file the gate scans is opened relative to the source's root descriptor,
+one component at a time without following symlinks (`actions.open_parent`),
+or reopened from a descriptor the passthrough already holds: never by a path
+from the root, so a rename or a symlink swapped in cannot send a scan
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from vfile.filter.actions import open_parent
+from vfile.passthrough.syscalls import open_for_scan
+
+
+def reopen(fd: int) -> int:
+    """A descriptor of our own on the same file, readable, with its own offset.
+
+    Reopening through /proc gives a new open file description of the same
+    inode even if the path was renamed meanwhile; `dup` is the fallback.
+    """
+    try:
+        return open_for_scan(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return os.dup(fd)
+
+
+class Source:
+    """The source directory, by its root descriptor (owned by the mount)."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._root = root_fd
+
+    def open(self, path: str) -> int:
+        dir_fd, name = open_parent(self._root, path)
+        try:
+            return open_for_scan(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                                 | os.O_NONBLOCK, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            dir_fd, name = open_parent(self._root, path)
+        except OSError:
+            return False
+        try:
+            return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,173 @@
+"""Name operations: link, unlink, rmdir, rename (and exchange).
+
+They change what a path holds, so each tells the gate first (a write intent
+before the effect) and afterwards (`on_unlink`, `on_rename`, `on_exchange`),
+so journal entries and intents follow their files. Split from
+`vfile.passthrough.fs` as a pure move; the module docstring there states the
+invariants every handler keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+import pyfuse3
+import trio
+
+from vfile.hooks import CallerLike, request_ctx
+from vfile.passthrough import links
+from vfile.passthrough.errnos import check_name
+from vfile.passthrough.inodes import ROOT_INODE, Inode, stamp_of
+from vfile.passthrough.opsbase import OpsCore, handler
+from vfile.passthrough.syscalls import RENAME_EXCHANGE, proc_path, renameat2
+
+
+class NameOps(OpsCore):
+    """Handlers that add, remove or move names (see the module docstring)."""
+
+    @handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: CallerLike) -> pyfuse3.EntryAttributes:
+        node = self.table.get(inode)
+        parent = self.table.get(new_parent_inode)
+        check_name(new_name)
+        hooks = self.hooks
+        token = path = None
+        if not hooks.trivial and node.kind == stat.S_IFREG:
+            path = self._child_path(parent, new_name)
+            token = await hooks.on_write_intent(path, os.fstat(node.fd), request_ctx(ctx))
+        try:
+            # Linking the inode itself (via its /proc magic link), not a name.
+            os.link(proc_path(node.fd).encode(), new_name, dst_dir_fd=parent.fd,
+                    follow_symlinks=True)
+        except BaseException:
+            hooks.release_intent(token)
+            raise
+        node.seen_as(parent.ino, new_name)
+        node.lookups += 1
+        node.saw_name(parent.ino, new_name)
+        st = os.fstat(node.fd)
+        node.stamp = stamp_of(st)  # the new link changed ctime, through the mount (see open)
+        if path is not None:
+            if node.writers == 0:
+                await hooks.on_last_close(path, None, st)  # no handle will close it
+            else:
+                hooks.release_intent(token)  # the entry stays for the drain
+        return self._entry(node, st)
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:
+        parent = self.table.get(parent_inode)
+        check_name(name)
+        path = None if self.hooks.trivial else self._child_path(parent, name)
+        before = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        os.unlink(name, dir_fd=parent.fd)
+        if path is not None:
+            await self.hooks.on_unlink(path, await self._survivor(before, path))
+
+    async def _survivor(self, st: os.stat_result | None, gone: bytes) -> bytes | None:
+        """Another live name of a regular file whose name `gone` was just unlinked, so
+        its journal entry moves there instead of being dropped (issue 13)."""
+        if st is None or st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+            return None
+        node = self.table.find(st)
+        if node is not None and (known := self.known_live_name(node, dead=gone)) is not None:
+            return known
+        key = (st.st_dev, st.st_ino)
+        root = self.table.get(ROOT_INODE).fd
+        # Never reached through the mount: walk the source, off the trio thread.
+        return await trio.to_thread.run_sync(
+            lambda: links.find_name(root, key, exclude=gone))
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:
+        parent = self.table.get(parent_inode)
+        os.rmdir(check_name(name), dir_fd=parent.fd)
+
+    @handler
+    async def rename(self, parent_inode_old: int, name_old: bytes,  # noqa: PLR0917 (pyfuse3's)
+                     parent_inode_new: int, name_new: bytes, flags: int,
+                     ctx: CallerLike) -> None:
+        old_p = self.table.get(parent_inode_old)
+        new_p = self.table.get(parent_inode_new)
+        check_name(name_old)
+        check_name(name_new)
+        hooks = self.hooks
+        paths = None
+        tokens: list[object] = []
+        try:
+            if not hooks.trivial:
+                paths = (self._child_path(old_p, name_old), self._child_path(new_p, name_new))
+                tokens = await self._rename_intents((old_p, name_old), (new_p, name_new),
+                                                    flags, paths, ctx)
+            if flags:
+                renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
+            else:
+                os.rename(name_old, name_new, src_dir_fd=old_p.fd, dst_dir_fd=new_p.fd)
+            self._moved(new_p, name_new)
+            if flags & RENAME_EXCHANGE:
+                self._moved(old_p, name_old)
+            if paths is not None and flags & RENAME_EXCHANGE:
+                await hooks.on_exchange(*paths)  # entries and intents follow their files
+            elif paths is not None:
+                await hooks.on_rename(*paths)
+        finally:
+            # A failed rename changed nothing; an exchange has no handle to close (its
+            # entries, swapped, stay for the drain); a plain rename's on_rename ended them.
+            for token in tokens:
+                hooks.release_intent(token)
+
+    def _moved(self, parent: Inode, name: bytes) -> None:
+        """A known non-directory now named `name` in `parent`: remember it (path_of).
+        The rename through the mount changed a file's ctime: not a change behind our
+        back, so its next open keeps the kernel's cache (see open)."""
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return
+        node = self.table.find(st)
+        if node is not None and node.kind != stat.S_IFDIR:
+            node.seen_as(parent.ino, name)
+            if stat.S_ISREG(st.st_mode):
+                node.stamp = stamp_of(st)
+
+    async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
+                              flags: int, paths: tuple[bytes, bytes],
+                              ctx: CallerLike) -> list[object]:
+        """Renaming a file (onto another or not, or exchanging) changes what a path
+        holds: intent first.
+
+        Also when nothing is overwritten: the move changes the file's ctime, so its
+        clean verdict no longer matches its identity, and without an entry for the
+        new path the file would have neither (found by tests/t5_crash_test.py).
+        """
+        (old_p, name_old), (new_p, name_new) = old, new
+        try:
+            target: os.stat_result | None = os.stat(name_new, dir_fd=new_p.fd,
+                                                    follow_symlinks=False)
+        except FileNotFoundError:
+            target = None
+        moving = os.stat(name_old, dir_fd=old_p.fd, follow_symlinks=False)
+        rctx = request_ctx(ctx)
+        tokens = []
+        try:
+            if flags & RENAME_EXCHANGE:
+                # Each file's intent under the name it has now: `on_exchange` then swaps
+                # the entries with the files, so each keeps its own (issue 13). A crash in
+                # between leaves an entry at each name, so both files are still scanned.
+                if stat.S_ISREG(moving.st_mode):
+                    tokens.append(await self.hooks.on_write_intent(paths[0], moving, rctx))
+                if target is not None and stat.S_ISREG(target.st_mode):
+                    tokens.append(await self.hooks.on_write_intent(paths[1], target, rctx))
+            elif stat.S_ISREG(moving.st_mode):
+                tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
+        except BaseException:
+            for token in tokens:
+                self.hooks.release_intent(token)
+            raise
+        return tokens
