@@ -59,7 +59,7 @@ import lmdb
 import trio
 import xxhash
 
-from vfile.journal import names, queue, tables, taint
+from vfile.journal import exposed, names, ops, queue, tables, taint, verdicts
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
 from vfile.journal.records import (
     DeferredEntry,
@@ -375,8 +375,8 @@ class Journal:
         record stays queued in memory and is written when the disk takes it."""
         self._check_writable()
         # Seq, keys and value are made here, on the trio thread: the writer thread
-        # then mostly just puts them (see tables.BatchWriter).
-        return await self._committer.submit_defer(tables.PreparedDefer(
+        # then mostly just puts them (see ops.BatchWriter).
+        return await self._committer.submit_defer(ops.PreparedDefer(
             self._t, path, identity=identity, reason=reason, profile=profile,
             exposure=exposure, error=error, now=self._clock()), durable=durable, hold=hold)
 
@@ -385,12 +385,12 @@ class Journal:
 
     async def complete(self, path: str, seq: int, verdict: VerdictRecord | None) -> bool:
         t, now = self._t, self._clock()
-        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict,
+        return await self._write(lambda txn: ops.op_complete(txn, t, path, seq, verdict,
                                                                 now), durable=False)
 
     async def put_verdict(self, verdict: VerdictRecord) -> None:
         t = self._t
-        await self._write(lambda txn: tables.op_put_verdict(txn, t, verdict), durable=False)
+        await self._write(lambda txn: verdicts.op_put_verdict(txn, t, verdict), durable=False)
 
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]:
         now, t = self._clock(), self._t
@@ -422,17 +422,17 @@ class Journal:
         """Drop the path's entry; its exposures are kept (`list_exposed`) as `outcome`.
         Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it."""
         t, now = self._t, self._clock()
-        return await self._write(lambda txn: tables.op_forget(txn, t, path, outcome, now),
+        return await self._write(lambda txn: ops.op_forget(txn, t, path, outcome, now),
                                  durable=False)
 
     async def rename_path(self, old: str, new: str) -> None:
         t, now = self._t, self._clock()
-        await self._write(lambda txn: tables.op_rename(txn, t, old, new, now))
+        await self._write(lambda txn: ops.op_rename(txn, t, old, new, now))
 
     async def rename_tree(self, old_dir: str, new_dir: str) -> int:
         """A directory was renamed: entries below it follow (scans all entries)."""
         t, now = self._t, self._clock()
-        return await self._write(lambda txn: tables.op_rename_tree(txn, t, old_dir, new_dir,
+        return await self._write(lambda txn: ops.op_rename_tree(txn, t, old_dir, new_dir,
                                                                    now))
 
     async def keep_exposures(self, path: str, outcome: str) -> None:
@@ -443,7 +443,7 @@ class Journal:
         def op(txn: Txn) -> None:
             found = tables.find(txn, t, path)
             if found is not None:
-                tables.archive(txn, t, found[1], outcome, now=now)
+                exposed.archive(txn, t, found[1], outcome, now=now)
 
         await self._write(op)
 
@@ -451,14 +451,14 @@ class Journal:
         """Delete verdicts by key (`verdict_batch`); one small write transaction."""
         t = self._t
         # Tier 2: a collection lost to a crash is only redone.
-        n = await self._write(lambda txn: tables.op_delete_verdicts(txn, t, keys), durable=False)
+        n = await self._write(lambda txn: verdicts.op_delete_verdicts(txn, t, keys), durable=False)
         self.verdicts_collected += n
         return n
 
     async def clear_exposed(self, path: str | None = None) -> int:
         """An administrator clears kept exposure records (of `path`, or all)."""
         t = self._t
-        return await self._write(lambda txn: tables.op_clear_exposed(txn, t, path))
+        return await self._write(lambda txn: exposed.op_clear_exposed(txn, t, path))
 
     async def relink_path(self, old: str, new: str) -> int | None:
         """Name `old` went while `new` still names the same file: its entry moves there
@@ -489,11 +489,11 @@ class Journal:
 
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t
-        await self._write(lambda txn: tables.op_add_quarantine(txn, t, rec))
+        await self._write(lambda txn: ops.op_add_quarantine(txn, t, rec))
 
     async def remove_quarantine(self, id: str) -> None:
         t = self._t
-        await self._write(lambda txn: tables.op_remove_quarantine(txn, t, id))
+        await self._write(lambda txn: ops.op_remove_quarantine(txn, t, id))
 
     async def sync(self) -> None:
         """fsync now, between write transactions (quiesce, resume)."""
@@ -533,7 +533,7 @@ class Journal:
 
     def get_verdict(self, identity: Identity, sig_version: str) -> VerdictRecord | None:
         t = self._t
-        return self._read(lambda txn: tables.get_verdict(txn, t, identity, sig_version))
+        return self._read(lambda txn: verdicts.get_verdict(txn, t, identity, sig_version))
 
     def get_deferred(self, path: str) -> DeferredEntry | None:
         t = self._t
@@ -603,12 +603,12 @@ class Journal:
                       n: int) -> list[tuple[bytes, VerdictRecord | None]]:
         """Up to `n` verdicts (key, record or None if undecodable) after key `after`."""
         t = self._t
-        return self._read(lambda txn: tables.verdict_batch(txn, t, after, n))
+        return self._read(lambda txn: verdicts.verdict_batch(txn, t, after, n))
 
     def list_exposed(self) -> list[ExposureRecord]:
         """Exposure records kept after their entries ended, oldest first."""
         t = self._t
-        return sorted(self._read(lambda txn: tables.list_exposed(txn, t)), key=lambda r: r.first)
+        return sorted(self._read(lambda txn: exposed.list_exposed(txn, t)), key=lambda r: r.first)
 
     def get_quarantine(self, id: str) -> QuarantineRecord | None:
         t = self._t
