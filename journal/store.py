@@ -1,14 +1,12 @@
-"""The journal: one LMDB environment per mount, in a state directory.
+"""The journal: one LMDB environment per mount, in a state directory; `Journal`
+is the face every caller uses.
+
+Opening, checking and creating the environment is environment.py (a journal
+we refuse to open is never modified; a new one is created atomically); the
+operations inside a transaction are tables.py and the modules beside it;
+reports that read many records are reads.py.
 
 Invariants:
-- A journal we refuse to open is never modified: an existing `data.mdb` is
-  first checked through a read-only, lock-free environment (magic, format
-  version); only then is it opened for writing. An unreadable, corrupted,
-  foreign or newer journal raises a `JournalError` subclass naming the path.
-- A new journal is created atomically: built and synced in a private
-  sub-directory, then its `data.mdb` renamed into place. A crash during
-  creation leaves either no journal or a complete one, never an LMDB
-  environment without vfile's magic (which would then look foreign).
 - Writes go through the group committer (commit.py). A write returns once
   its transaction is committed; tier-1 writes (content-change records,
   renames, quarantine, administrator edits) only once it is also fsynced;
@@ -18,38 +16,14 @@ Invariants:
 - Reads are synchronous on the calling (trio) thread: an LMDB read is
   microseconds, cheaper than a thread hop, and it keeps the writer thread the
   only other user of the env.
-- A read never waits for the state disk: with `lock_dir` (a tmpfs such as
-  /run), LMDB's lock file lives there (`lock.mdb` is a symlink to it). A read
-  transaction stores into the lock file's mmap (its reader slot); on a frozen
-  file system that store faults and blocks until thaw, holding the GIL, so the
-  whole process would stop. Data pages are mapped read-only and are never
-  written through the map, so reads of them do not block.
 - An environment is never used across fork(): every call checks the pid.
-
-The environment of a writable journal is opened with `sync=False` (LMDB's
-MDB_NOSYNC, metasync off too): durability is decided per transaction by the
-committer, with an explicit `env.sync(True)`. What the LMDB options trade:
-- `sync`: fsync the data file at each commit. Off: a commit is only in the
-  page cache; an OS crash or power loss can lose the last transactions (LMDB
-  stays consistent, it rolls back to an older meta page). A process crash
-  (SIGKILL) loses nothing either way: the pages are in the kernel.
-- `metasync`: fsync again after writing the meta page. Off: the last commit
-  can be lost on OS crash, but the database stays consistent.
-- `map_async` (only with `writemap`): flush asynchronously; as `sync=False`
-  for durability. Not used.
-- `writemap`: write through a writable mmap instead of pwrite. Faster, but a
-  stray pointer write in this process could corrupt the database, and the
-  file is preallocated to the full map size. Not used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,19 +31,16 @@ from typing import Any, TypeVar
 
 import lmdb
 import trio
-import xxhash
 
-from vfile.journal import exposed, names, ops, queue, tables, taint, verdicts
+from vfile.journal import exposed, names, ops, queue, reads, tables, taint, verdicts
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
+from vfile.journal.environment import open_env
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
     ExposureRecord,
     Identity,
-    JournalCorrupt,
     JournalError,
-    JournalForeign,
-    JournalTooNew,
     JournalUnreadable,
     QuarantineRecord,
     Reason,
@@ -81,136 +52,8 @@ from vfile.journal.tables import Txn
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DATA_FILE = "data.mdb"
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_ATTEMPTS = 10
-LOCK_FILE = "lock.mdb"
-
-
-def _check_meta(txn: Txn, env: lmdb.Environment, where: Path) -> None:
-    try:
-        meta = env.open_db(b"meta", txn=txn, create=False)
-    except lmdb.NotFoundError:
-        raise JournalForeign(f"{where}: an LMDB environment, but not a vfile journal") from None
-    if txn.get(b"magic", db=meta) != tables.MAGIC:
-        raise JournalForeign(f"{where}: an LMDB environment, but not a vfile journal")
-    raw = txn.get(b"format", db=meta) or b""
-    try:
-        fmt = int(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise JournalCorrupt(f"{where}: journal format version {raw!r} is unreadable") from None
-    if fmt > tables.JOURNAL_FORMAT:
-        raise JournalTooNew(f"{where}: journal format {fmt} is newer than this vfile "
-                            f"understands ({tables.JOURNAL_FORMAT}); upgrade vfile")
-
-
-def probe(state_dir: Path) -> None:
-    """Check an existing journal without changing a byte of it (no lock file either)."""
-    data = state_dir / DATA_FILE
-    try:
-        fd = os.open(data, os.O_RDONLY)
-        os.close(fd)
-    except PermissionError:
-        raise JournalUnreadable(f"{data}: permission denied") from None
-    except OSError as err:
-        raise JournalUnreadable(f"{data}: {err.strerror}") from None
-    try:
-        env = lmdb.open(str(state_dir), readonly=True, lock=False, create=False,
-                        max_dbs=tables.MAX_DBS, subdir=True)
-    except lmdb.Error as err:
-        raise JournalCorrupt(f"{data}: not a readable LMDB environment ({err})") from None
-    try:
-        with env.begin() as txn:
-            _check_meta(txn, env, state_dir)
-    except lmdb.Error as err:
-        raise JournalCorrupt(f"{data}: damaged LMDB environment ({err})") from None
-    finally:
-        env.close()
-
-
-def _lock_target(state_dir: Path, lock_dir: Path) -> Path:
-    digest = xxhash.xxh3_64_hexdigest(os.fsencode(os.path.realpath(state_dir)))
-    return lock_dir / f"journal-{digest}.lock"
-
-
-def place_lock(state_dir: Path, lock_dir: Path) -> bool:
-    """Make `state_dir/lock.mdb` a symlink into `lock_dir` (a tmpfs), so reads
-    never store into a file on the state disk (module docstring). Returns False
-    (and leaves the lock where it is) if another process uses the current one.
-
-    LMDB keeps nothing in its lock file that must outlive the last process
-    using the environment, so a lock file that vanished with /run is fine."""
-    link = state_dir / LOCK_FILE
-    target = _lock_target(state_dir, lock_dir)
-    try:
-        if os.readlink(link) == str(target):
-            return True
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        if err.errno != errno.EINVAL:  # EINVAL: a regular file
-            raise
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Nobody may be using the current lock file while we swap it: LMDB holds a
-    # shared fcntl lock on its first byte in every process that has the env open.
-    fd = -1
-    if os.path.lexists(link):
-        try:
-            fd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1  # a dangling symlink (its tmpfs was emptied): nobody uses it
-        if fd >= 0:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-            except OSError:
-                os.close(fd)
-                log.warning("journal %s: its lock file is in use by another process; "
-                            "left on the state disk this time", state_dir)
-                return False
-    try:
-        tmp = state_dir / f".lock-{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    return True
-
-
-def _ensure_lock_dir(state_dir: Path) -> None:
-    # `lock.mdb` points into a tmpfs emptied since (a reboot): recreate its directory,
-    # so LMDB can create the lock file through the symlink.
-    link = state_dir / LOCK_FILE
-    try:
-        target = Path(os.readlink(link))
-    except OSError:
-        return
-    if not target.parent.exists():
-        with contextlib.suppress(OSError):
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _create(state_dir: Path, map_size: int) -> None:
-    tmp = state_dir / f".init-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(mode=0o700)
-    env = lmdb.open(str(tmp), map_size=map_size, max_dbs=tables.MAX_DBS, mode=0o600)
-    try:
-        with env.begin(write=True) as txn:
-            t = tables.open_tables(env, txn)
-            tables.init_meta(txn, t)
-        env.sync(True)
-    finally:
-        env.close()
-    os.rename(tmp / DATA_FILE, state_dir / DATA_FILE)
-    shutil.rmtree(tmp, ignore_errors=True)
-    dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Journal:
@@ -269,45 +112,7 @@ class Journal:
     def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,
               max_attempts: int, clock: Callable[[], float],
               lock_dir: Path | None) -> Journal:
-        if not where.exists():
-            if readonly:
-                raise JournalUnreadable(f"{where}: no journal here (directory missing)")
-            where.mkdir(mode=0o700, parents=True)
-        elif not where.is_dir():
-            raise JournalUnreadable(f"{where}: not a directory")
-        data = where / DATA_FILE
-        # An empty data.mdb holds nothing to lose (a creation interrupted by a
-        # crash before the atomic rename cannot produce it, but a manual `touch` can).
-        if data.exists() and data.stat().st_size > 0:
-            probe(where)
-            if not readonly and not os.access(data, os.W_OK):
-                raise JournalUnreadable(f"{data}: not writable")
-        elif readonly:
-            raise JournalUnreadable(f"{where}: no journal here")
-        else:
-            _create(where, map_size)
-        if lock_dir is not None and not readonly:
-            place_lock(where, lock_dir)
-        else:
-            _ensure_lock_dir(where)
-        # sync=False: the committer fsyncs explicitly, per durability tier (commit.py).
-        env = lmdb.open(str(where), map_size=map_size, max_dbs=tables.MAX_DBS,
-                        readonly=readonly, sync=False, metasync=False, mode=0o600,
-                        create=False, max_spare_txns=4)
-        try:
-            with env.begin() as txn:
-                _check_meta(txn, env, where)  # again: it could have changed since the probe
-            t = tables.open_tables(env, None)
-            if t.profiles is None and not readonly:
-                # Format 1: build the profile index and counters once (tables.upgrade).
-                with env.begin(write=True) as txn:
-                    t = tables.upgrade(env, txn, t)
-                env.sync(True)
-            with env.begin() as txn:
-                t.seq.adopt(tables.stored_seq(txn, t))
-        except BaseException:
-            env.close()
-            raise
+        env, t = open_env(where, readonly=readonly, map_size=map_size, lock_dir=lock_dir)
         return cls(env, t, where, readonly=readonly, max_attempts=max_attempts, clock=clock,
                    fsync=sync)
 
@@ -544,60 +349,17 @@ class Journal:
                       include_poisoned: bool = True) -> list[DeferredEntry]:
         """Deferred entries, oldest first; `limit` N costs O(N log profiles)."""
         t = self._t
-        if t.profiles is None:  # a format-1 journal opened read-only: walk it
-            entries = self._read(lambda txn: [e for _, e in tables.iter_entries(txn, t)])
-            entries.sort(key=lambda e: e.order)
-            if not include_poisoned:
-                entries = [e for e in entries if not e.poisoned]
-            return entries if limit is None else entries[:limit]
-
-        def read(txn: Txn) -> list[DeferredEntry]:
-            out: list[DeferredEntry] = []
-            for e in tables.iter_oldest_first(txn, t):
-                if include_poisoned or not e.poisoned:
-                    out.append(e)
-                    if limit is not None and len(out) >= limit:
-                        break
-            return out
-
-        return self._read(read)
+        return self._read(lambda txn: reads.list_deferred(txn, t, limit, include_poisoned))
 
     def profile_debts(self) -> dict[str, tuple[int, int, float]]:
         """Per profile with entries: (entries, bytes, age of the oldest in s), from the
         counters and one index lookup per profile: no walk (the quota's measure)."""
         t, now = self._t, self._clock()
-
-        def read(txn: Txn) -> dict[str, tuple[int, int, float]]:
-            if t.profiles is None:
-                acc: dict[str, tuple[int, int, float]] = {}
-                for _, e in tables.iter_entries(txn, t):
-                    n, b, age = acc.get(e.profile, (0, 0, 0.0))
-                    acc[e.profile] = (n + 1, b + (e.identity.size if e.identity else 0),
-                                      max(age, now - e.first_deferred))
-                return acc
-            out = {}
-            for name, (n, b) in tables.profile_counts(txn, t).items():
-                oldest = tables.oldest_of_profile(txn, t, name)
-                out[name] = (n, b, 0.0 if oldest is None
-                             else max(0.0, now - oldest.first_deferred))
-            return out
-
-        return self._read(read)
+        return self._read(lambda txn: reads.profile_debts(txn, t, now))
 
     def list_quarantine(self) -> list[QuarantineRecord]:
         t = self._t
-
-        def read(txn: Txn) -> list[QuarantineRecord]:
-            out = []
-            for key, raw in txn.cursor(db=t.quarantine):
-                try:
-                    out.append(decode_quarantine(raw))
-                except JournalCorrupt as err:
-                    log.warning("journal: skipping undecodable quarantine record %r: %s",
-                                bytes(key), err)
-            return out
-
-        return sorted(self._read(read), key=lambda r: r.time)
+        return sorted(self._read(lambda txn: reads.list_quarantine(txn, t)), key=lambda r: r.time)
 
     def verdict_batch(self, after: bytes | None,
                       n: int) -> list[tuple[bytes, VerdictRecord | None]]:
@@ -618,34 +380,7 @@ class Journal:
 
     def stats(self) -> dict[str, object]:
         t, now = self._t, self._clock()
-
-        def read(txn: Txn) -> dict[str, object]:
-            deferred = int(txn.stat(t.deferred)["entries"])
-            indexed = int(txn.stat(t.order)["entries"])
-            oldest: float | None = None
-            size = 0
-            if t.profiles is None:  # format 1, read-only: walk
-                for _, e in tables.iter_entries(txn, t):
-                    oldest = e.first_deferred if oldest is None else min(oldest,
-                                                                         e.first_deferred)
-                    size += e.identity.size if e.identity is not None else 0
-            else:  # O(profiles): counters and the first index key of each profile
-                for name, (_, b) in tables.profile_counts(txn, t).items():
-                    size += b
-                    first = tables.oldest_of_profile(txn, t, name)
-                    if first is not None:
-                        oldest = first.first_deferred if oldest is None else min(
-                            oldest, first.first_deferred)
-            return {
-                "deferred": deferred, "poisoned": deferred - indexed,
-                "oldest_age_s": None if oldest is None else max(0.0, now - oldest),
-                "bytes": size, "verdicts": int(txn.stat(t.verdicts)["entries"]),
-                "quarantined": int(txn.stat(t.quarantine)["entries"]),
-                "exposure_records": 0 if t.exposed is None else
-                int(txn.stat(t.exposed)["entries"]),
-            }
-
-        out = self._read(read)
+        out = self._read(lambda txn: reads.contents(txn, t, now))
         info = self._env.info()
         stat = self._env.stat()
         out["map_size"] = int(info["map_size"])
