@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import lmdb
 import trio
@@ -329,10 +329,12 @@ class Journal:
                 log.error("journal %s: background sync failed: %s", self.path, err)
 
     def durability(self) -> dict[str, int]:
-        """Counters of the durability tiers (README "Durability of journal records")."""
+        """The group committer's counters: the durability tiers (README "Durability of
+        journal records") and the batching (`ops` written in `batches` transactions)."""
         c = self._committer
         return {"unsynced_commits": c.unsynced, "fsyncs": c.fsyncs, "queued": c.queued,
-                "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused}
+                "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused,
+                "batches": c.batches, "ops": c.ops}
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -378,7 +380,9 @@ class Journal:
                                              db=t.quarantine))
         return None if raw is None else decode_quarantine(raw)
 
-    def stats(self) -> dict[str, object]:
+    def contents(self) -> dict[str, object]:
+        """What the journal holds (counts, oldest age, bytes) and its map use: status,
+        `vfile journal stats`, metrics. The committer's counters are `durability`."""
         t, now = self._t, self._clock()
         out = self._read(lambda txn: reads.contents(txn, t, now))
         info = self._env.info()
@@ -388,7 +392,3 @@ class Journal:
         out["path"] = str(self.path)
         out["verdicts_collected"] = self.verdicts_collected
         return out
-
-    def statistics(self) -> dict[str, Any]:
-        """Group-commit counters (for benchmarks and logs)."""
-        return {"batches": self._committer.batches, "ops": self._committer.ops}
