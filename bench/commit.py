@@ -60,8 +60,8 @@ async def _run(state_dir: Path, callers: int, group: bool, seconds: float,
             for n in range(callers):
                 nursery.start_soon(caller, n)
         elapsed = time.perf_counter() - start
-        counters = journal.statistics()
-        assert journal.stats()["deferred"] == len(latencies)
+        counters = journal.durability()
+        assert journal.contents()["deferred"] == len(latencies)
     finally:
         journal.close()
     latencies.sort()

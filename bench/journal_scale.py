@@ -5,7 +5,7 @@
 1. Builds a journal of N deferred entries (default 1,000,000) directly through
    the journal API (`Journal.defer`, group-committed by 256 concurrent tasks,
    without fsync), a few profiles, paths shaped like a data directory.
-2. Times, in this process on that journal: `stats()`, `profile_debts()` (the
+2. Times, in this process on that journal: `contents()`, `profile_debts()` (the
    quota's measure) and `list_deferred(limit=N)` for N = 10, 1,000, 100,000.
 3. Times the CLI: `vfile journal stats --state-dir` and `vfile journal list
    --limit 10` (whole commands, Python start-up included).
@@ -95,13 +95,13 @@ def main() -> None:
         out["data_mdb_mib"] = round((state / "data.mdb").stat().st_size / 2**20, 1)
         with Journal.open(state, readonly=True) as j:
             out["api_ms"] = {
-                "stats": round(timed(j.stats) * 1000, 2),
+                "contents": round(timed(j.contents) * 1000, 2),
                 "profile_debts": round(timed(j.profile_debts) * 1000, 2),
                 **{f"list_limit_{n}": round(timed(lambda n=n: j.list_deferred(limit=n),
                                                   3) * 1000, 2)
                    for n in (10, 1000, 100_000)},
             }
-            assert j.stats()["deferred"] == args.entries
+            assert j.contents()["deferred"] == args.entries
         out["cli_s"] = {
             "journal_stats": round(cli_time("journal", "stats", "--state-dir", str(state)), 3),
             "journal_list_limit_10": round(cli_time("journal", "list", "--state-dir",

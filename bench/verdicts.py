@@ -71,7 +71,7 @@ async def _run(base: Path, rewrites: int, files: int, every: int | None) -> dict
                 n.start_soon(worker, k, lock)
         if every:
             collected += (await collect(j, source=str(src), signatures=["S2"])).collected
-        stats = j.stats()
+        stats = j.contents()
     finally:
         j.close()
     return {"collect_every": every, "rewrites": rewrites, "files": files,

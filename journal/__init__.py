@@ -2,6 +2,12 @@
 package: imports neither `vfile` nor `scanner`.
 
 Public API: `Journal` (store.py) and the records and errors of records.py.
+Inside: environment.py opens, checks and creates the LMDB environment;
+commit.py group-commits writes; tables.py lays out the tables and keeps
+deferred entries by path with their indexes and counters; the operations of
+one transaction are ops.py (deferred entries, quarantine), verdicts.py,
+exposed.py, queue.py (the drain's claims), names.py (relink, exchange) and
+taint.py; reads.py builds the reports that read many records.
 """
 
 from vfile.journal.records import (

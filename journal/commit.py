@@ -2,7 +2,7 @@
 
 How it works (a pipelined writer thread, no background task):
 - A caller appends its operation to the open batch (the newest pending one)
-  and waits on that batch's event. A defer arrives prepared (tables.py:
+  and waits on that batch's event. A defer arrives prepared (ops.py:
   seq, keys and encoded value computed on the trio thread); any other write
   is a function of the write transaction.
 - If no writer is running, the caller starts one: a single thread call
@@ -72,8 +72,9 @@ import lmdb
 import outcome
 import trio
 
+from vfile.journal.ops import BatchWriter, PreparedDefer
 from vfile.journal.records import JournalError, JournalFull
-from vfile.journal.tables import BatchWriter, PreparedDefer, Tables, Txn
+from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,12 @@
-"""The journal: one LMDB environment per mount, in a state directory.
+"""The journal: one LMDB environment per mount, in a state directory; `Journal`
+is the face every caller uses.
+
+Opening, checking and creating the environment is environment.py (a journal
+we refuse to open is never modified; a new one is created atomically); the
+operations inside a transaction are tables.py and the modules beside it;
+reports that read many records are reads.py.
 
 Invariants:
-- A journal we refuse to open is never modified: an existing `data.mdb` is
-  first checked through a read-only, lock-free environment (magic, format
-  version); only then is it opened for writing. An unreadable, corrupted,
-  foreign or newer journal raises a `JournalError` subclass naming the path.
-- A new journal is created atomically: built and synced in a private
-  sub-directory, then its `data.mdb` renamed into place. A crash during
-  creation leaves either no journal or a complete one, never an LMDB
-  environment without vfile's magic (which would then look foreign).
 - Writes go through the group committer (commit.py). A write returns once
   its transaction is committed; tier-1 writes (content-change records,
   renames, quarantine, administrator edits) only once it is also fsynced;
@@ -18,58 +16,31 @@ Invariants:
 - Reads are synchronous on the calling (trio) thread: an LMDB read is
   microseconds, cheaper than a thread hop, and it keeps the writer thread the
   only other user of the env.
-- A read never waits for the state disk: with `lock_dir` (a tmpfs such as
-  /run), LMDB's lock file lives there (`lock.mdb` is a symlink to it). A read
-  transaction stores into the lock file's mmap (its reader slot); on a frozen
-  file system that store faults and blocks until thaw, holding the GIL, so the
-  whole process would stop. Data pages are mapped read-only and are never
-  written through the map, so reads of them do not block.
 - An environment is never used across fork(): every call checks the pid.
-
-The environment of a writable journal is opened with `sync=False` (LMDB's
-MDB_NOSYNC, metasync off too): durability is decided per transaction by the
-committer, with an explicit `env.sync(True)`. What the LMDB options trade:
-- `sync`: fsync the data file at each commit. Off: a commit is only in the
-  page cache; an OS crash or power loss can lose the last transactions (LMDB
-  stays consistent, it rolls back to an older meta page). A process crash
-  (SIGKILL) loses nothing either way: the pages are in the kernel.
-- `metasync`: fsync again after writing the meta page. Off: the last commit
-  can be lost on OS crash, but the database stays consistent.
-- `map_async` (only with `writemap`): flush asynchronously; as `sync=False`
-  for durability. Not used.
-- `writemap`: write through a writable mmap instead of pwrite. Faster, but a
-  stray pointer write in this process could corrupt the database, and the
-  file is preallocated to the full map size. Not used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import lmdb
 import trio
-import xxhash
 
-from vfile.journal import names, queue, tables, taint
+from vfile.journal import exposed, names, ops, queue, reads, tables, taint, verdicts
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
+from vfile.journal.environment import open_env
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
     ExposureRecord,
     Identity,
-    JournalCorrupt,
     JournalError,
-    JournalForeign,
-    JournalTooNew,
     JournalUnreadable,
     QuarantineRecord,
     Reason,
@@ -81,136 +52,8 @@ from vfile.journal.tables import Txn
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DATA_FILE = "data.mdb"
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_ATTEMPTS = 10
-LOCK_FILE = "lock.mdb"
-
-
-def _check_meta(txn: Txn, env: lmdb.Environment, where: Path) -> None:
-    try:
-        meta = env.open_db(b"meta", txn=txn, create=False)
-    except lmdb.NotFoundError:
-        raise JournalForeign(f"{where}: an LMDB environment, but not a vfile journal") from None
-    if txn.get(b"magic", db=meta) != tables.MAGIC:
-        raise JournalForeign(f"{where}: an LMDB environment, but not a vfile journal")
-    raw = txn.get(b"format", db=meta) or b""
-    try:
-        fmt = int(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise JournalCorrupt(f"{where}: journal format version {raw!r} is unreadable") from None
-    if fmt > tables.JOURNAL_FORMAT:
-        raise JournalTooNew(f"{where}: journal format {fmt} is newer than this vfile "
-                            f"understands ({tables.JOURNAL_FORMAT}); upgrade vfile")
-
-
-def probe(state_dir: Path) -> None:
-    """Check an existing journal without changing a byte of it (no lock file either)."""
-    data = state_dir / DATA_FILE
-    try:
-        fd = os.open(data, os.O_RDONLY)
-        os.close(fd)
-    except PermissionError:
-        raise JournalUnreadable(f"{data}: permission denied") from None
-    except OSError as err:
-        raise JournalUnreadable(f"{data}: {err.strerror}") from None
-    try:
-        env = lmdb.open(str(state_dir), readonly=True, lock=False, create=False,
-                        max_dbs=tables.MAX_DBS, subdir=True)
-    except lmdb.Error as err:
-        raise JournalCorrupt(f"{data}: not a readable LMDB environment ({err})") from None
-    try:
-        with env.begin() as txn:
-            _check_meta(txn, env, state_dir)
-    except lmdb.Error as err:
-        raise JournalCorrupt(f"{data}: damaged LMDB environment ({err})") from None
-    finally:
-        env.close()
-
-
-def _lock_target(state_dir: Path, lock_dir: Path) -> Path:
-    digest = xxhash.xxh3_64_hexdigest(os.fsencode(os.path.realpath(state_dir)))
-    return lock_dir / f"journal-{digest}.lock"
-
-
-def place_lock(state_dir: Path, lock_dir: Path) -> bool:
-    """Make `state_dir/lock.mdb` a symlink into `lock_dir` (a tmpfs), so reads
-    never store into a file on the state disk (module docstring). Returns False
-    (and leaves the lock where it is) if another process uses the current one.
-
-    LMDB keeps nothing in its lock file that must outlive the last process
-    using the environment, so a lock file that vanished with /run is fine."""
-    link = state_dir / LOCK_FILE
-    target = _lock_target(state_dir, lock_dir)
-    try:
-        if os.readlink(link) == str(target):
-            return True
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        if err.errno != errno.EINVAL:  # EINVAL: a regular file
-            raise
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Nobody may be using the current lock file while we swap it: LMDB holds a
-    # shared fcntl lock on its first byte in every process that has the env open.
-    fd = -1
-    if os.path.lexists(link):
-        try:
-            fd = os.open(link, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = -1  # a dangling symlink (its tmpfs was emptied): nobody uses it
-        if fd >= 0:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-            except OSError:
-                os.close(fd)
-                log.warning("journal %s: its lock file is in use by another process; "
-                            "left on the state disk this time", state_dir)
-                return False
-    try:
-        tmp = state_dir / f".lock-{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    return True
-
-
-def _ensure_lock_dir(state_dir: Path) -> None:
-    # `lock.mdb` points into a tmpfs emptied since (a reboot): recreate its directory,
-    # so LMDB can create the lock file through the symlink.
-    link = state_dir / LOCK_FILE
-    try:
-        target = Path(os.readlink(link))
-    except OSError:
-        return
-    if not target.parent.exists():
-        with contextlib.suppress(OSError):
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _create(state_dir: Path, map_size: int) -> None:
-    tmp = state_dir / f".init-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(mode=0o700)
-    env = lmdb.open(str(tmp), map_size=map_size, max_dbs=tables.MAX_DBS, mode=0o600)
-    try:
-        with env.begin(write=True) as txn:
-            t = tables.open_tables(env, txn)
-            tables.init_meta(txn, t)
-        env.sync(True)
-    finally:
-        env.close()
-    os.rename(tmp / DATA_FILE, state_dir / DATA_FILE)
-    shutil.rmtree(tmp, ignore_errors=True)
-    dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Journal:
@@ -269,45 +112,7 @@ class Journal:
     def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,
               max_attempts: int, clock: Callable[[], float],
               lock_dir: Path | None) -> Journal:
-        if not where.exists():
-            if readonly:
-                raise JournalUnreadable(f"{where}: no journal here (directory missing)")
-            where.mkdir(mode=0o700, parents=True)
-        elif not where.is_dir():
-            raise JournalUnreadable(f"{where}: not a directory")
-        data = where / DATA_FILE
-        # An empty data.mdb holds nothing to lose (a creation interrupted by a
-        # crash before the atomic rename cannot produce it, but a manual `touch` can).
-        if data.exists() and data.stat().st_size > 0:
-            probe(where)
-            if not readonly and not os.access(data, os.W_OK):
-                raise JournalUnreadable(f"{data}: not writable")
-        elif readonly:
-            raise JournalUnreadable(f"{where}: no journal here")
-        else:
-            _create(where, map_size)
-        if lock_dir is not None and not readonly:
-            place_lock(where, lock_dir)
-        else:
-            _ensure_lock_dir(where)
-        # sync=False: the committer fsyncs explicitly, per durability tier (commit.py).
-        env = lmdb.open(str(where), map_size=map_size, max_dbs=tables.MAX_DBS,
-                        readonly=readonly, sync=False, metasync=False, mode=0o600,
-                        create=False, max_spare_txns=4)
-        try:
-            with env.begin() as txn:
-                _check_meta(txn, env, where)  # again: it could have changed since the probe
-            t = tables.open_tables(env, None)
-            if t.profiles is None and not readonly:
-                # Format 1: build the profile index and counters once (tables.upgrade).
-                with env.begin(write=True) as txn:
-                    t = tables.upgrade(env, txn, t)
-                env.sync(True)
-            with env.begin() as txn:
-                t.seq.adopt(tables.stored_seq(txn, t))
-        except BaseException:
-            env.close()
-            raise
+        env, t = open_env(where, readonly=readonly, map_size=map_size, lock_dir=lock_dir)
         return cls(env, t, where, readonly=readonly, max_attempts=max_attempts, clock=clock,
                    fsync=sync)
 
@@ -375,8 +180,8 @@ class Journal:
         record stays queued in memory and is written when the disk takes it."""
         self._check_writable()
         # Seq, keys and value are made here, on the trio thread: the writer thread
-        # then mostly just puts them (see tables.BatchWriter).
-        return await self._committer.submit_defer(tables.PreparedDefer(
+        # then mostly just puts them (see ops.BatchWriter).
+        return await self._committer.submit_defer(ops.PreparedDefer(
             self._t, path, identity=identity, reason=reason, profile=profile,
             exposure=exposure, error=error, now=self._clock()), durable=durable, hold=hold)
 
@@ -385,12 +190,12 @@ class Journal:
 
     async def complete(self, path: str, seq: int, verdict: VerdictRecord | None) -> bool:
         t, now = self._t, self._clock()
-        return await self._write(lambda txn: tables.op_complete(txn, t, path, seq, verdict,
+        return await self._write(lambda txn: ops.op_complete(txn, t, path, seq, verdict,
                                                                 now), durable=False)
 
     async def put_verdict(self, verdict: VerdictRecord) -> None:
         t = self._t
-        await self._write(lambda txn: tables.op_put_verdict(txn, t, verdict), durable=False)
+        await self._write(lambda txn: verdicts.op_put_verdict(txn, t, verdict), durable=False)
 
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]:
         now, t = self._clock(), self._t
@@ -422,17 +227,17 @@ class Journal:
         """Drop the path's entry; its exposures are kept (`list_exposed`) as `outcome`.
         Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it."""
         t, now = self._t, self._clock()
-        return await self._write(lambda txn: tables.op_forget(txn, t, path, outcome, now),
+        return await self._write(lambda txn: ops.op_forget(txn, t, path, outcome, now),
                                  durable=False)
 
     async def rename_path(self, old: str, new: str) -> None:
         t, now = self._t, self._clock()
-        await self._write(lambda txn: tables.op_rename(txn, t, old, new, now))
+        await self._write(lambda txn: ops.op_rename(txn, t, old, new, now))
 
     async def rename_tree(self, old_dir: str, new_dir: str) -> int:
         """A directory was renamed: entries below it follow (scans all entries)."""
         t, now = self._t, self._clock()
-        return await self._write(lambda txn: tables.op_rename_tree(txn, t, old_dir, new_dir,
+        return await self._write(lambda txn: ops.op_rename_tree(txn, t, old_dir, new_dir,
                                                                    now))
 
     async def keep_exposures(self, path: str, outcome: str) -> None:
@@ -443,7 +248,7 @@ class Journal:
         def op(txn: Txn) -> None:
             found = tables.find(txn, t, path)
             if found is not None:
-                tables.archive(txn, t, found[1], outcome, now=now)
+                exposed.archive(txn, t, found[1], outcome, now=now)
 
         await self._write(op)
 
@@ -451,14 +256,14 @@ class Journal:
         """Delete verdicts by key (`verdict_batch`); one small write transaction."""
         t = self._t
         # Tier 2: a collection lost to a crash is only redone.
-        n = await self._write(lambda txn: tables.op_delete_verdicts(txn, t, keys), durable=False)
+        n = await self._write(lambda txn: verdicts.op_delete_verdicts(txn, t, keys), durable=False)
         self.verdicts_collected += n
         return n
 
     async def clear_exposed(self, path: str | None = None) -> int:
         """An administrator clears kept exposure records (of `path`, or all)."""
         t = self._t
-        return await self._write(lambda txn: tables.op_clear_exposed(txn, t, path))
+        return await self._write(lambda txn: exposed.op_clear_exposed(txn, t, path))
 
     async def relink_path(self, old: str, new: str) -> int | None:
         """Name `old` went while `new` still names the same file: its entry moves there
@@ -489,11 +294,11 @@ class Journal:
 
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t
-        await self._write(lambda txn: tables.op_add_quarantine(txn, t, rec))
+        await self._write(lambda txn: ops.op_add_quarantine(txn, t, rec))
 
     async def remove_quarantine(self, id: str) -> None:
         t = self._t
-        await self._write(lambda txn: tables.op_remove_quarantine(txn, t, id))
+        await self._write(lambda txn: ops.op_remove_quarantine(txn, t, id))
 
     async def sync(self) -> None:
         """fsync now, between write transactions (quiesce, resume)."""
@@ -524,16 +329,18 @@ class Journal:
                 log.error("journal %s: background sync failed: %s", self.path, err)
 
     def durability(self) -> dict[str, int]:
-        """Counters of the durability tiers (README "Durability of journal records")."""
+        """The group committer's counters: the durability tiers (README "Durability of
+        journal records") and the batching (`ops` written in `batches` transactions)."""
         c = self._committer
         return {"unsynced_commits": c.unsynced, "fsyncs": c.fsyncs, "queued": c.queued,
-                "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused}
+                "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused,
+                "batches": c.batches, "ops": c.ops}
 
     # --- reads -------------------------------------------------------------------------------
 
     def get_verdict(self, identity: Identity, sig_version: str) -> VerdictRecord | None:
         t = self._t
-        return self._read(lambda txn: tables.get_verdict(txn, t, identity, sig_version))
+        return self._read(lambda txn: verdicts.get_verdict(txn, t, identity, sig_version))
 
     def get_deferred(self, path: str) -> DeferredEntry | None:
         t = self._t
@@ -544,71 +351,28 @@ class Journal:
                       include_poisoned: bool = True) -> list[DeferredEntry]:
         """Deferred entries, oldest first; `limit` N costs O(N log profiles)."""
         t = self._t
-        if t.profiles is None:  # a format-1 journal opened read-only: walk it
-            entries = self._read(lambda txn: [e for _, e in tables.iter_entries(txn, t)])
-            entries.sort(key=lambda e: e.order)
-            if not include_poisoned:
-                entries = [e for e in entries if not e.poisoned]
-            return entries if limit is None else entries[:limit]
-
-        def read(txn: Txn) -> list[DeferredEntry]:
-            out: list[DeferredEntry] = []
-            for e in tables.iter_oldest_first(txn, t):
-                if include_poisoned or not e.poisoned:
-                    out.append(e)
-                    if limit is not None and len(out) >= limit:
-                        break
-            return out
-
-        return self._read(read)
+        return self._read(lambda txn: reads.list_deferred(txn, t, limit, include_poisoned))
 
     def profile_debts(self) -> dict[str, tuple[int, int, float]]:
         """Per profile with entries: (entries, bytes, age of the oldest in s), from the
         counters and one index lookup per profile: no walk (the quota's measure)."""
         t, now = self._t, self._clock()
-
-        def read(txn: Txn) -> dict[str, tuple[int, int, float]]:
-            if t.profiles is None:
-                acc: dict[str, tuple[int, int, float]] = {}
-                for _, e in tables.iter_entries(txn, t):
-                    n, b, age = acc.get(e.profile, (0, 0, 0.0))
-                    acc[e.profile] = (n + 1, b + (e.identity.size if e.identity else 0),
-                                      max(age, now - e.first_deferred))
-                return acc
-            out = {}
-            for name, (n, b) in tables.profile_counts(txn, t).items():
-                oldest = tables.oldest_of_profile(txn, t, name)
-                out[name] = (n, b, 0.0 if oldest is None
-                             else max(0.0, now - oldest.first_deferred))
-            return out
-
-        return self._read(read)
+        return self._read(lambda txn: reads.profile_debts(txn, t, now))
 
     def list_quarantine(self) -> list[QuarantineRecord]:
         t = self._t
-
-        def read(txn: Txn) -> list[QuarantineRecord]:
-            out = []
-            for key, raw in txn.cursor(db=t.quarantine):
-                try:
-                    out.append(decode_quarantine(raw))
-                except JournalCorrupt as err:
-                    log.warning("journal: skipping undecodable quarantine record %r: %s",
-                                bytes(key), err)
-            return out
-
-        return sorted(self._read(read), key=lambda r: r.time)
+        return sorted(self._read(lambda txn: reads.list_quarantine(txn, t)), key=lambda r: r.time)
 
     def verdict_batch(self, after: bytes | None,
                       n: int) -> list[tuple[bytes, VerdictRecord | None]]:
         """Up to `n` verdicts (key, record or None if undecodable) after key `after`."""
         t = self._t
-        return self._read(lambda txn: tables.verdict_batch(txn, t, after, n))
+        return self._read(lambda txn: verdicts.verdict_batch(txn, t, after, n))
 
     def list_exposed(self) -> list[ExposureRecord]:
         """Exposure records kept after their entries ended, oldest first."""
         t = self._t
-        return sorted(self._read(lambda txn: tables.list_exposed(txn, t)), key=lambda r: r.first)
+        return sorted(self._read(lambda txn: exposed.list_exposed(txn, t)), key=lambda r: r.first)
 
     def get_quarantine(self, id: str) -> QuarantineRecord | None:
         t = self._t
@@ -616,36 +380,11 @@ class Journal:
                                              db=t.quarantine))
         return None if raw is None else decode_quarantine(raw)
 
-    def stats(self) -> dict[str, object]:
+    def contents(self) -> dict[str, object]:
+        """What the journal holds (counts, oldest age, bytes) and its map use: status,
+        `vfile journal stats`, metrics. The committer's counters are `durability`."""
         t, now = self._t, self._clock()
-
-        def read(txn: Txn) -> dict[str, object]:
-            deferred = int(txn.stat(t.deferred)["entries"])
-            indexed = int(txn.stat(t.order)["entries"])
-            oldest: float | None = None
-            size = 0
-            if t.profiles is None:  # format 1, read-only: walk
-                for _, e in tables.iter_entries(txn, t):
-                    oldest = e.first_deferred if oldest is None else min(oldest,
-                                                                         e.first_deferred)
-                    size += e.identity.size if e.identity is not None else 0
-            else:  # O(profiles): counters and the first index key of each profile
-                for name, (_, b) in tables.profile_counts(txn, t).items():
-                    size += b
-                    first = tables.oldest_of_profile(txn, t, name)
-                    if first is not None:
-                        oldest = first.first_deferred if oldest is None else min(
-                            oldest, first.first_deferred)
-            return {
-                "deferred": deferred, "poisoned": deferred - indexed,
-                "oldest_age_s": None if oldest is None else max(0.0, now - oldest),
-                "bytes": size, "verdicts": int(txn.stat(t.verdicts)["entries"]),
-                "quarantined": int(txn.stat(t.quarantine)["entries"]),
-                "exposure_records": 0 if t.exposed is None else
-                int(txn.stat(t.exposed)["entries"]),
-            }
-
-        out = self._read(read)
+        out = self._read(lambda txn: reads.contents(txn, t, now))
         info = self._env.info()
         stat = self._env.stat()
         out["map_size"] = int(info["map_size"])
@@ -653,7 +392,3 @@ class Journal:
         out["path"] = str(self.path)
         out["verdicts_collected"] = self.verdicts_collected
         return out
-
-    def statistics(self) -> dict[str, Any]:
-        """Group-commit counters (for benchmarks and logs)."""
-        return {"batches": self._committer.batches, "ops": self._committer.ops}

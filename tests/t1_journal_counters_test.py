@@ -27,7 +27,7 @@ def check(j: Journal, now: float) -> None:
     assert [e.order for e in every] == sorted(e.order for e in every)
     for n in (0, 1, 5, len(every)):
         assert j.list_deferred(limit=n) == every[:n] if n else True
-    stats = j.stats()
+    stats = j.contents()
     assert stats["deferred"] == len(every)
     assert stats["bytes"] == sum(e.identity.size for e in every if e.identity)
 

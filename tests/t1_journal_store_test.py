@@ -68,7 +68,7 @@ async def test_200_concurrent_defers_are_all_durable(tmp_path: Path) -> None:
     async with trio.open_nursery() as n:
         for i in range(250):
             n.start_soon(one, i)
-    batches = j.statistics()["batches"]
+    batches = j.durability()["batches"]
     j.close()
     assert len(set(seqs.values())) == 250
     assert batches < 250  # they were grouped
@@ -205,11 +205,11 @@ async def test_release_backs_off_then_poisons(journal: Journal, clock: Clock) ->
     assert e is not None and e.poisoned
     clock.now += 10**6
     assert [x.path for x in await journal.claim(5, lease=10)] == ["/g"]
-    assert journal.stats()["poisoned"] == 1
+    assert journal.contents()["poisoned"] == 1
     assert [x.path for x in journal.list_deferred(include_poisoned=False)] == ["/g"]
     assert {x.path for x in journal.list_deferred()} == {"/f", "/g"}
     assert await journal.retry("/f") == 1
-    assert journal.stats()["poisoned"] == 0
+    assert journal.contents()["poisoned"] == 0
     clock.now += 100
     assert [x.path for x in await journal.claim(5, lease=10)] == ["/f", "/g"]
 
@@ -237,7 +237,7 @@ async def test_purge_and_retry_all(journal: Journal) -> None:
     assert await journal.purge("/nothing") == 0
     assert await journal.retry() == 0
     assert await journal.purge() == 1
-    assert journal.stats()["deferred"] == 0
+    assert journal.contents()["deferred"] == 0
 
 
 async def test_rename_and_forget(journal: Journal) -> None:
@@ -289,7 +289,7 @@ async def test_verdicts_and_quarantine(journal: Journal) -> None:
     assert journal.list_quarantine() == [q] and journal.get_quarantine("q1") == q
     await journal.remove_quarantine("q1")
     assert journal.get_quarantine("q1") is None
-    stats = journal.stats()
+    stats = journal.contents()
     assert stats["verdicts"] == 1 and stats["quarantined"] == 0
 
 
@@ -300,7 +300,7 @@ async def test_a_new_verdict_drops_the_files_older_versions(journal: Journal) ->
     for n in range(100):
         await journal.put_verdict(VerdictRecord(Identity(1, 10, n, 1000 + n, 1000 + n),
                                                 "27000", "clean", "", "builtin", 1.0))
-    assert journal.stats()["verdicts"] == 2
+    assert journal.contents()["verdicts"] == 2
     newest = Identity(1, 10, 99, 1099, 1099)
     assert journal.get_verdict(newest, "27000") is not None
     assert journal.get_verdict(Identity(1, 10, 98, 1098, 1098), "27000") is None
@@ -312,12 +312,12 @@ async def test_a_new_verdict_drops_the_files_older_versions(journal: Journal) ->
     await journal.put_verdict(late)
     assert journal.get_verdict(newest, "27000") is not None
     assert journal.get_verdict(newest, "27001") is not None
-    assert journal.stats()["verdicts"] == 4
+    assert journal.contents()["verdicts"] == 4
     # complete() stores its verdict the same way.
     seq = await journal.defer("/a", newest, Reason.MODIFIED, "p")
     final = VerdictRecord(Identity(1, 10, 1, 2000, 2000), "27000", "clean", "", "b", 4.0)
     assert await journal.complete("/a", seq, final)
-    assert journal.stats()["verdicts"] == 2
+    assert journal.contents()["verdicts"] == 2
     assert journal.get_verdict(final.identity, "27000") == final
 
 
@@ -327,7 +327,7 @@ async def test_map_grows(tmp_path: Path) -> None:
         async with trio.open_nursery() as n:
             for i in range(2000):
                 n.start_soon(j.defer, f"/grow/{i}", ID1, Reason.UNAVAILABLE, "p" * 100)
-        stats = j.stats()
+        stats = j.contents()
         assert stats["deferred"] == 2000
         assert int(stats["map_size"]) > 64 << 10  # type: ignore[call-overload]
     finally:
@@ -496,7 +496,7 @@ async def test_exposures_are_kept_when_their_entry_ends_unverified(journal: Jour
     assert set(kept) == {"/gone", "/bad"}
     assert kept["/gone"].outcome == "unlinked" and kept["/gone"].exposures == (reader,)
     assert (kept["/bad"].outcome, kept["/bad"].detail) == ("infected", "Eicar")
-    assert journal.stats()["exposure_records"] == 2
+    assert journal.contents()["exposure_records"] == 2
     assert await journal.clear_exposed("/gone") == 1
     assert await journal.clear_exposed() == 1
     assert journal.list_exposed() == []

@@ -27,7 +27,7 @@ REWRITES = 150
 def journal_verdicts(state: Path) -> int:
     j = Journal.open(state, readonly=True)
     try:
-        return int(j.stats()["verdicts"])
+        return int(j.contents()["verdicts"])
     finally:
         j.close()
 

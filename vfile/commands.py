@@ -92,7 +92,7 @@ class Commands:
 
     # --- status ---------------------------------------------------------------------------
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
-        journal_stats = await trio.to_thread.run_sync(self.journal.stats)
+        journal_stats = await trio.to_thread.run_sync(self.journal.contents)
         info = self.info
         return {
             "mount": {"source": info.source, "mountpoint": info.mountpoint,

@@ -195,7 +195,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                   "appliances": pool.statistics, "window": window.statistics,
                   "quota": quota.statistics}
         outputs = open_outputs(opts.metrics, opts.audit_log, status=status,
-                               journal_stats=journal.stats,
+                               journal_stats=journal.contents,
                                info={"version": vfile.__version__,
                                      "source": os.path.realpath(opts.source),
                                      "mountpoint": os.path.realpath(opts.mountpoint)})

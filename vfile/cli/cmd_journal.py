@@ -255,7 +255,7 @@ def journal_stats(state_dir: StateDir = None, mount: Mount = None, json_: Json =
     Example: vfile journal stats --state-dir /var/lib/vfile/guest --json
     """
     with open_journal(state_dir, readonly=True, mount=mount) as j:
-        stats = j.stats()
+        stats = j.contents()
     if json_:
         _print_json(stats)
         return
