@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("vfile", "scanner", "journal")
 MAX_LINES = 500
 #: Still over the limit, to be split under issue 12 (the gate, the config model, the fs).
-NOT_YET_SPLIT = {"vfile/filter/gate.py", "vfile/config/model.py", "vfile/passthrough/fs.py"}
+NOT_YET_SPLIT = {"vfile/config/model.py"}
 
 
 def _lines() -> dict[str, int]:
