@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from mounting import mounted
+from mounting import mounted, wait_for
 from outage import running_appliance, running_proxy, status, write_config
 from servers import Samples, samples  # noqa: F401 - fixture
 
@@ -134,6 +134,14 @@ def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples
             opens += len(results)
             for (outcome, _), name in zip(results, after, strict=True):
                 want = "EACCES" if name == "eicar.com" else "ok"
+                if outcome != want and name == "eicar.com" and fail_mode != "closed":
+                    # One scan may still time out on a loaded machine (the adaptive
+                    # timeout is learned from quick scans): open/safe then allow it
+                    # without a verdict (never with a clean one: checked below), and
+                    # the next open scans again.
+                    wait_for(f"eicar.com denied after {fault}",
+                             lambda d=d: _open(d / "eicar.com")[0] == "EACCES")
+                    continue
                 assert outcome == want, f"after {fault} ({fail_mode}): {name} got {outcome}"
             assert status(mnt)["gate"]["scans"] > scans, f"after {fault}: nothing scanned"
     # Nothing in the verdict table came from a fault, and EICAR never got a clean one.
