@@ -227,10 +227,20 @@ def test_redis_dying_mid_storm_loses_no_verdict_and_hangs_no_open(
         if how == "kill":
             # A fresh (empty) Redis: the proxy uses it again after its breaker cooldown.
             restart_redis(redis, tmp_path / "redis")
-            with guest(tmp_path, "g2", cache.url, {"late.txt": b"late\n"}) as g2:
-                wait_for("the cache to be used again", lambda: read(g2, "late.txt").data
-                         == b"late\n" and cache.stats()["cache"]["stores"] > stats["cache"]
-                         ["stores"])
+            with guest(tmp_path, "g2", cache.url, {}) as g2:
+                tries = iter(range(1000))
+
+                def late_file_is_stored() -> bool:
+                    # A new content each time: the guest's own verdict cache would answer
+                    # a second open of the same file, and the appliance's Redis breaker
+                    # may still be cooling down at the first one.
+                    rel = f"late{next(tries)}.txt"
+                    data = f"late content {rel}\n".encode()
+                    (g2.source / rel).write_bytes(data)
+                    return read(g2, rel).data == data and \
+                        cache.stats()["cache"]["stores"] > stats["cache"]["stores"]
+
+                wait_for("the cache to be used again", late_file_is_stored)
         else:
             redis.kill(signal.SIGCONT)
 
