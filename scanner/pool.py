@@ -35,6 +35,7 @@ Adaptive mode (`Adaptive.enabled`, the default; see scanner/latency.py for the m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -441,7 +442,9 @@ class Pool:
         tries = 1 + (self.retries if retries is None else retries)
         result: Verdict | None = None
         self._budget.earn()
-        async with self._slots:
+        # Background (drain) scans are bounded by the drain's own concurrency and do not
+        # take the on-open slots: a patient drain scan must never starve an open.
+        async with self._slots if count_timeouts else contextlib.nullcontext():
             for app in self._apps:
                 for retry in range(tries):
                     if not app.healthy or not app.breaker.allow(trio.current_time()):
