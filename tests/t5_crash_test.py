@@ -52,13 +52,12 @@ NAMES = 6  # per writer
 FAULTS = ("none", "none", "refuse", "reset", "blackhole", "delay=0.3s", "garbage", "truncate")
 #: a thread blocked in the dead mount gets ENOTCONN at once; this only bounds a bug
 JOIN_DEADLINE = 20.0
-#: Mount options. With the writeback cache an acknowledged create+write was lost about
-#: one kill in 50 (a close after the kill returned 0: `flush` answered ENOSYS, see
-#: `test_close_after_the_server_died_never_acknowledges_cached_writes`); fixed, but CI
-#: still runs `-o no_writeback` until the lead flips it; VFILE_CRASH_WRITEBACK=1 runs
-#: the default options.
-WRITEBACK: tuple[str, ...] = () if os.environ.get("VFILE_CRASH_WRITEBACK") == "1" \
-    else ("-o", "no_writeback")
+#: Mount options: the defaults, the kernel's writeback cache on. An acknowledged
+#: create+write used to be lost about one kill in 50 (a close after the kill returned 0:
+#: `flush` answered ENOSYS, see `test_close_after_the_server_died_never_acknowledges_
+#: cached_writes`). VFILE_CRASH_WRITEBACK=0 runs with `-o no_writeback`.
+WRITEBACK: tuple[str, ...] = ("-o", "no_writeback") \
+    if os.environ.get("VFILE_CRASH_WRITEBACK") == "0" else ()
 
 Model = dict[str, bytes | None]  # relative path -> content (None: absent)
 
