@@ -69,6 +69,9 @@ def _digest_fd(fd: int) -> _Digest:
         offset += len(data)
 
 
+NO_FD = b"FILDES: didn't receive file descriptor. ERROR"
+
+
 class _Conn:
     """One client connection: buffered reads that also collect passed fds."""
 
@@ -92,6 +95,19 @@ class _Conn:
             data = await self.stream.receive_some(65536)
         self.buf += data
         return bool(data)
+
+    async def take_fd(self) -> int | None:
+        """The descriptor a FILDES command passed (ours to close), or None if none came.
+        It travels with at least one dummy byte, which is consumed here."""
+        if not self.unix:
+            return None
+        while not self.fds:
+            if not await self.fill():
+                return None
+        if not self.buf and not await self.fill():
+            raise trio.BrokenResourceError("client closed")
+        del self.buf[:1]
+        return self.fds.pop(0)
 
     async def read_exact(self, n: int) -> bytes | None:
         while len(self.buf) < n:
@@ -240,16 +256,9 @@ class BuiltinAppliance:
                 length -= len(piece)
 
     async def _fildes(self, conn: _Conn) -> tuple[bytes, bool]:
-        if not conn.unix:
-            return b"FILDES: didn't receive file descriptor. ERROR", False
-        # the descriptor travels with at least one dummy byte
-        while not conn.fds:
-            if not await conn.fill():
-                return b"FILDES: didn't receive file descriptor. ERROR", False
-        if not conn.buf and not await conn.fill():
-            raise trio.BrokenResourceError("client closed")
-        del conn.buf[:1]
-        fd = conn.fds.pop(0)
+        fd = await conn.take_fd()
+        if fd is None:
+            return NO_FD, False
         try:
             d = await trio.to_thread.run_sync(_digest_fd, fd, limiter=FILE_READS)
         except OSError as err:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import trio
 
 from vfile.scanner import clamd_proto as proto
-from vfile.scanner.builtin import DEFAULT_MAX_STREAM, BuiltinAppliance, _Conn
+from vfile.scanner.builtin import DEFAULT_MAX_STREAM, NO_FD, BuiltinAppliance, _Conn
 from vfile.scanner.cache import CacheDown, RedisVerdicts
 from vfile.scanner.cache_defaults import DEFAULT_MAX_INFLIGHT
 from vfile.scanner.cache_grace import Grace
@@ -245,15 +245,9 @@ class CacheAppliance(BuiltinAppliance):
             os.close(fd)
 
     async def _fildes(self, conn: _Conn) -> tuple[bytes, bool]:
-        if not conn.unix:
-            return b"FILDES: didn't receive file descriptor. ERROR", False
-        while not conn.fds:
-            if not await conn.fill():
-                return b"FILDES: didn't receive file descriptor. ERROR", False
-        if not conn.buf and not await conn.fill():
-            raise trio.BrokenResourceError("client closed")
-        del conn.buf[:1]
-        fd = conn.fds.pop(0)
+        fd = await conn.take_fd()
+        if fd is None:
+            return NO_FD, False
         try:
             try:
                 copy, digest, size = await trio.to_thread.run_sync(
