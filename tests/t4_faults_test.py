@@ -140,7 +140,8 @@ def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples
                     # without a verdict (never with a clean one: checked below), and
                     # the next open scans again.
                     wait_for(f"eicar.com denied after {fault}",
-                             lambda d=d: _open(d / "eicar.com")[0] == "EACCES", 60.0)
+                             lambda i=i: _open(mnt / f"f{i}" / "eicar.com")[0] == "EACCES",
+                             60.0)
                     continue
                 assert outcome == want, f"after {fault} ({fail_mode}): {name} got {outcome}"
             assert status(mnt)["gate"]["scans"] > scans, f"after {fault}: nothing scanned"
