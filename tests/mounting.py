@@ -46,7 +46,30 @@ class Server:
     log_path: Path
 
     def log(self) -> str:
+        """The server's log so far. A running server writes its log lines on a thread
+        (vfile.observe.logqueue): wait until every line it accepted before now is in
+        the file, so a test never reads a log that lags behind what happened."""
+        if self.proc.poll() is None and is_mounted(self.mountpoint):
+            _wait_log_written(self.mountpoint)
         return self.log_path.read_text(errors="replace")
+
+
+def _wait_log_written(mountpoint: Path, deadline: float = 15.0) -> None:
+    """Until the server has written every log line accepted before this call (best
+    effort: a server that cannot answer is read as it is)."""
+    from vfile import control  # the client is trio-free and cheap
+
+    end = time.monotonic() + deadline
+    try:
+        logging = control.call(mountpoint, "status", timeout=deadline)["logging"]
+        if not logging:
+            return
+        target = logging["accepted"]
+        while logging["written"] < target and time.monotonic() < end:
+            time.sleep(0.02)
+            logging = control.call(mountpoint, "status", timeout=deadline)["logging"]
+    except (OSError, control.ControlError, KeyError, TypeError):
+        return
 
 
 def force_unmount(mountpoint: Path | str) -> None:

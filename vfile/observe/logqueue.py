@@ -49,6 +49,9 @@ class QueuedHandler(logging.Handler):
         self.target = target
         self.queue: queue.Queue[Any] = queue.Queue(size)
         self.counter = DropCounter()
+        #: lines put on the queue; once `written` reaches a value read here, every line
+        #: accepted before that read is in the file (the queue is FIFO)
+        self.accepted = 0
         self.written = 0
         self._thread = threading.Thread(target=self._run, name="log writer", daemon=True)
         self._thread.start()
@@ -63,6 +66,8 @@ class QueuedHandler(logging.Handler):
             self.queue.put_nowait(line)
         except queue.Full:
             self.counter.dropped += 1
+        else:
+            self.accepted += 1
 
     def _run(self) -> None:
         stream = getattr(self.target, "stream", None)
@@ -79,9 +84,10 @@ class QueuedHandler(logging.Handler):
                 if stream is not None:
                     stream.write(item + "\n")
                     stream.flush()
-                self.written += 1
             except Exception:  # a log line must never take the writer down
-                continue
+                pass
+            # counted even when the write failed: `written` is how far the writer got
+            self.written += 1
 
     def close(self) -> None:
         with contextlib.suppress(queue.Full):
@@ -91,7 +97,7 @@ class QueuedHandler(logging.Handler):
 
     def statistics(self) -> dict[str, int]:
         return {"queued": self.queue.qsize(), "dropped": self.counter.dropped,
-                "written": self.written}
+                "accepted": self.accepted, "written": self.written}
 
 
 _installed: QueuedHandler | None = None
