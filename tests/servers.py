@@ -9,12 +9,8 @@ loudly with its log if it does not within a deadline) and always stop it:
             ...
     async with running_builtin(tmp) as b:    # b.tcp_url, b.unix_url, b.appliance
 
-Fixtures (import them into a test module, e.g.
-`from servers import clamd_server, samples  # noqa: F401`, as tests/ is on
-sys.path the way pytest imports test modules here):
-`samples` (session: EICAR, a generated infected file, a clean file, and the
-signature directory), `clamd_server` (session), `cicap_server` (session),
-`builtin` (per test, async).
+The fixtures over them (`samples`, `clamd_server`, `cicap_server`,
+`builtin`) are in conftest.py.
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import trio
 
 from vfile.scanner.builtin import BuiltinAppliance
@@ -267,29 +262,3 @@ async def running_builtin(tmp: Path, signatures_dir: Path | None = None,
                 nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
-
-
-# --- fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> Samples:
-    return make_samples(tmp_path_factory.mktemp("samples"))
-
-
-@pytest.fixture(scope="session")
-def clamd_server(tmp_path_factory: pytest.TempPathFactory, samples: Samples) -> Iterator[Clamd]:
-    with running_clamd(tmp_path_factory.mktemp("clamd"), samples.sigdir) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def cicap_server(tmp_path_factory: pytest.TempPathFactory, clamd_server: Clamd) -> Iterator[Cicap]:
-    with running_cicap(clamd_server.socket_path, tmp_path_factory.mktemp("cicap")) as server:
-        yield server
-
-
-@pytest.fixture
-async def builtin(tmp_path: Path, samples: Samples) -> AsyncIterator[Builtin]:
-    async with running_builtin(tmp_path, samples.sigdir) as server:
-        yield server

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from mounting import mounted, wait_for
 from outage import running_appliance, running_proxy, status, write_config
-from servers import Samples, samples  # noqa: F401 - fixture
+from servers import Samples
 
 from vfile.journal import Journal
 from vfile.journal.records import decode_verdict
@@ -83,7 +83,7 @@ def _verdicts(state: Path) -> list[object]:
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open", "safe"])
-def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples,  # noqa: F811
+def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples,
                                                 fail_mode: str) -> None:
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()

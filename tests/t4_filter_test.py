@@ -30,14 +30,7 @@ from typing import Any
 import pytest
 from mounting import Server, mounted, vfile_cmd, wait_for
 from outage import running_appliance
-from servers import (  # noqa: F401 (session fixtures)
-    EICAR_HDB_NAME,
-    GENERATED_NAME,
-    Clamd,
-    Samples,
-    clamd_server,
-    samples,
-)
+from servers import EICAR_HDB_NAME, GENERATED_NAME, Clamd, Samples
 
 from vfile import control
 from vfile.journal.store import Journal
@@ -232,8 +225,8 @@ def test_eicar_written_through_the_mount_is_quarantined_after_close(tmp_path: Pa
 
 
 @pytest.mark.clamd
-def test_real_clamd_over_fildes(tmp_path: Path, clamd_server: Clamd,  # noqa: F811
-                                samples: Samples) -> None:  # noqa: F811
+def test_real_clamd_over_fildes(tmp_path: Path, clamd_server: Clamd,
+                                samples: Samples) -> None:
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(samples.eicar, src / "eicar.com")
@@ -280,7 +273,7 @@ def test_verdicts_survive_a_remount(tmp_path: Path) -> None:
 
 
 def test_signature_update_causes_a_rescan(tmp_path: Path,
-                                          samples: Samples) -> None:  # noqa: F811
+                                          samples: Samples) -> None:
     sigdir = tmp_path / "sigs"
     sigdir.mkdir()
     (sigdir / "other.hdb").write_text(f"{'0' * 32}:1:Vfile.Test.Nothing\n")

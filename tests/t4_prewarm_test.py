@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from mounting import vfile_cmd
 from outage import running_appliance
-from servers import Samples, samples  # noqa: F401 (session fixture)
 from t4_filter_test import filtering
 
 from vfile import control
