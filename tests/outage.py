@@ -33,23 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mounting import stop_process
+
 from vfile import control
 from vfile.journal import Journal
 from vfile.journal.records import Identity
 
 START_DEADLINE = 30.0
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], what: str,
@@ -98,7 +88,7 @@ def _start(args: list[str], ready: str, sockdir: Path, url: str) -> Iterator[Pro
         _wait_for(log, ready, proc, args[0])
         yield Proc(proc, url, log, fault_file)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _running(args: list[str], ready: str, prefix: str, fault: str) -> Iterator[Proc]:

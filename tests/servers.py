@@ -19,7 +19,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from mounting import stop_process
 
 from vfile.scanner.builtin import BuiltinAppliance
 from vfile.scanner.faults import Fault
@@ -80,10 +80,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ask(address: str | tuple[str, int], payload: bytes, until: bytes) -> bytes:
+def ask(address: str | tuple[str, int], payload: bytes, until: bytes,
+        timeout: float = 2.0) -> bytes:
+    """Send `payload` to a unix socket path or (host, port); read until `until` is in
+    the reply or the server closes."""
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     with socket.socket(family) as s:
-        s.settimeout(2)
+        s.settimeout(timeout)
         s.connect(address)
         s.sendall(payload)
         out = b""
@@ -98,48 +101,43 @@ def _ask(address: str | tuple[str, int], payload: bytes, until: bytes) -> bytes:
 Probe = tuple[str | tuple[str, int], bytes, bytes]
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], check: list[Probe], logs: list[Path],
-                what: str) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], check: list[Probe], logs: list[Path],
+               what: str) -> None:
+    """Until every probe (address, payload, expected bytes) is answered; else stop
+    `proc` and fail with the tail of its `logs`."""
     deadline = time.monotonic() + STARTUP_DEADLINE
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
         try:
-            if all(exp in _ask(addr, payload, exp) for addr, payload, exp in check):
+            if all(exp in ask(addr, payload, exp) for addr, payload, exp in check):
                 return
         except OSError as err:
             last = err
         time.sleep(0.05)
     text = "\n".join(f"--- {p}:\n{p.read_text(errors='replace')[-4000:]}" for p in logs
                      if p.exists())
-    _stop(proc)
+    stop_process(proc)
     raise RuntimeError(f"{what} did not come up within {STARTUP_DEADLINE}s "
                        f"(exit code {proc.poll()}, last error {last}):\n{text}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server and its children (it runs in its own process group)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGCONT)  # in case a test left it stopped
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stray children
+@dataclass
+class Daemon:
+    """A server process in its own process group, its port and its log."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 @dataclass
-class Clamd:
-    proc: subprocess.Popen[bytes]
-    port: int
+class Clamd(Daemon):
     socket_path: str
-    log: Path
 
     @property
     def tcp_url(self) -> str:
@@ -148,9 +146,6 @@ class Clamd:
     @property
     def unix_url(self) -> str:
         return f"clamd://{self.socket_path}"
-
-    def stop(self) -> None:
-        _stop(self.proc)
 
 
 @contextlib.contextmanager
@@ -172,28 +167,21 @@ def running_clamd(tmp: Path, sigdir: Path, *, stream_max: str = "10M",
     out = (tmp / "clamd.out").open("wb")
     proc = subprocess.Popen([CLAMD, "--foreground", f"--config-file={conf}"], stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    server = Clamd(proc, port, sock, log)
+    server = Clamd(proc, port, log, sock)
     try:
-        _wait_ready(proc, [(sock, b"zPING\0", b"PONG"), (("127.0.0.1", port), b"zPING\0", b"PONG")],
+        wait_ready(proc, [(sock, b"zPING\0", b"PONG"), (("127.0.0.1", port), b"zPING\0", b"PONG")],
                     [log, tmp / "clamd.out"], "clamd")
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
         out.close()
 
 
 @dataclass
-class Cicap:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
+class Cicap(Daemon):
     @property
     def url(self) -> str:
         return f"icap://127.0.0.1:{self.port}/avscan"
-
-    def stop(self) -> None:
-        _stop(self.proc)
 
 
 @contextlib.contextmanager
@@ -227,11 +215,11 @@ def running_cicap(clamd_socket: str, tmp: Path, *, max_object: str = "100M") -> 
                "Encapsulated: null-body=0\r\n\r\n").encode()
     server = Cicap(proc, port, log)
     try:
-        _wait_ready(proc, [(("127.0.0.1", port), options, b"ISTag")], [log, tmp / "cicap.out"],
+        wait_ready(proc, [(("127.0.0.1", port), options, b"ISTag")], [log, tmp / "cicap.out"],
                     "c-icap")
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
         out.close()
 
 

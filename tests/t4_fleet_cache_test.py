@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from filtering import Opened, timed_read
 from fleet_servers import Cache, restart_redis, running_cache, running_redis
 from mounting import Server, mounted, wait_for
 from outage import running_appliance
 from servers import GENERATED_NAME, Clamd, Samples, free_port
-from t4_filter_test import Opened, timed_read
 
 from vfile.scanner.cache import FORMAT, lock_key, verdict_key
 from vfile.scanner.signatures import EICAR

@@ -20,7 +20,7 @@ import pytest
 from lifecycle import Tree, open_errno, tree_config
 from mounting import mounted
 from outage import running_appliance, status
-from t4_metrics_test import scrape, value
+from scrape import scrape, value
 
 pytestmark = pytest.mark.mount
 
