@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 from servers import running_builtin
 
-from vfile.config.model import parse_config
+from vfile.config.reader import parse_config
 from vfile.filter import racy
 from vfile.filter.actions import Actions
 from vfile.filter.gate import Gate
