@@ -1,0 +1,33 @@
+"""Helpers the I/O benchmarks share (passthrough.py, datapath.py): dropping a
+file's page cache, and timing N operations one by one."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def drop_cache(*paths: Path) -> None:
+    """Write back, then drop the page cache of each file, so the next read comes
+    from the device (for a mount: pass the FUSE file and its source file)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def timed(n: int, op: Callable[[int], object]) -> tuple[float, list[int]]:
+    """Run `op(0)` … `op(n-1)`: (operations per second, each one's latency in ns)."""
+    lat = []
+    clock = time.perf_counter_ns
+    t0 = clock()
+    for i in range(n):
+        a = clock()
+        op(i)
+        lat.append(clock() - a)
+    return n / ((clock() - t0) / 1e9), lat
