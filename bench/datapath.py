@@ -52,6 +52,7 @@ import trio
 
 # Runnable from a checkout: the repository root first, for the shared bench helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import iotiming
 from bench.iotiming import drop_cache, timed
 
 KiB, MiB = 1024, 1024 * 1024
@@ -156,13 +157,7 @@ def stat_op(d: Path, n: int) -> tuple[float, list[int]]:
 
 
 def seq_write(d: Path, size: int) -> tuple[float, list[int]]:
-    buf = os.urandom(MiB)
-    t0 = time.perf_counter()
-    fd = os.open(d / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for _ in range(size // MiB):
-        os.write(fd, buf)
-    os.close(fd)
-    return size / MiB / (time.perf_counter() - t0), []
+    return iotiming.seq_write(d, size), []
 
 
 def seq_read_warm(d: Path, size: int) -> tuple[float, list[int]]:

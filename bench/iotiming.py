@@ -1,5 +1,5 @@
 """Helpers the I/O benchmarks share (passthrough.py, datapath.py): dropping a
-file's page cache, and timing N operations one by one."""
+file's page cache, timing N operations one by one, and a sequential write."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+MiB = 1024 * 1024
 
 
 def drop_cache(*paths: Path) -> None:
@@ -31,3 +33,14 @@ def timed(n: int, op: Callable[[int], object]) -> tuple[float, list[int]]:
         op(i)
         lat.append(clock() - a)
     return n / ((clock() - t0) / 1e9), lat
+
+
+def seq_write(d: Path, size: int) -> float:
+    """Write `size` bytes to d/seq in 1 MiB writes, to the close: MiB/s."""
+    buf = os.urandom(MiB)
+    t0 = time.perf_counter()
+    fd = os.open(d / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for _ in range(size // MiB):
+        os.write(fd, buf)
+    os.close(fd)
+    return size / MiB / (time.perf_counter() - t0)

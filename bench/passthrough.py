@@ -32,20 +32,10 @@ from pathlib import Path
 
 # Runnable from a checkout: the repository root first, for the shared bench helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.iotiming import drop_cache
+from bench.iotiming import drop_cache, seq_write
 
 MiB = 1024 * 1024
 BLOCK = 4096
-
-
-def seq_write(d: Path, size: int) -> float:
-    buf = os.urandom(MiB)
-    t0 = time.perf_counter()
-    fd = os.open(d / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for _ in range(size // MiB):
-        os.write(fd, buf)
-    os.close(fd)
-    return size / MiB / (time.perf_counter() - t0)
 
 
 def seq_read(d: Path, size: int, drop: Callable[[], None] | None) -> float:
