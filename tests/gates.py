@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 from servers import running_builtin
 
+from vfile.config.model import Config
 from vfile.config.reader import parse_config
 from vfile.filter import racy
 from vfile.filter.actions import Actions
@@ -40,6 +41,8 @@ class Env:
     journal: Journal
     gate: Gate
     source_fd: int
+    config: Config
+    actions: Actions
 
     def write(self, rel: str, data: bytes) -> None:
         path = self.source / rel
@@ -73,11 +76,13 @@ async def gate_env(tmp_path: Path, config: str = "", *, probe_interval: float = 
             pool = Pool([builtin.unix_url], attempt_timeout=1.0, retries=1,
                         probe_interval=probe_interval, breaker_failures=3)
             actions = Actions(source_fd, journal, quarantine_dir=str(qdir))
-            gate = Gate(parse_config(config), pool, journal, actions, source_fd=source_fd)
+            parsed = parse_config(config)
+            gate = Gate(parsed, pool, journal, actions, source_fd=source_fd)
             async with trio.open_nursery() as nursery:
                 await nursery.start(pool.serve)
                 await nursery.start(gate.serve)
-                yield Env(source, qdir, builtin.appliance, pool, journal, gate, source_fd)
+                yield Env(source, qdir, builtin.appliance, pool, journal, gate, source_fd,
+                          parsed, actions)
                 nursery.cancel_scope.cancel()
     finally:
         journal.close()

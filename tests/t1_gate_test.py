@@ -36,8 +36,7 @@ async def test_clean_is_allowed_and_cached(tmp_path: Path) -> None:
         rec = env.journal.get_verdict(env.identity("a/clean.txt"), env.pool.signature_version())
         assert rec is not None and rec.outcome == "clean"
         # A fresh gate (empty memory cache) finds the verdict in the journal: no scan.
-        gate2 = Gate(env.gate._config, env.pool, env.journal, env.gate._actions,
-                     source_fd=env.source_fd)
+        gate2 = Gate(env.config, env.pool, env.journal, env.actions, source_fd=env.source_fd)
         fd = os.open(env.source / "a/clean.txt", os.O_RDONLY)
         try:
             await gate2.on_open(b"a/clean.txt", fd, os.fstat(fd), os.O_RDONLY, CTX)
