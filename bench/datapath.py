@@ -44,11 +44,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import trio
+
+# Runnable from a checkout: the repository root first, for the shared bench helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import iotiming
+from bench.iotiming import drop_cache, timed
 
 KiB, MiB = 1024, 1024 * 1024
 EXAMPLE = Path("/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c")
@@ -107,27 +112,6 @@ def mounted_vfile(src: Path, mnt: Path, state: Path, *extra: str) -> Iterator[No
 # -- workloads: each returns (rate, per-op latencies in ns or []) -------------------
 
 
-def _drop(*paths: Path) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def timed(n: int, op: Callable[[int], object]) -> tuple[float, list[int]]:
-    lat = []
-    clock = time.perf_counter_ns
-    t0 = clock()
-    for i in range(n):
-        a = clock()
-        op(i)
-        lat.append(clock() - a)
-    return n / ((clock() - t0) / 1e9), lat
-
-
 def write_4k(d: Path, n: int) -> tuple[float, list[int]]:
     buf = os.urandom(4 * KiB)
     fd = os.open(d / "w4k", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -173,13 +157,7 @@ def stat_op(d: Path, n: int) -> tuple[float, list[int]]:
 
 
 def seq_write(d: Path, size: int) -> tuple[float, list[int]]:
-    buf = os.urandom(MiB)
-    t0 = time.perf_counter()
-    fd = os.open(d / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for _ in range(size // MiB):
-        os.write(fd, buf)
-    os.close(fd)
-    return size / MiB / (time.perf_counter() - t0), []
+    return iotiming.seq_write(d, size), []
 
 
 def seq_read_warm(d: Path, size: int) -> tuple[float, list[int]]:
@@ -199,7 +177,7 @@ def seq_read_warm(d: Path, size: int) -> tuple[float, list[int]]:
 
 def parallel_cold_read(d: Path, src: Path | None, size: int) -> tuple[float, list[int]]:
     names = [f"cold{i}" for i in range(8)]
-    _drop(*(d / n for n in names), *((src / n for n in names) if src else ()))
+    drop_cache(*(d / n for n in names), *((src / n for n in names) if src else ()))
     lat: list[int] = []
 
     def reader(name: str) -> None:

@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, sys.path[0] is bench/, whose journal.py would shadow the journal package.
 sys.path[:] = [str(ROOT), str(ROOT / "tests"),
                *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
-from mounting import mounted, vfile_cmd  # type: ignore[import-not-found]  # noqa: E402
-from servers import CLAMD, _stop, _wait_ready, make_samples  # type: ignore[import-not-found]  # noqa: E402
+from mounting import mounted, stop_process, vfile_cmd  # type: ignore[import-not-found]  # noqa: E402
+from servers import CLAMD, make_samples, wait_ready  # type: ignore[import-not-found]  # noqa: E402
 
 from vfile import control  # noqa: E402
 from vfile.filter.drain import DEFAULT_FILES_PER_S  # noqa: E402
@@ -90,7 +90,7 @@ def start_clamd(tmp: Path, sigdir: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([CLAMD, "--foreground",
                              f"--config-file={conf}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_ready(proc, [(str(sock), b"zPING\0", b"PONG")], [tmp / "clamd.log"], "clamd")
+    wait_ready(proc, [(str(sock), b"zPING\0", b"PONG")], [tmp / "clamd.log"], "clamd")
     return proc
 
 
@@ -168,7 +168,7 @@ def quiesce_blocked(tmp: Path, blocked: int) -> dict[str, float]:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     try:
-        _wait_ready(app, [(str(sock), b"zPING\0", b"PONG")], [], "built-in appliance")
+        wait_ready(app, [(str(sock), b"zPING\0", b"PONG")], [], "built-in appliance")
         conf = root / "vfile.toml"
         conf.write_text(f'[mount]\nappliances = ["clamd://{sock}"]\n'
                         f'state_dir = "{root / "state"}"\n'
@@ -198,7 +198,7 @@ def quiesce_blocked(tmp: Path, blocked: int) -> dict[str, float]:
                 "server_side_seconds": reply["took_s"],
                 "last_open_returned_seconds": round(last, 4)}
     finally:
-        _stop(app)
+        stop_process(app)
 
 
 def main() -> None:
@@ -241,7 +241,7 @@ def main() -> None:
                 unlimited = drain_once(mnt, src, n, 1e9)
             clamdscan_again = time_clamdscan(sock, src, tmp)
         finally:
-            _stop(clamd)
+            stop_process(clamd)
         quiesce = None if args.no_quiesce else quiesce_blocked(tmp, args.blocked)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -53,12 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script, sys.path[0] is bench/, whose journal.py would shadow the journal package.
 sys.path[:] = [str(ROOT), str(ROOT / "tests"),
                *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
-from fleet_servers import (  # type: ignore[import-not-found]  # noqa: E402
-    running_builtin_process,
-    running_cache,
-    running_redis,
-)
+from fleet_servers import running_cache, running_redis  # type: ignore[import-not-found]  # noqa: E402
 from mounting import mounted  # type: ignore[import-not-found]  # noqa: E402
+from outage import running_appliance  # type: ignore[import-not-found]  # noqa: E402
 from servers import make_samples, running_clamd  # type: ignore[import-not-found]  # noqa: E402
 
 from vfile import control  # noqa: E402
@@ -204,7 +201,7 @@ def update_run(tmp: Path, n: int, image: dict[str, bytes], unique: int,
     sigdir.mkdir()
     (sigdir / "a.hdb").write_text(f"{'0' * 32}:1:Vfile.Bench.A\n")
     extra = ("--grace", str(grace), "--rescan-rate", "100") if grace else ()
-    with running_builtin_process(sigdir) as upstream, \
+    with running_appliance(sigdir) as upstream, \
             running_redis(tmp / f"redis-{grace:g}") as redis, \
             running_cache([upstream.url], redis.url, *extra) as cache, \
             guests(tmp, f"upd{grace:g}", n, image, unique, cache.url) as (mounts, rels):

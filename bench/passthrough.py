@@ -30,28 +30,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# Runnable from a checkout: the repository root first, for the shared bench helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.iotiming import drop_cache, seq_write
+
 MiB = 1024 * 1024
 BLOCK = 4096
-
-
-def _drop_cache(*paths: Path) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def seq_write(d: Path, size: int) -> float:
-    buf = os.urandom(MiB)
-    t0 = time.perf_counter()
-    fd = os.open(d / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for _ in range(size // MiB):
-        os.write(fd, buf)
-    os.close(fd)
-    return size / MiB / (time.perf_counter() - t0)
 
 
 def seq_read(d: Path, size: int, drop: Callable[[], None] | None) -> float:
@@ -170,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         vfile("mount", *opts, "--log-file", str(base / "server.log"), str(src), str(mnt))
         mounted = True
         results = {
-            "native": run_all(native, lambda: _drop_cache(native / "seq"), size, n),
-            "mount": run_all(mnt, lambda: _drop_cache(mnt / "seq", src / "seq"), size, n),
+            "native": run_all(native, lambda: drop_cache(native / "seq"), size, n),
+            "mount": run_all(mnt, lambda: drop_cache(mnt / "seq", src / "seq"), size, n),
         }
     finally:
         if mounted:

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mounting import mounted, stop_process, vfile_cmd  # type: ignore[import-not-found]
-from servers import _wait_ready  # type: ignore[import-not-found]
+from servers import wait_ready  # type: ignore[import-not-found]
 
 from vfile import control
 
@@ -79,7 +79,7 @@ def main() -> None:
         sock = tmp / "appliance.sock"
         app = subprocess.Popen(vfile_cmd("appliance", "serve", "--listen", f"unix://{sock}"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_ready(app, [(str(sock), b"zPING\0", b"PONG")], [], "built-in appliance")
+        wait_ready(app, [(str(sock), b"zPING\0", b"PONG")], [], "built-in appliance")
         conf = tmp / "vfile.toml"
         conf.write_text(f'[mount]\nappliances = ["clamd://{sock}"]\n'
                         f'state_dir = "{tmp / "state"}"\n')

@@ -7,7 +7,8 @@ commit.py group-commits writes; tables.py lays out the tables and keeps
 deferred entries by path with their indexes and counters; the operations of
 one transaction are ops.py (deferred entries, quarantine), verdicts.py,
 exposed.py, queue.py (the drain's claims), names.py (relink, exchange) and
-taint.py; reads.py builds the reports that read many records.
+taint.py; reads.py builds the reports that read many records, check.py checks
+the invariants (`Journal.check`).
 """
 
 from vfile.journal.records import (

@@ -32,7 +32,7 @@ from typing import TypeVar
 import lmdb
 import trio
 
-from vfile.journal import exposed, names, ops, queue, reads, tables, taint, verdicts
+from vfile.journal import check, exposed, names, ops, queue, reads, tables, taint, verdicts
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
 from vfile.journal.environment import open_env
 from vfile.journal.records import (
@@ -368,6 +368,19 @@ class Journal:
         """Up to `n` verdicts (key, record or None if undecodable) after key `after`."""
         t = self._t
         return self._read(lambda txn: verdicts.verdict_batch(txn, t, after, n))
+
+    def verdicts(self) -> list[VerdictRecord]:
+        """Every stored verdict, in key order: an audit read, O(verdicts), for tests
+        and diagnosis (the gate reads one with `get_verdict`, the collector in
+        batches). An undecodable record raises JournalCorrupt."""
+        t = self._t
+        return self._read(lambda txn: verdicts.all_verdicts(txn, t))
+
+    def check(self) -> list[str]:
+        """The journal's invariants checked (check.py): each broken one, named; empty
+        when consistent. O(entries)."""
+        t = self._t
+        return self._read(lambda txn: check.problems(txn, t))
 
     def list_exposed(self) -> list[ExposureRecord]:
         """Exposure records kept after their entries ended, oldest first."""

@@ -59,6 +59,11 @@ def verdict_batch(txn: Txn, t: Tables, after: bytes | None,
     return out
 
 
+def all_verdicts(txn: Txn, t: Tables) -> list[VerdictRecord]:
+    """Every verdict in key order; an undecodable one raises JournalCorrupt."""
+    return [decode_verdict(raw) for _, raw in txn.cursor(db=t.verdicts)]
+
+
 def op_delete_verdicts(txn: Txn, t: Tables, victims: list[bytes]) -> int:
     return sum(bool(txn.delete(k, db=t.verdicts)) for k in victims)
 

@@ -19,15 +19,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mounting import Server, mounted
-from outage import status
+from filtering import Filter
+from mounting import mounted
 
 #: Every client command gets this long; a hang fails the test instead of pytest's timeout.
 CLIENT_DEADLINE = 120.0
@@ -36,20 +35,10 @@ _counter = itertools.count()
 
 
 @dataclass
-class Scanning:
+class Scanning(Filter):
     """A live scanning mount, its state directory, and a native twin directory."""
 
-    server: Server
-    state: Path
     native: Path
-
-    @property
-    def mnt(self) -> Path:
-        return self.server.mountpoint
-
-    @property
-    def src(self) -> Path:
-        return self.server.source
 
     def pair(self) -> Pair:
         """A fresh (native, mounted) pair of empty directories."""
@@ -59,17 +48,6 @@ class Scanning:
         mounted_dir = self.mnt / name
         mounted_dir.mkdir()
         return Pair(native, mounted_dir, self.src / name)
-
-    def gate(self) -> dict[str, Any]:
-        gate: dict[str, Any] = status(self.mnt)["gate"]
-        return gate
-
-    def wait_idle(self, deadline: float = 30.0) -> None:
-        """Until no scan is in flight and no close scan is pending."""
-        end = time.monotonic() + deadline
-        while (g := self.gate())["in_flight"] or g["pending_intents"]:
-            assert time.monotonic() < end, f"the gate is still busy after {deadline}s: {g}"
-            time.sleep(0.02)
 
 
 @dataclass

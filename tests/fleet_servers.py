@@ -16,10 +16,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +25,13 @@ from typing import Any
 
 import redis
 from mounting import stop_process, vfile_cmd
-from servers import _stop, _wait_ready, free_port
+from servers import Daemon, ask, free_port, wait_ready
 
 REDIS_SERVER = "/usr/bin/redis-server"
-START_DEADLINE = 30.0
 
 
 @dataclass
-class Redis:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
+class Redis(Daemon):
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
@@ -49,21 +42,21 @@ class Redis:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         os.killpg(self.proc.pid, sig)
 
-    def stop(self) -> None:
-        _stop(self.proc)
 
-
-def _redis_proc(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_redis(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    """A redis-server on `port`, waited for."""
     if not os.path.exists(REDIS_SERVER):
         raise RuntimeError(f"{REDIS_SERVER} is missing: install the redis-server package "
                            "(scripts/setup.sh does)")
     log = tmp / f"redis-{port}.log"
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(tmp), "--logfile", str(log),
          "--daemonize", "no", "--protected-mode", "yes"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         start_new_session=True)
+    wait_ready(proc, [(("127.0.0.1", port), b"PING\r\n", b"+PONG")], [log], "redis-server")
+    return proc
 
 
 @contextlib.contextmanager
@@ -71,36 +64,17 @@ def running_redis(tmp: Path, port: int | None = None) -> Iterator[Redis]:
     """Run a real redis-server on 127.0.0.1 (a free port unless given)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    proc = _redis_proc(tmp, port)
-    server = Redis(proc, port, tmp / f"redis-{port}.log")
+    server = Redis(_start_redis(tmp, port), port, tmp / f"redis-{port}.log")
     try:
-        _wait_ready(proc, [(("127.0.0.1", port), b"PING\r\n", b"+PONG")], [server.log],
-                    "redis-server")
         yield server
     finally:
-        _stop(server.proc)
+        server.stop()
 
 
 def restart_redis(server: Redis, tmp: Path) -> None:
     """Start a fresh (empty) redis-server on the same port after `kill()`."""
-    _stop(server.proc)
-    server.proc = _redis_proc(tmp, server.port)
-    _wait_ready(server.proc, [(("127.0.0.1", server.port), b"PING\r\n", b"+PONG")],
-                [server.log], "redis-server")
-
-
-def _clamd_ask(sock: str, command: bytes, timeout: float = 5.0) -> bytes:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(sock)
-        s.sendall(command)
-        out = b""
-        while not out.endswith(b"\0"):
-            data = s.recv(65536)
-            if not data:
-                break
-            out += data
-        return out.rstrip(b"\0")
+    server.stop()
+    server.proc = _start_redis(tmp, server.port)
 
 
 @dataclass
@@ -114,7 +88,7 @@ class Cache:
         return f"clamd://{self.sock}"
 
     def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(_clamd_ask(self.sock, b"zSTATS\0"))
+        result: dict[str, Any] = json.loads(ask(self.sock, b"zSTATS\0", b"\0", 5.0).rstrip(b"\0"))
         return result
 
     def log(self) -> str:
@@ -136,58 +110,10 @@ def running_cache(upstreams: list[str], redis_url: str, *args: str,
         cmd += ["--upstream", url]
     with log_path.open("wb") as logf:
         proc = subprocess.Popen(vfile_cmd(*cmd, *args), stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=logf)
-    cache = Cache(proc, sock, log_path)
+                                stderr=logf, start_new_session=True)
     try:
-        end = time.monotonic() + START_DEADLINE
-        while True:
-            with contextlib.suppress(OSError):
-                if _clamd_ask(sock, b"zPING\0", 1.0) == b"PONG":
-                    break
-            if proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"caching appliance did not come up:\n{cache.log()}")
-            time.sleep(0.05)
-        yield cache
-    finally:
-        stop_process(proc)
-        shutil.rmtree(sockdir, ignore_errors=True)
-
-
-@dataclass
-class Builtin:
-    """`vfile appliance serve` in a subprocess (reload its signatures with `reload()`)."""
-
-    proc: subprocess.Popen[bytes]
-    sock: str
-
-    @property
-    def url(self) -> str:
-        return f"clamd://{self.sock}"
-
-    def reload(self) -> None:
-        self.proc.send_signal(signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def running_builtin_process(sigdir: Path) -> Iterator[Builtin]:
-    sockdir = Path(tempfile.mkdtemp(prefix="vfb-"))
-    sock = str(sockdir / "builtin.sock")
-    log_path = sockdir / "log"
-    with log_path.open("wb") as logf:
-        proc = subprocess.Popen(vfile_cmd("appliance", "serve", "--listen", f"unix://{sock}",
-                                          "--signatures", str(sigdir)),
-                                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
-    try:
-        end = time.monotonic() + START_DEADLINE
-        while True:
-            with contextlib.suppress(OSError):
-                if _clamd_ask(sock, b"zPING\0", 1.0) == b"PONG":
-                    break
-            if proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError("built-in appliance did not come up:\n"
-                                     + log_path.read_text(errors="replace"))
-            time.sleep(0.05)
-        yield Builtin(proc, sock)
+        wait_ready(proc, [(sock, b"zPING\0", b"PONG")], [log_path], "caching appliance")
+        yield Cache(proc, sock, log_path)
     finally:
         stop_process(proc)
         shutil.rmtree(sockdir, ignore_errors=True)

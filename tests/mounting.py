@@ -12,7 +12,9 @@ own extra arguments.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -126,14 +128,33 @@ def mounted(source: Path, mountpoint: Path, *extra: str,
 
 
 def stop_process(proc: subprocess.Popen[bytes], deadline: float = 10.0) -> None:
-    """SIGTERM a child we started, SIGKILL it if it does not go within `deadline`."""
+    """Stop a child we started: SIGTERM, then SIGKILL if it does not go within
+    `deadline`. A child that leads its own process group (`start_new_session`: the
+    appliances and servers) is stopped with its whole group, woken first in case a
+    test left it stopped, and any stray child of it is killed after."""
+    try:
+        group = os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        group = False
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
     if proc.poll() is None:
-        proc.terminate()
+        send(signal.SIGCONT)
+        send(signal.SIGTERM)
         try:
             proc.wait(deadline)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            send(signal.SIGKILL)
+            proc.wait(deadline)
+    if group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stray children
 
 
 def server_pids(mountpoint: Path) -> list[int]:

@@ -33,23 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mounting import stop_process
+
 from vfile import control
 from vfile.journal import Journal
 from vfile.journal.records import Identity
 
 START_DEADLINE = 30.0
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], what: str,
@@ -98,38 +88,40 @@ def _start(args: list[str], ready: str, sockdir: Path, url: str) -> Iterator[Pro
         _wait_for(log, ready, proc, args[0])
         yield Proc(proc, url, log, fault_file)
     finally:
-        _stop(proc)
+        stop_process(proc)
+
+
+def _running(args: list[str], ready: str, prefix: str, fault: str) -> Iterator[Proc]:
+    """Start `vfile appliance ARGS` ("{sock}" in ARGS: its socket), healthy, then give
+    it `fault` (waiting until the fault is in force)."""
+    sockdir = Path(tempfile.mkdtemp(prefix=prefix))
+    sock = str(sockdir / "s.sock")
+    try:
+        gen = _start([a.replace("{sock}", sock) for a in args], ready, sockdir,
+                     f"clamd://{sock}")
+        with contextlib.closing(gen):
+            proc = next(gen)
+            if fault != "none":
+                proc.set_fault(fault)
+            yield proc
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def running_appliance(sigdir: Path | None = None) -> Iterator[Proc]:
+def running_appliance(sigdir: Path | None = None, fault: str = "none") -> Iterator[Proc]:
     """`vfile appliance serve` on a unix socket; `.url` is its clamd:// URL."""
-    sockdir = Path(tempfile.mkdtemp(prefix="vfa-"))
-    sock = sockdir / "a.sock"
-    args = ["serve", "--listen", f"unix://{sock}"]
+    args = ["serve", "--listen", "unix://{sock}"]
     if sigdir is not None:
         args += ["--signatures", str(sigdir)]
-    try:
-        yield from _start(args, "listening on", sockdir, f"clamd://{sock}")
-    finally:
-        shutil.rmtree(sockdir, ignore_errors=True)
+    yield from _running(args, "listening on", "vfa-", fault)
 
 
 @contextlib.contextmanager
 def running_proxy(upstream: str, fault: str = "none") -> Iterator[Proc]:
     """`vfile appliance proxy` in front of `upstream`, on a unix socket."""
-    sockdir = Path(tempfile.mkdtemp(prefix="vfp-"))
-    sock = sockdir / "p.sock"
-    try:
-        gen = _start(["proxy", "--listen", f"unix://{sock}", "--upstream", upstream],
-                     "proxy listening on", sockdir, f"clamd://{sock}")
-        with contextlib.closing(gen):
-            proxy = next(gen)
-            if fault != "none":
-                proxy.set_fault(fault)
-            yield proxy
-    finally:
-        shutil.rmtree(sockdir, ignore_errors=True)
+    yield from _running(["proxy", "--listen", "unix://{sock}", "--upstream", upstream],
+                        "proxy listening on", "vfp-", fault)
 
 
 def status(mountpoint: Path | str) -> dict[str, Any]:

@@ -9,12 +9,8 @@ loudly with its log if it does not within a deadline) and always stop it:
             ...
     async with running_builtin(tmp) as b:    # b.tcp_url, b.unix_url, b.appliance
 
-Fixtures (import them into a test module, e.g.
-`from servers import clamd_server, samples  # noqa: F401`, as tests/ is on
-sys.path the way pytest imports test modules here):
-`samples` (session: EICAR, a generated infected file, a clean file, and the
-signature directory), `clamd_server` (session), `cicap_server` (session),
-`builtin` (per test, async).
+The fixtures over them (`samples`, `clamd_server`, `cicap_server`,
+`builtin`) are in conftest.py.
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -32,8 +27,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import trio
+from mounting import stop_process
 
 from vfile.scanner.builtin import BuiltinAppliance
 from vfile.scanner.faults import Fault
@@ -85,10 +80,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ask(address: str | tuple[str, int], payload: bytes, until: bytes) -> bytes:
+def ask(address: str | tuple[str, int], payload: bytes, until: bytes,
+        timeout: float = 2.0) -> bytes:
+    """Send `payload` to a unix socket path or (host, port); read until `until` is in
+    the reply or the server closes."""
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     with socket.socket(family) as s:
-        s.settimeout(2)
+        s.settimeout(timeout)
         s.connect(address)
         s.sendall(payload)
         out = b""
@@ -103,48 +101,43 @@ def _ask(address: str | tuple[str, int], payload: bytes, until: bytes) -> bytes:
 Probe = tuple[str | tuple[str, int], bytes, bytes]
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], check: list[Probe], logs: list[Path],
-                what: str) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], check: list[Probe], logs: list[Path],
+               what: str) -> None:
+    """Until every probe (address, payload, expected bytes) is answered; else stop
+    `proc` and fail with the tail of its `logs`."""
     deadline = time.monotonic() + STARTUP_DEADLINE
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
         try:
-            if all(exp in _ask(addr, payload, exp) for addr, payload, exp in check):
+            if all(exp in ask(addr, payload, exp) for addr, payload, exp in check):
                 return
         except OSError as err:
             last = err
         time.sleep(0.05)
     text = "\n".join(f"--- {p}:\n{p.read_text(errors='replace')[-4000:]}" for p in logs
                      if p.exists())
-    _stop(proc)
+    stop_process(proc)
     raise RuntimeError(f"{what} did not come up within {STARTUP_DEADLINE}s "
                        f"(exit code {proc.poll()}, last error {last}):\n{text}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server and its children (it runs in its own process group)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGCONT)  # in case a test left it stopped
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stray children
+@dataclass
+class Daemon:
+    """A server process in its own process group, its port and its log."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 @dataclass
-class Clamd:
-    proc: subprocess.Popen[bytes]
-    port: int
+class Clamd(Daemon):
     socket_path: str
-    log: Path
 
     @property
     def tcp_url(self) -> str:
@@ -153,9 +146,6 @@ class Clamd:
     @property
     def unix_url(self) -> str:
         return f"clamd://{self.socket_path}"
-
-    def stop(self) -> None:
-        _stop(self.proc)
 
 
 @contextlib.contextmanager
@@ -177,28 +167,21 @@ def running_clamd(tmp: Path, sigdir: Path, *, stream_max: str = "10M",
     out = (tmp / "clamd.out").open("wb")
     proc = subprocess.Popen([CLAMD, "--foreground", f"--config-file={conf}"], stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    server = Clamd(proc, port, sock, log)
+    server = Clamd(proc, port, log, sock)
     try:
-        _wait_ready(proc, [(sock, b"zPING\0", b"PONG"), (("127.0.0.1", port), b"zPING\0", b"PONG")],
+        wait_ready(proc, [(sock, b"zPING\0", b"PONG"), (("127.0.0.1", port), b"zPING\0", b"PONG")],
                     [log, tmp / "clamd.out"], "clamd")
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
         out.close()
 
 
 @dataclass
-class Cicap:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
+class Cicap(Daemon):
     @property
     def url(self) -> str:
         return f"icap://127.0.0.1:{self.port}/avscan"
-
-    def stop(self) -> None:
-        _stop(self.proc)
 
 
 @contextlib.contextmanager
@@ -232,11 +215,11 @@ def running_cicap(clamd_socket: str, tmp: Path, *, max_object: str = "100M") -> 
                "Encapsulated: null-body=0\r\n\r\n").encode()
     server = Cicap(proc, port, log)
     try:
-        _wait_ready(proc, [(("127.0.0.1", port), options, b"ISTag")], [log, tmp / "cicap.out"],
+        wait_ready(proc, [(("127.0.0.1", port), options, b"ISTag")], [log, tmp / "cicap.out"],
                     "c-icap")
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
         out.close()
 
 
@@ -267,29 +250,3 @@ async def running_builtin(tmp: Path, signatures_dir: Path | None = None,
                 nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
-
-
-# --- fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> Samples:
-    return make_samples(tmp_path_factory.mktemp("samples"))
-
-
-@pytest.fixture(scope="session")
-def clamd_server(tmp_path_factory: pytest.TempPathFactory, samples: Samples) -> Iterator[Clamd]:
-    with running_clamd(tmp_path_factory.mktemp("clamd"), samples.sigdir) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def cicap_server(tmp_path_factory: pytest.TempPathFactory, clamd_server: Clamd) -> Iterator[Cicap]:
-    with running_cicap(clamd_server.socket_path, tmp_path_factory.mktemp("cicap")) as server:
-        yield server
-
-
-@pytest.fixture
-async def builtin(tmp_path: Path, samples: Samples) -> AsyncIterator[Builtin]:
-    async with running_builtin(tmp_path, samples.sigdir) as server:
-        yield server

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from vfile.config import reference as config_doc
-from vfile.config.model import parse_config
+from vfile.config.reader import parse_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

@@ -1,4 +1,4 @@
-"""vfile.config.model: TOML → frozen dataclasses, validation messages, globs."""
+"""vfile.config.model and .reader: TOML → frozen dataclasses, validation messages, globs."""
 
 from __future__ import annotations
 
@@ -8,19 +8,9 @@ from pathlib import Path
 import pytest
 
 from vfile.config import model as C
-from vfile.config.model import (
-    Config,
-    ConfigError,
-    Escalation,
-    FailMode,
-    InfectedAction,
-    OversizeRule,
-    Trigger,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_size,
-)
+from vfile.config.model import Config, Escalation, FailMode, InfectedAction, OversizeRule, Trigger
+from vfile.config.reader import load_config, parse_config
+from vfile.config.syntax import ConfigError, parse_duration, parse_size
 from vfile.errors import Exit
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "vfile.toml"

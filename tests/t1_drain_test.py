@@ -8,7 +8,8 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from t1_gate_test import CTX, _profile, gate_env, until
+from gates import CTX, gate_env, until
+from gates import profile_toml as _profile
 
 from vfile.filter.drain import Drain, Outcome, Resolution, TokenBucket
 from vfile.journal.records import DeferredEntry, Identity, Reason

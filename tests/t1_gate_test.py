@@ -9,97 +9,18 @@ import errno
 import logging
 import os
 import stat
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
-from servers import running_builtin
+from gates import CTX, MARGIN, gate_env, profile_toml, until
 
-from vfile.config.model import parse_config
-from vfile.filter import racy
-from vfile.filter.actions import Actions
 from vfile.filter.gate import Gate
 from vfile.filter.scanning import SIG_CACHE_S
-from vfile.hooks import Denied, RequestCtx
-from vfile.journal.records import Identity, Reason
-from vfile.journal.store import Journal
-from vfile.scanner.builtin import BuiltinAppliance
+from vfile.hooks import Denied
+from vfile.journal.records import Reason
 from vfile.scanner.faults import Fault
-from vfile.scanner.pool import Pool
 from vfile.scanner.signatures import EICAR, EICAR_NAME
-
-CTX = RequestCtx(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)
-#: generous "does not hang" margin on top of a profile's deadline
-MARGIN = 3.0
-
-
-@dataclass
-class Env:
-    source: Path
-    qdir: Path
-    appliance: BuiltinAppliance
-    pool: Pool
-    journal: Journal
-    gate: Gate
-    source_fd: int
-
-    def write(self, rel: str, data: bytes) -> None:
-        path = self.source / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        # Past the file's timestamp tick, so a scan's verdict is kept (not "racy clean",
-        # vfile.filter.racy): the tests count scans and cache hits.
-        time.sleep(2 * racy.TICK_NS / 1e9)
-
-    async def open(self, rel: str, flags: int = os.O_RDONLY) -> None:
-        fd = os.open(self.source / rel, flags)
-        try:
-            await self.gate.on_open(rel.encode(), fd, os.fstat(fd), flags, CTX)
-        finally:
-            os.close(fd)
-
-    def identity(self, rel: str) -> Identity:
-        return Identity.from_stat(os.stat(self.source / rel))
-
-
-@asynccontextmanager
-async def gate_env(tmp_path: Path, config: str = "", *, probe_interval: float = 60.0,
-                   sigdir: Path | None = None) -> AsyncIterator[Env]:
-    source = tmp_path / "src"
-    source.mkdir(exist_ok=True)
-    qdir = tmp_path / "quarantine"
-    journal = Journal.open(tmp_path / "state")
-    source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        async with running_builtin(tmp_path, sigdir) as builtin:
-            pool = Pool([builtin.unix_url], attempt_timeout=1.0, retries=1,
-                        probe_interval=probe_interval, breaker_failures=3)
-            actions = Actions(source_fd, journal, quarantine_dir=str(qdir))
-            gate = Gate(parse_config(config), pool, journal, actions, source_fd=source_fd)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(pool.serve)
-                await nursery.start(gate.serve)
-                yield Env(source, qdir, builtin.appliance, pool, journal, gate, source_fd)
-                nursery.cancel_scope.cancel()
-    finally:
-        journal.close()
-        os.close(source_fd)
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Poll state that has no event to wait on, failing after MARGIN seconds."""
-    with trio.fail_after(MARGIN):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.02)
-
-
-def _profile(fail_mode: str, deadline: str = "1s", extra: str = "") -> str:
-    return (f'[[profile]]\nname="default"\nfail_mode="{fail_mode}"\ndeadline="{deadline}"\n'
-            f'attempt_timeout="{deadline}"\n{extra}')
 
 
 async def test_clean_is_allowed_and_cached(tmp_path: Path) -> None:
@@ -115,8 +36,7 @@ async def test_clean_is_allowed_and_cached(tmp_path: Path) -> None:
         rec = env.journal.get_verdict(env.identity("a/clean.txt"), env.pool.signature_version())
         assert rec is not None and rec.outcome == "clean"
         # A fresh gate (empty memory cache) finds the verdict in the journal: no scan.
-        gate2 = Gate(env.gate._config, env.pool, env.journal, env.gate._actions,
-                     source_fd=env.source_fd)
+        gate2 = Gate(env.config, env.pool, env.journal, env.actions, source_fd=env.source_fd)
         fd = os.open(env.source / "a/clean.txt", os.O_RDONLY)
         try:
             await gate2.on_open(b"a/clean.txt", fd, os.fstat(fd), os.O_RDONLY, CTX)
@@ -165,7 +85,7 @@ async def test_eicar_is_denied_quarantined_and_logged_once(
 async def test_fail_modes_on_appliance_error(tmp_path: Path, mode: str, fault: str,
                                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="vfile")
-    async with gate_env(tmp_path, _profile(mode)) as env:
+    async with gate_env(tmp_path, profile_toml(mode)) as env:
         env.write("doc.txt", b"some text\n")
         env.appliance.set_fault(Fault(fault))  # type: ignore[arg-type]
         with trio.fail_after(1.0 + MARGIN):
@@ -190,7 +110,7 @@ async def test_fail_modes_on_appliance_error(tmp_path: Path, mode: str, fault: s
 
 @pytest.mark.parametrize("mode", ["closed", "open", "safe"])
 async def test_fail_modes_on_a_black_holed_appliance(tmp_path: Path, mode: str) -> None:
-    async with gate_env(tmp_path, _profile(mode, "500ms")) as env:
+    async with gate_env(tmp_path, profile_toml(mode, "500ms")) as env:
         env.write("doc.txt", b"some text\n")
         env.appliance.set_fault(Fault("blackhole"))
         with trio.fail_after(0.5 + MARGIN):
@@ -208,7 +128,7 @@ async def test_fail_modes_on_a_black_holed_appliance(tmp_path: Path, mode: str) 
 
 
 async def test_a_known_down_appliance_is_not_waited_on(tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("safe", "5s"), probe_interval=0.05) as env:
+    async with gate_env(tmp_path, profile_toml("safe", "5s"), probe_interval=0.05) as env:
         env.write("doc.txt", b"x\n")
         env.appliance.set_fault(Fault("refuse"))
         await until(lambda: not env.pool.available())
@@ -228,7 +148,7 @@ async def test_a_known_down_appliance_is_not_waited_on(tmp_path: Path) -> None:
 
 
 async def test_concurrent_opens_share_one_scan(tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("closed", "5s")) as env:
+    async with gate_env(tmp_path, profile_toml("closed", "5s")) as env:
         env.write("big.bin", b"y" * 100_000)
         env.appliance.set_fault(Fault("delay", 0.3))
         async with trio.open_nursery() as nursery:
@@ -240,7 +160,7 @@ async def test_concurrent_opens_share_one_scan(tmp_path: Path) -> None:
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_scan(tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("closed", "5s")) as env:
+    async with gate_env(tmp_path, profile_toml("closed", "5s")) as env:
         env.write("f.bin", b"z" * 1000)
         env.appliance.set_fault(Fault("delay", 0.3))
         done: list[str] = []
@@ -306,7 +226,7 @@ async def test_write_intent_is_durable_and_the_last_close_resolves_it(tmp_path: 
 
 
 async def test_an_infected_write_is_caught_after_close(tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("safe", extra='infected_action="delete"\n')) as env:
+    async with gate_env(tmp_path, profile_toml("safe", extra='infected_action="delete"\n')) as env:
         await env.gate.on_write_intent(b"new.com", None, CTX)
         env.write("new.com", EICAR)
         await env.gate.on_last_close(b"new.com", None, os.stat(env.source / "new.com"))
@@ -318,7 +238,7 @@ async def test_an_infected_write_is_caught_after_close(tmp_path: Path) -> None:
 
 async def test_a_failed_close_scan_leaves_the_entry_with_the_new_identity(
         tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("safe", "500ms")) as env:
+    async with gate_env(tmp_path, profile_toml("safe", "500ms")) as env:
         env.write("w.txt", b"old\n")
         await env.gate.on_write_intent(b"w.txt", os.stat(env.source / "w.txt"), CTX)
         env.write("w.txt", b"new and longer\n")
@@ -332,7 +252,7 @@ async def test_a_failed_close_scan_leaves_the_entry_with_the_new_identity(
 
 
 async def test_window_cancels_waits_at_once(tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("safe", "30s")) as env:
+    async with gate_env(tmp_path, profile_toml("safe", "30s")) as env:
         for i in range(4):
             env.write(f"f{i}", f"file {i}\n".encode())
         env.appliance.set_fault(Fault("blackhole"))
@@ -357,7 +277,7 @@ async def test_window_cancels_waits_at_once(tmp_path: Path) -> None:
 
 
 async def test_window_in_a_closed_profile_denies_at_once(tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("closed", "30s")) as env:
+    async with gate_env(tmp_path, profile_toml("closed", "30s")) as env:
         env.write("f", b"f\n")
         env.gate.set_window(True)
         with trio.fail_after(1.0), pytest.raises(Denied):
@@ -371,7 +291,7 @@ async def test_oversize_rules(tmp_path: Path, rule: str, outcome: str) -> None:
     extra = f'max_size="1KiB"\noversize="{rule}"\n'
     if rule == "scan-first":
         extra += 'scan_first="512"\n'
-    async with gate_env(tmp_path, _profile("safe", extra=extra)) as env:
+    async with gate_env(tmp_path, profile_toml("safe", extra=extra)) as env:
         env.write("big", b"b" * 4096)
         if outcome == "denied":
             with pytest.raises(Denied):
@@ -425,7 +345,7 @@ async def test_a_write_only_open_is_not_scanned(tmp_path: Path) -> None:
 
 async def test_an_open_deferred_during_a_write_does_not_strand_the_intent(
         tmp_path: Path) -> None:
-    async with gate_env(tmp_path, _profile("safe", "500ms"), probe_interval=0.05) as env:
+    async with gate_env(tmp_path, profile_toml("safe", "500ms"), probe_interval=0.05) as env:
         env.write("w", b"old\n")
         await env.gate.on_write_intent(b"w", os.stat(env.source / "w"), CTX)
         env.write("w", b"new content\n")

@@ -22,6 +22,7 @@ def walked(j: Journal, now: float) -> dict[str, tuple[int, int, float]]:
 
 
 def check(j: Journal, now: float) -> None:
+    assert j.check() == []
     assert j.profile_debts() == walked(j, now)
     every = j.list_deferred()
     assert [e.order for e in every] == sorted(e.order for e in every)
@@ -97,3 +98,33 @@ async def test_format_1_journal_is_upgraded_on_open(tmp_path: Path) -> None:
     with env.begin() as txn:
         assert txn.get(b"format", db=env.open_db(b"meta", txn=txn)) == b"2"
     env.close()
+
+
+async def test_check_names_each_broken_invariant(tmp_path: Path) -> None:
+    """`Journal.check` finds an index key without its entry, an entry missing from an
+    index, a counter that disagrees, and an undecodable entry (each damage made with
+    plain LMDB, as a crash or a bug in a writer would leave it)."""
+    state = tmp_path / "state"
+    with Journal.open(state, sync=False) as j:
+        for i in range(4):
+            await j.defer(f"f{i}", Identity(1, i, 100, 0, 0), Reason.UNAVAILABLE, "p")
+        assert j.check() == []
+    env = lmdb.open(str(state), max_dbs=tables.MAX_DBS)
+    with env.begin(write=True) as txn:
+        order = env.open_db(b"order", txn=txn)
+        first = bytes(next(txn.cursor(db=order).iternext(keys=True, values=False)))
+        txn.delete(first, db=order)                          # an entry left the index
+        txn.put(b"\xff" * 12, b"", db=order)                # a key for no entry
+        meta = env.open_db(b"meta", txn=txn)
+        txn.put(b"p:p", (5).to_bytes(8, "big") + (500).to_bytes(8, "big"), db=meta)
+        deferred = env.open_db(b"deferred", txn=txn)
+        other = next(bytes(k) for k in txn.cursor(db=deferred).iternext(keys=True, values=False)
+                     if not first.endswith(bytes(k)))  # not the entry that left the index
+        txn.put(other, b"not a record", db=deferred)
+    env.close()
+    with Journal.open(state, readonly=True) as j:
+        found = j.check()
+    assert any("undecodable" in p for p in found), found
+    assert any("order index" in p and "is missing" in p for p in found), found
+    assert any("order index" in p and "names no such entry" in p for p in found), found
+    assert any("profile 'p': counters" in p for p in found), found

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import trio
-from servers import Builtin, Samples, builtin, running_builtin, samples  # noqa: F401
+from servers import Builtin, Samples, running_builtin
 
 from vfile.scanner.faults import Fault
 from vfile.scanner.latency import Adaptive
@@ -64,8 +64,8 @@ async def scan_all(pool: Pool, path: str, n: int) -> list[Outcome]:
     return out
 
 
-async def test_blackhole_is_detected_collectively(builtin: Builtin,  # noqa: F811
-                                                  samples: Samples) -> None:  # noqa: F811
+async def test_blackhole_is_detected_collectively(builtin: Builtin,
+                                                  samples: Samples) -> None:
     pool = Pool([builtin.tcp_url], attempt_timeout=LONG, retries=0, breaker_failures=3,
                 breaker_cooldown=LONG, adaptive=Adaptive(floor=0.05))
     with trio.fail_after(DEADLINE):
@@ -90,8 +90,8 @@ async def test_blackhole_is_detected_collectively(builtin: Builtin,  # noqa: F81
     assert app_stats(pool)["scans"] == scans
 
 
-async def test_blackhole_one_scan_at_a_time(builtin: Builtin,  # noqa: F811
-                                            samples: Samples) -> None:  # noqa: F811
+async def test_blackhole_one_scan_at_a_time(builtin: Builtin,
+                                            samples: Samples) -> None:
     """No concurrency to lean on: `breaker_failures` timeouts, each a few multiples of
     the model's estimate, open the breaker."""
     pool = Pool([builtin.tcp_url], attempt_timeout=LONG, retries=1, breaker_failures=3,
@@ -105,8 +105,8 @@ async def test_blackhole_one_scan_at_a_time(builtin: Builtin,  # noqa: F811
     assert stats["state"] == "open" and stats["errors"] == 3, stats
 
 
-async def test_slow_appliance_opens_no_breaker(builtin: Builtin,  # noqa: F811
-                                               samples: Samples) -> None:  # noqa: F811
+async def test_slow_appliance_opens_no_breaker(builtin: Builtin,
+                                               samples: Samples) -> None:
     """A healthy-but-slow appliance: replies 3x the model's estimate late, on a few
     scans at once and in a row, never time out (nor cut each other short)."""
     async with trio.open_nursery() as nursery:
@@ -137,7 +137,7 @@ async def test_slow_appliance_opens_no_breaker(builtin: Builtin,  # noqa: F811
 
 
 async def test_hedge_takes_the_first_verdict_and_spares_the_slow_one(
-        tmp_path: Path, builtin: Builtin, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, builtin: Builtin, samples: Samples) -> None:
     async with trio.open_nursery() as nursery:
         front = await _serve_proxy(builtin.unix_url, nursery)
         async with running_builtin(tmp_path, samples.sigdir) as second:
@@ -162,8 +162,8 @@ async def test_hedge_takes_the_first_verdict_and_spares_the_slow_one(
         nursery.cancel_scope.cancel()
 
 
-async def test_hedges_stay_within_budget(tmp_path: Path, builtin: Builtin,  # noqa: F811
-                                         samples: Samples) -> None:  # noqa: F811
+async def test_hedges_stay_within_budget(tmp_path: Path, builtin: Builtin,
+                                         samples: Samples) -> None:
     async with trio.open_nursery() as nursery:
         front = await _serve_proxy(builtin.unix_url, nursery)
         async with running_builtin(tmp_path, samples.sigdir) as second:
@@ -181,7 +181,7 @@ async def test_hedges_stay_within_budget(tmp_path: Path, builtin: Builtin,  # no
 
 
 async def test_failover_after_collective_detection(tmp_path: Path,
-                                                   samples: Samples) -> None:  # noqa: F811
+                                                   samples: Samples) -> None:
     async with running_builtin(tmp_path / "a", samples.sigdir) as first, \
             running_builtin(tmp_path / "b", samples.sigdir) as second:
         pool = Pool([first.tcp_url, second.tcp_url], attempt_timeout=LONG, retries=0,
@@ -198,8 +198,8 @@ async def test_failover_after_collective_detection(tmp_path: Path,
         assert adaptive(app_stats(pool, 1))["hedges"] == 0
 
 
-async def test_disabled_is_the_fixed_timeout_pool(builtin: Builtin,  # noqa: F811
-                                                  samples: Samples) -> None:  # noqa: F811
+async def test_disabled_is_the_fixed_timeout_pool(builtin: Builtin,
+                                                  samples: Samples) -> None:
     pool = Pool([builtin.tcp_url], attempt_timeout=0.3, retries=0, breaker_failures=3,
                 adaptive=Adaptive(enabled=False))
     with trio.fail_after(DEADLINE):
@@ -216,7 +216,7 @@ async def test_disabled_is_the_fixed_timeout_pool(builtin: Builtin,  # noqa: F81
 
 
 async def test_a_background_scan_on_a_hung_appliance_gives_up_long_before_its_deadline(
-        builtin: Builtin, samples: Samples) -> None:  # noqa: F811
+        builtin: Builtin, samples: Samples) -> None:
     """The drain's scans have a deadline of minutes, so that a large file gets its time;
     a small file on a black-holed appliance must not hold a drain slot for all of it
     (found by the migration demo: the drain stalled with one scan in a black hole)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from servers import GENERATED_NAME, Builtin, Samples, builtin, samples  # noqa: F401
+from servers import GENERATED_NAME, Builtin, Samples
 
 from vfile.scanner.builtin import BuiltinAppliance
 from vfile.scanner.faults import SERVER_KINDS, TIMED, Fault
@@ -21,7 +21,7 @@ DEADLINE = 5.0  # generous "does not hang" bound
 
 
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
-async def test_builtin_verdicts(builtin: Builtin, samples: Samples, transport: str) -> None:  # noqa: F811
+async def test_builtin_verdicts(builtin: Builtin, samples: Samples, transport: str) -> None:
     pool = Pool([builtin.tcp_url if transport == "tcp" else builtin.unix_url])
     with trio.fail_after(DEADLINE):
         assert (await pool.scan_path(str(samples.clean))).outcome is Outcome.CLEAN
@@ -38,7 +38,7 @@ async def test_builtin_verdicts(builtin: Builtin, samples: Samples, transport: s
         assert v.outcome is Outcome.CLEAN
 
 
-async def test_builtin_stream_limit_and_reload(tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+async def test_builtin_stream_limit_and_reload(tmp_path: Path, samples: Samples) -> None:
     sigdir = tmp_path / "sigs"
     sigdir.mkdir()
     appliance = BuiltinAppliance(str(sigdir), max_stream=50_000)
@@ -56,7 +56,7 @@ async def test_builtin_stream_limit_and_reload(tmp_path: Path, samples: Samples)
 
 
 @pytest.mark.parametrize("fault", [*SERVER_KINDS])
-async def test_builtin_faults_give_errors(tmp_path: Path, samples: Samples, fault: str) -> None:  # noqa: F811
+async def test_builtin_faults_give_errors(tmp_path: Path, samples: Samples, fault: str) -> None:
     f = Fault(fault, 3.0) if fault in TIMED else Fault(fault)  # type: ignore[arg-type]
     async with running(tmp_path, samples, f) as b:
         for url in (b.tcp_url, b.unix_url):
@@ -86,7 +86,7 @@ def running(tmp: Path, s: Samples, fault: Fault | None):  # type: ignore[no-unty
 
 @pytest.mark.parametrize("fault", ["refuse", "blackhole", "delay", "reset", "garbage",
                                    "truncate", "trickle"])
-async def test_proxy_faults_give_errors(builtin: Builtin, samples: Samples, fault: str) -> None:  # noqa: F811
+async def test_proxy_faults_give_errors(builtin: Builtin, samples: Samples, fault: str) -> None:
     f = Fault("delay", 3.0) if fault == "delay" else Fault(fault)  # type: ignore[arg-type]
     proxy = FaultProxy(builtin.unix_url)
     async with trio.open_nursery() as nursery:
@@ -102,7 +102,7 @@ async def test_proxy_faults_give_errors(builtin: Builtin, samples: Samples, faul
         nursery.cancel_scope.cancel()
 
 
-async def test_proxy_passes_fildes_over_unix(builtin: Builtin, samples: Samples,  # noqa: F811
+async def test_proxy_passes_fildes_over_unix(builtin: Builtin, samples: Samples,
                                              tmp_path: Path) -> None:
     proxy = FaultProxy(builtin.unix_url)
     sock = f"/tmp/vfp-{os.getpid()}.sock"
@@ -114,7 +114,7 @@ async def test_proxy_passes_fildes_over_unix(builtin: Builtin, samples: Samples,
         nursery.cancel_scope.cancel()
 
 
-async def test_pool_failover_breaker_and_recovery(tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+async def test_pool_failover_breaker_and_recovery(tmp_path: Path, samples: Samples) -> None:
     async with running(tmp_path / "a", samples, None) as first, \
             running(tmp_path / "b", samples, None) as second:
         pool = Pool([first.tcp_url, second.tcp_url], attempt_timeout=0.3, retries=0,

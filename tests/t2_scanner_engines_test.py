@@ -8,18 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from servers import (  # noqa: F401
-    GENERATED_NAME,
-    UNOFFICIAL,
-    Cicap,
-    Clamd,
-    Samples,
-    cicap_server,
-    clamd_server,
-    make_samples,
-    running_clamd,
-    samples,
-)
+from servers import GENERATED_NAME, UNOFFICIAL, Cicap, Clamd, Samples, make_samples, running_clamd
 
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Outcome
@@ -33,8 +22,8 @@ def _urls(clamd: Clamd, cicap: Cicap) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("transport", ["clamd-tcp", "clamd-unix", "icap"])
-async def test_real_engine_verdicts(clamd_server: Clamd, cicap_server: Cicap,  # noqa: F811
-                                    samples: Samples, transport: str) -> None:  # noqa: F811
+async def test_real_engine_verdicts(clamd_server: Clamd, cicap_server: Cicap,
+                                    samples: Samples, transport: str) -> None:
     pool = Pool([_urls(clamd_server, cicap_server)[transport]], attempt_timeout=5)
     async with trio.open_nursery() as nursery:
         with trio.fail_after(DEADLINE):
@@ -50,7 +39,7 @@ async def test_real_engine_verdicts(clamd_server: Clamd, cicap_server: Cicap,  #
         nursery.cancel_scope.cancel()
 
 
-async def test_clamd_stream_limit_is_error(clamd_server: Clamd, tmp_path: Path) -> None:  # noqa: F811
+async def test_clamd_stream_limit_is_error(clamd_server: Clamd, tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(11 * 1024 * 1024))  # StreamMaxLength is 10M
     with trio.fail_after(DEADLINE):

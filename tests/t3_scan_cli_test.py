@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from servers import Clamd, Samples, clamd_server, samples  # noqa: F401
+from servers import Clamd, Samples
 from typer.testing import CliRunner
 
 from vfile.cli import app
@@ -20,7 +20,7 @@ from vfile.errors import Exit
 runner = CliRunner()
 
 
-def test_scan_exit_codes_and_lines(clamd_server: Clamd, samples: Samples) -> None:  # noqa: F811
+def test_scan_exit_codes_and_lines(clamd_server: Clamd, samples: Samples) -> None:
     url = clamd_server.unix_url
     r = runner.invoke(app, ["scan", str(samples.clean), "-a", url])
     assert r.exit_code == Exit.OK and r.stdout.strip() == f"{samples.clean}: OK"
@@ -32,7 +32,7 @@ def test_scan_exit_codes_and_lines(clamd_server: Clamd, samples: Samples) -> Non
     assert json.loads(r.stdout)["outcome"] == "clean"
 
 
-def test_scan_errors(samples: Samples, tmp_path: Path) -> None:  # noqa: F811
+def test_scan_errors(samples: Samples, tmp_path: Path) -> None:
     r = runner.invoke(app, ["scan", str(samples.clean), "-a", "clamd://127.0.0.1:1",
                             "--timeout", "1"])
     assert r.exit_code == 2 and f"{samples.clean}: ERROR" in r.stdout
@@ -42,7 +42,7 @@ def test_scan_errors(samples: Samples, tmp_path: Path) -> None:  # noqa: F811
     assert r.exit_code == Exit.USAGE and "unknown scheme" in r.output
 
 
-def test_appliance_serve_and_proxy_processes(samples: Samples) -> None:  # noqa: F811
+def test_appliance_serve_and_proxy_processes(samples: Samples) -> None:
     d = tempfile.mkdtemp(prefix="vfc-")
     sock, psock, fault_file = f"{d}/b.sock", f"{d}/p.sock", f"{d}/fault"
     vfile = [sys.executable, "-m", "vfile"]

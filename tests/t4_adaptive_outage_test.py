@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from mounting import mounted, vfile_cmd
 from outage import running_appliance, running_proxy, status, unaccounted
-from servers import Samples, samples  # noqa: F401 - fixture
+from servers import Samples
 
 pytestmark = pytest.mark.mount
 
@@ -75,7 +75,7 @@ def _warm(mnt: Path, src: Path) -> dict[str, Any]:
 
 
 def test_black_hole_opens_the_breaker_without_waiting_the_attempt_timeout(
-        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples) -> None:
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()
     mnt.mkdir()
@@ -102,7 +102,7 @@ def test_black_hole_opens_the_breaker_without_waiting_the_attempt_timeout(
 
 
 def test_slow_but_alive_appliance_opens_no_breaker(tmp_path: Path,
-                                                   samples: Samples) -> None:  # noqa: F811
+                                                   samples: Samples) -> None:
     """Replies 3x the model's estimate late (the proxy's delay fault) on a few opens at
     once: every open is scanned, no attempt times out, the breaker stays closed, even
     with `breaker_failures = 1`."""
@@ -135,7 +135,7 @@ def test_slow_but_alive_appliance_opens_no_breaker(tmp_path: Path,
 
 
 def test_adaptive_off_waits_the_configured_timeout(tmp_path: Path,
-                                                   samples: Samples) -> None:  # noqa: F811
+                                                   samples: Samples) -> None:
     """`adaptive = false` is the old pool: the status says so, nothing is cut short."""
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()
@@ -152,7 +152,7 @@ def test_adaptive_off_waits_the_configured_timeout(tmp_path: Path,
 
 
 def test_slow_appliance_is_hedged_to_the_next(tmp_path: Path,
-                                              samples: Samples) -> None:  # noqa: F811
+                                              samples: Samples) -> None:
     """Two appliances; the first turns slow (replies 2 s late): opens get their verdicts
     from the second, hedged there once the first is late; the losers are cancelled, not
     failures, so the first's breaker stays closed; nothing goes to the fail mode."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from mounting import force_unmount, is_mounted, mounted, wait_for
 from outage import running_appliance, status, unaccounted, write_config
-from servers import Samples, samples  # noqa: F401 - fixture
+from servers import Samples
 
 from vfile import control
 from vfile.journal import Journal
@@ -66,7 +66,7 @@ def _wait_settled(mnt: Path, deadline: float = 10.0) -> None:
 
 
 def test_hostile_names_paths_sizes_and_special_files(tmp_path: Path,
-                                                      samples: Samples) -> None:  # noqa: F811
+                                                      samples: Samples) -> None:
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()
     mnt.mkdir()
@@ -184,7 +184,7 @@ def test_hostile_names_paths_sizes_and_special_files(tmp_path: Path,
     assert unaccounted(src, state, sig) == sorted(["bigclosed/f", infected_name])
 
 
-def test_rename_and_unlink_racing_scans(tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+def test_rename_and_unlink_racing_scans(tmp_path: Path, samples: Samples) -> None:
     """Writers close files (starting close scans) while others rename and unlink them."""
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
+from lifecycle import Tree, cli
 from mounting import mounted, server_pids
-from t4_lifecycle_test import Tree, cli, tree  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.mount
 
@@ -37,7 +37,7 @@ def _server_fds(mnt: Path) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_walk_and_open_thousands_of_files_under_a_low_hard_limit(tree: Tree) -> None:  # noqa: F811
+def test_walk_and_open_thousands_of_files_under_a_low_hard_limit(tree: Tree) -> None:
     files = _fill(tree.source)
     with mounted(tree.source, tree.mountpoint, "--state-dir", str(tree.state),
                  nofile=LOW_LIMIT):
@@ -60,7 +60,7 @@ def test_walk_and_open_thousands_of_files_under_a_low_hard_limit(tree: Tree) -> 
 
 
 def test_control_plane_answers_while_the_server_is_out_of_descriptors(
-        tree: Tree) -> None:  # noqa: F811
+        tree: Tree) -> None:
     limit = 128
     files = [tree.source / f"f{i:04}.txt" for i in range(limit * 2)]
     for i, path in enumerate(files):

@@ -11,29 +11,23 @@ appliance stays available to on-open traffic.
 from __future__ import annotations
 
 import pytest
+from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
-from t4_lifecycle_test import (
-    Tree,
-    appliance_process,
-    status,
-    tree,  # noqa: F401  (fixture)
-    wait_until,
-    write_config,
-)
+from outage import running_appliance, status
 
 pytestmark = pytest.mark.mount
 
 SLOW = 2.5  # seconds per scan: longer than the on-open deadline, far below the drain's
 
 
-def test_slow_scans_drain_under_their_own_deadline(tree: Tree) -> None:  # noqa: F811
+def test_slow_scans_drain_under_their_own_deadline(tree: Tree) -> None:
     for i in range(4):
         (tree.source / f"big{i}.bin").write_bytes(bytes([i]) * 4096)
     body = ('[[profile]]\nname = "default"\ndeadline = "1s"\nattempt_timeout = "1s"\n'
             'drain_deadline = "60s"\n')
-    with appliance_process(tree.root, "refuse") as app, \
+    with running_appliance(fault="refuse") as app, \
             mounted(tree.source, tree.mountpoint,
-                    "--config", str(write_config(tree, app, body))):
+                    "--config", str(tree_config(tree, app, body))):
         for i in range(4):  # the outage: allowed, journaled
             assert (tree.mountpoint / f"big{i}.bin").read_bytes() == bytes([i]) * 4096
         assert status(tree.mountpoint)["journal"]["deferred"] == 4

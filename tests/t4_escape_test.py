@@ -22,20 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lifecycle import Tree, cli, journal_rows, open_errno, tree_config, wait_until
 from mounting import Server, mounted
-from outage import running_appliance, unaccounted
-from t4_lifecycle_test import (
-    ApplianceProc,
-    Tree,
-    appliance_process,
-    cli,
-    journal_rows,
-    open_errno,
-    status,
-    tree,  # noqa: F401  (fixture)
-    wait_until,
-    write_config,
-)
+from outage import Proc, running_appliance, status, unaccounted
 
 from vfile.filter.racy import TICK_NS
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
@@ -66,12 +55,12 @@ deadline = "2s"
 
 
 @contextmanager
-def escape_mount(tree: Tree, fault: str = "none",  # noqa: F811
-                 profiles: str = PROFILES) -> Iterator[tuple[ApplianceProc, Server]]:
+def escape_mount(tree: Tree, fault: str = "none",
+                 profiles: str = PROFILES) -> Iterator[tuple[Proc, Server]]:
     for d in ("tmp", "uploads"):
         (tree.source / d).mkdir(exist_ok=True)
-    with appliance_process(tree.root, fault) as app:
-        conf = write_config(tree, app, profiles)
+    with running_appliance(fault=fault) as app:
+        conf = tree_config(tree, app, profiles)
         with mounted(tree.source, tree.mountpoint, "--config", str(conf)) as server:
             yield app, server
 
@@ -102,7 +91,7 @@ def live_rows(t: Tree) -> list[dict[str, Any]]:
 # --- 1. hard links ---------------------------------------------------------------------------
 
 
-def test_link_from_an_excluded_name_into_a_closed_profile_is_scanned(tree: Tree) -> None:  # noqa: F811
+def test_link_from_an_excluded_name_into_a_closed_profile_is_scanned(tree: Tree) -> None:
     """`cp eicar tmp/x; ln tmp/x uploads/evil.exe; cat uploads/evil.exe` is denied; and
     while the file has a scanned name, its excluded name does not serve it either."""
     with escape_mount(tree):
@@ -114,7 +103,7 @@ def test_link_from_an_excluded_name_into_a_closed_profile_is_scanned(tree: Tree)
         assert read_errno(mnt / "tmp" / "x")[0] == errno.EACCES
 
 
-def test_link_made_behind_vfiles_back_is_scanned(tree: Tree) -> None:  # noqa: F811
+def test_link_made_behind_vfiles_back_is_scanned(tree: Tree) -> None:
     """The same with the link made in the source directly, and the excluded name the
     first vfile ever saw."""
     with escape_mount(tree):
@@ -125,7 +114,7 @@ def test_link_made_behind_vfiles_back_is_scanned(tree: Tree) -> None:  # noqa: F
         assert read_errno(mnt / "uploads" / "e.exe")[0] == errno.EACCES
 
 
-def test_unlinking_one_name_keeps_the_entry_of_the_other(tree: Tree) -> None:  # noqa: F811
+def test_unlinking_one_name_keeps_the_entry_of_the_other(tree: Tree) -> None:
     """Appliance down: a written file is journaled; a second name is made in the source;
     unlinking the first name through the mount must leave the file accounted for under
     its live name, and the drain scans that name (never a dead one)."""
@@ -144,7 +133,7 @@ def test_unlinking_one_name_keeps_the_entry_of_the_other(tree: Tree) -> None:  #
         assert unaccounted(tree.source, tree.state, sig) == []
 
 
-def test_open_after_the_first_name_is_unlinked_journals_a_live_name(tree: Tree) -> None:  # noqa: F811
+def test_open_after_the_first_name_is_unlinked_journals_a_live_name(tree: Tree) -> None:
     """Appliance down: x is opened (so vfile knows the inode as "x"), linked as y, x
     unlinked; an open of y must be journaled under "y", not under "x (deleted)"; a
     decoy named "x (deleted)" is never what the drain scans."""
@@ -167,7 +156,7 @@ def test_open_after_the_first_name_is_unlinked_journals_a_live_name(tree: Tree) 
 # --- 4. names with a newline -----------------------------------------------------------------
 
 
-def test_a_newline_in_a_name_stays_in_its_profile(tree: Tree) -> None:  # noqa: F811
+def test_a_newline_in_a_name_stays_in_its_profile(tree: Tree) -> None:
     """`uploads/a\\nb` belongs to the closed `uploads/**` profile: during a window it
     is denied, like `uploads/ab`, not served by the safe default."""
     with escape_mount(tree):
@@ -196,7 +185,7 @@ def quiesced(mnt: Path) -> Iterator[None]:
         assert cli("resume", str(mnt)).returncode == 0
 
 
-def test_infected_stays_denied_after_touch_chmod_rename_in_a_window(tree: Tree) -> None:  # noqa: F811
+def test_infected_stays_denied_after_touch_chmod_rename_in_a_window(tree: Tree) -> None:
     """`cat bad` denied; touch, chmod, rename; in a window `cat` is still denied; only
     new content that a scan says is clean is served again."""
     with escape_mount(tree):
@@ -219,7 +208,7 @@ def test_infected_stays_denied_after_touch_chmod_rename_in_a_window(tree: Tree) 
             assert read_errno(mnt / "renamed") == (0, b"clean now\n")
 
 
-def test_infected_stays_denied_across_a_remount_in_an_outage(tree: Tree) -> None:  # noqa: F811
+def test_infected_stays_denied_across_a_remount_in_an_outage(tree: Tree) -> None:
     """The taint is durable: found infected, touched, remounted with the appliance down."""
     with escape_mount(tree):
         (tree.source / "bad").write_bytes(EICAR)
@@ -243,7 +232,7 @@ def _big_profile(fail_mode: str, oversize: str) -> str:
 
 
 @contextmanager
-def sig_mount(tree: Tree, sigdir: Path, profiles: str) -> Iterator[Server]:  # noqa: F811
+def sig_mount(tree: Tree, sigdir: Path, profiles: str) -> Iterator[Server]:
     """A mount on a built-in appliance that loads `sigdir`'s hash signatures."""
     with running_appliance(sigdir) as app:
         conf = tree.root / "vfile.toml"
@@ -254,7 +243,7 @@ def sig_mount(tree: Tree, sigdir: Path, profiles: str) -> Iterator[Server]:  # n
             yield server
 
 
-def test_a_prefix_scan_never_becomes_a_full_verdict(tree: Tree) -> None:  # noqa: F811
+def test_a_prefix_scan_never_becomes_a_full_verdict(tree: Tree) -> None:
     """A 17 MiB file whose whole-file hash is a signature, in a safe profile with
     `oversize = "journal"`: the drain does not store a scan of its first 16 MiB as
     a clean verdict (the entry stays, listed as unscannable with its reason), and a
@@ -300,7 +289,7 @@ def _read_as(command: str, path: Path) -> None:
                    capture_output=True, check=True, timeout=60)
 
 
-def test_exchange_keeps_every_entry_with_its_file(tree: Tree) -> None:  # noqa: F811
+def test_exchange_keeps_every_entry_with_its_file(tree: Tree) -> None:
     """Appliance down: files p (EICAR, read by `cat`) and q (read by `head`), and
     directories d1/f (EICAR) and d2/g, all journaled. After exchanging p<->q and
     d1<->d2 each entry names its file (identity and who opened it), and once the
@@ -340,7 +329,7 @@ def test_exchange_keeps_every_entry_with_its_file(tree: Tree) -> None:  # noqa: 
 # --- 8. metadata-only changes -------------------------------------------------------------------
 
 
-def test_metadata_changes_keep_the_verdict_or_are_journaled(tree: Tree) -> None:  # noqa: F811
+def test_metadata_changes_keep_the_verdict_or_are_journaled(tree: Tree) -> None:
     """A scanned file is chmodded, touched and chowned through the mount while the
     appliance is down: each file keeps a verdict for its new identity (content
     provably unchanged) or has a journal entry; never neither. A file with no
@@ -370,7 +359,7 @@ def test_metadata_changes_keep_the_verdict_or_are_journaled(tree: Tree) -> None:
 # --- 2. a concurrent writer's bytes (writeback cache) -------------------------------------------
 
 
-def test_a_reader_is_never_judged_from_content_older_than_it_sees(tree: Tree) -> None:  # noqa: F811
+def test_a_reader_is_never_judged_from_content_older_than_it_sees(tree: Tree) -> None:
     """With the writeback cache on (the default) a writer's bytes sit in the kernel's
     page cache, not in the source, while a second open reads them: a closed profile
     denies that open, a safe one allows it and journals the exposure."""
@@ -399,7 +388,7 @@ def test_a_reader_is_never_judged_from_content_older_than_it_sees(tree: Tree) ->
 
 
 @contextmanager
-def coarse_source(tree: Tree) -> Iterator[None]:  # noqa: F811
+def coarse_source(tree: Tree) -> Iterator[None]:
     """The source on a loop-mounted ext2 with 128-byte inodes: whole-second
     timestamps, so a rewrite within the same second keeps (size, mtime, ctime)."""
     img = tree.root / "source.img"
@@ -417,7 +406,7 @@ def coarse_source(tree: Tree) -> Iterator[None]:  # noqa: F811
                        timeout=60)
 
 
-def test_a_same_tick_rewrite_does_not_inherit_the_clean_verdict(tree: Tree) -> None:  # noqa: F811
+def test_a_same_tick_rewrite_does_not_inherit_the_clean_verdict(tree: Tree) -> None:
     """A file is scanned clean through the mount, then rewritten behind vfile's back
     with content of the same size within the same timestamp tick (one second on
     this source): the next open scans again and finds EICAR."""

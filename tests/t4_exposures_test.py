@@ -18,20 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import mounted
-from t4_lifecycle_test import (
+from lifecycle import (
     READER_UID,
     WRITER_UID,
     Tree,
-    appliance_process,
     as_user,
     cli,
     journal_rows,
-    status,
-    tree,  # noqa: F401  (fixture)
+    tree_config,
     wait_until,
-    write_config,
 )
+from mounting import mounted
+from outage import running_appliance, status
 
 from vfile.scanner.signatures import EICAR
 
@@ -48,7 +46,7 @@ def _who(exposures: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
     return {(x["uid"], x["command"]): x["count"] for x in exposures}
 
 
-def test_exposures_survive_unlink_rename_and_infection(tree: Tree) -> None:  # noqa: F811
+def test_exposures_survive_unlink_rename_and_infection(tree: Tree) -> None:
     src, mnt = tree.source, tree.mountpoint
     for name in ("gone.txt", "target.txt", "later.com", "later.exe"):
         (src / name).write_text(f"harmless {name}\n")
@@ -63,8 +61,8 @@ def test_exposures_survive_unlink_rename_and_infection(tree: Tree) -> None:  # n
     audit = tree.root / "audit.jsonl"
     body = f'[[profile]]\nname = "hooked"\npaths = ["*.exe"]\ninfected_action = "hook"\n' \
            f'hook = "{hook}"\n'
-    with appliance_process(tree.root, "refuse") as app, \
-            mounted(src, mnt, "-o", "allow_other", "--config", str(write_config(tree, app, body)),
+    with running_appliance(fault="refuse") as app, \
+            mounted(src, mnt, "-o", "allow_other", "--config", str(tree_config(tree, app, body)),
                     "--audit-log", str(audit)):
         for uid in (READER_UID, READER_UID, WRITER_UID):
             res = as_user(uid, "cat", str(mnt / "gone.txt"))

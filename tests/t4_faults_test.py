@@ -31,10 +31,9 @@ from pathlib import Path
 import pytest
 from mounting import mounted, wait_for
 from outage import running_appliance, running_proxy, status, write_config
-from servers import Samples, samples  # noqa: F401 - fixture
+from servers import Samples
 
-from vfile.journal import Journal
-from vfile.journal.records import decode_verdict
+from vfile.journal import DeferredEntry, Journal, VerdictRecord
 from vfile.scanner.signatures import EICAR
 
 DEADLINE = 0.5
@@ -73,17 +72,13 @@ def _wait_recovered(mnt: Path) -> dict[str, object]:
         time.sleep(0.1)
 
 
-def _verdicts(state: Path) -> list[object]:
-    j = Journal.open(state, readonly=True)
-    try:
-        t = j._t
-        return j._read(lambda txn: [decode_verdict(v) for _, v in txn.cursor(db=t.verdicts)])
-    finally:
-        j.close()
+def _verdicts(state: Path) -> list[VerdictRecord]:
+    with Journal.open(state, readonly=True) as j:
+        return j.verdicts()
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open", "safe"])
-def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples,  # noqa: F811
+def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples,
                                                 fail_mode: str) -> None:
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()
@@ -147,19 +142,16 @@ def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples
             assert status(mnt)["gate"]["scans"] > scans, f"after {fault}: nothing scanned"
     # Nothing in the verdict table came from a fault, and EICAR never got a clean one.
     for v in _verdicts(state):
-        hit = [FAULTS[n] for n, (a, b) in enumerate(windows) if a <= v.time <= b]  # type: ignore[attr-defined]
+        hit = [FAULTS[n] for n, (a, b) in enumerate(windows) if a <= v.time <= b]
         assert set(hit) <= set(SLOW), f"verdict during fault {hit}: {v}"
-        truth = "infected" if v.identity.ino in eicars else "clean"  # type: ignore[attr-defined]
-        assert v.outcome == truth, v  # type: ignore[attr-defined]
+        truth = "infected" if v.identity.ino in eicars else "clean"
+        assert v.outcome == truth, v
     print(f"fault figures ({fail_mode}): {opens} opens, {len(FAULTS)} faults, "
           f"slowest open {slowest:.2f}s")
     # per fault: ROUNDS rounds of every file, then one more plus the fresh file
     assert opens == len(FAULTS) * ((CLEAN_FILES + 1) * (ROUNDS + 1) + 1)
 
 
-def _journal_entries(state: Path) -> list[object]:
-    j = Journal.open(state, readonly=True)
-    try:
-        return j.list_deferred()  # type: ignore[return-value]
-    finally:
-        j.close()
+def _journal_entries(state: Path) -> list[DeferredEntry]:
+    with Journal.open(state, readonly=True) as j:
+        return j.list_deferred()

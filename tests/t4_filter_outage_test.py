@@ -16,17 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filtering import DEADLINE, MARGIN, Filter, filtering, journal_list, journal_paths, timed_read
+from mounting import wait_for
 from outage import Proc, running_appliance, running_proxy
-from t4_filter_test import (
-    DEADLINE,
-    MARGIN,
-    Filter,
-    filtering,
-    journal_list,
-    journal_paths,
-    timed_read,
-    wait_for,
-)
 
 from vfile.scanner.signatures import EICAR, EICAR_NAME
 

@@ -23,18 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from filtering import Opened, timed_read
 from fleet_servers import Cache, restart_redis, running_cache, running_redis
 from mounting import Server, mounted, wait_for
 from outage import running_appliance
-from servers import (  # noqa: F401 (session fixtures)
-    GENERATED_NAME,
-    Clamd,
-    Samples,
-    clamd_server,
-    free_port,
-    samples,
-)
-from t4_filter_test import Opened, timed_read
+from servers import GENERATED_NAME, Clamd, Samples, free_port
 
 from vfile.scanner.cache import FORMAT, lock_key, verdict_key
 from vfile.scanner.signatures import EICAR
@@ -81,7 +74,7 @@ def sig_version(cache: Cache) -> str:
 CLEAN = b"a clean file the whole fleet has\n" * 200
 
 
-def test_a_hit_answers_without_upstream_contact(tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+def test_a_hit_answers_without_upstream_contact(tmp_path: Path, samples: Samples) -> None:
     files = {"clean.txt": CLEAN, "eicar.com": EICAR}
     with running_redis(tmp_path / "redis") as redis, \
             running_appliance(samples.sigdir) as upstream, \
@@ -102,7 +95,7 @@ def test_a_hit_answers_without_upstream_contact(tmp_path: Path, samples: Samples
 
 
 def test_new_signature_version_misses_and_never_serves_old_clean(
-        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples) -> None:
     sigdir = tmp_path / "sigs"
     sigdir.mkdir()
     (sigdir / "other.hdb").write_text(f"{'0' * 32}:1:Vfile.Test.Nothing\n")
@@ -150,7 +143,7 @@ def _planted(digest: str, version: str) -> list[bytes]:
 
 
 def test_a_foreign_value_planted_in_redis_is_a_miss_never_clean(
-        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples) -> None:
     digest = hashlib.sha256(EICAR).hexdigest()
     with running_redis(tmp_path / "redis") as redis, \
             running_appliance(samples.sigdir) as upstream, \
@@ -170,7 +163,7 @@ def test_a_foreign_value_planted_in_redis_is_a_miss_never_clean(
 
 
 def test_a_well_formed_value_forged_in_redis_is_a_miss_with_a_key(
-        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples) -> None:
     """Whoever can write to Redis (a guest on its network, another tenant) can write a
     value in exactly our format saying "clean" for an infected content. With a key file
     shared by the caching appliances, values carry an HMAC, and a forged one is a miss."""
@@ -201,7 +194,7 @@ def test_a_well_formed_value_forged_in_redis_is_a_miss_with_a_key(
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_redis_dying_mid_storm_loses_no_verdict_and_hangs_no_open(
-        tmp_path: Path, samples: Samples, clamd_server: Clamd, how: str) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples, clamd_server: Clamd, how: str) -> None:
     files = {f"f{i:03}.bin": hashlib.sha256(b"%d" % i).digest() * 2048 for i in range(60)}
     files["eicar.com"] = EICAR
     with running_redis(tmp_path / "redis") as redis, \
@@ -246,7 +239,7 @@ def test_redis_dying_mid_storm_loses_no_verdict_and_hangs_no_open(
 
 
 def test_concurrent_misses_across_proxies_share_one_upstream_scan(
-        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples) -> None:
     files = {f"f{i:02}.bin": hashlib.sha256(b"shared %d" % i).digest() * 1024 for i in range(20)}
     # Whether a proxy finds the other's lock (and waits) or its stored verdict
     # (a hit) depends on timing; either way each content is scanned once.
@@ -266,7 +259,7 @@ def test_concurrent_misses_across_proxies_share_one_upstream_scan(
 
 
 def test_instream_over_tcp_and_fildes_over_unix_share_entries(
-        tmp_path: Path, clamd_server: Clamd) -> None:  # noqa: F811
+        tmp_path: Path, clamd_server: Clamd) -> None:
     files = {"clean.txt": CLEAN, "eicar.com": EICAR, "big.bin": b"\x01\x02" * 700_000}
     port = free_port()
     with running_redis(tmp_path / "redis") as redis, \
@@ -289,7 +282,7 @@ def test_instream_over_tcp_and_fildes_over_unix_share_entries(
 
 
 def test_grace_answers_previous_clean_at_once_and_the_rescan_covers_it(
-        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples) -> None:
     sigdir = tmp_path / "sigs"
     sigdir.mkdir()
     (sigdir / "other.hdb").write_text(f"{'0' * 32}:1:Vfile.Test.Nothing\n")
@@ -335,7 +328,7 @@ def test_grace_answers_previous_clean_at_once_and_the_rescan_covers_it(
 
 
 def test_a_lock_left_by_a_dead_proxy_delays_an_open_by_at_most_the_lock_ttl(
-        tmp_path: Path, samples: Samples) -> None:  # noqa: F811
+        tmp_path: Path, samples: Samples) -> None:
     digest = hashlib.sha256(CLEAN).hexdigest()
     with running_redis(tmp_path / "redis") as redis, \
             running_appliance(samples.sigdir) as upstream, \

@@ -17,15 +17,9 @@ import stat
 import subprocess
 
 import pytest
+from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
-from t4_lifecycle_test import (
-    Tree,
-    appliance_process,
-    status,
-    tree,  # noqa: F401  (fixture)
-    wait_until,
-    write_config,
-)
+from outage import running_appliance, status
 
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
 from vfile.scanner.signatures import EICAR
@@ -48,7 +42,7 @@ def _pending(t: Tree) -> int:
     return int(status(t.mountpoint)["gate"]["pending_intents"])
 
 
-def test_intents_of_succeeding_and_failing_operations_are_released(tree: Tree) -> None:  # noqa: F811
+def test_intents_of_succeeding_and_failing_operations_are_released(tree: Tree) -> None:
     src, mnt = tree.source, tree.mountpoint
     (src / "eicar.com").write_bytes(EICAR)
     os.chmod(src / "eicar.com", 0o666)
@@ -58,8 +52,8 @@ def test_intents_of_succeeding_and_failing_operations_are_released(tree: Tree) -
     busy = src / "busy"
     shutil.copy(shutil.which("sleep") or "/bin/sleep", busy)
     os.chmod(busy, 0o777)
-    with appliance_process(tree.root) as app, \
-            mounted(src, mnt, "--config", str(write_config(tree, app, _DENY))):
+    with running_appliance() as app, \
+            mounted(src, mnt, "--config", str(tree_config(tree, app, _DENY))):
         assert _pending(tree) == 0
 
         # Succeeding operations with no open handle afterwards.

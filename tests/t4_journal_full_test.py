@@ -17,16 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lifecycle import Tree, open_errno, tree_config
 from mounting import mounted
-from t4_lifecycle_test import (
-    Tree,
-    appliance_process,
-    open_errno,
-    status,
-    tree,  # noqa: F401  (fixture)
-    write_config,
-)
-from t4_metrics_test import scrape, value
+from outage import running_appliance, status
+from scrape import scrape, value
 
 pytestmark = pytest.mark.mount
 
@@ -63,12 +57,12 @@ def _metrics_url(log: str) -> str:
     raise AssertionError(f"no metrics address in the log:\n{log}")
 
 
-def test_full_journal_fails_opens_with_one_log_line(tree: Tree, small_state: Path) -> None:  # noqa: F811
+def test_full_journal_fails_opens_with_one_log_line(tree: Tree, small_state: Path) -> None:
     tree.state = small_state / "state"
     for i in range(OPENS):
         (tree.source / (f"f{i:03d}-" + "x" * 200)).write_text(f"unscanned {i}\n")
-    with appliance_process(tree.root, "refuse") as app, \
-            mounted(tree.source, tree.mountpoint, "--config", str(write_config(tree, app)),
+    with running_appliance(fault="refuse") as app, \
+            mounted(tree.source, tree.mountpoint, "--config", str(tree_config(tree, app)),
                     "--log-format", "json", "--metrics", "127.0.0.1:0", "-v") as server:
         _fill(small_state)
         results = [open_errno(tree.mountpoint / (f"f{i:03d}-" + "x" * 200))

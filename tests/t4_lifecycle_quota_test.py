@@ -7,17 +7,9 @@ import errno
 import os
 
 import pytest
+from lifecycle import Tree, journal_rows, open_errno, tree_config, wait_until
 from mounting import mounted
-from t4_lifecycle_test import (
-    Tree,
-    appliance_process,
-    journal_rows,
-    open_errno,
-    status,
-    tree,  # noqa: F401  (fixture)
-    wait_until,
-    write_config,
-)
+from outage import running_appliance, status
 
 pytestmark = pytest.mark.mount
 
@@ -35,12 +27,12 @@ def _state(t: Tree) -> str:
     return str(profile["quota"]["state"])
 
 
-def test_closed_escalation_and_recovery_after_the_drain(tree: Tree) -> None:  # noqa: F811
+def test_closed_escalation_and_recovery_after_the_drain(tree: Tree) -> None:
     for i in range(8):
         (tree.source / f"f{i}.txt").write_text(f"unscanned {i}\n")
-    with appliance_process(tree.root, "refuse") as app, \
+    with running_appliance(fault="refuse") as app, \
             mounted(tree.source, tree.mountpoint, "--config",
-                    str(write_config(tree, app, _quota("closed")))) as server:
+                    str(tree_config(tree, app, _quota("closed")))) as server:
         # Within quota: unscanned opens are allowed and journaled.
         for i in range(MAX_ENTRIES + 1):
             assert open_errno(tree.mountpoint / f"f{i}.txt") == 0
@@ -61,12 +53,12 @@ def test_closed_escalation_and_recovery_after_the_drain(tree: Tree) -> None:  # 
     assert "over its scan-debt quota" in log and "recovered" in log
 
 
-def test_read_only_escalation_refuses_writes_with_erofs(tree: Tree) -> None:  # noqa: F811
+def test_read_only_escalation_refuses_writes_with_erofs(tree: Tree) -> None:
     for i in range(6):
         (tree.source / f"f{i}.txt").write_text(f"unscanned {i}\n")
-    with appliance_process(tree.root, "refuse") as app, \
+    with running_appliance(fault="refuse") as app, \
             mounted(tree.source, tree.mountpoint, "--config",
-                    str(write_config(tree, app, _quota("read-only")))):
+                    str(tree_config(tree, app, _quota("read-only")))):
         for i in range(MAX_ENTRIES + 1):
             assert open_errno(tree.mountpoint / f"f{i}.txt") == 0
         wait_until(lambda: _state(tree) == "read-only", "the quota escalates")

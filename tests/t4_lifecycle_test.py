@@ -7,150 +7,36 @@ after its imports: the interpreter lives under /root, which is 0700). The
 trees live in a 0755 directory under /tmp so those uids can reach them
 (pytest's tmp_path is in a 0700 tree).
 
-The helpers here are shared by the other t4_lifecycle_* modules.
+The helpers are in tests/lifecycle.py, the `tree` fixture in conftest.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from mounting import mounted, vfile_cmd, wait_for
-from outage import Proc, running_appliance
+from lifecycle import (
+    NOBODY,
+    READER_UID,
+    WRITER_UID,
+    Tree,
+    as_user,
+    cli,
+    journal_rows,
+    open_errno,
+    tree_config,
+    wait_until,
+)
+from mounting import mounted
+from outage import running_appliance, status
 
 from vfile.errors import Exit
 from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
-
-WRITER_UID = 1000
-READER_UID = 1001
-NOBODY = 65534
-#: generous "does not hang" deadline for anything that should happen in about a second
-SOON = 20.0
-
-
-# --- helpers (shared with t4_lifecycle_*_test.py) ------------------------------------------
-
-
-@dataclass
-class Tree:
-    root: Path
-    source: Path
-    mountpoint: Path
-    state: Path
-
-
-@pytest.fixture
-def tree() -> Iterator[Tree]:
-    root = Path(tempfile.mkdtemp(prefix="vfile-t4l-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    source, mnt, state = root / "src", root / "mnt", root / "state"
-    source.mkdir()
-    os.chmod(source, 0o777)  # the second uids create files here through the mount
-    mnt.mkdir()
-    try:
-        yield Tree(root, source, mnt, state)
-    finally:
-        with open("/proc/self/mounts") as f:
-            assert f" {mnt} " not in f.read(), "a test left its mount behind"
-        shutil.rmtree(root, ignore_errors=True)
-
-
-#: The one appliance launcher (tests/outage.py): a fault switch waits until the
-#: appliance confirms it in its log, for every kind of fault.
-ApplianceProc = Proc
-
-
-@contextlib.contextmanager
-def appliance_process(where: Path, fault: str = "none") -> Iterator[ApplianceProc]:
-    """`vfile appliance serve` on a unix socket, started healthy, then given `fault`."""
-    del where  # the launcher keeps its socket in a short path of its own
-    with running_appliance() as app:
-        if fault != "none":
-            app.set_fault(fault)
-        yield app
-
-
-def wait_until(cond: Callable[[], object], what: str, deadline: float = SOON) -> None:
-    wait_for(what, cond, deadline)
-
-
-def write_config(tree: Tree, appliance: ApplianceProc, body: str = "") -> Path:
-    """A config with the appliance, the tree's state dir and quick probes; `body`
-    adds profiles (a `default` profile in it replaces the implicit one)."""
-    conf = tree.root / "vfile.toml"
-    conf.write_text(f'[mount]\nappliances = ["{appliance.url}"]\nstate_dir = "{tree.state}"\n'
-                    f'quarantine_dir = "{tree.root / "quarantine"}"\n'
-                    '[pool]\nprobe_interval = "200ms"\nbreaker_cooldown = "500ms"\n'
-                    f'attempt_timeout = "1s"\n{body}')
-    return conf
-
-
-_AS_UID = """
-import os, sys, click, typer
-from vfile.cli import app
-import vfile.journal.records  # commands import the journal (and trio) themselves: load it now
-uid, args = int(sys.argv[1]), sys.argv[2:]
-cmd = typer.main.get_command(app)
-# Parse the whole command line once before dropping privileges: typer imports
-# modules lazily while it builds parameters, and /root (the interpreter) is 0700.
-ctx = cmd.make_context("vfile", list(args))
-while isinstance(ctx.command, click.Group):
-    _, sub, rest = ctx.command.resolve_command(ctx, [*ctx.protected_args, *ctx.args])
-    assert sub is not None
-    ctx = sub.make_context(sub.name, rest, parent=ctx)
-os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
-cmd.main(args, prog_name="vfile")
-"""
-
-
-def cli(*args: str, uid: int | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the vfile CLI, as root or (dropping privileges after the imports) as `uid`."""
-    cmd = vfile_cmd(*args) if uid is None else [sys.executable, "-c", _AS_UID, str(uid), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def status(mnt: Path) -> dict[str, Any]:
-    res = cli("status", str(mnt), "--json")
-    assert res.returncode == 0, res.stderr
-    out: dict[str, Any] = json.loads(res.stdout)
-    return out
-
-
-def as_user(uid: int, *argv: str, umask: str = "022") -> subprocess.CompletedProcess[str]:
-    """A real second uid runs `argv` (setpriv: the process is the command itself)."""
-    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                           "sh", "-c", f'umask {umask}; exec "$@"', "sh", *argv],
-                          capture_output=True, text=True, timeout=60, check=False)
-
-
-def open_errno(path: Path, flags: int = os.O_RDONLY) -> int:
-    """0 if `path` opens with `flags`, else the errno."""
-    try:
-        os.close(os.open(path, flags))
-    except OSError as err:
-        return err.errno or -1
-    return 0
-
-
-def journal_rows(mnt: Path) -> list[dict[str, Any]]:
-    res = cli("journal", "list", "--mount", str(mnt), "--json")
-    assert res.returncode == 0, res.stderr
-    rows: list[dict[str, Any]] = json.loads(res.stdout)
-    return rows
 
 
 # --- drain after return ---------------------------------------------------------------------
@@ -163,8 +49,8 @@ def test_outage_exposure_trail_then_drain_quarantines(tree: Tree) -> None:
     eicar = tree.root / "eicar.src"
     eicar.write_bytes(EICAR)
     os.chmod(eicar, 0o644)
-    with appliance_process(tree.root, "refuse") as app:
-        conf = write_config(tree, app)
+    with running_appliance(fault="refuse") as app:
+        conf = tree_config(tree, app)
         with mounted(tree.source, tree.mountpoint, "-o", "allow_other",
                      "--config", str(conf)) as server:
             target = tree.mountpoint / "drop.com"
@@ -211,9 +97,9 @@ def test_outage_exposure_trail_then_drain_quarantines(tree: Tree) -> None:
 
 
 def test_non_owner_is_refused_by_the_control_plane(tree: Tree) -> None:
-    with appliance_process(tree.root) as app, \
+    with running_appliance() as app, \
             mounted(tree.source, tree.mountpoint, "-o", "allow_other",
-                    "--config", str(write_config(tree, app))):
+                    "--config", str(tree_config(tree, app))):
         for args in (["status", str(tree.mountpoint)],
                      ["quiesce", str(tree.mountpoint)],
                      ["journal", "list", "--mount", str(tree.mountpoint)]):
@@ -232,8 +118,8 @@ def test_journal_cli_through_the_control_plane(tree: Tree) -> None:
     """--mount finds the live mount's journal: reads, retry (kicks the drain), purge."""
     for name in ("a.txt", "b.txt", "c.txt"):
         (tree.source / name).write_text(f"clean {name}\n")
-    with appliance_process(tree.root, "refuse") as app, \
-            mounted(tree.source, tree.mountpoint, "--config", str(write_config(tree, app))):
+    with running_appliance(fault="refuse") as app, \
+            mounted(tree.source, tree.mountpoint, "--config", str(tree_config(tree, app))):
         for name in ("a.txt", "b.txt", "c.txt"):
             assert (tree.mountpoint / name).read_text() == f"clean {name}\n"
         assert [r["path"] for r in journal_rows(tree.mountpoint)] == ["a.txt", "b.txt", "c.txt"]

@@ -11,18 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from lifecycle import Tree, cli, journal_rows, open_errno, tree_config, wait_until
 from mounting import mounted
-from t4_lifecycle_test import (
-    Tree,
-    appliance_process,
-    cli,
-    journal_rows,
-    open_errno,
-    status,
-    tree,  # noqa: F401  (fixture)
-    wait_until,
-    write_config,
-)
+from outage import running_appliance, status
 
 pytestmark = pytest.mark.mount
 
@@ -32,7 +23,7 @@ CLOSED_OPENS = 12
 LONG = "20s"
 
 
-def test_quiesce_releases_opens_blocked_on_a_black_hole(tree: Tree) -> None:  # noqa: F811
+def test_quiesce_releases_opens_blocked_on_a_black_hole(tree: Tree) -> None:
     """36 opens wait on a black-holed appliance (20 s deadline); quiesce returns at once
     and they complete per their fail mode: safe ones succeed, journaled; closed ones
     get EACCES."""
@@ -42,8 +33,8 @@ def test_quiesce_releases_opens_blocked_on_a_black_hole(tree: Tree) -> None:  # 
     for i, p in enumerate(safe + closed):
         p.write_text(f"distinct content {i}\n")  # distinct identities: one scan each
     profile = (f'attempt_timeout = "{LONG}"\ndeadline = "{LONG}"\nretries = 0\n')
-    with appliance_process(tree.root) as app:
-        conf = write_config(tree, app, (
+    with running_appliance() as app:
+        conf = tree_config(tree, app, (
             '[[profile]]\nname = "strict"\npaths = ["closed/**"]\nfail_mode = "closed"\n'
             f'infected_action = "deny"\n{profile}'
             f'[[profile]]\nname = "default"\nfail_mode = "safe"\n{profile}'))
@@ -88,14 +79,14 @@ def test_quiesce_releases_opens_blocked_on_a_black_hole(tree: Tree) -> None:  # 
             app.set_fault("refuse")  # free the mount from the black hole before unmounting
 
 
-def test_max_expiry_ends_the_window(tree: Tree) -> None:  # noqa: F811
+def test_max_expiry_ends_the_window(tree: Tree) -> None:
     """During a window no appliance is contacted and opens do not wait; `--max` ends
     it by itself, and the drain then scans what the window deferred."""
     names = [f"w{i}.txt" for i in range(12)]
     for n in [*names, "after.txt"]:
         (tree.source / n).write_text(f"content of {n}\n")
-    with appliance_process(tree.root) as app, \
-            mounted(tree.source, tree.mountpoint, "--config", str(write_config(tree, app))):
+    with running_appliance() as app, \
+            mounted(tree.source, tree.mountpoint, "--config", str(tree_config(tree, app))):
         wait_until(lambda: status(tree.mountpoint)["appliances"][0]["healthy"],
                    "the appliance is healthy")
         # A window long enough to outlast any number of slow CLI processes on a loaded

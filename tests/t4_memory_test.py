@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from filtering import filtering
 from mounting import wait_for
-from t4_filter_test import filtering
 
 from vfile import control
 from vfile.journal import Journal

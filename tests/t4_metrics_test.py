@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import re
 import subprocess
 import time
 import urllib.error
@@ -13,43 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mounting import Server, mounted, vfile_cmd
-from prometheus_client.parser import text_string_to_metric_families
+from mounting import mounted, vfile_cmd
+from scrape import Samples, metrics_url, scrape, value
 
 from vfile.errors import Exit
 from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def metrics_url(server: Server) -> str:
-    # Port 0 on loopback: the server logs where it listens.
-    for line in server.log().splitlines():
-        record = json.loads(line)  # --log-format json: every line is one object
-        found = re.fullmatch(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", record["message"])
-        if found:
-            return found.group(1)
-    raise AssertionError(f"no metrics address in the log:\n{server.log()}")
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"].startswith("text/plain")
-        text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over samples of `name` whose labels include `labels`."""
-    hits = [v for (n, ls), v in samples.items()
-            if n == name and set(labels.items()) <= set(ls)]
-    assert hits, f"no sample {name} {labels}"
-    return sum(hits)
-
 
 def wait_for(url: str, name: str, at_least: float, deadline: float = 20.0) -> Samples:
     """Scrape until `name` reaches `at_least` (the journal figures are cached a few s)."""

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filtering import filtering
 from mounting import vfile_cmd
 from outage import running_appliance
-from servers import Samples, samples  # noqa: F401 (session fixture)
-from t4_filter_test import filtering
 
 from vfile import control
 from vfile.scanner.signatures import EICAR

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from mounting import mounted
 from outage import running_appliance, running_proxy, status, write_config
-from servers import Samples, samples  # noqa: F401 - fixture
+from servers import Samples
 
 from vfile.scanner.signatures import EICAR
 
@@ -73,7 +73,7 @@ STAT_MNT = ("try:\n"
             "    print('EACCES'); sys.exit(13)\n")
 
 
-def test_second_uid_is_kept_out(shared: Path, samples: Samples) -> None:  # noqa: F811
+def test_second_uid_is_kept_out(shared: Path, samples: Samples) -> None:
     src, mnt, state = _tree(shared)
     (src / "f").write_bytes(b"data")
     os.chmod(src / "f", 0o644)
@@ -108,7 +108,7 @@ def test_second_uid_is_kept_out(shared: Path, samples: Samples) -> None:  # noqa
             assert (code, out.strip()) == (0, "IN"), out
 
 
-def test_no_escape_from_the_source(shared: Path, samples: Samples) -> None:  # noqa: F811
+def test_no_escape_from_the_source(shared: Path, samples: Samples) -> None:
     src, mnt, state = _tree(shared)
     outside = shared / "outside"  # ../outside from src; from mnt it would be m/outside
     outside.mkdir()

@@ -138,7 +138,8 @@ def test_params_checked() -> None:
 
 
 def test_mode_configs_parse() -> None:
-    from vfile.config.model import FailMode, parse_config
+    from vfile.config.model import FailMode
+    from vfile.config.reader import parse_config
 
     for mode in MODES:
         cfg = parse_config(mode_config(mode, 0.25, "/tmp/q"), source=mode)

@@ -25,16 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lifecycle import Tree, cli, journal_rows, tree_config, wait_until
 from mounting import mounted
-from t4_lifecycle_test import (
-    Tree,
-    appliance_process,
-    cli,
-    journal_rows,
-    tree,  # noqa: F401  (fixture)
-    wait_until,
-    write_config,
-)
+from outage import running_appliance
 
 from vfile.journal import Journal
 
@@ -110,14 +103,14 @@ def opens_within(paths: list[Path], deadline: float) -> dict[Path, float | None]
     return took
 
 
-def test_sigkill_after_an_unscanned_read_keeps_its_record(tree: Tree) -> None:  # noqa: F811
+def test_sigkill_after_an_unscanned_read_keeps_its_record(tree: Tree) -> None:
     """Tier 2: with no background fsync at all (`sync_interval` 1 h), a window's
     unscanned reads are in the journal after a SIGKILL, although never fsynced."""
     names = [f"r{i}.txt" for i in range(20)]
     for n in names:
         (tree.source / n).write_text(f"read me {n}\n")
-    with appliance_process(tree.root) as app:
-        conf = write_config(tree, app, '[journal]\nsync_interval = "1h"\n')
+    with running_appliance() as app:
+        conf = tree_config(tree, app, '[journal]\nsync_interval = "1h"\n')
         with mounted(tree.source, tree.mountpoint, "--config", str(conf)) as server:
             res = cli("quiesce", str(tree.mountpoint))
             assert res.returncode == 0, res.stderr
@@ -134,7 +127,7 @@ def test_sigkill_after_an_unscanned_read_keeps_its_record(tree: Tree) -> None:  
     assert paths == sorted(names)
 
 
-def test_frozen_state_disk_blocks_no_open(tree: Tree) -> None:  # noqa: F811
+def test_frozen_state_disk_blocks_no_open(tree: Tree) -> None:
     """Tier 3: state directory, audit log and server log on a frozen ext4, in a window:
     unscanned opens return within about the deadline, cached opens and `vfile status`
     do not stall; after the thaw the records are in the journal, and a SIGKILL then
@@ -143,9 +136,9 @@ def test_frozen_state_disk_blocks_no_open(tree: Tree) -> None:  # noqa: F811
     cold = [f"cold{i}.txt" for i in range(10)]
     for n in warm + cold:
         (tree.source / n).write_text(f"content of {n}\n")
-    with appliance_process(tree.root) as app, loop_ext4(tree.root) as fs:
+    with running_appliance() as app, loop_ext4(tree.root) as fs:
         state = fs / "state"
-        conf = write_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+        conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
                                        f'deadline = "{DEADLINE}s"\n')
         conf.write_text(conf.read_text().replace(str(tree.state), str(state)))
         with mounted(tree.source, tree.mountpoint, "--config", str(conf), "-v",

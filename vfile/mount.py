@@ -232,7 +232,7 @@ def _fd_cache_size(opts: MountOptions) -> int | None:
     """--fd-cache, else [mount] fd_cache, else None (a default from the limit)."""
     if opts.fd_cache is not None or opts.config is None:
         return opts.fd_cache
-    from vfile.config.model import load_config  # parsed (and checked) again by the service
+    from vfile.config.reader import load_config  # parsed (and checked) again by the service
 
     return load_config(opts.config).mount.fd_cache
 

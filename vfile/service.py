@@ -35,7 +35,8 @@ import trio
 import vfile
 from vfile import control, control_server
 from vfile.commands import Commands, MountInfo, unreachable_appliance_lines
-from vfile.config.model import Config, load_config
+from vfile.config.model import Config
+from vfile.config.reader import load_config
 from vfile.errors import Exit, UserError
 from vfile.filter.actions import Actions
 from vfile.filter.drain import DEFAULT_LEASE, Drain
