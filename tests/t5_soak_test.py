@@ -34,13 +34,21 @@ SLACK = 16
 #: ops): the code before the fix measured 1,472 on a loaded machine (one verdict record
 #: per write), after it 65
 MAX_HEAP_GROWTH = 500.0
+#: KiB of live-heap growth that is not a leak however few operations a loaded machine
+#: fits into the run: trio keeps up to 1,000 exited deadline scopes in its heap before
+#: it prunes (DEADLINE_HEAP_MIN_PRUNE_THRESHOLD), each a 64-byte heap entry plus a
+#: ~112-byte CancelScope, and bounded deques (latency samples) still filling. At load
+#: 19 a 1.1-minute run measured 179 KiB, all of it at those sites, over 2,236
+#: operations: 770 per 10k, a false leak. The code before the fix grows 1,472 KiB per
+#: 10k operations, which stays over the threshold after this is taken off.
+HEAP_NOISE_KIB = 176.0
 #: RssAnon growth after warm-up, KiB: a gross leak outside the Python heap (C, threads)
 MAX_ANON_GROWTH = 8192
 
 
 def test_short_soak_keeps_fds_and_memory_flat_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, str(SOAK), "--minutes", "1.1", "--interval", "1",
+    proc = subprocess.run([sys.executable, str(SOAK), "--minutes", "1.5", "--interval", "1",
                            "--period", "9", "--warmup", "0.4", "--json", str(out)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -57,6 +65,8 @@ def test_short_soak_keeps_fds_and_memory_flat_and_loses_nothing(tmp_path: Path) 
     slopes = result["memory"]["slopes"]
     assert slopes["samples"] >= 15, slopes
     growth = result["memory"]["growth_since_warm"]
-    assert slopes["live_heap_kib_per_10k_operations"] < MAX_HEAP_GROWTH, (slopes, growth)
+    grown = slopes["live_heap_end_kib"] - slopes["live_heap_warm_kib"]
+    per_10k = max(0.0, grown - HEAP_NOISE_KIB) / slopes["operations"] * 10_000
+    assert per_10k < MAX_HEAP_GROWTH, (per_10k, slopes, growth)
     warm_anon = [s["anon_kib"] for s in result["samples"] if s["t"] >= slopes["since_s"]]
     assert max(warm_anon) - warm_anon[0] < MAX_ANON_GROWTH, (slopes, growth)
