@@ -71,7 +71,20 @@ def ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 2)
 
 
+async def answering(url: str, path: str, deadline: float = 30.0) -> None:
+    """Wait until the appliance answers a scan again (the fault switch is a signal:
+    a pool started right after clearing a black hole would meet it still on)."""
+    probe = Pool([url], attempt_timeout=0.5, retries=0, breaker_failures=1_000_000,
+                 probe_interval=60.0, adaptive=Adaptive(enabled=False))
+    with trio.fail_after(deadline):
+        for _ in range(int(deadline / 0.05)):
+            if (await probe.scan_path(path)).is_clean:
+                return
+            await trio.sleep(0.05)
+
+
 async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) -> dict[str, Any]:
+    await answering(url, path)
     pool = Pool([url], attempt_timeout=1.0, retries=1, breaker_failures=3,
                 breaker_cooldown=60.0, probe_interval=60.0,
                 adaptive=Adaptive(enabled=adaptive))
@@ -92,6 +105,7 @@ async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) ->
         for _ in range(WORKERS):
             nursery.start_soon(worker)
         phase_at["quiet"] = time.perf_counter()
+        quiet_wall = time.time()
         await trio.sleep(QUIET_S)
         stats: dict[str, Any] = pool.statistics()[0]
         est = stats["adaptive"]["estimate_4KiB_ms"] or stats["p50_ms"]
@@ -134,6 +148,8 @@ async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) ->
         "slow_breaker_opens": slow_opens,
         "detection_ms": None if opened is None else round((opened - fault_wall) * 1000, 1),
         "breaker_open_at_fault": at_fault["state"] != "closed",
+        # when those false openings happened, seconds after the pool's first scan
+        "false_opens_at_s": [round(t - quiet_wall, 3) for t in at_fault["breaker_opened_times"]],
         "outage_scans": len(during), "outage_p99_ms": ms(pct(during, 0.99)),
         "outage_max_ms": ms(max(during) if during else None),
         "outage_waited_10x_quiet_p99": sum(1 for d in during
@@ -161,6 +177,7 @@ def summarize_onsets(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "quiet_max_ms": max((r["quiet_max_ms"] for r in runs if r["quiet_max_ms"] is not None),
                             default=None),
         "quiet_breaker_opens": sum(r["quiet_breaker_opens"] for r in runs),
+        "false_opens_at_s": [r["false_opens_at_s"] for r in runs],
         "slow_errors": sum(r["slow_errors"] for r in runs),
         "slow_breaker_opens": sum(r["slow_breaker_opens"] for r in runs),
         "outage_scans": sum(r["outage_scans"] for r in runs),

@@ -13,6 +13,18 @@ covariance (West's update: no catastrophic cancellation with sizes of 1e9).
 A size-independent deviation is deliberate: the noise of a small scan is
 scheduling jitter, not throughput, and the safety factor covers throughput.
 
+The deviation follows the last few scans (TCP's gain), so after a run of
+quick scans it forgets that the appliance pauses now and then (a GC, a host
+whose CPUs are busy): the next pause, hitting every scan in flight at once,
+then looks like a hang. So the model also keeps the slowest recent residual
+(`peak`: a decaying maximum of latency - fit over healthy scans, half-life
+`PEAK_HALF_LIFE` samples), and no attempt timeout is below `PEAK_MARGIN` times
+fit + peak: a pause the appliance has shown recently is waited out. This
+trades detection time for no false outages on a host that stalls: measured
+with bench/hang.py, the breaker no longer opens on a healthy appliance every
+few seconds at load 6 on 2 cores, while detection rises to about the host's
+own worst recent stall (README "How fast a hung appliance is noticed").
+
 What the pool asks:
 - `attempt_timeout(...)`: the model's quantile for this size times the safety
   factor, floored and capped by configuration; the configured attempt
@@ -22,6 +34,7 @@ What the pool asks:
   64 MiB file, and guessing low there would open a breaker on a healthy
   appliance). The caller's cancel scope (the profile's deadline) still bounds
   every attempt whatever this returns.
+  Never below `PEAK_MARGIN` times the recent peak (above).
 - `quantile(...)`: when an attempt becomes "late" (hedge point; evidence for
   collective detection).
 - `HedgeBudget`: a token bucket, so hedges stay a fixed share of scans and
@@ -58,6 +71,12 @@ _MIB = float(1 << 20)
 _MIN_SPREAD = 1.0 / 1024
 #: hedges a bucket can hold (a burst after a quiet period)
 HEDGE_BURST = 4.0
+#: the recent peak residual halves after this many samples (at a few hundred scans a
+#: second: seconds; at a mount's few scans a second: minutes)
+PEAK_HALF_LIFE = 1024
+_PEAK_DECAY = 0.5 ** (1.0 / PEAK_HALF_LIFE)
+#: no attempt timeout below this multiple of fit + recent peak residual
+PEAK_MARGIN = 1.5
 
 #: Defaults of the knobs (vfile's `[pool]` section repeats them for the docs).
 DEFAULT_FLOOR = 0.025
@@ -93,7 +112,7 @@ class Adaptive:
 class LatencyModel:
     """fixed + per_byte * bytes, with a deviation; fed with successful scans only."""
 
-    __slots__ = ("_cxx", "_cxy", "_dev", "_mx", "_my", "_span", "_w", "samples")
+    __slots__ = ("_cxx", "_cxy", "_dev", "_mx", "_my", "_peak", "_span", "_w", "samples")
 
     def __init__(self) -> None:
         self.samples = 0
@@ -104,6 +123,7 @@ class LatencyModel:
         self._cxy = 0.0
         self._dev = 0.0
         self._span = 0.0  # decayed largest size (MiB)
+        self._peak = 0.0  # decayed largest residual (s): the slowest recent pause
 
     def observe(self, nbytes: int, seconds: float) -> None:
         """One successful scan of `nbytes` bytes that took `seconds`."""
@@ -113,9 +133,11 @@ class LatencyModel:
         # The residual against the fit *before* this sample, as TCP measures RTTVAR.
         if self.samples == 0:
             self._dev = seconds / 2
+            excess = seconds
         else:
-            err = abs(seconds - self._fit(x))
-            self._dev += DEV_GAIN * (err - self._dev)
+            excess = seconds - self._fit(x)
+            self._dev += DEV_GAIN * (abs(excess) - self._dev)
+        self._peak = max(excess, self._peak * _PEAK_DECAY)
         self.samples += 1
         self._w = DECAY * self._w + 1.0
         dx = x - self._mx
@@ -162,10 +184,16 @@ class LatencyModel:
         fit = self.expected(nbytes)
         return None if fit is None else fit + K * self._dev
 
+    def recent_peak(self, nbytes: int) -> float | None:
+        """The fit plus the slowest recent residual; None when the model cannot speak."""
+        fit = self.expected(nbytes)
+        return None if fit is None else fit + self._peak
+
     def statistics(self) -> dict[str, float | int]:
         fixed, slope = self.coefficients()
         return {"samples": self.samples, "fixed_ms": round(fixed * 1000, 3),
                 "per_mib_ms": round(slope * 1000, 3), "deviation_ms": round(self._dev * 1000, 3),
+                "peak_ms": round(self._peak * 1000, 3),
                 "range_bytes": int(RANGE_SLACK * self._span * _MIB)}
 
 
@@ -175,9 +203,10 @@ def attempt_timeout(model: LatencyModel, nbytes: int, knobs: Adaptive,
     if not knobs.enabled:
         return configured
     q = model.quantile(nbytes)
-    if q is None:
+    peak = model.recent_peak(nbytes)
+    if q is None or peak is None:
         return configured
-    return min(knobs.cap, max(knobs.floor, knobs.safety * q))
+    return min(knobs.cap, max(knobs.floor, knobs.safety * q, PEAK_MARGIN * peak))
 
 
 class HedgeBudget:
