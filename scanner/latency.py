@@ -17,13 +17,15 @@ The deviation follows the last few scans (TCP's gain), so after a run of
 quick scans it forgets that the appliance pauses now and then (a GC, a host
 whose CPUs are busy): the next pause, hitting every scan in flight at once,
 then looks like a hang. So the model also keeps the slowest recent residual
-(`peak`: a decaying maximum of latency - fit over healthy scans, half-life
-`PEAK_HALF_LIFE` samples), and no attempt timeout is below `PEAK_MARGIN` times
-fit + peak: a pause the appliance has shown recently is waited out. This
-trades detection time for no false outages on a host that stalls: measured
-with bench/hang.py, the breaker no longer opens on a healthy appliance every
-few seconds at load 6 on 2 cores, while detection rises to about the host's
-own worst recent stall (README "How fast a hung appliance is noticed").
+(`peak`: a maximum of latency - fit over healthy small scans that halves every
+`PEAK_HALF_LIFE` seconds of the caller's clock: pauses recur in time, every
+few seconds on a busy host, not every so many scans), and no attempt timeout
+is below `PEAK_MARGIN` times fit + peak: a pause the appliance has shown
+recently is waited out. This trades detection time for no false outages on a
+host that stalls: detection rises to about 1.5 times the host's worst recent
+stall (README "How fast a hung appliance is noticed"). Replayed over recorded
+scan latencies (4 scanners, load 6 on 2 cores), healthy scans that would have
+timed out fell from 25-29 to 0-3 in 6,000-9,000.
 
 What the pool asks:
 - `attempt_timeout(...)`: the model's quantile for this size times the safety
@@ -71,10 +73,9 @@ _MIB = float(1 << 20)
 _MIN_SPREAD = 1.0 / 1024
 #: hedges a bucket can hold (a burst after a quiet period)
 HEDGE_BURST = 4.0
-#: the recent peak residual halves after this many samples (at a few hundred scans a
-#: second: seconds; at a mount's few scans a second: minutes)
-PEAK_HALF_LIFE = 1024
-_PEAK_DECAY = 0.5 ** (1.0 / PEAK_HALF_LIFE)
+#: the recent peak residual halves every this many seconds (of the `now` the caller
+#: passes to `observe`)
+PEAK_HALF_LIFE = 15.0
 #: no attempt timeout below this multiple of fit + recent peak residual
 PEAK_MARGIN = 1.5
 
@@ -112,7 +113,8 @@ class Adaptive:
 class LatencyModel:
     """fixed + per_byte * bytes, with a deviation; fed with successful scans only."""
 
-    __slots__ = ("_cxx", "_cxy", "_dev", "_mx", "_my", "_peak", "_span", "_w", "samples")
+    __slots__ = ("_cxx", "_cxy", "_dev", "_mx", "_my", "_peak", "_peak_at", "_span", "_w",
+                 "samples")
 
     def __init__(self) -> None:
         self.samples = 0
@@ -124,9 +126,11 @@ class LatencyModel:
         self._dev = 0.0
         self._span = 0.0  # decayed largest size (MiB)
         self._peak = 0.0  # decayed largest residual (s): the slowest recent pause
+        self._peak_at: float | None = None  # the caller's clock at the last sample
 
-    def observe(self, nbytes: int, seconds: float) -> None:
-        """One successful scan of `nbytes` bytes that took `seconds`."""
+    def observe(self, nbytes: int, seconds: float, now: float | None = None) -> None:
+        """One successful scan of `nbytes` bytes that took `seconds`, ending at `now`
+        (any monotonic clock; without it the recent peak does not decay)."""
         if not (math.isfinite(seconds) and seconds >= 0) or nbytes < 0:
             return
         x = nbytes / _MIB
@@ -137,7 +141,15 @@ class LatencyModel:
         else:
             excess = seconds - self._fit(x)
             self._dev += DEV_GAIN * (abs(excess) - self._dev)
-        self._peak = max(excess, self._peak * _PEAK_DECAY)
+        if now is not None:
+            if self._peak_at is not None and now > self._peak_at:
+                self._peak *= 0.5 ** ((now - self._peak_at) / PEAK_HALF_LIFE)
+            self._peak_at = now
+        if nbytes <= SMALL:
+            # Small scans only: their time is the appliance's fixed cost and its pauses;
+            # a large file's own spread (or a size the fit cannot speak for yet) must not
+            # widen every small file's timeout.
+            self._peak = max(excess, self._peak)
         self.samples += 1
         self._w = DECAY * self._w + 1.0
         dx = x - self._mx
