@@ -2,7 +2,8 @@
 
 Used by bench/failmodes.py (its `detection` figures); runnable alone:
 
-    .venv/bin/python bench/hang.py [--json PATH]
+    .venv/bin/python bench/hang.py [--onsets N] [--no-clamd] [--json PATH]
+    .venv/bin/python bench/hang.py --healthy SECONDS   # false breaker openings only
 
 For each appliance (vfile's built-in appliance as its own process, and a real
 clamd behind `vfile appliance proxy`), a pool with the shipped defaults (1 s
@@ -158,6 +159,31 @@ async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) ->
     }
 
 
+async def healthy(url: str, path: str, seconds: float) -> dict[str, Any]:
+    """`WORKERS` scanners on a healthy appliance for `seconds`: every breaker opening is
+    a false outage. A short cooldown, so the count goes on after one."""
+    pool = Pool([url], attempt_timeout=1.0, retries=1, breaker_failures=3,
+                breaker_cooldown=0.2, probe_interval=60.0)
+    scans = 0
+
+    async def worker() -> None:
+        nonlocal scans
+        while True:
+            await pool.scan_path(path)
+            scans += 1
+            await trio.sleep(THINK)
+
+    await answering(url, path)
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for _ in range(WORKERS):
+                nursery.start_soon(worker)
+    stats: dict[str, Any] = pool.statistics()[0]
+    return {"seconds": seconds, "scans": scans, "false_breaker_opens": stats["breaker_opens"],
+            "timeout_4KiB_ms": stats["adaptive"]["timeout_4KiB_ms"],
+            "load_average": round(os.getloadavg()[0], 1)}
+
+
 def summarize_onsets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several onsets of one appliance and pool: the first run's figures, detection and
     the timeout at the fault as median and range, false openings summed."""
@@ -189,8 +215,11 @@ def summarize_onsets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure(keep_clamd: bool = True, onsets: int = ONSETS) -> dict[str, dict[str, Any]]:
-    """Both appliances, adaptive on (`onsets` times) and off: {"builtin/adaptive": {...}}."""
+def measure(keep_clamd: bool = True, onsets: int = ONSETS,
+            healthy_s: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Both appliances, adaptive on (`onsets` times) and off: {"builtin/adaptive": {...}}.
+    `healthy_s` > 0: only false breaker openings on each healthy appliance, adaptive on,
+    over that many seconds: {"builtin/healthy": {...}}."""
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="vfile-hang-") as tmp, ExitStack() as stack:
         root = Path(tmp)
@@ -206,6 +235,11 @@ def measure(keep_clamd: bool = True, onsets: int = ONSETS) -> dict[str, dict[str
             work.mkdir()
             sigs = samples.sigdir if target == "builtin" else None
             with ApplianceProcess(work, target, sigs) as appliance:
+                if healthy_s > 0:
+                    print(f"healthy: {name} for {healthy_s:g}s ...", file=sys.stderr)
+                    out[f"{name}/healthy"] = trio.run(healthy, appliance.url, str(path),
+                                                      healthy_s)
+                    continue
                 for adaptive in (True, False):
                     key = f"{name}/{'adaptive' if adaptive else 'fixed'}"
                     runs = []
@@ -247,9 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-clamd", action="store_true", help="only the built-in appliance")
     ap.add_argument("--onsets", type=int, default=ONSETS,
                     help=f"black-hole onsets per appliance, adaptive pool (default {ONSETS})")
+    ap.add_argument("--healthy", type=float, default=0.0, metavar="SECONDS",
+                    help="instead: count false breaker openings on each healthy appliance")
     args = ap.parse_args(argv)
-    rows = measure(keep_clamd=not args.no_clamd, onsets=max(1, args.onsets))
-    print(render(rows))
+    rows = measure(keep_clamd=not args.no_clamd, onsets=max(1, args.onsets),
+                   healthy_s=args.healthy)
+    if args.healthy > 0:
+        for key, r in rows.items():
+            print(f"{key}: {r['false_breaker_opens']} false breaker openings in "
+                  f"{r['seconds']:g}s ({r['scans']} scans; load average {r['load_average']})")
+    else:
+        print(render(rows))
     print(json.dumps(rows, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
