@@ -19,6 +19,10 @@ Hung-appliance detection (issue 16), same run: per mode `quiet_p99_ms` (opens
 before the outage), `outage_over_quiet_p99` (p99 during / quiet p99),
 `waited_10x_quiet_p99` (opens during the outage slower than 10x the quiet p99),
 `detection_ms` (from the fault to the breaker opening); `ratios.legacy_over_safe_p99`;
+what the outage p99 is made of: `outage_read_p99_ms` and `outage_write_p99_ms`
+(opens for reading / for writing; an open for writing commits a durable, fsynced
+intent in every mode, outage or not) and `slowest` (the slowest opens during the
+outage: ms after the fault, actor, write);
 and `detection` (bench/hang.py: the pool alone against the built-in appliance
 and a real clamd, adaptive on and off: time to detection for 4 KiB scans, and a
 delay fault at 3x the model's estimate that must open no breaker).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +73,30 @@ def detection_figures(r: ModeResult, s: dict[str, Any]) -> dict[str, Any]:
             "breaker_opens": r.extra.get("breaker_opens"), "false_opens": false_opens}
 
 
+def _p99_ms(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1)
+
+
+def outage_breakdown(r: ModeResult) -> dict[str, Any]:
+    """What the p99 during the outage is made of: reads and writes apart, the slowest."""
+    start, end = r.events.get("outage_start"), r.events.get("outage_end")
+    if start is None or end is None:
+        return {}
+    during = [op for op in r.ops if op.kind == "open" and op.actor != "user"
+              and start <= op.t < end]
+    slowest = sorted(during, key=lambda op: -op.latency)[:5]
+    return {
+        "outage_read_p99_ms": _p99_ms([op.latency for op in during if not op.write]),
+        "outage_write_p99_ms": _p99_ms([op.latency for op in during if op.write]),
+        "outage_write_opens": sum(op.write for op in during),
+        "slowest": [{"after_fault_ms": round((op.t - start) * 1000, 1),
+                     "ms": round(op.latency * 1000, 1), "actor": op.actor, "write": op.write}
+                    for op in slowest]}
+
+
 def bench_row(s: dict[str, Any]) -> dict[str, Any]:
     lat = s["latency"]["open"]["during"]
     quiesce = s["quiesce"].get("total_s")
@@ -101,7 +130,15 @@ def render(rows: dict[str, dict[str, Any]]) -> str:
               str(r["waited_10x_quiet_p99"]), _ms(r["detection_ms"]),
               f"{r['breaker_opens']} ({r['false_opens']})")
              for mode, r in rows.items()]
-    return text_table(head, body) + "\n\n" + text_table(head2, body2)
+    head3 = ("mode", "outage p99 ms: reads", "writes (fsynced intent)", "write opens",
+             "slowest open: ms after the fault, ms, actor")
+    body3 = [(mode, _ms(r.get("outage_read_p99_ms")), _ms(r.get("outage_write_p99_ms")),
+              str(r.get("outage_write_opens")),
+              "; ".join(f"+{x['after_fault_ms']:.0f}: {x['ms']:.0f} {x['actor']}"
+                        f"{' (w)' if x['write'] else ''}" for x in r.get("slowest", [])[:3]))
+             for mode, r in rows.items()]
+    return (text_table(head, body) + "\n\n" + text_table(head2, body2) + "\n\n"
+            + text_table(head3, body3))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,19 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for r in results:
         s = summarize(r, params)
-        rows[r.mode] = {**bench_row(s), **detection_figures(r, s)}
+        rows[r.mode] = {**bench_row(s), **detection_figures(r, s), **outage_breakdown(r)}
     legacy, safe = rows.get("legacy", {}).get("p99_ms"), rows.get("safe", {}).get("p99_ms")
+    load = os.getloadavg()
     doc: dict[str, Any] = {
         "params": {"files": params.files, "outage": str(params.outage),
                    "window": str(params.window), "fault": params.fault,
                    "scale": params.scale, "quick": params.quick},
         "modes": rows,
+        "load_average": [round(x, 1) for x in load],
         "ratios": {"legacy_over_safe_p99": round(legacy / safe, 1) if legacy and safe
                    else None}}
     if not args.no_detection:
         doc["detection"] = hang.measure(keep_clamd=not args.no_clamd)
     print(render(rows))
-    print(f"\nlegacy / safe p99 during the outage: {doc['ratios']['legacy_over_safe_p99']}")
+    print(f"\nlegacy / safe p99 during the outage: {doc['ratios']['legacy_over_safe_p99']}"
+          f" (load average {doc['load_average'][0]} at the end)")
     if "detection" in doc:
         print("\nhang detection, the pool alone (bench/hang.py; 4 KiB scans):")
         print(hang.render(doc["detection"]))

@@ -363,7 +363,7 @@ class Pool:
             if not probed and outcome is not Outcome.ERROR:
                 # An answered error (a size limit, say) may come back before the
                 # appliance read the whole file: it would teach the model a low slope.
-                app.model.observe(nbytes, now - started)
+                app.model.observe(nbytes, now - started, now)
             app.latencies.append(now - started)
             self._succeeded(app)
             if isinstance(app.client, IcapClient) and app.client.istag:

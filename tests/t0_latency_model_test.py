@@ -9,6 +9,8 @@ import pytest
 from vfile.scanner.latency import (
     HEDGE_BURST,
     MIN_SAMPLES,
+    PEAK_HALF_LIFE,
+    PEAK_MARGIN,
     Adaptive,
     HedgeBudget,
     LatencyModel,
@@ -103,6 +105,29 @@ def test_three_times_the_estimate_is_within_the_timeout() -> None:
     est = m.expected(4 * KIB)
     assert est is not None
     assert est + 3 * est < attempt_timeout(m, 4 * KIB, Adaptive(floor=1e-6), 1.0)
+
+
+def test_a_recent_pause_stays_within_the_timeout() -> None:
+    """One scan paused 200 ms among quick ones: the deviation term forgets it within a
+    few dozen scans, the recent peak does not, so the next such pause is waited out."""
+    m = trained(line(0.002, 0.0, [4 * KIB] * 100, noise=0.0005))
+    m.observe(4 * KIB, 0.200, now=0.0)
+    for i, (size, secs) in enumerate(line(0.002, 0.0, [4 * KIB] * 100, noise=0.0005,
+                                          seed=2)):
+        m.observe(size, secs, now=0.01 * i)  # a second of quick scans
+    q = m.quantile(4 * KIB)
+    assert q is not None and KNOBS.safety * q < 0.2  # the deviation alone: forgotten
+    # the same pause again (200 ms) is within the timeout, with a margin
+    assert attempt_timeout(m, 4 * KIB, KNOBS, 1.0) > 0.2 * (1 + PEAK_MARGIN) / 2
+    assert m.statistics()["peak_ms"] > 150
+
+
+def test_a_pause_is_forgotten_as_time_goes_by() -> None:
+    m = trained(line(0.002, 0.0, [4 * KIB] * 100, noise=0.0005))
+    m.observe(4 * KIB, 0.200, now=0.0)
+    for i, (size, secs) in enumerate(line(0.002, 0.0, [4 * KIB] * 100, noise=0.0005)):
+        m.observe(size, secs, now=(i + 1) * PEAK_HALF_LIFE / 10)  # ten half-lives
+    assert attempt_timeout(m, 4 * KIB, KNOBS, 1.0) < 0.05
 
 
 def test_garbage_samples_are_ignored_and_estimates_stay_sane() -> None:

@@ -28,6 +28,9 @@ ATTEMPT = 5.0  # configured attempt timeout (cold start)
 DEADLINE = 12.0  # the profile's deadline: generous
 WARM = 40  # opens of distinct files that teach the model
 PARALLEL = 6
+#: a pause of the appliance (every reply held back this long): many times what a quick
+#: scan teaches the deviation term, well within the configured attempt timeout
+PAUSE = 0.4
 
 
 def _config(path: Path, *, breaker_failures: int = 3, adaptive: bool = True) -> Path:
@@ -131,6 +134,49 @@ def test_slow_but_alive_appliance_opens_no_breaker(tmp_path: Path,
         proxy.set_fault("blackhole")
         _open(mnt / _files(src, "after", 1)[0])
         assert _appliance(mnt)["state"] == "open"
+        proxy.set_fault("none")
+
+
+def test_pauses_the_appliance_has_shown_open_no_breaker(tmp_path: Path,
+                                                       samples: Samples) -> None:  # noqa: F811
+    """A healthy appliance that pauses now and then (a GC, a loaded host: every reply
+    held back `PAUSE`, far beyond what its quick scans teach the deviation term) is
+    not taken for hung once it has shown such a pause: opens in flight during the next
+    pause wait it out and get their verdicts, the breaker stays closed. (Before, the
+    timeout followed the last few scans only: after some quick ones it was back at a
+    few tens of ms, the first paused reply timed out, the other opens, late too, were
+    counted with it, and the breaker opened on a healthy appliance.)"""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml")
+    with running_appliance(samples.sigdir) as app, running_proxy(app.url) as proxy, \
+            mounted(src, mnt, "--appliance", proxy.url, "--config", str(cfg),
+                    "--state-dir", str(state)), ThreadPoolExecutor(PARALLEL) as pool:
+        for name in _files(src, "first", 2):  # cold start: the configured timeout
+            _open(mnt / name)
+        proxy.set_fault(f"delay={PAUSE * 1000:.0f}ms")  # the first pause, on one scan
+        _open(mnt / _files(src, "pause1-", 1)[0])
+        proxy.set_fault("none")
+        ad = _warm(mnt, src)  # quick scans since: the deviation term has forgotten it
+        assert ad["timeout_4KiB_ms"] < ATTEMPT * 1000, ad
+        proxy.set_fault(f"delay={PAUSE * 1000:.0f}ms")  # the same pause again
+        names = _files(src, "pause2-", PARALLEL * 2)
+        list(pool.map(_open, [mnt / n for n in names]))
+        proxy.set_fault("none")
+        a = _appliance(mnt)
+        gate = status(mnt)["gate"]
+        assert a["state"] == "closed" and a["errors"] == 0, a
+        assert a["breaker_opens"] == 0, a
+        assert gate["deferrals"] == 0, gate  # every open got its verdict
+        # ... and, once quick scans taught the model again, a black hole is still found
+        # by the scans, without waiting out the configured attempt timeout
+        for name in _files(src, "again", WARM):
+            _open(mnt / name)
+        proxy.set_fault("blackhole")
+        took = list(pool.map(_open, [mnt / n for n in _files(src, "after", PARALLEL)]))
+        assert _appliance(mnt)["state"] == "open"
+        assert max(took) < ATTEMPT, took
         proxy.set_fault("none")
 
 
