@@ -91,6 +91,11 @@ DEFAULT_RETRIES = 1
 #: how long the drain waits for one deferred file's verdict: a large file over ICAP or a
 #: deep archive may take minutes, and the drain has no user waiting on it
 DEFAULT_DRAIN_DEADLINE = 600.0
+#: after a signature update, how long a file clean under the previous version opens
+#: at once (journaled for a rescan; vfile.filter.grace); 0 = off
+DEFAULT_GRACE = 0.0
+#: the longest grace a profile may take: the exposure it accepts is bounded
+MAX_GRACE = 86400.0
 DEFAULT_MAX_SIZE = 64 * MiB
 #: `journal` for open/safe profiles; a closed profile never allows unscanned
 #: files, so its default oversize rule is `deny`.
@@ -136,6 +141,9 @@ class Profile:
     deadline: float = DEFAULT_DEADLINE
     retries: int = DEFAULT_RETRIES
     drain_deadline: float = DEFAULT_DRAIN_DEADLINE
+    #: seconds after a signature update during which a previous-version clean verdict
+    #: opens the file at once (journaled, rescanned by the drain); 0 = off
+    grace: float = DEFAULT_GRACE
     #: bytes; 0 = unlimited
     max_size: int = DEFAULT_MAX_SIZE
     oversize: OversizeRule = DEFAULT_OVERSIZE
@@ -407,12 +415,16 @@ def _profile(data: object, key: str, names: set[str]) -> Profile:
     if hook is not None and action is not InfectedAction.HOOK:
         raise ConfigError(f"{t.path('hook')}: only used with infected_action = \"hook\"")
     quota = _quota(t.get("quota"), t.path("quota")) if t.has("quota") else None
+    grace = t.duration("grace", DEFAULT_GRACE)
+    if not 0 <= grace <= MAX_GRACE:
+        raise ConfigError(f"{t.path('grace')}: must be between 0 and {MAX_GRACE:g}s "
+                          f"(a bounded exposure), got {grace:g}s")
     profile = Profile(
         name=name, paths=paths, triggers=triggers, fail_mode=fail_mode,
         attempt_timeout=attempt_timeout, deadline=deadline,
         retries=t.integer("retries", DEFAULT_RETRIES, high=MAX_RETRIES),
         drain_deadline=t.duration("drain_deadline", DEFAULT_DRAIN_DEADLINE, positive=True),
-        max_size=max_size, oversize=oversize, scan_first=scan_first,
+        grace=grace, max_size=max_size, oversize=oversize, scan_first=scan_first,
         infected_action=action, hook=hook, quota=quota,
     )
     t.done()
