@@ -98,6 +98,10 @@ def carried_key(version: str) -> str:
     return f"vfc1:c:{_vtag(version)}"
 
 
+#: the sorted set of opens per digest, shared by the fleet (scanner.cache_hot)
+HOT_KEY = "vfc1:hot"
+
+
 _FIELDS = frozenset({"f", "d", "v", "o", "s", "a", "t"})
 
 
@@ -324,6 +328,22 @@ class RedisVerdicts:
         """Carried-over digests not yet rescanned under `version`."""
         key = carried_key(version)
         return int(await self._call(lambda: self._client.scard(key)))
+
+    async def count_opens(self, counts: dict[str, int], *, track: int, top: int) -> list[str]:
+        """Add `counts` (opens per digest) to the fleet's sorted set, trim it to its
+        `track` highest members, and return the `top` highest digests. One pipeline on
+        one key (one Cluster shard). Raises CacheDown."""
+        def run() -> list[str]:
+            pipe = self._client.pipeline(transaction=False)
+            for digest, n in counts.items():
+                pipe.zincrby(HOT_KEY, n, digest)
+            pipe.zremrangebyrank(HOT_KEY, 0, -(track + 1))
+            pipe.zrevrange(HOT_KEY, 0, top - 1)
+            found = pipe.execute()[-1]
+            names = [m.decode() if isinstance(m, bytes) else str(m) for m in found]
+            return [d for d in names if _HEX64.fullmatch(d)]  # anything else is not ours
+
+        return await self._call(run)
 
     def close(self) -> None:
         self._client.close()
