@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import struct
 from pathlib import Path
 
-from fleet_servers import Cache, running_cache, running_redis
+from fleet_servers import Cache, _clamd_ask, running_cache, running_redis
 from mounting import wait_for
 from outage import running_appliance
 
@@ -21,17 +20,9 @@ from vfile.scanner.cache import HOT_KEY, verdict_key
 
 
 def instream(cache: Cache, data: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(20)
-        s.connect(cache.sock)
-        s.sendall(b"zINSTREAM\0" + struct.pack(">I", len(data)) + data + b"\0\0\0\0")
-        out = b""
-        while not out.endswith(b"\0"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            out += chunk
-        return out.rstrip(b"\0")
+    """One INSTREAM scan of `data` through the caching appliance's socket: its reply."""
+    return _clamd_ask(cache.sock, b"zINSTREAM\0" + struct.pack(">I", len(data)) + data
+                      + b"\0\0\0\0", timeout=20)
 
 
 def test_after_an_update_the_most_opened_contents_are_rescanned_in_the_background(
