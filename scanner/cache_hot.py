@@ -11,7 +11,8 @@ the caching appliance sees it, at a rate limit, so the next boot storm hits.
   pipeline, shared by every caching appliance of the fleet), which is trimmed
   to its `track` highest members (bounded), and the `top` highest come back.
 - Keeping bytes: a rescan needs the content, and Redis holds only verdicts.
-  A content among the top that this appliance is asked for is copied once into
+  A content among the top (or any, while fewer than `top` are known and kept)
+  that this appliance is asked for is copied once into
   its hot directory (`--hot-dir`, named by its SHA-256), at most `max_file`
   bytes each and `max_bytes` in all; copies that left the top are evicted
   when room is needed. The directory survives a restart.
@@ -130,8 +131,12 @@ class Hot:
             self.counted += 1
         else:
             self.dropped += 1
-        if digest in self._kept or digest in self._copying or size > self.max_file \
-                or digest not in self._hot or not self._room(size):
+        if digest in self._kept or digest in self._copying or size > self.max_file:
+            return
+        # Hot, or room for it while the top is not full yet (a fleet smaller than
+        # `top` has every content in it; the first flush must not come first).
+        room = len(self._hot) < self.top_n and len(self._kept) + len(self._copying) < self.top_n
+        if not (digest in self._hot or room) or not self._room(size):
             return
         try:
             kept = os.dup(fd)
