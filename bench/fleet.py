@@ -240,7 +240,10 @@ def update_run(tmp: Path, n: int, image: dict[str, bytes], unique: int,
             wait_until(lambda: cache.stats()["hot"]["passes"] >= 1, "the background rescan")
             result["hot_pass_s"] = round(time.monotonic() - t_update, 2)
             result["rescans_before"] = cache.stats()["hot"]["rescanned"]
-        time.sleep(1.5)  # the guests' probes (1 s) see it too
+        # Every guest's pool sees it too (its probe, 1 s; longer on a loaded machine):
+        # a guest still at the old version would answer from its local verdicts.
+        wait_until(lambda: all(status(m)["appliances"][0]["sig_version"] not in ("", old)
+                               for m in mounts), "the guests to see the new version")
         before = cache.stats()["upstream_scans"]
         result.update(storm(mounts, rels))
         result["upstream_scans"] = cache.stats()["upstream_scans"] - before
