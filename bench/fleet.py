@@ -22,6 +22,12 @@ clamd ships), for each N in --guests (default 1, 4, 16):
    unique content is scanned during the storm; with it the storm is answered
    from the previous version and the contents are rescanned afterwards at
    the rescan rate (reported: carried over, rescans after the storm).
+   `--update-only` runs just these storms, in four modes: `none`, `grace`
+   (the caching appliance's), `mount-grace` (the guests' own per-profile
+   grace, `grace = "5m"`: each mount opens from its previous-version verdicts
+   and its drain rescans through the caching appliance), `hot` (the caching
+   appliance's background rescan of its kept most-opened contents, which the
+   storm waits for: it starts once the pass is done).
 
 Reported per run: upstream scans per storm (goal: unique contents, not
 N x files), p50/p99 of open+read latency during the storm, storm time, and
@@ -31,6 +37,7 @@ deferred scans. JSON + table on stdout; a PNG plot of upstream scans and p99
 against N.
 
     .venv/bin/python bench/fleet.py [--guests 1,4,16] [--json out.json] [--plot fleet.png]
+    .venv/bin/python bench/fleet.py --update-only [--guests 1,4,16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -125,10 +132,10 @@ def storm(mounts: list[Path], rels: list[list[str]]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def guests(tmp: Path, tag: str, n: int, image: dict[str, bytes], unique: int,  # noqa: PLR0917
-           appliance: str, reuse_src: bool = False) -> Any:
+           appliance: str, reuse_src: bool = False, toml: str = GUEST_TOML) -> Any:
     """N mounts of N copies of the image (+ unique files), fresh state dirs."""
-    cfg = tmp / "guest.toml"
-    cfg.write_text(GUEST_TOML)
+    cfg = tmp / f"guest-{tag}.toml"
+    cfg.write_text(toml)
     with contextlib.ExitStack() as stack:
         mounts, rels = [], []
         for g in range(n):
@@ -190,36 +197,66 @@ def wait_until(check: Any, what: str, deadline: float = 120.0) -> None:
         time.sleep(0.1)
 
 
+#: after-update modes: no grace; the caching appliance's grace; the mounts' own
+#: per-profile grace; the caching appliance's background rescan of the most-opened
+UPDATE_MODES = ("none", "grace", "mount-grace", "hot")
+MOUNT_GRACE_TOML = GUEST_TOML + '\n[[profile]]\nname = "default"\ngrace = "5m"\n'
+
+
 def update_run(tmp: Path, n: int, image: dict[str, bytes], unique: int,
-               grace: float) -> dict[str, Any]:
+               mode: str = "none") -> dict[str, Any]:
     """A warm fleet, then a signature update, then the next storm (same mounts).
 
     The upstream is the built-in appliance (its version is a digest of its
     signatures; clamd with local databases only does not change its version).
     """
-    sigdir = tmp / f"sigs-{grace:g}"
+    sigdir = tmp / f"sigs-{mode}"
     sigdir.mkdir()
     (sigdir / "a.hdb").write_text(f"{'0' * 32}:1:Vfile.Bench.A\n")
-    extra = ("--grace", str(grace), "--rescan-rate", "100") if grace else ()
+    extra: tuple[str, ...] = {
+        "grace": ("--grace", "300", "--rescan-rate", "100"),
+        "hot": ("--hot-dir", str(tmp / "hot"), "--hot-interval", "0.2",
+                "--rescan-rate", "100")}.get(mode, ())
+    toml = MOUNT_GRACE_TOML if mode == "mount-grace" else GUEST_TOML
     with running_appliance(sigdir) as upstream, \
-            running_redis(tmp / f"redis-{grace:g}") as redis, \
+            running_redis(tmp / f"redis-{mode}") as redis, \
             running_cache([upstream.url], redis.url, *extra) as cache, \
-            guests(tmp, f"upd{grace:g}", n, image, unique, cache.url) as (mounts, rels):
+            guests(tmp, f"upd-{mode}", n, image, unique, cache.url,
+                   toml=toml) as (mounts, rels):
         storm(mounts, rels)  # warm: every content has a verdict under version A
+        result: dict[str, Any] = {}
+        if mode == "hot":  # fewer contents than --hot-top: every one is kept
+            wait_until(lambda: cache.stats()["hot"]["kept"] >= len(image) + n * unique,
+                       "copies of every content")
         old = cache.stats()["sig_version"]
         (sigdir / "b.hdb").write_text(f"{'1' * 32}:1:Vfile.Bench.B\n")
         upstream.reload()
+        t_update = time.monotonic()
         wait_until(lambda: cache.stats()["sig_version"] != old, "the new version")
-        time.sleep(1.5)  # the guests' probes (1 s) see it too
+        if mode == "hot":
+            wait_until(lambda: cache.stats()["hot"]["passes"] >= 1, "the background rescan")
+            result["hot_pass_s"] = round(time.monotonic() - t_update, 2)
+            result["rescans_before"] = cache.stats()["hot"]["rescanned"]
+        # Every guest's pool sees it too (its probe, 1 s; longer on a loaded machine):
+        # a guest still at the old version would answer from its local verdicts.
+        wait_until(lambda: all(status(m)["appliances"][0]["sig_version"] not in ("", old)
+                               for m in mounts), "the guests to see the new version")
         before = cache.stats()["upstream_scans"]
-        result = storm(mounts, rels)
+        result.update(storm(mounts, rels))
         result["upstream_scans"] = cache.stats()["upstream_scans"] - before
-        if grace:
+        if mode == "grace":
             wait_until(lambda: cache.stats()["grace"]["carried_pending"] == 0,
                        "the rescan to cover the carried-over contents")
             stats = cache.stats()
             result["carried_over"] = stats["carried_over"]
             result["rescans_after"] = stats["upstream_scans"] - before - result["upstream_scans"]
+        if mode == "mount-grace":
+            sts = [status(m) for m in mounts]
+            result["carried_over"] = sum(s["gate"]["grace"]["carried"] for s in sts)
+            wait_until(lambda: all(status(m)["journal"]["deferred"] == 0 for m in mounts),
+                       "the drains to rescan the carried-over files", 600)
+            result["rescans_after"] = cache.stats()["upstream_scans"] - before \
+                - result["upstream_scans"]
     return result
 
 
@@ -260,6 +297,35 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def update_only(ns: list[int], image: dict[str, bytes], unique: int, out: Path | None) -> None:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vfile-fleet-") as td:
+        for n in ns:
+            row: dict[str, Any] = {"guests": n, "unique_contents": len(image) + n * unique}
+            for mode in UPDATE_MODES:
+                run = Path(td) / f"n{n}-{mode}"
+                run.mkdir()
+                row[mode] = update_run(run, n, image, unique, mode)
+                shutil.rmtree(run, ignore_errors=True)
+                print(f"N={n} {mode} done", file=sys.stderr, flush=True)
+            results.append(row)
+    print("the storm after a signature update (upstream scans during it / after it, "
+          "p50 / p99 ms):")
+    print(f"{'N':>3} {'unique':>7} | " + " | ".join(f"{m:>26}" for m in UPDATE_MODES))
+    for r in results:
+        cells = []
+        for m in UPDATE_MODES:
+            x = r[m]
+            later = x.get("rescans_after", x.get("rescans_before", 0))
+            cells.append(f"{x['upstream_scans']:>4} / {later:>4}  {x['p50_ms']:>6.1f} / "
+                         f"{x['p99_ms']:>6.1f}")
+        print(f"{r['guests']:>3} {r['unique_contents']:>7} | " + " | ".join(cells))
+    doc = {"bench": "fleet-update", "machine_cpus": os.cpu_count(), "results": results}
+    print(json.dumps(doc, indent=2))
+    if out:
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--guests", default="1,4,16", help="comma-separated guest counts")
@@ -267,9 +333,15 @@ def main() -> None:
     ap.add_argument("--unique", type=int, default=3, help="files only one guest has")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
     ap.add_argument("--plot", type=Path, default=Path("fleet.png"), help="PNG plot path")
+    ap.add_argument("--update-only", action="store_true",
+                    help="only the storms after a signature update (no clamd), in every "
+                    "mode: " + ", ".join(UPDATE_MODES))
     args = ap.parse_args()
     ns = [int(x) for x in args.guests.split(",")]
     image = make_image(Path("."), args.files)
+    if args.update_only:
+        update_only(ns, image, args.unique, args.json)
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="vfile-fleet-") as td:
         tmp = Path(td)
@@ -280,8 +352,8 @@ def main() -> None:
                 run.mkdir()
                 direct = direct_run(run, n, image, args.unique, clamd.unix_url)
                 cached, reboot = cached_runs(run, n, image, args.unique, clamd.unix_url)
-                update = update_run(run, n, image, args.unique, 0.0)
-                update_grace = update_run(run, n, image, args.unique, 300.0)
+                update = update_run(run, n, image, args.unique, "none")
+                update_grace = update_run(run, n, image, args.unique, "grace")
                 results.append({"guests": n, "files_per_guest": args.files + args.unique,
                                 "unique_contents": args.files + n * args.unique,
                                 "direct": direct, "cached": cached, "reboot": reboot,

@@ -84,6 +84,8 @@ class Reason(enum.StrEnum):
     QUOTA = "quota"
     OVERSIZE = "oversize"
     ERROR = "error"
+    #: opened on the previous signature version's clean verdict during a grace
+    GRACE = "grace"
 
 
 @dataclass(frozen=True, slots=True)

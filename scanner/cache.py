@@ -28,7 +28,9 @@ thread waits on Redis for longer than `timeout`; the trio side abandons a
 thread on cancellation (the socket timeout still ends it). The client does
 no retries of its own: a failure feeds a breaker, and while it is open the
 cache is skipped with no I/O, so a dead Redis costs one timeout, not one per
-scan.
+scan. There is one breaker per server a key lives on: behind a Cluster URL a
+dead shard makes only its own keys uncached, the other shards keep serving
+(tests/t4_fleet_topologies_test.py, against a real Sentinel and Cluster).
 
 Invariants: every public method returns within about `timeout` (or the
 caller's cancel scope, whichever is sooner) and raises only `CacheDown` for
@@ -44,6 +46,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +56,7 @@ from urllib.parse import urlsplit
 import redis
 import trio
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from vfile.scanner.breaker import Breaker, State
@@ -96,6 +100,10 @@ def lock_key(digest: str, version: str) -> str:
 def carried_key(version: str) -> str:
     """The set of digests answered clean from the previous version while `version` was new."""
     return f"vfc1:c:{_vtag(version)}"
+
+
+#: the sorted set of opens per digest, shared by the fleet (scanner.cache_hot)
+HOT_KEY = "vfc1:hot"
 
 
 _FIELDS = frozenset({"f", "d", "v", "o", "s", "a", "t"})
@@ -157,7 +165,8 @@ def decode(raw: bytes, digest: str, version: str,
 
 
 def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """A client for `url`; nothing is contacted yet.
+    """A client for `url`; nothing is contacted yet, except by a Cluster client, which
+    asks its start node for the slot map (RedisVerdicts makes that one on first use).
 
     redis://, rediss://, unix:// — one server (redis.Redis.from_url);
     redis+sentinel://H1:P1,H2:P2/SERVICE[/DB] — the master Sentinel names;
@@ -217,18 +226,57 @@ class RedisVerdicts:
         self.ttl = ttl
         self.lock_ttl = lock_ttl
         self.timeout = timeout
-        self._client = client if client is not None else connect(url, timeout)
-        self._release = self._client.register_script(_RELEASE)
-        self._breaker = Breaker(1, breaker_cooldown)
+        # Made on first use, in a worker thread: a Cluster client contacts its nodes
+        # when it is made, and a cluster that is down when the appliance starts must
+        # cost uncached scans, not the start (tests/t4_fleet_topologies_test.py).
+        self._made: Any = client
+        if client is None and not url.lower().startswith("redis+cluster://"):
+            self._made = connect(url, timeout)  # contacts nothing; a bad URL fails here
+        self._making = threading.Lock()
+        self._cooldown = breaker_cooldown
+        #: one breaker per Redis server a key lives on: a dead Cluster shard makes only
+        #: its own keys uncached ("" : the one server of a plain or Sentinel URL)
+        self._breakers: dict[str, Breaker] = {}
         self.stats = CacheStats()
 
     @property
-    def up(self) -> bool:
-        """False while Redis is known to be down (no I/O until the cooldown ends)."""
-        return self._breaker.would_allow(trio.current_time())
+    def _client(self) -> Any:
+        """The client (made here on first use: call from a worker thread)."""
+        with self._making:
+            if self._made is None:
+                self._made = connect(self.url, self.timeout)
+            return self._made
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        if not self._breaker.allow(trio.current_time()):
+    def _release(self, *, keys: list[str], args: list[str]) -> Any:
+        return self._client.eval(_RELEASE, len(keys), *keys, *args)
+
+    def _shard(self, key: str) -> str:
+        """The server `key` lives on, as far as the client knows (no I/O)."""
+        made = self._made
+        if made is None or not hasattr(made, "get_node_from_key"):
+            return ""
+        try:
+            return str(made.get_node_from_key(key).name)
+        except (redis.RedisError, RedisClusterException, AttributeError, KeyError, IndexError):
+            return ""  # slots not known yet (or being refreshed)
+
+    def _breaker_for(self, key: str) -> Breaker:
+        shard = self._shard(key)
+        breaker = self._breakers.get(shard)
+        if breaker is None:
+            breaker = self._breakers[shard] = Breaker(1, self._cooldown)
+        return breaker
+
+    @property
+    def up(self) -> bool:
+        """False while Redis (any shard of it) is known to be down (no I/O until the
+        cooldown ends)."""
+        now = trio.current_time()
+        return all(b.would_allow(now) for b in self._breakers.values())
+
+    async def _call(self, key: str, fn: Callable[[], T]) -> T:
+        breaker = self._breaker_for(key)
+        if not breaker.allow(trio.current_time()):
             self.stats.bypassed += 1
             raise CacheDown("Redis unavailable (retrying after a cooldown)")
         settled = False
@@ -239,24 +287,25 @@ class RedisVerdicts:
                                                        abandon_on_cancel=True)
             if cs.cancelled_caught:
                 raise redis.TimeoutError(f"no answer within {self.timeout * 4:g}s")
-        except (redis.RedisError, OSError) as err:
+        except (redis.RedisError, RedisClusterException, OSError) as err:
             settled = True
             self.stats.redis_errors += 1
-            was = self._breaker.state(trio.current_time())
-            self._breaker.record_failure(trio.current_time())
+            was = breaker.state(trio.current_time())
+            breaker.record_failure(trio.current_time())
             if was is State.CLOSED:
                 log.warning("Redis %s unavailable, scanning without the cache: %s",
                             self.url, err)
             raise CacheDown(str(err)) from None
         else:
             settled = True
-            if self._breaker.state(trio.current_time()) is not State.CLOSED:
-                log.warning("Redis %s available again", self.url)
-            self._breaker.record_success()
+            if breaker.state(trio.current_time()) is not State.CLOSED:
+                log.warning("Redis %s available again%s", self.url,
+                            f" ({self._shard(key)})" if self._shard(key) else "")
+            breaker.record_success()
             return result
         finally:
             if not settled:
-                self._breaker.release()
+                breaker.release()
 
     async def get(self, digest: str, version: str, *, count: bool = True) -> Verdict | None:
         """The cached verdict, or None (absent, or not in our format). Raises CacheDown.
@@ -265,7 +314,7 @@ class RedisVerdicts:
         proxy's scan, or once more after taking the lock).
         """
         key = verdict_key(digest, version)
-        raw = await self._call(lambda: self._client.get(key))
+        raw = await self._call(key, lambda: self._client.get(key))
         verdict = None if raw is None else decode(raw, digest, version, self.key)
         if raw is not None and verdict is None and count:
             self.stats.corrupt += 1
@@ -282,7 +331,7 @@ class RedisVerdicts:
         value = encode(digest, verdict, key=self.key)
         key = verdict_key(digest, verdict.sig_version)
         ttl_ms = int(self.ttl * 1000)
-        await self._call(lambda: self._client.set(key, value, px=ttl_ms))
+        await self._call(key, lambda: self._client.set(key, value, px=ttl_ms))
         self.stats.stores += 1
 
     async def try_lock(self, digest: str, version: str) -> str | None:
@@ -290,17 +339,17 @@ class RedisVerdicts:
         key = lock_key(digest, version)
         token = os.urandom(16).hex()
         ttl_ms = int(self.lock_ttl * 1000)
-        ok = await self._call(lambda: self._client.set(key, token, nx=True, px=ttl_ms))
+        ok = await self._call(key, lambda: self._client.set(key, token, nx=True, px=ttl_ms))
         return token if ok else None
 
     async def locked(self, digest: str, version: str) -> bool:
         key = lock_key(digest, version)
-        return bool(await self._call(lambda: self._client.exists(key)))
+        return bool(await self._call(key, lambda: self._client.exists(key)))
 
     async def unlock(self, digest: str, version: str, token: str) -> None:
         """Release the lock if it is still ours (compare-and-delete in one script)."""
         key = lock_key(digest, version)
-        await self._call(lambda: self._release(keys=[key], args=[token]))
+        await self._call(key, lambda: self._release(keys=[key], args=[token]))
 
     async def carry(self, digest: str, version: str) -> None:
         """Record that `digest` was answered from the previous version (grace)."""
@@ -313,17 +362,34 @@ class RedisVerdicts:
             pipe.pexpire(key, ttl_ms)
             pipe.execute()
 
-        await self._call(run)
+        await self._call(key, run)
 
     async def covered(self, digest: str, version: str) -> None:
         """A carried-over digest has its own verdict under `version` now."""
         key = carried_key(version)
-        await self._call(lambda: self._client.srem(key, digest))
+        await self._call(key, lambda: self._client.srem(key, digest))
 
     async def carried_pending(self, version: str) -> int:
         """Carried-over digests not yet rescanned under `version`."""
         key = carried_key(version)
-        return int(await self._call(lambda: self._client.scard(key)))
+        return int(await self._call(key, lambda: self._client.scard(key)))
+
+    async def count_opens(self, counts: dict[str, int], *, track: int, top: int) -> list[str]:
+        """Add `counts` (opens per digest) to the fleet's sorted set, trim it to its
+        `track` highest members, and return the `top` highest digests. One pipeline on
+        one key (one Cluster shard). Raises CacheDown."""
+        def run() -> list[str]:
+            pipe = self._client.pipeline(transaction=False)
+            for digest, n in counts.items():
+                pipe.zincrby(HOT_KEY, n, digest)
+            pipe.zremrangebyrank(HOT_KEY, 0, -(track + 1))
+            pipe.zrevrange(HOT_KEY, 0, top - 1)
+            found = pipe.execute()[-1]
+            names = [m.decode() if isinstance(m, bytes) else str(m) for m in found]
+            return [d for d in names if _HEX64.fullmatch(d)]  # anything else is not ours
+
+        return await self._call(HOT_KEY, run)
 
     def close(self) -> None:
-        self._client.close()
+        if self._made is not None:
+            self._made.close()

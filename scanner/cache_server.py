@@ -51,6 +51,7 @@ from vfile.scanner.builtin import DEFAULT_MAX_STREAM, NO_FD, BuiltinAppliance, _
 from vfile.scanner.cache import CacheDown, RedisVerdicts
 from vfile.scanner.cache_defaults import DEFAULT_MAX_INFLIGHT
 from vfile.scanner.cache_grace import Grace
+from vfile.scanner.cache_hot import Hot
 from vfile.scanner.net import FILE_READS
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Verdict
@@ -149,7 +150,7 @@ class CacheAppliance(BuiltinAppliance):
 
     def __init__(self, pool: Pool, cache: RedisVerdicts, *,
                  max_stream: int = DEFAULT_MAX_STREAM, grace: Grace | None = None,
-                 max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
+                 hot: Hot | None = None, max_inflight: int = DEFAULT_MAX_INFLIGHT) -> None:
         super().__init__(None, None, max_stream=max_stream)
         # copies held at once: memory stays under max_inflight x max_stream; more
         # requests wait (their bytes stay in the kernel's socket buffers meanwhile)
@@ -157,6 +158,8 @@ class CacheAppliance(BuiltinAppliance):
         self.pool = pool
         self.cache = cache
         self.grace = grace
+        #: opens per digest, copies of the most-opened, rescanned after an update
+        self.hot = hot
         self.stats = ServerStats()
         self._flights: dict[tuple[str, str], _Flight] = {}
 
@@ -202,6 +205,8 @@ class CacheAppliance(BuiltinAppliance):
             stats = self.statistics()
             if self.grace is not None:
                 stats["grace"] = await self.grace.statistics()
+            if self.hot is not None:
+                stats["hot"] = self.hot.statistics()
             return json.dumps(stats, separators=(",", ":")).encode(), True
         if name == "INSTREAM":
             async with self._copies:
@@ -289,6 +294,8 @@ class CacheAppliance(BuiltinAppliance):
 
     async def _scan(self, digest: str, fd: int, size: int) -> Verdict:
         self.stats.requests += 1
+        if self.hot is not None:
+            self.hot.opened(digest, fd, size)
         version = self.upstream_version()
         if not version:
             return await self._upstream(fd, size)  # nothing to key a verdict on
@@ -311,6 +318,25 @@ class CacheAppliance(BuiltinAppliance):
     async def rescan(self, digest: str, fd: int, size: int) -> Verdict:
         """A carried-over content's own verdict under the current version (no grace)."""
         return await self._resolve(digest, self.upstream_version(), fd, size, carry=False)
+
+    async def rescan_kept(self, digest: str, path: str) -> Verdict | None:
+        """Rescan a kept copy of `digest` (scanner.cache_hot) under the current version;
+        None if the copy is not those bytes (re-hashed while read into a sealed copy)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            copy, got, size = await trio.to_thread.run_sync(
+                _snapshot, fd, self.max_stream, limiter=FILE_READS)
+        except (OSError, _TooBig):
+            return None
+        finally:
+            os.close(fd)
+        try:
+            return await self.rescan(digest, copy, size) if got == digest else None
+        finally:
+            os.close(copy)
 
     async def _resolve(self, digest: str, version: str, fd: int, size: int, *,
                        carry: bool = True) -> Verdict:

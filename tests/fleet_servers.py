@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -117,3 +118,9 @@ def running_cache(upstreams: list[str], redis_url: str, *args: str,
     finally:
         stop_process(proc)
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def instream(cache: Cache, data: bytes) -> bytes:
+    """One INSTREAM scan of `data` through the caching appliance's socket: its reply."""
+    return ask(cache.sock, b"zINSTREAM\0" + struct.pack(">I", len(data)) + data
+               + b"\0\0\0\0", b"\0", timeout=20).rstrip(b"\0")

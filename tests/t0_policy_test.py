@@ -52,8 +52,8 @@ def _unscanned(inp: DecisionInputs) -> bool:
 
 
 def test_the_table_covers_every_field_value() -> None:
-    # 3 events x 3 cached x 6 scan results x 3 fail modes x 3 oversize rules x 3 quota x 2^9
-    assert len(ALL) == 3 * 3 * 6 * 3 * 3 * 3 * 2**9
+    # 3 events x 4 cached x 6 scan results x 3 fail modes x 3 oversize rules x 3 quota x 2^9
+    assert len(ALL) == 3 * 4 * 6 * 3 * 3 * 3 * 2**9
     assert {f.name for f in FIELDS} == {
         "event", "trigger_enabled", "cached", "write_pending", "writing", "reading", "window",
         "appliance_down", "oversize", "oversize_rule", "scan", "fail_mode", "quota",
@@ -117,6 +117,9 @@ def test_closed_never_allows_an_unscanned_open() -> None:
     for inp, dec in TABLE:
         if inp.event is Event.OPEN and (inp.fail_mode is FailMode.CLOSED
                                         or inp.quota is QuotaState.CLOSED):
+            if dec.reason is Reason.GRACE:  # the profile opted into a grace
+                assert inp.cached is Cached.GRACE and inp.fail_mode is FailMode.CLOSED, inp
+                continue
             assert dec.action is not Action.DEFER, inp
             if dec.action is Action.ALLOW:
                 assert dec.reason in SCANNED_OR_EXEMPT and not dec.exposure, inp
@@ -134,7 +137,7 @@ def test_safe_allows_unscanned_only_as_defer() -> None:
 def test_open_allows_unscanned_with_the_exposure_flag() -> None:
     for inp, dec in TABLE:
         if inp.event is Event.OPEN and inp.fail_mode is FailMode.OPEN:
-            assert dec.action is not Action.DEFER, inp
+            assert dec.action is not Action.DEFER or dec.reason is Reason.GRACE, inp
             if dec.action is Action.ALLOW and dec.reason not in SCANNED_OR_EXEMPT:
                 assert dec.exposure, inp
             if (inp.scan in (ScanResult.ERROR, ScanResult.TIMEOUT, ScanResult.UNAVAILABLE)
@@ -269,3 +272,23 @@ def test_unflushed_writes_make_every_reading_open_unscanned() -> None:
             assert dec.reason not in (Reason.CLEAN, Reason.CACHED), inp
             if dec.allows:
                 assert dec.exposure, inp
+
+
+def test_grace_carries_a_previous_clean_over_only_as_a_journaled_open() -> None:
+    for inp, dec in TABLE:
+        if dec.reason is Reason.GRACE:
+            # Journaled (the drain rescans it), counted as an exposure, never a plain
+            # allow; only from a previous-version clean, never past a pending write,
+            # a taint, unflushed writes or an escalated quota.
+            assert dec == Decision(Action.DEFER, Reason.GRACE, exposure=True), inp
+            assert inp.cached is Cached.GRACE and inp.event is Event.OPEN, inp
+            assert inp.scan is ScanResult.NOT_ATTEMPTED and inp.quota is QuotaState.NONE, inp
+            assert not (inp.write_pending or inp.tainted or inp.unflushed), inp
+        if (inp.cached is Cached.GRACE and inp.event is Event.OPEN and inp.reading
+                and inp.trigger_enabled and inp.scan is ScanResult.NOT_ATTEMPTED
+                and not (inp.write_pending or inp.tainted or inp.unflushed)
+                and inp.quota is QuotaState.NONE):
+            assert dec.reason is Reason.GRACE, inp
+        if inp.cached is Cached.GRACE and inp.event is not Event.OPEN:
+            # After a write a grace means nothing: as if there were no verdict.
+            assert dec == decide(dataclasses.replace(inp, cached=Cached.NONE)), inp

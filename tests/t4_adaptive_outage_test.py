@@ -138,7 +138,7 @@ def test_slow_but_alive_appliance_opens_no_breaker(tmp_path: Path,
 
 
 def test_pauses_the_appliance_has_shown_open_no_breaker(tmp_path: Path,
-                                                       samples: Samples) -> None:  # noqa: F811
+                                                       samples: Samples) -> None:
     """A healthy appliance that pauses now and then (a GC, a loaded host: every reply
     held back `PAUSE`, far beyond what its quick scans teach the deviation term) is
     not taken for hung once it has shown such a pause: opens in flight during the next

@@ -150,7 +150,7 @@ def _profiles(config: Config, quota: QuotaMonitor) -> list[dict[str, Any]]:
         q = quota.statistics().get(p.name, {})
         out.append({"name": p.name, "paths": list(p.paths), "fail_mode": p.fail_mode.value,
                     "triggers": sorted(t.value for t in p.triggers), "deadline_s": p.deadline,
-                    "infected_action": p.infected_action.value,
+                    "infected_action": p.infected_action.value, "grace_s": p.grace,
                     "quota": q or None})
     return out
 
@@ -239,8 +239,8 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             await nursery.start(drain.serve)
             collector = VerdictCollector(
                 journal, info.source,
-                lambda: [gate.last_signature, *(str(a["sig_version"])
-                                                for a in pool.statistics())])
+                lambda: [gate.last_signature, *gate.grace.signatures(),
+                         *(str(a["sig_version"]) for a in pool.statistics())])
             await nursery.start(collector.serve)
             await nursery.start(serve_outputs, outputs)  # --metrics, --audit-log
             await nursery.start(memwatch.serve)  # SIGUSR2: log where the memory goes

@@ -90,6 +90,17 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
         "(infected never carries over). 0: off.")] = 0.0,
     rescan_rate: Annotated[float, _opt(
         "RESCAN_RATE", "Background rescans per second during a grace.")] = DEFAULT_RESCAN_RATE,
+    hot_dir: Annotated[str | None, _opt(
+        "HOT_DIR", "Directory for copies of the fleet's most-opened contents (opens per "
+        "digest are counted in Redis); after a signature update they are rescanned in the "
+        "background at --rescan-rate, storing the new version's verdicts. Unset: off.")] = None,
+    hot_top: Annotated[int, _opt(
+        "HOT_TOP", "How many of the most-opened contents are kept and rescanned.")] = 1000,
+    hot_max_bytes: Annotated[int, _opt(
+        "HOT_MAX_BYTES", "Bytes of copies in --hot-dir at most.")] = 1 << 30,
+    hot_interval: Annotated[float, _opt(
+        "HOT_INTERVAL", "Seconds between flushes of the open counts to Redis (and looks "
+        "for a new signature version).")] = 1.0,
     key_file: Annotated[str | None, _opt(
         "KEY_FILE", "A secret (at least 16 bytes) shared by the fleet's caching appliances: "
         "stored verdicts carry an HMAC under it, and a value without a valid one (forged by "
@@ -105,6 +116,7 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
 
     from vfile.scanner.cache import RedisVerdicts
     from vfile.scanner.cache_grace import Grace
+    from vfile.scanner.cache_hot import Hot
     from vfile.scanner.cache_server import CacheAppliance
     from vfile.scanner.pool import Pool
 
@@ -116,6 +128,9 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
         verdicts = RedisVerdicts(redis, ttl=ttl, lock_ttl=lock_ttl, timeout=redis_timeout,
                                  key=key)
         carry = Grace(verdicts, seconds=grace, rate=rescan_rate) if grace > 0 else None
+        hot = None if hot_dir is None else Hot(verdicts, hot_dir, top=hot_top,
+                                               rate=rescan_rate, max_bytes=hot_max_bytes,
+                                               interval=hot_interval)
     except ValueError as err:
         raise UserError(str(err), Exit.USAGE) from None
     if key is None:
@@ -123,13 +138,15 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
                     "can write to %s can make any content answer clean", redis)
     if max_inflight < 1:
         raise UserError("--max-inflight must be >= 1", Exit.USAGE)
-    appliance = CacheAppliance(pool, verdicts, grace=carry, max_inflight=max_inflight)
+    appliance = CacheAppliance(pool, verdicts, grace=carry, hot=hot, max_inflight=max_inflight)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             await nursery.start(pool.serve)
             if carry is not None:
                 await nursery.start(carry.run, appliance.rescan)
+            if hot is not None:
+                await nursery.start(hot.run, appliance.upstream_version, appliance.rescan_kept)
             for url in listen:
                 try:
                     bound = await nursery.start(appliance.serve, url)

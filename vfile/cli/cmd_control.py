@@ -62,8 +62,9 @@ def render_status(s: dict[str, Any]) -> str:
     for p in s["profiles"]:
         q = p.get("quota") or {}
         qtext = f"quota {q.get('state', 'none')}" if q else "no quota"
+        gtext = f"  grace {p['grace_s']:g}s" if p.get("grace_s") else ""
         lines.append(f"  {p['name']:<14} fail-{p['fail_mode']:<7} deadline {p['deadline_s']:g}s  "
-                     f"infected: {p['infected_action']:<10} {qtext}")
+                     f"infected: {p['infected_action']:<10} {qtext}{gtext}")
     lines.append("appliances")
     for a in s["appliances"]:
         health = "up" if a["healthy"] else "DOWN"
@@ -86,6 +87,11 @@ def render_status(s: dict[str, Any]) -> str:
                  f"cache hit rate {'-' if rate is None else f'{rate:.1%}'}, "
                  f"infections {g['infections']}, exposures {g['exposures']}, "
                  f"deferrals {g['deferrals']}, denials {g['denials']}")
+    if (gr := g.get("grace")) and (gr["active"] or gr["carried"]):
+        state = f"ACTIVE, {gr['remaining_s']:.0f}s left" if gr["active"] else "over"
+        lines.append(f"grace       {state} after {gr['previous'] or '-'} -> {gr['current']}: "
+                     f"{gr['carried']} opens carried over, {gr['carried_pending']} files "
+                     "still to rescan (journal reason 'grace')")
     if g.get("journal_full"):
         lines.append(f"JOURNAL FULL {g['journal_full']} opens/writes failed with EIO: "
                      f"free space in {m['state_dir']}")

@@ -77,6 +77,11 @@ DEFAULT_RETRIES = 1
 #: how long the drain waits for one deferred file's verdict: a large file over ICAP or a
 #: deep archive may take minutes, and the drain has no user waiting on it
 DEFAULT_DRAIN_DEADLINE = 600.0
+#: after a signature update, how long a file clean under the previous version opens
+#: at once (journaled for a rescan; vfile.filter.grace); 0 = off
+DEFAULT_GRACE = 0.0
+#: the longest grace a profile may take: the exposure it accepts is bounded
+MAX_GRACE = 86400.0
 DEFAULT_MAX_SIZE = 64 * MiB
 #: `journal` for open/safe profiles; a closed profile never allows unscanned
 #: files, so its default oversize rule is `deny`.
@@ -120,6 +125,9 @@ class Profile:
     deadline: float = DEFAULT_DEADLINE
     retries: int = DEFAULT_RETRIES
     drain_deadline: float = DEFAULT_DRAIN_DEADLINE
+    #: seconds after a signature update during which a previous-version clean verdict
+    #: opens the file at once (journaled, rescanned by the drain); 0 = off
+    grace: float = DEFAULT_GRACE
     #: bytes; 0 = unlimited
     max_size: int = DEFAULT_MAX_SIZE
     oversize: OversizeRule = DEFAULT_OVERSIZE

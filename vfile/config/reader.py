@@ -28,6 +28,7 @@ from vfile.config.model import (
     DEFAULT_DEADLINE,
     DEFAULT_DRAIN_DEADLINE,
     DEFAULT_FAIL_MODE,
+    DEFAULT_GRACE,
     DEFAULT_INFECTED_ACTION,
     DEFAULT_MAX_SIZE,
     DEFAULT_OVERSIZE,
@@ -40,6 +41,7 @@ from vfile.config.model import (
     DEFAULT_SCAN_FIRST,
     DEFAULT_SYNC_INTERVAL,
     DEFAULT_TRIGGERS,
+    MAX_GRACE,
     MAX_RETRIES,
     MIN_FD_CACHE,
     Config,
@@ -250,12 +252,16 @@ def _profile(data: object, key: str, names: set[str]) -> Profile:
     if hook is not None and action is not InfectedAction.HOOK:
         raise ConfigError(f"{t.path('hook')}: only used with infected_action = \"hook\"")
     quota = _quota(t.get("quota"), t.path("quota")) if t.has("quota") else None
+    grace = t.duration("grace", DEFAULT_GRACE)
+    if not 0 <= grace <= MAX_GRACE:
+        raise ConfigError(f"{t.path('grace')}: must be between 0 and {MAX_GRACE:g}s "
+                          f"(a bounded exposure), got {grace:g}s")
     profile = Profile(
         name=name, paths=paths, triggers=triggers, fail_mode=fail_mode,
         attempt_timeout=attempt_timeout, deadline=deadline,
         retries=t.integer("retries", DEFAULT_RETRIES, high=MAX_RETRIES),
         drain_deadline=t.duration("drain_deadline", DEFAULT_DRAIN_DEADLINE, positive=True),
-        max_size=max_size, oversize=oversize, scan_first=scan_first,
+        grace=grace, max_size=max_size, oversize=oversize, scan_first=scan_first,
         infected_action=action, hook=hook, quota=quota,
     )
     t.done()

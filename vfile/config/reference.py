@@ -135,6 +135,12 @@ HELP: dict[tuple[type, str], Key] = {
         "duration", "How long the drain waits for one deferred file's verdict (no user "
         "waits on it: a large file may take minutes). Its timeouts do not count against "
         "the appliance's circuit breaker.", '"10m"'),
+    (c.Profile, "grace"): Key(
+        "duration", "After a signature update, for this long a file whose verdict under the "
+        "previous version was clean (never infected) opens at once, with a journal entry "
+        "(reason `grace`) so the drain rescans it under the new version at its rate limit. "
+        f"0 (the default) turns it off; keep it 0 for `closed` profiles that must not serve "
+        f"content the new signatures have not seen. At most {c.MAX_GRACE:g}s.", '"10m"'),
     (c.Profile, "retries"): Key(
         "integer", f"Further attempts within the deadline (0..{c.MAX_RETRIES}).", "1"),
     (c.Profile, "max_size"): Key(

@@ -46,8 +46,9 @@ from vfile.config.model import Config, Profile, Trigger
 from vfile.filter import coverage, sticky
 from vfile.filter.actions import Actions
 from vfile.filter.closing import CloseScans
-from vfile.filter.drain import Resolution
+from vfile.filter.drain import Outcome, Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
+from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
@@ -56,6 +57,7 @@ from vfile.filter.policy import (
     DecisionInputs,
     Event,
     QuotaState,
+    Reason,
     ScanResult,
     decide,
 )
@@ -109,6 +111,9 @@ class Gate:
         self._source = Source(source_fd)
         self._clock = clock
         self._cache = VerdictCache(cache_size)
+        #: signature updates and the per-profile grace after them
+        self.grace = Grace(config.all_profiles(), find=lambda i, sig: self._cache.get(i, sig)
+                           or journal.get_verdict(i, sig))
         #: cancel scopes of every wait and scan in flight (a window cancels them all)
         self._scopes = Scopes()
         self._flights = Flights(self._scopes)
@@ -174,6 +179,7 @@ class Gate:
         """Trust `sig` (remembered from an earlier run) until an appliance reports one:
         a mount that boots with every appliance down still finds its stored verdicts."""
         self._scanning.assume_signature(sig)
+        self.grace.assume(sig)
 
     def _lookup(self, identity: Identity, sig: str) -> VerdictRecord | None:
         rec = self._cache.get(identity, sig)
@@ -219,6 +225,7 @@ class Gate:
             "write_intents": s.intents, "pending_intents": len(self._intents),
             "journal_full": s.journal_full,
             "in_flight": len(self._flights), "window": self._window,
+            "grace": self.grace.statistics(),
         }
 
     # --- scanning -----------------------------------------------------------------------
@@ -298,6 +305,7 @@ class Gate:
         profile = self._profiles.profile_for(rel, st.st_nlink)
         identity = Identity.from_stat(st)
         sig = self._scanning.signature()
+        self.grace.observe(sig)
         cached = self._lookup(identity, sig)
         if cached is not None and not coverage.admits(cached, profile):
             cached = None  # a verdict on a prefix, and this rule asks for more
@@ -316,6 +324,8 @@ class Gate:
                                       writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
                                       reading=access != os.O_WRONLY),
                          tainted=tainted, unflushed=unflushed)
+        if cached is None and not tainted and self.grace.carries(identity, profile):
+            inputs = replace(inputs, cached=Cached.GRACE)
         d = decide(inputs)
         verdict: Verdict | None = None
         if cached is not None and cached.outcome == VerdictOutcome.INFECTED:
@@ -330,6 +340,8 @@ class Gate:
                                      and cached.outcome == VerdictOutcome.INFECTED)
             await self._outcomes.carry_out(d, rel, identity, profile, ctx=ctx, verdict=verdict,
                                            from_cache=from_cache)
+            if d.reason is Reason.GRACE:
+                self.grace.carried_over(rel)  # journaled: the drain rescans it
         finally:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
@@ -427,11 +439,15 @@ class Gate:
         exposure trail logged). Gone: the entry is removed. Anything else is
         an error for the drain to release with back-off.
         """
-        return await self._resolver.resolve(entry)
+        resolution = await self._resolver.resolve(entry)
+        if resolution.outcome is not Outcome.ERROR:
+            self.grace.settled(entry.path)
+        return resolution
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         rel = os.fsdecode(path)
         if survivor is None:
+            self.grace.settled(rel)
             self._intents.pop(rel)
             entry = await self._journal.forget_path(rel)  # its exposures are kept
             if entry is not None:
@@ -449,6 +465,7 @@ class Gate:
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
+        self.grace.moved(src, dst)
         if self._source.is_dir(dst):
             self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)

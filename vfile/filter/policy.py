@@ -17,7 +17,11 @@ Invariants (checked exhaustively by tests/t0_policy_test.py):
 - during a window or with the appliances known down, never SCAN;
 - a `closed` profile (or a quota escalated to `closed`) never allows an open
   of an unscanned file; `safe` allows one only as DEFER (allow + journal);
-  `open` allows one with the exposure flag set;
+  `open` allows one with the exposure flag set; the one exception, in every
+  fail mode, is a grace carry-over (`Cached.GRACE`: clean under the previous
+  signature version, within the profile's grace, no quota escalation, no
+  pending write), which is always DEFER with reason GRACE, never a plain
+  ALLOW, so the drain rescans it;
 - every DEFER carries a reason the journal knows (`JOURNAL_REASONS`);
 - `exposure` is set exactly when an open lets unscanned content through.
 
@@ -48,6 +52,10 @@ class Cached(enum.StrEnum):
     NONE = "none"
     CLEAN = "clean"
     INFECTED = "infected"
+    #: none for this version, but a clean one for this identity at the previous
+    #: signature version, and the profile's grace after the update has not run out
+    #: (vfile.filter.grace)
+    GRACE = "grace"
 
 
 class ScanResult(enum.StrEnum):
@@ -92,6 +100,8 @@ class Reason(enum.StrEnum):
     QUOTA = "quota"
     OVERSIZE = "oversize"
     ERROR = "error"
+    #: carried over from the previous signature version's clean verdict (grace)
+    GRACE = "grace"
     # Reasons that never reach the journal.
     INFECTED = "infected"
     CLEAN = "clean"
@@ -101,7 +111,7 @@ class Reason(enum.StrEnum):
 
 
 JOURNAL_REASONS = frozenset({Reason.UNAVAILABLE, Reason.TIMEOUT, Reason.WINDOW, Reason.MODIFIED,
-                             Reason.QUOTA, Reason.OVERSIZE, Reason.ERROR})
+                             Reason.QUOTA, Reason.OVERSIZE, Reason.ERROR, Reason.GRACE})
 #: reasons an ALLOW carries when the content is known to be (or need not be) scanned
 SCANNED_OR_EXEMPT = frozenset({Reason.CLEAN, Reason.CACHED, Reason.NOT_TRIGGERED})
 
@@ -207,6 +217,13 @@ def decide(inp: DecisionInputs) -> Decision:
     if inp.event is Event.OPEN and not inp.reading:
         # A write-only open shows no content: the close scan checks what is written.
         return Decision(Action.ALLOW, Reason.NOT_TRIGGERED)
+    if inp.cached is Cached.GRACE and inp.event is Event.OPEN \
+            and inp.scan is ScanResult.NOT_ATTEMPTED and not inp.write_pending \
+            and inp.quota is QuotaState.NONE:
+        # Clean under the previous signatures, within the profile's grace: open at
+        # once, journaled so the drain rescans it under the new ones. Whatever the
+        # fail mode: the profile opted in (a closed one keeps grace = 0).
+        return Decision(Action.DEFER, Reason.GRACE, exposure=True)
     if inp.scan is ScanResult.CLEAN:
         return Decision(Action.ALLOW, Reason.CLEAN)
     if inp.scan is not ScanResult.NOT_ATTEMPTED:
