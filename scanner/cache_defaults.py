@@ -18,3 +18,9 @@ DEFAULT_TIMEOUT = 0.25
 DEFAULT_RESCAN_RATE = 20.0
 #: scan requests holding a copy of their bytes at once
 DEFAULT_MAX_INFLIGHT = 64
+#: shortest adaptive attempt timeout of the upstream pool, seconds. The pool's own default
+#: (25 ms) suits a guest; the caching appliance's breaker is the whole fleet's, and its
+#: upstream scans come in bursts by construction (a Redis stall holds every request in
+#: flight for the socket timeout, then sends them all upstream at once): a burst queued at
+#: a healthy upstream must not look like a hang (tests/t1_cache_upstream_burst_test.py).
+UPSTREAM_ADAPTIVE_FLOOR = 1.0

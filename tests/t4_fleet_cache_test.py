@@ -37,12 +37,25 @@ pytestmark = pytest.mark.mount
 #: a guest's deadline: generous, the machine is loaded; "does not hang" is what we check
 GUEST_DEADLINE = 10.0
 HANG = GUEST_DEADLINE + 10.0
+# The attempt timeout of an open is the profile's (`[pool] attempt_timeout` is for probes
+# and the drain): with the 1s default, the first scans of a storm on a loaded machine (a
+# Redis connection being made, then a Redis timeout, then the upstream) time out in the
+# guest. The adaptive floor stays above what the caching appliance may add while its Redis
+# stalls (its socket timeout, 0.25s): a guest that learnt the latency of hits would read
+# that stall of every request at once as a hang (collective detection) and deny for the
+# breaker cooldown. See the README, "The fleet's caching appliance".
 GUEST_TOML = """\
 [pool]
 attempt_timeout = "5s"
 retries = 1
 probe_interval = "200ms"
 breaker_cooldown = "60s"
+adaptive_floor = "1s"
+
+[[profile]]
+name = "default"
+deadline = "10s"
+attempt_timeout = "5s"
 """
 
 

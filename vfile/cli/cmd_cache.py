@@ -21,6 +21,7 @@ from vfile.scanner.cache_defaults import (
     DEFAULT_RESCAN_RATE,
     DEFAULT_TIMEOUT,
     DEFAULT_TTL,
+    UPSTREAM_ADAPTIVE_FLOOR,
 )
 
 if TYPE_CHECKING:
@@ -118,12 +119,14 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
     from vfile.scanner.cache_grace import Grace
     from vfile.scanner.cache_hot import Hot
     from vfile.scanner.cache_server import CacheAppliance
+    from vfile.scanner.latency import Adaptive
     from vfile.scanner.pool import Pool
 
     setup_logging(verbose)
     try:
         pool = Pool(upstream, attempt_timeout=attempt_timeout, retries=retries,
-                    probe_interval=probe_interval, max_concurrency=max_concurrency)
+                    probe_interval=probe_interval, max_concurrency=max_concurrency,
+                    adaptive=Adaptive(floor=min(UPSTREAM_ADAPTIVE_FLOOR, attempt_timeout)))
         key = _read_key(key_file)
         verdicts = RedisVerdicts(redis, ttl=ttl, lock_ttl=lock_ttl, timeout=redis_timeout,
                                  key=key)
