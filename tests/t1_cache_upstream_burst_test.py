@@ -25,7 +25,7 @@ import os
 import tempfile
 
 import trio
-from servers import Samples, samples  # noqa: F401
+from servers import Samples
 
 from vfile.scanner.builtin import BuiltinAppliance, _Conn
 from vfile.scanner.cache_defaults import UPSTREAM_ADAPTIVE_FLOOR
@@ -72,7 +72,7 @@ async def _burst_after_a_quiet_warmup(pool: Pool, path: str) -> list[Outcome]:
 
 
 async def test_a_burst_on_a_queueing_upstream_opens_no_breaker(
-        samples: Samples) -> None:  # noqa: F811
+        samples: Samples) -> None:
     appliance = _Queueing(str(samples.sigdir))
     sockdir = tempfile.mkdtemp(prefix="vfq-")
     sock = os.path.join(sockdir, "q.sock")
