@@ -36,6 +36,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,8 +128,18 @@ def open_all(paths: list[Path]) -> None:
         list(pool.map(one, paths))
 
 
-def drain_once(mnt: Path, src: Path, n: int, files_per_s: float) -> dict[str, float]:
-    """Defer every file through a window, then time the drain after `resume`."""
+def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """Sample the server's Python stacks (collapsed, one line per stack) until SIGINT."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
+                             "250", "--nonblocking", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
+               profile: tuple[int, Path] | None = None) -> dict[str, float]:
+    """Defer every file through a window, then time the drain after `resume`.
+    `profile`: (server pid, output file): py-spy samples the server during the drain."""
     ctl(mnt, "drain", {"action": "pause"})
     ctl(mnt, "quiesce", {"max": 3600})
     t = time.perf_counter()
@@ -140,12 +151,18 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float) -> dict[str, fl
     ctl(mnt, "drain", {"action": "rate", "files_per_s": files_per_s,
                        "bytes_per_s": 1e15 if files_per_s > 1e6 else None})
     before = sum(ctl(mnt, "drain")["done"].values())
+    spy = None if profile is None else py_spy(*profile)
+    if spy is not None:
+        time.sleep(1)  # py-spy attaches
     t = time.perf_counter()
     ctl(mnt, "resume")
     ctl(mnt, "drain", {"action": "resume"})
     wait_for(lambda: sum(ctl(mnt, "drain")["done"].values()) - before >= n, "drained",
              3600)
     took = time.perf_counter() - t
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     stats = ctl(mnt, "status")
     if stats["journal"]["deferred"] != 0 or stats["drain"]["done"]["error"]:
         raise RuntimeError(f"drain left {stats['journal']['deferred']} entries, "
@@ -210,6 +227,8 @@ def main() -> None:
     ap.add_argument("--no-quiesce", action="store_true", help="skip the quiesce measure")
     ap.add_argument("--blocked", type=int, default=64, help="blocked opens for quiesce")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
+    ap.add_argument("--profile", type=Path,
+                    help="py-spy the server during the unlimited drain; collapsed stacks here")
     args = ap.parse_args()
     n_small = args.files or (100_000 if args.scale else 1000 if args.quick else 10_000)
     large = 0 if args.scale else LARGE
@@ -232,13 +251,14 @@ def main() -> None:
                             '[pool]\nattempt_timeout = "30s"\n'
                             '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
                             'deadline = "60s"\nattempt_timeout = "30s"\nmax_size = 0\n')
-            with mounted(src, mnt, "--config", str(conf)):
+            with mounted(src, mnt, "--config", str(conf)) as server:
                 wait_for(lambda: ctl(mnt, "status")["appliances"][0]["healthy"],
                          "the mount sees clamd", 30)
                 limited = drain_once(mnt, src, n, DEFAULT_FILES_PER_S)
                 for p in all_files(src):
                     os.utime(p)  # new ctime: new identities, cached verdicts do not apply
-                unlimited = drain_once(mnt, src, n, 1e9)
+                spied = None if args.profile is None else (server.proc.pid, args.profile)
+                unlimited = drain_once(mnt, src, n, 1e9, profile=spied)
             clamdscan_again = time_clamdscan(sock, src, tmp)
         finally:
             _stop(clamd)

@@ -195,6 +195,10 @@ class BuiltinAppliance:
                 continue
             name, term, rest = split
             conn.buf = bytearray(rest)
+            if self._switch.refusing:
+                # A refusing appliance is down: its session connections end too (clients
+                # keep idle sessions), as a killed clamd's would.
+                return
             if name == "IDSESSION":
                 in_session = True
                 continue
