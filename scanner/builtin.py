@@ -162,6 +162,7 @@ class BuiltinAppliance:
 
         async def handler(stream: trio.SocketStream) -> None:
             self.connections += 1
+            log.debug("client connection %d", self.connections)  # tests count them
             await self._handle(stream, address.is_unix)
 
         await serve_switchable(address, self._switch, handler, task_status=task_status)
