@@ -20,31 +20,12 @@ import logging
 import trio
 
 from vfile.scanner import clamd_proto as proto
-from vfile.scanner.clamd_session import Sessions
+from vfile.scanner.clamd_session import Sessions, read_reply
 from vfile.scanner.net import connect, pread
 from vfile.scanner.urls import ApplianceURL
 from vfile.scanner.verdict import ApplianceError, Outcome
 
 log = logging.getLogger(__name__)
-
-
-async def _read_reply(stream: trio.SocketStream) -> bytes:
-    buf = bytearray()
-    while True:
-        try:
-            split = proto.split_reply(buf)
-        except proto.ProtocolError as err:
-            raise ApplianceError(str(err)) from None
-        if split is not None:
-            return split[0]
-        try:
-            data = await stream.receive_some(4096)
-        except (trio.BrokenResourceError, OSError) as err:
-            raise ApplianceError(f"connection lost: {err}") from None
-        if not data:
-            raise ApplianceError("connection closed without a reply" if not buf
-                                 else "connection closed mid-reply")
-        buf += data
 
 
 class ClamdClient:
@@ -53,11 +34,6 @@ class ClamdClient:
             raise ValueError(f"not a clamd URL: {url}")
         self.url = url
         self._sessions = Sessions(url.address) if url.address.is_unix else None
-
-    def close(self) -> None:
-        """Close the idle session connections (the client stays usable)."""
-        if self._sessions is not None:
-            self._sessions.close()
 
     async def _connect(self) -> trio.SocketStream:
         try:
@@ -73,7 +49,7 @@ class ClamdClient:
                 await stream.send_all(proto.command(name))
             except (trio.BrokenResourceError, OSError) as err:
                 raise ApplianceError(f"send failed: {err}") from None
-            return await _read_reply(stream)
+            return await read_reply(stream)
 
     async def ping(self) -> None:
         try:
@@ -127,10 +103,10 @@ class ClamdClient:
                 await stream.send_all(pending + proto.chunk(data) + data + tail)
                 pending = b""
                 if tail:
-                    return await _read_reply(stream)
+                    return await read_reply(stream)
             await stream.send_all(pending + proto.INSTREAM_END)
         except (trio.BrokenResourceError, OSError) as err:
             # clamd closes the socket when StreamMaxLength is exceeded, after
             # sending its reason; read it if it is there
             log.debug("INSTREAM send to %s stopped at %d: %s", self.url, offset, err)
-        return await _read_reply(stream)
+        return await read_reply(stream)
