@@ -162,6 +162,7 @@ class BuiltinAppliance:
 
         async def handler(stream: trio.SocketStream) -> None:
             self.connections += 1
+            log.debug("client connection %d", self.connections)  # tests count them
             await self._handle(stream, address.is_unix)
 
         await serve_switchable(address, self._switch, handler, task_status=task_status)
@@ -195,6 +196,10 @@ class BuiltinAppliance:
                 continue
             name, term, rest = split
             conn.buf = bytearray(rest)
+            if self._switch.refusing:
+                # A refusing appliance is down: its session connections end too (clients
+                # keep idle sessions), as a killed clamd's would.
+                return
             if name == "IDSESSION":
                 in_session = True
                 continue

@@ -1,8 +1,11 @@
 """A thin trio client for clamd (and the built-in appliance): a loop over clamd_proto.
 
-One connection per request: connecting to a local clamd costs tens of
-microseconds, far below a scan, and a fresh connection cannot carry state
-from a request that was cancelled half-way (bench/scan.py measures it).
+One connection per request, except FILDES scans on a unix socket: those reuse
+idle IDSESSION connections (scanner/clamd_session.py), because on a busy host
+the connection per file cost more server time than the scan of a small file
+(bench/drain.py --scale). A fresh connection cannot carry state from a request
+that was cancelled half-way; a session is therefore closed on anything but a
+complete verdict.
 
 Invariants: transport and protocol trouble raises `ApplianceError`; a
 well-formed appliance error (e.g. INSTREAM size limit) is returned as an
@@ -12,13 +15,12 @@ appliance's fault. No timeouts here: the caller's cancel scope bounds it.
 
 from __future__ import annotations
 
-import array
 import logging
-import socket
 
 import trio
 
 from vfile.scanner import clamd_proto as proto
+from vfile.scanner.clamd_session import Sessions, read_reply
 from vfile.scanner.net import connect, pread
 from vfile.scanner.urls import ApplianceURL
 from vfile.scanner.verdict import ApplianceError, Outcome
@@ -26,30 +28,12 @@ from vfile.scanner.verdict import ApplianceError, Outcome
 log = logging.getLogger(__name__)
 
 
-async def _read_reply(stream: trio.SocketStream) -> bytes:
-    buf = bytearray()
-    while True:
-        try:
-            split = proto.split_reply(buf)
-        except proto.ProtocolError as err:
-            raise ApplianceError(str(err)) from None
-        if split is not None:
-            return split[0]
-        try:
-            data = await stream.receive_some(4096)
-        except (trio.BrokenResourceError, OSError) as err:
-            raise ApplianceError(f"connection lost: {err}") from None
-        if not data:
-            raise ApplianceError("connection closed without a reply" if not buf
-                                 else "connection closed mid-reply")
-        buf += data
-
-
 class ClamdClient:
     def __init__(self, url: ApplianceURL) -> None:
         if url.kind != "clamd":
             raise ValueError(f"not a clamd URL: {url}")
         self.url = url
+        self._sessions = Sessions(url.address) if url.address.is_unix else None
 
     async def _connect(self) -> trio.SocketStream:
         try:
@@ -65,7 +49,7 @@ class ClamdClient:
                 await stream.send_all(proto.command(name))
             except (trio.BrokenResourceError, OSError) as err:
                 raise ApplianceError(f"send failed: {err}") from None
-            return await _read_reply(stream)
+            return await read_reply(stream)
 
     async def ping(self) -> None:
         try:
@@ -86,28 +70,19 @@ class ClamdClient:
     async def scan_fd(self, fd: int, *, size: int, limit: int | None = None) -> tuple[Outcome, str]:
         """Scan the open regular file `fd`: FILDES on unix sockets, else INSTREAM."""
         whole = limit is None or limit >= size
-        stream = await self._connect()
-        async with stream:
-            if self.url.address.is_unix and whole:
-                reply = await self._fildes(stream, fd)
-            else:
+        if self._sessions is not None and whole:
+            reply = await self._sessions.fildes(fd)
+        else:
+            stream = await self._connect()
+            async with stream:
                 reply_or_err = await self._instream(stream, fd, size if whole else int(limit or 0))
-                if isinstance(reply_or_err, tuple):
-                    return reply_or_err
-                reply = reply_or_err
+            if isinstance(reply_or_err, tuple):
+                return reply_or_err
+            reply = reply_or_err
         try:
             return proto.parse_scan_reply(reply)
         except proto.ProtocolError as err:
             raise ApplianceError(str(err)) from None
-
-    async def _fildes(self, stream: trio.SocketStream, fd: int) -> bytes:
-        fds = array.array("i", [fd]).tobytes()
-        try:
-            await stream.send_all(proto.command("FILDES"))
-            await stream.socket.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        except (trio.BrokenResourceError, OSError) as err:
-            raise ApplianceError(f"FILDES send failed: {err}") from None
-        return await _read_reply(stream)
 
     async def _instream(self, stream: trio.SocketStream, fd: int,
                         length: int) -> bytes | tuple[Outcome, str]:
@@ -128,10 +103,10 @@ class ClamdClient:
                 await stream.send_all(pending + proto.chunk(data) + data + tail)
                 pending = b""
                 if tail:
-                    return await _read_reply(stream)
+                    return await read_reply(stream)
             await stream.send_all(pending + proto.INSTREAM_END)
         except (trio.BrokenResourceError, OSError) as err:
             # clamd closes the socket when StreamMaxLength is exceeded, after
             # sending its reason; read it if it is there
             log.debug("INSTREAM send to %s stopped at %d: %s", self.url, offset, err)
-        return await _read_reply(stream)
+        return await read_reply(stream)

@@ -90,6 +90,16 @@ class FaultProxy:
                                              OSError):
                         await upstream.send_eof()
                     return
+                fault = self._switch.fault
+                if fault is not None and fault.kind in ("refuse", "reset"):
+                    # A request on a connection opened before the fault (clients keep
+                    # idle clamd sessions) meets the fault a new connection would.
+                    for fd in fds:
+                        os.close(fd)
+                    if fault.kind == "reset":
+                        reset(client)
+                    nursery.cancel_scope.cancel()
+                    return
                 try:
                     if fds:
                         anc_out = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,

@@ -1,0 +1,173 @@
+"""Reused clamd connections for FILDES scans: IDSESSION, one request at a time.
+
+A new unix connection per scan cost the drain about a fifth of its server
+time (socket, connect, accept on clamd's side, close: py-spy on
+`bench/drain.py --scale`), more than the scan of a small file itself. So a
+FILDES scan borrows an idle session connection (`zIDSESSION`), sends one
+command on it, reads its one reply and gives the connection back.
+
+Invariants (what keeps a reused connection from answering for another file):
+- A connection carries at most one request at a time, and goes back to the
+  idle list only after the complete reply to that request arrived and was a
+  verdict (clean or infected). A request that was cancelled, failed, or got
+  an error reply closes its connection: a late reply can never be read as the
+  answer to a later request.
+- Every reply must carry the request number clamd gives it (1, 2, ... per
+  session); any other number closes the connection with an error.
+- A reused connection that answers nothing at all (the appliance closed it:
+  its idle timeout, a restart) is retried once on a fresh connection, which
+  is safe because no verdict came; every other failure is the caller's.
+- Idle connections older than `MAX_IDLE_AGE` are closed rather than reused,
+  well within clamd's default `IdleTimeout` (30 s).
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+import time
+from dataclasses import dataclass
+
+import trio
+
+from vfile.scanner import clamd_proto as proto
+from vfile.scanner.net import connect
+from vfile.scanner.urls import Address
+from vfile.scanner.verdict import ApplianceError, Outcome
+
+#: idle session connections kept per appliance (drain and on-open scans together)
+MAX_IDLE = 32
+#: an idle connection older than this is closed, not reused (clamd's IdleTimeout: 30 s)
+MAX_IDLE_AGE = 10.0
+_FILDES = proto.command("FILDES")
+
+
+class NoReply(ApplianceError):
+    """The connection failed before a single byte of the reply arrived."""
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    stream: trio.SocketStream
+    #: the request number of the next reply
+    next_id: int = 1
+    idle_since: float = 0.0
+
+    def close(self) -> None:
+        # Synchronous: a session is dropped from `finally` blocks, cancelled or not.
+        self.stream.socket.close()
+
+
+async def read_reply(stream: trio.SocketStream) -> bytes:
+    """One reply (without terminator); NoReply if the connection ends before any byte."""
+    buf = bytearray()
+    while True:
+        try:
+            split = proto.split_reply(buf)
+        except proto.ProtocolError as err:
+            raise ApplianceError(str(err)) from None
+        if split is not None:
+            return split[0]
+        try:
+            data = await stream.receive_some(4096)
+        except (trio.BrokenResourceError, OSError) as err:
+            if not buf:
+                raise NoReply(f"connection lost: {err}") from None
+            raise ApplianceError(f"connection lost: {err}") from None
+        if not data:
+            if not buf:
+                raise NoReply("connection closed without a reply")
+            raise ApplianceError("connection closed mid-reply")
+        buf += data
+
+
+async def send_fildes(stream: trio.SocketStream, fd: int) -> None:
+    """`zFILDES` and the descriptor in one message (with the dummy byte clamdscan sends)."""
+    fds = array.array("i", [fd]).tobytes()
+    try:
+        sent = await stream.socket.sendmsg([_FILDES, b"\0"],
+                                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        if sent < len(_FILDES) + 1:  # a unix socket sends 9 bytes whole; be safe anyway
+            await stream.send_all((_FILDES + b"\0")[sent:])
+    except (trio.BrokenResourceError, OSError) as err:
+        raise NoReply(f"FILDES send failed: {err}") from None
+
+
+class Sessions:
+    """Idle IDSESSION connections to one appliance; `fildes` scans on one of them."""
+
+    def __init__(self, address: Address, *, max_idle: int = MAX_IDLE,
+                 max_idle_age: float = MAX_IDLE_AGE) -> None:
+        self._address = address
+        self._idle: list[_Session] = []
+        self._max_idle = max_idle
+        self._max_idle_age = max_idle_age
+        self.opened = 0  # connections made (for tests and statistics)
+
+    def _checkout(self) -> _Session | None:
+        now = time.monotonic()
+        while self._idle:
+            session = self._idle.pop()  # the newest: the least likely to have timed out
+            if now - session.idle_since <= self._max_idle_age:
+                return session
+            session.close()
+        return None
+
+    def _checkin(self, session: _Session) -> None:
+        if len(self._idle) >= self._max_idle:
+            session.close()
+            return
+        session.idle_since = time.monotonic()
+        self._idle.append(session)
+
+    async def _open(self) -> _Session:
+        try:
+            stream = await connect(self._address)
+        except OSError as err:
+            raise ApplianceError(f"cannot connect: {err.strerror or err}") from None
+        self.opened += 1
+        try:
+            await stream.send_all(proto.command("IDSESSION"))
+        except BaseException as err:
+            stream.socket.close()
+            if isinstance(err, (trio.BrokenResourceError, OSError)):
+                raise ApplianceError(f"IDSESSION send failed: {err}") from None
+            raise
+        return _Session(stream)
+
+    async def fildes(self, fd: int) -> bytes:
+        """The reply to FILDES of `fd` (without its request number); the connection is
+        kept for reuse only if the reply is a verdict (see the module invariants)."""
+        session = self._checkout()
+        if session is not None:
+            try:
+                return await self._request(session, fd)
+            except NoReply:
+                pass  # closed while idle (or the appliance went away): once more, fresh
+        return await self._request(await self._open(), fd)
+
+    async def _request(self, session: _Session, fd: int) -> bytes:
+        keep = False
+        try:
+            await send_fildes(session.stream, fd)
+            reply = await read_reply(session.stream)
+            number, sep, rest = reply.partition(b": ")
+            if not sep or number != str(session.next_id).encode():
+                raise ApplianceError(f"session reply {reply[:40]!r} is not to request "
+                                     f"{session.next_id}")
+            session.next_id += 1
+            try:
+                outcome, _ = proto.parse_scan_reply(rest)
+            except proto.ProtocolError:
+                outcome = None  # the caller reports it; the connection is not reused
+            keep = outcome in (Outcome.CLEAN, Outcome.INFECTED)
+            return rest
+        finally:
+            if keep:
+                self._checkin(session)
+            else:
+                session.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
