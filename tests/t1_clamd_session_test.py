@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from servers import Builtin, Samples, builtin, samples  # noqa: F401
+from servers import Builtin, Samples
 
 from vfile.scanner.clamd import ClamdClient
 from vfile.scanner.faults import Fault
@@ -27,7 +27,7 @@ async def scan(client: ClamdClient, path: Path) -> tuple[Outcome, str]:
         os.close(fd)
 
 
-async def test_scans_share_one_connection(builtin: Builtin, samples: Samples) -> None:  # noqa: F811
+async def test_scans_share_one_connection(builtin: Builtin, samples: Samples) -> None:
     client = ClamdClient(parse_appliance_url(builtin.unix_url))
     with trio.fail_after(DEADLINE):
         for _ in range(5):
@@ -37,7 +37,7 @@ async def test_scans_share_one_connection(builtin: Builtin, samples: Samples) ->
 
 
 async def test_a_cancelled_scan_does_not_give_its_connection_back(
-        builtin: Builtin, samples: Samples) -> None:  # noqa: F811
+        builtin: Builtin, samples: Samples) -> None:
     client = ClamdClient(parse_appliance_url(builtin.unix_url))
     with trio.fail_after(DEADLINE):
         assert await scan(client, samples.clean) == (Outcome.CLEAN, "")
@@ -52,7 +52,7 @@ async def test_a_cancelled_scan_does_not_give_its_connection_back(
 
 
 async def test_a_refusing_appliance_fails_reused_connections_too(
-        builtin: Builtin, samples: Samples) -> None:  # noqa: F811
+        builtin: Builtin, samples: Samples) -> None:
     client = ClamdClient(parse_appliance_url(builtin.unix_url))
     with trio.fail_after(DEADLINE):
         assert await scan(client, samples.clean) == (Outcome.CLEAN, "")

@@ -16,21 +16,14 @@ scan), then the window ends and the drain scans them all.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
-from outage import Proc, _start
-from t4_lifecycle_test import (
-    Tree,
-    tree,  # noqa: F401  (fixture)
-    wait_until,
-    write_config,
-)
+from outage import Proc, running_appliance
 
 from vfile import control
 
@@ -43,13 +36,9 @@ RATED_FILES = 60
 
 @pytest.fixture
 def counted_appliance() -> Iterator[Proc]:
-    """The built-in appliance at debug level: one log line per accepted connection."""
-    sockdir = Path(tempfile.mkdtemp(prefix="vfa-"))
-    try:
-        yield from _start(["serve", "--listen", f"unix://{sockdir / 'a.sock'}", "-v"],
-                          "listening on", sockdir, f"clamd://{sockdir / 'a.sock'}")
-    finally:
-        shutil.rmtree(sockdir, ignore_errors=True)
+    """The built-in appliance (at debug level: one log line per accepted connection)."""
+    with running_appliance() as app:
+        yield app
 
 
 def connections(app: Proc) -> int:
@@ -67,7 +56,7 @@ def done(mnt: Path) -> int:
     return sum(counts.values())
 
 
-def defer_all(tree: Tree, n: int) -> None:  # noqa: F811
+def defer_all(tree: Tree, n: int) -> None:
     """`n` files, each opened through the mount during a window: `n` deferred entries."""
     for i in range(n):
         (tree.source / f"f{i:04d}.bin").write_bytes(os.urandom(512 + i))
@@ -79,10 +68,10 @@ def defer_all(tree: Tree, n: int) -> None:  # noqa: F811
     assert isinstance(status, dict) and status["deferred"] == n, status
 
 
-def test_drain_reuses_appliance_connections(tree: Tree,  # noqa: F811
+def test_drain_reuses_appliance_connections(tree: Tree,
                                             counted_appliance: Proc) -> None:
     with mounted(tree.source, tree.mountpoint,
-                 "--config", str(write_config(tree, counted_appliance))):
+                 "--config", str(tree_config(tree, counted_appliance))):
         defer_all(tree, FILES)
         before = connections(counted_appliance)
         ctl(tree.mountpoint, "resume")
@@ -96,10 +85,10 @@ def test_drain_reuses_appliance_connections(tree: Tree,  # noqa: F811
     assert opened < FILES // 4, f"{opened} connections for {FILES} drained files"
 
 
-def test_drain_rate_limit_is_honoured(tree: Tree,  # noqa: F811
+def test_drain_rate_limit_is_honoured(tree: Tree,
                                       counted_appliance: Proc) -> None:
     with mounted(tree.source, tree.mountpoint,
-                 "--config", str(write_config(tree, counted_appliance))):
+                 "--config", str(tree_config(tree, counted_appliance))):
         defer_all(tree, RATED_FILES)
         ctl(tree.mountpoint, "drain", {"action": "rate", "files_per_s": RATE})
         start = time.monotonic()
