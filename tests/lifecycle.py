@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mounting import vfile_cmd, wait_for
-from outage import Proc
+from outage import Proc, status
 
 WRITER_UID = 1000
 READER_UID = 1001
@@ -95,6 +95,14 @@ def open_errno(path: Path, flags: int = os.O_RDONLY) -> int:
     except OSError as err:
         return err.errno or -1
     return 0
+
+
+def drained(mnt: Path) -> bool:
+    """The journal is empty and the drain has counted every file it resolved: it
+    removes an entry before it counts the outcome (an infected action may run in
+    between), so `deferred == 0` alone may be read before `done` is."""
+    st = status(mnt)
+    return bool(st["journal"]["deferred"] == 0 and st["drain"]["in_flight"] == 0)
 
 
 def journal_rows(mnt: Path) -> list[dict[str, Any]]:

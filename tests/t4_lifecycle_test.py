@@ -25,6 +25,7 @@ from lifecycle import (
     Tree,
     as_user,
     cli,
+    drained,
     journal_rows,
     open_errno,
     tree_config,
@@ -73,7 +74,7 @@ def test_outage_exposure_trail_then_drain_quarantines(tree: Tree) -> None:
             assert not st["appliances"][0]["healthy"]
 
             app.set_fault("none")  # the appliance returns; the drain catches up
-            wait_until(lambda: status(tree.mountpoint)["journal"]["deferred"] == 0,
+            wait_until(lambda: drained(tree.mountpoint),
                        "the journal drained")
             st = status(tree.mountpoint)
             assert st["drain"]["done"]["infected"] == 1
