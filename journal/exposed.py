@@ -19,7 +19,7 @@ from vfile.journal.records import (
     encode_exposed,
     merge_exposures,
 )
-from vfile.journal.tables import Tables, Txn
+from vfile.journal.tables import Tables, Txn, decode_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,8 @@ def archive(txn: Txn, t: Tables, entry: DeferredEntry, outcome: str, detail: str
 def list_exposed(txn: Txn, t: Tables) -> list[ExposureRecord]:
     if t.exposed is None:
         return []
-    out = []
-    for key, raw in txn.cursor(db=t.exposed):
-        try:
-            out.append(decode_exposed(raw))
-        except JournalCorrupt as err:
-            log.warning("journal: skipping undecodable exposure record %s: %s",
-                        bytes(key).hex(), err)
-    return out
+    return [rec for key, raw in txn.cursor(db=t.exposed)
+            if (rec := decode_or_skip(decode_exposed, key, raw, "exposure record")) is not None]
 
 
 def op_clear_exposed(txn: Txn, t: Tables, path: str | None) -> int:

@@ -8,18 +8,13 @@ the trio thread. A format-1 journal opened read-only has no profile index
 
 from __future__ import annotations
 
-import logging
-
 from vfile.journal import tables
 from vfile.journal.records import (
     DeferredEntry,
-    JournalCorrupt,
     QuarantineRecord,
     decode_quarantine,
 )
-from vfile.journal.tables import Tables, Txn
-
-log = logging.getLogger(__name__)
+from vfile.journal.tables import Tables, Txn, decode_or_skip
 
 
 def list_deferred(txn: Txn, t: Tables, limit: int | None,
@@ -59,14 +54,9 @@ def profile_debts(txn: Txn, t: Tables, now: float) -> dict[str, tuple[int, int, 
 
 
 def list_quarantine(txn: Txn, t: Tables) -> list[QuarantineRecord]:
-    out = []
-    for key, raw in txn.cursor(db=t.quarantine):
-        try:
-            out.append(decode_quarantine(raw))
-        except JournalCorrupt as err:
-            log.warning("journal: skipping undecodable quarantine record %r: %s",
-                        bytes(key), err)
-    return out
+    return [rec for key, raw in txn.cursor(db=t.quarantine)
+            if (rec := decode_or_skip(decode_quarantine, key, raw, "quarantine record"))
+            is not None]
 
 
 def contents(txn: Txn, t: Tables, now: float) -> dict[str, object]:

@@ -61,9 +61,9 @@ import heapq
 import logging
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
@@ -71,6 +71,7 @@ from vfile.journal import keys
 from vfile.journal.records import DeferredEntry, JournalCorrupt, decode_deferred, encode_deferred
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 MAGIC = b"vfile-journal"
 #: Version of the table layout; a journal with a higher one is refused.
@@ -244,12 +245,18 @@ def next_seq(txn: Txn, t: Tables) -> int:
 
 # --- deferred entries by path -------------------------------------------------------------
 
-def _decode_or_none(key: bytes, raw: bytes) -> DeferredEntry | None:
+def decode_or_skip(decode: Callable[[bytes], R], key: bytes, raw: bytes, what: str) -> R | None:
+    """`decode(raw)`, or None with one warning naming the record: a damaged record is
+    skipped by listings, never fatal to them (it stays in the table for `journal check`)."""
     try:
-        return decode_deferred(raw)
+        return decode(raw)
     except JournalCorrupt as err:
-        log.warning("journal: skipping undecodable deferred entry %s: %s", key.hex(), err)
+        log.warning("journal: skipping undecodable %s %s: %s", what, bytes(key).hex(), err)
         return None
+
+
+def _decode_or_none(key: bytes, raw: bytes) -> DeferredEntry | None:
+    return decode_or_skip(decode_deferred, key, raw, "deferred entry")
 
 
 def locate(txn: Txn, t: Tables, path: str) -> tuple[bytes, DeferredEntry | None]:
