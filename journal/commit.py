@@ -189,6 +189,11 @@ class GroupCommitter:
         self.unsynced = 0
         self.fsyncs = 0
         self.refused = 0
+        #: transactions committed (the watermark advances only when this moved)
+        self.commits = 0
+        #: called in the writer thread with each committed transaction's id
+        #: (journal.watermark's witness, kept on a tmpfs)
+        self.on_commit: Callable[[int], None] | None = None
 
     # --- the trio side ----------------------------------------------------------------------
 
@@ -387,7 +392,11 @@ class GroupCommitter:
             if done is not None:
                 self._post(self._finish, done)
                 done = None
+            txnid = txn.id()
             txn.commit()
+            self.commits += 1
+            if self.on_commit is not None:
+                self.on_commit(txnid)
             if batch.durable and self._fsync:
                 # Tier 1: durable before any caller of the batch is woken.
                 self.sync_now()

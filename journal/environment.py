@@ -103,7 +103,7 @@ def probe(state_dir: Path) -> None:
         env.close()
 
 
-def _lock_target(state_dir: Path, lock_dir: Path) -> Path:
+def lock_target(state_dir: Path, lock_dir: Path) -> Path:
     digest = xxhash.xxh3_64_hexdigest(os.fsencode(os.path.realpath(state_dir)))
     return lock_dir / f"journal-{digest}.lock"
 
@@ -116,7 +116,7 @@ def place_lock(state_dir: Path, lock_dir: Path) -> bool:
     LMDB keeps nothing in its lock file that must outlive the last process
     using the environment, so a lock file that vanished with /run is fine."""
     link = state_dir / LOCK_FILE
-    target = _lock_target(state_dir, lock_dir)
+    target = lock_target(state_dir, lock_dir)
     try:
         if os.readlink(link) == str(target):
             return True

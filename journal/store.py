@@ -32,9 +32,20 @@ from typing import TypeVar
 import lmdb
 import trio
 
-from vfile.journal import check, exposed, names, ops, queue, reads, tables, taint, verdicts
+from vfile.journal import (
+    check,
+    exposed,
+    names,
+    ops,
+    queue,
+    reads,
+    tables,
+    taint,
+    verdicts,
+    watermark,
+)
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
-from vfile.journal.environment import open_env
+from vfile.journal.environment import lock_target, open_env
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
@@ -76,6 +87,13 @@ class Journal:
         self.verdicts_collected = 0
         #: the `tainted` table (journal.taint); None in a read-only journal without one
         self._taint_db = taint.open_taint_table(env, readonly=readonly)
+        #: journal.watermark: what the witness saw before this open, the transaction the
+        #: journal held at open, and the witness this process keeps (None: no lock dir)
+        self._seen: watermark.Seen | None = None
+        self._opened_txnid = int(env.info()["last_txnid"])
+        self._witness: watermark.Witness | None = None
+        self._running = False  # begin_run was called: close() marks the stop clean
+        self._commits_at_watermark = -1
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
@@ -106,7 +124,17 @@ class Journal:
         if not group_commit:
             journal._committer = GroupCommitter(journal._env, journal._t, str(where),
                                                 journal._grow_map, max_batch=1, fsync=sync)
+        if lock_dir is not None and not readonly:
+            journal._keep_witness(watermark.witness_path(lock_target(where, Path(lock_dir))))
         return journal
+
+    def _keep_witness(self, path: Path) -> None:
+        self._seen = watermark.Witness.read(path)
+        try:
+            self._witness = watermark.Witness(path)
+        except OSError as err:  # no witness: an unclean stop then always walks (sound)
+            log.warning("journal %s: cannot keep its witness %s: %s", self.path, path, err)
+            return
 
     @classmethod
     def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,
@@ -119,7 +147,8 @@ class Journal:
     def close(self) -> None:
         if self._pid == os.getpid():
             # A waiter cancelled mid-batch may leave its writer finishing: let it commit.
-            if not self._committer.wait_idle(30.0):
+            idle = self._committer.wait_idle(30.0)
+            if not idle:
                 log.error("journal %s: closing while a write transaction still runs",
                           self.path)
             if not self.readonly and self._fsync and self._committer.unsynced:
@@ -127,7 +156,21 @@ class Journal:
                     self._committer.sync_now()  # tier-2 records: durable at unmount
                 except lmdb.Error as err:
                     log.error("journal %s: final sync failed: %s", self.path, err)
+                    idle = False
+            if self._running and idle and self._fsync:
+                self._mark_clean()
+            if self._witness is not None:
+                self._witness.close()
             self._env.close()
+
+    def _mark_clean(self) -> None:
+        # No writer runs (wait_idle): this thread may write. Everything is synced above.
+        try:
+            with self._env.begin(write=True) as txn:
+                watermark.op_set_run(txn, self._t, watermark.CLEAN)
+            self._env.sync(True)
+        except lmdb.Error as err:
+            log.error("journal %s: cannot record the clean stop: %s", self.path, err)
 
     def __enter__(self) -> Journal:
         return self
@@ -324,9 +367,50 @@ class Journal:
         while True:
             await trio.sleep(interval)
             try:
-                await self.sync_if_dirty()
-            except lmdb.Error as err:
+                if self._running:
+                    await self.advance_watermark()
+                else:
+                    await self.sync_if_dirty()
+            except (lmdb.Error, JournalError) as err:
                 log.error("journal %s: background sync failed: %s", self.path, err)
+
+    # --- tier 1w: the watermark and the run marker (journal.watermark) ------------------------
+
+    async def begin_run(self) -> watermark.Recovery:
+        """A mount starts: how the last run ended (the recovery rule), then the run
+        marker set to `running`, durably, so a crash from now on is seen as one."""
+        t = self._t
+        run, mark = self._read(lambda txn: watermark.read_state(txn, t))
+        found = watermark.decide(run, mark, self._seen, watermark.boot_id(),
+                                 self._opened_txnid)
+        if self._witness is not None:
+            # Only now, with the rule decided: a start that fails before this point
+            # leaves the old witness, so the next start still sees what was lost.
+            self._witness.record(self._opened_txnid)
+            self._committer.on_commit = self._witness.record
+        await self._write(lambda txn: watermark.op_set_run(txn, t, watermark.RUNNING))
+        self._running = True
+        return found
+
+    async def advance_watermark(self) -> bool:
+        """fsync, then raise the watermark durably to the clock read before that fsync
+        minus the margin (journal.watermark); nothing if nothing was committed since."""
+        self._check()
+        c = self._committer
+        if self.readonly or not self._fsync or (
+                not c.unsynced and c.commits == self._commits_at_watermark):
+            return False
+        before = time.time_ns()  # CLOCK_REALTIME, the clock of the kernel's ctime
+        await trio.to_thread.run_sync(c.sync_now, limiter=self._sync_limiter,
+                                      abandon_on_cancel=True)
+        t, ns = self._t, before - watermark.MARGIN_NS
+        await self._write(lambda txn: watermark.op_advance(txn, t, ns))
+        self._commits_at_watermark = c.commits
+        return True
+
+    def watermark_ns(self) -> int | None:
+        t = self._t
+        return self._read(lambda txn: watermark.read_state(txn, t))[1]
 
     def durability(self) -> dict[str, int]:
         """The group committer's counters: the durability tiers (README "Durability of

@@ -13,7 +13,10 @@ pyfuse3. Invariants the Operations keep for every hook:
   closed by the caller, not by the hook.
 - `on_write_intent` runs *before* anything that can change a file's content
   takes effect (open for writing, create, truncate, rename onto, link): when it
-  returns, the intent must be durable. Raising `Denied` stops the operation.
+  returns, the intent must be durable -- for a new name (`st` None: create,
+  mknod) durable by the watermark rule (journal.watermark, tier 1w), so a
+  create that opened an existing file after all asks again with its stat.
+  Raising `Denied` stops the operation.
   It returns a token (None when no intent was made). The filesystem passes it
   to `release_intent` when the operation failed, or succeeded without leaving
   a writer whose last close resolves it (mknod, link, an exchange); every

@@ -42,6 +42,7 @@ from vfile.filter.actions import Actions
 from vfile.filter.drain import DEFAULT_LEASE, Drain
 from vfile.filter.gate import Gate
 from vfile.filter.quota import QuotaMonitor
+from vfile.filter.recovery import journal_changed_since
 from vfile.filter.verdict_gc import VerdictCollector
 from vfile.filter.window import Window
 from vfile.hooks import FileHooks
@@ -144,6 +145,38 @@ async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,
         await trio.sleep(interval)
 
 
+#: "off": skip the recovery walk (tests show with it what the walk saves; never in use)
+RECOVERY_WALK_ENV = "VFILE_RECOVERY_WALK"
+
+
+async def _recover(journal: Journal, config: Config, root_fd: int) -> None:
+    """Before the mount serves: after an unclean stop that lost the state disk's page
+    cache, journal every file changed since the durable watermark (journal.watermark)."""
+    try:
+        found = await journal.begin_run()
+    except JournalError as err:
+        raise UserError(str(err), Exit.JOURNAL) from None
+    if not found.walk:
+        if not found.clean:
+            log.info("journal: the last run stopped uncleanly; its page cache survived, "
+                     "every intent is in the journal")
+        return
+    if os.environ.get(RECOVERY_WALK_ENV) == "off":
+        log.warning("journal: recovery walk skipped (%s=off)", RECOVERY_WALK_ENV)
+        return
+    since = found.watermark_ns
+    log.warning("journal: the last run stopped uncleanly and its unsynced records may be "
+                "lost; journaling every file changed since %s",
+                "ever" if since is None else time.strftime(
+                    "%Y-%m-%d %H:%M:%S", time.localtime(since / 1e9)))
+    try:
+        walked = await journal_changed_since(journal, config, root_fd, since)
+    except JournalError as err:
+        raise UserError(f"recovery walk: {err}", Exit.JOURNAL) from None
+    log.warning("journal: recovery walk: %d files, %d journaled, %.1f s",
+                walked.files, walked.journaled, walked.seconds)
+
+
 def _profiles(config: Config, quota: QuotaMonitor) -> list[dict[str, Any]]:
     out = []
     for p in config.all_profiles():
@@ -203,6 +236,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         gate = Gate(config, pool, journal, actions, source_fd=root_fd,
                     observer=outputs.observer, quota=quota.state)
         gate.assume_signature(_read_sig(state_dir))
+        await _recover(journal, config, root_fd)
         window.subscribe(gate.set_window)
         window.subscribe(pool.set_quiet)
         # The drain's outer bound and lease cover the longest profile drain deadline.

@@ -19,7 +19,8 @@ Invariants:
 - `safe`: the journal entry (with who opened the file) is committed before the
   open returns (tier 2: not fsynced; or, when the state disk takes no write
   within the profile's deadline, queued in memory until it does). Write
-  intents are durable (fsynced) before `on_write_intent` returns.
+  intents are durable (fsynced) before `on_write_intent` returns; a new
+  name's (tier 1w) is committed, and covered by the watermark rule.
 - A verdict is stored for the identity the scanned descriptor had before and
   after the scan; content that changed during the scan gets no verdict.
 - While a path has an unresolved write intent, a cached clean verdict does
@@ -361,8 +362,11 @@ class Gate:
         intent = self._intents.begin(rel)
         try:
             exposure = self._outcomes.exposure(ctx, wrote=True)
+            # A new name (create, mknod: no stat yet) is tier 1w: committed, fsynced
+            # by the watermark's sync (journal.watermark); an existing file's is tier 1.
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
-                                                   profile.name, exposure=exposure)
+                                                   profile.name, exposure=exposure,
+                                                   durable=st is not None)
         except BaseException as err:
             self._intents.roll_back(intent)
             if isinstance(err, JournalFull):

@@ -290,7 +290,8 @@ class VFileOperations(NameOps, DirOps, MetaOps):
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
-                fd = self._open_existing(parent, name, oflags)  # lost a race: plain open
+                # Lost a race: a plain open, truncated below once its intent is fsynced.
+                fd = self._open_existing(parent, name, oflags & ~os.O_TRUNC)
                 created = False
         except BaseException:
             hooks.release_intent(token)
@@ -298,6 +299,10 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         try:
             if created:
                 self._give_to_caller(fd, parent, ctx, perm)
+            else:
+                token = await self._existing_after_all(parent, name, fd, token, ctx)
+                if oflags & os.O_TRUNC:
+                    os.ftruncate(fd, 0)
             # Not O_NOFOLLOW: that would open the /proc magic link itself.
             path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         except BaseException:
@@ -312,6 +317,18 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         # Another writer already holds it (lost a create race): keep its pages (see open).
         keep = self.writeback and node.writers > 1
         return pyfuse3.FileInfo(fh=fd, keep_cache=keep), self._entry(node, st)
+
+    async def _existing_after_all(self, parent: Inode, name: bytes, fd: int, token: object,
+                                  ctx: CallerLike) -> object:
+        """A create that opened an existing file: its intent must be fsynced (tier 1),
+        not only covered by the watermark, which vouches for new files alone."""
+        if self.hooks.trivial:
+            return token
+        try:
+            return await self.hooks.on_write_intent(self._child_path(parent, name),
+                                                    os.fstat(fd), request_ctx(ctx))
+        finally:
+            self.hooks.release_intent(token)
 
     @staticmethod
     def _open_existing(parent: Inode, name: bytes, oflags: int) -> int:

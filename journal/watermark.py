@@ -1,0 +1,164 @@
+"""Tier 1w: a create's intent without an fsync, made safe by a durable watermark.
+
+A create (a NEW file: an O_CREAT that made it, a mknod) journals its intent
+committed but not fsynced ("tier 1w", README "Durability of journal records").
+What makes that safe across a power loss is this module:
+
+- the watermark W (meta `watermark`, u64 ns of CLOCK_REALTIME): every intent
+  committed before W is on disk. The mount's background sync advances it:
+  it reads the clock t0, fsyncs the environment, and only then stores
+  W = t0 - `MARGIN_NS` durably (`op_advance`). A commit that completed before
+  t0 is covered by that fsync; one that completed after t0 precedes its file's
+  creation, so the file's ctime is above t0 - margin (the margin covers the
+  kernel's coarse clock for ctime, which lags the real one by a tick).
+- the run marker (meta `run`): `clean` is written durably by a clean close,
+  `running` durably when a mount starts. `running` at start means the last
+  run did not close cleanly.
+- the witness: the last committed transaction id and the boot id, kept outside
+  the state disk (a tmpfs, beside LMDB's lock file) and rewritten after every
+  commit (one 64-byte pwrite on a tmpfs). After an unclean stop, the page cache
+  of the state disk survived (a process crash, SIGKILL) exactly when the
+  witness names this boot and no transaction it saw is missing from the
+  journal; then every tier-1w commit is in the journal.
+
+The recovery rule (`Recovery.walk`): after an unclean stop whose page cache did
+not survive, every regular file of the source whose ctime is above W is
+journaled (tier 1) before the mount serves (vfile.filter.recovery).
+
+Invariants:
+- W never goes down (`op_advance` keeps the larger value), and is stored only
+  after the fsync that covers every commit completed before the clock read.
+- A journal without a `run` key (new, or written by a vfile before this
+  module, which fsynced every create) counts as cleanly stopped.
+- No witness (no lock directory, a tmpfs emptied by a reboot), another boot,
+  or a witness ahead of the journal: the page cache did not survive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vfile.journal import keys
+from vfile.journal.tables import Tables, Txn
+
+log = logging.getLogger(__name__)
+
+WATERMARK_KEY = b"watermark"
+RUN_KEY = b"run"
+CLEAN = b"clean"
+RUNNING = b"running"
+#: W lags the clock read before its fsync by this much: ctime comes from the kernel's
+#: coarse clock (a tick behind), and a small step of the clock must not open a gap.
+MARGIN_NS = 2_000_000_000
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+_WITNESS_LEN = 64  # "<boot id, 36>\n<txn id, 20 digits>\n" padded with spaces
+
+
+def boot_id() -> str:
+    try:
+        with open(BOOT_ID_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+# --- the meta records (plain functions of a transaction) ------------------------------------
+
+def read_state(txn: Txn, t: Tables) -> tuple[bytes | None, int | None]:
+    """(the run marker, the watermark in ns) as stored; None where absent."""
+    run = txn.get(RUN_KEY, db=t.meta)
+    raw = txn.get(WATERMARK_KEY, db=t.meta)
+    return (None if run is None else bytes(run),
+            None if raw is None else keys.from_u64(raw))
+
+
+def op_set_run(txn: Txn, t: Tables, marker: bytes) -> None:
+    txn.put(RUN_KEY, marker, db=t.meta)
+
+
+def op_advance(txn: Txn, t: Tables, ns: int) -> int:
+    """Raise the watermark to `ns` (never lower it); the stored value."""
+    raw = txn.get(WATERMARK_KEY, db=t.meta)
+    old = 0 if raw is None else keys.from_u64(raw)
+    if ns > old:
+        txn.put(WATERMARK_KEY, keys.u64(ns), db=t.meta)
+        return ns
+    return old
+
+
+# --- the witness -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    boot: str
+    txnid: int
+
+
+class Witness:
+    """The last committed transaction id, in a file on a tmpfs (module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._boot = boot_id()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @staticmethod
+    def read(path: Path) -> Seen | None:
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        boot, _, rest = raw.decode("ascii", "replace").partition("\n")
+        try:
+            return Seen(boot.strip(), int(rest.split()[0]))
+        except (ValueError, IndexError):
+            return None
+
+    def record(self, txnid: int) -> None:
+        """After a commit (the writer thread): one pwrite, atomic against a kill."""
+        line = f"{self._boot}\n{txnid:020d}\n".encode().ljust(_WITNESS_LEN)
+        try:
+            os.pwrite(self._fd, line, 0)
+        except OSError as err:  # a full tmpfs: the next start then walks (sound)
+            log.debug("journal witness %s: %s", self.path, err)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def witness_path(lock_target: Path) -> Path:
+    """Beside LMDB's lock file in the lock directory (a tmpfs)."""
+    return lock_target.with_suffix(".commits")
+
+
+# --- the recovery decision (pure) -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What a mount found when it started on this journal."""
+
+    #: the last run closed cleanly (or there was none)
+    clean: bool
+    #: the state disk's page cache survived the unclean stop (same boot, nothing lost)
+    cache_survived: bool
+    #: the durable watermark, ns (None: never advanced: walk every file)
+    watermark_ns: int | None
+
+    @property
+    def walk(self) -> bool:
+        """Journal every file with ctime above the watermark before serving."""
+        return not self.clean and not self.cache_survived
+
+
+def decide(run: bytes | None, watermark_ns: int | None, seen: Seen | None, boot: str,
+           journal_txnid: int) -> Recovery:
+    """The recovery rule, from what is stored, what the witness saw, and this boot."""
+    clean = run is None or run == CLEAN
+    survived = (seen is not None and bool(boot) and seen.boot == boot
+                and seen.txnid <= journal_txnid)
+    return Recovery(clean=clean, cache_survived=survived, watermark_ns=watermark_ns)
