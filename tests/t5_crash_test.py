@@ -11,7 +11,10 @@ checks, every round:
   the source: acknowledged data is not lost;
 - every regular file in the source has a journal entry or a clean verdict for
   its current identity at the mount's signature version (`outage.unaccounted`):
-  nothing changed since its last clean verdict escaped the journal;
+  nothing changed since its last clean verdict escaped the journal, creates
+  included, whose intents are committed without an fsync (tier 1w; the power
+  loss side of that is tests/t5_powerloss_test.py);
+- the journal's invariants hold (`Journal.check() == []`);
 - the journal opens (read-only here, read-write by the next mount).
 
 Then the same source and state directory are mounted again. The mounts run
@@ -226,6 +229,9 @@ def test_sigkill_mount_server_leaves_nothing_unjournaled(tmp_path: Path) -> None
             history = [h for w in writers for h in w.history if set(lost) & set(h[1])]
             assert not lost, f"round {kill}: unjournaled, unscanned files: {lost}; " \
                              f"their last ops: {history[-6:]}"
+            # Creates journal their intents without an fsync (tier 1w): after a kill
+            # the journal must still be whole.
+            assert _journal_problems(state) == [], f"round {kill}"
             acked = {p for w in writers for p in w.acked if p in actual}
             stats["writes_acked"] += sum(len(w.acked) for w in writers)
             assert not acked & set(lost)
@@ -237,6 +243,16 @@ def test_sigkill_mount_server_leaves_nothing_unjournaled(tmp_path: Path) -> None
     assert stats["kills"] == KILLS
     assert stats["writes_acked"] > KILLS, "the writers barely ran: the test proves little"
     assert stats["opens"] > 0
+
+
+def _journal_problems(state: Path) -> list[str]:
+    from vfile.journal import Journal
+
+    j = Journal.open(state, readonly=True)
+    try:
+        return j.check()
+    finally:
+        j.close()
 
 
 def _journal_depth(state: Path) -> int:
