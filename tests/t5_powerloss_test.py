@@ -66,6 +66,22 @@ def _config(tmp: Path) -> Path:
     return cfg
 
 
+def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...]) -> str:
+    """Mount once cleanly (the signature version is learnt and persisted), then create
+    FILES files through a second mount and SIGKILL its server; the signature version."""
+    with mounted(src, mnt, *args):
+        wait_for("the signature version", lambda: (
+            (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
+            signature_version(state))[-1], 30)
+    sig = signature_version(state)
+    with mounted(src, mnt, *args) as server:
+        for i in range(FILES):
+            (mnt / f"new{i}").write_bytes(b"created %d" % i)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    return sig
+
+
 def _create_kill_cut(tmp: Path, env: dict[str, str]) -> tuple[Path, Path, str, list[str]]:
     """Mount once cleanly (the signature version), then create FILES files, SIGKILL,
     cut; then start vfile again with `env`, stop it cleanly. Returns (source, state
@@ -78,16 +94,7 @@ def _create_kill_cut(tmp: Path, env: dict[str, str]) -> tuple[Path, Path, str, l
     args = ("--config", str(cfg), "--state-dir", str(state))
     with running_appliance() as app:
         with cutfs(disk, statefs):
-            with mounted(src, mnt, "--appliance", app.url, *args):
-                wait_for("the signature version", lambda: (
-                    (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
-                    signature_version(state))[-1], 30)
-            sig = signature_version(state)
-            with mounted(src, mnt, "--appliance", app.url, *args) as server:
-                for i in range(FILES):
-                    (mnt / f"new{i}").write_bytes(b"created %d" % i)
-                server.proc.send_signal(signal.SIGKILL)
-                server.proc.wait(10)
+            sig = _create_and_kill(src, mnt, state, ("--appliance", app.url, *args))
         # The cut: cutfs is gone with everything not fsynced; it comes back without it.
         with cutfs(disk, statefs):
             lost = unaccounted(src, state, sig)
@@ -131,16 +138,7 @@ def test_a_process_crash_keeps_the_creates_without_a_walk(tmp_path: Path) -> Non
     cfg = _config(tmp_path)
     args = ("--config", str(cfg), "--state-dir", str(state))
     with running_appliance() as app:
-        with mounted(src, mnt, "--appliance", app.url, *args):
-            wait_for("the signature version", lambda: (
-                (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
-                signature_version(state))[-1], 30)
-        sig = signature_version(state)
-        with mounted(src, mnt, "--appliance", app.url, *args) as server:
-            for i in range(FILES):
-                (mnt / f"new{i}").write_bytes(b"created %d" % i)
-            server.proc.send_signal(signal.SIGKILL)
-            server.proc.wait(10)
+        sig = _create_and_kill(src, mnt, state, ("--appliance", app.url, *args))
         assert unaccounted(src, state, sig) == []
         with mounted(src, mnt, "--appliance", app.url, *args, "-v") as again:
             text = again.log()  # the decision is logged before the mount serves

@@ -35,7 +35,7 @@ from vfile.config.model import Config, Trigger
 from vfile.journal.records import Identity
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
-from vfile.passthrough.links import ProfileChooser
+from vfile.passthrough import links
 
 log = logging.getLogger(__name__)
 
@@ -54,32 +54,13 @@ def changed_since(root_fd: int, since_ns: int | None) -> Iterator[tuple[str, os.
     """(source-relative path, lstat) of every regular file with ctime above `since_ns`
     (every one if None); ("", lstat) for the other regular files, so the caller
     counts what it walked. Blocking: run it in a thread."""
-    stack: list[bytes] = [b""]
-    while stack:
-        rel = stack.pop()
-        try:
-            fd = os.open(rel or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, dir_fd=root_fd)
-        except OSError as err:
-            log.warning("recovery walk: cannot open %r: %s", os.fsdecode(rel), err)
-            continue
-        try:
-            with os.scandir(fd) as it:
-                for entry in it:
-                    path = rel + b"/" + os.fsencode(entry.name) if rel else os.fsencode(entry.name)
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue  # gone meanwhile
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(path)
-                    elif stat.S_ISREG(st.st_mode) and (since_ns is None
-                                                       or st.st_ctime_ns > since_ns):
-                        yield os.fsdecode(path), st
-                    elif stat.S_ISREG(st.st_mode):
-                        yield "", st  # seen, not changed: counted only
-        finally:
-            os.close(fd)
+    def unreadable(rel: bytes, err: OSError) -> None:
+        log.warning("recovery walk: cannot open %r: %s", os.fsdecode(rel), err)
+
+    for path, st in links.walk(root_fd, on_error=unreadable):
+        if stat.S_ISREG(st.st_mode):
+            changed = since_ns is None or st.st_ctime_ns > since_ns
+            yield (os.fsdecode(path) if changed else ""), st
 
 
 async def journal_changed_since(journal: Journal, config: Config, root_fd: int,
@@ -87,7 +68,7 @@ async def journal_changed_since(journal: Journal, config: Config, root_fd: int,
     """Journal (tier 1) every regular file of the source whose ctime is above
     `since_ns`; the walk runs in a thread, the journal writes share group commits."""
     started = time.monotonic()
-    profiles = ProfileChooser(config)
+    profiles = links.ProfileChooser(config)
     out = WalkStats()
 
     def next_batch(it: Iterator[tuple[str, os.stat_result]]) -> list[tuple[str, os.stat_result]]:

@@ -14,7 +14,7 @@ always name a live name of it: `live_name` checks that a name still reaches the
 inode (a decoy file put at a dead name does not), and `find_name` walks the
 source for another name when vfile knows none (links made behind its back).
 
-Pure except `live_name`/`find_name`, which only stat (never open or follow a
+Pure except `live_name`/`find_name`/`walk`, which only stat (never open or follow a
 symlink: ``follow_symlinks=False``, relative to O_PATH directory descriptors).
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from vfile.config.model import Config, FailMode, OversizeRule, Profile, Trigger
 
@@ -78,37 +78,47 @@ def reaches(dir_fd: int, name: bytes, key: Key) -> bool:
     return (st.st_dev, st.st_ino) == key and stat.S_ISREG(st.st_mode)
 
 
-def find_name(root_fd: int, key: Key, *, exclude: bytes = b"") -> bytes | None:
-    """A source-relative name of the regular file `key` other than `exclude`, found by
-    walking the source (no symlink followed, other filesystems skipped); None if
-    there is none. O(tree): only for a multiply-linked file whose other names vfile
-    never saw (a link made behind its back)."""
-    seen = 0
+def walk(root_fd: int, *, descend: Callable[[os.stat_result], bool] = lambda st: True,
+         on_error: Callable[[bytes, OSError], None] | None = None
+         ) -> Iterator[tuple[bytes, os.stat_result]]:
+    """(source-relative path, lstat) of every entry below the source root, no symlink
+    followed; directories are entered when `descend(their lstat)` says so. A directory
+    that cannot be opened is skipped (`on_error` hears of it). Blocking: O(tree)."""
     stack: list[bytes] = [b""]
     while stack:
         rel = stack.pop()
         try:
             fd = os.open(rel or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                          | os.O_CLOEXEC, dir_fd=root_fd)
-        except OSError:
+        except OSError as err:
+            if on_error is not None:
+                on_error(rel, err)
             continue
         try:
             with os.scandir(fd) as it:
                 for entry in it:
-                    seen += 1
-                    if seen > WALK_LIMIT:
-                        log.warning("links: gave up looking for a name of inode %s", key)
-                        return None
                     name = os.fsencode(entry.name)
                     path = rel + b"/" + name if rel else name
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
-                        continue
-                    if stat.S_ISDIR(st.st_mode) and st.st_dev == key[0]:
+                        continue  # gone meanwhile
+                    if stat.S_ISDIR(st.st_mode) and descend(st):
                         stack.append(path)
-                    elif (st.st_dev, st.st_ino) == key and path != exclude:
-                        return path
+                    yield path, st
         finally:
             os.close(fd)
+
+
+def find_name(root_fd: int, key: Key, *, exclude: bytes = b"") -> bytes | None:
+    """A source-relative name of the regular file `key` other than `exclude`, found by
+    walking the source (no symlink followed, other filesystems skipped); None if
+    there is none. O(tree): only for a multiply-linked file whose other names vfile
+    never saw (a link made behind its back)."""
+    for seen, (path, st) in enumerate(walk(root_fd, descend=lambda st: st.st_dev == key[0])):
+        if seen >= WALK_LIMIT:
+            log.warning("links: gave up looking for a name of inode %s", key)
+            return None
+        if (st.st_dev, st.st_ino) == key and path != exclude and not stat.S_ISDIR(st.st_mode):
+            return path
     return None
