@@ -1,0 +1,90 @@
+"""Create + write 4 KiB + close by one writer, side by side: where a create's cost goes.
+
+    .venv/bin/python bench/creates.py [--files 1000] [--rounds 5] [--baseline CHECKOUT]
+
+Mounts, at once, `vfile mount --no-scan`, `vfile mount` (scanning, embedded
+built-in appliance) and `vfile mount` with a profile that does not scan after
+writes (`triggers = ["open"]`: no write intent, no close scan), and with
+`--baseline` the scanning mount of another checkout (its own `vfile`, run from
+that directory: e.g. the main branch, to compare before and after). Then
+creates `--files` files in each, round after round interleaved, and prints
+each contender's creates/s per round, the medians, their ratios to
+`--no-scan`, and the load average per round. Always unmounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def create_files(d: Path, n: int) -> float:
+    d.mkdir()
+    buf = os.urandom(4096)
+    started = time.perf_counter()
+    for i in range(n):
+        fd = os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, buf)
+        os.close(fd)
+    return n / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--baseline", type=Path, help="another checkout: its scanning mount too")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="vfile-creates-"))
+    cfg = base / "open-only.toml"
+    cfg.write_text('[[profile]]\nname = "default"\ntriggers = ["open"]\n')
+    contenders: dict[str, tuple[Path, list[str]]] = {
+        "noscan": (HERE, ["--no-scan"]), "scan": (HERE, []),
+        "scan_no_close_trigger": (HERE, ["--config", str(cfg)])}
+    if args.baseline is not None:
+        contenders["baseline_scan"] = (args.baseline.resolve(), [])
+    mounted: dict[str, Path] = {}
+    rates: dict[str, list[float]] = {c: [] for c in contenders}
+    loads: list[float] = []
+    try:
+        for name, (checkout, extra) in contenders.items():
+            src, mnt = base / name / "src", base / name / "mnt"
+            src.mkdir(parents=True)
+            mnt.mkdir()
+            subprocess.run([sys.executable, "-m", "vfile", "mount", "--state-dir",
+                            str(base / name / "state"), "--log-file", str(base / f"{name}.log"),
+                            *extra, str(src), str(mnt)], check=True, cwd=checkout)
+            mounted[name] = mnt
+        for r in range(args.rounds):
+            for name, mnt in mounted.items():
+                rates[name].append(create_files(mnt / f"r{r}", args.files))
+            loads.append(os.getloadavg()[0])
+    finally:
+        for name, mnt in mounted.items():
+            subprocess.run([sys.executable, "-m", "vfile", "unmount", str(mnt)], check=False,
+                           cwd=contenders[name][0])
+        shutil.rmtree(base, ignore_errors=True)
+    median = {c: sorted(r)[len(r) // 2] for c, r in rates.items()}
+    for c, r in rates.items():
+        print(f"{c:<22} {' '.join(f'{x:>6,.0f}' for x in r)}   median {median[c]:>6,.0f}"
+              f"   / noscan {median[c] / median['noscan']:.2f}")
+    print(f"load average per round: {', '.join(f'{x:.1f}' for x in loads)}")
+    report = {"files": args.files, "rounds": args.rounds, "rates": rates, "median": median,
+              "vs_noscan": {c: median[c] / median["noscan"] for c in median}, "load": loads}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
