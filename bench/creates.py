@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-m", "vfile", "unmount", str(mnt)], check=False,
                            cwd=contenders[name][0])
         shutil.rmtree(base, ignore_errors=True)
-    median = {c: sorted(r)[len(r) // 2] for c, r in rates.items()}
-    for c, r in rates.items():
-        print(f"{c:<22} {' '.join(f'{x:>6,.0f}' for x in r)}   median {median[c]:>6,.0f}"
+    median = {c: sorted(v)[len(v) // 2] for c, v in rates.items()}
+    for c, per_round in rates.items():
+        print(f"{c:<22} {' '.join(f'{x:>6,.0f}' for x in per_round)}   median {median[c]:>6,.0f}"
               f"   / noscan {median[c] / median['noscan']:.2f}")
     print(f"load average per round: {', '.join(f'{x:.1f}' for x in loads)}")
     report = {"files": args.files, "rounds": args.rounds, "rates": rates, "median": median,
