@@ -100,6 +100,8 @@ class CloseScans:
             return
         if current and d.action is Action.DEFER:
             # Keep the entry for the drain, now with the identity of the written file.
+            # Tier 2: the intent's own record (tier 1 or 1w) is already there; losing
+            # this update leaves it, and the drain scans the file as it then is.
             error = verdict.detail if verdict is not None else d.reason.value
             intent.seq = await self._journal.defer(path, identity, JournalReason.MODIFIED,
-                                                   profile.name, error=error)
+                                                   profile.name, error=error, durable=False)
