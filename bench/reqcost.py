@@ -78,7 +78,8 @@ def main_thread(frames: list[str]) -> bool:
     return any(f.startswith(("unrolled_run ", "run (trio")) for f in frames)
 
 
-def profile(pid: int, mnt: Path, workload: str, seconds: int) -> dict[str, object]:
+def profile(pid: int, mnt: Path, workload: str, seconds: int, *, spy: bool = True
+            ) -> dict[str, object]:
     run = {"open_close": datapath.open_close, "write_4k": datapath.write_4k,
            "create": datapath.create_write_close}[workload]
     batch = 50 if workload == "create" else 500
@@ -90,11 +91,15 @@ def profile(pid: int, mnt: Path, workload: str, seconds: int) -> dict[str, objec
         ops += batch
     wall = time.perf_counter() - t0
     cpu = (cpu_ns(pid) - cpu0) / 1000 / ops
+    per_op = wall / ops * 1e6
+    if not spy:  # C passthrough_ll: no Python to sample
+        return {"ops_per_s": ops / wall, "us_per_op": per_op, "server_cpu_us": cpu,
+                "samples": 0, "buckets_us": {}}
     out = Path(tempfile.mkstemp(suffix=".raw")[1])
-    spy = subprocess.Popen([str(PYSPY), "record", "-p", str(pid), "-d", str(int(seconds)),
-                            "-r", "250", "--native", "--idle", "-f", "raw", "-o", str(out)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while spy.poll() is None:
+    sampler = subprocess.Popen([str(PYSPY), "record", "-p", str(pid), "-d", str(int(seconds)),
+                               "-r", "250", "--native", "--idle", "-f", "raw", "-o", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while sampler.poll() is None:
         run(mnt, batch)
     counts: collections.Counter[str] = collections.Counter()
     for line in out.read_text().splitlines():
@@ -104,7 +109,6 @@ def profile(pid: int, mnt: Path, workload: str, seconds: int) -> dict[str, objec
             counts[bucket(frames)] += int(n)
     out.unlink()
     total = sum(counts.values()) or 1
-    per_op = wall / ops * 1e6
     return {"ops_per_s": ops / wall, "us_per_op": per_op, "server_cpu_us": cpu,
             "samples": total,
             "buckets_us": {b: counts[b] / total * per_op for b in BUCKETS}}
@@ -112,6 +116,8 @@ def profile(pid: int, mnt: Path, workload: str, seconds: int) -> dict[str, objec
 
 def mount(c: str, src: Path, mnt: Path, state: Path
           ) -> contextlib.AbstractContextManager[int]:
+    if c == "c":
+        return datapath.mounted_c(datapath.build_passthrough_ll(state.parent), src, mnt)
     if c.startswith("floor"):
         return datapath.mounted_floor(src, mnt, *(["--noxattr"] if c == "floor_noxattr" else []))
     extra = {"noscan": ["--no-scan"], "scan": [], "scan_noxattr": ["-o", "noxattr"]}[c]
@@ -124,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", default="open_close",
                     choices=("open_close", "write_4k", "create"))
     ap.add_argument("--contender", action="append",
-                    choices=("floor", "noscan", "scan", "scan_noxattr", "floor_noxattr"))
+                    choices=("c", "floor", "noscan", "scan", "scan_noxattr", "floor_noxattr"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if not PYSPY.exists():
         raise SystemExit(f"{PYSPY} is missing: .venv/bin/pip install py-spy")
-    contenders = args.contender or ["floor", "noscan", "scan"]
+    contenders = args.contender or ["c", "floor", "noscan", "scan"]
     base = Path(tempfile.mkdtemp(prefix="vfile-reqcost-"))
     results: dict[str, dict[str, object]] = {}
     try:
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             with ctx as pid:
                 datapath.prepare(mnt, 4096)
                 datapath.warm_up(mnt)
-                results[c] = profile(pid, mnt, args.workload, args.seconds)
+                results[c] = profile(pid, mnt, args.workload, args.seconds, spy=c != "c")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     load = os.getloadavg()
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         b = r["buckets_us"]
         assert isinstance(b, dict)
         print(f"{c:<10}{r['ops_per_s']:>9,.0f}{r['us_per_op']:>8.1f}{r['server_cpu_us']:>9.1f}"
-              + "".join(f"{b[k]:>9.1f}" for k in BUCKETS))
+              + "".join(f"{b[k]:>9.1f}" if b else f"{'-':>9}" for k in BUCKETS))
     report = {"workload": args.workload, "load": load, "results": results}
     print(json.dumps(report))
     if args.json:
