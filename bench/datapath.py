@@ -13,8 +13,11 @@ contender, interleaved round by round so drift on a shared machine hits all
 alike (issue 15's table). The pyfuse3 floor (bench/floorfs.py) is the thinnest
 passthrough pyfuse3 can serve with vfile's mount options and main loop: where it is
 below C passthrough_ll, pyfuse3 is the limit; what vfile costs above it, vfile
-adds. The documented small-write configuration, `-o noxattr`, runs as two more
-contenders (the floor and vfile scanning) on the write workloads. Workloads:
+adds. Xattrs on and off run as three more contenders on the write workloads: C
+passthrough_ll `-o xattr` (its default answers xattr requests ENOSYS, like vfile's
+`-o noxattr`), and the floor and vfile scanning with `-o noxattr` (the documented
+small-write configuration). The server's CPU time per op (all its threads) is
+printed too: it moves less with the machine's load than the rates. Workloads:
 
 - 4 KiB writes to one open file; create + write 4 KiB + close; open + close
   of one file; open + read 64 KiB + close; stat;
@@ -62,9 +65,11 @@ from bench.iotiming import cpu_ns, drop_cache, server_pid, timed
 KiB, MiB = 1024, 1024 * 1024
 EXAMPLE = Path("/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c")
 CONTENDERS = ("native", "c_passthrough_ll", "pyfuse3_floor", "vfile_noscan", "vfile_scan")
-#: the documented small-write configuration (-o noxattr: the kernel stops asking for
-#: security.capability on every write), on the workloads it changes only
-NOXATTR = ("pyfuse3_floor_noxattr", "vfile_scan_noxattr")
+#: xattrs on and off, on the workloads they change: C passthrough_ll answers xattr
+#: requests ENOSYS unless `-o xattr` (so its default is vfile's `-o noxattr`), and with
+#: xattrs on every write(2) costs a GETXATTR round trip for security.capability
+#: (file_remove_privs; no SB_NOSEC without FUSE_HANDLE_KILLPRIV_V2, see README)
+NOXATTR = ("c_passthrough_ll_xattr", "pyfuse3_floor_noxattr", "vfile_scan_noxattr")
 NOXATTR_METRICS = ("write_4k", "create_write_close")
 FLOORFS = Path(__file__).with_name("floorfs.py")
 
@@ -94,9 +99,9 @@ def _wait_mounted(mnt: Path, proc: subprocess.Popen[bytes] | None = None) -> Non
 
 
 @contextlib.contextmanager
-def mounted_c(binary: Path, src: Path, mnt: Path) -> Iterator[int]:
+def mounted_c(binary: Path, src: Path, mnt: Path, extra: str = "") -> Iterator[int]:
     proc = subprocess.Popen([str(binary), "-f", "-o",
-                             f"source={src},cache=always,writeback", str(mnt)],
+                             f"source={src},cache=always,writeback{extra}", str(mnt)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_mounted(mnt, proc)
@@ -408,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             pids: dict[str, int | None] = {"native": None}
             pids["c_passthrough_ll"] = stack.enter_context(
                 mounted_c(binary, *dirs["c_passthrough_ll"]))
+            pids["c_passthrough_ll_xattr"] = stack.enter_context(
+                mounted_c(binary, *dirs["c_passthrough_ll_xattr"], ",xattr"))
             pids["pyfuse3_floor"] = stack.enter_context(mounted_floor(*dirs["pyfuse3_floor"]))
             pids["pyfuse3_floor_noxattr"] = stack.enter_context(
                 mounted_floor(*dirs["pyfuse3_floor_noxattr"], "--noxattr"))
@@ -457,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     w = 14
     short = {"native": "native", "c_passthrough_ll": "C ll", "pyfuse3_floor": "pyfuse3 floor",
              "vfile_noscan": "vfile noscan", "vfile_scan": "vfile scan",
-             "pyfuse3_floor_noxattr": "floor noxattr", "vfile_scan_noxattr": "scan noxattr"}
+             "pyfuse3_floor_noxattr": "pyfuse3 floor -o noxattr",
+             "vfile_scan_noxattr": "vfile scan -o noxattr",
+             "c_passthrough_ll_xattr": "C passthrough_ll -o xattr"}
     print(f"{'workload':<38}" + "".join(f"{short[c]:>{w}}" for c in CONTENDERS)
           + f"{'floor/C':>9}{'scan/C':>8}{'scan/floor':>11}")
     for m, (label, unit) in METRICS.items():
@@ -465,12 +474,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{results[c][m]['rate']:>{w},.0f}" for c in CONTENDERS)
             + f"{ratios['pyfuse3_floor'][m]:>9.2f}{ratios['vfile_scan'][m]:>8.2f}"
             + f"{ratios['vfile_scan'][m] / ratios['pyfuse3_floor'][m]:>11.2f}")
-    print("-o noxattr (xattr requests answered ENOSYS), ops/s:")
+    print("xattrs on and off, ops/s (x native, x C passthrough_ll default):")
     for m in NOXATTR_METRICS:
-        label = METRICS[m][0]
-        print(f"  {label:<36}" + "".join(
-            f"{short[c]} {results[c][m]['rate']:>9,.0f} ({vs_native[c][m]:.2f}x native, "
-            f"{ratios[c][m]:.2f}x C)   " for c in NOXATTR))
+        print(f"  {METRICS[m][0]}:")
+        for c in NOXATTR:
+            print(f"    {short[c]:<28}{results[c][m]['rate']:>10,.0f}"
+                  f"{vs_native[c][m]:>8.2f}x native{ratios[c][m]:>8.2f}x C")
     print(f"{'  server CPU µs per op (per MiB)':<38}")
     for m, (label, _unit) in METRICS.items():
         print(f"{'  ' + label:<38}" + "".join(
