@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-# vfile's own (vfile.passthrough.opsbase): the same kernel caching on both.
-ENTRY_TIMEOUT = ATTR_TIMEOUT = 1.0
+#: vfile's own (vfile.passthrough.opsbase): the same kernel caching on both, unless
+#: --timeout (C passthrough_ll's cache=always is 86400 s)
+TIMEOUT = 1.0
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -45,8 +46,10 @@ def oserrors(fn: F) -> F:
 
 
 class FloorFS(pyfuse3.Operations):
-    def __init__(self, source: str, *, xattr: bool, writeback: bool) -> None:
+    def __init__(self, source: str, *, xattr: bool, writeback: bool,
+                 timeout: float = TIMEOUT) -> None:
         super().__init__()
+        self.timeout = timeout
         self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: source}
         self.root_ino = os.lstat(source).st_ino
         self.xattr = xattr
@@ -61,8 +64,7 @@ class FloorFS(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino = self._ino(st)
         self.paths[ino] = path
-        e.entry_timeout = ENTRY_TIMEOUT
-        e.attr_timeout = ATTR_TIMEOUT
+        e.entry_timeout = e.attr_timeout = self.timeout
         e.st_mode, e.st_nlink, e.st_uid, e.st_gid = st.st_mode, st.st_nlink, st.st_uid, st.st_gid
         e.st_rdev, e.st_size, e.st_blksize, e.st_blocks = (st.st_rdev, st.st_size,
                                                             st.st_blksize, st.st_blocks)
@@ -193,10 +195,12 @@ def main() -> None:
     ap.add_argument("mountpoint")
     ap.add_argument("--noxattr", action="store_true", help="answer xattr requests ENOSYS")
     ap.add_argument("--no-writeback", action="store_true", help="no writeback cache")
+    ap.add_argument("--timeout", type=float, default=TIMEOUT,
+                    help=f"entry and attribute timeout, seconds (default {TIMEOUT:g}, as vfile)")
     args = ap.parse_args()
     os.umask(0)  # as vfile: the caller's umask is applied per request
     ops = FloorFS(os.path.realpath(args.source), xattr=not args.noxattr,
-                  writeback=not args.no_writeback)
+                  writeback=not args.no_writeback, timeout=args.timeout)
     # vfile.mount.fuse_options, less the fsname
     pyfuse3.init(ops, args.mountpoint, {"default_permissions", "fsname=floorfs", "subtype=floorfs"})
     try:
