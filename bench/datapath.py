@@ -103,25 +103,9 @@ def _wait_mounted(mnt: Path, proc: subprocess.Popen[bytes] | None = None) -> Non
 
 
 @contextlib.contextmanager
-def mounted_c(binary: Path, src: Path, mnt: Path, extra: str = "") -> Iterator[int]:
-    proc = subprocess.Popen([str(binary), "-f", "-o",
-                             f"source={src},cache=always,writeback{extra}", str(mnt)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_mounted(mnt, proc)
-        yield proc.pid
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
-                       capture_output=True)
-        proc.terminate()
-        proc.wait(15)
-
-
-@contextlib.contextmanager
-def mounted_floor(src: Path, mnt: Path, *extra: str) -> Iterator[int]:
-    """bench/floorfs.py: the thinnest pyfuse3 passthrough, vfile's mount options."""
-    proc = subprocess.Popen([sys.executable, str(FLOORFS), *extra, str(src), str(mnt)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _serving(argv: list[str], mnt: Path) -> Iterator[int]:
+    """A filesystem process serving `mnt` in the foreground: its pid; unmounted after."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_mounted(mnt, proc)
         yield proc.pid
@@ -129,10 +113,21 @@ def mounted_floor(src: Path, mnt: Path, *extra: str) -> Iterator[int]:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
                        capture_output=True)
         try:
-            proc.wait(15)
+            proc.wait(15)  # it exits once unmounted
         except subprocess.TimeoutExpired:
             proc.terminate()
             proc.wait(15)
+
+
+def mounted_c(binary: Path, src: Path, mnt: Path, extra: str = ""
+              ) -> contextlib.AbstractContextManager[int]:
+    return _serving([str(binary), "-f", "-o", f"source={src},cache=always,writeback{extra}",
+                     str(mnt)], mnt)
+
+
+def mounted_floor(src: Path, mnt: Path, *extra: str) -> contextlib.AbstractContextManager[int]:
+    """bench/floorfs.py: the thinnest pyfuse3 passthrough, vfile's mount options."""
+    return _serving([sys.executable, str(FLOORFS), *extra, str(src), str(mnt)], mnt)
 
 
 @contextlib.contextmanager
@@ -510,10 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     print_slow(slow)
     print(f"thread hop (trio.to_thread round trip): {hop:.1f} µs; "
           "load average " + " ".join(f"{x:.2f}" for x in load))
-    print(json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return iotiming.emit(report, args.json)
 
 
 if __name__ == "__main__":

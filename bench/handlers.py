@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +31,13 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import iotiming
 from bench.floorfs import FloorFS
-from vfile.hooks import NoHooks
+from vfile.hooks import NoHooks, RequestCtx
 from vfile.passthrough.fs import VFileOperations
 
 ROOT = pyfuse3.ROOT_INODE
 BUF = os.urandom(4096)
-
-
-@dataclass
-class Ctx:
-    uid: int = 0
-    gid: int = 0
-    pid: int = os.getpid()
-    umask: int = 0o022
 
 
 class WarmHooks(NoHooks):
@@ -63,7 +54,7 @@ class ByProc(VFileOperations):
         return None
 
 
-CTX = Ctx()
+CTX = RequestCtx(uid=0, gid=0, pid=os.getpid(), umask=0o022)
 
 
 async def _ignore(aw: Awaitable[Any]) -> None:
@@ -174,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<26}" + "".join(f"{res[c][k]:>14.1f}" for c in res)
               + f"{res['vfile_warm'][k] - res['floor'][k]:>15.1f}")
     report = {"n": args.n, "rounds": args.rounds, "load": load, "us_per_call": res}
-    print(json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return iotiming.emit(report, args.json)
 
 
 if __name__ == "__main__":

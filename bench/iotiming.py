@@ -4,10 +4,12 @@ file's page cache, timing N operations one by one, and a sequential write."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MiB = 1024 * 1024
 
@@ -72,3 +74,11 @@ def server_pid(mountpoint: Path) -> int:
         if want in args and b"--foreground" in args:
             return int(proc.name)
     raise LookupError(f"no server process for {mountpoint}")
+
+
+def emit(report: dict[str, Any], path: Path | None) -> int:
+    """Print a bench's JSON report (and write it to `path`); the exit status."""
+    print(json.dumps(report))
+    if path is not None:
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    return 0

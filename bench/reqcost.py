@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import datapath
+from bench import datapath, iotiming
 from bench.iotiming import cpu_ns
 
 BUCKETS = ("reply", "wait", "read", "trio", "pyfuse3", "handler", "gate", "other")
@@ -169,10 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c:<10}{r['ops_per_s']:>9,.0f}{r['us_per_op']:>8.1f}{r['server_cpu_us']:>9.1f}"
               + "".join(f"{b[k]:>9.1f}" if b else f"{'-':>9}" for k in BUCKETS))
     report = {"workload": args.workload, "load": load, "results": results}
-    print(json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return iotiming.emit(report, args.json)
 
 
 if __name__ == "__main__":
