@@ -1,7 +1,7 @@
-"""The data path side by side: native, libfuse's C passthrough_ll, vfile --no-scan,
-vfile scanning (warm verdicts), in one run.
+"""The data path side by side: native, libfuse's C passthrough_ll, the pyfuse3
+floor, vfile --no-scan, vfile scanning (warm verdicts), in one run.
 
-    .venv/bin/python bench/datapath.py [--quick] [--rounds N] [--json PATH]
+    .venv/bin/python bench/datapath.py [--quick] [--rounds N] [--json PATH] [--skip-slow]
 
 Builds libfuse's own example `passthrough_ll` (Debian's libfuse3-dev ships
 its source; gcc and `pkg-config fuse3`) and mounts it with
@@ -10,7 +10,14 @@ the same kind of source with `vfile mount --no-scan` and with `vfile mount`
 (the embedded built-in appliance; a warm-up pass gives every file a verdict,
 so the timed opens are cached ones). Then runs each workload on every
 contender, interleaved round by round so drift on a shared machine hits all
-alike (issue 15's table):
+alike (issue 15's table). The pyfuse3 floor (bench/floorfs.py) is the thinnest
+passthrough pyfuse3 can serve with vfile's mount options and main loop: where it is
+below C passthrough_ll, pyfuse3 is the limit; what vfile costs above it, vfile
+adds. Xattrs on and off run as three more contenders on the write workloads: C
+passthrough_ll `-o xattr` (its default answers xattr requests ENOSYS, like vfile's
+`-o noxattr`), and the floor and vfile scanning with `-o noxattr` (the documented
+small-write configuration). The server's CPU time per op (all its threads) is
+printed too: it moves less with the machine's load than the rates. Workloads:
 
 - 4 KiB writes to one open file; create + write 4 KiB + close; open + close
   of one file; open + read 64 KiB + close; stat;
@@ -44,7 +51,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +60,22 @@ import trio
 # Runnable from a checkout: the repository root first, for the shared bench helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import iotiming
-from bench.iotiming import drop_cache, timed
+from bench.iotiming import cpu_ns, drop_cache, server_pid, timed
 
 KiB, MiB = 1024, 1024 * 1024
 EXAMPLE = Path("/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c")
-CONTENDERS = ("native", "c_passthrough_ll", "vfile_noscan", "vfile_scan")
+CONTENDERS = ("native", "c_passthrough_ll", "pyfuse3_floor", "vfile_noscan", "vfile_scan")
+#: xattrs on and off, on the workloads they change: C passthrough_ll answers xattr
+#: requests ENOSYS unless `-o xattr` (so its default is vfile's `-o noxattr`), and with
+#: xattrs on every write(2) costs a GETXATTR round trip for security.capability
+#: (file_remove_privs; no SB_NOSEC without FUSE_HANDLE_KILLPRIV_V2, see README)
+NOXATTR = ("c_passthrough_ll_xattr", "pyfuse3_floor_noxattr", "vfile_scan_noxattr")
+NOXATTR_METRICS = ("write_4k", "create_write_close")
+#: the floor with C passthrough_ll's cache=always timeouts (86400 s, vfile's are 1 s):
+#: a cached stat never reaches the server; on the workloads the timeouts change
+LONG_TIMEOUT = ("pyfuse3_floor_86400s",)
+LONG_TIMEOUT_METRICS = ("stat", "open_close")
+FLOORFS = Path(__file__).with_name("floorfs.py")
 
 # -- building and mounting --------------------------------------------------------
 
@@ -85,27 +103,40 @@ def _wait_mounted(mnt: Path, proc: subprocess.Popen[bytes] | None = None) -> Non
 
 
 @contextlib.contextmanager
-def mounted_c(binary: Path, src: Path, mnt: Path) -> Iterator[None]:
-    proc = subprocess.Popen([str(binary), "-f", "-o",
-                             f"source={src},cache=always,writeback", str(mnt)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _serving(argv: list[str], mnt: Path) -> Iterator[int]:
+    """A filesystem process serving `mnt` in the foreground: its pid; unmounted after."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_mounted(mnt, proc)
-        yield
+        yield proc.pid
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
                        capture_output=True)
-        proc.terminate()
-        proc.wait(15)
+        try:
+            proc.wait(15)  # it exits once unmounted
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(15)
+
+
+def mounted_c(binary: Path, src: Path, mnt: Path, extra: str = ""
+              ) -> contextlib.AbstractContextManager[int]:
+    return _serving([str(binary), "-f", "-o", f"source={src},cache=always,writeback{extra}",
+                     str(mnt)], mnt)
+
+
+def mounted_floor(src: Path, mnt: Path, *extra: str) -> contextlib.AbstractContextManager[int]:
+    """bench/floorfs.py: the thinnest pyfuse3 passthrough, vfile's mount options."""
+    return _serving([sys.executable, str(FLOORFS), *extra, str(src), str(mnt)], mnt)
 
 
 @contextlib.contextmanager
-def mounted_vfile(src: Path, mnt: Path, state: Path, *extra: str) -> Iterator[None]:
+def mounted_vfile(src: Path, mnt: Path, state: Path, *extra: str) -> Iterator[int]:
     subprocess.run([sys.executable, "-m", "vfile", "mount", "--state-dir", str(state),
                     "--log-file", str(state.parent / f"{mnt.name}.log"), *extra, str(src),
                     str(mnt)], check=True)
     try:
-        yield
+        yield server_pid(mnt)
     finally:
         subprocess.run([sys.executable, "-m", "vfile", "unmount", str(mnt)], check=False)
 
@@ -308,18 +339,29 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def run_round(d: Path, src: Path | None, n: int, size: int, cold: int
-              ) -> dict[str, tuple[float, list[int]]]:
-    return {
-        "write_4k": write_4k(d, n),
-        "create_write_close": create_write_close(d, max(n // 10, 50)),
-        "open_close": open_close(d, n),
-        "open_read_close": open_read_close(d, max(n // 4, 50)),
-        "seq_write": seq_write(d, size),
-        "seq_read_warm": seq_read_warm(d, size),
-        "stat": stat_op(d, n),
-        "parallel_cold_read": parallel_cold_read(d, src, cold),
+def run_round(d: Path, src: Path | None, n: int, size: int, cold: int,  # noqa: PLR0917
+              metrics: tuple[str, ...], pid: int | None
+              ) -> dict[str, tuple[float, list[int], float | None]]:
+    """Each workload once: (rate, latencies in ns, the server's CPU µs per op)."""
+    runs: dict[str, tuple[Callable[[], tuple[float, list[int]]], float]] = {
+        "write_4k": (lambda: write_4k(d, n), n),
+        "create_write_close": (lambda: create_write_close(d, max(n // 10, 50)),
+                               max(n // 10, 50)),
+        "open_close": (lambda: open_close(d, n), n),
+        "open_read_close": (lambda: open_read_close(d, max(n // 4, 50)), max(n // 4, 50)),
+        "seq_write": (lambda: seq_write(d, size), size / MiB),  # per MiB
+        "seq_read_warm": (lambda: seq_read_warm(d, size), 2 * size / MiB),  # warm-up + timed
+        "stat": (lambda: stat_op(d, n), n),
+        "parallel_cold_read": (lambda: parallel_cold_read(d, src, cold), 8 * cold / MiB),
     }
+    out: dict[str, tuple[float, list[int], float | None]] = {}
+    for m in metrics:
+        run, ops = runs[m]
+        before = cpu_ns(pid) if pid is not None else 0
+        rate, lat = run()
+        cpu = (cpu_ns(pid) - before) / 1000 / ops if pid is not None else None
+        out[m] = (rate, lat, cpu)
+    return out
 
 
 def pct(lat: list[int], q: float) -> float | None:
@@ -345,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--only-slow", action="store_true",
                     help="only the cached-opens-beside-slow-reads section")
+    ap.add_argument("--skip-slow", action="store_true",
+                    help="without the cached-opens-beside-slow-reads section")
     args = ap.parse_args(argv)
     n = 1000 if args.quick else 5000
     size = (16 if args.quick else 64) * MiB
@@ -353,71 +397,115 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="vfile-datapath-"))
     try:
         binary = build_passthrough_ll(base)
-        slow = slow_source_section(binary, base, n)
+        slow = {} if args.skip_slow else slow_source_section(binary, base, n)
         if args.only_slow:
             print_slow(slow)
             print(json.dumps({"slow_source": slow}))
             return 0
-        dirs = {c: (base / c / "src", base / c / "mnt") for c in CONTENDERS}
+        every = CONTENDERS + NOXATTR + LONG_TIMEOUT
+        workloads = {c: (NOXATTR_METRICS if c in NOXATTR else
+                         LONG_TIMEOUT_METRICS if c in LONG_TIMEOUT else tuple(METRICS))
+                     for c in every}
+        dirs = {c: (base / c / "src", base / c / "mnt") for c in every}
         for src, mnt in dirs.values():
             src.mkdir(parents=True)
             mnt.mkdir()
         with contextlib.ExitStack() as stack:
-            stack.enter_context(mounted_c(binary, *dirs["c_passthrough_ll"]))
-            stack.enter_context(mounted_vfile(*dirs["vfile_noscan"], base / "state-noscan",
-                                              "--no-scan"))
-            stack.enter_context(mounted_vfile(*dirs["vfile_scan"], base / "state-scan"))
-            where = {c: (dirs[c][0] if c == "native" else dirs[c][1]) for c in CONTENDERS}
-            source = {c: (None if c == "native" else dirs[c][0]) for c in CONTENDERS}
-            for c in CONTENDERS:
+            pids: dict[str, int | None] = {"native": None}
+            pids["c_passthrough_ll"] = stack.enter_context(
+                mounted_c(binary, *dirs["c_passthrough_ll"]))
+            pids["c_passthrough_ll_xattr"] = stack.enter_context(
+                mounted_c(binary, *dirs["c_passthrough_ll_xattr"], ",xattr"))
+            pids["pyfuse3_floor"] = stack.enter_context(mounted_floor(*dirs["pyfuse3_floor"]))
+            pids["pyfuse3_floor_noxattr"] = stack.enter_context(
+                mounted_floor(*dirs["pyfuse3_floor_noxattr"], "--noxattr"))
+            pids["pyfuse3_floor_86400s"] = stack.enter_context(
+                mounted_floor(*dirs["pyfuse3_floor_86400s"], "--timeout", "86400"))
+            pids["vfile_noscan"] = stack.enter_context(
+                mounted_vfile(*dirs["vfile_noscan"], base / "state-noscan", "--no-scan"))
+            pids["vfile_scan"] = stack.enter_context(
+                mounted_vfile(*dirs["vfile_scan"], base / "state-scan"))
+            pids["vfile_scan_noxattr"] = stack.enter_context(
+                mounted_vfile(*dirs["vfile_scan_noxattr"], base / "state-scan-noxattr",
+                              "-o", "noxattr"))
+            where = {c: (dirs[c][0] if c == "native" else dirs[c][1]) for c in every}
+            source = {c: (None if c == "native" else dirs[c][0]) for c in every}
+            for c in every:
                 prepare(where[c], cold)
                 warm_up(where[c])
-            samples: dict[str, dict[str, list[tuple[float, list[int]]]]] = {
-                c: {m: [] for m in METRICS} for c in CONTENDERS}
+            samples: dict[str, dict[str, list[tuple[float, list[int], float | None]]]] = {
+                c: {m: [] for m in workloads[c]} for c in every}
             for _ in range(args.rounds):
-                for c in CONTENDERS:
-                    for m, res in run_round(where[c], source[c], n, size, cold).items():
+                for c in every:
+                    for m, res in run_round(where[c], source[c], n, size, cold,
+                                            workloads[c], pids[c]).items():
                         samples[c][m].append(res)
             hop = thread_hop_us()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    for c in CONTENDERS:
+    for c in every:
         results[c] = {}
-        for m in METRICS:
-            rates = [r for r, _ in samples[c][m]]
-            lat = [x for _, ls in samples[c][m] for x in ls]
+        for m in workloads[c]:
+            rates = [r for r, _, _ in samples[c][m]]
+            lat = [x for _, ls, _ in samples[c][m] for x in ls]
+            cpus = [u for _, _, u in samples[c][m] if u is not None]
             results[c][m] = {"rate": statistics.median(rates), "p50_us": pct(lat, 0.5),
-                             "p99_us": pct(lat, 0.99)}
+                             "p99_us": pct(lat, 0.99),
+                             "server_cpu_us": statistics.median(cpus) if cpus else None}
     ratios = {c: {m: results[c][m]["rate"] / results["c_passthrough_ll"][m]["rate"]
-                  for m in METRICS} for c in CONTENDERS}
-    load = os.getloadavg()[0]
+                  for m in workloads[c]} for c in every}
+    vs_native = {c: {m: results[c][m]["rate"] / results["native"][m]["rate"]
+                     for m in workloads[c]} for c in NOXATTR}
+    load = os.getloadavg()
     report = {"config": {"ops": n, "seq_MiB": size // MiB, "cold_MiB": cold // MiB,
                          "rounds": args.rounds, "cpus": os.cpu_count(), "load": load},
               "thread_hop_us": hop, "results": results, "ratios": ratios,
-              "slow_source": slow}
+              "noxattr_vs_native": vs_native, "slow_source": slow}
 
-    print(f"{'workload':<40}" + "".join(f"{c:>18}" for c in CONTENDERS)
-          + f"{'scan / C':>10}")
+    w = 14
+    short = {"native": "native", "c_passthrough_ll": "C ll", "pyfuse3_floor": "pyfuse3 floor",
+             "vfile_noscan": "vfile noscan", "vfile_scan": "vfile scan",
+             "pyfuse3_floor_noxattr": "pyfuse3 floor -o noxattr",
+             "vfile_scan_noxattr": "vfile scan -o noxattr",
+             "c_passthrough_ll_xattr": "C passthrough_ll -o xattr"}
+    print(f"{'workload':<38}" + "".join(f"{short[c]:>{w}}" for c in CONTENDERS)
+          + f"{'floor/C':>9}{'scan/C':>8}{'scan/floor':>11}")
     for m, (label, unit) in METRICS.items():
-        print(f"{label + ', ' + unit:<40}" + "".join(
-            f"{results[c][m]['rate']:>18,.0f}" for c in CONTENDERS)
-            + f"{ratios['vfile_scan'][m]:>10.2f}")
-    print(f"{'  p50 / p99 µs':<40}")
+        print(f"{label + ', ' + unit:<38}" + "".join(
+            f"{results[c][m]['rate']:>{w},.0f}" for c in CONTENDERS)
+            + f"{ratios['pyfuse3_floor'][m]:>9.2f}{ratios['vfile_scan'][m]:>8.2f}"
+            + f"{ratios['vfile_scan'][m] / ratios['pyfuse3_floor'][m]:>11.2f}")
+    print("xattrs on and off, ops/s (x native, x C passthrough_ll default):")
+    for m in NOXATTR_METRICS:
+        print(f"  {METRICS[m][0]}:")
+        for c in NOXATTR:
+            print(f"    {short[c]:<28}{results[c][m]['rate']:>10,.0f}"
+                  f"{vs_native[c][m]:>8.2f}x native{ratios[c][m]:>8.2f}x C")
+    print("the floor with C passthrough_ll's timeouts (86400 s), ops/s (x C passthrough_ll):")
+    for m in LONG_TIMEOUT_METRICS:
+        r, x = results["pyfuse3_floor_86400s"][m], ratios["pyfuse3_floor_86400s"][m]
+        print(f"  {METRICS[m][0]:<36}{r['rate']:>10,.0f}{x:>8.2f}x C"
+              f"  (server CPU {r['server_cpu_us']:.1f} µs per op)")
+    print(f"{'  server CPU µs per op (per MiB)':<38}")
+    for m, (label, _unit) in METRICS.items():
+        print(f"{'  ' + label:<38}" + "".join(
+            f"{'-' if (u := results[c][m]['server_cpu_us']) is None else f'{u:,.1f}':>{w}}"
+            for c in CONTENDERS) + "".join(
+            f"  {short[c]} {results[c][m]['server_cpu_us']:,.1f}"
+            for c in NOXATTR if m in results[c]))
+    print(f"{'  p50 / p99 µs':<38}")
     for m, (label, _unit) in METRICS.items():
         if results["native"][m]["p50_us"] is None:
             continue
-        print(f"{'  ' + label:<40}" + "".join(
-            f"{results[c][m]['p50_us']:>9.1f}/{results[c][m]['p99_us']:<8.0f}"
+        print(f"{'  ' + label:<38}" + "".join(
+            f"{results[c][m]['p50_us']:>6.1f}/{results[c][m]['p99_us']:<6.0f}"
             for c in CONTENDERS))
     print_slow(slow)
     print(f"thread hop (trio.to_thread round trip): {hop:.1f} µs; "
-          f"load average {load:.1f}")
-    print(json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+          "load average " + " ".join(f"{x:.2f}" for x in load))
+    return iotiming.emit(report, args.json)
 
 
 if __name__ == "__main__":

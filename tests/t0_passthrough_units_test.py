@@ -125,7 +125,7 @@ def test_backing_open_attempts(flags: int, writeback: bool, expected: list[int])
     """Each retry drops only what an unprivileged daemon may be refused; the
     first is what a root daemon opens with."""
     got = perms.backing_open_attempts(flags, writeback)
-    assert got == [e | os.O_CLOEXEC for e in expected]
+    assert list(got) == [e | os.O_CLOEXEC for e in expected]
     assert got[0] == perms.backing_open_flags(flags, writeback)
 
 

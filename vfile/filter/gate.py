@@ -89,6 +89,9 @@ log = logging.getLogger(__name__)
 #: verdicts kept in memory (LRU, one per file and signature version: vfile.filter.verdicts,
 #: about 0.6 KiB each); the journal holds the rest
 DEFAULT_CACHE_SIZE = 65536
+#: the warm path's metrics label, looked up once: an enum's `.value` is a descriptor call
+#: (0.3-1 µs of the warm path's ~3 µs per cached open)
+_ALLOWED = Action.ALLOW.value
 
 
 
@@ -296,7 +299,7 @@ class Gate:
         if rec is None or rec.outcome != VerdictOutcome.CLEAN or not coverage.is_whole(rec):
             return False
         self.stats.cache_hits += 1
-        self.observer.opened(Action.ALLOW.value, time.perf_counter() - started)
+        self.observer.opened(_ALLOWED, time.perf_counter() - started)
         return True
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 
@@ -45,13 +46,15 @@ def backing_open_flags(flags: int, writeback: bool) -> int:
     return out
 
 
-def backing_open_attempts(flags: int, writeback: bool) -> list[int]:
+@functools.cache
+def backing_open_attempts(flags: int, writeback: bool) -> tuple[int, ...]:
     """Flags to open the daemon's descriptor with, in order, trying the next on EPERM/EACCES.
 
     The kernel checked the caller; an unprivileged daemon may still be refused
     what the caller was allowed: reading a write-only file (writeback's
     O_RDWR), or O_NOATIME on a file the daemon does not own. A root daemon
-    always succeeds with the first.
+    always succeeds with the first. Cached: a pure function of a few flag
+    combinations, computed on every open otherwise (bench/handlers.py).
     """
     noatime = getattr(os, "O_NOATIME", 0)
     out: list[int] = []
@@ -60,7 +63,7 @@ def backing_open_attempts(flags: int, writeback: bool) -> list[int]:
         for cand in (base, base & ~noatime):
             if cand not in out:
                 out.append(cand)
-    return out
+    return tuple(out)
 
 
 def creation_mode(mode: int, umask: int) -> int:
