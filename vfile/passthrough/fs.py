@@ -291,13 +291,15 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         another file now, swapped behind our back (tests/t4_open_by_name_test.py).
         Read-only only: a write flag (O_TRUNC) would act on the wrong file before the
         check. O_NONBLOCK so that a FIFO swapped in cannot block the trio thread
-        (as `_open_existing`), cleared again once the file is known to be ours."""
+        (as `_open_existing`), cleared again once the file is known to be ours;
+        O_NOCTTY so that a terminal swapped in never becomes the daemon's."""
         name = node.name
         parent = self.table.find_ino(node.parent) if name is not None else None
         if parent is None or name is None:
             return None
         try:
-            fd = os.open(name, oflags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent.fd)
+            fd = os.open(name, oflags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                         dir_fd=parent.fd)
         except (OSError, StaleInode):
             return None  # gone, a symlink now, a FIFO without writer, a stale parent...
         try:
