@@ -68,6 +68,13 @@ class Breaker:
             self._opened_at = now
         self._trial_out = False
 
+    def trip(self, now: float, retry_after: float) -> None:
+        """Open now whatever the count (a liveness probe's evidence), half-open after
+        `retry_after` (at most the cooldown): a false opening costs one trial."""
+        self._consecutive = max(self._consecutive, self.failures)
+        self._opened_at = now - max(0.0, self.cooldown - retry_after)
+        self._trial_out = False
+
     def release(self) -> None:
         """Give back a half-open trial that ended with neither success nor failure."""
         self._trial_out = False
