@@ -130,14 +130,15 @@ class Pool:
     def _failed(self, app: Appliance, reason: str, count: int = 1, *,
                 trip: float | None = None) -> None:
         """`count` failures; `trip`: open the breaker now whatever the count, half-open
-        after `trip` seconds (a liveness probe's evidence, see `_hung`)."""
+        after `trip` seconds, doubled per trip since a success (a liveness probe's
+        evidence, see `_hung`)."""
         was = self._usable(app)
         closed = app.breaker.state(trio.current_time()) is State.CLOSED
         app.errors += count
         app.last_error = reason
         for _ in range(count):
             app.breaker.record_failure(trio.current_time())
-        if trip is not None and closed:
+        if trip is not None:
             app.breaker.trip(trio.current_time(), trip)
         log.debug("appliance %s failed (x%d): %s", app.name, count, reason)
         if closed and app.breaker.state(trio.current_time()) is not State.CLOSED:
@@ -314,8 +315,8 @@ class Pool:
     def _hung(self, app: Appliance, deadline: float) -> None:
         """Overdue scans and a silent probe: the overdue scans stop and count as failures,
         and the breaker opens at once, half-open again after `RETRIAL` probe deadlines
-        (a false opening then costs one trial scan, not a cooldown; a failed trial opens
-        it for the whole cooldown)."""
+        (a false opening then costs one trial scan, not a cooldown), twice that after
+        a failed trial, and so on up to the cooldown."""
         now = trio.current_time()
         waiting = [f for f in app.flights if not f.evicted]
         late = [f for f in waiting if f.late(now, OVERDUE_FLOOR)]
