@@ -21,7 +21,8 @@ probe's deadline follows the probe's own tail, not the scans'.
 
 One probe at a time per appliance: every overdue scan waits on the same one
 (`check`). A reply to any request sent after the scan was (another scan's
-verdict) is evidence too, and costs no probe. A probe given up because its
+verdict) is evidence too, and costs no probe (once the probes' own model has
+its first samples; the health probes of `Pool.serve` feed it too). A probe given up because its
 caller stopped waiting (its scan got its verdict) settles as alive when a
 reply arrived meanwhile, else as unknown: waiters then ask again.
 
@@ -52,7 +53,13 @@ import trio
 
 from vfile.scanner.clamd import ClamdClient
 from vfile.scanner.icap import IcapClient
-from vfile.scanner.latency import PEAK_MARGIN, Adaptive, LatencyModel, attempt_timeout
+from vfile.scanner.latency import (
+    MIN_SAMPLES,
+    PEAK_MARGIN,
+    Adaptive,
+    LatencyModel,
+    attempt_timeout,
+)
 from vfile.scanner.verdict import ApplianceError, Outcome
 
 log = logging.getLogger(__name__)
@@ -130,8 +137,8 @@ class Liveness:
     async def check(self, since: float, deadline: float) -> bool | None:
         """Whether the appliance answered anything sent at or after `since`; probes (or
         joins the probe in flight) when it did not yet."""
-        if self.answered_sent >= since:
-            return True
+        if self.answered_sent >= since and self.model.samples >= MIN_SAMPLES:
+            return True  # (until the probes' own model is trained, probe to train it)
         current = self._round
         if current is not None and current.started >= since:
             if not current.done.is_set():
