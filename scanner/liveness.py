@@ -45,6 +45,7 @@ A probe deadline noticed late (this process was paused) is no evidence.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,28 @@ class Liveness:
         pause = max(scans.peak, self.model.peak)
         return min(knobs.cap, max(knobs.floor, knobs.safety * q, PEAK_MARGIN * (fit + pause)))
 
+    async def train(self, limit: float) -> None:
+        """Until the probe model has its first samples, one probe before a scan (a
+        millisecond, for the first few scans of an appliance; at most `limit`, and an
+        unanswered one is no evidence): probes are otherwise only sent when a scan is
+        overdue, rare on a quiet appliance, and a deadline without samples can only be
+        the scans' own timeout, which a scan-specific slowness (the very thing the
+        probe is to tell apart) drives up."""
+        if self.model.samples >= MIN_SAMPLES:
+            return
+        started = trio.current_time()
+        with trio.move_on_after(limit), contextlib.suppress(ApplianceError):
+            await self._ask()
+            now = trio.current_time()
+            self.model.observe(0, now - started, now)
+            self.answered(started)
+
+    async def _ask(self) -> None:
+        if isinstance(self.client, ClamdClient):
+            await self.client.ping()
+        else:
+            await self.client.fetch_options()
+
     async def check(self, since: float, deadline: float) -> bool | None:
         """Whether the appliance answered anything sent at or after `since`; probes (or
         joins the probe in flight) when it did not yet."""
@@ -155,10 +178,7 @@ class Liveness:
         try:
             with trio.move_on_after(deadline) as cs:
                 try:
-                    if isinstance(self.client, ClamdClient):
-                        await self.client.ping()
-                    else:
-                        await self.client.fetch_options()
+                    await self._ask()
                 except ApplianceError as err:
                     log.debug("liveness probe to %s: %s", self.client.url, err)
                     current.alive = False

@@ -67,6 +67,9 @@ STALL = 0.010
 #: drain slot for the whole deadline
 PATIENCE = 10
 PATIENT_BYTES_PER_S = 4 << 20
+#: a training probe (before the first scans, scanner/liveness.py) waits at most this many
+#: adaptive floors
+TRAIN_LIMIT = 4
 #: after a probe found an appliance hung, its breaker is half-open again after this many
 #: probe deadlines
 RETRIAL = 8
@@ -243,9 +246,11 @@ class Pool:
         """One attempt; None when the appliance failed (recorded against it), or when it
         was cut short by collective detection. `count_timeouts=False`: a timeout is
         not recorded against the appliance."""
+        adaptive = self.adaptive.enabled
+        if adaptive and extend_to is not None:
+            await app.live.train(TRAIN_LIMIT * self.adaptive.floor)
         started = trio.current_time()
         nbytes = size if limit is None else min(size, limit)
-        adaptive = self.adaptive.enabled
         # A drain scan (count_timeouts=False) is never "late" for collective detection:
         # its long deadline is its own, and slowness there is no sign of a hang.
         late_after = app.model.quantile(nbytes) if adaptive and count_timeouts else None
