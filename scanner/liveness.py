@@ -1,11 +1,10 @@
 """Liveness evidence that is not a scan timeout: a cheap probe when a scan is overdue.
 
 A scan timeout cannot tell a hung appliance from a slow scan, so detection
-by timeouts is bounded below by the appliance's healthy tail: clamd's tail
-for a 4 KiB scan reaches 85-230 ms on a loaded host (its scanning path:
-threads, the database, the file descriptor) while its PING on a fresh
-connection stays under 15-20 ms (bench/hang.py --tails). So once a scan is
-overdue (past the model's quantile), the pool asks the appliance a question
+by timeouts is bounded below by the appliance's healthy tail (a slow scan of
+clamd's, a caching appliance waiting on Redis). So once a scan is overdue
+(past twice the model's expected time, or its quantile if sooner), the pool
+asks the appliance a question
 that costs it nothing, on a fresh connection, with a tight deadline of its own:
 
 - answered: the appliance is alive, the scan is slow (a large archive, a
@@ -65,9 +64,12 @@ from vfile.scanner.verdict import ApplianceError, Outcome
 
 log = logging.getLogger(__name__)
 
-#: a scan is not overdue before this (on a quiet host the quantile is about a
-#: millisecond: probing every scan a little late would double the requests)
-OVERDUE_FLOOR = 0.005
+#: a scan is overdue at this multiple of the model's expected time (or its quantile, if
+#: sooner): the earlier the question, the earlier the answer; a probe costs the
+#: appliance nothing and one probe answers for every scan overdue meanwhile
+OVERDUE_FACTOR = 2.0
+#: ... but not before this (on a quiet host a scan takes about a millisecond)
+OVERDUE_FLOOR = 0.010
 #: a probe deadline handled this much later than due (or a quarter of the deadline,
 #: if more) means this process was paused: no evidence
 STALL = 0.010
@@ -88,9 +90,14 @@ class Flight:
     counted: bool = False
     #: let wait past its timeout: the appliance answered a probe while it was overdue
     extended: bool = False
+    #: when it is overdue (the liveness watch asks); None: never watched
+    overdue_after: float | None = None
 
-    def late(self, now: float, floor: float = 0.0) -> bool:
-        return self.late_after is not None and now - self.started >= max(self.late_after, floor)
+    def late(self, now: float) -> bool:
+        return self.late_after is not None and now - self.started >= self.late_after
+
+    def overdue(self, now: float) -> bool:
+        return self.overdue_after is not None and now - self.started >= self.overdue_after
 
     def cut(self, *, counted: bool) -> None:
         """Stop waiting (`counted`: recorded as a failure by whoever cut it)."""
@@ -205,7 +212,7 @@ class Liveness:
                       hung: Callable[[float], None]) -> tuple[Outcome, str]:
         """`scan`, watched by `_watch` once it is overdue (no watch without a model, or
         without `extend_to`: a background scan's slowness is its own)."""
-        if flight.late_after is None or extend_to is None:
+        if flight.overdue_after is None or extend_to is None:
             return await scan
         error: ApplianceError | None = None
         async with trio.open_nursery() as nursery:
@@ -225,8 +232,8 @@ class Liveness:
         """Once `flight` is overdue, ask whether the appliance is alive: answered, the
         scan may wait up to `extend_to` (asked again every `RECHECK` deadlines meanwhile);
         unanswered, `hung(deadline)` (the pool stops the overdue scans, opens the breaker)."""
-        assert flight.late_after is not None
-        await trio.sleep_until(flight.started + max(flight.late_after, OVERDUE_FLOOR))
+        assert flight.overdue_after is not None
+        await trio.sleep_until(flight.started + flight.overdue_after)
         # From here the probes decide, not the scan's own timeout (which, below the
         # scans' healthy tail, would read a slow scan as a hang).
         flight.scope.deadline = max(flight.scope.deadline, flight.started + extend_to)

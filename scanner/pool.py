@@ -52,7 +52,7 @@ from vfile.scanner.appliance import Appliance, client_for
 from vfile.scanner.breaker import Breaker, State
 from vfile.scanner.icap import IcapClient
 from vfile.scanner.latency import Adaptive, HedgeBudget, attempt_timeout
-from vfile.scanner.liveness import OVERDUE_FLOOR, Flight
+from vfile.scanner.liveness import OVERDUE_FACTOR, OVERDUE_FLOOR, Flight
 from vfile.scanner.urls import parse_appliance_url
 from vfile.scanner.verdict import ApplianceError, Outcome, Verdict
 
@@ -255,6 +255,9 @@ class Pool:
         # its long deadline is its own, and slowness there is no sign of a hang.
         late_after = app.model.quantile(nbytes) if adaptive and count_timeouts else None
         flight = Flight(started, late_after, trio.CancelScope(deadline=started + timeout))
+        if late_after is not None and extend_to is not None:
+            expected = app.model.expected(nbytes) or late_after
+            flight.overdue_after = max(OVERDUE_FLOOR, min(late_after, OVERDUE_FACTOR * expected))
         settled = False
         probed = False
         app.flights.add(flight)
@@ -326,7 +329,7 @@ class Pool:
         a failed trial, and so on up to the cooldown."""
         now = trio.current_time()
         waiting = [f for f in app.flights if not f.evicted]
-        late = [f for f in waiting if f.late(now, OVERDUE_FLOOR)]
+        late = [f for f in waiting if f.overdue(now)]
         for f in late:
             f.cut(counted=True)
         self._failed(app, f"{len(late)} scans overdue and no reply to a liveness probe "
