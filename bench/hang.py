@@ -165,6 +165,11 @@ async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) ->
         "probes_unanswered": out_stats["adaptive"].get("probes_unanswered"),
         "extended": out_stats["adaptive"].get("extended"),
         "probe_deadline_at_fault_ms": at_fault["adaptive"].get("probe_deadline_ms"),
+        # what the probe deadline is made of: the slowest recent pause, the scans' and
+        # the probes' own, and the probes' fit
+        "pause_at_fault_ms": (at_fault["adaptive"]["peak_ms"],
+                              at_fault["adaptive"].get("probe_peak_ms"),
+                              at_fault["adaptive"].get("probe_estimate_ms")),
     }
 
 
@@ -256,6 +261,7 @@ def summarize_onsets(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "outage_scans": sum(r["outage_scans"] for r in runs),
         "outage_waited_10x_quiet_p99": sum(r["outage_waited_10x_quiet_p99"] for r in runs),
         "probe_deadlines_at_fault_ms": [r["probe_deadline_at_fault_ms"] for r in runs],
+        "pauses_at_fault_ms": [r["pause_at_fault_ms"] for r in runs],
         "outage_max_ms": max((r["outage_max_ms"] for r in runs if r["outage_max_ms"] is not None),
                              default=None),
         "load_average": round(os.getloadavg()[0], 1),

@@ -16,7 +16,12 @@ that costs it nothing, on a fresh connection, with a tight deadline of its own:
   silent appliance: it is hung, the pool opens its breaker at once.
 
 Detection is then the overdue point plus the probe's deadline, and the
-probe's deadline follows the probe's own tail, not the scans'.
+probe's deadline follows the probe's own tail, not the scans'; but a silent
+probe is no hang before the scan is `safety` times its quantile old (the
+scans' timeout without the recent-peak term): a delay of every reply, probes
+included, 3x the scans' estimate (a loaded appliance, a slow link) is slow,
+not hung, and a probe's own deadline, learnt on replies cheaper than a scan,
+would read it as a hang.
 
 One probe at a time per appliance: every overdue scan waits on the same one
 (`check`). A reply to any request sent after the scan was (another scan's
@@ -92,6 +97,9 @@ class Flight:
     extended: bool = False
     #: when it is overdue (the liveness watch asks); None: never watched
     overdue_after: float | None = None
+    #: a silent probe is no hang before this (after `started`): the scan's own
+    #: quantile times the safety factor
+    silent_after: float = 0.0
 
     def late(self, now: float) -> bool:
         return self.late_after is not None and now - self.started >= self.late_after
@@ -239,8 +247,14 @@ class Liveness:
         flight.scope.deadline = max(flight.scope.deadline, flight.started + extend_to)
         since = flight.started
         while True:
-            deadline = deadline_of()
+            # A probe that slows down with the scans (every reply 3x late: a loaded
+            # appliance, a slow link) is no hang within what the scan itself may take.
+            not_before = flight.started + flight.silent_after
+            deadline = max(deadline_of(), not_before - trio.current_time())
             alive = await self.check(since, deadline)
+            if alive is False and trio.current_time() < not_before:
+                since = trio.current_time()  # a shorter probe of another scan's: ask anew
+                continue
             if alive is False:
                 hung(deadline)
                 return
@@ -257,5 +271,6 @@ class Liveness:
         return {"probes": self.probes, "probes_unanswered": self.unanswered,
                 "extended": self.extended,
                 "probe_estimate_ms": None if fit is None else round(fit * 1000, 3),
+                "probe_peak_ms": round(self.model.peak * 1000, 3),
                 "probe_deadline_ms": (None if self.last_deadline is None
                                       else round(self.last_deadline * 1000, 3))}

@@ -258,6 +258,7 @@ class Pool:
         if late_after is not None and extend_to is not None:
             expected = app.model.expected(nbytes) or late_after
             flight.overdue_after = max(OVERDUE_FLOOR, min(late_after, OVERDUE_FACTOR * expected))
+            flight.silent_after = self.adaptive.safety * late_after
         settled = False
         probed = False
         app.flights.add(flight)

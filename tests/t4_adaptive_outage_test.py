@@ -240,9 +240,9 @@ def test_overdue_scans_on_an_appliance_that_answers_its_probe_open_no_breaker(
     liveness probe (PING on a fresh connection) are slow, not hung: they wait (within
     the configured attempt timeout) and get their verdicts, the breaker stays closed
     even with `breaker_failures = 1`. (Before, the first one timed out at the model's
-    timeout, a few tens of ms, and the breaker opened on a healthy appliance.) Then a
-    black hole (PING unanswered too) opens it on the probe's evidence, without waiting
-    out the configured attempt timeout."""
+    timeout, a few tens of ms, and the breaker opened on a healthy appliance.) Then,
+    once quick scans taught the model again, a black hole (PING unanswered too) opens
+    it on the probe's evidence, without waiting out the configured attempt timeout."""
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     src.mkdir()
     mnt.mkdir()
@@ -261,6 +261,9 @@ def test_overdue_scans_on_an_appliance_that_answers_its_probe_open_no_breaker(
         assert a["state"] == "closed" and a["errors"] == 0, (a["last_error"], a["adaptive"])
         assert gate["deferrals"] == 0, gate  # every open got its verdict
         assert a["adaptive"]["probes"] >= 1 and a["adaptive"]["extended"] >= 1, a
+        app.set_fault("none")
+        for name in _files(src, "again", WARM):  # quick scans again: the model relearns
+            _open(mnt / name)
         app.set_fault("blackhole")
         took = list(pool.map(_open, [mnt / n for n in _files(src, "after", PARALLEL)]))
         a = _appliance(mnt)
