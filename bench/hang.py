@@ -4,6 +4,7 @@ Used by bench/failmodes.py (its `detection` figures); runnable alone:
 
     .venv/bin/python bench/hang.py [--onsets N] [--no-clamd] [--json PATH]
     .venv/bin/python bench/hang.py --healthy SECONDS   # false breaker openings only
+    .venv/bin/python bench/hang.py --tails SECONDS     # PING vs 4 KiB scan latency tails
 
 For each appliance (vfile's built-in appliance as its own process, and a real
 clamd behind `vfile appliance proxy`), a pool with the shipped defaults (1 s
@@ -47,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import make_samples, running_clamd  # type: ignore[import-not-found]
 
+from vfile.scanner.clamd import ClamdClient
 from vfile.scanner.latency import Adaptive
 from vfile.scanner.pool import Pool
+from vfile.scanner.urls import parse_appliance_url
 from vfile.simulate.harness import ApplianceProcess
 
 WORKERS = 4
@@ -156,6 +159,17 @@ async def drive(url: str, path: str, fault: ApplianceProcess, adaptive: bool) ->
         "outage_waited_10x_quiet_p99": sum(1 for d in during
                                            if quiet_p99 is not None and d > 10 * quiet_p99),
         "evicted": out_stats["adaptive"]["evicted"],
+        # liveness probes (scanner/liveness.py): sent, unanswered, scans let wait on an
+        # answer, the last probe deadline in force before the fault
+        "probes": out_stats["adaptive"].get("probes"),
+        "probes_unanswered": out_stats["adaptive"].get("probes_unanswered"),
+        "extended": out_stats["adaptive"].get("extended"),
+        "probe_deadline_at_fault_ms": at_fault["adaptive"].get("probe_deadline_ms"),
+        # what the probe deadline is made of: the slowest recent pause, the scans' and
+        # the probes' own, and the probes' fit
+        "pause_at_fault_ms": (at_fault["adaptive"]["peak_ms"],
+                              at_fault["adaptive"].get("probe_peak_ms"),
+                              at_fault["adaptive"].get("probe_estimate_ms")),
     }
 
 
@@ -184,6 +198,44 @@ async def healthy(url: str, path: str, seconds: float) -> dict[str, Any]:
             "load_average": round(os.getloadavg()[0], 1)}
 
 
+async def tails(url: str, path: str, seconds: float) -> dict[str, Any]:
+    """`WORKERS` scanners of a 4 KiB file and one PING every 5 ms on fresh connections,
+    side by side: the scans' latency tail against the liveness probe's."""
+    client = ClamdClient(parse_appliance_url(url))
+    pinger = ClamdClient(parse_appliance_url(url))
+    scans: list[float] = []
+    pings: list[float] = []
+
+    async def scanner() -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while True:
+                t = time.perf_counter()
+                await client.scan_fd(fd, size=4096)
+                scans.append(time.perf_counter() - t)
+                await trio.sleep(THINK)
+        finally:
+            os.close(fd)
+
+    async def ping() -> None:
+        while True:
+            t = time.perf_counter()
+            await pinger.ping()
+            pings.append(time.perf_counter() - t)
+            await trio.sleep(0.005)
+
+    await answering(url, path)
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for _ in range(WORKERS):
+                nursery.start_soon(scanner)
+            nursery.start_soon(ping)
+    return {name: {"n": len(v), "p50_ms": ms(pct(v, 0.5)), "p99_ms": ms(pct(v, 0.99)),
+                   "p999_ms": ms(pct(v, 0.999)), "max_ms": ms(max(v) if v else None)}
+            for name, v in (("scan", scans), ("ping", pings))} | {
+                "load_average": round(os.getloadavg()[0], 1)}
+
+
 def summarize_onsets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several onsets of one appliance and pool: the first run's figures, detection and
     the timeout at the fault as median and range, false openings summed."""
@@ -208,6 +260,8 @@ def summarize_onsets(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "slow_breaker_opens": sum(r["slow_breaker_opens"] for r in runs),
         "outage_scans": sum(r["outage_scans"] for r in runs),
         "outage_waited_10x_quiet_p99": sum(r["outage_waited_10x_quiet_p99"] for r in runs),
+        "probe_deadlines_at_fault_ms": [r["probe_deadline_at_fault_ms"] for r in runs],
+        "pauses_at_fault_ms": [r["pause_at_fault_ms"] for r in runs],
         "outage_max_ms": max((r["outage_max_ms"] for r in runs if r["outage_max_ms"] is not None),
                              default=None),
         "load_average": round(os.getloadavg()[0], 1),
@@ -215,8 +269,8 @@ def summarize_onsets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure(keep_clamd: bool = True, onsets: int = ONSETS,
-            healthy_s: float = 0.0) -> dict[str, dict[str, Any]]:
+def measure(keep_clamd: bool = True, onsets: int = ONSETS, healthy_s: float = 0.0,
+            tails_s: float = 0.0) -> dict[str, dict[str, Any]]:
     """Both appliances, adaptive on (`onsets` times) and off: {"builtin/adaptive": {...}}.
     `healthy_s` > 0: only false breaker openings on each healthy appliance, adaptive on,
     over that many seconds: {"builtin/healthy": {...}}."""
@@ -235,6 +289,10 @@ def measure(keep_clamd: bool = True, onsets: int = ONSETS,
             work.mkdir()
             sigs = samples.sigdir if target == "builtin" else None
             with ApplianceProcess(work, target, sigs) as appliance:
+                if tails_s > 0:
+                    print(f"tails: {name} for {tails_s:g}s ...", file=sys.stderr)
+                    out[f"{name}/tails"] = trio.run(tails, appliance.url, str(path), tails_s)
+                    continue
                 if healthy_s > 0:
                     print(f"healthy: {name} for {healthy_s:g}s ...", file=sys.stderr)
                     out[f"{name}/healthy"] = trio.run(healthy, appliance.url, str(path),
@@ -261,14 +319,15 @@ def _range(values: list[Any]) -> str:
 def render(rows: dict[str, dict[str, Any]]) -> str:
     head = ("appliance/pool", "quiet p99 / p99.9 / max ms", "quiet breaker opens",
             "timeout at fault ms", "detect ms (median, range)", "3x-delay: errors / opens",
-            "outage max ms", ">10x quiet p99")
+            "outage max ms", ">10x quiet p99", "probe deadline at fault ms")
     body = [(k, f"{r['quiet_p99_ms']} / {r['quiet_p999_ms']} / {r['quiet_max_ms']}",
              str(r["quiet_breaker_opens"]),
              _range(r.get("timeouts_at_fault_ms", [r["timeout_at_fault_ms"]])),
              f"{r['detection_ms']} ({_range(r.get('detections_ms', [r['detection_ms']]))})",
              f"{r['slow_errors']} / {r['slow_breaker_opens']}",
              str(r["outage_max_ms"]),
-             f"{r['outage_waited_10x_quiet_p99']}/{r['outage_scans']}")
+             f"{r['outage_waited_10x_quiet_p99']}/{r['outage_scans']}",
+             _range(r.get("probe_deadlines_at_fault_ms", [r["probe_deadline_at_fault_ms"]])))
             for k, r in rows.items()]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
@@ -283,10 +342,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"black-hole onsets per appliance, adaptive pool (default {ONSETS})")
     ap.add_argument("--healthy", type=float, default=0.0, metavar="SECONDS",
                     help="instead: count false breaker openings on each healthy appliance")
+    ap.add_argument("--tails", type=float, default=0.0, metavar="SECONDS",
+                    help="instead: PING vs 4 KiB scan latency on each healthy appliance")
     args = ap.parse_args(argv)
     rows = measure(keep_clamd=not args.no_clamd, onsets=max(1, args.onsets),
-                   healthy_s=args.healthy)
-    if args.healthy > 0:
+                   healthy_s=args.healthy, tails_s=args.tails)
+    if args.tails > 0:
+        pass  # the JSON below says it all
+    elif args.healthy > 0:
         for key, r in rows.items():
             print(f"{key}: {r['false_breaker_opens']} false breaker openings in "
                   f"{r['seconds']:g}s ({r['scans']} scans; load average {r['load_average']})")

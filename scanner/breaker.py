@@ -29,6 +29,7 @@ class Breaker:
     _consecutive: int = 0
     _opened_at: float | None = None
     _trial_out: bool = False
+    _trips: int = 0  # consecutive `trip`s without a success: each doubles the retry
 
     def __post_init__(self) -> None:
         if self.failures < 1 or self.cooldown < 0:
@@ -58,6 +59,7 @@ class Breaker:
 
     def record_success(self) -> None:
         self._consecutive = 0
+        self._trips = 0
         self._opened_at = None
         self._trial_out = False
 
@@ -66,6 +68,17 @@ class Breaker:
         if self._opened_at is not None or self._consecutive >= self.failures:
             # a failed half-open trial (or the threshold reached) opens it afresh
             self._opened_at = now
+        self._trial_out = False
+
+    def trip(self, now: float, retry_after: float) -> None:
+        """Open now whatever the count (a liveness probe's evidence), half-open after
+        `retry_after`, doubled for each trip since the last success, at most the
+        cooldown: a false opening costs one trial, a real outage a few (the 2nd, 4th,
+        8th... `retry_after`) before the breaker waits whole cooldowns."""
+        retry = min(self.cooldown, retry_after * 2 ** min(self._trips, 30))
+        self._trips += 1
+        self._consecutive = max(self._consecutive, self.failures)
+        self._opened_at = now - (self.cooldown - retry)
         self._trial_out = False
 
     def release(self) -> None:

@@ -128,9 +128,13 @@ class LatencyModel:
         self._peak = 0.0  # decayed largest residual (s): the slowest recent pause
         self._peak_at: float | None = None  # the caller's clock at the last sample
 
-    def observe(self, nbytes: int, seconds: float, now: float | None = None) -> None:
+    def observe(self, nbytes: int, seconds: float, now: float | None = None, *,
+                pause: bool = True) -> None:
         """One successful scan of `nbytes` bytes that took `seconds`, ending at `now`
-        (any monotonic clock; without it the recent peak does not decay)."""
+        (any monotonic clock; without it the recent peak does not decay). `pause=False`:
+        the appliance answered a liveness probe while this scan waited, so its lateness
+        was this scan's own (scanner/liveness.py), not a pause of the appliance: it
+        does not raise the recent peak."""
         if not (math.isfinite(seconds) and seconds >= 0) or nbytes < 0:
             return
         x = nbytes / _MIB
@@ -145,7 +149,7 @@ class LatencyModel:
             if self._peak_at is not None and now > self._peak_at:
                 self._peak *= 0.5 ** ((now - self._peak_at) / PEAK_HALF_LIFE)
             self._peak_at = now
-        if nbytes <= SMALL:
+        if nbytes <= SMALL and pause:
             # Small scans only: their time is the appliance's fixed cost and its pauses;
             # a large file's own spread (or a size the fit cannot speak for yet) must not
             # widen every small file's timeout.
@@ -182,6 +186,11 @@ class LatencyModel:
     @property
     def deviation(self) -> float:
         return self._dev
+
+    @property
+    def peak(self) -> float:
+        """The slowest recent residual of a small scan (seconds, decayed)."""
+        return self._peak
 
     def trusted(self, nbytes: int) -> bool:
         return self.samples >= MIN_SAMPLES and (

@@ -25,6 +25,11 @@ Adaptive mode (`Adaptive.enabled`, the default; see scanner/latency.py for the m
   counted as a failure too, so the breaker opens on the evidence of all of
   them at once; once it is open every attempt still waiting there is
   cancelled and goes to the next appliance or the caller's fail mode.
+- Liveness (scanner/liveness.py): an attempt past its quantile probes the
+  appliance (PING / OPTIONS on a fresh connection, one probe shared by all).
+  Answered: it may wait up to the configured attempt timeout. Unanswered within
+  the probe's own deadline: hung, `_hung` stops the overdue attempts and opens
+  the breaker at once (half-open again after `RETRIAL` probe deadlines).
 - A timeout noticed much later than it was due (this process was paused, not
   the appliance) is no evidence: neither a failure nor a trigger.
 - `scan_fd(count_timeouts=False)` (the drain's slow scans of large files): a
@@ -39,86 +44,35 @@ import contextlib
 import logging
 import os
 import stat
-import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import trio
 
+from vfile.scanner.appliance import Appliance, client_for
 from vfile.scanner.breaker import Breaker, State
-from vfile.scanner.clamd import ClamdClient
 from vfile.scanner.icap import IcapClient
-from vfile.scanner.latency import Adaptive, HedgeBudget, LatencyModel, attempt_timeout
-from vfile.scanner.urls import ApplianceURL, parse_appliance_url
+from vfile.scanner.latency import Adaptive, HedgeBudget, attempt_timeout
+from vfile.scanner.liveness import OVERDUE_FACTOR, OVERDUE_FLOOR, Flight
+from vfile.scanner.urls import parse_appliance_url
 from vfile.scanner.verdict import ApplianceError, Outcome, Verdict
 
 log = logging.getLogger(__name__)
 
-#: latency samples kept per appliance for p50/p99
-SAMPLES = 1024
 #: a timeout handled this much later than due (or a quarter of the attempt timeout,
 #: if more) means this process was paused: no evidence against the appliance
 STALL = 0.010
-#: breaker openings remembered per appliance (their wall times)
-OPENED_KEPT = 16
 #: a background (drain) scan waits this many times what an on-open scan of its size
 #: may take, and at least as long as reading it at `PATIENT_BYTES_PER_S`, within the
 #: caller's deadline: a large file gets its time, a hung appliance cannot hold a
 #: drain slot for the whole deadline
 PATIENCE = 10
 PATIENT_BYTES_PER_S = 4 << 20
-#: reference sizes `statistics()` reports the model's estimate and timeout for
-REPORT_SIZES = {"4KiB": 4096, "1MiB": 1 << 20}
-
-
-@dataclass(slots=True, eq=False)
-class _Flight:
-    """One attempt in flight on an appliance (for collective detection)."""
-
-    started: float
-    #: when it counts as late (the model's quantile), None without a model
-    late_after: float | None
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    evicted: bool = False
-    #: evicted as late: already recorded as a failure
-    counted: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class _Appliance:
-    url: ApplianceURL
-    client: ClamdClient | IcapClient
-    breaker: Breaker
-    healthy: bool = True  # optimistic until the first probe says otherwise
-    sig_version: str = ""
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
-    scans: int = 0
-    errors: int = 0
-    last_error: str = ""
-    model: LatencyModel = field(default_factory=LatencyModel)
-    flights: set[_Flight] = field(default_factory=set)
-    hedges: int = 0  # hedges sent to this appliance
-    hedge_wins: int = 0  # of which gave the verdict
-    evicted: int = 0  # attempts cut short by another attempt's timeout
-    #: wall times the breaker opened from closed (the last few), for detection figures
-    opened: deque[float] = field(default_factory=lambda: deque(maxlen=OPENED_KEPT))
-    opens: int = 0
-
-    @property
-    def name(self) -> str:
-        return str(self.url)
-
-
-def _client(url: ApplianceURL) -> ClamdClient | IcapClient:
-    return ClamdClient(url) if url.kind == "clamd" else IcapClient(url)
-
-
-def _percentile(samples: Sequence[float], q: float) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+#: a training probe (before the first scans, scanner/liveness.py) waits at most this many
+#: adaptive floors
+TRAIN_LIMIT = 4
+#: after a probe found an appliance hung, its breaker is half-open again after this many
+#: probe deadlines
+RETRIAL = 8
 
 
 class Pool:
@@ -139,7 +93,7 @@ class Pool:
         self.adaptive = Adaptive() if adaptive is None else adaptive
         self._budget = HedgeBudget(self.adaptive.hedge_budget if self.adaptive.enabled else 0.0)
         self._apps = [
-            _Appliance(u, _client(u), Breaker(breaker_failures, breaker_cooldown))
+            Appliance(u, client_for(u), Breaker(breaker_failures, breaker_cooldown))
             for u in (parse_appliance_url(text) for text in urls)
         ]
         self._slots = trio.Semaphore(max_concurrency)
@@ -148,7 +102,7 @@ class Pool:
 
     # --- state, no I/O ---------------------------------------------------
 
-    def _usable(self, app: _Appliance) -> bool:
+    def _usable(self, app: Appliance) -> bool:
         return app.healthy and app.breaker.would_allow(trio.current_time())
 
     def available(self) -> bool:
@@ -162,34 +116,7 @@ class Pool:
 
     def statistics(self) -> list[dict[str, object]]:
         now = trio.current_time()
-        out: list[dict[str, object]] = []
-        for app in self._apps:
-            p50, p99 = _percentile(app.latencies, 0.5), _percentile(app.latencies, 0.99)
-            out.append({
-                "url": app.name, "state": str(app.breaker.state(now)), "healthy": app.healthy,
-                "p50_ms": None if p50 is None else round(p50 * 1000, 3),
-                "p99_ms": None if p99 is None else round(p99 * 1000, 3),
-                "scans": app.scans, "errors": app.errors, "last_error": app.last_error,
-                "sig_version": app.sig_version,
-                "adaptive": self._adaptive_stats(app),
-                "breaker_opens": app.opens,
-                "breaker_opened_at": app.opened[-1] if app.opened else None,
-                "breaker_opened_times": list(app.opened),
-            })
-        return out
-
-    def _adaptive_stats(self, app: _Appliance) -> dict[str, object]:
-        """The model's current estimate and attempt timeout at reference sizes."""
-        out: dict[str, object] = {"enabled": self.adaptive.enabled, **app.model.statistics(),
-                                  "hedges": app.hedges, "hedge_wins": app.hedge_wins,
-                                  "evicted": app.evicted}
-        for label, size in REPORT_SIZES.items():
-            est = app.model.expected(size) if self.adaptive.enabled else None
-            out[f"estimate_{label}_ms"] = None if est is None else round(est * 1000, 3)
-            timeout = attempt_timeout(app.model, size, self.adaptive, self.attempt_timeout)
-            out[f"timeout_{label}_ms"] = round(timeout * 1000, 3)
-        return out
-
+        return [a.statistics(now, self.adaptive, self.attempt_timeout) for a in self._apps]
 
     def _notify(self) -> None:
         self._changed.set()
@@ -203,17 +130,22 @@ class Pool:
 
     # --- health probes -----------------------------------------------------
 
-    def _failed(self, app: _Appliance, reason: str, count: int = 1) -> None:
+    def _failed(self, app: Appliance, reason: str, count: int = 1, *,
+                trip: float | None = None) -> None:
+        """`count` failures; `trip`: open the breaker now whatever the count, half-open
+        after `trip` seconds, doubled per trip since a success (a liveness probe's
+        evidence, see `_hung`)."""
         was = self._usable(app)
         closed = app.breaker.state(trio.current_time()) is State.CLOSED
         app.errors += count
         app.last_error = reason
         for _ in range(count):
             app.breaker.record_failure(trio.current_time())
+        if trip is not None:
+            app.breaker.trip(trio.current_time(), trip)
         log.debug("appliance %s failed (x%d): %s", app.name, count, reason)
         if closed and app.breaker.state(trio.current_time()) is not State.CLOSED:
-            app.opens += 1
-            app.opened.append(time.time())
+            app.breaker_opened()
         if was and not self._usable(app):
             log.warning("appliance %s unavailable: %s", app.name, reason)
             # Nothing still waiting there can succeed in time (a probe or a timeout
@@ -221,18 +153,17 @@ class Pool:
             # (Adaptive off is the classic pool: each attempt waits out its own timer.)
             for f in app.flights if self.adaptive.enabled else ():
                 if not f.evicted:
-                    f.evicted = True
-                    f.scope.cancel()
+                    f.cut(counted=False)
             self._notify()
 
-    def _succeeded(self, app: _Appliance) -> None:
+    def _succeeded(self, app: Appliance) -> None:
         was = self._usable(app)
         app.breaker.record_success()
         if not was and self._usable(app):
             log.warning("appliance %s available again", app.name)
             self._notify()
 
-    async def _probe(self, app: _Appliance) -> None:
+    async def _probe(self, app: Appliance) -> None:
         now = trio.current_time()
         if app.breaker.state(now) is State.OPEN or not app.breaker.allow(now):
             return  # cooling down, or a scan holds the half-open trial
@@ -240,6 +171,8 @@ class Pool:
         try:
             with trio.move_on_after(self.attempt_timeout) as cs:
                 version = await app.client.probe()
+                # a request that costs the appliance nothing: the liveness probes' model
+                app.live.model.observe(0, trio.current_time() - now, trio.current_time())
         except ApplianceError as err:
             reason = str(err)
         else:
@@ -286,18 +219,17 @@ class Pool:
 
     # --- scanning ----------------------------------------------------------
 
-    def _timeout(self, app: _Appliance, nbytes: int, configured: float) -> float:
+    def _timeout(self, app: Appliance, nbytes: int, configured: float) -> float:
         return attempt_timeout(app.model, nbytes, self.adaptive, configured)
 
-    def _evict(self, app: _Appliance, origin: _Flight, now: float) -> None:
+    def _evict(self, app: Appliance, origin: Flight, now: float) -> None:
         """Collective detection: `origin` timed out on `app`. Every other attempt there
         that is already late stops waiting and is a failure too; once the breaker is
         open, every attempt still waiting there stops (it cannot succeed in time)."""
         others = [f for f in app.flights if f is not origin and not f.evicted]
-        late = [f for f in others if f.late_after is not None and now - f.started >= f.late_after]
+        late = [f for f in others if f.late(now)]
         for f in late:
-            f.evicted = f.counted = True
-            f.scope.cancel()
+            f.cut(counted=True)
         if late:
             self._failed(app, f"{len(late)} more scans late after a timeout", count=len(late))
         if not app.breaker.would_allow(now):
@@ -307,19 +239,26 @@ class Pool:
                     f.scope.cancel()
         app.evicted += sum(f.evicted for f in others)
 
-    async def _attempt(self, app: _Appliance, fd: int, size: int,  # noqa: PLR0917
+    async def _attempt(self, app: Appliance, fd: int, size: int,  # noqa: PLR0917
                        limit: int | None, timeout: float,
-                       count_timeouts: bool = True) -> Verdict | None:
+                       count_timeouts: bool = True,
+                       extend_to: float | None = None) -> Verdict | None:
         """One attempt; None when the appliance failed (recorded against it), or when it
         was cut short by collective detection. `count_timeouts=False`: a timeout is
         not recorded against the appliance."""
+        adaptive = self.adaptive.enabled
+        if adaptive and extend_to is not None:
+            await app.live.train(TRAIN_LIMIT * self.adaptive.floor)
         started = trio.current_time()
         nbytes = size if limit is None else min(size, limit)
-        adaptive = self.adaptive.enabled
         # A drain scan (count_timeouts=False) is never "late" for collective detection:
         # its long deadline is its own, and slowness there is no sign of a hang.
         late_after = app.model.quantile(nbytes) if adaptive and count_timeouts else None
-        flight = _Flight(started, late_after, trio.CancelScope(deadline=started + timeout))
+        flight = Flight(started, late_after, trio.CancelScope(deadline=started + timeout))
+        if late_after is not None and extend_to is not None:
+            expected = app.model.expected(nbytes) or late_after
+            flight.overdue_after = max(OVERDUE_FLOOR, min(late_after, OVERDUE_FACTOR * expected))
+            flight.silent_after = self.adaptive.safety * late_after
         settled = False
         probed = False
         app.flights.add(flight)
@@ -330,7 +269,10 @@ class Pool:
                     if not app.sig_version:
                         probed = True
                         app.sig_version = await app.client.probe()
-                    outcome, detail = await app.client.scan_fd(fd, size=size, limit=limit)
+                    outcome, detail = await app.live.watched(
+                        flight, app.client.scan_fd(fd, size=size, limit=limit), extend_to,
+                        lambda: app.live.deadline(app.model, self.adaptive),
+                        lambda deadline: self._hung(app, deadline))
                 except ApplianceError as err:
                     reason = str(err)
             app.flights.discard(flight)
@@ -341,7 +283,9 @@ class Pool:
                     settled = flight.counted  # else: released in `finally`
                     app.scans += flight.counted
                     return None
-                lag = now - (started + timeout)
+                # (a scan let wait on a probe's answer has a later deadline than `timeout`)
+                timeout = flight.scope.deadline - started
+                lag = now - flight.scope.deadline
                 if adaptive and lag > max(STALL, timeout / 4):
                     # Handled late: this process was paused, not necessarily the appliance.
                     log.debug("appliance %s: timeout handled %.3fs late; not counted",
@@ -363,7 +307,8 @@ class Pool:
             if not probed and outcome is not Outcome.ERROR:
                 # An answered error (a size limit, say) may come back before the
                 # appliance read the whole file: it would teach the model a low slope.
-                app.model.observe(nbytes, now - started, now)
+                app.model.observe(nbytes, now - started, now, pause=not flight.extended)
+            app.live.answered(started)
             app.latencies.append(now - started)
             self._succeeded(app)
             if isinstance(app.client, IcapClient) and app.client.istag:
@@ -378,10 +323,25 @@ class Pool:
             if not settled:
                 app.breaker.release()  # cancelled: neither success nor failure
 
-    def _hedge_target(self, primary: _Appliance) -> _Appliance | None:
+    def _hung(self, app: Appliance, deadline: float) -> None:
+        """Overdue scans and a silent probe: the overdue scans stop and count as failures,
+        and the breaker opens at once, half-open again after `RETRIAL` probe deadlines
+        (a false opening then costs one trial scan, not a cooldown), twice that after
+        a failed trial, and so on up to the cooldown."""
+        now = trio.current_time()
+        waiting = [f for f in app.flights if not f.evicted]
+        late = [f for f in waiting if f.overdue(now)]
+        for f in late:
+            f.cut(counted=True)
+        self._failed(app, f"{len(late)} scans overdue and no reply to a liveness probe "
+                     f"within {deadline:.3g}s", count=max(1, len(late)),
+                     trip=RETRIAL * deadline)
+        app.evicted += sum(f.evicted for f in waiting)  # the others: cut by the opening
+
+    def _hedge_target(self, primary: Appliance) -> Appliance | None:
         return next((a for a in self._apps if a is not primary and self._usable(a)), None)
 
-    async def _attempt_hedged(self, app: _Appliance, fd: int, size: int, limit: int | None,
+    async def _attempt_hedged(self, app: Appliance, fd: int, size: int, limit: int | None,
                               configured: float, *, retry: int,
                               count_timeouts: bool = True) -> Verdict | None:
         """An attempt on `app`; past the model's quantile, the same scan on another usable
@@ -403,14 +363,14 @@ class Pool:
             timeout = min(self.adaptive.cap, timeout * 2 ** retry)
         hedge_at = app.model.quantile(nbytes) if self.adaptive.enabled else None
         if hedge_at is None or hedge_at >= timeout or self._hedge_target(app) is None:
-            return await self._attempt(app, fd, size, limit, timeout)
+            return await self._attempt(app, fd, size, limit, timeout, extend_to=configured)
         results: dict[int, Verdict | None] = {}
         first_done = trio.Event()
-        winner: list[_Appliance] = []
+        winner: list[Appliance] = []
 
-        async def run(target: _Appliance, t: float, key: int,
+        async def run(target: Appliance, t: float, key: int,
                       nursery: trio.Nursery) -> None:
-            verdict = await self._attempt(target, fd, size, limit, t)
+            verdict = await self._attempt(target, fd, size, limit, t, extend_to=configured)
             results[key] = verdict
             first_done.set()
             if verdict is not None and not verdict.is_error:

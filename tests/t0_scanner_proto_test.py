@@ -171,6 +171,23 @@ def test_breaker_cycle() -> None:
     assert b.state(12) is State.CLOSED
 
 
+def test_breaker_trip_retries_soon_then_backs_off() -> None:
+    """A trip (a silent liveness probe) opens at once whatever the count; half-open after
+    `retry_after`, doubled per trip without a success, at most the cooldown."""
+    b = Breaker(failures=3, cooldown=60)
+    b.trip(0, 0.2)
+    assert b.state(0.1) is State.OPEN and b.state(0.2) is State.HALF_OPEN
+    assert b.allow(0.2)
+    b.trip(0.3, 0.2)  # the trial met a silent probe too
+    assert b.state(0.6) is State.OPEN and b.state(0.7) is State.HALF_OPEN
+    for _ in range(20):
+        b.trip(1, 0.2)
+    assert b.state(60.9) is State.OPEN and b.state(61) is State.HALF_OPEN
+    b.record_success()
+    b.trip(100, 0.2)
+    assert b.state(100.2) is State.HALF_OPEN  # a success resets the back-off
+
+
 def test_signatures(tmp_path: Path) -> None:
     assert is_eicar(EICAR + b"\r\n", len(EICAR) + 2)
     assert not is_eicar(EICAR + b"x", len(EICAR) + 1)

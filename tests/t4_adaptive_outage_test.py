@@ -227,3 +227,48 @@ def test_slow_appliance_is_hedged_to_the_next(tmp_path: Path,
         assert gate["deferrals"] == 0 and gate["denials"] == 0, gate
         assert slow["state"] == "closed" and slow["errors"] == 0, (slow["last_error"], slow)
         proxy.set_fault("none")
+
+
+#: scans held back this long while PING answers at once (a caching appliance in a Redis
+#: stall, clamd busy with an archive): many times the model's timeout for these files
+SLOW_SCAN = 1.0
+
+
+def test_overdue_scans_on_an_appliance_that_answers_its_probe_open_no_breaker(
+        tmp_path: Path, samples: Samples) -> None:
+    """Scans far later than the model's timeout on an appliance that still answers a
+    liveness probe (PING on a fresh connection) are slow, not hung: they wait (within
+    the configured attempt timeout) and get their verdicts, the breaker stays closed
+    even with `breaker_failures = 1`. (Before, the first one timed out at the model's
+    timeout, a few tens of ms, and the breaker opened on a healthy appliance.) Then,
+    once quick scans taught the model again, a black hole (PING unanswered too) opens
+    it on the probe's evidence, without waiting out the configured attempt timeout."""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml", breaker_failures=1)
+    with running_appliance(samples.sigdir) as app, \
+            mounted(src, mnt, "--appliance", app.url, "--config", str(cfg),
+                    "--state-dir", str(state)), ThreadPoolExecutor(PARALLEL) as pool:
+        ad = _warm(mnt, src)
+        # the premise: without the probe these scans would time out
+        assert ad["timeout_4KiB_ms"] < SLOW_SCAN * 1000 / 2, ad
+        app.set_fault(f"slowscan={SLOW_SCAN * 1000:.0f}ms")
+        names = _files(src, "slow", PARALLEL * 2)
+        list(pool.map(_open, [mnt / n for n in names]))
+        a = _appliance(mnt)
+        gate = status(mnt)["gate"]
+        assert a["state"] == "closed" and a["errors"] == 0, (a["last_error"], a["adaptive"])
+        assert gate["deferrals"] == 0, gate  # every open got its verdict
+        assert a["adaptive"]["probes"] >= 1 and a["adaptive"]["extended"] >= 1, a
+        app.set_fault("none")
+        for name in _files(src, "again", WARM):  # quick scans again: the model relearns
+            _open(mnt / name)
+        app.set_fault("blackhole")
+        took = list(pool.map(_open, [mnt / n for n in _files(src, "after", PARALLEL)]))
+        a = _appliance(mnt)
+        assert a["state"] == "open", (a["last_error"], a["adaptive"])
+        assert a["adaptive"]["probes_unanswered"] >= 1, (a["last_error"], a["adaptive"])
+        assert max(took) < ATTEMPT, took
+        assert unaccounted(src, state, a["sig_version"]) == []
+        app.set_fault("none")
