@@ -22,6 +22,14 @@ is off unless the environment asks; RSS and the heap figures are always there.
 A report runs on the trio thread: with `top`, `types` or `garbage` it takes a
 full collection and a snapshot, which holds up the server for tens of
 milliseconds to a second. A diagnosis tool, not something to poll.
+
+Counting objects (`census`) holds the GIL from `gc.get_objects()` until its
+list is gone: that list references every tracked object, including a tuple
+another thread (the journal's writer, a scan thread) is still filling in with
+`tuple(generator)`. CPython grows such a tuple in place, which it refuses once
+a second reference exists ("bad argument to internal function"): a user's
+write-open failed that way in a soak. So no other thread may run while the
+list lives (`_NoThreadSwitch`).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import linecache
 import logging
 import os
 import signal
+import sys
+import time
 import tracemalloc
 from typing import Any
 
@@ -45,6 +55,44 @@ TRACE_ENV = "VFILE_TRACEMALLOC"
 DEFAULT_TOP = 15
 _IGNORED = (tracemalloc.__file__, linecache.__file__, "<frozen importlib._bootstrap>",
             "<frozen importlib._bootstrap_external>", "<unknown>")
+
+
+#: switch interval while a census holds the GIL (seconds; restored right after):
+#: longer than a census of a million objects (~0.1 s), and the most a report can wait
+#: to get the GIL back from a thread that runs Python without blocking
+_HOLD_GIL_S = 1.0
+
+
+class _NoThreadSwitch:
+    """Keep the GIL from being handed to another thread inside the block.
+
+    CPython hands the GIL over when a waiting thread has waited one switch
+    interval; a wait already running uses the old interval, so after raising
+    it, one sleep of twice the old interval lets those waits end (and their
+    threads run) before the block starts. The block must not block on I/O."""
+
+    def __enter__(self) -> None:
+        self._old = sys.getswitchinterval()
+        sys.setswitchinterval(_HOLD_GIL_S)
+        time.sleep(2 * self._old)
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setswitchinterval(self._old)
+
+
+def census() -> tuple[int, collections.Counter[str]]:
+    """(objects the collector tracks, their count by type name); see the module
+    docstring for why no other thread runs meanwhile. Counted in C (map, Counter's
+    update), then the list is dropped before the GIL can move."""
+    with _NoThreadSwitch():
+        objects = gc.get_objects()
+        total = len(objects)
+        by_type: collections.Counter[type] = collections.Counter(map(type, objects))
+        del objects
+    names: collections.Counter[str] = collections.Counter()
+    for kind, n in by_type.items():  # two classes may share a name: add, never overwrite
+        names[kind.__qualname__] += n
+    return total, names
 
 
 def rss(pid: int | str = "self") -> dict[str, int]:
@@ -100,10 +148,6 @@ class MemoryWatch:
         return tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(False, name) for name in _IGNORED])
 
-    @staticmethod
-    def _types() -> collections.Counter[str]:
-        return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
-
     def report(self, *, top: int = DEFAULT_TOP, baseline: bool = False,
                types: bool = False, garbage: bool = False,
                group: str = "lineno") -> dict[str, Any]:
@@ -123,7 +167,8 @@ class MemoryWatch:
                 gc.set_debug(0)
         if top > 0 or baseline or types:
             gc.collect()  # count what is alive, not cyclic garbage awaiting a collection
-        out: dict[str, Any] = {"rss_kib": rss(), "gc_objects": len(gc.get_objects()),
+        total, counts = census()
+        out: dict[str, Any] = {"rss_kib": rss(), "gc_objects": total,
                                "tracing": tracemalloc.is_tracing()}
         if found is not None:
             out["garbage"] = {"objects": sum(found.values()), "types": dict(found.most_common(top))}
@@ -146,9 +191,7 @@ class MemoryWatch:
                         {"where": _where(s.traceback), "kib": round(s.size_diff / 1024, 1),
                          "blocks": s.count_diff, "kib_now": round(s.size / 1024, 1)}
                         for s in diff[:top] if s.size_diff > 0]
-        counts = None
         if types:
-            counts = self._types()
             out["types"] = dict(counts.most_common(top))
             if self._baseline_types is not None:
                 grown = counts.copy()
@@ -156,7 +199,7 @@ class MemoryWatch:
                 out["types_growth"] = {k: v for k, v in grown.most_common(top) if v > 0}
         if baseline:
             self._baseline = snap
-            self._baseline_types = counts if counts is not None else self._types()
+            self._baseline_types = counts
             out["baseline_taken"] = True
         return out
 
