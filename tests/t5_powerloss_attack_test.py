@@ -1,0 +1,154 @@
+"""Attacks on the watermark rule (journal.watermark): unclean stops that land while
+the recovery walk has not finished, and journal edits between runs.
+
+Each test loses the tier-1w intents of files created through the mount (SIGKILL,
+then a cut of tests/cutfs.py under the state directory), then does what an
+operator or a second failure would do before the next clean start, and checks that
+every file created through the mount still ends with a journal entry or a clean
+verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from mounting import is_mounted, mounted, stop_process, vfile_cmd, wait_for
+from outage import running_appliance, signature_version, unaccounted
+from t5_powerloss_test import _config, cutfs
+
+from vfile.journal import Journal
+
+pytestmark = pytest.mark.mount
+
+FILES = 20
+#: files put in the source behind vfile's back (the walk journals them too: W was never
+#: advanced): they make the walk long enough to be killed in the middle of it
+BULK = 20_000
+WALKING = "journaling every file changed since"
+
+
+def _dirs(tmp: Path) -> tuple[Path, Path, Path, Path]:
+    out = tuple(tmp / n for n in ("src", "mnt", "disk", "statefs"))
+    for p in out:
+        p.mkdir()
+    return out  # type: ignore[return-value]
+
+
+def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...]) -> str:
+    """A clean mount (the signature version), then FILES creates in `d/` through a
+    second mount, whose server is SIGKILLed. The signature version."""
+    with mounted(src, mnt, *args):
+        wait_for("the signature version", lambda: (
+            (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
+            signature_version(state))[-1], 30)
+    sig = signature_version(state)
+    with mounted(src, mnt, *args) as server:
+        (mnt / "d").mkdir()
+        for i in range(FILES):
+            (mnt / "d" / f"new{i}").write_bytes(b"created %d" % i)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    return sig
+
+
+def _created(src: Path, state: Path, sig: str) -> list[str]:
+    """The files created through the mount that have neither entry nor clean verdict."""
+    return [p for p in unaccounted(src, state, sig) if p.startswith("d/")]
+
+
+def _kill_during_walk(src: Path, mnt: Path, args: tuple[str, ...], log: Path) -> None:
+    """Start vfile and SIGKILL it as soon as it says the recovery walk begins."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(vfile_cmd("mount", "--foreground", *args, "--", str(src),
+                                          str(mnt)),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        wait_for("the recovery walk to begin",
+                 lambda: WALKING in log.read_text() or proc.poll() is not None, 60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop_process(proc)
+    text = log.read_text()
+    assert WALKING in text, text
+    assert "recovery walk:" not in text, "the walk ended before the kill: " + text
+    assert not is_mounted(mnt), "the mount served before its walk ended"
+
+
+def test_a_kill_during_the_recovery_walk_does_not_let_the_next_start_skip_it(
+        tmp_path: Path) -> None:
+    src, mnt, disk, statefs = _dirs(tmp_path)
+    for i in range(BULK):
+        (src / f"bulk{i}").write_bytes(b"")
+    state = statefs / "state"
+    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
+    with running_appliance() as app:
+        args = ("--appliance", app.url, *args)
+        with cutfs(disk, statefs):
+            sig = _create_and_kill(src, mnt, state, args)
+        with cutfs(disk, statefs):  # the cut
+            assert _created(src, state, sig), "the cut lost no intent: nothing to show"
+            _kill_during_walk(src, mnt, args, tmp_path / "walk.log")
+            # The killed walk never reached d/ (it walks the root's files first).
+            assert _created(src, state, sig), "the killed walk already journaled d/"
+            with mounted(src, mnt, *args, "-v"):
+                pass  # the next start must walk again before it serves
+            assert _created(src, state, sig) == []
+
+
+def test_journal_edits_between_runs_do_not_hide_lost_intents(tmp_path: Path) -> None:
+    """After the cut, an operator's `vfile journal` edits (each a transaction) must
+    not make the lost commits look present to the next start."""
+    src, mnt, disk, statefs = _dirs(tmp_path)
+    state = statefs / "state"
+    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
+    with running_appliance() as app:
+        args = ("--appliance", app.url, *args)
+        with cutfs(disk, statefs):
+            sig = _create_and_kill(src, mnt, state, args)
+        with cutfs(disk, statefs):  # the cut
+            lost = _created(src, state, sig)
+            assert lost, "the cut lost no intent: nothing to show"
+            journal = Journal.open(state)
+            lost_txns = _witnessed(state) - int(journal._env.info()["last_txnid"])
+            journal.close()
+            assert lost_txns > 0
+            # An entry added, then `vfile journal purge`d: two transactions a round;
+            # enough rounds to make up for the lost ones.
+            (src / "edited").write_bytes(b"")
+            for _ in range(lost_txns // 2 + 1):
+                _seed_entry(state, "edited")
+                subprocess.run(vfile_cmd("journal", "purge", "edited", "--yes", "--state-dir",
+                                         str(state)), check=True, capture_output=True,
+                               timeout=60)
+            with mounted(src, mnt, *args, "-v"):
+                pass
+            assert _created(src, state, sig) == []
+
+
+def _witnessed(state: Path) -> int:
+    """The transaction id the witness (on the lock directory's tmpfs) last saw."""
+    from vfile.journal.watermark import Witness
+
+    lock = Path(os.readlink(state / "lock.mdb"))
+    seen = Witness.read(lock.with_suffix(".commits"))
+    assert seen is not None
+    return seen.txnid
+
+
+def _seed_entry(state: Path, rel: str) -> None:
+    import trio
+
+    from vfile.journal.records import Identity, Reason
+
+    st = os.stat(state)  # any identity: retry only needs the entry to exist
+    journal = Journal.open(state)
+    try:
+        trio.run(lambda: journal.defer(rel, Identity.from_stat(st), Reason.MODIFIED,
+                                       "default"))
+    finally:
+        journal.close()
