@@ -45,7 +45,7 @@ from vfile.journal import (
     watermark,
 )
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
-from vfile.journal.environment import lock_target, open_env
+from vfile.journal.environment import open_env
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
@@ -124,17 +124,18 @@ class Journal:
         if not group_commit:
             journal._committer = GroupCommitter(journal._env, journal._t, str(where),
                                                 journal._grow_map, max_batch=1, fsync=sync)
-        if lock_dir is not None and not readonly:
-            journal._keep_witness(watermark.witness_path(lock_target(where, Path(lock_dir))))
+        if not readonly:
+            journal._keep_witness(where, lock_dir)
         return journal
 
-    def _keep_witness(self, path: Path) -> None:
-        self._seen = watermark.Witness.read(path)
-        try:
-            self._witness = watermark.Witness(path)
-        except OSError as err:  # no witness: an unclean stop then always walks (sound)
-            log.warning("journal %s: cannot keep its witness %s: %s", self.path, path, err)
+    def _keep_witness(self, where: Path, lock_dir: str | os.PathLike[str] | None) -> None:
+        path = watermark.witness_for(where, lock_dir)
+        if path is None:
             return
+        self._seen, self._witness = watermark.open_witness(path, self._opened_txnid)
+        if self._witness is not None and watermark.survived(
+                self._seen, watermark.boot_id(), self._opened_txnid):
+            self._committer.on_commit = self._witness.record
 
     @classmethod
     def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,
@@ -383,14 +384,18 @@ class Journal:
         run, mark = self._read(lambda txn: watermark.read_state(txn, t))
         found = watermark.decide(run, mark, self._seen, watermark.boot_id(),
                                  self._opened_txnid)
-        if self._witness is not None:
-            # Only now, with the rule decided: a start that fails before this point
-            # leaves the old witness, so the next start still sees what was lost.
-            self._witness.record(self._opened_txnid)
-            self._committer.on_commit = self._witness.record
         await self._write(lambda txn: watermark.op_set_run(txn, t, watermark.RUNNING))
         self._running = True
+        if not found.walk:
+            self.vouch()
         return found
+
+    def vouch(self) -> None:
+        """Every intent is in the journal (no walk was due, or it is done): the witness
+        follows the commits again. Not before: a kill mid-walk must walk again."""
+        if self._witness is not None:
+            self._witness.record(int(self._env.info()["last_txnid"]))
+            self._committer.on_commit = self._witness.record
 
     async def advance_watermark(self) -> bool:
         """fsync, then raise the watermark durably to the clock read before that fsync

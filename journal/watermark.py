@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfile.journal import keys
+from vfile.journal import environment, keys
 from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
@@ -126,14 +126,61 @@ class Witness:
         except OSError as err:  # a full tmpfs: the next start then walks (sound)
             log.debug("journal witness %s: %s", self.path, err)
 
+    def poison(self) -> None:
+        """Vouch for nothing: an empty witness reads as none, so an unclean stop from
+        now on walks. Truncating never needs room, even on a full tmpfs."""
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError as err:
+            log.warning("journal witness %s: cannot clear it: %s", self.path, err)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
 
+def survived(seen: Seen | None, boot: str, journal_txnid: int) -> bool:
+    """The witness vouches that no commit was lost since it was written."""
+    return (seen is not None and bool(boot) and seen.boot == boot
+            and seen.txnid <= journal_txnid)
+
+
+def open_witness(path: Path, journal_txnid: int) -> tuple[Seen | None, Witness | None]:
+    """What the witness at `path` saw, and the witness this process keeps.
+
+    Every writable open goes through here, a mount's or `vfile journal`'s: if the
+    witness no longer vouches for the journal (commits lost), it is cleared before
+    this process commits anything, so no later commit can raise the journal's
+    transaction id back over it and make the loss look like a surviving page cache;
+    a mount vouches again only once its recovery walk is done (`Journal.vouch`).
+    If it does vouch, it goes on following this process's commits."""
+    seen = Witness.read(path)
+    try:
+        witness = Witness(path)
+    except OSError as err:  # no witness: an unclean stop then always walks (sound)
+        log.warning("journal witness %s: cannot keep it: %s", path, err)
+        return seen, None
+    if survived(seen, boot_id(), journal_txnid):
+        witness.record(journal_txnid)
+    else:
+        witness.poison()
+    return seen, witness
+
+
 def witness_path(lock_target: Path) -> Path:
     """Beside LMDB's lock file in the lock directory (a tmpfs)."""
     return lock_target.with_suffix(".commits")
+
+
+def witness_for(state_dir: Path, lock_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The witness of the journal in `state_dir`: beside its lock file on the tmpfs, which
+    `vfile journal` (no lock directory given) finds through the `lock.mdb` symlink."""
+    if lock_dir is not None:
+        return witness_path(environment.lock_target(state_dir, Path(lock_dir)))
+    link = state_dir / environment.LOCK_FILE
+    if link.is_symlink():
+        return witness_path(Path(os.readlink(link)))
+    return None
 
 
 # --- the recovery decision (pure) -----------------------------------------------------------
@@ -159,6 +206,5 @@ def decide(run: bytes | None, watermark_ns: int | None, seen: Seen | None, boot:
            journal_txnid: int) -> Recovery:
     """The recovery rule, from what is stored, what the witness saw, and this boot."""
     clean = run is None or run == CLEAN
-    survived = (seen is not None and bool(boot) and seen.boot == boot
-                and seen.txnid <= journal_txnid)
-    return Recovery(clean=clean, cache_survived=survived, watermark_ns=watermark_ns)
+    return Recovery(clean=clean, cache_survived=survived(seen, boot, journal_txnid),
+                    watermark_ns=watermark_ns)

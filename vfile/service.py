@@ -173,6 +173,7 @@ async def _recover(journal: Journal, config: Config, root_fd: int) -> None:
         walked = await journal_changed_since(journal, config, root_fd, since)
     except JournalError as err:
         raise UserError(f"recovery walk: {err}", Exit.JOURNAL) from None
+    journal.vouch()
     log.warning("journal: recovery walk: %d files, %d journaled, %.1f s",
                 walked.files, walked.journaled, walked.seconds)
 
