@@ -10,9 +10,11 @@ verdict.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,44 @@ def _seed_entry(state: Path, rel: str) -> None:
                                        "default"))
     finally:
         journal.close()
+
+
+def test_a_stale_witness_of_another_path_does_not_vouch(tmp_path: Path) -> None:
+    """The same state directory under a second path (a bind mount, a directory renamed
+    and renamed back): each path has its own witness, and the one left behind by an
+    earlier run must not vouch for commits that a later run through the other path
+    made and the cut took away."""
+    src, mnt, disk, statefs = _dirs(tmp_path)
+    state, alias = statefs / "state", tmp_path / "alias"
+    alias.mkdir()
+    cfg = ("--config", str(_config(tmp_path)))
+    with running_appliance() as app:
+        with cutfs(disk, statefs):
+            state.mkdir()
+            with _bound(state, alias):
+                # A clean run through the alias: its witness stays behind on the tmpfs.
+                sig = _create_and_kill(src, mnt, alias, ("--appliance", app.url, *cfg,
+                                                         "--state-dir", str(alias)))
+            with mounted(src, mnt, "--appliance", app.url, *cfg, "--state-dir", str(state)):
+                pass  # the alias's run was killed: this start does not walk (cache kept)
+            with mounted(src, mnt, "--appliance", app.url, *cfg,
+                         "--state-dir", str(state)) as server:
+                for i in range(FILES):
+                    (mnt / "d" / f"late{i}").write_bytes(b"late %d" % i)
+                server.proc.send_signal(signal.SIGKILL)
+                server.proc.wait(10)
+        with cutfs(disk, statefs), _bound(state, alias):  # the cut
+            lost = [p for p in _created(src, state, sig) if "late" in p]
+            assert lost, "the cut lost no intent: nothing to show"
+            with mounted(src, mnt, "--appliance", app.url, *cfg, "--state-dir", str(alias)):
+                pass
+            assert _created(src, state, sig) == []
+
+
+@contextlib.contextmanager
+def _bound(what: Path, where: Path) -> Iterator[None]:
+    subprocess.run(["mount", "--bind", str(what), str(where)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
