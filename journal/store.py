@@ -132,9 +132,10 @@ class Journal:
         path = watermark.witness_for(where, lock_dir)
         if path is None:
             return
-        self._seen, self._witness = watermark.open_witness(path, self._opened_txnid)
+        run = self._read(lambda txn: watermark.read_state(txn, self._t))[0]
+        self._seen, self._witness = watermark.open_witness(path, self._opened_txnid, run)
         if self._witness is not None and watermark.survived(
-                self._seen, watermark.boot_id(), self._opened_txnid):
+                self._seen, watermark.boot_id(), self._opened_txnid, run):
             self._committer.on_commit = self._witness.record
 
     @classmethod
@@ -384,7 +385,8 @@ class Journal:
         run, mark = self._read(lambda txn: watermark.read_state(txn, t))
         found = watermark.decide(run, mark, self._seen, watermark.boot_id(),
                                  self._opened_txnid)
-        await self._write(lambda txn: watermark.op_set_run(txn, t, watermark.RUNNING))
+        marker = watermark.new_run_marker()
+        await self._write(lambda txn: watermark.op_set_run(txn, t, marker))
         self._running = True
         if not found.walk:
             self.vouch()
@@ -393,7 +395,8 @@ class Journal:
     def vouch(self) -> None:
         """Every intent is in the journal (no walk was due, or it is done): the witness
         follows the commits again. Not before: a kill mid-walk must walk again."""
-        if self._witness is not None:
+        if self._witness is not None:  # following this run, tagged with its marker
+            self._witness.run = self._read(lambda txn: watermark.read_state(txn, self._t))[0] or b""
             self._witness.record(int(self._env.info()["last_txnid"]))
             self._committer.on_commit = self._witness.record
 

@@ -55,7 +55,7 @@ RUNNING = b"running"
 #: coarse clock (a tick behind), and a small step of the clock must not open a gap.
 MARGIN_NS = 2_000_000_000
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
-_WITNESS_LEN = 64  # "<boot id, 36>\n<txn id, 20 digits>\n" padded with spaces
+_WITNESS_LEN = 128  # "<boot id, 36>\n<txn id, 20 digits>\n<run marker>\n", space-padded
 
 
 def boot_id() -> str:
@@ -74,6 +74,11 @@ def read_state(txn: Txn, t: Tables) -> tuple[bytes | None, int | None]:
     raw = txn.get(WATERMARK_KEY, db=t.meta)
     return (None if run is None else bytes(run),
             None if raw is None else keys.from_u64(raw))
+
+
+def new_run_marker() -> bytes:
+    """`running:<random>`: each run's own, so a witness names the run it followed."""
+    return RUNNING + b":" + os.urandom(8).hex().encode()
 
 
 def op_set_run(txn: Txn, t: Tables, marker: bytes) -> None:
@@ -96,14 +101,18 @@ def op_advance(txn: Txn, t: Tables, ns: int) -> int:
 class Seen:
     boot: str
     txnid: int
+    #: the run marker of the run whose commits it followed: a witness left by another
+    #: run (another path of the same state directory, another journal) vouches for nothing
+    run: bytes = b""
 
 
 class Witness:
     """The last committed transaction id, in a file on a tmpfs (module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, run: bytes) -> None:
         self.path = path
         self._boot = boot_id()
+        self.run = run  # the journal's run marker, written with every record
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @staticmethod
@@ -114,13 +123,15 @@ class Witness:
             return None
         boot, _, rest = raw.decode("ascii", "replace").partition("\n")
         try:
-            return Seen(boot.strip(), int(rest.split()[0]))
+            txnid, *run = rest.split()
+            return Seen(boot.strip(), int(txnid), run[0].encode() if run else b"")
         except (ValueError, IndexError):
             return None
 
     def record(self, txnid: int) -> None:
         """After a commit (the writer thread): one pwrite, atomic against a kill."""
-        line = f"{self._boot}\n{txnid:020d}\n".encode().ljust(_WITNESS_LEN)
+        line = f"{self._boot}\n{txnid:020d}\n{self.run.decode()}\n".encode()
+        line = line.ljust(_WITNESS_LEN)
         try:
             os.pwrite(self._fd, line, 0)
         except OSError as err:  # a full tmpfs: the next start then walks (sound)
@@ -139,13 +150,16 @@ class Witness:
             os.close(self._fd)
 
 
-def survived(seen: Seen | None, boot: str, journal_txnid: int) -> bool:
-    """The witness vouches that no commit was lost since it was written."""
+def survived(seen: Seen | None, boot: str, journal_txnid: int, run: bytes | None) -> bool:
+    """The witness vouches that no commit was lost since it was written: it followed
+    the run that left the journal's run marker, in this boot, up to no further than
+    the journal's last transaction."""
     return (seen is not None and bool(boot) and seen.boot == boot
-            and seen.txnid <= journal_txnid)
+            and seen.run == (run or b"") and seen.txnid <= journal_txnid)
 
 
-def open_witness(path: Path, journal_txnid: int) -> tuple[Seen | None, Witness | None]:
+def open_witness(path: Path, journal_txnid: int, run: bytes | None
+                 ) -> tuple[Seen | None, Witness | None]:
     """What the witness at `path` saw, and the witness this process keeps.
 
     Every writable open goes through here, a mount's or `vfile journal`'s: if the
@@ -156,11 +170,11 @@ def open_witness(path: Path, journal_txnid: int) -> tuple[Seen | None, Witness |
     If it does vouch, it goes on following this process's commits."""
     seen = Witness.read(path)
     try:
-        witness = Witness(path)
+        witness = Witness(path, run or b"")
     except OSError as err:  # no witness: an unclean stop then always walks (sound)
         log.warning("journal witness %s: cannot keep it: %s", path, err)
         return seen, None
-    if survived(seen, boot_id(), journal_txnid):
+    if survived(seen, boot_id(), journal_txnid, run):
         witness.record(journal_txnid)
     else:
         witness.poison()
@@ -206,5 +220,5 @@ def decide(run: bytes | None, watermark_ns: int | None, seen: Seen | None, boot:
            journal_txnid: int) -> Recovery:
     """The recovery rule, from what is stored, what the witness saw, and this boot."""
     clean = run is None or run == CLEAN
-    return Recovery(clean=clean, cache_survived=survived(seen, boot, journal_txnid),
+    return Recovery(clean=clean, cache_survived=survived(seen, boot, journal_txnid, run),
                     watermark_ns=watermark_ns)
