@@ -195,3 +195,27 @@ def _bound(what: Path, where: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_state_dir_reused_by_another_source_does_not_end_the_recovery(
+        tmp_path: Path) -> None:
+    """After the cut, a careless start on ANOTHER source with the same state directory
+    must not settle the recovery: the files the lost intents covered are in the first
+    source, which the next start on it must still walk (or the other start refuses)."""
+    src, mnt, disk, statefs = _dirs(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    state = statefs / "state"
+    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
+    with running_appliance() as app:
+        args = ("--appliance", app.url, *args)
+        with cutfs(disk, statefs):
+            sig = _create_and_kill(src, mnt, state, args)
+        with cutfs(disk, statefs):  # the cut
+            assert _created(src, state, sig), "the cut lost no intent: nothing to show"
+            with contextlib.suppress(AssertionError):  # refusing to start is fine too
+                with mounted(other, mnt, *args):
+                    pass
+            with mounted(src, mnt, *args):
+                pass
+            assert _created(src, state, sig) == []
