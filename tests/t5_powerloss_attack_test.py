@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,6 +217,47 @@ def test_a_state_dir_reused_by_another_source_does_not_end_the_recovery(
             with contextlib.suppress(AssertionError):  # refusing to start is fine too
                 with mounted(other, mnt, *args):
                     pass
+            with mounted(src, mnt, *args):
+                pass
+            assert _created(src, state, sig) == []
+
+
+def test_a_clock_stepped_back_does_not_hide_creates_below_the_watermark(
+        tmp_path: Path) -> None:
+    """A run whose clock was an hour fast advanced the watermark to an hour from now;
+    the clock was then stepped back (NTP, a corrected RTC). Creates made since have
+    ctimes below W: their intents must not be left to the watermark rule."""
+    import trio
+
+    from vfile.journal import watermark
+
+    src, mnt, disk, statefs = _dirs(tmp_path)
+    state = statefs / "state"
+    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
+    with running_appliance() as app:
+        args = ("--appliance", app.url, *args)
+        with cutfs(disk, statefs):
+            with mounted(src, mnt, *args):
+                wait_for("the signature version", lambda: (
+                    (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
+                    signature_version(state))[-1], 30)
+            sig = signature_version(state)
+            # What that fast run's background sync stored (durably: a tier-1 write).
+            ahead = time.time_ns() + 3600 * 10**9
+            journal = Journal.open(state)
+            try:
+                trio.run(lambda: journal._write(
+                    lambda txn: watermark.op_advance(txn, journal._t, ahead)))
+            finally:
+                journal.close()
+            with mounted(src, mnt, *args) as server:
+                (mnt / "d").mkdir()
+                for i in range(FILES):
+                    (mnt / "d" / f"new{i}").write_bytes(b"created %d" % i)
+                server.proc.send_signal(signal.SIGKILL)
+                server.proc.wait(10)
+        with cutfs(disk, statefs):  # the cut
+            assert _created(src, state, sig), "the cut lost no intent: nothing to show"
             with mounted(src, mnt, *args):
                 pass
             assert _created(src, state, sig) == []
