@@ -42,13 +42,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import lmdb
+
 from vfile.journal import environment, keys
+from vfile.journal.records import JournalError
 from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
 
 WATERMARK_KEY = b"watermark"
 RUN_KEY = b"run"
+#: the source the last run served: "<st_dev>:<st_ino>\0<realpath>"
+SOURCE_KEY = b"source"
 CLEAN = b"clean"
 RUNNING = b"running"
 #: W lags the clock read before its fsync by this much: ctime comes from the kernel's
@@ -81,8 +86,50 @@ def new_run_marker() -> bytes:
     return RUNNING + b":" + os.urandom(8).hex().encode()
 
 
-def op_set_run(txn: Txn, t: Tables, marker: bytes) -> None:
+def op_set_run(txn: Txn, t: Tables, marker: bytes, source: bytes = b"") -> None:
     txn.put(RUN_KEY, marker, db=t.meta)
+    if source:
+        txn.put(SOURCE_KEY, source, db=t.meta)
+
+
+def read_source(txn: Txn, t: Tables) -> bytes:
+    raw = txn.get(SOURCE_KEY, db=t.meta)
+    return b"" if raw is None else bytes(raw)
+
+
+def source_key(root_fd: int, path: str) -> bytes:
+    st = os.fstat(root_fd)
+    return f"{st.st_dev}:{st.st_ino}".encode() + b"\0" + os.fsencode(path)
+
+
+def check_source(found: Recovery, stored: bytes, source: bytes) -> None:
+    """A walk is due for the source the last run served, and only a start on that
+    source does it: a start on another would settle the recovery (run marker, witness)
+    without walking the files whose intents were lost. The same source: its
+    directory (device numbers may change across a reboot) or its path."""
+    if not found.walk or not stored or not source:
+        return
+    old_id, _, old_path = stored.partition(b"\0")
+    new_id, _, new_path = source.partition(b"\0")
+    if old_id != new_id and old_path != new_path:
+        raise JournalError(
+            f"the last run, on {os.fsdecode(old_path)!r}, stopped uncleanly and may have "
+            "lost records: start vfile on that source first, so its recovery walk runs "
+            "(or give this source its own state directory)")
+
+
+def covers_new_files(watermark_ns: int | None, now_ns: int) -> bool:
+    """A create made now will have a ctime above W, so the walk finds its file if its
+    tier-1w intent is lost; not so once the clock stepped back below W + margin (NTP,
+    a corrected RTC): until it is past that again, a create's intent is tier 1."""
+    return watermark_ns is None or now_ns - MARGIN_NS > watermark_ns
+
+
+def mark_clean(env: lmdb.Environment, t: Tables) -> None:
+    """A clean stop, durably (no writer runs: the caller's thread may write)."""
+    with env.begin(write=True) as txn:
+        op_set_run(txn, t, CLEAN)
+    env.sync(True)
 
 
 def op_advance(txn: Txn, t: Tables, ns: int) -> int:
@@ -158,8 +205,8 @@ def survived(seen: Seen | None, boot: str, journal_txnid: int, run: bytes | None
             and seen.run == (run or b"") and seen.txnid <= journal_txnid)
 
 
-def open_witness(path: Path, journal_txnid: int, run: bytes | None
-                 ) -> tuple[Seen | None, Witness | None]:
+def open_witness(path: Path | None, journal_txnid: int, run: bytes | None
+                 ) -> tuple[Seen | None, Witness | None, bool]:
     """What the witness at `path` saw, and the witness this process keeps.
 
     Every writable open goes through here, a mount's or `vfile journal`'s: if the
@@ -167,18 +214,21 @@ def open_witness(path: Path, journal_txnid: int, run: bytes | None
     this process commits anything, so no later commit can raise the journal's
     transaction id back over it and make the loss look like a surviving page cache;
     a mount vouches again only once its recovery walk is done (`Journal.vouch`).
-    If it does vouch, it goes on following this process's commits."""
+    If it does vouch (the bool), it goes on following this process's commits."""
+    if path is None:  # no lock directory: no witness, an unclean stop always walks
+        return None, None, False
     seen = Witness.read(path)
     try:
         witness = Witness(path, run or b"")
     except OSError as err:  # no witness: an unclean stop then always walks (sound)
         log.warning("journal witness %s: cannot keep it: %s", path, err)
-        return seen, None
-    if survived(seen, boot_id(), journal_txnid, run):
+        return seen, None, False
+    vouches = survived(seen, boot_id(), journal_txnid, run)
+    if vouches:
         witness.record(journal_txnid)
     else:
         witness.poison()
-    return seen, witness
+    return seen, witness, vouches
 
 
 def witness_path(lock_target: Path) -> Path:
