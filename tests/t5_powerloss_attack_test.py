@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 from mounting import is_mounted, mounted, stop_process, vfile_cmd, wait_for
-from outage import running_appliance, signature_version, unaccounted
-from t5_powerloss_test import _config, cutfs
+from outage import running_appliance, unaccounted
+from t5_powerloss_test import FILES, _config, _create_and_kill, cutfs
 
 from vfile.journal import Journal
 
 pytestmark = pytest.mark.mount
 
-FILES = 20
 #: files put in the source behind vfile's back (the walk journals them too: W was never
 #: advanced): they make the walk long enough to be killed in the middle of it
 BULK = 20_000
@@ -41,21 +40,24 @@ def _dirs(tmp: Path) -> tuple[Path, Path, Path, Path]:
     return out  # type: ignore[return-value]
 
 
-def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...]) -> str:
-    """A clean mount (the signature version), then FILES creates in `d/` through a
-    second mount, whose server is SIGKILLed. The signature version."""
-    with mounted(src, mnt, *args):
-        wait_for("the signature version", lambda: (
-            (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
-            signature_version(state))[-1], 30)
-    sig = signature_version(state)
-    with mounted(src, mnt, *args) as server:
-        (mnt / "d").mkdir()
-        for i in range(FILES):
-            (mnt / "d" / f"new{i}").write_bytes(b"created %d" % i)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-    return sig
+@contextlib.contextmanager
+def _after_the_cut(tmp: Path, *, bulk: int = 0
+                   ) -> Iterator[tuple[Path, Path, Path, tuple[str, ...], str]]:
+    """FILES creates in `d/` through the mount (after `bulk` files put in the source
+    behind vfile's back), SIGKILL, the cut; yields (source, mountpoint, state dir,
+    mount arguments, signature version) with cutfs serving the cut state."""
+    src, mnt, disk, statefs = _dirs(tmp)
+    for i in range(bulk):
+        (src / f"bulk{i}").write_bytes(b"")
+    state = statefs / "state"
+    args = ("--config", str(_config(tmp)), "--state-dir", str(state))
+    with running_appliance() as app:
+        args = ("--appliance", app.url, *args)
+        with cutfs(disk, statefs):
+            sig = _create_and_kill(src, mnt, state, args, subdir="d")
+        with cutfs(disk, statefs):  # the cut
+            assert _created(src, state, sig), "the cut lost no intent: nothing to show"
+            yield src, mnt, state, args, sig
 
 
 def _created(src: Path, state: Path, sig: str) -> list[str]:
@@ -84,53 +86,34 @@ def _kill_during_walk(src: Path, mnt: Path, args: tuple[str, ...], log: Path) ->
 
 def test_a_kill_during_the_recovery_walk_does_not_let_the_next_start_skip_it(
         tmp_path: Path) -> None:
-    src, mnt, disk, statefs = _dirs(tmp_path)
-    for i in range(BULK):
-        (src / f"bulk{i}").write_bytes(b"")
-    state = statefs / "state"
-    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
-    with running_appliance() as app:
-        args = ("--appliance", app.url, *args)
-        with cutfs(disk, statefs):
-            sig = _create_and_kill(src, mnt, state, args)
-        with cutfs(disk, statefs):  # the cut
-            assert _created(src, state, sig), "the cut lost no intent: nothing to show"
-            _kill_during_walk(src, mnt, args, tmp_path / "walk.log")
-            # The killed walk never reached d/ (it walks the root's files first).
-            assert _created(src, state, sig), "the killed walk already journaled d/"
-            with mounted(src, mnt, *args, "-v"):
-                pass  # the next start must walk again before it serves
-            assert _created(src, state, sig) == []
+    with _after_the_cut(tmp_path, bulk=BULK) as (src, mnt, state, args, sig):
+        _kill_during_walk(src, mnt, args, tmp_path / "walk.log")
+        # The killed walk never reached d/ (it walks the root's files first).
+        assert _created(src, state, sig), "the killed walk already journaled d/"
+        with mounted(src, mnt, *args, "-v"):
+            pass  # the next start must walk again before it serves
+        assert _created(src, state, sig) == []
 
 
 def test_journal_edits_between_runs_do_not_hide_lost_intents(tmp_path: Path) -> None:
     """After the cut, an operator's `vfile journal` edits (each a transaction) must
     not make the lost commits look present to the next start."""
-    src, mnt, disk, statefs = _dirs(tmp_path)
-    state = statefs / "state"
-    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
-    with running_appliance() as app:
-        args = ("--appliance", app.url, *args)
-        with cutfs(disk, statefs):
-            sig = _create_and_kill(src, mnt, state, args)
-        with cutfs(disk, statefs):  # the cut
-            lost = _created(src, state, sig)
-            assert lost, "the cut lost no intent: nothing to show"
-            journal = Journal.open(state, readonly=True)  # a read leaves the witness be
-            lost_txns = _witnessed(state) - int(journal._env.info()["last_txnid"])
-            journal.close()
-            assert lost_txns > 0
-            # An entry added, then `vfile journal purge`d: two transactions a round;
-            # enough rounds to make up for the lost ones.
-            (src / "edited").write_bytes(b"")
-            for _ in range(lost_txns // 2 + 1):
-                _seed_entry(state, "edited")
-                subprocess.run(vfile_cmd("journal", "purge", "edited", "--yes", "--state-dir",
-                                         str(state)), check=True, capture_output=True,
-                               timeout=60)
-            with mounted(src, mnt, *args, "-v"):
-                pass
-            assert _created(src, state, sig) == []
+    with _after_the_cut(tmp_path) as (src, mnt, state, args, sig):
+        journal = Journal.open(state, readonly=True)  # a read leaves the witness be
+        lost_txns = _witnessed(state) - int(journal._env.info()["last_txnid"])
+        journal.close()
+        assert lost_txns > 0
+        # An entry added, then `vfile journal purge`d: two transactions a round;
+        # enough rounds to make up for the lost ones.
+        (src / "edited").write_bytes(b"")
+        for _ in range(lost_txns // 2 + 1):
+            _seed_entry(state, "edited")
+            subprocess.run(vfile_cmd("journal", "purge", "edited", "--yes", "--state-dir",
+                                     str(state)), check=True, capture_output=True,
+                           timeout=60)
+        with mounted(src, mnt, *args, "-v"):
+            pass
+        assert _created(src, state, sig) == []
 
 
 def _witnessed(state: Path) -> int:
@@ -172,7 +155,7 @@ def test_a_stale_witness_of_another_path_does_not_vouch(tmp_path: Path) -> None:
             with _bound(state, alias):
                 # A clean run through the alias: its witness stays behind on the tmpfs.
                 sig = _create_and_kill(src, mnt, alias, ("--appliance", app.url, *cfg,
-                                                         "--state-dir", str(alias)))
+                                                         "--state-dir", str(alias)), subdir="d")
             with mounted(src, mnt, "--appliance", app.url, *cfg, "--state-dir", str(state)):
                 pass  # the alias's run was killed: this start does not walk (cache kept)
             with mounted(src, mnt, "--appliance", app.url, *cfg,
@@ -203,23 +186,15 @@ def test_a_state_dir_reused_by_another_source_does_not_end_the_recovery(
     """After the cut, a careless start on ANOTHER source with the same state directory
     must not settle the recovery: the files the lost intents covered are in the first
     source, which the next start on it must still walk (or the other start refuses)."""
-    src, mnt, disk, statefs = _dirs(tmp_path)
-    other = tmp_path / "other"
-    other.mkdir()
-    state = statefs / "state"
-    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
-    with running_appliance() as app:
-        args = ("--appliance", app.url, *args)
-        with cutfs(disk, statefs):
-            sig = _create_and_kill(src, mnt, state, args)
-        with cutfs(disk, statefs):  # the cut
-            assert _created(src, state, sig), "the cut lost no intent: nothing to show"
-            # Refusing to start is fine too.
-            with contextlib.suppress(AssertionError), mounted(other, mnt, *args):
-                pass
-            with mounted(src, mnt, *args):
-                pass
-            assert _created(src, state, sig) == []
+    with _after_the_cut(tmp_path) as (src, mnt, state, args, sig):
+        other = tmp_path / "other"
+        other.mkdir()
+        # Refusing to start is fine too.
+        with contextlib.suppress(AssertionError), mounted(other, mnt, *args):
+            pass
+        with mounted(src, mnt, *args):
+            pass
+        assert _created(src, state, sig) == []
 
 
 def test_a_clock_stepped_back_does_not_hide_creates_below_the_watermark(
@@ -237,11 +212,6 @@ def test_a_clock_stepped_back_does_not_hide_creates_below_the_watermark(
     with running_appliance() as app:
         args = ("--appliance", app.url, *args)
         with cutfs(disk, statefs):
-            with mounted(src, mnt, *args):
-                wait_for("the signature version", lambda: (
-                    (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
-                    signature_version(state))[-1], 30)
-            sig = signature_version(state)
             # What that fast run's background sync stored (durably: a tier-1 write).
             ahead = time.time_ns() + 3600 * 10**9
             journal = Journal.open(state)
@@ -250,12 +220,7 @@ def test_a_clock_stepped_back_does_not_hide_creates_below_the_watermark(
                     lambda txn: watermark.op_advance(txn, journal._t, ahead)))
             finally:
                 journal.close()
-            with mounted(src, mnt, *args) as server:
-                (mnt / "d").mkdir()
-                for i in range(FILES):
-                    (mnt / "d" / f"new{i}").write_bytes(b"created %d" % i)
-                server.proc.send_signal(signal.SIGKILL)
-                server.proc.wait(10)
+            sig = _create_and_kill(src, mnt, state, args, subdir="d")
         with cutfs(disk, statefs):  # the cut (intents fsynced while behind W survive it)
             with mounted(src, mnt, *args):
                 pass
