@@ -45,7 +45,7 @@ from vfile.journal import (
     watermark,
 )
 from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
-from vfile.journal.environment import lock_target, open_env
+from vfile.journal.environment import open_env
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
@@ -94,6 +94,7 @@ class Journal:
         self._witness: watermark.Witness | None = None
         self._running = False  # begin_run was called: close() marks the stop clean
         self._commits_at_watermark = -1
+        self._watermark: int | None = None  # as stored, once begin_run read it
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
@@ -124,17 +125,16 @@ class Journal:
         if not group_commit:
             journal._committer = GroupCommitter(journal._env, journal._t, str(where),
                                                 journal._grow_map, max_batch=1, fsync=sync)
-        if lock_dir is not None and not readonly:
-            journal._keep_witness(watermark.witness_path(lock_target(where, Path(lock_dir))))
+        if not readonly:
+            journal._keep_witness(where, lock_dir)
         return journal
 
-    def _keep_witness(self, path: Path) -> None:
-        self._seen = watermark.Witness.read(path)
-        try:
-            self._witness = watermark.Witness(path)
-        except OSError as err:  # no witness: an unclean stop then always walks (sound)
-            log.warning("journal %s: cannot keep its witness %s: %s", self.path, path, err)
-            return
+    def _keep_witness(self, where: Path, lock_dir: str | os.PathLike[str] | None) -> None:
+        run = self._read(lambda txn: watermark.read_state(txn, self._t))[0]
+        self._seen, self._witness, vouches = watermark.open_witness(
+            watermark.witness_for(where, lock_dir), self._opened_txnid, run)
+        if self._witness is not None and vouches:
+            self._committer.on_commit = self._witness.record
 
     @classmethod
     def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,
@@ -147,10 +147,8 @@ class Journal:
     def close(self) -> None:
         if self._pid == os.getpid():
             # A waiter cancelled mid-batch may leave its writer finishing: let it commit.
-            idle = self._committer.wait_idle(30.0)
-            if not idle:
-                log.error("journal %s: closing while a write transaction still runs",
-                          self.path)
+            if not (idle := self._committer.wait_idle(30.0)):
+                log.error("journal %s: closing while a write transaction still runs", self.path)
             if not self.readonly and self._fsync and self._committer.unsynced:
                 try:
                     self._committer.sync_now()  # tier-2 records: durable at unmount
@@ -164,11 +162,8 @@ class Journal:
             self._env.close()
 
     def _mark_clean(self) -> None:
-        # No writer runs (wait_idle): this thread may write. Everything is synced above.
-        try:
-            with self._env.begin(write=True) as txn:
-                watermark.op_set_run(txn, self._t, watermark.CLEAN)
-            self._env.sync(True)
+        try:  # everything is synced above
+            watermark.mark_clean(self._env, self._t)
         except lmdb.Error as err:
             log.error("journal %s: cannot record the clean stop: %s", self.path, err)
 
@@ -376,21 +371,31 @@ class Journal:
 
     # --- tier 1w: the watermark and the run marker (journal.watermark) ------------------------
 
-    async def begin_run(self) -> watermark.Recovery:
-        """A mount starts: how the last run ended (the recovery rule), then the run
-        marker set to `running`, durably, so a crash from now on is seen as one."""
+    async def begin_run(self, source: bytes = b"") -> watermark.Recovery:
+        """A mount of `source` (watermark.source_key) starts: how the last run ended (the
+        recovery rule), then the run marker set to `running`, durably, so a crash from
+        now on is seen as one. A walk due for another source: JournalError."""
         t = self._t
         run, mark = self._read(lambda txn: watermark.read_state(txn, t))
         found = watermark.decide(run, mark, self._seen, watermark.boot_id(),
                                  self._opened_txnid)
-        if self._witness is not None:
-            # Only now, with the rule decided: a start that fails before this point
-            # leaves the old witness, so the next start still sees what was lost.
-            self._witness.record(self._opened_txnid)
-            self._committer.on_commit = self._witness.record
-        await self._write(lambda txn: watermark.op_set_run(txn, t, watermark.RUNNING))
+        self._watermark = mark
+        watermark.check_source(found, self._read(lambda txn: watermark.read_source(txn, t)),
+                               source)
+        marker = watermark.new_run_marker()
+        await self._write(lambda txn: watermark.op_set_run(txn, t, marker, source))
         self._running = True
+        if not found.walk:
+            self.vouch()
         return found
+
+    def vouch(self) -> None:
+        """Every intent is in the journal (no walk was due, or it is done): the witness
+        follows the commits again. Not before: a kill mid-walk must walk again."""
+        if self._witness is not None:  # following this run, tagged with its marker
+            self._witness.run = self._read(lambda txn: watermark.read_state(txn, self._t))[0] or b""
+            self._witness.record(int(self._env.info()["last_txnid"]))
+            self._committer.on_commit = self._witness.record
 
     async def advance_watermark(self) -> bool:
         """fsync, then raise the watermark durably to the clock read before that fsync
@@ -404,9 +409,13 @@ class Journal:
         await trio.to_thread.run_sync(c.sync_now, limiter=self._sync_limiter,
                                       abandon_on_cancel=True)
         t, ns = self._t, before - watermark.MARGIN_NS
-        await self._write(lambda txn: watermark.op_advance(txn, t, ns))
+        self._watermark = await self._write(lambda txn: watermark.op_advance(txn, t, ns))
         self._commits_at_watermark = c.commits
         return True
+
+    def new_files_covered(self) -> bool:
+        """A create's intent may be tier 1w now (watermark.covers_new_files)."""
+        return watermark.covers_new_files(self._watermark, time.time_ns())
 
     def watermark_ns(self) -> int | None:
         t = self._t

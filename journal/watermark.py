@@ -42,20 +42,25 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfile.journal import keys
+import lmdb
+
+from vfile.journal import environment, keys
+from vfile.journal.records import JournalError
 from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
 
 WATERMARK_KEY = b"watermark"
 RUN_KEY = b"run"
+#: the source the last run served: "<st_dev>:<st_ino>\0<realpath>"
+SOURCE_KEY = b"source"
 CLEAN = b"clean"
 RUNNING = b"running"
 #: W lags the clock read before its fsync by this much: ctime comes from the kernel's
 #: coarse clock (a tick behind), and a small step of the clock must not open a gap.
 MARGIN_NS = 2_000_000_000
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
-_WITNESS_LEN = 64  # "<boot id, 36>\n<txn id, 20 digits>\n" padded with spaces
+_WITNESS_LEN = 128  # "<boot id, 36>\n<txn id, 20 digits>\n<run marker>\n", space-padded
 
 
 def boot_id() -> str:
@@ -76,8 +81,55 @@ def read_state(txn: Txn, t: Tables) -> tuple[bytes | None, int | None]:
             None if raw is None else keys.from_u64(raw))
 
 
-def op_set_run(txn: Txn, t: Tables, marker: bytes) -> None:
+def new_run_marker() -> bytes:
+    """`running:<random>`: each run's own, so a witness names the run it followed."""
+    return RUNNING + b":" + os.urandom(8).hex().encode()
+
+
+def op_set_run(txn: Txn, t: Tables, marker: bytes, source: bytes = b"") -> None:
     txn.put(RUN_KEY, marker, db=t.meta)
+    if source:
+        txn.put(SOURCE_KEY, source, db=t.meta)
+
+
+def read_source(txn: Txn, t: Tables) -> bytes:
+    raw = txn.get(SOURCE_KEY, db=t.meta)
+    return b"" if raw is None else bytes(raw)
+
+
+def source_key(root_fd: int, path: str) -> bytes:
+    st = os.fstat(root_fd)
+    return f"{st.st_dev}:{st.st_ino}".encode() + b"\0" + os.fsencode(path)
+
+
+def check_source(found: Recovery, stored: bytes, source: bytes) -> None:
+    """A walk is due for the source the last run served, and only a start on that
+    source does it: a start on another would settle the recovery (run marker, witness)
+    without walking the files whose intents were lost. The same source: its
+    directory (device numbers may change across a reboot) or its path."""
+    if not found.walk or not stored or not source:
+        return
+    old_id, _, old_path = stored.partition(b"\0")
+    new_id, _, new_path = source.partition(b"\0")
+    if old_id != new_id and old_path != new_path:
+        raise JournalError(
+            f"the last run, on {os.fsdecode(old_path)!r}, stopped uncleanly and may have "
+            "lost records: start vfile on that source first, so its recovery walk runs "
+            "(or give this source its own state directory)")
+
+
+def covers_new_files(watermark_ns: int | None, now_ns: int) -> bool:
+    """A create made now will have a ctime above W, so the walk finds its file if its
+    tier-1w intent is lost; not so once the clock stepped back below W + margin (NTP,
+    a corrected RTC): until it is past that again, a create's intent is tier 1."""
+    return watermark_ns is None or now_ns - MARGIN_NS > watermark_ns
+
+
+def mark_clean(env: lmdb.Environment, t: Tables) -> None:
+    """A clean stop, durably (no writer runs: the caller's thread may write)."""
+    with env.begin(write=True) as txn:
+        op_set_run(txn, t, CLEAN)
+    env.sync(True)
 
 
 def op_advance(txn: Txn, t: Tables, ns: int) -> int:
@@ -96,14 +148,18 @@ def op_advance(txn: Txn, t: Tables, ns: int) -> int:
 class Seen:
     boot: str
     txnid: int
+    #: the run marker of the run whose commits it followed: a witness left by another
+    #: run (another path of the same state directory, another journal) vouches for nothing
+    run: bytes = b""
 
 
 class Witness:
     """The last committed transaction id, in a file on a tmpfs (module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, run: bytes) -> None:
         self.path = path
         self._boot = boot_id()
+        self.run = run  # the journal's run marker, written with every record
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @staticmethod
@@ -114,26 +170,81 @@ class Witness:
             return None
         boot, _, rest = raw.decode("ascii", "replace").partition("\n")
         try:
-            return Seen(boot.strip(), int(rest.split()[0]))
+            txnid, *run = rest.split()
+            return Seen(boot.strip(), int(txnid), run[0].encode() if run else b"")
         except (ValueError, IndexError):
             return None
 
     def record(self, txnid: int) -> None:
         """After a commit (the writer thread): one pwrite, atomic against a kill."""
-        line = f"{self._boot}\n{txnid:020d}\n".encode().ljust(_WITNESS_LEN)
+        line = f"{self._boot}\n{txnid:020d}\n{self.run.decode()}\n".encode()
+        line = line.ljust(_WITNESS_LEN)
         try:
             os.pwrite(self._fd, line, 0)
         except OSError as err:  # a full tmpfs: the next start then walks (sound)
             log.debug("journal witness %s: %s", self.path, err)
+
+    def poison(self) -> None:
+        """Vouch for nothing: an empty witness reads as none, so an unclean stop from
+        now on walks. Truncating never needs room, even on a full tmpfs."""
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError as err:
+            log.warning("journal witness %s: cannot clear it: %s", self.path, err)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
 
+def survived(seen: Seen | None, boot: str, journal_txnid: int, run: bytes | None) -> bool:
+    """The witness vouches that no commit was lost since it was written: it followed
+    the run that left the journal's run marker, in this boot, up to no further than
+    the journal's last transaction."""
+    return (seen is not None and bool(boot) and seen.boot == boot
+            and seen.run == (run or b"") and seen.txnid <= journal_txnid)
+
+
+def open_witness(path: Path | None, journal_txnid: int, run: bytes | None
+                 ) -> tuple[Seen | None, Witness | None, bool]:
+    """What the witness at `path` saw, and the witness this process keeps.
+
+    Every writable open goes through here, a mount's or `vfile journal`'s: if the
+    witness no longer vouches for the journal (commits lost), it is cleared before
+    this process commits anything, so no later commit can raise the journal's
+    transaction id back over it and make the loss look like a surviving page cache;
+    a mount vouches again only once its recovery walk is done (`Journal.vouch`).
+    If it does vouch (the bool), it goes on following this process's commits."""
+    if path is None:  # no lock directory: no witness, an unclean stop always walks
+        return None, None, False
+    seen = Witness.read(path)
+    try:
+        witness = Witness(path, run or b"")
+    except OSError as err:  # no witness: an unclean stop then always walks (sound)
+        log.warning("journal witness %s: cannot keep it: %s", path, err)
+        return seen, None, False
+    vouches = survived(seen, boot_id(), journal_txnid, run)
+    if vouches:
+        witness.record(journal_txnid)
+    else:
+        witness.poison()
+    return seen, witness, vouches
+
+
 def witness_path(lock_target: Path) -> Path:
     """Beside LMDB's lock file in the lock directory (a tmpfs)."""
     return lock_target.with_suffix(".commits")
+
+
+def witness_for(state_dir: Path, lock_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The witness of the journal in `state_dir`: beside its lock file on the tmpfs, which
+    `vfile journal` (no lock directory given) finds through the `lock.mdb` symlink."""
+    if lock_dir is not None:
+        return witness_path(environment.lock_target(state_dir, Path(lock_dir)))
+    link = state_dir / environment.LOCK_FILE
+    if link.is_symlink():
+        return witness_path(Path(os.readlink(link)))
+    return None
 
 
 # --- the recovery decision (pure) -----------------------------------------------------------
@@ -159,6 +270,5 @@ def decide(run: bytes | None, watermark_ns: int | None, seen: Seen | None, boot:
            journal_txnid: int) -> Recovery:
     """The recovery rule, from what is stored, what the witness saw, and this boot."""
     clean = run is None or run == CLEAN
-    survived = (seen is not None and bool(boot) and seen.boot == boot
-                and seen.txnid <= journal_txnid)
-    return Recovery(clean=clean, cache_survived=survived, watermark_ns=watermark_ns)
+    return Recovery(clean=clean, cache_survived=survived(seen, boot, journal_txnid, run),
+                    watermark_ns=watermark_ns)

@@ -14,14 +14,20 @@ from vfile.journal.environment import lock_target
 BOOT = "98a9685e-11bc-421d-93bb-8341ecee3926"
 
 
+def seen(boot: str, txnid: int) -> watermark.Seen:
+    """What the witness of the run that left `running` saw."""
+    return watermark.Seen(boot, txnid, watermark.RUNNING)
+
+
 @pytest.mark.parametrize(("run", "seen", "txnid", "walk"), [
     (None, None, 5, False),                       # new journal, or written before tier 1w
     (watermark.CLEAN, None, 5, False),            # clean stop: nothing to recover
     (watermark.RUNNING, None, 5, True),           # unclean, no witness (a reboot emptied /run)
-    (watermark.RUNNING, watermark.Seen(BOOT, 5), 5, False),   # SIGKILL: nothing lost
-    (watermark.RUNNING, watermark.Seen(BOOT, 4), 5, False),   # killed between commit and note
-    (watermark.RUNNING, watermark.Seen(BOOT, 6), 5, True),    # a commit the disk lost
-    (watermark.RUNNING, watermark.Seen("other-boot", 5), 5, True),  # a reboot, /run on disk
+    (watermark.RUNNING, seen(BOOT, 5), 5, False),   # SIGKILL: nothing lost
+    (watermark.RUNNING, seen(BOOT, 4), 5, False),   # killed between commit and note
+    (watermark.RUNNING, seen(BOOT, 6), 5, True),    # a commit the disk lost
+    (watermark.RUNNING, watermark.Seen(BOOT, 5, b"running:other"), 5, True),  # another run's
+    (watermark.RUNNING, seen("other-boot", 5), 5, True),  # a reboot, /run on disk
 ])
 def test_the_recovery_rule(run: bytes | None, seen: watermark.Seen | None, txnid: int,
                            walk: bool) -> None:
@@ -70,7 +76,7 @@ async def test_run_marker_watermark_and_witness(tmp_path: Path) -> None:
     path = watermark.witness_path(lock_target(state, locks))
     seen = watermark.Witness.read(path)
     assert seen is not None
-    w = watermark.Witness(path)
+    w = watermark.Witness(path, seen.run)
     w.record(seen.txnid + 3)
     w.close()
     j = Journal.open(state, lock_dir=locks)

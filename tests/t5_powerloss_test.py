@@ -66,17 +66,21 @@ def _config(tmp: Path) -> Path:
     return cfg
 
 
-def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...]) -> str:
+def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...], *,
+                     subdir: str = "") -> str:
     """Mount once cleanly (the signature version is learnt and persisted), then create
-    FILES files through a second mount and SIGKILL its server; the signature version."""
+    FILES files (in `subdir`) through a second mount and SIGKILL its server; the
+    signature version."""
     with mounted(src, mnt, *args):
         wait_for("the signature version", lambda: (
             (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
             signature_version(state))[-1], 30)
     sig = signature_version(state)
     with mounted(src, mnt, *args) as server:
+        if subdir:
+            (mnt / subdir).mkdir()
         for i in range(FILES):
-            (mnt / f"new{i}").write_bytes(b"created %d" % i)
+            (mnt / subdir / f"new{i}").write_bytes(b"created %d" % i)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
     return sig

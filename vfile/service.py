@@ -48,6 +48,7 @@ from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError
 from vfile.journal.statedir import default_state_dir, ensure_state_dir
+from vfile.journal.watermark import source_key
 from vfile.observe.memwatch import MemoryWatch
 from vfile.observe.serve import open_outputs, serve_outputs
 from vfile.options import MountOptions
@@ -149,11 +150,11 @@ async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,
 RECOVERY_WALK_ENV = "VFILE_RECOVERY_WALK"
 
 
-async def _recover(journal: Journal, config: Config, root_fd: int) -> None:
+async def _recover(journal: Journal, config: Config, root_fd: int, source: str) -> None:
     """Before the mount serves: after an unclean stop that lost the state disk's page
     cache, journal every file changed since the durable watermark (journal.watermark)."""
     try:
-        found = await journal.begin_run()
+        found = await journal.begin_run(source_key(root_fd, os.path.realpath(source)))
     except JournalError as err:
         raise UserError(str(err), Exit.JOURNAL) from None
     if not found.walk:
@@ -173,6 +174,7 @@ async def _recover(journal: Journal, config: Config, root_fd: int) -> None:
         walked = await journal_changed_since(journal, config, root_fd, since)
     except JournalError as err:
         raise UserError(f"recovery walk: {err}", Exit.JOURNAL) from None
+    journal.vouch()
     log.warning("journal: recovery walk: %d files, %d journaled, %.1f s",
                 walked.files, walked.journaled, walked.seconds)
 
@@ -236,7 +238,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         gate = Gate(config, pool, journal, actions, source_fd=root_fd,
                     observer=outputs.observer, quota=quota.state)
         gate.assume_signature(_read_sig(state_dir))
-        await _recover(journal, config, root_fd)
+        await _recover(journal, config, root_fd, opts.source)
         window.subscribe(gate.set_window)
         window.subscribe(pool.set_quiet)
         # The drain's outer bound and lease cover the longest profile drain deadline.

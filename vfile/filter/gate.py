@@ -366,10 +366,12 @@ class Gate:
         try:
             exposure = self._outcomes.exposure(ctx, wrote=True)
             # A new name (create, mknod: no stat yet) is tier 1w: committed, fsynced
-            # by the watermark's sync (journal.watermark); an existing file's is tier 1.
+            # by the watermark's sync (journal.watermark); an existing file's is tier 1,
+            # and so is a new one's while the clock is behind the watermark.
             intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
                                                    profile.name, exposure=exposure,
-                                                   durable=st is not None)
+                                                   durable=st is not None
+                                                   or not self._journal.new_files_covered())
         except BaseException as err:
             self._intents.roll_back(intent)
             if isinstance(err, JournalFull):
