@@ -61,10 +61,11 @@ class Settler:
         self._clock = clock
 
     async def resolve(self, path: str, record: VerdictRecord, profile: Profile,
-                      seq: int) -> None:
-        """Store `record` and remove journal entry `seq` of `path` in one transaction."""
+                      seq: int, *, linger: bool = False) -> None:
+        """Store `record` and remove journal entry `seq` of `path` in one transaction;
+        `linger`: the transaction may wait a few ms to be shared (the drain's)."""
         async def store(entry: DeferredEntry | None) -> None:
-            await self._journal.complete(path, seq, record)
+            await self._journal.complete(path, seq, record, linger=linger)
         await self._settle(path, record, profile, store)
 
     async def keep(self, path: str, record: VerdictRecord, profile: Profile) -> None:
