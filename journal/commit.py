@@ -28,7 +28,9 @@ Without it the drain's completions, arriving one at a time, made transactions
 of two or three operations each (strace: 2,100 for 5,000 files), each with
 its own page writes, thread hand-offs and wake-ups. Nobody else waits longer:
 an open's record never lingers, and joining a lingering batch ends its wait.
-The writer tells the callers of the batch before (`done`) before it lingers.
+The writer tells the callers of the batch before (`done`) before it lingers,
+and with nothing to do it waits `WRITER_KEEP_S` for a new batch before its
+thread ends (a thread start per transaction was a few % of the drain's time).
 
 Durability tiers (the environment is opened with `sync=False`, so a commit
 alone reaches the OS page cache: it survives a process crash, not a power
@@ -101,6 +103,8 @@ MAX_QUEUED = 65536
 LINGER_OPS = 48
 #: ... or this long after its first operation arrived
 LINGER_S = 0.005
+#: a writer with nothing to do waits this long for a new batch before its thread ends
+WRITER_KEEP_S = 0.02
 
 _PENDING, _TAKEN, _DONE = 0, 1, 2
 
@@ -250,8 +254,8 @@ class GroupCommitter:
             batch.durable = batch.durable or durable
             if not linger:
                 batch.hurry = True
-            if not linger or len(batch.ops) >= LINGER_OPS:
-                self._linger.notify()
+            if len(batch.ops) == 1 or not linger or len(batch.ops) >= LINGER_OPS:
+                self._linger.notify()  # a writer waiting for a batch, or for this one
             start = not self._running
             if start:
                 self._running = True
@@ -373,10 +377,16 @@ class GroupCommitter:
         done: _Batch | None = None  # committed, its callers not yet told
         while True:
             with self._lock:
-                if self._batches and self._batches[0].lingers(time.monotonic()):
-                    if done is not None:  # its callers must not wait for ours
+                if not self._batches or self._batches[0].lingers(time.monotonic()):
+                    if done is not None:  # its callers must not wait for more
                         self._post(self._finish, done)
                         done = None
+                    # Stay a moment for the next batch: the drain's next completions come
+                    # within milliseconds, and a thread start per batch cost more than
+                    # this wait (module docstring, "Lingering").
+                    idle_until = time.monotonic() + WRITER_KEEP_S
+                    while not self._batches and (now := time.monotonic()) < idle_until:
+                        self._linger.wait(idle_until - now)
                     while self._batches and self._batches[0].lingers(now := time.monotonic()):
                         self._linger.wait(self._batches[0].born + LINGER_S - now)
                 batch = self._batches.popleft() if self._batches else None
