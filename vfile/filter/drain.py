@@ -189,15 +189,12 @@ class Drain:
     # --- the loop -------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        # The next batch is claimed while this one is scanned: a claim is a journal
+        # transaction, and waiting for it between batches left every scan slot idle.
+        send, batches = trio.open_memory_channel[list[DeferredEntry]](0)
         async with trio.open_nursery() as nursery:
-            while True:
-                if self._paused or not self._ready():
-                    await self._idle()
-                    continue
-                entries = await self._queue.claim(self._batch, lease=self._lease)
-                if not entries:
-                    await self._idle()
-                    continue
+            nursery.start_soon(self._claim_ahead, send)
+            async for entries in batches:
                 for entry in entries:
                     # Window opened, appliance lost or paused mid-batch: hold the rest
                     # of the batch (still leased) until we may go on. Releasing it
@@ -214,6 +211,20 @@ class Drain:
                     await self._inflight.acquire()
                     await self._slots.acquire()
                     nursery.start_soon(self._one, entry)
+
+    async def _claim_ahead(self, send: trio.MemorySendChannel[list[DeferredEntry]]) -> None:
+        """Claim batches while we may run, each handed over once the one before is taken:
+        one batch (leased) waits while the other is scanned."""
+        async with send:
+            while True:
+                if self._paused or not self._ready():
+                    await self._idle()
+                    continue
+                entries = await self._queue.claim(self._batch, lease=self._lease)
+                if not entries:
+                    await self._idle()
+                    continue
+                await send.send(entries)
 
     async def _idle(self) -> None:
         with trio.move_on_after(IDLE_POLL):
