@@ -99,10 +99,12 @@ MAX_MAP_SIZE = 1 << 40
 #: A queued defer is a few hundred bytes: 64k of them are tens of MiB.
 MAX_QUEUED = 65536
 
-#: a batch of lingering operations (module docstring) waits for this many ...
-LINGER_OPS = 48
+#: a batch of lingering operations (module docstring) waits for this many ... (below
+#: the drain's completions in flight, vfile.filter.drain: 8 scans x 4 - 8, else the
+#: drain would stop scanning until LINGER_S passed)
+LINGER_OPS = 16
 #: ... or this long after its first operation arrived
-LINGER_S = 0.005
+LINGER_S = 0.01
 #: a writer with nothing to do waits this long for a new batch before its thread ends
 WRITER_KEEP_S = 0.02
 
