@@ -32,7 +32,10 @@ burst (one second's worth) plus the rate times the drain's time, with 5 % slack.
 Also reported: the CPU time per drained file of the server and of clamd, and
 clamd's under clamdscan (load-independent, unlike the ratio on a shared
 machine); `--profile` samples the server with py-spy (`pip install py-spy`)
-during the unlimited drain into collapsed stacks.
+during the unlimited drain into collapsed stacks; `--strace FILE` counts the
+server's syscalls then (`strace -c`: per drained file, load-independent);
+`--server-log FILE` keeps the server's log. The trio thread's own CPU and the
+journal's transactions during the drain are reported too.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ Invariants:
   frees the slot for the next scan while its completion commits (measured: the
   commit was a third of a resolve's time on a busy disk). At most
   `SETTLING_FACTOR` times `concurrency` entries are in flight in all.
+- The next batch is claimed while the current one is scanned (one batch
+  ahead, leased like the current one), so no scan slot waits for a claim's
+  transaction; completions linger a few ms to share a transaction
+  (vfile.journal.commit, below the settling capacity above).
 """
 
 from __future__ import annotations
