@@ -224,11 +224,20 @@ class Drain:
                 if self._paused or not self._ready():
                     await self._idle()
                     continue
-                entries = await self._queue.claim(self._batch, lease=self._lease)
+                entries = await self._queue.claim(self._claim_size(), lease=self._lease)
                 if not entries:
                     await self._idle()
                     continue
                 await send.send(entries)
+
+    def _claim_size(self) -> int:
+        """The batch size, smaller at a slow rate: the batch scanned and the one claimed
+        ahead must both be done well within their lease (else their entries would be
+        claimable again while still waiting here, and scanned twice)."""
+        rate = self._files.rate
+        if rate <= 0 or math.isinf(rate):
+            return self._batch
+        return max(1, min(self._batch, int(rate * self._lease / 4)))
 
     async def _idle(self) -> None:
         with trio.move_on_after(IDLE_POLL):
