@@ -32,7 +32,10 @@ burst (one second's worth) plus the rate times the drain's time, with 5 % slack.
 Also reported: the CPU time per drained file of the server and of clamd, and
 clamd's under clamdscan (load-independent, unlike the ratio on a shared
 machine); `--profile` samples the server with py-spy (`pip install py-spy`)
-during the unlimited drain into collapsed stacks.
+during the unlimited drain into collapsed stacks; `--strace FILE` counts the
+server's syscalls then (`strace -c`: per drained file, load-independent);
+`--server-log FILE` keeps the server's log. The trio thread's own CPU and the
+journal's transactions during the drain are reported too.
 """
 
 from __future__ import annotations
@@ -152,12 +155,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def main_thread_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds so far of a process's main thread (the server's trio
+    thread; the rest of its CPU is the journal writer's and other worker threads')."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
-               pids: tuple[int, int], profile: tuple[int, Path] | None = None
-               ) -> dict[str, float]:
+               pids: tuple[int, int], profile: tuple[int, Path] | None = None,
+               strace: Path | None = None) -> dict[str, Any]:
     """Defer every file through a window, then time the drain after `resume`.
     `pids`: (server, clamd), whose CPU time per drained file is reported.
-    `profile`: (server pid, output file): py-spy samples the server during the drain."""
+    `profile`: (server pid, output file): py-spy samples the server during the drain.
+    `strace`: `strace -c` counts the server's syscalls during the drain into this file
+    (instead of py-spy; both slow the server down)."""
     ctl(mnt, "drain", {"action": "pause"})
     ctl(mnt, "quiesce", {"max": 3600})
     t = time.perf_counter()
@@ -169,10 +182,15 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
     ctl(mnt, "drain", {"action": "rate", "files_per_s": files_per_s,
                        "bytes_per_s": 1e15 if files_per_s > 1e6 else None})
     before = sum(ctl(mnt, "drain")["done"].values())
+    txns = ctl(mnt, "status")["journal"]["durability"]
     spy = None if profile is None else py_spy(*profile)
+    if strace is not None:  # counts every syscall of every server thread
+        spy = subprocess.Popen(["strace", "-f", "-c", "-o", str(strace), "-p", str(pids[0])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if spy is not None:
         time.sleep(1)  # py-spy attaches
     cpu = [cpu_seconds(pid) for pid in pids]
+    trio_cpu = main_thread_cpu(pids[0])
     t = time.perf_counter()
     ctl(mnt, "resume")
     ctl(mnt, "drain", {"action": "resume"})
@@ -182,17 +200,26 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
              3600, poll=0.1)
     took = time.perf_counter() - t
     server_cpu, clamd_cpu = (cpu_seconds(pid) - c for pid, c in zip(pids, cpu, strict=True))
+    trio_user, trio_sys = (b - a for a, b in zip(trio_cpu, main_thread_cpu(pids[0]),
+                                                  strict=True))
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
     stats = ctl(mnt, "status")
+    txns_after = stats["journal"]["durability"]
     if stats["journal"]["deferred"] != 0 or stats["drain"]["done"]["error"]:
         raise RuntimeError(f"drain left {stats['journal']['deferred']} entries, "
                            f"{stats['drain']['done']['error']} errors")
     return {"seconds": round(took, 3), "files_per_s": round(n / took, 1),
             "defer_seconds": round(deferring, 3),
             "server_cpu_ms_per_file": round(server_cpu * 1000 / n, 3),
-            "clamd_cpu_ms_per_file": round(clamd_cpu * 1000 / n, 3)}
+            # journal write transactions during the drain, and the operations they carried
+            "journal_transactions": txns_after["batches"] - txns["batches"],
+            "journal_ops": txns_after["ops"] - txns["ops"],
+            "clamd_cpu_ms_per_file": round(clamd_cpu * 1000 / n, 3),
+            # the trio thread's part of server_cpu_ms_per_file: [user, system]
+            "trio_thread_cpu_ms_per_file": [round(trio_user * 1000 / n, 3),
+                                            round(trio_sys * 1000 / n, 3)]}
 
 
 def quiesce_blocked(tmp: Path, blocked: int) -> dict[str, float]:
@@ -251,6 +278,9 @@ def main() -> None:
     ap.add_argument("--no-quiesce", action="store_true", help="skip the quiesce measure")
     ap.add_argument("--blocked", type=int, default=64, help="blocked opens for quiesce")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
+    ap.add_argument("--strace", type=Path,
+                    help="strace -c the server during the unlimited drain; counts here")
+    ap.add_argument("--server-log", type=Path, help="keep the mount server's log here")
     ap.add_argument("--profile", type=Path,
                     help="py-spy the server during the unlimited drain; collapsed stacks here")
     args = ap.parse_args()
@@ -275,7 +305,7 @@ def main() -> None:
                             '[pool]\nattempt_timeout = "30s"\n'
                             '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
                             'deadline = "60s"\nattempt_timeout = "30s"\nmax_size = 0\n')
-            with mounted(src, mnt, "--config", str(conf)) as server:
+            with mounted(src, mnt, "--config", str(conf), log_path=args.server_log) as server:
                 wait_for(lambda: ctl(mnt, "status")["appliances"][0]["healthy"],
                          "the mount sees clamd", 30)
                 pids = (server.proc.pid, clamd.pid)
@@ -283,7 +313,8 @@ def main() -> None:
                 for p in all_files(src):
                     os.utime(p)  # new ctime: new identities, cached verdicts do not apply
                 spied = None if args.profile is None else (server.proc.pid, args.profile)
-                unlimited = drain_once(mnt, src, n, 1e9, pids=pids, profile=spied)
+                unlimited = drain_once(mnt, src, n, 1e9, pids=pids, profile=spied,
+                                       strace=args.strace)
             clamdscan_again, clamd_ms_again = time_clamdscan(sock, src, tmp, clamd.pid)
         finally:
             stop_process(clamd)
@@ -312,6 +343,10 @@ def main() -> None:
         print(f"CPU ms per file: server {unlimited['server_cpu_ms_per_file']}, clamd "
               f"{unlimited['clamd_cpu_ms_per_file']} (drain, unlimited); clamd "
               f"{min(clamd_ms, clamd_ms_again):.3f} (clamdscan)")
+        print("server's trio thread, [user, system] ms per file (drain, unlimited):",
+              unlimited["trio_thread_cpu_ms_per_file"])
+        print(f"journal: {unlimited['journal_ops']} operations in "
+              f"{unlimited['journal_transactions']} transactions (drain, unlimited)")
         print(f"ratio_vs_clamdscan {result['ratio_vs_clamdscan']}  (default rate: "
               f"{result['ratio_vs_clamdscan_default_rate']})")
         print(f"speed_vs_clamdscan {result['speed_vs_clamdscan']} (aim >= 0.9); rate honoured: "

@@ -192,9 +192,10 @@ class Journal:
         if self.readonly:
             raise JournalError(f"{self.path}: journal opened read-only")
 
-    async def _write(self, fn: Callable[[Txn], T], *, durable: bool = True) -> T:
+    async def _write(self, fn: Callable[[Txn], T], *, durable: bool = True,
+                     linger: bool = False) -> T:
         self._check_writable()
-        return await self._committer.submit(fn, durable=durable)
+        return await self._committer.submit(fn, durable=durable, linger=linger)
 
     def _read(self, fn: Callable[[Txn], T]) -> T:
         self._check()
@@ -226,10 +227,14 @@ class Journal:
     # Resolving, verdicts and the drain's bookkeeping are tier 2: losing them to a
     # power loss only means a file is scanned again (README "Durability").
 
-    async def complete(self, path: str, seq: int, verdict: VerdictRecord | None) -> bool:
+    async def complete(self, path: str, seq: int, verdict: VerdictRecord | None, *,
+                       linger: bool = False) -> bool:
+        """Remove entry `seq` of `path` and store `verdict`, in one transaction.
+        `linger`: the drain's, which may wait a few ms to share it (journal.commit)."""
         t, now = self._t, self._clock()
         return await self._write(lambda txn: ops.op_complete(txn, t, path, seq, verdict,
-                                                                now), durable=False)
+                                                                now), durable=False,
+                                 linger=linger)
 
     async def put_verdict(self, verdict: VerdictRecord) -> None:
         t = self._t
@@ -246,7 +251,7 @@ class Journal:
         now, t, limit = self._clock(), self._t, 1 if poison else self.max_attempts
         if await self._write(lambda txn: queue.op_release(
             txn, t, path=path, seq=seq, error=error, now=now, max_attempts=limit),
-                durable=False):
+                durable=False, linger=True):
             if poison:
                 log.warning("journal: %r cannot be scanned: %s", path, error)
             else:

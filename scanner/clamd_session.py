@@ -61,6 +61,9 @@ class _Session:
 async def read_reply(stream: trio.SocketStream) -> bytes:
     """One reply (without terminator); NoReply if the connection ends before any byte."""
     buf = bytearray()
+    # The reply comes once clamd scanned the file, never at once: wait for it before the
+    # first read rather than after a read that finds nothing (a syscall per scan).
+    await trio.lowlevel.wait_readable(stream.socket)
     while True:
         try:
             split = proto.split_reply(buf)

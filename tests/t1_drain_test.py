@@ -105,6 +105,31 @@ async def test_not_ready_means_no_claims(autojump_clock: trio.testing.MockClock)
         nursery.cancel_scope.cancel()
 
 
+async def test_a_slow_rate_claims_what_two_batches_can_finish_within_a_lease(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The drain claims one batch ahead: at 1 file/s two batches of 64 would outlive
+    their 120 s lease, and their entries become claimable again while still queued."""
+    queue = FakeQueue(100)
+    sizes: list[int] = []
+    claim = queue.claim
+
+    async def counted(n: int, *, lease: float) -> list[DeferredEntry]:
+        sizes.append(n)
+        return await claim(n, lease=lease)
+
+    queue.claim = counted  # type: ignore[method-assign]
+
+    async def resolve(entry: DeferredEntry) -> Resolution:
+        return Resolution(Outcome.CLEAN)
+
+    drain = Drain(queue, resolve, ready=lambda: True, files_per_s=1.0, lease=120.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(drain.serve)
+        await until_done(drain, 40)
+        nursery.cancel_scope.cancel()
+    assert sizes and max(sizes) * 2 <= 120 * 1.0, sizes
+
+
 async def test_drain_catches_up_after_an_outage(tmp_path: Path) -> None:
     """Files opened during an outage are journaled; once the appliance returns the
     drain scans them, quarantines the infected one and forgets the deleted one."""

@@ -276,7 +276,8 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             collector = VerdictCollector(
                 journal, info.source,
                 lambda: [gate.last_signature, *gate.grace.signatures(),
-                         *(str(a["sig_version"]) for a in pool.statistics())])
+                         *(str(a["sig_version"]) for a in pool.statistics())],
+                busy=lambda: drain.in_flight > 0)  # it yields to the drain
             await nursery.start(collector.serve)
             await nursery.start(serve_outputs, outputs)  # --metrics, --audit-log
             await nursery.start(memwatch.serve)  # SIGUSR2: log where the memory goes

@@ -69,9 +69,11 @@ def open_parent(root_fd: int, path: str) -> tuple[int, str]:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise OSError(errno.EINVAL, f"not a file path below the source: {path!r}")
-    fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+    # The first directory straight from the root (an open of "." first was one more
+    # openat and close per drained file); "." only for a file at the top.
+    fd = os.open(parts[0] if len(parts) > 1 else ".", _DIR_FLAGS, dir_fd=root_fd)
     try:
-        for part in parts[:-1]:
+        for part in parts[1:-1]:
             nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nxt

@@ -20,6 +20,10 @@ Invariants:
   frees the slot for the next scan while its completion commits (measured: the
   commit was a third of a resolve's time on a busy disk). At most
   `SETTLING_FACTOR` times `concurrency` entries are in flight in all.
+- The next batch is claimed while the current one is scanned (one batch
+  ahead, leased like the current one), so no scan slot waits for a claim's
+  transaction; completions linger a few ms to share a transaction
+  (vfile.journal.commit, below the settling capacity above).
 """
 
 from __future__ import annotations
@@ -189,15 +193,12 @@ class Drain:
     # --- the loop -------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        # The next batch is claimed while this one is scanned: a claim is a journal
+        # transaction, and waiting for it between batches left every scan slot idle.
+        send, batches = trio.open_memory_channel[list[DeferredEntry]](0)
         async with trio.open_nursery() as nursery:
-            while True:
-                if self._paused or not self._ready():
-                    await self._idle()
-                    continue
-                entries = await self._queue.claim(self._batch, lease=self._lease)
-                if not entries:
-                    await self._idle()
-                    continue
+            nursery.start_soon(self._claim_ahead, send)
+            async for entries in batches:
                 for entry in entries:
                     # Window opened, appliance lost or paused mid-batch: hold the rest
                     # of the batch (still leased) until we may go on. Releasing it
@@ -214,6 +215,29 @@ class Drain:
                     await self._inflight.acquire()
                     await self._slots.acquire()
                     nursery.start_soon(self._one, entry)
+
+    async def _claim_ahead(self, send: trio.MemorySendChannel[list[DeferredEntry]]) -> None:
+        """Claim batches while we may run, each handed over once the one before is taken:
+        one batch (leased) waits while the other is scanned."""
+        async with send:
+            while True:
+                if self._paused or not self._ready():
+                    await self._idle()
+                    continue
+                entries = await self._queue.claim(self._claim_size(), lease=self._lease)
+                if not entries:
+                    await self._idle()
+                    continue
+                await send.send(entries)
+
+    def _claim_size(self) -> int:
+        """The batch size, smaller at a slow rate: the batch scanned and the one claimed
+        ahead must both be done well within their lease (else their entries would be
+        claimable again while still waiting here, and scanned twice)."""
+        rate = self._files.rate
+        if rate <= 0 or math.isinf(rate):
+            return self._batch
+        return max(1, min(self._batch, int(rate * self._lease / 4)))
 
     async def _idle(self) -> None:
         with trio.move_on_after(IDLE_POLL):

@@ -67,7 +67,7 @@ class Resolver:
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
                 return Resolution(DrainOutcome.ERROR, detail=f"cannot open: {err.strerror}")
-            await self._journal.complete(path, entry.seq, None)
+            await self._journal.complete(path, entry.seq, None, linger=True)
             log.info("drain: %r is gone (%s); entry removed", path, err.strerror)
             return Resolution(DrainOutcome.GONE)
         try:
@@ -105,7 +105,8 @@ class Resolver:
             trail = ", ".join(f"uid {e.uid} pid {e.pid} ({e.command})" for e in entry.exposures)
             log.warning("drain: %r found infected with %s after the fact; opened unscanned by: %s",
                         path, record.signature, trail or "nobody")
-        await self._settler.resolve(path, record, profile, entry.seq)
+        # Lingering: the drain's completions share transactions (vfile.journal.commit).
+        await self._settler.resolve(path, record, profile, entry.seq, linger=True)
         infected = record.outcome == VerdictOutcome.INFECTED
         outcome = DrainOutcome.INFECTED if infected else DrainOutcome.CLEAN
         return Resolution(outcome, nbytes=identity.size)

@@ -61,11 +61,14 @@ class Settler:
         self._clock = clock
 
     async def resolve(self, path: str, record: VerdictRecord, profile: Profile,
-                      seq: int) -> None:
-        """Store `record` and remove journal entry `seq` of `path` in one transaction."""
+                      seq: int, *, linger: bool = False) -> None:
+        """Store `record` and remove journal entry `seq` of `path` in one transaction;
+        `linger`: the transaction may wait a few ms to be shared (the drain's)."""
         async def store(entry: DeferredEntry | None) -> None:
-            await self._journal.complete(path, seq, record)
-        await self._settle(path, record, profile, store)
+            await self._journal.complete(path, seq, record, linger=linger)
+        # `store` goes by seq: the entry is read only for an infected file's exposures.
+        await self._settle(path, record, profile, store,
+                           needs_entry=record.outcome == VerdictOutcome.INFECTED)
 
     async def keep(self, path: str, record: VerdictRecord, profile: Profile) -> None:
         """Store a whole-file verdict; it resolves the path's entry only if that entry is
@@ -86,13 +89,15 @@ class Settler:
         await self._settle(path, record, profile, store)
 
     async def _settle(self, path: str, record: VerdictRecord, profile: Profile,
-                      store: Store) -> None:
-        """Store a verdict (resolving a journal entry it answers), act if infected."""
+                      store: Store, *, needs_entry: bool = True) -> None:
+        """Store a verdict (resolving a journal entry it answers), act if infected.
+        `needs_entry`: read the path's entry for `store` and the exposures (False: a
+        clean verdict whose `store` goes by seq; a read per drained file saved)."""
         exposures: tuple[Exposure, ...] = ()
         try:
             await sticky.update_taint(self._journal, self._open_source, path, record,
                                       self._clock())
-            entry = self._journal.get_deferred(path)
+            entry = self._journal.get_deferred(path) if needs_entry else None
             if entry is not None:
                 exposures = entry.exposures  # kept by the journal; shown with the action
             await store(entry)

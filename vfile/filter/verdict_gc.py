@@ -20,6 +20,11 @@ Invariants:
   needs a scan) are never touched here.
 - The source walk runs in a worker thread, never follows symlinks, and reads
   no file content.
+- It yields to the drain: while `busy()` (the drain is scanning), a pass does
+  not start and a started one waits between batches, for at most
+  `MAX_POSTPONE` in all. At 100,000 files the first pass (`FIRST_DELAY` after
+  the mount) fell in the middle of an unlimited drain: a walk of the whole
+  source and 100,000 verdicts decoded, on the GIL the drain needs.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ BATCH = 1000
 #: the mount collects this long after it starts, then every `INTERVAL`
 FIRST_DELAY = 300.0
 INTERVAL = 3600.0
+#: how long a pass waits for the drain in all (then it runs anyway: a drain that never
+#: ends must not keep the table growing) and how often it looks
+MAX_POSTPONE = 600.0
+QUIET_POLL = 1.0
 
 IdentityKey = tuple[int, int, int, int, int]
 
@@ -89,13 +98,33 @@ def is_garbage(rec: VerdictRecord | None, *, live: set[IdentityKey] | None,
     return live is not None and (i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns) not in live
 
 
+class _Yield:
+    """Waits while `busy()`, for at most `budget` seconds over all its waits."""
+
+    def __init__(self, busy: Callable[[], bool], budget: float) -> None:
+        self._busy = busy
+        self._until = trio.current_time() + budget
+        self.waited = 0.0
+
+    async def wait_quiet(self) -> None:
+        while self._busy() and trio.current_time() < self._until:
+            began = trio.current_time()
+            await trio.sleep(min(QUIET_POLL, self._until - began))
+            self.waited += trio.current_time() - began
+
+
 async def collect(journal: Journal, *, source: str | None, signatures: Iterable[str],
-                  clock: Callable[[], float] = time.time) -> Collected:
+                  clock: Callable[[], float] = time.time,
+                  busy: Callable[[], bool] = lambda: False,
+                  max_postpone: float = MAX_POSTPONE) -> Collected:
     """One incremental pass over the verdict table; see the module docstring.
 
     `source`: the source directory (None: keep verdicts whatever files exist);
-    `signatures`: the versions in use (empty: keep verdicts whatever their version).
+    `signatures`: the versions in use (empty: keep verdicts whatever their version);
+    `busy`: the drain is at work: wait (at most `max_postpone` in all).
     """
+    quiet = _Yield(busy, max_postpone)
+    await quiet.wait_quiet()
     began, started = time.monotonic(), clock()
     sigs = {s for s in signatures if s}
     live = None if source is None else await trio.to_thread.run_sync(source_identities, source)
@@ -112,6 +141,7 @@ async def collect(journal: Journal, *, source: str | None, signatures: Iterable[
         if victims:
             out.collected += await journal.delete_verdicts(victims)
         await trio.lowlevel.checkpoint()  # let the request path in between batches
+        await quiet.wait_quiet()
     out.seconds = time.monotonic() - began
     return out
 
@@ -120,8 +150,10 @@ class VerdictCollector:
     """The mount's background collection: `nursery.start(collector.serve)`."""
 
     def __init__(self, journal: Journal, source: str, signatures: Callable[[], Iterable[str]],
-                 *, first_delay: float = FIRST_DELAY, interval: float = INTERVAL) -> None:
+                 *, first_delay: float = FIRST_DELAY, interval: float = INTERVAL,
+                 busy: Callable[[], bool] = lambda: False) -> None:
         self._journal = journal
+        self._busy = busy
         self._source = source
         self._signatures = signatures
         self._first_delay = first_delay
@@ -133,9 +165,12 @@ class VerdictCollector:
         task_status.started()
         await trio.sleep(self._first_delay)
         while True:
+            # Wait for the drain before asking which signatures are in use.
+            await _Yield(self._busy, MAX_POSTPONE).wait_quiet()
             try:
                 self.last = await collect(self._journal, source=self._source,
-                                          signatures=list(self._signatures()))
+                                          signatures=list(self._signatures()),
+                                          busy=self._busy)
                 self.runs += 1
                 if self.last.collected:
                     log.info("verdicts: %d of %d collected in %.1fs", self.last.collected,
