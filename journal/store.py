@@ -156,16 +156,13 @@ class Journal:
                     log.error("journal %s: final sync failed: %s", self.path, err)
                     idle = False
             if self._running and idle and self._fsync:
-                self._mark_clean()
+                try:  # everything is synced above
+                    watermark.mark_clean(self._env, self._t)
+                except lmdb.Error as err:
+                    log.error("journal %s: cannot record the clean stop: %s", self.path, err)
             if self._witness is not None:
                 self._witness.close()
             self._env.close()
-
-    def _mark_clean(self) -> None:
-        try:  # everything is synced above
-            watermark.mark_clean(self._env, self._t)
-        except lmdb.Error as err:
-            log.error("journal %s: cannot record the clean stop: %s", self.path, err)
 
     def __enter__(self) -> Journal:
         return self
@@ -423,8 +420,7 @@ class Journal:
         return watermark.covers_new_files(self._watermark, time.time_ns())
 
     def watermark_ns(self) -> int | None:
-        t = self._t
-        return self._read(lambda txn: watermark.read_state(txn, t))[1]
+        return self._read(lambda txn: watermark.read_state(txn, self._t))[1]
 
     def durability(self) -> dict[str, int]:
         """The group committer's counters: the durability tiers (README "Durability of
