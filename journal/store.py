@@ -374,9 +374,8 @@ class Journal:
     # --- tier 1w: the watermark and the run marker (journal.watermark) ------------------------
 
     async def begin_run(self, source: bytes = b"") -> watermark.Recovery:
-        """A mount of `source` (watermark.source_key) starts: how the last run ended (the
-        recovery rule), then the run marker set to `running`, durably, so a crash from
-        now on is seen as one. A walk due for another source: JournalError."""
+        """A mount of `source` (watermark.source_key) starts: the recovery rule's answer, then
+        the run marker `running`, durably. A walk due for another source: JournalError."""
         t = self._t
         run, mark = self._read(lambda txn: watermark.read_state(txn, t))
         found = watermark.decide(run, mark, self._seen, watermark.boot_id(),
