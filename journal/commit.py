@@ -112,13 +112,14 @@ _PENDING, _TAKEN, _DONE = 0, 1, 2
 
 
 class _Op(Generic[T]):
-    __slots__ = ("durable", "fn", "held", "result")
+    __slots__ = ("durable", "fn", "held", "on_done", "result")
 
     def __init__(self, fn: Callable[[Txn], T], durable: bool = True) -> None:
         self.fn = fn
         self.result: Any = None
         self.durable = durable
         self.held = False
+        self.on_done: Callable[[JournalError | None], None] | None = None  # submit_soon's
 
 
 class _Batch:
@@ -220,9 +221,9 @@ class GroupCommitter:
         self.refused = 0
         #: transactions committed (the watermark advances only when this moved)
         self.commits = 0
-        #: called in the writer thread with each committed transaction's id
-        #: (journal.watermark's witness, kept on a tmpfs)
-        self.on_commit: Callable[[int], None] | None = None
+        #: called in the writer thread with each committed transaction's id and operations
+        #: (journal.inflight: the creates' intents in flight, and the witness on a tmpfs)
+        self.on_commit: Callable[[int, list[Any]], None] | None = None
 
     # --- the trio side ----------------------------------------------------------------------
 
@@ -243,6 +244,31 @@ class GroupCommitter:
         await self._wait(prepared, durable, hold=hold and not durable)
         return prepared.result
 
+    def submit_soon(self, prepared: PreparedDefer) -> None:
+        """Queue a prepared defer and return at once (a create's intent: journal.inflight).
+        `prepared.on_done(error or None)` runs on the trio thread once its transaction
+        committed or failed. Queued in order: a write submitted later lands in the same
+        transaction or a later one."""
+        with self._lock:
+            self.queued += 1
+            batch = self._open_batch()
+            batch.ops.append(prepared)
+            batch.hurry = True
+            self._linger.notify()
+            start = not self._running
+            self._running = True
+        if start:
+            self._start_writer()
+
+    def _open_batch(self) -> _Batch:
+        # With _lock held: the newest pending batch, if it has room, else a new one.
+        batches = self._batches
+        if batches and (self._max_batch is None or len(batches[-1].ops) < self._max_batch):
+            return batches[-1]
+        batch = _Batch()
+        batches.append(batch)
+        return batch
+
     async def _wait(self, op: Any, durable: bool, *, hold: bool, linger: bool = False) -> None:
         with self._lock:
             if not durable and self.queued >= MAX_QUEUED:
@@ -250,13 +276,7 @@ class GroupCommitter:
                 raise JournalFull(f"journal {self._where}: {self.queued} records wait for "
                                   "the state disk, which takes no writes; nothing was written")
             self.queued += 1
-            batches = self._batches
-            if batches and (self._max_batch is None
-                            or len(batches[-1].ops) < self._max_batch):
-                batch = batches[-1]
-            else:
-                batch = _Batch()
-                batches.append(batch)
+            batch = self._open_batch()
             batch.ops.append(op)
             batch.durable = batch.durable or durable
             if not linger:
@@ -306,6 +326,9 @@ class GroupCommitter:
                 self.held -= 1
                 if batch.error is not None:
                     self.held_lost += 1
+            if op.on_done is not None:  # nobody waits on the event for it (submit_soon)
+                op.on_done(None if batch.error is None
+                           else translate(batch.error, self._where))
         batch.event.set()
 
     def _regrow(self, batch: _Batch, err: BaseException) -> None:
@@ -443,7 +466,7 @@ class GroupCommitter:
             txn.commit()
             self.commits += 1
             if self.on_commit is not None:
-                self.on_commit(txnid)
+                self.on_commit(txnid, batch.ops)
             if batch.durable and self._fsync:
                 # Tier 1: durable before any caller of the batch is woken.
                 self.sync_now()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 from vfile.journal import keys
 from vfile.journal.exposed import archive
@@ -19,6 +20,7 @@ from vfile.journal.records import (
     DeferredEntry,
     Exposure,
     Identity,
+    JournalError,
     QuarantineRecord,
     Reason,
     VerdictRecord,
@@ -72,8 +74,8 @@ def op_defer(txn: Txn, t: Tables, *, path: str, identity: Identity | None, reaso
 class PreparedDefer:
     """A defer made ready on the trio thread: what the writer thread needs, precomputed."""
 
-    __slots__ = ("error", "exposure", "hash", "held", "identity", "key", "now", "okey", "path",
-                 "profile", "reason", "result", "seq", "value")
+    __slots__ = ("error", "exposure", "hash", "held", "identity", "key", "now", "okey",
+                 "on_done", "path", "profile", "reason", "result", "seq", "value")
 
     def __init__(self, t: Tables, path: str, *, identity: Identity | None, reason: Reason,
                  profile: str, exposure: Exposure | None, error: str, now: float) -> None:
@@ -92,6 +94,8 @@ class PreparedDefer:
                                          now=now, error=error, exposure=exposure)
         self.result: int = 0
         self.held = False  # its caller stopped waiting; still queued (commit.py, tier 3)
+        #: nobody waits for it: told its outcome on the trio thread (commit.submit_soon)
+        self.on_done: Callable[[JournalError | None], None] | None = None
 
     def run_slow(self, txn: Txn, t: Tables) -> int:
         return op_defer(txn, t, path=self.path, identity=self.identity, reason=self.reason,

@@ -18,8 +18,9 @@ What makes that safe across a power loss is this module:
   the state disk (a tmpfs, beside LMDB's lock file) and rewritten after every
   commit (one 64-byte pwrite on a tmpfs). After an unclean stop, the page cache
   of the state disk survived (a process crash, SIGKILL) exactly when the
-  witness names this boot and no transaction it saw is missing from the
-  journal; then every tier-1w commit is in the journal.
+  witness names this boot, no transaction it saw is missing from the journal and
+  no create's intent was still queued (`pending`, journal.inflight: a create no
+  longer waits for its intent's commit); then every tier-1w intent is in the journal.
 
 The recovery rule (`Recovery.walk`): after an unclean stop whose page cache did
 not survive, every regular file of the source whose ctime is above W is
@@ -60,7 +61,7 @@ RUNNING = b"running"
 #: coarse clock (a tick behind), and a small step of the clock must not open a gap.
 MARGIN_NS = 2_000_000_000
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
-_WITNESS_LEN = 128  # "<boot id, 36>\n<txn id, 20 digits>\n<run marker>\n", space-padded
+_WITNESS_LEN = 128  # "<boot id>\n<txn id, 20 digits>\n<run marker>\n<pending 0/1>\n", padded
 
 
 def boot_id() -> str:
@@ -151,6 +152,9 @@ class Seen:
     #: the run marker of the run whose commits it followed: a witness left by another
     #: run (another path of the same state directory, another journal) vouches for nothing
     run: bytes = b""
+    #: a create's intent was queued and not yet committed (journal.inflight): whatever
+    #: the transaction id says, the journal may miss it, so the next start walks
+    pending: bool = False
 
 
 class Witness:
@@ -171,13 +175,16 @@ class Witness:
         boot, _, rest = raw.decode("ascii", "replace").partition("\n")
         try:
             txnid, *run = rest.split()
-            return Seen(boot.strip(), int(txnid), run[0].encode() if run else b"")
+            return Seen(boot.strip(), int(txnid), run[0].encode() if run else b"",
+                        pending=len(run) > 1 and run[1] != "0")
         except (ValueError, IndexError):
             return None
 
-    def record(self, txnid: int) -> None:
-        """After a commit (the writer thread): one pwrite, atomic against a kill."""
-        line = f"{self._boot}\n{txnid:020d}\n{self.run.decode()}\n".encode()
+    def record(self, txnid: int, pending: bool = False) -> None:
+        """After a commit (the writer thread), or when the first create's intent is queued
+        or the last one lands (journal.inflight, under its lock): one pwrite, atomic
+        against a kill. `pending`: an intent is queued and not yet committed."""
+        line = f"{self._boot}\n{txnid:020d}\n{self.run.decode()}\n{int(pending)}\n".encode()
         line = line.ljust(_WITNESS_LEN)
         try:
             os.pwrite(self._fd, line, 0)
@@ -201,7 +208,7 @@ def survived(seen: Seen | None, boot: str, journal_txnid: int, run: bytes | None
     """The witness vouches that no commit was lost since it was written: it followed
     the run that left the journal's run marker, in this boot, up to no further than
     the journal's last transaction."""
-    return (seen is not None and bool(boot) and seen.boot == boot
+    return (seen is not None and bool(boot) and seen.boot == boot and not seen.pending
             and seen.run == (run or b"") and seen.txnid <= journal_txnid)
 
 

@@ -60,6 +60,8 @@ class CloseScans:
 
     async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
+            if intent.landed is not None:  # its record was queued (vfile.filter.newfiles)
+                await intent.landed.wait()
             async with self._slots:
                 await self._scan(path, intent, fd, profile)
         except (OSError, JournalError) as err:

@@ -51,6 +51,7 @@ from vfile.filter.drain import Outcome, Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
+from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
     Action,
@@ -146,6 +147,8 @@ class Gate:
                                   remember=self._remember, window=lambda: self._window)
         #: carrying out decisions: audit, logs, counters, deferrals
         self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
+        #: write intents' journal records (a new file's in the background)
+        self._records = IntentRecords(journal, self._tasks)
 
     @property
     def observer(self) -> Observer:
@@ -356,20 +359,13 @@ class Gate:
             self._outcomes.refuse_write(d, rel, profile, ctx)
         if d.action is not Action.DEFER:
             return None
-        identity = None if st is None else Identity.from_stat(st)
         # Registered before the journal write returns: the drain may claim the new
         # entry at once, and must see "still being written" rather than take a path
         # whose file is not there yet (a rename onto it) as gone (tests/t5_crash_test.py).
         intent = self._intents.begin(rel)
-        try:
-            exposure = self._outcomes.exposure(ctx, wrote=True)
-            # A new name (create, mknod: no stat yet) is tier 1w: committed, fsynced
-            # by the watermark's sync (journal.watermark); an existing file's is tier 1,
-            # and so is a new one's while the clock is behind the watermark.
-            intent.seq = await self._journal.defer(rel, identity, JournalReason.MODIFIED,
-                                                   profile.name, exposure=exposure,
-                                                   durable=st is not None
-                                                   or not self._journal.new_files_covered())
+        try:  # a new name's (no stat yet) is queued, not waited for (filter.newfiles)
+            await self._records.record(intent, None if st is None else Identity.from_stat(st),
+                                       profile, self._outcomes.exposure(ctx, wrote=True))
         except BaseException as err:
             self._intents.roll_back(intent)
             if isinstance(err, JournalFull):
@@ -473,6 +469,8 @@ class Gate:
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
         self.grace.moved(src, dst)
+        # An intent's record may still be queued (filter.newfiles), unseen by a read.
+        queued = src in self._intents
         if self._source.is_dir(dst):
             self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)
@@ -483,7 +481,7 @@ class Gate:
             # Who read the file this rename replaced: kept, and said so.
             await self._journal.keep_exposures(dst, "overwritten")
             self._outcomes.audit_exposures(dst, "overwritten", target.exposures)
-        if self._journal.get_deferred(src) is None:
+        if not queued and self._journal.get_deferred(src) is None:
             return  # nothing to move (journal.tables.op_rename): spare a durable commit
         await self._journal.rename_path(src, dst)
 

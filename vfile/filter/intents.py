@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import trio
+
 
 @dataclass(eq=False)
 class Intent:
@@ -36,6 +38,9 @@ class Intent:
     #: a close scan was started for it: that scan resolves it
     closing: bool = False
     done: bool = False
+    #: set once its journal record is committed, if that happens in the background
+    #: (a new file's: vfile.filter.newfiles); None: committed before it was returned
+    landed: trio.Event | None = None
 
 
 class IntentTable:

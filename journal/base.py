@@ -1,0 +1,180 @@
+"""The journal's base: opening, closing and the plumbing of one LMDB environment.
+
+`Journal` (journal.store) is the face every caller uses; this is the part that
+owns the environment, the group committer, the witness and the creates'
+intents in flight (journal.inflight), and runs reads and writes for it. Split
+from journal.store along that seam (one module, one reading).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Self, TypeVar
+
+import lmdb
+import trio
+
+from vfile.journal import tables, taint, watermark
+from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
+from vfile.journal.environment import open_env
+from vfile.journal.inflight import InFlight
+from vfile.journal.records import JournalError, JournalUnreadable
+from vfile.journal.tables import Txn
+
+log = logging.getLogger("vfile.journal.store")
+
+T = TypeVar("T")
+DEFAULT_MAP_SIZE = 64 << 20
+DEFAULT_MAX_ATTEMPTS = 10
+
+class JournalBase:
+    """A journal's environment, its opening and closing, and the plumbing of reads and
+    writes; `Journal` (journal.store) adds the operations."""
+
+    def __init__(self, env: lmdb.Environment, t: tables.Tables, where: Path, *,
+                 readonly: bool, max_attempts: int, clock: Callable[[], float],
+                 fsync: bool = True) -> None:
+        self._env = env
+        self._t = t
+        self.path = where
+        self.readonly = readonly
+        self.max_attempts = max_attempts
+        self._clock = clock
+        self._pid = os.getpid()
+        self._fsync = fsync
+        self._committer = GroupCommitter(env, t, str(where), self._grow_map, fsync=fsync)
+        self._sync_limiter = trio.CapacityLimiter(1)
+        #: verdicts this process deleted (`delete_verdicts`), for status and metrics
+        self.verdicts_collected = 0
+        #: the `tainted` table (journal.taint); None in a read-only journal without one
+        self._taint_db = taint.open_taint_table(env, readonly=readonly)
+        #: journal.watermark: what the witness saw before this open, the transaction the
+        #: journal held at open, and the witness this process keeps (None: no lock dir)
+        self._seen: watermark.Seen | None = None
+        self._opened_txnid = int(env.info()["last_txnid"])
+        self._witness: watermark.Witness | None = None
+        #: creates' intents queued and not yet committed (journal.inflight)
+        self.inflight = InFlight(self._opened_txnid)
+        self._committer.on_commit = self.inflight.committed
+        self._running = False  # begin_run was called: close() marks the stop clean
+        self._commits_at_watermark = -1
+        self._watermark: int | None = None  # as stored, once begin_run read it
+
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,
+             readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE,
+             max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+             clock: Callable[[], float] = time.time, group_commit: bool = True,
+             lock_dir: str | os.PathLike[str] | None = None) -> Self:
+        """Open (creating if missing, unless `readonly`) the journal in `state_dir`.
+
+        `sync=False` never fsyncs (benchmarks and tests only: tier-1 records then
+        survive a process crash but not a power loss). `group_commit=False` runs
+        one transaction per operation (for comparison). `lock_dir`: keep LMDB's
+        lock file there (a tmpfs), see `place_lock`.
+        """
+        where = Path(state_dir)
+        try:
+            journal = cls._open(where, sync=sync, readonly=readonly, map_size=map_size,
+                                max_attempts=max_attempts, clock=clock,
+                                lock_dir=None if lock_dir is None else Path(lock_dir))
+        except PermissionError:
+            raise JournalUnreadable(f"{where}: permission denied") from None
+        except lmdb.Error as err:
+            raise JournalError(f"{where}: cannot open journal: {err}") from None
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise JournalError(f"{where}: disk full, cannot create journal") from None
+            raise JournalUnreadable(f"{where}: {err.strerror or err}") from None
+        if not group_commit:
+            journal._committer = GroupCommitter(journal._env, journal._t, str(where),
+                                                journal._grow_map, max_batch=1, fsync=sync)
+            journal._committer.on_commit = journal.inflight.committed
+        if not readonly:
+            journal._keep_witness(where, lock_dir)
+        return journal
+
+    def _keep_witness(self, where: Path, lock_dir: str | os.PathLike[str] | None) -> None:
+        run = self._read(lambda txn: watermark.read_state(txn, self._t))[0]
+        self._seen, self._witness, vouches = watermark.open_witness(
+            watermark.witness_for(where, lock_dir), self._opened_txnid, run)
+        if self._witness is not None and vouches:
+            self.inflight.follow(self._witness, self._opened_txnid)
+
+    @classmethod
+    def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,
+              max_attempts: int, clock: Callable[[], float],
+              lock_dir: Path | None) -> Self:
+        env, t = open_env(where, readonly=readonly, map_size=map_size, lock_dir=lock_dir)
+        return cls(env, t, where, readonly=readonly, max_attempts=max_attempts, clock=clock,
+                   fsync=sync)
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            # A waiter cancelled mid-batch may leave its writer finishing: let it commit.
+            if not (idle := self._committer.wait_idle(30.0)):
+                log.error("journal %s: closing while a write transaction still runs", self.path)
+            if not self.readonly and self._fsync and self._committer.unsynced:
+                try:
+                    self._committer.sync_now()  # tier-2 records: durable at unmount
+                except lmdb.Error as err:
+                    log.error("journal %s: final sync failed: %s", self.path, err)
+                    idle = False
+            if self.inflight:  # an intent no retry committed: the next start walks
+                log.error("journal %s: %d creates' intents not committed: the stop is not "
+                          "recorded as clean", self.path, len(self.inflight))
+            elif self._running and idle and self._fsync:
+                try:  # everything is synced above
+                    watermark.mark_clean(self._env, self._t)
+                except lmdb.Error as err:
+                    log.error("journal %s: cannot record the clean stop: %s", self.path, err)
+            if self._witness is not None:
+                self._witness.close()
+            self._env.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if os.getpid() != self._pid:
+            raise JournalError(f"{self.path}: journal used across fork(); open it in the child")
+
+    def _grow_map(self) -> bool:
+        size = int(self._env.info()["map_size"])
+        if size * 2 > MAX_MAP_SIZE:
+            return False
+        log.info("journal %s: map full, growing it to %d MiB", self.path, size * 2 >> 20)
+        self._env.set_mapsize(size * 2)
+        return True
+
+    def _check_writable(self) -> None:
+        self._check()
+        if self.readonly:
+            raise JournalError(f"{self.path}: journal opened read-only")
+
+    async def _write(self, fn: Callable[[Txn], T], *, durable: bool = True,
+                     linger: bool = False) -> T:
+        self._check_writable()
+        return await self._committer.submit(fn, durable=durable, linger=linger)
+
+    def _read(self, fn: Callable[[Txn], T]) -> T:
+        self._check()
+        for _ in range(2):
+            try:
+                with self._env.begin() as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size and read again.
+                self._env.set_mapsize(0)
+        raise JournalError(f"{self.path}: map keeps being resized")
+
