@@ -21,6 +21,7 @@ cache survives) the next start does not walk.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounting import force_unmount, is_mounted, mounted, stop_process, wait_for
+from mounting import force_unmount, is_mounted, mounted, stop_process, vfile_cmd, wait_for
 from outage import running_appliance, signature_version, unaccounted, write_config
 
 from vfile.journal import Journal
@@ -67,10 +68,10 @@ def _config(tmp: Path) -> Path:
 
 
 def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...], *,
-                     subdir: str = "") -> str:
+                     subdir: str = "", settle: bool = False) -> str:
     """Mount once cleanly (the signature version is learnt and persisted), then create
-    FILES files (in `subdir`) through a second mount and SIGKILL its server; the
-    signature version."""
+    FILES files (in `subdir`) through a second mount and SIGKILL its server (`settle`:
+    once no create's intent is in flight any more); the signature version."""
     with mounted(src, mnt, *args):
         wait_for("the signature version", lambda: (
             (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
@@ -81,9 +82,18 @@ def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...], *
             (mnt / subdir).mkdir()
         for i in range(FILES):
             (mnt / subdir / f"new{i}").write_bytes(b"created %d" % i)
+        if settle:  # a create does not wait for its intent's commit (journal.inflight)
+            wait_for("no intent in flight", lambda: _durability(mnt)["in_flight"] == 0, 30)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
     return sig
+
+
+def _durability(mnt: Path) -> dict[str, int]:
+    res = subprocess.run(vfile_cmd("status", str(mnt), "--json"),
+                         capture_output=True, text=True, timeout=30, check=True)
+    out: dict[str, int] = json.loads(res.stdout)["journal"]["durability"]
+    return out
 
 
 def _create_kill_cut(tmp: Path, env: dict[str, str]) -> tuple[Path, Path, str, list[str]]:
@@ -134,15 +144,16 @@ def test_without_the_recovery_walk_the_power_loss_loses_creates(tmp_path: Path) 
 
 
 def test_a_process_crash_keeps_the_creates_without_a_walk(tmp_path: Path) -> None:
-    """SIGKILL alone: the page cache survives, every tier-1w intent is in the
-    journal, and the next start says so rather than walking."""
+    """SIGKILL alone, once no create's intent is in flight: the page cache survives,
+    every tier-1w intent is in the journal, and the next start says so rather than
+    walking (with intents in flight it walks: tests/t5_inflight_test.py)."""
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     for p in (src, mnt):
         p.mkdir()
     cfg = _config(tmp_path)
     args = ("--config", str(cfg), "--state-dir", str(state))
     with running_appliance() as app:
-        sig = _create_and_kill(src, mnt, state, ("--appliance", app.url, *args))
+        sig = _create_and_kill(src, mnt, state, ("--appliance", app.url, *args), settle=True)
         assert unaccounted(src, state, sig) == []
         with mounted(src, mnt, "--appliance", app.url, *args, "-v") as again:
             text = again.log()  # the decision is logged before the mount serves
