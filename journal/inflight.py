@@ -79,9 +79,16 @@ class InFlight:
             if self._witness is not None:
                 self._witness.record(txnid, pending=bool(self._since))
 
-    def failed_once(self) -> None:
+    def failed_once(self, p: PreparedDefer) -> bool:
+        """`p`'s transaction reported an error: True if `p` is still in flight (count it
+        failed: the caller retries it); False if its commit went in and only what came
+        after failed (the fsync of a batch with a tier-1 record): it is in the journal,
+        and the watermark's own fsync makes it durable, as any tier-1w record."""
         with self._lock:
+            if p not in self._since:
+                return False
             self.failed += 1
+            return True
 
     def land(self, p: PreparedDefer) -> None:
         """`p`'s transaction failed, and a retry committed its record since."""
