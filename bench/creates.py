@@ -1,6 +1,7 @@
 """Create + write 4 KiB + close by one writer, side by side: where a create's cost goes.
 
     .venv/bin/python bench/creates.py [--files 1000] [--rounds 5] [--baseline CHECKOUT]
+                                      [--distinct]
 
 Mounts, at once, `vfile mount --no-scan`, `vfile mount` (scanning, embedded
 built-in appliance) and `vfile mount` with a profile that does not scan after
@@ -10,6 +11,11 @@ that directory: e.g. the main branch, to compare before and after). Then
 creates `--files` files in each, round after round interleaved, and prints
 each contender's creates/s per round, the medians, their ratios to
 `--no-scan`, and the load average per round. Always unmounts.
+
+Every file gets the same 4 KiB (as bench/datapath.py's create row), so from the
+second file on a close scan takes the verdict of that content by its hash
+(vfile.filter.contenthash); `--distinct` gives each file its own random 4 KiB,
+so every close scan asks the appliance.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 
-def create_files(d: Path, n: int) -> float:
+def create_files(d: Path, n: int, distinct: bool = False) -> float:
     d.mkdir()
-    buf = os.urandom(4096)
+    same = os.urandom(4096)
+    bufs = [os.urandom(4096) if distinct else same for _ in range(n)]
     started = time.perf_counter()
     for i in range(n):
         fd = os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, buf)
+        os.write(fd, bufs[i])
         os.close(fd)
     return n / (time.perf_counter() - started)
 
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", type=Path, help="another checkout: its scanning mount too")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--distinct", action="store_true", help="each file its own content")
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="vfile-creates-"))
     cfg = base / "open-only.toml"
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             mounted[name] = mnt
         for r in range(args.rounds):
             for name, mnt in mounted.items():
-                rates[name].append(create_files(mnt / f"r{r}", args.files))
+                rates[name].append(create_files(mnt / f"r{r}", args.files, args.distinct))
             loads.append(os.getloadavg()[0])
     finally:
         for name, mnt in mounted.items():

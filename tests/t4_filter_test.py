@@ -70,8 +70,9 @@ def test_eicar_written_through_the_mount_is_quarantined_after_close(tmp_path: Pa
         (f.mnt / "upload.txt").write_bytes(b"fine\n")
         with open(f.mnt / "dropped.com", "wb") as out:
             out.write(EICAR)
-            # Intent before effect: journaled while the writer still has it open.
-            assert "dropped.com" in journal_paths(f.state)
+            # Intent before effect: queued before the create went on (journal.inflight),
+            # committed while the writer still has it open.
+            wait_for("the intent's commit", lambda: "dropped.com" in journal_paths(f.state))
         assert_quarantined(f, "dropped.com", EICAR, EICAR_NAME)
         f.wait_idle()
         # Both close scans resolved their intents: nothing left for the drain.

@@ -21,9 +21,18 @@ import trio
 
 from vfile.config.model import Profile
 from vfile.filter import racy
+from vfile.filter.contenthash import NOTHING, ContentVerdicts
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Stats
-from vfile.filter.policy import Action, DecisionInputs, Event, Reason, ScanResult, decide
+from vfile.filter.policy import (
+    Action,
+    Decision,
+    DecisionInputs,
+    Event,
+    Reason,
+    ScanResult,
+    decide,
+)
 from vfile.filter.scanning import RACY, Scanning
 from vfile.filter.settling import Settler
 from vfile.journal.records import Identity, JournalError, VerdictRecord
@@ -57,6 +66,8 @@ class CloseScans:
         self._remember = remember
         self._window = window
         self._slots = trio.Semaphore(CLOSE_SCANS)
+        #: small contents already judged: their verdicts, by sha256
+        self.hashes = ContentVerdicts()
 
     async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
@@ -81,13 +92,33 @@ class CloseScans:
         verdict: Verdict | None = None
         if d.action is Action.SCAN:
             self.stats.close_scans += 1
-            scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-            result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
+            result, verdict, keep = await self._scan_or_reuse(fd, identity, sig, profile)
             if self._window() and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                 result = ScanResult.NOT_ATTEMPTED
             if not keep:  # racy clean: the drain scans it again, later
                 result, verdict = ScanResult.ERROR, Verdict.error(RACY)
             d = decide(replace(inputs, scan=result, window=self._window()))
+        await self._settle(path, intent, profile, identity=identity, sig=sig, d=d,
+                           verdict=verdict)
+
+    async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile
+                             ) -> tuple[ScanResult, Verdict | None, bool]:
+        """A scan; or, for small content a real scan already judged at this signature
+        version, its verdict (vfile.filter.contenthash)."""
+        whole = not profile.is_oversize(identity.size)
+        looked = self.hashes.lookup(fd, identity, sig) if whole else NOTHING
+        if looked.verdict is not None:
+            return (ScanResult.CLEAN if looked.verdict.is_clean else ScanResult.INFECTED,
+                    looked.verdict, True)
+        scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
+        result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
+        if keep and verdict is not None and result in (ScanResult.CLEAN, ScanResult.INFECTED):
+            self.hashes.remember(looked, sig, verdict)
+        return result, verdict, keep
+
+    async def _settle(self, path: str, intent: Intent, profile: Profile, *,
+                      identity: Identity, sig: str, d: Decision,
+                      verdict: Verdict | None) -> None:
         current = self._intents.get(path) is intent
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
             record = self._scanning.record(identity, verdict, sig, profile)
