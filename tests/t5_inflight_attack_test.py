@@ -8,6 +8,7 @@ Every test here goes through a real mount and a real SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from lifecycle import Tree, tree_config, wait_until
+from cutfs import fsync_fault as cutfs_fault
+from lifecycle import Tree, cli, tree_config, wait_until
 from mounting import mounted
-from outage import running_appliance, signature_version, unaccounted
+from outage import running_appliance, signature_version, unaccounted, write_config
 from t5_journal_tiers_test import status_json
+from t5_powerloss_test import cutfs
 
 from vfile.filter import verdict_gc
 from vfile.journal import Journal, watermark
@@ -109,3 +112,64 @@ def test_a_journal_edit_beside_the_mount_keeps_its_intents_pending(tree: Tree) -
             text = again.log()  # the decision is logged before the mount serves
         assert unaccounted(tree.source, tree.state, sig) == [], \
             f"the next start did not walk: {text[-3000:]}"
+
+
+def test_an_fsync_failure_after_the_commit_does_not_count_intents_failed_forever(
+        tmp_path: Path) -> None:
+    """A batch that holds creates' intents and a tier-1 record commits, then its fsync
+    fails (a failing state disk): every caller is told the error, the intents too,
+    though their commit went in. Once the disk works again and the retries landed,
+    nothing may stay counted as failed: while `in_flight_failed` is above 0, every
+    create waits for its intent's commit again, for the rest of the mount's life."""
+    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
+    for p in (src, mnt, disk, statefs):
+        p.mkdir()
+    (src / "old").write_bytes(b"an existing file")
+    cfg = write_config(tmp_path / "vfile.toml", fail_mode="safe", deadline=2.0)
+    fault = cutfs_fault(disk)
+    with running_appliance() as app, cutfs(disk, statefs):
+        args = ("--appliance", app.url, "--config", str(cfg),
+                "--state-dir", str(statefs / "state"))
+        with mounted(src, mnt, *args, "-v"):
+            (mnt / "warm").write_bytes(b"warm-up")
+            wait_until(lambda: _settled(mnt), "the warm-up settled")
+            stop = threading.Event()
+            made = [0]
+
+            def creates() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        (mnt / f"new{made[0]}").write_bytes(b"x")
+                    made[0] += 1
+
+            def rewrites() -> None:  # tier 1: an open for write of an existing file
+                while not stop.is_set():
+                    with contextlib.suppress(OSError), open(mnt / "old", "r+b"):
+                        pass
+
+            # The drain stays out of it: a drain whose release fails on the broken disk
+            # takes the whole mount down (reported; not this test's subject).
+            assert cli("drain", str(mnt), "pause").returncode == 0
+            wait_until(lambda: status_json(mnt)["drain"]["in_flight"] == 0, "the drain idle")
+            fault.touch()
+            workers = [threading.Thread(target=f, daemon=True)
+                       for f in (creates, rewrites, rewrites)]
+            for th in workers:
+                th.start()
+            wait_until(lambda: _durability(mnt)["in_flight_failed"] > 0 or made[0] > 3000,
+                       "an intent's transaction failed")
+            stop.set()
+            for th in workers:
+                th.join(30)
+            fault.unlink()
+            wait_until(lambda: _durability(mnt)["in_flight"] == 0, "the retries landed", 60)
+            # Not on timing: each retry lands within its back-off (at most 5 s).
+            wait_until(lambda: _durability(mnt)["in_flight_failed"] == 0,
+                       f"nothing counted as failed any more: {_durability(mnt)}", 30)
+
+
+def _durability(mnt: Path) -> dict[str, int]:
+    journal = status_json(mnt)["journal"]
+    assert isinstance(journal, dict)
+    out: dict[str, int] = journal["durability"]
+    return out
