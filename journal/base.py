@@ -100,11 +100,11 @@ class JournalBase:
         return journal
 
     def _keep_witness(self, where: Path, lock_dir: str | os.PathLike[str] | None) -> None:
+        # Followed only once a mount vouches (Journal.vouch): a `vfile journal` edit
+        # beside a live mount must not rewrite it (watermark.open_witness).
         run = self._read(lambda txn: watermark.read_state(txn, self._t))[0]
-        self._seen, self._witness, vouches = watermark.open_witness(
+        self._seen, self._witness, _ = watermark.open_witness(
             watermark.witness_for(where, lock_dir), self._opened_txnid, run)
-        if self._witness is not None and vouches:
-            self.inflight.follow(self._witness, self._opened_txnid)
 
     @classmethod
     def _open(cls, where: Path, *, sync: bool, readonly: bool, map_size: int,

@@ -221,7 +221,9 @@ def open_witness(path: Path | None, journal_txnid: int, run: bytes | None
     this process commits anything, so no later commit can raise the journal's
     transaction id back over it and make the loss look like a surviving page cache;
     a mount vouches again only once its recovery walk is done (`Journal.vouch`).
-    If it does vouch (the bool), it goes on following this process's commits."""
+    If it does vouch (the bool), it is left as it is: only a mount writes it again
+    (`Journal.vouch`). A process beside a live mount (`vfile journal gc`) that wrote it
+    would clear the mount's `pending` (creates' intents queued, journal.inflight)."""
     if path is None:  # no lock directory: no witness, an unclean stop always walks
         return None, None, False
     seen = Witness.read(path)
@@ -231,9 +233,7 @@ def open_witness(path: Path | None, journal_txnid: int, run: bytes | None
         log.warning("journal witness %s: cannot keep it: %s", path, err)
         return seen, None, False
     vouches = survived(seen, boot_id(), journal_txnid, run)
-    if vouches:
-        witness.record(journal_txnid)
-    else:
+    if not vouches:
         witness.poison()
     return seen, witness, vouches
 

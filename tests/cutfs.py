@@ -18,7 +18,8 @@ entries and attributes are never cached (timeouts 0), so a restarted
 instance is what the kernel asks.
 
 No hard links, no extended attributes, no special files: what a state
-directory needs, nothing more.
+directory needs, nothing more. While `fsync_fault(BACKING)` exists, fsync
+fails with EIO (the content stays current, not durable).
 """
 
 from __future__ import annotations
@@ -296,6 +297,8 @@ class CutFS(pyfuse3.Operations):
         return None
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if os.path.exists(fsync_fault(self.backing)):
+            raise _err(errno.EIO)  # a failing disk: the write went in, its flush did not
         node = self._get(fh)
         if not node.linked:
             return
@@ -309,6 +312,11 @@ class CutFS(pyfuse3.Operations):
             os.close(fd)
         os.replace(tmp, self._path(node))
         self.fsyncs += 1
+
+
+def fsync_fault(backing: Path) -> Path:
+    """While this file (beside BACKING) exists, every fsync fails with EIO."""
+    return backing.with_name(backing.name + ".fsync-fails")
 
 
 def main() -> None:
