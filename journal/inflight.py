@@ -79,9 +79,15 @@ class InFlight:
             if self._witness is not None:
                 self._witness.record(txnid, pending=bool(self._since))
 
-    def failed_once(self) -> None:
+    def failed_once(self, p: PreparedDefer) -> bool:
+        """`p`'s transaction reported a failure: True if `p` is still in flight (counted
+        failed until `land`); False if its commit went in and only the fsync after it
+        failed (a tier-1 record in the same batch): it is committed, as tier 1w asks."""
         with self._lock:
+            if p not in self._since:
+                return False
             self.failed += 1
+            return True
 
     def land(self, p: PreparedDefer) -> None:
         """`p`'s transaction failed, and a retry committed its record since."""

@@ -130,11 +130,14 @@ def test_an_fsync_failure_after_the_commit_does_not_count_intents_failed_forever
     with running_appliance() as app, cutfs(disk, statefs):
         args = ("--appliance", app.url, "--config", str(cfg),
                 "--state-dir", str(statefs / "state"))
-        with mounted(src, mnt, *args, "-v"):
+        # A refused open logs its journal error with a traceback (opsbase): expected here.
+        with mounted(src, mnt, *args, "-v", tracebacks_expected=True):
             (mnt / "warm").write_bytes(b"warm-up")
             wait_until(lambda: _settled(mnt), "the warm-up settled")
             stop = threading.Event()
             made = [0]
+
+            refused = [0]  # tier-1 records whose fsync failed
 
             def creates() -> None:
                 while not stop.is_set():
@@ -144,8 +147,11 @@ def test_an_fsync_failure_after_the_commit_does_not_count_intents_failed_forever
 
             def rewrites() -> None:  # tier 1: an open for write of an existing file
                 while not stop.is_set():
-                    with contextlib.suppress(OSError), open(mnt / "old", "r+b"):
-                        pass
+                    try:
+                        with open(mnt / "old", "r+b"):
+                            pass
+                    except OSError:
+                        refused[0] += 1
 
             # The drain stays out of it: a drain whose release fails on the broken disk
             # takes the whole mount down (reported; not this test's subject).
@@ -156,8 +162,8 @@ def test_an_fsync_failure_after_the_commit_does_not_count_intents_failed_forever
                        for f in (creates, rewrites, rewrites)]
             for th in workers:
                 th.start()
-            wait_until(lambda: _durability(mnt)["in_flight_failed"] > 0 or made[0] > 3000,
-                       "an intent's transaction failed")
+            # Many failed tier-1 batches while creates go on: some held intents too.
+            wait_until(lambda: refused[0] >= 50 and made[0] >= 200, "failed fsyncs", 60)
             stop.set()
             for th in workers:
                 th.join(30)

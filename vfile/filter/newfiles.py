@@ -77,10 +77,9 @@ class IntentRecords:
     def _done(self, intent: Intent, p: PreparedDefer, profile: Profile,
               err: JournalError | None) -> None:
         # On the trio thread, from the group committer: must not raise.
-        if err is None:
-            self._landed(intent, p, p.result)
+        if err is None or not self._journal.inflight.failed_once(p):
+            self._landed(intent, p, p.result)  # committed (maybe only its fsync failed)
             return
-        self._journal.inflight.failed_once()
         log.error("journal: the intent of new file %r was not committed (%s); retrying "
                   "until it is (creates wait for their intents meanwhile)", intent.path, err)
         try:
