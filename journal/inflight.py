@@ -80,9 +80,10 @@ class InFlight:
                 self._witness.record(txnid, pending=bool(self._since))
 
     def failed_once(self, p: PreparedDefer) -> bool:
-        """`p`'s transaction reported a failure: True if `p` is still in flight (counted
-        failed until `land`); False if its commit went in and only the fsync after it
-        failed (a tier-1 record in the same batch): it is committed, as tier 1w asks."""
+        """`p`'s transaction reported an error: True if `p` is still in flight (count it
+        failed: the caller retries it); False if its commit went in and only what came
+        after failed (the fsync of a batch with a tier-1 record): it is in the journal,
+        and the watermark's own fsync makes it durable, as any tier-1w record."""
         with self._lock:
             if p not in self._since:
                 return False

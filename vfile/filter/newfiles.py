@@ -78,7 +78,7 @@ class IntentRecords:
               err: JournalError | None) -> None:
         # On the trio thread, from the group committer: must not raise.
         if err is None or not self._journal.inflight.failed_once(p):
-            self._landed(intent, p, p.result)  # committed (maybe only its fsync failed)
+            self._landed(intent, p, p.result)  # committed (maybe its batch's fsync failed)
             return
         log.error("journal: the intent of new file %r was not committed (%s); retrying "
                   "until it is (creates wait for their intents meanwhile)", intent.path, err)
