@@ -20,7 +20,7 @@ from cutfs import fsync_fault as cutfs_fault
 from lifecycle import Tree, cli, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, signature_version, unaccounted, write_config
-from t5_journal_tiers_test import status_json
+from t5_journal_tiers_test import frozen, loop_ext4, status_json
 from t5_powerloss_test import cutfs
 
 from vfile.filter import verdict_gc
@@ -181,3 +181,84 @@ def _durability(mnt: Path) -> dict[str, int]:
     assert isinstance(journal, dict)
     out: dict[str, int] = journal["durability"]
     return out
+
+
+def test_a_burst_of_creates_on_a_frozen_state_disk_leaves_reads_working(tree: Tree) -> None:
+    """While the state disk is frozen, creates go on (their intents queue, up to
+    journal.inflight.MAX_IN_FLIGHT) and each one's last close starts a close scan that
+    waits for the intent's commit, holding its own descriptor of the file. Reads of
+    files with a clean verdict never wait on the state disk (README "Durability"): a
+    burst of creates on a mount with a container's descriptor limit must not take
+    them away (EMFILE) until the thaw."""
+    old = tree.source / "old"
+    old.write_bytes(b"a clean file, read while the state disk is frozen")
+    with running_appliance() as app, loop_ext4(tree.root) as fs:
+        state = fs / "state"
+        conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n')
+        conf.write_text(conf.read_text().replace(str(tree.state), str(state)))
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf), nofile=2048,
+                     tracebacks_expected=True):
+            (tree.mountpoint / "old").read_bytes()  # scanned: a clean verdict, cached
+            wait_until(lambda: _settled(tree.mountpoint), "the warm-up settled")
+            with frozen(fs):
+                failed: list[OSError] = []
+
+                def burst() -> None:
+                    for i in range(2500):
+                        try:
+                            (tree.mountpoint / f"burst{i}").write_bytes(b"x")
+                        except OSError as err:
+                            failed.append(err)
+
+                th = threading.Thread(target=burst, daemon=True)
+                th.start()
+                th.join(120)
+                try:
+                    data = (tree.mountpoint / "old").read_bytes()
+                except OSError as err:
+                    data = f"{err}".encode()
+            assert data == old.read_bytes(), \
+                f"a clean file unreadable after a burst of creates: {data!r}; " \
+                f"{len(failed)} creates failed, e.g. {failed[:1]}"
+
+
+def test_fsync_failures_on_the_state_disk_do_not_stop_the_mount(tmp_path: Path) -> None:
+    """The state disk's fsync fails for a while (EIO) while files are created and
+    rewritten, the drain at work: operations that needed a durable record fail, but
+    the mount keeps serving once the disk works again. (Found by the attack on c15:
+    the drain's `claim` (_claim_ahead) or `release` raised the fsync's
+    JournalError out of vfile.filter.drain.serve, and the whole server exited.)"""
+    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
+    for p in (src, mnt, disk, statefs):
+        p.mkdir()
+    (src / "old").write_bytes(b"an existing file")
+    cfg = write_config(tmp_path / "vfile.toml", fail_mode="safe", deadline=2.0)
+    fault = cutfs_fault(disk)
+    with running_appliance() as app, cutfs(disk, statefs):
+        args = ("--appliance", app.url, "--config", str(cfg),
+                "--state-dir", str(statefs / "state"))
+        with mounted(src, mnt, *args, "-v", tracebacks_expected=True) as server:
+            (mnt / "warm").write_bytes(b"warm-up")
+            wait_until(lambda: _settled(mnt), "the warm-up settled")
+            stop = threading.Event()
+
+            def churn(prefix: str) -> None:
+                i = 0
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        (mnt / f"{prefix}{i % 50}").write_bytes(b"x" * i)
+                    i += 1
+
+            fault.touch()
+            workers = [threading.Thread(target=churn, args=(p,), daemon=True)
+                       for p in ("a", "b")]
+            for th in workers:
+                th.start()
+            stop.wait(5)
+            stop.set()
+            for th in workers:
+                th.join(30)
+            fault.unlink()
+            assert server.proc.poll() is None, \
+                f"the server exited on the state disk's EIO:\n{server.log()[-3000:]}"
+            assert (mnt / "old").read_bytes() == b"an existing file"

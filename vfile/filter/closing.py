@@ -46,6 +46,11 @@ log = logging.getLogger("vfile.filter.gate")
 #: background scans after a last close running at once (on-open scans do not wait for them)
 CLOSE_SCANS = 4
 
+#: close scans waiting for their intent's commit (a stalled or frozen state disk), each
+#: holding a descriptor; beyond it a close leaves its file to the drain, so a burst of
+#: creates cannot take every descriptor from the reads (tests/t5_inflight_attack_test.py)
+MAX_WAITING = 256
+
 #: the gate's decision inputs for (event, profile, path, size, cached verdict)
 Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], DecisionInputs]
 
@@ -66,13 +71,24 @@ class CloseScans:
         self._remember = remember
         self._window = window
         self._slots = trio.Semaphore(CLOSE_SCANS)
+        self._waiting = 0  # scans waiting for their intent's commit (MAX_WAITING)
         #: small contents already judged: their verdicts, by sha256
         self.hashes = ContentVerdicts()
 
     async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
-            if intent.landed is not None:  # its record was queued (vfile.filter.newfiles)
-                await intent.landed.wait()
+            if intent.landed is not None and not intent.landed.is_set():
+                # Its record is still queued (vfile.filter.newfiles); once committed,
+                # the drain scans the file if no close scan does.
+                if self._waiting >= MAX_WAITING:
+                    log.info("close scan of %r: its intent is not committed yet; left to "
+                             "the drain", path)
+                    return
+                self._waiting += 1
+                try:
+                    await intent.landed.wait()
+                finally:
+                    self._waiting -= 1
             async with self._slots:
                 await self._scan(path, intent, fd, profile)
         except (OSError, JournalError) as err:
