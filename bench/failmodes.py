@@ -150,14 +150,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the pool-alone hang detection figures (bench/hang.py)")
     ap.add_argument("--no-clamd", action="store_true",
                     help="hang detection against the built-in appliance only")
+    ap.add_argument("--modes", help="a comma-separated subset of legacy,closed,open,safe "
+                    "(default: all; the legacy / safe ratio needs both)")
+    ap.add_argument("--logs", type=Path, help="keep each mode's mount server log here")
     args = ap.parse_args(argv)
     if args.quick:
-        params = make_params(files=60, outage="2:3", window="2.5:1.5", after=1.5, quick=True)
+        params = make_params(files=60, outage="2:3", window="2.5:1.5", after=1.5, quick=True,
+                             modes=args.modes)
     else:
         # vfile's shipped timeouts against legacy's 5 s x 3 attempts
         params = make_params(files=120, outage="3:6", window="4:3", after=3.0,
-                             drain_timeout=60)
-    results = run_migration(params, progress=lambda msg: print(msg, file=sys.stderr))
+                             drain_timeout=60, modes=args.modes)
+    results = run_migration(params, logs_to=args.logs,
+                            progress=lambda msg: print(msg, file=sys.stderr))
     rows = {}
     for r in results:
         s = summarize(r, params)
