@@ -31,10 +31,9 @@ Adaptive mode (`Adaptive.enabled`, the default; see scanner/latency.py for the m
   the probe's own deadline: hung, `_hung` stops the overdue attempts and opens
   the breaker at once (half-open again after `RETRIAL` probe deadlines).
 - Half-open by probe: while `serve()` runs, a half-open breaker's first trial is a
-  liveness probe the pool sends itself (`_retrials`), not an open's scan: until one
-  is answered, scans skip the appliance at once (no open waits on a trial, which
-  took each trial open the whole detection time, issue 16); unanswered, the breaker
-  opens again (doubling the retry); answered, the next request is the trial as before.
+  liveness probe of the pool's own (`_retrials`), so no open waits the detection time
+  as a trial; until one is answered scans skip the appliance; unanswered, the breaker
+  opens again (doubling the retry); answered, the next request is the trial.
 - A timeout noticed much later than it was due (this process was paused, not
   the appliance) is no evidence: neither a failure nor a trigger.
 - `scan_fd(count_timeouts=False)` (the drain's slow scans of large files): a
@@ -312,6 +311,9 @@ class Pool:
             expected = app.model.expected(nbytes) or late_after
             flight.overdue_after = max(OVERDUE_FLOOR, min(late_after, OVERDUE_FACTOR * expected))
             flight.silent_after = self.adaptive.safety * late_after
+            # Watched: the probes decide. Its own timer fired first only after a stall of
+            # ours: a late timeout, no evidence, and a hung appliance never probed.
+            flight.scope.deadline = started + max(timeout, extend_to)
         settled = False
         probed = False
         app.flights.add(flight)
