@@ -1,6 +1,6 @@
 """Open/close latency of each fail mode while the scan appliance is down, side by side.
 
-    .venv/bin/python bench/failmodes.py [--quick] [--json PATH]
+    .venv/bin/python bench/failmodes.py [--quick] [--json PATH] [--modes safe,...] [--logs DIR]
 
 The same machinery as `vfile simulate migration` (real `vfile mount` per mode,
 the built-in appliance black-holed by its fault switch, readers, writers and
@@ -19,6 +19,8 @@ Hung-appliance detection (issue 16), same run: per mode `quiet_p99_ms` (opens
 before the outage), `outage_over_quiet_p99` (p99 during / quiet p99),
 `waited_10x_quiet_p99` (opens during the outage slower than 10x the quiet p99),
 `detection_ms` (from the fault to the breaker opening); `ratios.legacy_over_safe_p99`;
+`host_fsync_during_outage` (the host's fsync latency at the same time, a 4 KiB
+fdatasync every 20 ms next to the state directories: the floor of a write-open);
 what the outage p99 is made of: `outage_read_p99_ms` and `outage_write_p99_ms`
 (opens for reading / for writing; an open for writing commits a durable, fsynced
 intent in every mode, outage or not) and `slowest` (the slowest opens during the
@@ -35,6 +37,9 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +102,53 @@ def outage_breakdown(r: ModeResult) -> dict[str, Any]:
                     for op in slowest]}
 
 
+class FsyncProbe:
+    """The host's fsync latency alongside the run: a 4 KiB overwrite and fdatasync of a
+    file next to the state directories (the same file system) every `PERIOD` s.
+    An open for writing waits for one fsync of the journal (its durable intent), so
+    this is the floor of the write-opens' latency at the same moment."""
+
+    PERIOD = 0.02
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []  # (wall time, seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fsync-probe", daemon=True)
+
+    def __enter__(self) -> FsyncProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        fd, name = tempfile.mkstemp(prefix="vfile-fsync-probe-")
+        try:
+            block = os.urandom(4096)
+            while not self._stop.wait(self.PERIOD):
+                t = time.perf_counter()
+                os.pwrite(fd, block, 0)
+                os.fdatasync(fd)
+                self.samples.append((time.time(), time.perf_counter() - t))
+        finally:
+            os.close(fd)
+            os.unlink(name)
+
+    def during(self, r: ModeResult) -> dict[str, Any]:
+        """fsync latency during `r`'s outage: n, p50, p99, max (ms)."""
+        start, end = r.events.get("outage_start"), r.events.get("outage_end")
+        if start is None or end is None:
+            return {}
+        t0 = r.extra["wall_t0"]
+        got = sorted(d for w, d in self.samples if t0 + start <= w < t0 + end)
+        if not got:
+            return {}
+        return {"n": len(got), "p50_ms": round(got[len(got) // 2] * 1000, 1),
+                "p99_ms": _p99_ms(got), "max_ms": round(got[-1] * 1000, 1)}
+
+
 def bench_row(s: dict[str, Any]) -> dict[str, Any]:
     lat = s["latency"]["open"]["during"]
     quiesce = s["quiesce"].get("total_s")
@@ -131,9 +183,11 @@ def render(rows: dict[str, dict[str, Any]]) -> str:
               f"{r['breaker_opens']} ({r['false_opens']})")
              for mode, r in rows.items()]
     head3 = ("mode", "outage p99 ms: reads", "writes (fsynced intent)", "write opens",
-             "slowest open: ms after the fault, ms, actor")
+             "host fsync p50 / p99 / max ms", "slowest open: ms after the fault, ms, actor")
     body3 = [(mode, _ms(r.get("outage_read_p99_ms")), _ms(r.get("outage_write_p99_ms")),
               str(r.get("outage_write_opens")),
+              " / ".join(_ms(r.get("host_fsync_during_outage", {}).get(k))
+                         for k in ("p50_ms", "p99_ms", "max_ms")),
               "; ".join(f"+{x['after_fault_ms']:.0f}: {x['ms']:.0f} {x['actor']}"
                         f"{' (w)' if x['write'] else ''}" for x in r.get("slowest", [])[:3]))
              for mode, r in rows.items()]
@@ -150,18 +204,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the pool-alone hang detection figures (bench/hang.py)")
     ap.add_argument("--no-clamd", action="store_true",
                     help="hang detection against the built-in appliance only")
+    ap.add_argument("--modes", help="a comma-separated subset of legacy,closed,open,safe "
+                    "(default: all; the legacy / safe ratio needs both)")
+    ap.add_argument("--logs", type=Path, help="keep each mode's mount server log here")
     args = ap.parse_args(argv)
     if args.quick:
-        params = make_params(files=60, outage="2:3", window="2.5:1.5", after=1.5, quick=True)
+        params = make_params(files=60, outage="2:3", window="2.5:1.5", after=1.5, quick=True,
+                             modes=args.modes)
     else:
         # vfile's shipped timeouts against legacy's 5 s x 3 attempts
         params = make_params(files=120, outage="3:6", window="4:3", after=3.0,
-                             drain_timeout=60)
-    results = run_migration(params, progress=lambda msg: print(msg, file=sys.stderr))
+                             drain_timeout=60, modes=args.modes)
+    with FsyncProbe() as fsyncs:
+        results = run_migration(params, logs_to=args.logs,
+                                progress=lambda msg: print(msg, file=sys.stderr))
     rows = {}
     for r in results:
         s = summarize(r, params)
-        rows[r.mode] = {**bench_row(s), **detection_figures(r, s), **outage_breakdown(r)}
+        rows[r.mode] = {**bench_row(s), **detection_figures(r, s), **outage_breakdown(r),
+                        "host_fsync_during_outage": fsyncs.during(r)}
     legacy, safe = rows.get("legacy", {}).get("p99_ms"), rows.get("safe", {}).get("p99_ms")
     load = os.getloadavg()
     doc: dict[str, Any] = {

@@ -11,15 +11,16 @@ How it works (a pipelined writer thread, no background task):
   write transaction thus begins and commits in the same thread, and no trio
   task is kept waiting for anybody else's records.
 - Pipelining: when the commit of batch N returns, the writer takes batch N+1
-  (which accumulated during N's fsync) and applies its operations at once;
-  only then does it tell the trio thread that N is durable, and commit N+1.
+  (which accumulated meanwhile) and applies its operations at once; only
+  then does it tell the trio thread that N is committed, and commit N+1.
   The trio thread thus wakes N's callers, and they prepare their next
-  records, while the writer sits in N+1's fsync with the GIL released --
+  records, while the writer sits in N+1's commit with the GIL released --
   rather than competing for the GIL with the writer's own puts.
-- A batch's callers are woken by one event, set on the trio thread (via the
-  run's token) after the commit of their batch returned -- and, if any of
-  its operations is durable (tier 1, README "Durability of journal
-  records"), after the fsync that follows that commit.
+- A batch's callers are woken on the trio thread (via the run's token): its
+  tier-2 callers once its commit returned, its tier-1 callers (README
+  "Durability of journal records") once an fsync that began after that commit
+  returned, in a thread of its own (journal.syncer): a tier-2 record never
+  waits for a tier-1 fsync.
 
 Lingering (the drain's completions, `linger=True`): a batch of nothing but
 lingering operations is taken only once it holds `LINGER_OPS` of them, or
@@ -86,6 +87,7 @@ import trio
 
 from vfile.journal.ops import BatchWriter, PreparedDefer
 from vfile.journal.records import JournalError, JournalFull
+from vfile.journal.syncer import Syncer
 from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
@@ -123,13 +125,16 @@ class _Op(Generic[T]):
 
 
 class _Batch:
-    __slots__ = ("born", "durable", "error", "event", "hurry", "ops", "state")
+    __slots__ = ("born", "durable", "error", "event", "hurry", "ops", "state", "sync_error",
+                 "synced")
 
     def __init__(self) -> None:
         self.ops: list[Any] = []  # _Op | PreparedDefer, in arrival order
-        self.event = trio.Event()
+        self.event = trio.Event()  # committed (or failed): tier-2 callers wake
+        self.synced = trio.Event()  # and fsynced (or failed): tier-1 callers wake
         self.state = _PENDING
         self.error: BaseException | None = None
+        self.sync_error: BaseException | None = None
         self.durable = False  # some operation needs the fsync (tier 1)
         self.hurry = False  # some operation may not linger
         self.born = time.monotonic()
@@ -204,8 +209,12 @@ class GroupCommitter:
         # Notified when a lingering batch should be taken now (it filled, or hurries).
         self._linger = threading.Condition(self._lock)
         self._nthreads = 0  # writer threads started and not yet ended
-        # Held by the writer around each transaction (and by run_exclusive).
-        self._txn_lock = threading.Lock()
+        #: fsyncs committed tier-1 batches in a thread of its own (journal.syncer)
+        self._syncer: Syncer[_Batch] = Syncer(
+            self.sync_now, lambda batches, err: self._post(self._synced, batches, err), where)
+        # One fsync at a time (the syncer's, the background sync's, quiesce's): each
+        # then accounts for exactly the commits that preceded it (`unsynced`).
+        self._sync_lock = threading.Lock()
         self._token: trio.lowlevel.TrioToken | None = None
         self.batches = 0
         self.ops = 0
@@ -296,7 +305,8 @@ class GroupCommitter:
                     await trio.lowlevel.checkpoint()
             self._start_writer()
         try:
-            await batch.event.wait()
+            # A tier-1 caller waits for the fsync, a tier-2 caller only for the commit.
+            await (batch.synced if durable and self._fsync else batch.event).wait()
         except BaseException:
             with self._lock:
                 if batch.state == _PENDING and not hold:
@@ -306,8 +316,9 @@ class GroupCommitter:
                     op.held = True  # written when the disk takes it (_finish counts it)
                     self.held += 1
             raise
-        if batch.error is not None:
-            raise translate(batch.error, self._where)
+        failure = batch.error or (batch.sync_error if durable else None)
+        if failure is not None:
+            raise translate(failure, self._where)
 
     def _start_writer(self) -> None:
         # Called with _running set by the caller; on the trio thread.
@@ -318,7 +329,9 @@ class GroupCommitter:
                                         name="journal writer")
 
     def _finish(self, batch: _Batch) -> None:
-        # On the trio thread.
+        # On the trio thread: committed (or failed). Twice is once.
+        if batch.state == _DONE:
+            return
         batch.state = _DONE
         for op in batch.ops:
             if op.held:
@@ -330,6 +343,15 @@ class GroupCommitter:
                 op.on_done(None if batch.error is None
                            else translate(batch.error, self._where))
         batch.event.set()
+        if not (batch.durable and self._fsync) or batch.error is not None:
+            batch.synced.set()
+
+    def _synced(self, batches: list[_Batch], error: BaseException | None) -> None:
+        # On the trio thread: the fsync after these batches' commits returned.
+        for batch in batches:
+            self._finish(batch)  # (the writer may not have said so yet: pipelining)
+            batch.sync_error = error
+            batch.synced.set()
 
     def _regrow(self, batch: _Batch, err: BaseException) -> None:
         # On the trio thread; no writer runs (_running is still set, so none starts).
@@ -379,27 +401,24 @@ class GroupCommitter:
             log.warning("journal %r: trio run finished; a batch result was dropped",
                         self._where)
 
-    async def run_exclusive(self, fn: Callable[[], T]) -> T:
-        """Run `fn` in a thread, between write transactions (e.g. an env sync)."""
-        def locked() -> T:
-            with self._txn_lock:
-                return fn()
-        return await trio.to_thread.run_sync(locked)
-
     def sync_now(self) -> None:
         """fsync the environment (blocking; in a thread). Concurrent commits are fine:
         LMDB's env sync is an fdatasync of the data file, it takes no lock."""
-        with self._lock:
-            before = self.unsynced
-        self._env.sync(True)
-        with self._lock:
-            self.fsyncs += 1
-            self.unsynced -= before
+        with self._sync_lock:
+            with self._lock:
+                before = self.unsynced
+            self._env.sync(True)
+            with self._lock:
+                self.fsyncs += 1
+                self.unsynced -= before
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait (blocking) until no writer thread runs; for close()."""
+        end = time.monotonic() + timeout
         with self._lock:
-            return self._threads.wait_for(lambda: self._nthreads == 0, timeout)
+            if not self._threads.wait_for(lambda: self._nthreads == 0, timeout):
+                return False
+        return self._syncer.wait_idle(max(0.0, end - time.monotonic()))
 
     # --- the writer thread ------------------------------------------------------------------
 
@@ -430,8 +449,7 @@ class GroupCommitter:
                     self._post(self._finish, done)
                 return
             try:
-                with self._txn_lock:
-                    self._run_batch(batch, done)  # tells the trio thread about `done`
+                self._run_batch(batch, done)  # tells the trio thread about `done`
             except _NeedsGrowth as grow:
                 self._post(self._regrow, batch, grow.args[0])
                 return
@@ -470,8 +488,9 @@ class GroupCommitter:
                 # id, and a witness ahead of the journal reads as lost commits (a walk).
                 self.on_commit(int(self._env.info()["last_txnid"]), batch.ops)
             if batch.durable and self._fsync:
-                # Tier 1: durable before any caller of the batch is woken.
-                self.sync_now()
+                # Tier 1: its callers wake after an fsync, in the syncer; this thread
+                # goes on with the next batch meanwhile (module docstring).
+                self._syncer.add(batch)
             else:
                 with self._lock:
                     self.unsynced += 1

@@ -213,9 +213,9 @@ class Journal(JournalBase):
         await self._write(lambda txn: ops.op_remove_quarantine(txn, t, id))
 
     async def sync(self) -> None:
-        """fsync now, between write transactions (quiesce, resume)."""
+        """fsync now (quiesce), without holding up commits meanwhile."""
         self._check()
-        await self._committer.run_exclusive(self._committer.sync_now)
+        await trio.to_thread.run_sync(self._committer.sync_now, limiter=self._sync_limiter)
 
     async def sync_if_dirty(self) -> bool:
         """fsync if a commit since the last fsync was not fsynced (tier-2 records).

@@ -60,6 +60,9 @@ class Appliance:
     #: wall times the breaker opened from closed (the last few), for detection figures
     opened: deque[float] = field(default_factory=lambda: deque(maxlen=OPENED_KEPT))
     opens: int = 0
+    #: a liveness probe answered since the breaker last opened (the half-open trial's
+    #: first step, scanner.pool `_retrials`)
+    probed: bool = False
     live: Liveness = field(init=False)
 
     def __post_init__(self) -> None:

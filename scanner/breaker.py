@@ -42,6 +42,10 @@ class Breaker:
             return State.HALF_OPEN
         return State.OPEN
 
+    def half_open_at(self) -> float | None:
+        """When the breaker is (or was) half-open again; None while closed."""
+        return None if self._opened_at is None else self._opened_at + self.cooldown
+
     def would_allow(self, now: float) -> bool:
         """Whether a request could go through now (no state change)."""
         st = self.state(now)

@@ -30,6 +30,10 @@ Adaptive mode (`Adaptive.enabled`, the default; see scanner/latency.py for the m
   Answered: it may wait up to the configured attempt timeout. Unanswered within
   the probe's own deadline: hung, `_hung` stops the overdue attempts and opens
   the breaker at once (half-open again after `RETRIAL` probe deadlines).
+- Half-open by probe: while `serve()` runs, a half-open breaker's first trial is a
+  liveness probe of the pool's own (`_retrials`), so no open waits the detection time
+  as a trial; until one is answered scans skip the appliance; unanswered, the breaker
+  opens again (doubling the retry); answered, the next request is the trial.
 - A timeout noticed much later than it was due (this process was paused, not
   the appliance) is no evidence: neither a failure nor a trigger.
 - `scan_fd(count_timeouts=False)` (the drain's slow scans of large files): a
@@ -99,11 +103,18 @@ class Pool:
         self._slots = trio.Semaphore(max_concurrency)
         self._changed = trio.Event()
         self._quiet = False
+        self._serving = False  # `serve` runs: half-open trials by probe (`_retrials`)
 
     # --- state, no I/O ---------------------------------------------------
 
     def _usable(self, app: Appliance) -> bool:
-        return app.healthy and app.breaker.would_allow(trio.current_time())
+        now = trio.current_time()
+        return app.healthy and app.breaker.would_allow(now) and not self._awaits_probe(app, now)
+
+    def _awaits_probe(self, app: Appliance, now: float) -> bool:
+        """Half-open, and its first trial is the pool's probe (`_retrials`), not a scan."""
+        return (self._serving and self.adaptive.enabled and not app.probed
+                and app.breaker.state(now) is State.HALF_OPEN)
 
     def available(self) -> bool:
         return any(self._usable(a) for a in self._apps)
@@ -139,6 +150,7 @@ class Pool:
         closed = app.breaker.state(trio.current_time()) is State.CLOSED
         app.errors += count
         app.last_error = reason
+        app.probed = False  # (re)opened: its next half-open starts with a probe
         for _ in range(count):
             app.breaker.record_failure(trio.current_time())
         if trip is not None:
@@ -165,8 +177,9 @@ class Pool:
 
     async def _probe(self, app: Appliance) -> None:
         now = trio.current_time()
-        if app.breaker.state(now) is State.OPEN or not app.breaker.allow(now):
-            return  # cooling down, or a scan holds the half-open trial
+        if app.breaker.state(now) is State.OPEN or self._awaits_probe(app, now) \
+                or not app.breaker.allow(now):
+            return  # cooling down, or the half-open trial is someone else's
         reason = ""
         try:
             with trio.move_on_after(self.attempt_timeout) as cs:
@@ -207,15 +220,54 @@ class Pool:
     def set_quiet(self, quiet: bool) -> None:
         """While quiet (a quiesce window), health probes contact no appliance."""
         self._quiet = quiet
+        self._notify()  # half-open trials waited for the window's end (`_retrials`)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Probe every appliance now and every probe_interval; runs until cancelled."""
-        await self._probe_round()  # each probe is bounded by attempt_timeout
-        task_status.started()
-        while True:
-            await trio.sleep(self.probe_interval)
-            if not self._quiet:
-                await self._probe_round()
+        """Probe every appliance now and every probe_interval, and half-open breakers'
+        trials as they fall due (`_retrials`); runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._serving = True
+            try:
+                nursery.start_soon(self._retrials)
+                await self._probe_round()  # each probe is bounded by attempt_timeout
+                task_status.started()
+                while True:
+                    await trio.sleep(self.probe_interval)
+                    if not self._quiet:
+                        await self._probe_round()
+            finally:
+                self._serving = False
+
+    async def _retrials(self) -> None:
+        """A half-open breaker's first trial, as soon as it falls due (not in a window):
+        a liveness probe, so that no open waits on a trial (module docstring)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                for app in self._apps:
+                    if not self._quiet and self._awaits_probe(app, now) \
+                            and app.breaker.allow(now):
+                        nursery.start_soon(self._retry, app)
+                due = [t for a in self._apps if not a.probed
+                       and (t := a.breaker.half_open_at()) is not None and t > now]
+                with trio.move_on_at(min(due, default=now + self.probe_interval)):
+                    await self._changed.wait()
+
+    async def _retry(self, app: Appliance) -> None:
+        """The half-open trial (taken by the caller): a liveness probe. Answered: the
+        next request is the trial; silent: open again, as `_hung` does."""
+        deadline = app.live.deadline(app.model, self.adaptive)
+        alive = None
+        try:
+            alive = await app.live.check(trio.current_time(), deadline)
+        finally:
+            if alive is not False:
+                app.breaker.release()
+        app.probed = bool(alive)
+        if alive is False:
+            self._failed(app, f"half-open: no reply to a liveness probe within {deadline:.3g}s",
+                         trip=RETRIAL * deadline)
+        self._notify()  # `_retrials` looks again: the next trial, or scans may go
 
     # --- scanning ----------------------------------------------------------
 
@@ -259,6 +311,9 @@ class Pool:
             expected = app.model.expected(nbytes) or late_after
             flight.overdue_after = max(OVERDUE_FLOOR, min(late_after, OVERDUE_FACTOR * expected))
             flight.silent_after = self.adaptive.safety * late_after
+            # Watched: the probes decide. Its own timer fired first only after a stall of
+            # ours: a late timeout, no evidence, and a hung appliance never probed.
+            flight.scope.deadline = started + max(timeout, extend_to)
         settled = False
         probed = False
         app.flights.add(flight)
@@ -407,7 +462,9 @@ class Pool:
         async with self._slots if count_timeouts else contextlib.nullcontext():
             for app in self._apps:
                 for retry in range(tries):
-                    if not app.healthy or not app.breaker.allow(trio.current_time()):
+                    now = trio.current_time()
+                    if not app.healthy or self._awaits_probe(app, now) \
+                            or not app.breaker.allow(now):
                         break
                     verdict = await self._attempt_hedged(app, fd, size, limit, timeout,
                                                          retry=retry,

@@ -10,6 +10,7 @@ fixed-timeout pool fails them by hanging, and the assertions are on counters
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import trio
@@ -265,3 +266,33 @@ async def test_a_background_scan_on_a_hung_appliance_gives_up_long_before_its_de
     assert verdict.is_error
     stats = app_stats(pool)
     assert stats["errors"] == 0 and stats["state"] == "closed"  # no evidence against it
+
+
+async def test_a_pause_of_this_process_hides_no_black_hole(builtin: Builtin,
+                                                           samples: Samples) -> None:
+    """This process stalls (a loaded host) just after the scans went out to an appliance
+    that went silent: their timeouts, handled late, are no evidence (a pause of ours,
+    not the appliance's), but the liveness probe after the pause still finds the black
+    hole and opens the breaker. (Before, a stall longer than the model's timeout let the
+    scans' own timers fire before their liveness watch had begun: every scan went to
+    its fail mode as a late timeout, uncounted, and the breaker stayed closed: the
+    1-in-30 flake of `test_blackhole_is_detected_collectively` at load 9.)"""
+    pool = Pool([builtin.tcp_url], attempt_timeout=LONG, retries=0, breaker_failures=3,
+                breaker_cooldown=LONG, adaptive=Adaptive(floor=0.05))
+    with trio.fail_after(DEADLINE):
+        await warm(pool, str(samples.clean))
+    builtin.appliance.set_fault(Fault("blackhole"))
+    timeout = adaptive(app_stats(pool))["timeout_4KiB_ms"]
+    assert isinstance(timeout, float)
+
+    async def stall() -> None:
+        await trio.sleep(0.002)  # the scans are in flight
+        time.sleep(4 * timeout / 1000)  # noqa: ASYNC251 - the stall is the point
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stall)
+            outcomes = await scan_all(pool, str(samples.clean), 6)
+    assert outcomes == [Outcome.ERROR] * 6
+    stats = app_stats(pool)
+    assert stats["state"] == "open", (stats["last_error"], stats["errors"], adaptive(stats))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import mounted, vfile_cmd
+from mounting import mounted, vfile_cmd, wait_for
 from outage import running_appliance, running_proxy, status, unaccounted
 from servers import Samples
 
@@ -102,6 +102,54 @@ def test_black_hole_opens_the_breaker_without_waiting_the_attempt_timeout(
         assert unaccounted(src, state, a["sig_version"]) == []
         proxy.set_fault("none")
     print(f"black hole: slowest open {max(took) * 1000:.0f} ms; appliance {a}")
+
+
+#: half-open trials (each a silent probe) the next test waits for during the black hole
+TRIALS = 3
+
+
+def test_no_open_is_a_half_open_trial_while_the_appliance_is_hung(
+        tmp_path: Path, samples: Samples) -> None:
+    """A breaker opened on a silent probe is half-open again after a few probe
+    deadlines (a false opening costs one trial, not the cooldown), again and again
+    while the appliance stays hung. Each trial is a liveness probe the pool sends
+    itself: opens meanwhile never contact the appliance and go to their fail mode at
+    once. (Before, the first open at each half-open was the trial: it scanned, and
+    waited the whole detection time; in `bench/failmodes.py` those opens made the p99.)
+    Once the appliance answers again, a probe says so and the next open is scanned."""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = _config(tmp_path / "vfile.toml")
+    with running_appliance(samples.sigdir) as app, running_proxy(app.url) as proxy, \
+            mounted(src, mnt, "--appliance", proxy.url, "--config", str(cfg),
+                    "--state-dir", str(state)):
+        _warm(mnt, src)
+        proxy.set_fault("blackhole")
+        _open(mnt / _files(src, "first", 1)[0])
+        a = _appliance(mnt)
+        assert a["breaker_opens"] == 1, (a["last_error"], a["adaptive"])
+        scans, silent = a["scans"], a["adaptive"]["probes_unanswered"]
+        took = []
+        n = 0
+        end = time.monotonic() + 60  # "does not hang"; trials come every few hundred ms
+        while _appliance(mnt)["adaptive"]["probes_unanswered"] < silent + TRIALS:
+            assert time.monotonic() < end, _appliance(mnt)
+            took.append(_open(mnt / _files(src, f"during{n}-", 1)[0]))
+            n += 1
+        a = _appliance(mnt)
+        assert a["scans"] == scans, "an open was a half-open trial: it scanned the hung appliance"
+        assert status(mnt)["gate"]["deferrals"] >= n + 1
+        assert max(took) < ATTEMPT, took
+        proxy.set_fault("none")
+        last = _files(src, "back", 1)[0]
+
+        def scanned_again() -> bool:
+            _open(mnt / last)
+            return bool(_appliance(mnt)["state"] == "closed")
+
+        wait_for("a scan after the appliance answers again", scanned_again, 60)
+        assert unaccounted(src, state, _appliance(mnt)["sig_version"]) == []
 
 
 def test_slow_but_alive_appliance_opens_no_breaker(tmp_path: Path,

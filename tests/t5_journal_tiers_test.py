@@ -39,13 +39,14 @@ FROZEN_FOR = 30.0
 
 
 @contextlib.contextmanager
-def loop_ext4(where: Path, size_mb: int = 64) -> Iterator[Path]:
+def loop_ext4(where: Path, size_mb: int = 64, *, journal: bool = True) -> Iterator[Path]:
     """A fresh ext4 on a loop device mounted at `where`/fs; thawed and unmounted after."""
     img, mnt = where / "statefs.img", where / "statefs"
     mnt.mkdir()
     with open(img, "wb") as f:
         f.truncate(size_mb << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", *([] if journal else ["-O", "^has_journal"]),
+                    str(img)], check=True, capture_output=True)
     subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True,
                    capture_output=True)
     try:
