@@ -24,6 +24,12 @@ Invariants:
   ahead, leased like the current one), so no scan slot waits for a claim's
   transaction; completions linger a few ms to share a transaction
   (vfile.journal.commit, below the settling capacity above).
+- With `resolve_batch` (the mount's), the drain hands over `concurrency` entries
+  at a time (fewer at a low rate: never more than the bucket's burst) and runs
+  `LANES` such batches at once: one batch's scans go to the appliance together,
+  in one task, instead of a task, scopes and checkpoints per file (the server's
+  trio thread was the drain's bottleneck: bench/drain.py --scale). Tokens are
+  taken for a whole batch before it starts, so the rate holds as before.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ SLOW_WEIGHT = 0.02
 IDLE_POLL = 0.5
 #: entries in flight (scanning or settling) per scan slot
 SETTLING_FACTOR = 4
+#: batches scanned at once with `resolve_batch`: while one batch's replies are read and
+#: its files settled, the other's scans keep the appliance busy
+LANES = 2
 
 #: Set by the drain around each `resolve`: call it when the scan is over (see the
 #: module docstring); calling it again, or not at all, is harmless.
@@ -91,6 +100,7 @@ class JournalQueue(Protocol):
 
 
 Resolve = Callable[[DeferredEntry], Awaitable[Resolution]]
+ResolveBatch = Callable[[list[DeferredEntry]], Awaitable[list[Resolution]]]
 
 
 class TokenBucket:
@@ -136,9 +146,14 @@ class Drain:
                  files_per_s: float = DEFAULT_FILES_PER_S,
                  bytes_per_s: float = DEFAULT_BYTES_PER_S,
                  batch: int = DEFAULT_BATCH, lease: float = DEFAULT_LEASE,
-                 scan_deadline: float = DEFAULT_SCAN_DEADLINE) -> None:
+                 scan_deadline: float = DEFAULT_SCAN_DEADLINE,
+                 resolve_batch: ResolveBatch | None = None) -> None:
         self._queue = queue
         self._resolve = resolve
+        self._resolve_batch = resolve_batch
+        self._concurrency = concurrency
+        self._lanes = trio.Semaphore(LANES)
+        self._lanes_settling = trio.Semaphore(LANES * SETTLING_FACTOR)
         self._ready = ready
         self._slots = trio.Semaphore(concurrency)
         self._inflight = trio.Semaphore(concurrency * SETTLING_FACTOR)
@@ -199,6 +214,9 @@ class Drain:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._claim_ahead, send)
             async for entries in batches:
+                if self._resolve_batch is not None:
+                    await self._start_batches(nursery, entries)
+                    continue
                 for entry in entries:
                     # Window opened, appliance lost or paused mid-batch: hold the rest
                     # of the batch (still leased) until we may go on. Releasing it
@@ -215,6 +233,66 @@ class Drain:
                     await self._inflight.acquire()
                     await self._slots.acquire()
                     nursery.start_soon(self._one, entry)
+
+    async def _start_batches(self, nursery: trio.Nursery, entries: list[DeferredEntry]) -> None:
+        """Hand `entries` to `_run_batch` tasks, a few at a time (module docstring)."""
+        while entries:
+            while self._paused or not self._ready():  # as in `serve`: hold the rest
+                await self._idle()
+            # Never more than the bucket's burst at once: the count done stays within it.
+            n = max(1, min(self._concurrency, int(self._files.burst), len(entries)))
+            batch, entries = entries[:n], entries[n:]
+            await self._files.take(len(batch))
+            await self._bytes.take(sum(e.identity.size if e.identity else 0 for e in batch))
+            await self._lanes_settling.acquire()
+            await self._lanes.acquire()
+            nursery.start_soon(self._run_batch, batch)
+
+    async def _run_batch(self, entries: list[DeferredEntry]) -> None:
+        """Resolve a batch; every entry not resolved is released here, exactly once."""
+        assert self._resolve_batch is not None
+        self.in_flight += len(entries)
+        started = trio.current_time()
+        scanned_at: float | None = None
+        lane_held = True
+
+        def free_lane() -> None:
+            nonlocal lane_held, scanned_at
+            if lane_held:
+                lane_held = False
+                scanned_at = trio.current_time()
+                self._lanes.release()
+
+        scan_done.set(free_lane)  # this task's own context
+        results: list[Resolution] = []
+        detail = "no resolution"
+        try:
+            with trio.move_on_after(self._scan_deadline) as scope:
+                results = await self._resolve_batch(entries)
+            if scope.cancelled_caught:
+                results = []
+                detail = f"no verdict within {self._scan_deadline:g}s"
+        except Exception as err:  # a resolver bug must not stop the drain
+            log.exception("drain: resolving a batch of %d failed", len(entries))
+            detail = f"{type(err).__name__}: {err}"
+        finally:
+            self.in_flight -= len(entries)
+            free_lane()
+            self._lanes_settling.release()
+        if len(results) != len(entries):
+            results = [Resolution(Outcome.ERROR, detail=detail)] * len(entries)
+        nbytes = 0
+        async with trio.open_nursery() as releases:  # releases linger: share them
+            for entry, result in zip(entries, results, strict=True):
+                if result.outcome in (Outcome.ERROR, Outcome.UNSCANNABLE):
+                    releases.start_soon(self._settle, entry, result, None)
+                else:
+                    await self._settle(entry, result, None)
+                    nbytes += result.nbytes
+        if nbytes or any(r.outcome is not Outcome.ERROR for r in results):
+            # The appliance's latency for the batch, per file of its average size.
+            self._adapt((scanned_at or trio.current_time()) - started,
+                        nbytes // len(entries))
 
     async def _claim_ahead(self, send: trio.MemorySendChannel[list[DeferredEntry]]) -> None:
         """Claim batches while we may run, each handed over once the one before is taken:
@@ -273,14 +351,19 @@ class Drain:
             self.in_flight -= 1
             free_slot()
             self._inflight.release()
+        # The appliance's latency: until the scan was over, not the journal write.
+        await self._settle(entry, result, (scanned_at or trio.current_time()) - started)
+
+    async def _settle(self, entry: DeferredEntry, result: Resolution,
+                      latency: float | None) -> None:
+        """Count a resolution; release the entry if it was not resolved."""
         if result.outcome is Outcome.ERROR:
             self.last_error = result.detail
             await self._queue.release(entry.path, entry.seq, result.detail)
         elif result.outcome is Outcome.UNSCANNABLE:
             await self._queue.release(entry.path, entry.seq, result.detail, poison=True)
-        else:
-            # The appliance's latency: until the scan was over, not the journal write.
-            self._adapt((scanned_at or trio.current_time()) - started, result.nbytes)
+        elif latency is not None:
+            self._adapt(latency, result.nbytes)
         self.done[result.outcome] += 1
         self.bytes_done += result.nbytes
 
