@@ -24,7 +24,7 @@ Invariants:
   ahead, leased like the current one), so no scan slot waits for a claim's
   transaction; completions linger a few ms to share a transaction
   (vfile.journal.commit, below the settling capacity above).
-- With `resolve_batch` (the mount's), the drain hands over `concurrency` entries
+- With `resolve_batch` (the mount's), the drain hands over `BATCH_FILES` entries
   at a time (fewer at a low rate: never more than the bucket's burst) and runs
   `LANES` such batches at once: one batch's scans go to the appliance together,
   in one task, instead of a task, scopes and checkpoints per file (the server's
@@ -69,6 +69,10 @@ SETTLING_FACTOR = 4
 #: batches scanned at once with `resolve_batch`: while one batch's replies are read and
 #: its files settled, the other's scans keep the appliance busy
 LANES = 2
+#: files per batch with `resolve_batch` (bench/drain.py --scale --files 5000, one run
+#: each on a loaded machine: 8, 16 and 32 within the noise of each other, all far
+#: cheaper per file than one task per file; 16 keeps clamd's 8 threads fed from 2 lanes)
+BATCH_FILES = 16
 
 #: Set by the drain around each `resolve`: call it when the scan is over (see the
 #: module docstring); calling it again, or not at all, is harmless.
@@ -240,7 +244,7 @@ class Drain:
             while self._paused or not self._ready():  # as in `serve`: hold the rest
                 await self._idle()
             # Never more than the bucket's burst at once: the count done stays within it.
-            n = max(1, min(self._concurrency, int(self._files.burst), len(entries)))
+            n = max(1, min(BATCH_FILES, int(self._files.burst), len(entries)))
             batch, entries = entries[:n], entries[n:]
             await self._files.take(len(batch))
             await self._bytes.take(sum(e.identity.size if e.identity else 0 for e in batch))
