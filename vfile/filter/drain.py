@@ -107,6 +107,24 @@ Resolve = Callable[[DeferredEntry], Awaitable[Resolution]]
 ResolveBatch = Callable[[list[DeferredEntry]], Awaitable[list[Resolution]]]
 
 
+class _Slot:
+    """A token of `semaphore` held by a scan: freed once, by `scan_done` or at its end."""
+
+    def __init__(self, semaphore: trio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._freed_at: float | None = None
+
+    def free(self) -> None:
+        if self._freed_at is None:
+            self._freed_at = trio.current_time()
+            self._semaphore.release()
+
+    @property
+    def freed_at(self) -> float:
+        """When the scan was over (its latency's end; now if not yet freed)."""
+        return trio.current_time() if self._freed_at is None else self._freed_at
+
+
 class TokenBucket:
     """Tokens refill at `rate`/s up to `burst`; `take` waits for enough tokens.
 
@@ -257,46 +275,43 @@ class Drain:
         assert self._resolve_batch is not None
         self.in_flight += len(entries)
         started = trio.current_time()
-        scanned_at: float | None = None
-        lane_held = True
-
-        def free_lane() -> None:
-            nonlocal lane_held, scanned_at
-            if lane_held:
-                lane_held = False
-                scanned_at = trio.current_time()
-                self._lanes.release()
-
-        scan_done.set(free_lane)  # this task's own context
+        lane = _Slot(self._lanes)
+        scan_done.set(lane.free)  # this task's own context
         results: list[Resolution] = []
         detail = "no resolution"
+        failed: list[tuple[DeferredEntry, Resolution]] = []
         try:
-            with trio.move_on_after(self._scan_deadline) as scope:
-                results = await self._resolve_batch(entries)
-            if scope.cancelled_caught:
-                results = []
-                detail = f"no verdict within {self._scan_deadline:g}s"
-        except Exception as err:  # a resolver bug must not stop the drain
-            log.exception("drain: resolving a batch of %d failed", len(entries))
-            detail = f"{type(err).__name__}: {err}"
-        finally:
-            self.in_flight -= len(entries)
-            free_lane()
-            self._lanes_settling.release()
-        if len(results) != len(entries):
-            results = [Resolution(Outcome.ERROR, detail=detail)] * len(entries)
-        nbytes = 0
-        async with trio.open_nursery() as releases:  # releases linger: share them
+            try:
+                with trio.move_on_after(self._scan_deadline) as scope:
+                    results = await self._resolve_batch(entries)
+                if scope.cancelled_caught:
+                    results = []
+                    detail = f"no verdict within {self._scan_deadline:g}s"
+            except Exception as err:  # a resolver bug must not stop the drain
+                log.exception("drain: resolving a batch of %d failed", len(entries))
+                detail = f"{type(err).__name__}: {err}"
+            finally:
+                lane.free()
+                self._lanes_settling.release()
+            if len(results) != len(entries):
+                results = [Resolution(Outcome.ERROR, detail=detail)] * len(entries)
+            # Counted before `in_flight` drops, with no checkpoint in between: whoever sees
+            # the journal empty and nothing in flight sees every resolved file counted.
+            nbytes = 0
             for entry, result in zip(entries, results, strict=True):
                 if result.outcome in (Outcome.ERROR, Outcome.UNSCANNABLE):
-                    releases.start_soon(self._settle, entry, result, None)
+                    failed.append((entry, result))
                 else:
-                    await self._settle(entry, result, None)
+                    self._count(result)
                     nbytes += result.nbytes
-        if nbytes or any(r.outcome is not Outcome.ERROR for r in results):
+        finally:
+            self.in_flight -= len(entries)
+        if len(failed) < len(entries):
             # The appliance's latency for the batch, per file of its average size.
-            self._adapt((scanned_at or trio.current_time()) - started,
-                        nbytes // len(entries))
+            self._adapt(lane.freed_at - started, nbytes // len(entries))
+        async with trio.open_nursery() as releases:  # releases linger: let them share
+            for entry, result in failed:
+                releases.start_soon(self._settle, entry, result, None)
 
     async def _claim_ahead(self, send: trio.MemorySendChannel[list[DeferredEntry]]) -> None:
         """Claim batches while we may run, each handed over once the one before is taken:
@@ -331,17 +346,8 @@ class Drain:
         the file is gone; every error path releases it here, exactly once."""
         self.in_flight += 1
         started = trio.current_time()
-        scanned_at: float | None = None
-        slot_held = True
-
-        def free_slot() -> None:
-            nonlocal slot_held, scanned_at
-            if slot_held:
-                slot_held = False
-                scanned_at = trio.current_time()
-                self._slots.release()
-
-        scan_done.set(free_slot)  # this task's own context: only its resolve sees it
+        slot = _Slot(self._slots)
+        scan_done.set(slot.free)  # this task's own context: only its resolve sees it
         try:
             with trio.move_on_after(self._scan_deadline) as scope:
                 result = await self._resolve(entry)
@@ -353,10 +359,10 @@ class Drain:
             result = Resolution(Outcome.ERROR, detail=f"{type(err).__name__}: {err}")
         finally:
             self.in_flight -= 1
-            free_slot()
+            slot.free()
             self._inflight.release()
         # The appliance's latency: until the scan was over, not the journal write.
-        await self._settle(entry, result, (scanned_at or trio.current_time()) - started)
+        await self._settle(entry, result, slot.freed_at - started)
 
     async def _settle(self, entry: DeferredEntry, result: Resolution,
                       latency: float | None) -> None:
@@ -368,6 +374,9 @@ class Drain:
             await self._queue.release(entry.path, entry.seq, result.detail, poison=True)
         elif latency is not None:
             self._adapt(latency, result.nbytes)
+        self._count(result)
+
+    def _count(self, result: Resolution) -> None:
         self.done[result.outcome] += 1
         self.bytes_done += result.nbytes
 
