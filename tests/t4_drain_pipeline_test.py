@@ -84,3 +84,29 @@ def _cut_mid_batch(tree: Tree, app: Proc, names: list[str]) -> None:
                 path.read_bytes()
         else:
             assert len(path.read_bytes()) >= 600
+
+
+def test_large_files_drain_alone_among_batches(tree: Tree) -> None:
+    """Files over the batch byte limit are scanned one at a time (vfile.filter.drain
+    BATCH_BYTES), between batches of small ones, all settled on their own verdicts."""
+    names = [f"s{i:02d}.bin" for i in range(20)] + ["big0.bin", "big1.bin", "v.com"]
+    for i, name in enumerate(names):
+        data = os.urandom(700 + i) if name.startswith("s") else os.urandom(3 << 20)
+        (tree.source / name).write_bytes(EICAR if name == "v.com" else data)
+    conf = tree.root / "vfile.toml"
+    with running_appliance() as app:
+        conf.write_text(f'[mount]\nappliances = ["{app.url}"]\nstate_dir = "{tree.state}"\n'
+                        '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+                        'infected_action = "deny"\nmax_size = 0\n')
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf)):
+            control.call(tree.mountpoint, "drain", {"action": "pause"}, timeout=60)
+            control.call(tree.mountpoint, "quiesce", {"max": 600}, timeout=60)
+            for name in names[10:] + names[:10]:  # large ones among the small ones
+                os.close(os.open(tree.mountpoint / name, os.O_RDONLY))
+            control.call(tree.mountpoint, "resume", timeout=60)
+            control.call(tree.mountpoint, "drain", {"action": "resume"}, timeout=60)
+            wait_until(lambda: drained(tree.mountpoint), "every entry resolved", deadline=120)
+            done = status(tree.mountpoint)["drain"]["done"]
+            assert (done["clean"], done["infected"], done["error"]) == (22, 1, 0), done
+            with pytest.raises(PermissionError):
+                (tree.mountpoint / "v.com").read_bytes()

@@ -25,11 +25,12 @@ Invariants:
   transaction; completions linger a few ms to share a transaction
   (vfile.journal.commit, below the settling capacity above).
 - With `resolve_batch` (the mount's), the drain hands over `BATCH_FILES` entries
-  at a time (fewer at a low rate: never more than the bucket's burst) and runs
-  `LANES` such batches at once: one batch's scans go to the appliance together,
-  in one task, instead of a task, scopes and checkpoints per file (the server's
-  trio thread was the drain's bottleneck: bench/drain.py --scale). Tokens are
-  taken for a whole batch before it starts, so the rate holds as before.
+  at a time (fewer at a low rate: never more than the bucket's burst; large files
+  alone, see `BATCH_BYTES`) and runs `LANES` such batches at once: one batch's
+  scans go to the appliance together, in one task, instead of a task, scopes and
+  checkpoints per file (the server's trio thread was the drain's bottleneck:
+  bench/drain.py --scale). Tokens are taken for a whole batch before it starts,
+  so the rate holds as before.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ LANES = 2
 #: each on a loaded machine: 8, 16 and 32 within the noise of each other, all far
 #: cheaper per file than one task per file; 16 keeps clamd's 8 threads fed from 2 lanes)
 BATCH_FILES = 16
+#: a batch holds more than one file only up to this many bytes (as journaled): its scans
+#: all sit in the appliance's queue at once, where on-open scans wait behind them. A
+#: larger file is scanned alone, as without batches (`concurrency` such scans at once)
+BATCH_BYTES = 1 << 20
 
 #: Set by the drain around each `resolve`: call it when the scan is over (see the
 #: module docstring); calling it again, or not at all, is harmless.
@@ -262,10 +267,20 @@ class Drain:
             while self._paused or not self._ready():  # as in `serve`: hold the rest
                 await self._idle()
             # Never more than the bucket's burst at once: the count done stays within it.
-            n = max(1, min(BATCH_FILES, int(self._files.burst), len(entries)))
+            n = nbytes = 0
+            for entry in entries[:max(1, min(BATCH_FILES, int(self._files.burst)))]:
+                size = entry.identity.size if entry.identity else 0
+                if n and nbytes + size > BATCH_BYTES:
+                    break  # large files go a few at a time (see BATCH_BYTES)
+                n, nbytes = n + 1, nbytes + size
             batch, entries = entries[:n], entries[n:]
-            await self._files.take(len(batch))
-            await self._bytes.take(sum(e.identity.size if e.identity else 0 for e in batch))
+            await self._files.take(n)
+            await self._bytes.take(nbytes)
+            if n == 1:  # a large file (or a slow rate): scanned alone, as without batches
+                await self._inflight.acquire()
+                await self._slots.acquire()
+                nursery.start_soon(self._one, batch[0])
+                continue
             await self._lanes_settling.acquire()
             await self._lanes.acquire()
             nursery.start_soon(self._run_batch, batch)
