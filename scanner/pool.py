@@ -426,6 +426,11 @@ class Pool:
                                  + (f": {why}" if why else ""))
         return result
 
+    def pipelines(self) -> bool:
+        """Whether `scan_fds` would pipeline now (the first usable appliance can)."""
+        app = next((a for a in self._apps if self._usable(a)), None)
+        return app is not None and isinstance(app.client, ClamdClient) and app.client.pipelines
+
     async def scan_fds(self, items: Sequence[tuple[int, int]],
                        attempt_timeout: float) -> list[Verdict] | None:
         """Background (drain) whole-file scans of (fd, size) `items`, pipelined on the first

@@ -24,7 +24,8 @@ Invariants:
   ahead, leased like the current one), so no scan slot waits for a claim's
   transaction; completions linger a few ms to share a transaction
   (vfile.journal.commit, below the settling capacity above).
-- With `resolve_batch` (the mount's), the drain hands over `BATCH_FILES` entries
+- With `resolve_batch` (the mount's), while `batchable()` (the appliance can take
+  a batch at once: clamd on a unix socket), the drain hands over `BATCH_FILES` entries
   at a time (fewer at a low rate: never more than the bucket's burst; large files
   alone, see `BATCH_BYTES`) and runs `LANES` such batches at once: one batch's
   scans go to the appliance together, in one task, instead of a task, scopes and
@@ -174,10 +175,12 @@ class Drain:
                  bytes_per_s: float = DEFAULT_BYTES_PER_S,
                  batch: int = DEFAULT_BATCH, lease: float = DEFAULT_LEASE,
                  scan_deadline: float = DEFAULT_SCAN_DEADLINE,
-                 resolve_batch: ResolveBatch | None = None) -> None:
+                 resolve_batch: ResolveBatch | None = None,
+                 batchable: Callable[[], bool] = lambda: True) -> None:
         self._queue = queue
         self._resolve = resolve
         self._resolve_batch = resolve_batch
+        self._batchable = batchable
         self._concurrency = concurrency
         self._lanes = trio.Semaphore(LANES)
         self._lanes_settling = trio.Semaphore(LANES * SETTLING_FACTOR)
@@ -241,7 +244,7 @@ class Drain:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._claim_ahead, send)
             async for entries in batches:
-                if self._resolve_batch is not None:
+                if self._resolve_batch is not None and self._batchable():
                     await self._start_batches(nursery, entries)
                     continue
                 for entry in entries:
