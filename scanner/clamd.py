@@ -16,6 +16,7 @@ appliance's fault. No timeouts here: the caller's cancel scope bounds it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import trio
 
@@ -81,6 +82,20 @@ class ClamdClient:
             reply = reply_or_err
         try:
             return proto.parse_scan_reply(reply)
+        except proto.ProtocolError as err:
+            raise ApplianceError(str(err)) from None
+
+    @property
+    def pipelines(self) -> bool:
+        """Whether `scan_fds` may be used (FILDES: a unix socket)."""
+        return self._sessions is not None
+
+    async def scan_fds(self, fds: Sequence[int]) -> list[tuple[Outcome, str]]:
+        """Whole-file scans of the open regular files `fds`, pipelined on one session
+        connection (unix sockets only: see `pipelines`); a malformed reply fails them all."""
+        assert self._sessions is not None
+        try:
+            return [proto.parse_scan_reply(r) for r in await self._sessions.fildes_many(fds)]
         except proto.ProtocolError as err:
             raise ApplianceError(str(err)) from None
 

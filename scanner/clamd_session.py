@@ -19,6 +19,14 @@ Invariants (what keeps a reused connection from answering for another file):
   is safe because no verdict came; every other failure is the caller's.
 - Idle connections older than `MAX_IDLE_AGE` are closed rather than reused,
   well within clamd's default `IdleTimeout` (30 s).
+
+Pipelined (`fildes_many`, the drain's batches): many FILDES requests go out on
+one connection before any reply is read, as `clamdscan --multiscan --fdpass`
+does; clamd scans them on its threads and answers each with its request number,
+in any order. Each reply must name a request of this batch not answered yet;
+the connection is kept only if every request got a verdict. The connection is
+a plain non-blocking socket: a batch costs one wait per burst of replies, not
+a few trio checkpoints per file.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import array
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -96,6 +105,88 @@ async def send_fildes(stream: trio.SocketStream, fd: int) -> None:
         raise NoReply(f"FILDES send failed: {err}") from None
 
 
+@dataclass(slots=True, eq=False)
+class _Plain:
+    """A pipelined session's connection: a plain non-blocking socket (see `fildes_many`)."""
+    sock: socket.socket
+    next_id: int = 1
+    idle_since: float = 0.0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _lost(got: int, why: str) -> ApplianceError:
+    return NoReply(why) if not got else ApplianceError(why)
+
+
+async def _send_plain(sock: socket.socket, fd: int) -> None:
+    """`zFILDES`, its dummy byte and `fd` in one message, waiting only if the socket is full."""
+    fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+    while True:
+        try:
+            sent = sock.sendmsg([_FILDES, b"\0"], fds)
+            break
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+    rest = (_FILDES + b"\0")[sent:]
+    while rest:  # a unix socket takes 9 bytes whole; be safe anyway
+        await trio.lowlevel.wait_writable(sock)
+        rest = rest[sock.send(rest):]
+
+
+async def read_replies(sock: socket.socket, first: int, n: int) -> list[bytes]:
+    """The replies to requests `first` .. `first + n - 1` (without their numbers), in
+    request order, whatever order they came in; NoReply if none came at all."""
+    replies: list[bytes | None] = [None] * n
+    got = 0
+    buf = b""
+    while got < n:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError as err:
+            raise _lost(got + len(buf), f"connection lost: {err}") from None
+        if not data:
+            raise _lost(got + len(buf), "connection closed before every reply came")
+        buf += data
+        while True:
+            try:
+                split = proto.split_reply(buf)
+            except proto.ProtocolError as err:
+                raise ApplianceError(str(err)) from None
+            if split is None:
+                break
+            reply, buf = split
+            number, sep, rest = reply.partition(b": ")
+            i = int(number) - first if sep and number.isdigit() else -1
+            if not 0 <= i < n or replies[i] is not None:
+                raise ApplianceError(f"session reply {reply[:40]!r} is not to a request "
+                                     f"of this batch ({first}..{first + n - 1})")
+            replies[i] = rest
+            got += 1
+    if buf:
+        raise ApplianceError(f"unasked-for reply {buf[:40]!r}")
+    return [r for r in replies if r is not None]
+
+
+def _is_verdict(reply: bytes) -> bool:
+    try:
+        outcome, _ = proto.parse_scan_reply(reply)
+    except proto.ProtocolError:
+        return False  # the caller reports it; the connection is not reused
+    return outcome in (Outcome.CLEAN, Outcome.INFECTED)
+
+
+def _detach(session: _Session) -> socket.socket:
+    """The session's connection as a plain non-blocking socket."""
+    sock = socket.socket(fileno=session.stream.socket.detach())
+    sock.setblocking(False)
+    return sock
+
+
 class Sessions:
     """Idle IDSESSION connections to one appliance; `fildes` scans on one of them."""
 
@@ -103,6 +194,7 @@ class Sessions:
                  max_idle_age: float = MAX_IDLE_AGE) -> None:
         self._address = address
         self._idle: list[_Session] = []
+        self._plain: list[_Plain] = []
         self._max_idle = max_idle
         self._max_idle_age = max_idle_age
         self.opened = 0  # connections made (for tests and statistics)
@@ -159,11 +251,7 @@ class Sessions:
                 raise ApplianceError(f"session reply {reply[:40]!r} is not to request "
                                      f"{session.next_id}")
             session.next_id += 1
-            try:
-                outcome, _ = proto.parse_scan_reply(rest)
-            except proto.ProtocolError:
-                outcome = None  # the caller reports it; the connection is not reused
-            keep = outcome in (Outcome.CLEAN, Outcome.INFECTED)
+            keep = _is_verdict(rest)
             return rest
         finally:
             if keep:
@@ -171,6 +259,43 @@ class Sessions:
             else:
                 session.close()
 
+    async def fildes_many(self, fds: Sequence[int]) -> list[bytes]:
+        """The replies to FILDES of each of `fds` (in order, without request numbers),
+        pipelined on one session connection (see the module docstring)."""
+        now = time.monotonic()
+        while self._plain:
+            conn = self._plain.pop()
+            if now - conn.idle_since > self._max_idle_age:
+                conn.close()
+                continue
+            try:
+                return await self._pipelined(conn, fds)
+            except NoReply:
+                break  # closed while idle (or the appliance went away): once more, fresh
+        session = await self._open()
+        return await self._pipelined(_Plain(_detach(session)), fds)
+
+    async def _pipelined(self, conn: _Plain, fds: Sequence[int]) -> list[bytes]:
+        keep = False
+        try:
+            for fd in fds:
+                try:
+                    await _send_plain(conn.sock, fd)
+                except OSError as err:
+                    raise NoReply(f"FILDES send failed: {err}") from None
+            replies = await read_replies(conn.sock, conn.next_id, len(fds))
+            conn.next_id += len(fds)
+            keep = all(_is_verdict(r) for r in replies)
+            return replies
+        finally:
+            if keep and len(self._plain) < self._max_idle:
+                conn.idle_since = time.monotonic()
+                self._plain.append(conn)
+            else:
+                conn.close()
+
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+        while self._plain:
+            self._plain.pop().close()

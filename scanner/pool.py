@@ -54,6 +54,7 @@ import trio
 
 from vfile.scanner.appliance import Appliance, client_for
 from vfile.scanner.breaker import Breaker, State
+from vfile.scanner.clamd import ClamdClient
 from vfile.scanner.icap import IcapClient
 from vfile.scanner.latency import Adaptive, HedgeBudget, attempt_timeout
 from vfile.scanner.liveness import OVERDUE_FACTOR, OVERDUE_FLOOR, Flight
@@ -481,6 +482,56 @@ class Pool:
             return Verdict.error("no appliance available (all down or circuit open)"
                                  + (f": {why}" if why else ""))
         return result
+
+    def pipelines(self) -> bool:
+        """Whether `scan_fds` would pipeline now (the first usable appliance can)."""
+        app = next((a for a in self._apps if self._usable(a)), None)
+        return app is not None and isinstance(app.client, ClamdClient) and app.client.pipelines
+
+    async def scan_fds(self, items: Sequence[tuple[int, int]],
+                       attempt_timeout: float) -> list[Verdict] | None:
+        """Background (drain) whole-file scans of (fd, size) `items`, pipelined on the first
+        usable appliance if it can (clamd on a unix socket); None if it cannot (then scan
+        one by one). Bounded as patiently as `scan_fd(count_timeouts=False)` would scan
+        them one after the other (an appliance may take them in turn), within
+        `attempt_timeout`; cut like any scan there when the appliance becomes unusable.
+        Any failure is an error verdict for all of them (a timeout not counted)."""
+        app = next((a for a in self._apps if self._usable(a)), None)
+        client = None if app is None else app.client
+        if app is None or not isinstance(client, ClamdClient) or not client.pipelines \
+                or not app.sig_version or not app.breaker.allow(trio.current_time()):
+            return None
+        patient = sum(max(PATIENCE * self._timeout(app, size, self.attempt_timeout),
+                          PATIENCE * self.attempt_timeout, size / PATIENT_BYTES_PER_S)
+                      for _, size in items)
+        timeout, started = min(attempt_timeout, patient), trio.current_time()
+        flight = Flight(started, None, trio.CancelScope(deadline=started + timeout))
+        settled, reason = False, ""
+        app.flights.add(flight)
+        try:
+            with flight.scope:
+                try:
+                    replies = await client.scan_fds([fd for fd, _ in items])
+                except ApplianceError as err:
+                    reason = str(err)
+            app.scans += 1 if reason else len(items)
+            if flight.scope.cancelled_caught:
+                settled = flight.evicted and flight.counted
+                reason = app.last_error if flight.evicted else f"no reply within {timeout:g}s"
+                return [Verdict.error(reason, app.name)] * len(items)
+            settled = True
+            if reason:
+                self._failed(app, reason)
+                return [Verdict.error(reason, app.name)] * len(items)
+            self._succeeded(app)
+            return [Verdict.clean(app.name, app.sig_version) if outcome is Outcome.CLEAN
+                    else Verdict.infected(detail, app.name, app.sig_version)
+                    if outcome is Outcome.INFECTED else Verdict.error(detail, app.name)
+                    for outcome, detail in replies]
+        finally:
+            app.flights.discard(flight)
+            if not settled:
+                app.breaker.release()  # cancelled or timed out: neither success nor failure
 
     async def scan_path(self, path: str, *, limit: int | None = None,
                         attempt_timeout: float | None = None,

@@ -243,7 +243,8 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         window.subscribe(pool.set_quiet)
         # The drain's outer bound and lease cover the longest profile drain deadline.
         scan_deadline = max(p.drain_deadline for p in config.all_profiles()) + DRAIN_MARGIN
-        drain = Drain(journal, gate.resolve,
+        drain = Drain(journal, gate.resolve, resolve_batch=gate.resolve_batch,
+                      batchable=pool.pipelines,
                       ready=lambda: pool.available() and not window.active,
                       scan_deadline=scan_deadline,
                       lease=max(DEFAULT_LEASE, 2 * scan_deadline))

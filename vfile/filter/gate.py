@@ -47,7 +47,7 @@ from vfile.config.model import Config, Profile, Trigger
 from vfile.filter import coverage, sticky
 from vfile.filter.actions import Actions
 from vfile.filter.closing import CloseScans
-from vfile.filter.drain import Outcome, Resolution
+from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
@@ -144,7 +144,8 @@ class Gate:
         self._resolver = Resolver(journal=journal, intents=self._intents, source=self._source,
                                   profiles=self._profiles, scanning=self._scanning,
                                   settler=self._settler, stats=self.stats, lookup=self._lookup,
-                                  remember=self._remember, window=lambda: self._window)
+                                  remember=self._remember, window=lambda: self._window,
+                                  settled=self.grace.settled)
         #: carrying out decisions: audit, logs, counters, deferrals
         self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
         #: write intents' journal records (a new file's in the background)
@@ -436,17 +437,12 @@ class Gate:
     # --- the drain's side ------------------------------------------------------------------
 
     async def resolve(self, entry: DeferredEntry) -> Resolution:
-        """Scan a deferred file as it is now and settle its journal entry.
+        """Scan a deferred file as it is now and settle its entry (filter.resolution)."""
+        return await self._resolver.resolve(entry)
 
-        Clean or infected: the verdict is stored and the entry removed in one
-        transaction (infected: the profile's action, after the fact, and the
-        exposure trail logged). Gone: the entry is removed. Anything else is
-        an error for the drain to release with back-off.
-        """
-        resolution = await self._resolver.resolve(entry)
-        if resolution.outcome is not Outcome.ERROR:
-            self.grace.settled(entry.path)
-        return resolution
+    async def resolve_batch(self, entries: list[DeferredEntry]) -> list[Resolution]:
+        """`resolve` for many entries, their scans pipelined (filter.resolution)."""
+        return await self._resolver.resolve_batch(entries)
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         rel = os.fsdecode(path)

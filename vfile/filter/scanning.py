@@ -108,6 +108,35 @@ class Scanning:
             return ScanResult.ERROR, Verdict.error("file changed during the scan")
         return (ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED), verdict
 
+    async def scan_batch(self, items: list[tuple[int, Identity]], timeout: float,
+                         scope: trio.CancelScope) -> list[tuple[ScanResult, Verdict, bool]] | None:
+        """The drain's whole-file scans of many descriptors at once under `scope` (pipelined
+        by the pool), classified like `scan`'s; None if the pool cannot pipeline them."""
+        started = time.perf_counter()
+        started_ns = time.time_ns()
+        verdicts: list[Verdict] | None = None
+        with self._scopes.watching(scope), scope:
+            verdicts = await self._pool.scan_fds([(fd, i.size) for fd, i in items], timeout)
+        if verdicts is None and not scope.cancelled_caught:
+            return None
+        took = time.perf_counter() - started
+        out = []
+        for (fd, identity), answer in zip(items, verdicts or [Verdict.error("cancelled")]
+                                          * len(items), strict=True):
+            verdict = answer
+            if verdicts is None:
+                result = ScanResult.TIMEOUT
+            elif verdict.is_error:
+                result = ScanResult.ERROR if self._pool.available() else ScanResult.UNAVAILABLE
+            elif Identity.from_stat(os.fstat(fd)) != identity:
+                result, verdict = ScanResult.ERROR, Verdict.error("file changed during the scan")
+            else:
+                result = ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED
+            self._observer.scanned(result.value, verdict.appliance, took)
+            keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, started_ns)
+            out.append((result, verdict, keep))
+        return out
+
     def record(self, identity: Identity, verdict: Verdict, sig: str,
                 profile: Profile) -> VerdictRecord:
         """The verdict to store for `identity`, saying how much of the file it covers."""
