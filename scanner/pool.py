@@ -52,9 +52,9 @@ from collections.abc import Sequence
 
 import trio
 
+from vfile.scanner import batch
 from vfile.scanner.appliance import Appliance, client_for
 from vfile.scanner.breaker import Breaker, State
-from vfile.scanner.clamd import ClamdClient
 from vfile.scanner.icap import IcapClient
 from vfile.scanner.latency import Adaptive, HedgeBudget, attempt_timeout
 from vfile.scanner.liveness import OVERDUE_FACTOR, OVERDUE_FLOOR, Flight
@@ -66,12 +66,6 @@ log = logging.getLogger(__name__)
 #: a timeout handled this much later than due (or a quarter of the attempt timeout,
 #: if more) means this process was paused: no evidence against the appliance
 STALL = 0.010
-#: a background (drain) scan waits this many times what an on-open scan of its size
-#: may take, and at least as long as reading it at `PATIENT_BYTES_PER_S`, within the
-#: caller's deadline: a large file gets its time, a hung appliance cannot hold a
-#: drain slot for the whole deadline
-PATIENCE = 10
-PATIENT_BYTES_PER_S = 4 << 20
 #: a training probe (before the first scans, scanner/liveness.py) waits at most this many
 #: adaptive floors
 TRAIN_LIMIT = 4
@@ -121,10 +115,7 @@ class Pool:
         return any(self._usable(a) for a in self._apps)
 
     def signature_version(self) -> str:
-        for app in self._apps:
-            if self._usable(app):
-                return app.sig_version
-        return ""
+        return next((a.sig_version for a in self._apps if self._usable(a)), "")
 
     def statistics(self) -> list[dict[str, object]]:
         now = trio.current_time()
@@ -408,11 +399,10 @@ class Pool:
         fail mode, while a hung appliance is found by the first timeouts of every scan."""
         nbytes = size if limit is None else min(size, limit)
         if not count_timeouts:
-            # A background scan: patient (see PATIENCE), never hedged, its timeouts no
+            # A background scan: patient (batch.PATIENCE), never hedged, its timeouts no
             # evidence against the appliance; the caller's deadline still bounds it.
-            patient = max(PATIENCE * self._timeout(app, nbytes, self.attempt_timeout),
-                          PATIENCE * self.attempt_timeout, nbytes / PATIENT_BYTES_PER_S)
-            return await self._attempt(app, fd, size, limit, min(configured, patient),
+            return await self._attempt(app, fd, size, limit,
+                                       min(configured, batch.patient(self, app, nbytes)),
                                        count_timeouts=False)
         timeout = self._timeout(app, nbytes, configured)
         if retry and self.adaptive.enabled and app.model.quantile(nbytes) is not None:
@@ -484,54 +474,13 @@ class Pool:
         return result
 
     def pipelines(self) -> bool:
-        """Whether `scan_fds` would pipeline now (the first usable appliance can)."""
-        app = next((a for a in self._apps if self._usable(a)), None)
-        return app is not None and isinstance(app.client, ClamdClient) and app.client.pipelines
+        """Whether `scan_fds` would pipeline now (scanner/batch.py)."""
+        return batch.pipelines(self)
 
     async def scan_fds(self, items: Sequence[tuple[int, int]],
                        attempt_timeout: float) -> list[Verdict] | None:
-        """Background (drain) whole-file scans of (fd, size) `items`, pipelined on the first
-        usable appliance if it can (clamd on a unix socket); None if it cannot (then scan
-        one by one). Bounded as patiently as `scan_fd(count_timeouts=False)` would scan
-        them one after the other (an appliance may take them in turn), within
-        `attempt_timeout`; cut like any scan there when the appliance becomes unusable.
-        Any failure is an error verdict for all of them (a timeout not counted)."""
-        app = next((a for a in self._apps if self._usable(a)), None)
-        client = None if app is None else app.client
-        if app is None or not isinstance(client, ClamdClient) or not client.pipelines \
-                or not app.sig_version or not app.breaker.allow(trio.current_time()):
-            return None
-        patient = sum(max(PATIENCE * self._timeout(app, size, self.attempt_timeout),
-                          PATIENCE * self.attempt_timeout, size / PATIENT_BYTES_PER_S)
-                      for _, size in items)
-        timeout, started = min(attempt_timeout, patient), trio.current_time()
-        flight = Flight(started, None, trio.CancelScope(deadline=started + timeout))
-        settled, reason = False, ""
-        app.flights.add(flight)
-        try:
-            with flight.scope:
-                try:
-                    replies = await client.scan_fds([fd for fd, _ in items])
-                except ApplianceError as err:
-                    reason = str(err)
-            app.scans += 1 if reason else len(items)
-            if flight.scope.cancelled_caught:
-                settled = flight.evicted and flight.counted
-                reason = app.last_error if flight.evicted else f"no reply within {timeout:g}s"
-                return [Verdict.error(reason, app.name)] * len(items)
-            settled = True
-            if reason:
-                self._failed(app, reason)
-                return [Verdict.error(reason, app.name)] * len(items)
-            self._succeeded(app)
-            return [Verdict.clean(app.name, app.sig_version) if outcome is Outcome.CLEAN
-                    else Verdict.infected(detail, app.name, app.sig_version)
-                    if outcome is Outcome.INFECTED else Verdict.error(detail, app.name)
-                    for outcome, detail in replies]
-        finally:
-            app.flights.discard(flight)
-            if not settled:
-                app.breaker.release()  # cancelled or timed out: neither success nor failure
+        """The drain's pipelined scans of (fd, size) `items`; None: one by one (batch.py)."""
+        return await batch.scan_fds(self, items, attempt_timeout)
 
     async def scan_path(self, path: str, *, limit: int | None = None,
                         attempt_timeout: float | None = None,
