@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 import trio
 
-from vfile.journal.records import DeferredEntry
+from vfile.journal.records import DeferredEntry, JournalError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ BACKOFF_FACTOR = 3.0
 FAST_WEIGHT = 0.2
 SLOW_WEIGHT = 0.02
 IDLE_POLL = 0.5
+#: seconds between claims while the journal's state disk fails
+JOURNAL_RETRY = 1.0
 #: entries in flight (scanning or settling) per scan slot
 SETTLING_FACTOR = 4
 #: batches scanned at once with `resolve_batch`: while one batch's replies are read and
@@ -339,7 +341,16 @@ class Drain:
                 if self._paused or not self._ready():
                     await self._idle()
                     continue
-                entries = await self._queue.claim(self._claim_size(), lease=self._lease)
+                try:
+                    entries = await self._queue.claim(self._claim_size(), lease=self._lease)
+                except JournalError as err:
+                    # The state disk failed (EIO, full): the drain waits, the mount
+                    # serves on; the entries stay in the journal for the next claim.
+                    self.last_error = f"journal: {err}"
+                    log.warning("drain: claiming failed, retrying in %gs: %s",
+                                JOURNAL_RETRY, err)
+                    await trio.sleep(JOURNAL_RETRY)
+                    continue
                 if not entries:
                     await self._idle()
                     continue
@@ -385,12 +396,16 @@ class Drain:
     async def _settle(self, entry: DeferredEntry, result: Resolution,
                       latency: float | None) -> None:
         """Count a resolution; release the entry if it was not resolved."""
-        if result.outcome is Outcome.ERROR:
-            self.last_error = result.detail
-            await self._queue.release(entry.path, entry.seq, result.detail)
-        elif result.outcome is Outcome.UNSCANNABLE:
-            await self._queue.release(entry.path, entry.seq, result.detail, poison=True)
-        elif latency is not None:
+        try:
+            if result.outcome is Outcome.ERROR:
+                self.last_error = result.detail
+                await self._queue.release(entry.path, entry.seq, result.detail)
+            elif result.outcome is Outcome.UNSCANNABLE:
+                await self._queue.release(entry.path, entry.seq, result.detail, poison=True)
+        except JournalError as err:
+            # Not released: the entry stays leased, claimable again when the lease ends.
+            log.warning("drain: releasing %r failed: %s", entry.path, err)
+        if result.outcome not in (Outcome.ERROR, Outcome.UNSCANNABLE) and latency is not None:
             self._adapt(latency, result.nbytes)
         self._count(result)
 
