@@ -416,9 +416,8 @@ class GroupCommitter:
         """Wait (blocking) until no writer thread runs; for close()."""
         end = time.monotonic() + timeout
         with self._lock:
-            if not self._threads.wait_for(lambda: self._nthreads == 0, timeout):
-                return False
-        return self._syncer.wait_idle(max(0.0, end - time.monotonic()))
+            idle = self._threads.wait_for(lambda: self._nthreads == 0, timeout)
+        return idle and self._syncer.wait_idle(max(0.0, end - time.monotonic()))
 
     # --- the writer thread ------------------------------------------------------------------
 
