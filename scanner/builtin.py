@@ -245,6 +245,12 @@ class BuiltinAppliance:
         file): for a worker thread (scanner/embedded.py); OSError if it cannot be read."""
         return self._match(_digest_fd(fd))
 
+    def match_data(self, data: bytes) -> str | None:
+        """The signature the whole content `data` matches, or None."""
+        d = _Digest()
+        d.update(data)
+        return self._match(d)
+
     def _verdict(self, d: _Digest, subject: str) -> bytes:
         sig = self._match(d)
         return f"{subject}: {sig} FOUND".encode() if sig else f"{subject}: OK".encode()
