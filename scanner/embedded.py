@@ -11,11 +11,13 @@ Configured appliances (clamd://, icap://, a separate `vfile appliance serve`)
 do not use it.
 
 Invariants, as for the socket clients:
-- A file is read on a worker thread (`FILE_READS`), never on the trio thread: the
-  source may be slow or frozen. The caller's cancel scope bounds the wait
-  (abandon_on_cancel); the thread reads a dup of the caller's descriptor and
-  closes it, so an abandoned read never touches a descriptor number the caller
-  has closed and reused.
+- A file is read on a worker thread (`FILE_READS`): the source may be slow or
+  frozen. The one exception is provably bounded: a file of at most `INLINE_MAX`
+  bytes all in the page cache (a close scan's pages were just written through
+  the mount), read with RWF_NOWAIT, which fails instead of waiting for I/O.
+  The caller's cancel scope bounds the thread's wait (abandon_on_cancel); the
+  thread reads dups of the caller's descriptors and closes them, so an
+  abandoned read never touches a descriptor number the caller closed and reused.
 - A failing engine (any exception) or a result that is no valid signature name
   raises `ApplianceError`, which the pool makes a failure and an error verdict:
   never clean. A source read error is an ERROR outcome, not the engine's fault.
