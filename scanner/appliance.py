@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from vfile.scanner.breaker import Breaker
 from vfile.scanner.clamd import ClamdClient
+from vfile.scanner.embedded import EmbeddedClient
 from vfile.scanner.icap import IcapClient
 from vfile.scanner.latency import Adaptive, LatencyModel, attempt_timeout
 from vfile.scanner.liveness import Flight, Liveness
-from vfile.scanner.urls import ApplianceURL
+from vfile.scanner.urls import ApplianceURL, parse_appliance_url
 
 #: latency samples kept per appliance for p50/p99
 SAMPLES = 1024
@@ -26,7 +27,15 @@ OPENED_KEPT = 16
 REPORT_SIZES = {"4KiB": 4096, "1MiB": 1 << 20}
 
 
-def client_for(url: ApplianceURL) -> ClamdClient | IcapClient:
+#: what the pool talks to: a socket client, or the embedded engine (scanner/embedded.py)
+Client = ClamdClient | IcapClient | EmbeddedClient
+
+
+def client_for(target: str | EmbeddedClient) -> Client:
+    """The client for an appliance URL; an embedded client is its own."""
+    if isinstance(target, EmbeddedClient):
+        return target
+    url = parse_appliance_url(target)
     return ClamdClient(url) if url.kind == "clamd" else IcapClient(url)
 
 
@@ -44,7 +53,7 @@ def _ms(seconds: float | None) -> float | None:
 @dataclass(slots=True, eq=False)
 class Appliance:
     url: ApplianceURL
-    client: ClamdClient | IcapClient
+    client: Client
     breaker: Breaker
     healthy: bool = True  # optimistic until the first probe says otherwise
     sig_version: str = ""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vfile.scanner.clamd import ClamdClient
+from vfile.scanner.icap import IcapClient
 from vfile.scanner.liveness import Flight
 from vfile.scanner.verdict import ApplianceError, Outcome, Verdict
 
@@ -43,7 +43,7 @@ def patient(pool: Pool, app: Appliance, nbytes: int) -> float:
 def pipelines(pool: Pool) -> bool:
     """Whether `scan_fds` would pipeline now (the first usable appliance can)."""
     app = next((a for a in pool._apps if pool._usable(a)), None)
-    return app is not None and isinstance(app.client, ClamdClient) and app.client.pipelines
+    return app is not None and not isinstance(app.client, IcapClient) and app.client.pipelines
 
 
 async def scan_fds(pool: Pool, items: Sequence[tuple[int, int]],
@@ -56,7 +56,7 @@ async def scan_fds(pool: Pool, items: Sequence[tuple[int, int]],
     Any failure is an error verdict for all of them (a timeout not counted)."""
     app = next((a for a in pool._apps if pool._usable(a)), None)
     client = None if app is None else app.client
-    if app is None or not isinstance(client, ClamdClient) or not client.pipelines \
+    if app is None or client is None or isinstance(client, IcapClient) or not client.pipelines \
             or not app.sig_version or not app.breaker.allow(trio.current_time()):
         return None
     bound = sum(patient(pool, app, size) for _, size in items)

@@ -237,8 +237,22 @@ class BuiltinAppliance:
             return await self._fildes(conn)
         return b"UNKNOWN COMMAND", False
 
+    def _match(self, d: _Digest) -> str | None:
+        return self._sigs.match(d.size, bytes(d.head), d.md5.hexdigest(), d.sha256.hexdigest())
+
+    def match_fd(self, fd: int) -> str | None:
+        """The signature the content of `fd` matches, or None. Blocking (reads the whole
+        file): for a worker thread (scanner/embedded.py); OSError if it cannot be read."""
+        return self._match(_digest_fd(fd))
+
+    def match_data(self, data: bytes) -> str | None:
+        """The signature the whole content `data` matches, or None."""
+        d = _Digest()
+        d.update(data)
+        return self._match(d)
+
     def _verdict(self, d: _Digest, subject: str) -> bytes:
-        sig = self._sigs.match(d.size, bytes(d.head), d.md5.hexdigest(), d.sha256.hexdigest())
+        sig = self._match(d)
         return f"{subject}: {sig} FOUND".encode() if sig else f"{subject}: OK".encode()
 
     async def _instream(self, conn: _Conn) -> tuple[bytes, bool]:

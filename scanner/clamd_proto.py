@@ -107,6 +107,12 @@ def parse_scan_reply(reply: bytes) -> tuple[Outcome, str]:
     raise ProtocolError(f"unrecognised reply {text[:80]!r}")
 
 
+def is_signature_name(text: str) -> bool:
+    """Whether `text` may be a signature name in a FOUND reply (the embedded engine's
+    results are held to the same rule)."""
+    return _SIG.fullmatch(text) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Version:
     engine: str  # "ClamAV 1.4.6"

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import trio
 
 from vfile.scanner.clamd import ClamdClient
+from vfile.scanner.embedded import EmbeddedClient
 from vfile.scanner.icap import IcapClient
 from vfile.scanner.latency import (
     MIN_SAMPLES,
@@ -126,7 +127,7 @@ class _Round:
 class Liveness:
     """Per appliance: the probe model, the probe in flight, and its counters."""
 
-    def __init__(self, client: ClamdClient | IcapClient) -> None:
+    def __init__(self, client: ClamdClient | IcapClient | EmbeddedClient) -> None:
         self.client = client
         self.model = LatencyModel()
         self._round: _Round | None = None
@@ -167,10 +168,10 @@ class Liveness:
             self.answered(started)
 
     async def _ask(self) -> None:
-        if isinstance(self.client, ClamdClient):
-            await self.client.ping()
-        else:
+        if isinstance(self.client, IcapClient):
             await self.client.fetch_options()
+        else:
+            await self.client.ping()
 
     async def check(self, since: float, deadline: float) -> bool | None:
         """Whether the appliance answered anything sent at or after `since`; probes (or

@@ -53,12 +53,11 @@ from collections.abc import Sequence
 import trio
 
 from vfile.scanner import batch
-from vfile.scanner.appliance import Appliance, client_for
+from vfile.scanner.appliance import Appliance, EmbeddedClient, client_for
 from vfile.scanner.breaker import Breaker, State
 from vfile.scanner.icap import IcapClient
 from vfile.scanner.latency import Adaptive, HedgeBudget, attempt_timeout
 from vfile.scanner.liveness import OVERDUE_FACTOR, OVERDUE_FLOOR, Flight
-from vfile.scanner.urls import parse_appliance_url
 from vfile.scanner.verdict import ApplianceError, Outcome, Verdict
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,8 @@ RETRIAL = 8
 
 
 class Pool:
-    def __init__(self, urls: Sequence[str], *, attempt_timeout: float = 1.0, retries: int = 1,
+    def __init__(self, urls: Sequence[str | EmbeddedClient], *,  # embedded: scanner/embedded.py
+                 attempt_timeout: float = 1.0, retries: int = 1,
                  breaker_failures: int = 3, breaker_cooldown: float = 5.0,
                  probe_interval: float = 1.0, max_concurrency: int = 16,
                  adaptive: Adaptive | None = None) -> None:
@@ -92,8 +92,8 @@ class Pool:
         self.adaptive = Adaptive() if adaptive is None else adaptive
         self._budget = HedgeBudget(self.adaptive.hedge_budget if self.adaptive.enabled else 0.0)
         self._apps = [
-            Appliance(u, client_for(u), Breaker(breaker_failures, breaker_cooldown))
-            for u in (parse_appliance_url(text) for text in urls)
+            Appliance(c.url, c, Breaker(breaker_failures, breaker_cooldown))
+            for c in (client_for(target) for target in urls)
         ]
         self._slots = trio.Semaphore(max_concurrency)
         self._changed = trio.Event()

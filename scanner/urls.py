@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 ICAP_DEFAULT_PORT = 1344
 
-Kind = Literal["clamd", "icap"]
+#: "embedded": the built-in engine in this process (scanner/embedded.py), never parsed
+Kind = Literal["clamd", "icap", "embedded"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,8 @@ from vfile.observe.memwatch import MemoryWatch
 from vfile.observe.serve import open_outputs, serve_outputs
 from vfile.options import MountOptions
 from vfile.scanner.builtin import BuiltinAppliance
+from vfile.scanner.embedded import FAULT_ENV, EmbeddedClient
+from vfile.scanner.faults import SERVER_KINDS, parse_fault
 from vfile.scanner.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,14 @@ def _open_journal(state_dir: Path, rundir: Path) -> Journal:
                         Exit.JOURNAL) from None
     except JournalError as err:
         raise UserError(str(err), Exit.JOURNAL) from None
+
+
+def _embedded_engine(signatures: str | None) -> BuiltinAppliance:
+    try:
+        fault = parse_fault(os.environ.get(FAULT_ENV, ""), allowed=SERVER_KINDS)
+    except ValueError as err:
+        raise UserError(f"{FAULT_ENV}: {err}", Exit.CONFIG) from None
+    return BuiltinAppliance(signatures, fault)
 
 
 SIG_FILE = "last-signature-version"
@@ -208,11 +218,12 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     try:
         sock_name = control.socket_name(opts.mountpoint)
         builtin: BuiltinAppliance | None = None
-        urls = list(config.mount.appliances)
+        urls: list[str | EmbeddedClient] = list(config.mount.appliances)
         if not urls:
-            # The embedded default: vfile's own appliance, in this process.
-            builtin = BuiltinAppliance(opts.signatures)
-            urls = [f"clamd://{rundir / sock_name.replace('.sock', '.appliance.sock')}"]
+            # The embedded default: vfile's own engine, in this process, called directly
+            # (no socket: scanner/embedded.py says what the clamd round trip cost).
+            builtin = _embedded_engine(opts.signatures)
+            urls = [EmbeddedClient(builtin)]
         pc = config.pool
         pool = Pool(urls, attempt_timeout=pc.attempt_timeout, retries=pc.retries,
                     breaker_failures=pc.breaker_failures, breaker_cooldown=pc.breaker_cooldown,
@@ -259,12 +270,6 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         running = Running(config, journal, pool, gate, window, drain, quota, commands,
                           rundir / sock_name, builtin)
         async with trio.open_nursery() as nursery:
-            if builtin is not None:
-                try:
-                    control.prepare_runtime_dir(rundir)
-                except control.ControlError as err:
-                    raise UserError(str(err), Exit.MOUNTPOINT) from None
-                await nursery.start(builtin.serve, "unix://" + urls[0][len("clamd://"):])
             await nursery.start(pool.serve)
             for line in unreachable_appliance_lines(pool.statistics(), _profiles(config, quota)):
                 log.warning("%s", line)  # on stderr in the foreground; the CLI repeats it
@@ -287,7 +292,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             except control.ControlError as err:
                 raise UserError(str(err), Exit.MOUNTPOINT) from None
             log.info("scanning with %s; journal in %s; control socket %s",
-                     ", ".join(urls), state_dir, rundir / sock_name)
+                     ", ".join(map(str, urls)), state_dir, rundir / sock_name)
             yield running
             nursery.cancel_scope.cancel()
     finally:
