@@ -55,13 +55,17 @@ def _entries(state: Path) -> dict[str, str]:
 
 
 def _wait_settled(mnt: Path, deadline: float = 10.0) -> None:
-    """Until no scan is in flight or pending (close scans run in the background)."""
+    """Until no scan is in flight or pending (close scans run in the background), no
+    create's intent is still queued for the journal (creates no longer wait for their
+    commit) and the drain holds nothing."""
     end = time.monotonic() + deadline
     while True:
-        gate = status(mnt)["gate"]
-        if not gate["in_flight"] and not gate["pending_intents"]:
+        st = status(mnt)
+        gate, queued = st["gate"], st["journal"]["durability"]["in_flight"]
+        if not gate["in_flight"] and not gate["pending_intents"] and not queued \
+                and not st["drain"]["in_flight"]:
             return
-        assert time.monotonic() < end, f"scans did not settle: {gate}"
+        assert time.monotonic() < end, f"scans did not settle: {gate}, queued {queued}"
         time.sleep(0.05)
 
 
