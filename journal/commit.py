@@ -72,9 +72,7 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -85,9 +83,10 @@ import lmdb
 import outcome
 import trio
 
+from vfile.journal.failures import translate
 from vfile.journal.ops import BatchWriter, PreparedDefer
 from vfile.journal.records import JournalError, JournalFull
-from vfile.journal.syncer import Syncer
+from vfile.journal.syncer import Syncer, Unsynced
 from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
@@ -148,42 +147,11 @@ class _NeedsGrowth(Exception):
     """The writer stops: the map must grow (or be re-read) on the trio thread."""
 
 
-def translate(err: BaseException, where: str) -> JournalError:
-    """A clear JournalError for an LMDB/OS failure in `where` (a path)."""
-    if isinstance(err, JournalError):
-        return type(err)(str(err))
-    code = getattr(err, "errno", None)
-    if isinstance(err, lmdb.MapFullError):
-        return JournalFull(f"journal {where}: the map reached its maximum size; "
-                           "nothing was written")
-    if (isinstance(err, lmdb.DiskError) or code == errno.ENOSPC
-            or "No space left" in str(err) or _short_write_on_full_disk(err, code, where)):
-        return JournalFull(f"journal {where}: disk full (no space left on device); "
-                           "nothing was written")
-    return JournalError(f"journal {where}: write failed: {err}")
-
-
 def _log_failure(where: str, n: int, err: BaseException) -> None:
     # A full disk fails every transaction until it has room: its callers report it,
     # rate-limited (a line per transaction would be a line per open).
     level = logging.DEBUG if isinstance(translate(err, where), JournalFull) else logging.ERROR
     log.log(level, "journal %r: transaction of %d operations failed: %s", where, n, err)
-
-
-#: Below this many free bytes, an EIO from LMDB is taken for a full disk.
-_NEARLY_FULL = 64 << 10
-
-
-def _short_write_on_full_disk(err: BaseException, code: object, where: str) -> bool:
-    # LMDB reports a short pwrite (the disk filled up in the middle of it) as EIO,
-    # not ENOSPC: then the file system's free space tells which it was.
-    if code != errno.EIO and "Input/output error" not in str(err):
-        return False
-    try:
-        st = os.statvfs(where)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < _NEARLY_FULL
 
 
 class GroupCommitter:
@@ -253,6 +221,15 @@ class GroupCommitter:
         await self._wait(prepared, durable, hold=hold and not durable)
         return prepared.result
 
+    async def submit_defer_unsynced(self, prepared: PreparedDefer) -> tuple[int, Unsynced]:
+        """A tier-1 defer that returns once COMMITTED, its fsync still under way (the
+        batch is fsynced as any tier-1 batch): the caller awaits `Unsynced.wait()`
+        before what the record must precede. An existing file's write intent must be
+        durable before its content changes, not before its open returns (issue 16)."""
+        batch = await self._wait(prepared, True, hold=False, sync=False)
+        return prepared.result, Unsynced(batch, self.sync_now,
+                                         lambda err: translate(err, self._where))
+
     def submit_soon(self, prepared: PreparedDefer) -> None:
         """Queue a prepared defer and return at once (a create's intent: journal.inflight).
         `prepared.on_done(error or None)` runs on the trio thread once its transaction
@@ -278,7 +255,8 @@ class GroupCommitter:
         batches.append(batch)
         return batch
 
-    async def _wait(self, op: Any, durable: bool, *, hold: bool, linger: bool = False) -> None:
+    async def _wait(self, op: Any, durable: bool, *, hold: bool, linger: bool = False,
+                    sync: bool = True) -> _Batch:
         with self._lock:
             if not durable and self.queued >= MAX_QUEUED:
                 self.refused += 1
@@ -305,8 +283,9 @@ class GroupCommitter:
                     await trio.lowlevel.checkpoint()
             self._start_writer()
         try:
-            # A tier-1 caller waits for the fsync, a tier-2 caller only for the commit.
-            await (batch.synced if durable and self._fsync else batch.event).wait()
+            # A tier-1 caller waits for the fsync (unless it awaits it later: `sync`
+            # False, journal.syncer.Unsynced), a tier-2 caller only for the commit.
+            await (batch.synced if durable and sync and self._fsync else batch.event).wait()
         except BaseException:
             with self._lock:
                 if batch.state == _PENDING and not hold:
@@ -316,9 +295,10 @@ class GroupCommitter:
                     op.held = True  # written when the disk takes it (_finish counts it)
                     self.held += 1
             raise
-        failure = batch.error or (batch.sync_error if durable else None)
+        failure = batch.error or (batch.sync_error if durable and sync else None)
         if failure is not None:
             raise translate(failure, self._where)
+        return batch
 
     def _start_writer(self) -> None:
         # Called with _running set by the caller; on the trio thread.

@@ -54,6 +54,7 @@ from vfile.journal.records import (
     VerdictRecord,
     decode_quarantine,
 )
+from vfile.journal.syncer import Unsynced
 from vfile.journal.tables import Txn
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,15 @@ class Journal(JournalBase):
         return await self._committer.submit_defer(ops.PreparedDefer(
             self._t, path, identity=identity, reason=reason, profile=profile,
             exposure=exposure, error=error, now=self._clock()), durable=durable, hold=hold)
+
+    async def defer_unsynced(self, path: str, identity: Identity, profile: str, *,
+                             exposure: Exposure | None = None) -> tuple[int, Unsynced]:
+        """An existing file's write intent, tier 1, returned once COMMITTED: its seq and
+        what to await (`Unsynced.wait()`) before the file's content may change."""
+        self._check_writable()
+        return await self._committer.submit_defer_unsynced(ops.PreparedDefer(
+            self._t, path, identity=identity, reason=Reason.MODIFIED, profile=profile,
+            exposure=exposure, error="", now=self._clock()))
 
     def defer_soon(self, path: str, profile: str, *, exposure: Exposure | None,
                    on_done: Callable[[JournalError | None], None]) -> ops.PreparedDefer:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import outcome
 import trio
@@ -81,3 +81,44 @@ class Syncer(Generic[B]):
                 self._idle.notify_all()
             self._deliver(stranded, JournalError(f"journal {self._where}: fsync thread "
                                                  f"died: {err!r}"))
+
+
+class _Synced(Protocol):
+    """A committed batch, as `Unsynced` sees it (journal.commit's _Batch)."""
+
+    synced: trio.Event
+    sync_error: BaseException | None
+
+
+class Unsynced:
+    """A committed tier-1 record whose fsync may still be under way: the group
+    committer's `submit_defer_unsynced` (an existing file's write intent, awaited
+    before the file's first write rather than in its open: issue 16)."""
+
+    __slots__ = ("_batch", "_fail", "_sync")
+
+    def __init__(self, batch: _Synced, sync: Callable[[], None],
+                 fail: Callable[[BaseException], JournalError]) -> None:
+        self._batch: _Synced | None = batch
+        self._sync = sync  # blocking: one fsync of the environment
+        self._fail = fail
+
+    @property
+    def durable(self) -> bool:
+        """Known durable (`wait` has nothing left to wait for)."""
+        b = self._batch
+        return b is None or (b.synced.is_set() and b.sync_error is None)
+
+    async def wait(self) -> None:
+        """Return once the record is durable: its batch's fsync returned, or (that one
+        failed) a fresh fsync, begun after the commit, did. JournalError if neither."""
+        batch = self._batch
+        if batch is None:
+            return
+        await batch.synced.wait()
+        if batch.sync_error is not None:
+            try:
+                await trio.to_thread.run_sync(self._sync, abandon_on_cancel=True)
+            except Exception as err:
+                raise self._fail(err) from None
+        self._batch = None  # later waits return at once; the batch can go

@@ -53,8 +53,11 @@ class RecordingHooks:
             raise Denied(errno.EACCES, "infected: Test-Signature")
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> object:
+                              ctx: RequestCtx, *, lazy: bool = False) -> object:
         self.calls.append(("intent", path))
+        return None
+
+    async def intent_durable(self, token: object) -> None:
         return None
 
     def release_intent(self, token: object) -> None:

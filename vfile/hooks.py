@@ -16,7 +16,12 @@ pyfuse3. Invariants the Operations keep for every hook:
   returns, the intent must be durable -- for a new name (`st` None: create,
   mknod) durable by the watermark rule (journal.watermark, tier 1w), so a
   create that opened an existing file after all asks again with its stat.
-  Raising `Denied` stops the operation.
+  Raising `Denied` stops the operation. With `lazy` (a write-open of an
+  existing file without O_TRUNC: its content changes only through the handle)
+  the intent need only be committed when it returns; `intent_durable(token)`
+  then runs before each request that can change content through the handle
+  (WRITE) and returns once the intent is durable (raising OSError(EIO) if the
+  journal could not make it so).
   It returns a token (None when no intent was made). The filesystem passes it
   to `release_intent` when the operation failed, or succeeded without leaving
   a writer whose last close resolves it (mknod, link, an exchange); every
@@ -102,7 +107,9 @@ class FileHooks(Protocol):
                       ctx: RequestCtx, *, unflushed: bool = False) -> None: ...
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> object: ...
+                              ctx: RequestCtx, *, lazy: bool = False) -> object: ...
+
+    async def intent_durable(self, token: object) -> None: ...
 
     def release_intent(self, token: object) -> None: ...
 
@@ -135,7 +142,10 @@ class NoHooks:
         return None
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> object:
+                              ctx: RequestCtx, *, lazy: bool = False) -> object:
+        return None
+
+    async def intent_durable(self, token: object) -> None:
         return None
 
     def release_intent(self, token: object) -> None:

@@ -19,8 +19,10 @@ Invariants:
 - `safe`: the journal entry (with who opened the file) is committed before the
   open returns (tier 2: not fsynced; or, when the state disk takes no write
   within the profile's deadline, queued in memory until it does). Write
-  intents are durable (fsynced) before `on_write_intent` returns; a new
-  name's (tier 1w) is committed, and covered by the watermark rule.
+  intents are durable (fsynced) before `on_write_intent` returns, except a
+  `lazy` one (a write-open of an existing file: committed, fsynced before its
+  first write, `intent_durable`); a new name's (tier 1w) is covered by the
+  watermark rule (filter.writeintents).
 - A verdict is stored for the identity the scanned descriptor had before and
   after the scan; content that changed during the scan gets no verdict.
 - While a path has an unresolved write intent, a cached clean verdict does
@@ -68,13 +70,13 @@ from vfile.filter.scanning import Scanning
 from vfile.filter.settling import Settler
 from vfile.filter.source import Source, reopen
 from vfile.filter.verdicts import VerdictCache
+from vfile.filter.writeintents import WriteIntents
 from vfile.hooks import RequestCtx
 from vfile.journal.names import swapped_path
 from vfile.journal.records import (
     DeferredEntry,
     Identity,
     JournalError,
-    JournalFull,
     VerdictOutcome,
     VerdictRecord,
 )
@@ -150,6 +152,11 @@ class Gate:
         self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
         #: write intents' journal records (a new file's in the background)
         self._records = IntentRecords(journal, self._tasks)
+        #: write intents: decided, journaled, made durable (before the open or the write)
+        self._writes = WriteIntents(journal=journal, intents=self._intents,
+                                    records=self._records, outcomes=self._outcomes,
+                                    stats=self.stats, inputs=self._inputs,
+                                    profile_for=self._profiles.profile_for)
 
     @property
     def observer(self) -> Observer:
@@ -230,6 +237,8 @@ class Gate:
             "cached_verdicts": len(self._cache), "infections": s.infections,
             "exposures": s.exposures, "deferrals": s.deferrals, "denials": s.denials,
             "write_intents": s.intents, "pending_intents": len(self._intents),
+            "writes_awaiting_intent_fsync": self._writes.waited,
+            "intent_fsync_failures": self._writes.failed,
             "journal_full": s.journal_full,
             "in_flight": len(self._flights), "window": self._window,
             "grace": self.grace.statistics(),
@@ -353,28 +362,12 @@ class Gate:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx) -> Intent | None:
-        rel = os.fsdecode(path)
-        profile = self._profiles.profile_for(rel, st.st_nlink if st is not None else 1)
-        d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
-        if d.action is Action.DENY:
-            self._outcomes.refuse_write(d, rel, profile, ctx)
-        if d.action is not Action.DEFER:
-            return None
-        # Registered before the journal write returns: the drain may claim the new
-        # entry at once, and must see "still being written" rather than take a path
-        # whose file is not there yet (a rename onto it) as gone (tests/t5_crash_test.py).
-        intent = self._intents.begin(rel)
-        try:  # a new name's (no stat yet) is queued, not waited for (filter.newfiles)
-            await self._records.record(intent, None if st is None else Identity.from_stat(st),
-                                       profile, self._outcomes.exposure(ctx, wrote=True))
-        except BaseException as err:
-            self._intents.roll_back(intent)
-            if isinstance(err, JournalFull):
-                raise self._outcomes.full(rel, err) from None
-            raise
-        self.stats.intents += 1
-        return intent
+                              ctx: RequestCtx, *, lazy: bool = False) -> Intent | None:
+        return await self._writes.begin(path, st, ctx, lazy=lazy)
+
+    async def intent_durable(self, token: object) -> None:
+        """Before a write through a handle opened with a `lazy` intent (filter.writeintents)."""
+        await self._writes.durable(token)
 
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to

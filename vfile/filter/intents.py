@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import trio
 
+from vfile.journal.syncer import Unsynced
+
 
 @dataclass(eq=False)
 class Intent:
@@ -41,6 +43,9 @@ class Intent:
     #: set once its journal record is committed, if that happens in the background
     #: (a new file's: vfile.filter.newfiles); None: committed before it was returned
     landed: trio.Event | None = None
+    #: an existing file's record committed, its fsync awaited before the first write
+    #: rather than in the open (vfile.filter.writeintents); None: durable or none
+    unsynced: Unsynced | None = None
 
 
 class IntentTable:

@@ -218,9 +218,12 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         writing = perms.is_write_open(flags)
         hooks = self.hooks
         token = None
+        # Without O_TRUNC the content changes only through this handle's WRITEs: the
+        # intent is committed now and made durable before the first one (`write`).
+        lazy = not flags & os.O_TRUNC
         if writing and not hooks.trivial:
             token = await hooks.on_write_intent(self.path_of(node), os.fstat(node.fd),
-                                                request_ctx(ctx))
+                                                request_ctx(ctx), lazy=lazy)
         try:
             fd, st = self._open_backing(node, flags)
         except BaseException:
@@ -254,6 +257,8 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         node.stamp = stamp
         if writing:
             node.writers += 1
+            if lazy and token is not None:
+                node.unsynced = [*(node.unsynced or ()), token]
         self.files[fd] = FileHandle(fd, node, writing)
         return pyfuse3.FileInfo(fh=fd, keep_cache=keep)
 
@@ -403,7 +408,18 @@ class VFileOperations(NameOps, DirOps, MetaOps):
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._file(fh)
+        if h.node.unsynced:
+            await self._intents_durable(h.node)
         return await self.data.write(h.fd, h.node.key[0], off, buf)
+
+    async def _intents_durable(self, node: Inode) -> None:
+        """Wait until every lazy intent of `node` is durable. Any writer's: with the
+        writeback cache the kernel sends one handle's dirty pages through another."""
+        while node.unsynced:
+            token = node.unsynced[0]
+            await self.hooks.intent_durable(token)
+            if node.unsynced and node.unsynced[0] is token:
+                node.unsynced = node.unsynced[1:] or None
 
     async def flush(self, fh: int) -> None:
         # We implement no lock operations (the kernel keeps POSIX locks locally),
@@ -433,6 +449,7 @@ class VFileOperations(NameOps, DirOps, MetaOps):
             if h.writable:
                 node.writers -= 1
                 if node.writers == 0:
+                    node.unsynced = None  # no handle left to write through
                     st = os.fstat(h.fd)
                     node.stamp = stamp_of(st)  # the kernel's cache holds what we wrote
                     if not self.hooks.trivial:

@@ -52,7 +52,8 @@ class Inode:
     entries and handle (bench/scale.py measures it)."""
 
     __slots__ = ("_cache", "_fd", "handle", "ino", "key", "kind", "lookups", "mount_id",
-                 "name", "names", "opens", "parent", "root", "stamp", "sticky", "writers")
+                 "name", "names", "opens", "parent", "root", "stamp", "sticky", "unsynced",
+                 "writers")
 
     def __init__(self, ino: int, key: Key, fd: int, kind: int, cache: FdCache, *,
                  lookups: int = 0) -> None:
@@ -63,6 +64,9 @@ class Inode:
         self.lookups = lookups
         #: open handles of this inode that may write.
         self.writers = 0
+        #: tokens of write intents committed but maybe not yet durable (lazy write-opens):
+        #: a WRITE of this inode waits for them first (vfile.hooks `intent_durable`)
+        self.unsynced: list[object] | None = None
         #: open file handles of this inode (they pin its descriptor).
         self.opens = 0
         #: (size, mtime_ns, ctime_ns) when the kernel last saw its content; equal at
