@@ -38,7 +38,7 @@ WRITER_PAUSE = 0.08
 class Op:
     t: float
     actor: str
-    kind: str  # "open" | "close"
+    kind: str  # "open" | "close" | "write" (a writer's pwrite)
     path: str
     latency: float
     ok: bool
@@ -113,9 +113,13 @@ def rewrite_file(rec: Recorder, actor: str, mnt: Path, rel: str, payload: bytes,
         return False
     try:
         os.pread(fd, 4096, 0)
+        # Timed too: a write-open's intent is fsynced before its first WRITE reaches
+        # the source (vfile.filter.writeintents), so a wait may show here or at close.
+        t, start = rec.now(), time.perf_counter()
         os.pwrite(fd, payload, 0)
         if fsync:
             os.fsync(fd)
+        rec.add(Op(t, actor, "write", rel, time.perf_counter() - start, True, 0, True))
     except OSError:
         pass
     finally:
