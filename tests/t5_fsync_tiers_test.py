@@ -76,7 +76,9 @@ def test_unscanned_read_does_not_wait_for_a_write_intents_fsync(tree: Tree) -> N
             writer_done = threading.Event()
 
             def write_open() -> None:
-                fd = os.open(tree.mountpoint / "state.db", os.O_RDWR)  # a tier-1 intent
+                # O_TRUNC: fsynced in the open (a plain O_RDWR one's waits for its first
+                # WRITE instead: t5_lazy_intent_test.py)
+                fd = os.open(tree.mountpoint / "state.db", os.O_RDWR | os.O_TRUNC)
                 os.close(fd)
                 writer_done.set()
 
