@@ -132,3 +132,25 @@ def fill(where: Path) -> None:
         assert err.errno == errno.ENOSPC
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def slow_fsync_disk(where: Path) -> Iterator[tuple[Path, Path]]:
+    """(fs, below): an ext4 (no journal) whose image lives on another ext4 `below`.
+    Freezing `below` holds every fsync of `fs` until the thaw, not its writes."""
+    with loop_ext4(where) as below, loop_ext4(below, journal=False) as fs:
+        yield fs, below
+
+
+@contextlib.contextmanager
+def frozen_at_most(fs: Path, seconds: float) -> Iterator[None]:
+    """`frozen(fs)`, thawed by a watchdog after `seconds` if the body is still running."""
+    with frozen(fs):
+        done = threading.Event()
+        watchdog = threading.Thread(target=lambda: done.wait(seconds) or subprocess.run(
+            ["fsfreeze", "-u", str(fs)], check=False, capture_output=True), daemon=True)
+        watchdog.start()
+        try:
+            yield
+        finally:
+            done.set()

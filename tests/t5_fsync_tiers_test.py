@@ -14,18 +14,14 @@ for the frozen commit. Nothing stays frozen past `THAW_AFTER`, whatever happens.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from lifecycle import Tree, cli, journal_rows, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, status
-from statedisks import durability, frozen, loop_ext4, opens_within
+from statedisks import durability, frozen_at_most, opens_within, slow_fsync_disk
 
 pytestmark = pytest.mark.mount
 
@@ -35,28 +31,6 @@ DEADLINE = 60.0
 BOUND = 15.0
 #: the watchdog thaws by then, so that no test hangs on a frozen disk
 THAW_AFTER = 40.0
-
-
-@contextlib.contextmanager
-def slow_fsync_disk(where: Path) -> Iterator[tuple[Path, Path]]:
-    """(fs, below): an ext4 (no journal) whose image lives on another ext4 `below`.
-    Freezing `below` holds every fsync of `fs` until the thaw, not its writes."""
-    with loop_ext4(where) as below, loop_ext4(below, journal=False) as fs:
-        yield fs, below
-
-
-@contextlib.contextmanager
-def frozen_at_most(fs: Path, seconds: float) -> Iterator[None]:
-    """`frozen(fs)`, thawed by a watchdog after `seconds` if the body is still running."""
-    with frozen(fs):
-        done = threading.Event()
-        watchdog = threading.Thread(target=lambda: done.wait(seconds) or subprocess.run(
-            ["fsfreeze", "-u", str(fs)], check=False, capture_output=True), daemon=True)
-        watchdog.start()
-        try:
-            yield
-        finally:
-            done.set()
 
 
 def test_unscanned_read_does_not_wait_for_a_write_intents_fsync(tree: Tree) -> None:

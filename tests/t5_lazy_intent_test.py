@@ -17,19 +17,15 @@ Nothing stays frozen past `THAW_AFTER`, whatever happens.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from lifecycle import Tree, journal_rows, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, status
-from statedisks import frozen, loop_ext4
+from statedisks import frozen_at_most, slow_fsync_disk
 
 pytestmark = pytest.mark.mount
 
@@ -41,27 +37,6 @@ BOUND = 15.0
 THAW_AFTER = 40.0
 
 OLD, NEW = b"A" * 4096, b"B" * 4096
-
-
-@contextlib.contextmanager
-def slow_fsync_disk(where: Path) -> Iterator[tuple[Path, Path]]:
-    """(fs, below): an ext4 (no journal) whose image lives on another ext4 `below`."""
-    with loop_ext4(where) as below, loop_ext4(below, journal=False) as fs:
-        yield fs, below
-
-
-@contextlib.contextmanager
-def frozen_at_most(fs: Path, seconds: float) -> Iterator[None]:
-    """`frozen(fs)`, thawed by a watchdog after `seconds` if the body is still running."""
-    with frozen(fs):
-        done = threading.Event()
-        watchdog = threading.Thread(target=lambda: done.wait(seconds) or subprocess.run(
-            ["fsfreeze", "-u", str(fs)], check=False, capture_output=True), daemon=True)
-        watchdog.start()
-        try:
-            yield
-        finally:
-            done.set()
 
 
 class Steps:
