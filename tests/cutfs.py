@@ -19,7 +19,8 @@ instance is what the kernel asks.
 
 No hard links, no extended attributes, no special files: what a state
 directory needs, nothing more. While `fsync_fault(BACKING)` exists, fsync
-fails with EIO (the content stays current, not durable).
+fails with EIO (the content stays current, not durable); while
+`fsync_hold(BACKING)` exists, fsync waits.
 """
 
 from __future__ import annotations
@@ -297,6 +298,8 @@ class CutFS(pyfuse3.Operations):
         return None
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        while os.path.exists(fsync_hold(self.backing)):  # noqa: ASYNC110 (a file, polled)
+            await trio.sleep(0.005)  # a slow disk: this fsync has not returned yet
         if os.path.exists(fsync_fault(self.backing)):
             raise _err(errno.EIO)  # a failing disk: the write went in, its flush did not
         node = self._get(fh)
@@ -317,6 +320,11 @@ class CutFS(pyfuse3.Operations):
 def fsync_fault(backing: Path) -> Path:
     """While this file (beside BACKING) exists, every fsync fails with EIO."""
     return backing.with_name(backing.name + ".fsync-fails")
+
+
+def fsync_hold(backing: Path) -> Path:
+    """While this file (beside BACKING) exists, every fsync waits (a slow disk)."""
+    return backing.with_name(backing.name + ".fsync-holds")
 
 
 def main() -> None:
