@@ -60,6 +60,9 @@ class RecordingHooks:
     async def intent_durable(self, token: object) -> None:
         return None
 
+    def intent_pending(self, token: object) -> bool:
+        return False
+
     def release_intent(self, token: object) -> None:
         return None
 

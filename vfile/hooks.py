@@ -21,7 +21,8 @@ pyfuse3. Invariants the Operations keep for every hook:
   the intent need only be committed when it returns; `intent_durable(token)`
   then runs before each request that can change content through the handle
   (WRITE) and returns once the intent is durable (raising OSError(EIO) if the
-  journal could not make it so).
+  journal could not make it so); `intent_pending(token)` says, without waiting,
+  whether it is still not known durable.
   It returns a token (None when no intent was made). The filesystem passes it
   to `release_intent` when the operation failed, or succeeded without leaving
   a writer whose last close resolves it (mknod, link, an exchange); every
@@ -111,6 +112,8 @@ class FileHooks(Protocol):
 
     async def intent_durable(self, token: object) -> None: ...
 
+    def intent_pending(self, token: object) -> bool: ...
+
     def release_intent(self, token: object) -> None: ...
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None: ...
@@ -147,6 +150,9 @@ class NoHooks:
 
     async def intent_durable(self, token: object) -> None:
         return None
+
+    def intent_pending(self, token: object) -> bool:
+        return False
 
     def release_intent(self, token: object) -> None:
         return None

@@ -369,6 +369,10 @@ class Gate:
         """Before a write through a handle opened with a `lazy` intent (filter.writeintents)."""
         await self._writes.durable(token)
 
+    def intent_pending(self, token: object) -> bool:
+        return isinstance(token, Intent) and token.unsynced is not None \
+            and not token.unsynced.durable
+
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
         close: end the intent; its journal entry stays for the drain."""

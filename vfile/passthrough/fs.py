@@ -257,8 +257,11 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         node.stamp = stamp
         if writing:
             node.writers += 1
-            if lazy and token is not None:
-                node.unsynced = [*(node.unsynced or ()), token]
+            if lazy and hooks.intent_pending(token):
+                # Only those not yet durable: readers that open O_RDWR and never write
+                # (SQLite) must not grow the list while one of them keeps it open.
+                node.unsynced = [*(t for t in node.unsynced or () if hooks.intent_pending(t)),
+                                 token]
         self.files[fd] = FileHandle(fd, node, writing)
         return pyfuse3.FileInfo(fh=fd, keep_cache=keep)
 
