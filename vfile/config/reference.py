@@ -47,8 +47,9 @@ SECTIONS = (
             "background health probe per appliance. Also used by the drain."),
     Section("[journal]", c.JournalConfig,
             "The journal's durability (README \"Durability of journal records\"). Write "
-            "intents are fsynced before the operation returns; records of unscanned reads "
-            "are committed at once and fsynced in the background."),
+            "intents are fsynced before the operation returns (a write-open without "
+            "`O_TRUNC`: before its first write reaches the source); records of unscanned "
+            "reads are committed at once and fsynced in the background."),
     Section("[[profile]]", c.Profile,
             "Policy for a set of paths, one table per profile. The first profile whose "
             "`paths` match a file wins; the default profile catches everything else. A "

@@ -209,6 +209,10 @@ class _StatusCollector(Collector):
                 ("deferrals", "vfile_deferrals", "Opens allowed and journaled for a later scan"),
                 ("denials", "vfile_denials", "Opens and writes denied"),
                 ("write_intents", "vfile_write_intents", "Write intents journaled"),
+                ("writes_awaiting_intent_fsync", "vfile_writes_awaiting_intent_fsync",
+                 "Writes that waited for their write-open's intent to be fsynced"),
+                ("intent_fsync_failures", "vfile_intent_fsync_failures", "Writes failed "
+                 "with EIO because their intent could not be fsynced"),
                 ("journal_full", "vfile_journal_full", "Opens and writes failed with EIO "
                  "because the journal was full")):
             yield from _counter(name, doc, g.get(key))
