@@ -204,7 +204,7 @@ def render(rows: dict[str, dict[str, Any]]) -> str:
               str(r["waited_10x_quiet_p99"]), _ms(r["detection_ms"]),
               f"{r['breaker_opens']} ({r['false_opens']})")
              for mode, r in rows.items()]
-    head3 = ("mode", "outage p99 ms: reads", "writes (fsynced intent)", "write opens",
+    head3 = ("mode", "outage p99 ms: reads", "writes", "write opens",
              "host fsync p50 / p99 / max ms", "slowest open: ms after the fault, ms, actor")
     body3 = [(mode, _ms(r.get("outage_read_p99_ms")), _ms(r.get("outage_write_p99_ms")),
               str(r.get("outage_write_opens")),
