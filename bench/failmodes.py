@@ -121,6 +121,11 @@ def writer_figures(r: ModeResult) -> dict[str, Any]:
             out[f"{phase}_writer_{kind}_p99_ms"] = _p99_ms(got)
             if phase == "outage" and kind == "close":
                 out["outage_writer_close_max_ms"] = round(max(got) * 1000, 1) if got else None
+    closes = sorted((op for op in r.ops if op.kind == "close" and op.write),
+                    key=lambda op: -op.latency)
+    out["slowest_writer_closes"] = [{"t_s": round(op.t, 2), "ms": round(op.latency * 1000, 1),
+                                     "phase": "quiet" if op.t < start else "outage"
+                                     if op.t < end else "after"} for op in closes[:5]]
     return out
 
 
