@@ -183,7 +183,7 @@ class EmbeddedClient:
             log.warning("embedded engine failed: %r", err)
             raise ApplianceError(f"embedded engine failed: {err!r}") from None
         finally:
-            dups.stop.set()  # an abandoned thread stops reading (tests/t5_attack17_embedded_test.py)
+            dups.stop.set()  # an abandoned thread stops reading (t5_attack17_embedded_test)
             dups.close()  # unless the thread took them (cancelled before it started)
         if len(results) != len(fds):
             raise ApplianceError("embedded engine: results missing")
