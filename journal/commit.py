@@ -86,7 +86,7 @@ import trio
 from vfile.journal.failures import translate
 from vfile.journal.ops import BatchWriter, PreparedDefer
 from vfile.journal.records import JournalError, JournalFull
-from vfile.journal.syncer import Syncer, Unsynced
+from vfile.journal.syncer import EnvFsync, Syncer, Unsynced
 from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class GroupCommitter:
                  on_map_full: Callable[[], bool], *, max_batch: int | None = None,
                  fsync: bool = True) -> None:
         self._env = env
+        self._env_fsync = EnvFsync(env)  # rewrites every page after a failed fsync
         # False: never fsync (benchmarks, tests); every tier is then a tier-2 record.
         self._fsync = fsync
         self._t = t
@@ -305,8 +306,7 @@ class GroupCommitter:
         self._token = trio.lowlevel.current_trio_token()
         with self._lock:
             self._nthreads += 1
-        trio.lowlevel.start_thread_soon(self._writer, self._writer_ended,
-                                        name="journal writer")
+        trio.lowlevel.start_thread_soon(self._writer, self._writer_ended, name="journal writer")
 
     def _finish(self, batch: _Batch) -> None:
         # On the trio thread: committed (or failed). Twice is once.
@@ -387,7 +387,7 @@ class GroupCommitter:
         with self._sync_lock:
             with self._lock:
                 before = self.unsynced
-            self._env.sync(True)
+            self._env_fsync()
             with self._lock:
                 self.fsyncs += 1
                 self.unsynced -= before

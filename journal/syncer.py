@@ -10,16 +10,29 @@ took 50-260 ms, and a read-open queued behind it took as long (issue 16).
 Threading: `add` is called from the writer thread; the fsyncs run in a thread
 of trio's cache, started on demand and ended when nothing is left. An fsync
 error fails the tier-1 callers of the batches it was for (their records are
-committed, not known durable); the next fsync is tried afresh.
+committed, not known durable); the next fsync is tried afresh, but only after
+`EnvFsync` wrote every page of the environment again (below).
+
+`EnvFsync`, every fsync of the environment (this thread's, the background sync's,
+quiesce's, close's): after a failed writeback Linux marks the pages it could not
+write clean, and a later fsync returns 0 without writing them ("fsyncgate"). LMDB
+never rewrites a page a commit did not change, so the next commit's tree points at
+those pages: made durable on top of them, it lost a whole leaf of records that had
+been durable for long at the next power cut (tests/t5_attack17_fsync_test.py). So
+after a failed fsync, the next one first writes every used page of the data file
+again from the page cache (which holds what the disk did not get), under LMDB's
+write lock so no commit writes a page meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
+import lmdb
 import outcome
 import trio
 
@@ -28,6 +41,53 @@ from vfile.journal.records import JournalError
 log = logging.getLogger(__name__)
 
 B = TypeVar("B")
+#: bytes read and written again per call while rewriting the data file
+REWRITE_CHUNK = 4 << 20
+
+
+class EnvFsync:
+    """fsync of an LMDB environment that survives Linux's fsync error semantics (module
+    doc); blocking, called with the committer's sync lock held (one at a time)."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self._env = env
+        self.rewrite_due = False  # an fsync failed: its pages may be clean, not on disk
+        self.rewrites = 0
+
+    def __call__(self) -> None:
+        if self.rewrite_due:
+            self._rewrite()
+        try:
+            self._env.sync(True)
+        except lmdb.Error:
+            self.rewrite_due = True
+            raise
+        self.rewrite_due = False
+
+    def _rewrite(self) -> None:
+        txn = self._env.begin(write=True)  # LMDB's write lock: no commit writes meanwhile
+        try:
+            end = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+            fd = os.open(os.path.join(self._env.path(), "data.mdb"), os.O_RDWR | os.O_CLOEXEC)
+            try:
+                offset = 0
+                while offset < end:
+                    data = os.pread(fd, min(REWRITE_CHUNK, end - offset), offset)
+                    if not data:
+                        break
+                    view = memoryview(data)
+                    while view:  # dirty again: the next fsync writes them
+                        view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
+                    offset += len(data)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise lmdb.Error(f"rewriting the data file after a failed fsync: {err}") from err
+        finally:
+            txn.abort()
+        self.rewrites += 1
+        log.warning("journal %r: every page written again after a failed fsync (%d bytes)",
+                    self._env.path(), end)
 
 
 class Syncer(Generic[B]):

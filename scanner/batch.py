@@ -59,6 +59,7 @@ async def scan_fds(pool: Pool, items: Sequence[tuple[int, int]],
     if app is None or client is None or isinstance(client, IcapClient) or not client.pipelines \
             or not app.sig_version or not app.breaker.allow(trio.current_time()):
         return None
+    version = app.sig_version  # the label: no newer than the signatures that judge them
     bound = sum(patient(pool, app, size) for _, size in items)
     timeout, started = min(attempt_timeout, bound), trio.current_time()
     flight = Flight(started, None, trio.CancelScope(deadline=started + timeout))
@@ -80,8 +81,8 @@ async def scan_fds(pool: Pool, items: Sequence[tuple[int, int]],
             pool._failed(app, reason)
             return [Verdict.error(reason, app.name)] * len(items)
         pool._succeeded(app)
-        return [Verdict.clean(app.name, app.sig_version) if outcome is Outcome.CLEAN
-                else Verdict.infected(detail, app.name, app.sig_version)
+        return [Verdict.clean(app.name, version) if outcome is Outcome.CLEAN
+                else Verdict.infected(detail, app.name, version)
                 if outcome is Outcome.INFECTED else Verdict.error(detail, app.name)
                 for outcome, detail in replies]
     finally:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -58,10 +60,14 @@ class _Digest:
         self.size += len(data)
 
 
-def _digest_fd(fd: int) -> _Digest:
+def _digest_fd(fd: int, stop: threading.Event | None = None) -> _Digest:
+    """`stop` set: the caller gave up; stop reading (InterruptedError) rather than hold a
+    read token and a core for as long as the file takes (a 1 TiB sparse file: an hour)."""
     d = _Digest()
     offset = 0
     while True:
+        if stop is not None and stop.is_set():
+            raise InterruptedError(errno.EINTR, "scan abandoned by its caller")
         data = os.pread(fd, 1 << 20, offset)
         if not data:
             return d
@@ -240,10 +246,11 @@ class BuiltinAppliance:
     def _match(self, d: _Digest) -> str | None:
         return self._sigs.match(d.size, bytes(d.head), d.md5.hexdigest(), d.sha256.hexdigest())
 
-    def match_fd(self, fd: int) -> str | None:
+    def match_fd(self, fd: int, stop: threading.Event | None = None) -> str | None:
         """The signature the content of `fd` matches, or None. Blocking (reads the whole
-        file): for a worker thread (scanner/embedded.py); OSError if it cannot be read."""
-        return self._match(_digest_fd(fd))
+        file): for a worker thread (scanner/embedded.py); OSError if it cannot be read,
+        InterruptedError once `stop` is set."""
+        return self._match(_digest_fd(fd, stop))
 
     def match_data(self, data: bytes) -> str | None:
         """The signature the whole content `data` matches, or None."""

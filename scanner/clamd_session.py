@@ -19,6 +19,10 @@ Invariants (what keeps a reused connection from answering for another file):
   is safe because no verdict came; every other failure is the caller's.
 - Idle connections older than `MAX_IDLE_AGE` are closed rather than reused,
   well within clamd's default `IdleTimeout` (30 s).
+- An idle connection with anything to read (a reply nobody asked for yet, a
+  replayed one, the appliance's close) is closed rather than reused: a reply
+  already waiting when a request goes out cannot be its answer, yet it would
+  carry the number that request gets (tests/t1_attack17_session_test.py).
 
 Pipelined (`fildes_many`, the drain's batches): many FILDES requests go out on
 one connection before any reply is read, as `clamdscan --multiscan --fdpass`
@@ -32,6 +36,7 @@ a few trio checkpoints per file.
 from __future__ import annotations
 
 import array
+import select
 import socket
 import time
 from collections.abc import Sequence
@@ -114,6 +119,13 @@ class _Plain:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _unasked(fileno: int) -> bool:
+    """Whether an idle connection has something to read (data or its end): not reusable."""
+    poll = select.poll()
+    poll.register(fileno, select.POLLIN | select.POLLPRI)
+    return bool(poll.poll(0))
 
 
 def _lost(got: int, why: str) -> ApplianceError:
@@ -203,7 +215,8 @@ class Sessions:
         now = time.monotonic()
         while self._idle:
             session = self._idle.pop()  # the newest: the least likely to have timed out
-            if now - session.idle_since <= self._max_idle_age:
+            if now - session.idle_since <= self._max_idle_age \
+                    and not _unasked(session.stream.socket.fileno()):
                 return session
             session.close()
         return None
@@ -265,7 +278,7 @@ class Sessions:
         now = time.monotonic()
         while self._plain:
             conn = self._plain.pop()
-            if now - conn.idle_since > self._max_idle_age:
+            if now - conn.idle_since > self._max_idle_age or _unasked(conn.sock.fileno()):
                 conn.close()
                 continue
             try:

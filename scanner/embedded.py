@@ -73,10 +73,10 @@ def _cached(fd: int, limit: int = INLINE_MAX) -> bytes | None:
     return None
 
 
-def _judge(engine: BuiltinAppliance, fd: int) -> str | OSError | None:
+def _judge(engine: BuiltinAppliance, fd: int, stop: threading.Event) -> str | OSError | None:
     """The engine's result for `fd`, or the read error."""
     try:
-        return engine.match_fd(fd)
+        return engine.match_fd(fd, stop)
     except OSError as err:
         return err
 
@@ -89,6 +89,10 @@ class _Dups:
         self.fds: list[int] = []
         self._lock = threading.Lock()
         self._owned = False  # taken by a thread, or closed
+        #: set once the caller stopped waiting (cancelled, or done): an abandoned thread
+        #: stops reading at its next chunk and gives its FILE_READS token back, so huge
+        #: files cannot hold every token after their scans timed out
+        self.stop = threading.Event()
         try:
             for fd in fds:
                 self.fds.append(os.dup(fd))
@@ -111,7 +115,7 @@ class _Dups:
         if not self.take():
             return []  # the caller gave up before the thread started, and closed them
         try:
-            return [_judge(engine, fd) for fd in self.fds]
+            return [_judge(engine, fd, self.stop) for fd in self.fds]
         finally:
             for fd in self.fds:
                 os.close(fd)
@@ -179,6 +183,7 @@ class EmbeddedClient:
             log.warning("embedded engine failed: %r", err)
             raise ApplianceError(f"embedded engine failed: {err!r}") from None
         finally:
+            dups.stop.set()  # an abandoned thread stops reading (t5_attack17_embedded_test)
             dups.close()  # unless the thread took them (cancelled before it started)
         if len(results) != len(fds):
             raise ApplianceError("embedded engine: results missing")

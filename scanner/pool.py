@@ -194,8 +194,7 @@ class Pool:
                 self._notify()
             return
         if version != app.sig_version and app.sig_version:
-            log.info("appliance %s signature version %s -> %s", app.name, app.sig_version,
-                     version)
+            log.info("appliance %s signature version %s -> %s", app.name, app.sig_version, version)
         app.sig_version = version
         was = self._usable(app)
         app.healthy = True
@@ -316,6 +315,7 @@ class Pool:
                     if not app.sig_version:
                         probed = True
                         app.sig_version = await app.client.probe()
+                    version = app.sig_version  # a probe may learn an update before the reply
                     outcome, detail = await app.live.watched(
                         flight, app.client.scan_fd(fd, size=size, limit=limit), extend_to,
                         lambda: app.live.deadline(app.model, self.adaptive),
@@ -359,11 +359,11 @@ class Pool:
             app.latencies.append(now - started)
             self._succeeded(app)
             if isinstance(app.client, IcapClient) and app.client.istag:
-                app.sig_version = app.client.istag
+                app.sig_version = version = app.client.istag
             if outcome is Outcome.CLEAN:
-                return Verdict.clean(app.name, app.sig_version)
+                return Verdict.clean(app.name, version)
             if outcome is Outcome.INFECTED:
-                return Verdict.infected(detail, app.name, app.sig_version)
+                return Verdict.infected(detail, app.name, version)
             return Verdict.error(detail, app.name)
         finally:
             app.flights.discard(flight)

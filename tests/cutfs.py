@@ -19,7 +19,10 @@ instance is what the kernel asks.
 
 No hard links, no extended attributes, no special files: what a state
 directory needs, nothing more. While `fsync_fault(BACKING)` exists, fsync
-fails with EIO (the content stays current, not durable); while
+fails with EIO (the content stays current, not durable). While `fsync_drops(BACKING)`
+exists, fsync fails with EIO as Linux's does after a failed writeback: the 4 KiB
+pages written since the last fsync are marked clean, not written, and a later fsync
+does not write them either unless they are written again (fsyncgate). While
 `fsync_hold(BACKING)` exists, fsync waits.
 """
 
@@ -38,6 +41,7 @@ import pyfuse3
 import trio
 
 log = logging.getLogger("cutfs")
+PAGE = 4096
 
 
 @dataclass
@@ -53,6 +57,9 @@ class Node:
     children: dict[bytes, int] = field(default_factory=dict)
     times: int = field(default_factory=time.time_ns)
     linked: bool = True
+    #: pages written since the last fsync; pages a dropping fsync lost -> durable bytes
+    dirty: set[int] = field(default_factory=set)
+    lost: dict[int, bytes] = field(default_factory=dict)
 
 
 def _err(code: int) -> pyfuse3.FUSEError:
@@ -288,6 +295,10 @@ class CutFS(pyfuse3.Operations):
         if off > len(data):
             data.extend(bytes(off - len(data)))
         data[off:off + len(buf)] = buf
+        node = self.nodes[fh]
+        for page in range(off // PAGE, (off + max(len(buf), 1) - 1) // PAGE + 1):
+            node.dirty.add(page)
+            node.lost.pop(page, None)  # written again: dirty again
         self.nodes[fh].times = time.time_ns()
         return len(buf)
 
@@ -305,16 +316,41 @@ class CutFS(pyfuse3.Operations):
         node = self._get(fh)
         if not node.linked:
             return
+        if os.path.exists(fsync_drops(self.backing)):
+            self._drop(node)
+            raise _err(errno.EIO)
+        node.dirty.clear()
         # The durable version becomes the current one (written whole: simple, and a
         # state directory's files are small).
         tmp = self._path(node) + b".cutfs-tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(node.mode))
         try:
-            os.write(fd, node.data)
+            content = bytearray(node.data)
+            for page, old in node.lost.items():  # never written: still the old bytes
+                keep = old[:max(0, min(PAGE, len(content) - page * PAGE))]
+                content[page * PAGE:page * PAGE + len(keep)] = keep
+            os.write(fd, content)
         finally:
             os.close(fd)
         os.replace(tmp, self._path(node))
         self.fsyncs += 1
+
+
+    def _drop(self, node: Node) -> None:
+        """A failed writeback: the dirty pages are marked clean; durable, their old bytes."""
+        try:
+            durable = Path(os.fsdecode(self._path(node))).read_bytes()
+        except FileNotFoundError:
+            durable = b""
+        for page in node.dirty:
+            old = durable[page * PAGE:(page + 1) * PAGE]
+            node.lost.setdefault(page, old + bytes(PAGE - len(old)))
+        node.dirty.clear()
+
+
+def fsync_drops(backing: Path) -> Path:
+    """While this file (beside BACKING) exists, fsync fails and drops (module doc)."""
+    return backing.with_name(backing.name + ".fsync-drops")
 
 
 def fsync_fault(backing: Path) -> Path:

@@ -15,7 +15,8 @@ function of the bytes and of its signatures; the fleet cache (`vfile appliance
 cache`) rests on the same. Only whole-file verdicts are remembered (never an
 oversize file's verdict on a prefix), only clean or infected ones from a scan
 whose verdict was kept (not racy), and only under the signature version they
-were given at: a signature update makes every remembered verdict miss. The
+were given at (a clean one from an appliance of another version is not kept):
+a signature update makes every remembered verdict miss. The
 file's identity is checked again after the read: content written meanwhile
 gets a real scan.
 
@@ -77,6 +78,10 @@ class ContentVerdicts:
     def remember(self, looked: Looked, sig: str, verdict: Verdict) -> None:
         """A real scan of the bytes `looked` hashed gave a kept, whole-file `verdict`."""
         if looked.digest is None or not (verdict.is_clean or verdict.is_infected):
+            return
+        if verdict.is_clean and verdict.sig_version and verdict.sig_version != sig:
+            # Another version's clean (a failover to older signatures) is no verdict of
+            # `sig`'s; infected stands under any (tests/t1_attack17_contenthash_test.py).
             return
         self._by_hash[(looked.digest, sig)] = verdict
         self._by_hash.move_to_end((looked.digest, sig))
