@@ -99,6 +99,8 @@ class Resolver:
                 for i, *_ in ready:
                     nursery.start_soon(self._one_of_batch, entries, i, out)
             else:
+                clean: list[tuple[str, VerdictRecord, Profile, int]] = []
+                sig = self._scanning.signature()
                 for (i, _, identity, profile), (result, verdict, keep) in zip(
                         ready, scanned, strict=True):
                     if result not in (ScanResult.CLEAN, ScanResult.INFECTED):
@@ -107,13 +109,19 @@ class Resolver:
                         out[i] = Resolution(DrainOutcome.ERROR, detail=RACY)
                     else:
                         self.stats.scans += 1
-                        sig = self._scanning.signature()
                         record = self._scanning.record(identity, verdict, sig, profile)
                         self._remember(record)
-                        nursery.start_soon(self._settle_scanned, entries[i], record, profile)
-                        out[i] = Resolution(DrainOutcome.INFECTED
-                                            if record.outcome == VerdictOutcome.INFECTED
-                                            else DrainOutcome.CLEAN, nbytes=identity.size)
+                        if record.outcome == VerdictOutcome.INFECTED:
+                            nursery.start_soon(self._settle_scanned, entries[i], record,
+                                               profile)
+                            out[i] = Resolution(DrainOutcome.INFECTED, nbytes=identity.size)
+                        else:
+                            clean.append((entries[i].path, record, profile, entries[i].seq))
+                            out[i] = Resolution(DrainOutcome.CLEAN, nbytes=identity.size)
+                if clean:  # settled together: one journal operation for all of them
+                    await self._settler.resolve_clean(clean)
+                    for path, *_ in clean:
+                        self._settled(path)
         return [r if r is not None else Resolution(DrainOutcome.ERROR, detail="not resolved")
                 for r in out]
 
