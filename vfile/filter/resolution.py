@@ -78,12 +78,13 @@ class Resolver:
         ready: list[tuple[int, int, Identity, Profile]] = []  # index, fd, identity, profile
         async with trio.open_nursery() as nursery:
             try:
-                for i, entry in enumerate(entries):
-                    prepared = self._prepare(entry)
-                    if prepared is None:
-                        nursery.start_soon(self._one_of_batch, entries, i, out)
-                    else:
-                        ready.append((i, *prepared))
+                with self._source.opening() as open_source:  # no checkpoint inside
+                    for i, entry in enumerate(entries):
+                        prepared = self._prepare(entry, open_source)
+                        if prepared is None:
+                            nursery.start_soon(self._one_of_batch, entries, i, out)
+                        else:
+                            ready.append((i, *prepared))
                 scanned = None
                 if ready:
                     deadline = min(profile.drain_deadline for *_, profile in ready)
@@ -125,13 +126,15 @@ class Resolver:
         return [r if r is not None else Resolution(DrainOutcome.ERROR, detail="not resolved")
                 for r in out]
 
-    def _prepare(self, entry: DeferredEntry) -> tuple[int, Identity, Profile] | None:
-        """Our descriptor, identity and profile of an entry's file if it needs a whole-file
-        scan and has no verdict yet; None for any other case (left to `resolve`)."""
+    def _prepare(self, entry: DeferredEntry, open_source: Callable[[str], int]
+                 ) -> tuple[int, Identity, Profile] | None:
+        """Our descriptor (by `open_source`), identity and profile of an entry's file if
+        it needs a whole-file scan and has no verdict yet; None for any other case (left
+        to `resolve`)."""
         if self._window() or entry.path in self._intents:
             return None
         try:
-            fd = self._source.open(entry.path)
+            fd = open_source(entry.path)
         except OSError:
             return None
         keep = False
