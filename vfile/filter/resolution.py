@@ -13,7 +13,9 @@ connection: bench/drain.py measured the per-file trio tasks, scopes and
 checkpoints of `resolve` as most of the server's CPU per drained file); every
 other entry, and every entry if the pool cannot pipeline, goes through
 `resolve`. A batch's scans end (and the drain's scan slot is freed) before any
-of its completions; a file is settled only on its own verdict.
+of its completions; a file is settled only on its own verdict. The batch's clean
+verdicts are stored and their entries removed in one journal operation
+(`Settler.resolve_clean`); an infected file is settled on its own, as before.
 """
 
 from __future__ import annotations
