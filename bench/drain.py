@@ -155,6 +155,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loadavg() -> float:
+    """The 1-minute load average (other people's runs on a shared machine)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def main_thread_cpu(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds so far of a process's main thread (the server's trio
     thread; the rest of its CPU is the journal writer's and other worker threads')."""
@@ -191,6 +196,7 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
         time.sleep(1)  # py-spy attaches
     cpu = [cpu_seconds(pid) for pid in pids]
     trio_cpu = main_thread_cpu(pids[0])
+    load_before = loadavg()
     t = time.perf_counter()
     ctl(mnt, "resume")
     ctl(mnt, "drain", {"action": "resume"})
@@ -199,6 +205,7 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
     wait_for(lambda: sum(ctl(mnt, "drain")["done"].values()) - before >= n, "drained",
              3600, poll=0.1)
     took = time.perf_counter() - t
+    load_after = loadavg()
     server_cpu, clamd_cpu = (cpu_seconds(pid) - c for pid, c in zip(pids, cpu, strict=True))
     trio_user, trio_sys = (b - a for a, b in zip(trio_cpu, main_thread_cpu(pids[0]),
                                                   strict=True))
@@ -212,6 +219,8 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
                            f"{stats['drain']['done']['error']} errors")
     return {"seconds": round(took, 3), "files_per_s": round(n / took, 1),
             "defer_seconds": round(deferring, 3),
+            # the machine's 1-minute load average as the drain began and ended
+            "loadavg": [load_before, load_after],
             "server_cpu_ms_per_file": round(server_cpu * 1000 / n, 3),
             # journal write transactions during the drain, and the operations they carried
             "journal_transactions": txns_after["batches"] - txns["batches"],
@@ -345,6 +354,8 @@ def main() -> None:
               f"{min(clamd_ms, clamd_ms_again):.3f} (clamdscan)")
         print("server's trio thread, [user, system] ms per file (drain, unlimited):",
               unlimited["trio_thread_cpu_ms_per_file"])
+        print(f"load average during the drains: default rate {limited['loadavg']}, "
+              f"unlimited {unlimited['loadavg']}")
         print(f"journal: {unlimited['journal_ops']} operations in "
               f"{unlimited['journal_transactions']} transactions (drain, unlimited)")
         print(f"ratio_vs_clamdscan {result['ratio_vs_clamdscan']}  (default rate: "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from vfile.journal import keys
 from vfile.journal.exposed import archive
@@ -167,6 +167,14 @@ def op_complete(txn: Txn, t: Tables, path: str, seq: int,  # noqa: PLR0917
     if verdict is not None:
         op_put_verdict(txn, t, verdict)
     return removed
+
+
+def op_complete_many(txn: Txn, t: Tables,
+                     items: Sequence[tuple[str, int, VerdictRecord | None]],
+                     now: float = 0.0) -> list[bool]:
+    """`op_complete` of each (path, seq, verdict), in one transaction: a drain batch's
+    completions are one operation of the group commit, not one each."""
+    return [op_complete(txn, t, path, seq, verdict, now) for path, seq, verdict in items]
 
 
 def op_forget(txn: Txn, t: Tables, path: str, outcome: str = "unlinked",

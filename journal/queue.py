@@ -20,7 +20,13 @@ from __future__ import annotations
 import dataclasses
 
 from vfile.journal import keys
-from vfile.journal.records import DeferredEntry, JournalCorrupt, decode_deferred
+from vfile.journal.records import (
+    DeferredEntry,
+    JournalCorrupt,
+    decode_deferred,
+    leased,
+    surely_unclaimable,
+)
 from vfile.journal.tables import Tables, Txn, delete_entry, find, iter_entries, put_entry
 
 BACKOFF_BASE = 5.0
@@ -44,16 +50,17 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float) -> list[Defe
         raw = txn.get(pkey, db=t.deferred)
         if raw is None:  # cannot happen while the index invariant holds
             continue
+        if surely_unclaimable(raw, now):
+            continue  # in flight (leased) or backing off: passed without a decode
         try:
             entry = decode_deferred(raw)
         except JournalCorrupt:
             continue  # logged by the readers; never hand out garbage
-        key = pkey
         if entry.poisoned or entry.lease_until > now or entry.not_before > now:
             continue
-        leased = dataclasses.replace(entry, lease_until=now + lease)
-        put_entry(txn, t, key, entry, leased)
-        claimed.append(leased)
+        lent = leased(entry, now + lease)
+        put_entry(txn, t, pkey, entry, lent)
+        claimed.append(lent)
         if len(claimed) >= n:
             break
     return claimed

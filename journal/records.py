@@ -257,7 +257,12 @@ def _identity(v: object) -> Identity | None:
         return None
     if not isinstance(v, list) or len(v) != 5:
         raise JournalCorrupt("identity has the wrong shape")
-    return Identity(*(_int(x) for x in v))
+    # Inline type tests (the drain decodes an identity per claimed entry and verdict).
+    dev, ino, size, mtime, ctime = v
+    if type(dev) is int and type(ino) is int and type(size) is int \
+            and type(mtime) is int and type(ctime) is int:
+        return Identity(dev, ino, size, mtime, ctime)
+    raise JournalCorrupt("identity has the wrong shape: expected integers")
 
 
 def _exposure(v: object) -> Exposure:
@@ -265,10 +270,11 @@ def _exposure(v: object) -> Exposure:
         raise JournalCorrupt("exposure has the wrong shape")
     if len(v) == 4:  # written before exposures were aggregated
         return Exposure(_int(v[0]), _int(v[1]), _str(v[2]), _float(v[3]))
-    if type(v[6]) is not bool:
-        raise JournalCorrupt("exposure has the wrong shape")
-    return Exposure(_int(v[0]), _int(v[1]), _str(v[2]), _float(v[3]), _float(v[4]),
-                    _int(v[5]), v[6])
+    uid, pid, command, when, first, count, wrote = v
+    if type(uid) is int and type(pid) is int and type(command) is str \
+            and type(count) is int and type(wrote) is bool:
+        return Exposure(uid, pid, command, _float(when), _float(first), count, wrote)
+    raise JournalCorrupt("exposure has the wrong shape")
 
 
 def _exposure_obj(x: Exposure) -> list[Any]:
@@ -302,20 +308,47 @@ def encode_new_deferred(path: str, seq: int, identity: Identity | None, *, reaso
         0.0, 0.0, False, seq]).encode("ascii")
 
 
+_REASONS = {r.value: r for r in Reason}
+
+
 def decode_deferred(data: bytes) -> DeferredEntry:
     v = _unpack(data, "deferred", 14)
-    try:
-        reason = Reason(v[3])
-    except ValueError:
-        raise JournalCorrupt(f"deferred record has unknown reason {v[3]!r}") from None
-    if not isinstance(v[9], list) or type(v[12]) is not bool:
+    path, seq, ident, reason, profile, first, last, attempts, error, exposures, \
+        not_before, lease_until, poisoned, order = v
+    # The same checks as `_str`, `_int` and `_float`, inline: the drain decodes every
+    # entry it claims and completes (bench/drain.py --scale, py-spy).
+    if not (type(path) is str and type(seq) is int and type(profile) is str
+            and type(attempts) is int and type(error) is str and type(order) is int):
+        raise JournalCorrupt("deferred record has the wrong shape: a field's type")
+    known = _REASONS.get(reason) if type(reason) is str else None
+    if known is None:
+        raise JournalCorrupt(f"deferred record has unknown reason {reason!r}")
+    if not isinstance(exposures, list) or type(poisoned) is not bool:
         raise JournalCorrupt("deferred record has the wrong shape")
     return DeferredEntry(
-        path=_str(v[0]), seq=_int(v[1]), identity=_identity(v[2]), reason=reason,
-        profile=_str(v[4]), first_deferred=_float(v[5]), last_deferred=_float(v[6]),
-        attempts=_int(v[7]), last_error=_str(v[8]),
-        exposures=tuple(_exposure(x) for x in v[9]), not_before=_float(v[10]),
-        lease_until=_float(v[11]), poisoned=v[12], order=_int(v[13]))
+        path, seq, _identity(ident), known, profile, _float(first), _float(last), attempts,
+        error, tuple([_exposure(x) for x in exposures]), _float(not_before),
+        _float(lease_until), poisoned, order)
+
+
+def surely_unclaimable(data: bytes, now: float) -> bool:
+    """Whether an encoded DeferredEntry is poisoned, leased or backing off at `now`, read
+    off its last four fields (`not_before, lease_until, poisoned, order`: numbers and a
+    bool, so no comma inside) without decoding the rest. False when unsure (damaged):
+    the caller decodes it. A claim passes the entries in flight (leased) at the front
+    of the queue on every call: decoding each was most of a claim's cost."""
+    try:
+        _, not_before, lease_until, poisoned, _ = data.rsplit(b",", 4)
+        return poisoned == b"true" or float(lease_until) > now or float(not_before) > now
+    except ValueError:
+        return False
+
+
+def leased(e: DeferredEntry, until: float) -> DeferredEntry:
+    """`e` leased until `until` (`dataclasses.replace` costs as much as a decode)."""
+    return DeferredEntry(e.path, e.seq, e.identity, e.reason, e.profile, e.first_deferred,
+                         e.last_deferred, e.attempts, e.last_error, e.exposures,
+                         e.not_before, until, e.poisoned, e.order)
 
 
 def decode_deferred_path(data: bytes) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import lmdb
@@ -114,6 +114,14 @@ class Journal(JournalBase):
         return await self._write(lambda txn: ops.op_complete(txn, t, path, seq, verdict,
                                                                 now), durable=False,
                                  linger=linger)
+
+    async def complete_many(self, items: Sequence[tuple[str, int, VerdictRecord | None]]
+                            ) -> list[bool]:
+        """`complete` of each (path, seq, verdict) in one operation of one transaction
+        (the drain's batches; tier 2 like `complete`)."""
+        t, now, todo = self._t, self._clock(), list(items)
+        return await self._write(lambda txn: ops.op_complete_many(txn, t, todo, now),
+                                 durable=False)
 
     async def put_verdict(self, verdict: VerdictRecord) -> None:
         t = self._t

@@ -9,7 +9,8 @@ One batch is one flight on the first usable appliance (clamd on a unix socket:
 hung verdict cuts it short; any failure is an error verdict for every file in it (the
 drain retries them). Its bound is as patient as scanning the files one after the other
 with `Pool.scan_fd(count_timeouts=False)`: an appliance may take them in turn.
-Split out of scanner/pool.py (module size); it uses the pool's bookkeeping as its own.
+Split out of scanner/pool.py (module size); it goes through the pool's public
+bookkeeping: `first_usable`, `record_success`, `record_failure`, `timeout_for`.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ PATIENT_BYTES_PER_S = 4 << 20
 
 def patient(pool: Pool, app: Appliance, nbytes: int) -> float:
     """A background scan's bound on `app` (see PATIENCE): never under its own slow reading."""
-    return max(PATIENCE * pool._timeout(app, nbytes, pool.attempt_timeout),
+    return max(PATIENCE * pool.timeout_for(app, nbytes),
                PATIENCE * pool.attempt_timeout, nbytes / PATIENT_BYTES_PER_S)
 
 
 def pipelines(pool: Pool) -> bool:
     """Whether `scan_fds` would pipeline now (the first usable appliance can)."""
-    app = next((a for a in pool._apps if pool._usable(a)), None)
+    app = pool.first_usable()
     return app is not None and not isinstance(app.client, IcapClient) and app.client.pipelines
 
 
@@ -54,7 +55,7 @@ async def scan_fds(pool: Pool, items: Sequence[tuple[int, int]],
     them one after the other (an appliance may take them in turn), within
     `attempt_timeout`; cut like any scan there when the appliance becomes unusable.
     Any failure is an error verdict for all of them (a timeout not counted)."""
-    app = next((a for a in pool._apps if pool._usable(a)), None)
+    app = pool.first_usable()
     client = None if app is None else app.client
     if app is None or client is None or isinstance(client, IcapClient) or not client.pipelines \
             or not app.sig_version or not app.breaker.allow(trio.current_time()):
@@ -78,9 +79,9 @@ async def scan_fds(pool: Pool, items: Sequence[tuple[int, int]],
             return [Verdict.error(reason, app.name)] * len(items)
         settled = True
         if reason:
-            pool._failed(app, reason)
+            pool.record_failure(app, reason)
             return [Verdict.error(reason, app.name)] * len(items)
-        pool._succeeded(app)
+        pool.record_success(app)
         return [Verdict.clean(app.name, version) if outcome is Outcome.CLEAN
                 else Verdict.infected(detail, app.name, version)
                 if outcome is Outcome.INFECTED else Verdict.error(detail, app.name)

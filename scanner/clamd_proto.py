@@ -55,9 +55,12 @@ def split_reply(buf: bytes | bytearray) -> tuple[bytes, bytes] | None:
 
     Raises ProtocolError when no terminator is found within MAX_REPLY bytes.
     """
-    for i, b in enumerate(buf[: MAX_REPLY + 1]):
-        if b in (0, 10):
-            return bytes(buf[:i]), bytes(buf[i + 1:])
+    # `find`, not a loop over the bytes: the drain splits a reply per file scanned.
+    ends = [i for i in (buf.find(b"\0", 0, MAX_REPLY + 1), buf.find(b"\n", 0, MAX_REPLY + 1))
+            if i >= 0]
+    if ends:
+        i = min(ends)
+        return bytes(buf[:i]), bytes(buf[i + 1:])
     if len(buf) > MAX_REPLY:
         raise ProtocolError(f"reply longer than {MAX_REPLY} bytes")
     return None

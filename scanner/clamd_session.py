@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import trio
 
 from vfile.scanner import clamd_proto as proto
+from vfile.scanner import fdsend
 from vfile.scanner.net import connect
 from vfile.scanner.urls import Address
 from vfile.scanner.verdict import ApplianceError, Outcome
@@ -145,6 +146,28 @@ async def _send_plain(sock: socket.socket, fd: int) -> None:
     while rest:  # a unix socket takes 9 bytes whole; be safe anyway
         await trio.lowlevel.wait_writable(sock)
         rest = rest[sock.send(rest):]
+
+
+async def send_fildes_many(sock: socket.socket, fds: Sequence[int]) -> None:
+    """FILDES of each of `fds`, in order: in `sendmmsg` calls (scanner/fdsend.py, one
+    syscall for the batch), or one `sendmsg` each where that cannot be called."""
+    i = 0
+    while fdsend.available() and i < len(fds):
+        try:
+            sent, partial = fdsend.send_many(sock, fds[i:])
+        except BlockingIOError:
+            sent, partial = 0, 0
+        i += sent
+        if partial:  # the next one went in part, its descriptor with its first bytes
+            i += 1
+            rest = fdsend.PAYLOAD[partial:]
+            while rest:
+                await trio.lowlevel.wait_writable(sock)
+                rest = rest[sock.send(rest):]
+        elif i < len(fds) and not sent:
+            await trio.lowlevel.wait_writable(sock)  # the socket is full
+    for fd in fds[i:]:
+        await _send_plain(sock, fd)
 
 
 async def read_replies(sock: socket.socket, first: int, n: int) -> list[bytes]:
@@ -291,11 +314,10 @@ class Sessions:
     async def _pipelined(self, conn: _Plain, fds: Sequence[int]) -> list[bytes]:
         keep = False
         try:
-            for fd in fds:
-                try:
-                    await _send_plain(conn.sock, fd)
-                except OSError as err:
-                    raise NoReply(f"FILDES send failed: {err}") from None
+            try:
+                await send_fildes_many(conn.sock, fds)
+            except OSError as err:
+                raise NoReply(f"FILDES send failed: {err}") from None
             replies = await read_replies(conn.sock, conn.next_id, len(fds))
             conn.next_id += len(fds)
             keep = all(_is_verdict(r) for r in replies)

@@ -46,13 +46,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import stat
 from collections.abc import Sequence
 
 import trio
 
-from vfile.scanner import batch
+from vfile.scanner import batch, scanpath
 from vfile.scanner.appliance import Appliance, EmbeddedClient, client_for
 from vfile.scanner.breaker import Breaker, State
 from vfile.scanner.icap import IcapClient
@@ -100,9 +98,9 @@ class Pool:
         self._quiet = False
         self._serving = False  # `serve` runs: half-open trials by probe (`_retrials`)
 
-    # --- state, no I/O ---------------------------------------------------
+    # --- state, no I/O (public: scanner/batch.py runs its flights with these) ---
 
-    def _usable(self, app: Appliance) -> bool:
+    def usable(self, app: Appliance) -> bool:
         now = trio.current_time()
         return app.healthy and app.breaker.would_allow(now) and not self._awaits_probe(app, now)
 
@@ -111,11 +109,15 @@ class Pool:
         return (self._serving and self.adaptive.enabled and not app.probed
                 and app.breaker.state(now) is State.HALF_OPEN)
 
+    def first_usable(self) -> Appliance | None:
+        """The appliance a scan would try first now (priority order), if any."""
+        return next((a for a in self._apps if self.usable(a)), None)
+
     def available(self) -> bool:
-        return any(self._usable(a) for a in self._apps)
+        return self.first_usable() is not None
 
     def signature_version(self) -> str:
-        return next((a.sig_version for a in self._apps if self._usable(a)), "")
+        return next((a.sig_version for a in self._apps if self.usable(a)), "")
 
     def statistics(self) -> list[dict[str, object]]:
         now = trio.current_time()
@@ -131,14 +133,12 @@ class Pool:
             with trio.move_on_after(self.probe_interval):
                 await self._changed.wait()
 
-    # --- health probes -----------------------------------------------------
-
-    def _failed(self, app: Appliance, reason: str, count: int = 1, *,
-                trip: float | None = None) -> None:
+    def record_failure(self, app: Appliance, reason: str, count: int = 1, *,
+                       trip: float | None = None) -> None:
         """`count` failures; `trip`: open the breaker now whatever the count, half-open
         after `trip` seconds, doubled per trip since a success (a liveness probe's
         evidence, see `_hung`)."""
-        was = self._usable(app)
+        was = self.usable(app)
         closed = app.breaker.state(trio.current_time()) is State.CLOSED
         app.errors += count
         app.last_error = reason
@@ -150,7 +150,7 @@ class Pool:
         log.debug("appliance %s failed (x%d): %s", app.name, count, reason)
         if closed and app.breaker.state(trio.current_time()) is not State.CLOSED:
             app.breaker_opened()
-        if was and not self._usable(app):
+        if was and not self.usable(app):
             log.warning("appliance %s unavailable: %s", app.name, reason)
             # Nothing still waiting there can succeed in time (a probe or a timeout
             # said so): background scans included, which have no model to go by.
@@ -160,12 +160,14 @@ class Pool:
                     f.cut(counted=False)
             self._notify()
 
-    def _succeeded(self, app: Appliance) -> None:
-        was = self._usable(app)
+    def record_success(self, app: Appliance) -> None:
+        was = self.usable(app)
         app.breaker.record_success()
-        if not was and self._usable(app):
+        if not was and self.usable(app):
             log.warning("appliance %s available again", app.name)
             self._notify()
+
+    # --- health probes -----------------------------------------------------
 
     async def _probe(self, app: Appliance) -> None:
         now = trio.current_time()
@@ -184,11 +186,11 @@ class Pool:
             if cs.cancelled_caught:
                 reason = f"no probe reply within {self.attempt_timeout:g}s"
         if reason:
-            was = self._usable(app)
+            was = self.usable(app)
             app.healthy = False
-            self._failed(app, f"probe: {reason}")
+            self.record_failure(app, f"probe: {reason}")
             if was:
-                # Logged here: `_failed` sees the appliance already unhealthy, so the
+                # Logged here: `record_failure` sees the appliance already unhealthy, so the
                 # one "unavailable" line an operator needs was never written.
                 log.warning("appliance %s unavailable: probe: %s", app.name, reason)
                 self._notify()
@@ -196,10 +198,10 @@ class Pool:
         if version != app.sig_version and app.sig_version:
             log.info("appliance %s signature version %s -> %s", app.name, app.sig_version, version)
         app.sig_version = version
-        was = self._usable(app)
+        was = self.usable(app)
         app.healthy = True
-        app.breaker.record_success()  # not `_succeeded`: it would judge `was` too late
-        if not was and self._usable(app):
+        app.breaker.record_success()  # not `record_success`: it would judge `was` too late
+        if not was and self.usable(app):
             log.warning("appliance %s available again", app.name)
             self._notify()
 
@@ -256,14 +258,16 @@ class Pool:
                 app.breaker.release()
         app.probed = bool(alive)
         if alive is False:
-            self._failed(app, f"half-open: no reply to a liveness probe within {deadline:.3g}s",
-                         trip=RETRIAL * deadline)
+            self.record_failure(app, "half-open: no reply to a liveness probe within "
+                                f"{deadline:.3g}s", trip=RETRIAL * deadline)
         self._notify()  # `_retrials` looks again: the next trial, or scans may go
 
     # --- scanning ----------------------------------------------------------
 
-    def _timeout(self, app: Appliance, nbytes: int, configured: float) -> float:
-        return attempt_timeout(app.model, nbytes, self.adaptive, configured)
+    def timeout_for(self, app: Appliance, nbytes: int, configured: float | None = None) -> float:
+        """An attempt's timeout on `app` for `nbytes` (adaptive; `configured`: cold start)."""
+        return attempt_timeout(app.model, nbytes, self.adaptive,
+                               self.attempt_timeout if configured is None else configured)
 
     def _evict(self, app: Appliance, origin: Flight, now: float) -> None:
         """Collective detection: `origin` timed out on `app`. Every other attempt there
@@ -274,7 +278,8 @@ class Pool:
         for f in late:
             f.cut(counted=True)
         if late:
-            self._failed(app, f"{len(late)} more scans late after a timeout", count=len(late))
+            self.record_failure(app, f"{len(late)} more scans late after a timeout",
+                                count=len(late))
         if not app.breaker.would_allow(now):
             for f in others:
                 if not f.evicted:
@@ -347,7 +352,7 @@ class Pool:
             app.scans += 1
             settled = True
             if reason:
-                self._failed(app, reason)
+                self.record_failure(app, reason)
                 if timed_out and adaptive:
                     self._evict(app, flight, now)
                 return None
@@ -357,7 +362,7 @@ class Pool:
                 app.model.observe(nbytes, now - started, now, pause=not flight.extended)
             app.live.answered(started)
             app.latencies.append(now - started)
-            self._succeeded(app)
+            self.record_success(app)
             if isinstance(app.client, IcapClient) and app.client.istag:
                 app.sig_version = version = app.client.istag
             if outcome is Outcome.CLEAN:
@@ -380,13 +385,13 @@ class Pool:
         late = [f for f in waiting if f.overdue(now)]
         for f in late:
             f.cut(counted=True)
-        self._failed(app, f"{len(late)} scans overdue and no reply to a liveness probe "
+        self.record_failure(app, f"{len(late)} scans overdue and no reply to a liveness probe "
                      f"within {deadline:.3g}s", count=max(1, len(late)),
                      trip=RETRIAL * deadline)
         app.evicted += sum(f.evicted for f in waiting)  # the others: cut by the opening
 
     def _hedge_target(self, primary: Appliance) -> Appliance | None:
-        return next((a for a in self._apps if a is not primary and self._usable(a)), None)
+        return next((a for a in self._apps if a is not primary and self.usable(a)), None)
 
     async def _attempt_hedged(self, app: Appliance, fd: int, size: int, limit: int | None,
                               configured: float, *, retry: int,
@@ -404,7 +409,7 @@ class Pool:
             return await self._attempt(app, fd, size, limit,
                                        min(configured, batch.patient(self, app, nbytes)),
                                        count_timeouts=False)
-        timeout = self._timeout(app, nbytes, configured)
+        timeout = self.timeout_for(app, nbytes, configured)
         if retry and self.adaptive.enabled and app.model.quantile(nbytes) is not None:
             timeout = min(self.adaptive.cap, timeout * 2 ** retry)
         hedge_at = app.model.quantile(nbytes) if self.adaptive.enabled else None
@@ -433,7 +438,7 @@ class Pool:
                 other.hedges += 1
                 log.debug("hedging a %d-byte scan from %s to %s after %.3fs", nbytes,
                           app.name, other.name, hedge_at)
-                nursery.start_soon(run, other, self._timeout(other, nbytes, configured), 1,
+                nursery.start_soon(run, other, self.timeout_for(other, nbytes, configured), 1,
                                    nursery)
         if winner:
             if winner[0] is not app:
@@ -485,16 +490,6 @@ class Pool:
     async def scan_path(self, path: str, *, limit: int | None = None,
                         attempt_timeout: float | None = None,
                         retries: int | None = None) -> Verdict:
-        """Open `path` (a regular file) and scan it; errors opening it are error verdicts."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-        except OSError as err:
-            return Verdict.error(f"cannot open: {err.strerror or err}")
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return Verdict.error("not a regular file")
-            return await self.scan_fd(fd, size=st.st_size, limit=limit,
-                                      attempt_timeout=attempt_timeout, retries=retries)
-        finally:
-            os.close(fd)
+        """Open `path` (a regular file) and scan it (scanner/scanpath.py)."""
+        return await scanpath.scan_path(self, path, limit=limit,
+                                        attempt_timeout=attempt_timeout, retries=retries)

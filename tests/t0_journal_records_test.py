@@ -26,6 +26,8 @@ from vfile.journal.records import (
     encode_new_deferred,
     encode_quarantine,
     encode_verdict,
+    leased,
+    surely_unclaimable,
 )
 
 u64 = st.integers(0, 2**64 - 1)
@@ -49,6 +51,26 @@ quarantines = st.builds(QuarantineRecord, texts, texts, texts, texts, floats,
 @given(deferred)
 def test_deferred_round_trips(e: DeferredEntry) -> None:
     assert decode_deferred(encode_deferred(e)) == e
+
+
+@given(deferred, floats)
+def test_the_claims_quick_look_agrees_with_the_decoded_entry(e: DeferredEntry,
+                                                            now: float) -> None:
+    # A claim passes entries on this look alone: it must say exactly what decoding says.
+    busy = e.poisoned or e.lease_until > now or e.not_before > now
+    assert surely_unclaimable(encode_deferred(e), now) == busy
+
+
+@given(deferred, st.integers(0, 400), st.binary(max_size=3), floats)
+def test_the_quick_look_at_a_damaged_entry_never_raises(e: DeferredEntry, cut: int,
+                                                        junk: bytes, now: float) -> None:
+    # (A valid encoding left by the damage is judged exactly: the test above.)
+    assert surely_unclaimable(encode_deferred(e)[:cut] + junk, now) in (True, False)
+
+
+@given(deferred, floats)
+def test_leased_changes_only_the_lease(e: DeferredEntry, until: float) -> None:
+    assert leased(e, until) == dataclasses.replace(e, lease_until=until)
 
 
 @given(st.builds(DeferredEntry, path=texts, seq=st.integers(1, 2**63),

@@ -212,3 +212,27 @@ def test_clamd_limits_exceeded_is_an_error_not_an_infection() -> None:
         outcome, detail = parse_scan_reply(f"stream: {sig} FOUND".encode())
         assert outcome is Outcome.ERROR and "size limit" in detail and sig in detail
     assert parse_scan_reply(b"stream: Eicar-Signature FOUND")[0] is Outcome.INFECTED
+
+
+def _split_by_loop(buf: bytes) -> tuple[bytes, bytes] | None:
+    """split_reply as it was, a byte at a time: the reference for the faster one."""
+    for i, b in enumerate(buf[: cp.MAX_REPLY + 1]):
+        if b in (0, 10):
+            return buf[:i], buf[i + 1:]
+    if len(buf) > cp.MAX_REPLY:
+        raise cp.ProtocolError("too long")
+    return None
+
+
+@given(st.binary(max_size=64) | st.lists(st.sampled_from([b"1: fd[9]: OK", b"\0", b"\n", b"x",
+                                                          b"x" * 1500]),
+                                         max_size=8).map(b"".join))
+def test_split_reply_splits_as_a_byte_loop_would(buf: bytes) -> None:
+    try:
+        want = _split_by_loop(buf)
+    except cp.ProtocolError:
+        with pytest.raises(cp.ProtocolError):
+            cp.split_reply(buf)
+        return
+    assert cp.split_reply(buf) == want
+    assert cp.split_reply(bytearray(buf)) == want

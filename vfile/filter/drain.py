@@ -23,7 +23,8 @@ Invariants:
 - The next batch is claimed while the current one is scanned (one batch
   ahead, leased like the current one), so no scan slot waits for a claim's
   transaction; completions linger a few ms to share a transaction
-  (vfile.journal.commit, below the settling capacity above).
+  (vfile.journal.commit, below the settling capacity above); a batch's clean
+  completions are one journal operation (vfile.filter.resolution).
 - With `resolve_batch` (the mount's), while `batchable()` (the appliance can take
   a batch at once: clamd on a unix socket), the drain hands over `BATCH_FILES` entries
   at a time (fewer at a low rate: never more than the bucket's burst; large files

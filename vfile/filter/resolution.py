@@ -13,7 +13,9 @@ connection: bench/drain.py measured the per-file trio tasks, scopes and
 checkpoints of `resolve` as most of the server's CPU per drained file); every
 other entry, and every entry if the pool cannot pipeline, goes through
 `resolve`. A batch's scans end (and the drain's scan slot is freed) before any
-of its completions; a file is settled only on its own verdict.
+of its completions; a file is settled only on its own verdict. The batch's clean
+verdicts are stored and their entries removed in one journal operation
+(`Settler.resolve_clean`); an infected file is settled on its own, as before.
 """
 
 from __future__ import annotations
@@ -78,12 +80,13 @@ class Resolver:
         ready: list[tuple[int, int, Identity, Profile]] = []  # index, fd, identity, profile
         async with trio.open_nursery() as nursery:
             try:
-                for i, entry in enumerate(entries):
-                    prepared = self._prepare(entry)
-                    if prepared is None:
-                        nursery.start_soon(self._one_of_batch, entries, i, out)
-                    else:
-                        ready.append((i, *prepared))
+                with self._source.opening() as open_source:  # no checkpoint inside
+                    for i, entry in enumerate(entries):
+                        prepared = self._prepare(entry, open_source)
+                        if prepared is None:
+                            nursery.start_soon(self._one_of_batch, entries, i, out)
+                        else:
+                            ready.append((i, *prepared))
                 scanned = None
                 if ready:
                     deadline = min(profile.drain_deadline for *_, profile in ready)
@@ -99,6 +102,8 @@ class Resolver:
                 for i, *_ in ready:
                     nursery.start_soon(self._one_of_batch, entries, i, out)
             else:
+                clean: list[tuple[str, VerdictRecord, Profile, int]] = []
+                sig = self._scanning.signature()
                 for (i, _, identity, profile), (result, verdict, keep) in zip(
                         ready, scanned, strict=True):
                     if result not in (ScanResult.CLEAN, ScanResult.INFECTED):
@@ -107,23 +112,31 @@ class Resolver:
                         out[i] = Resolution(DrainOutcome.ERROR, detail=RACY)
                     else:
                         self.stats.scans += 1
-                        sig = self._scanning.signature()
                         record = self._scanning.record(identity, verdict, sig, profile)
                         self._remember(record)
-                        nursery.start_soon(self._settle_scanned, entries[i], record, profile)
-                        out[i] = Resolution(DrainOutcome.INFECTED
-                                            if record.outcome == VerdictOutcome.INFECTED
-                                            else DrainOutcome.CLEAN, nbytes=identity.size)
+                        if record.outcome == VerdictOutcome.INFECTED:
+                            nursery.start_soon(self._settle_scanned, entries[i], record,
+                                               profile)
+                            out[i] = Resolution(DrainOutcome.INFECTED, nbytes=identity.size)
+                        else:
+                            clean.append((entries[i].path, record, profile, entries[i].seq))
+                            out[i] = Resolution(DrainOutcome.CLEAN, nbytes=identity.size)
+                if clean:  # settled together: one journal operation for all of them
+                    await self._settler.resolve_clean(clean)
+                    for path, *_ in clean:
+                        self._settled(path)
         return [r if r is not None else Resolution(DrainOutcome.ERROR, detail="not resolved")
                 for r in out]
 
-    def _prepare(self, entry: DeferredEntry) -> tuple[int, Identity, Profile] | None:
-        """Our descriptor, identity and profile of an entry's file if it needs a whole-file
-        scan and has no verdict yet; None for any other case (left to `resolve`)."""
+    def _prepare(self, entry: DeferredEntry, open_source: Callable[[str], int]
+                 ) -> tuple[int, Identity, Profile] | None:
+        """Our descriptor (by `open_source`), identity and profile of an entry's file if
+        it needs a whole-file scan and has no verdict yet; None for any other case (left
+        to `resolve`)."""
         if self._window() or entry.path in self._intents:
             return None
         try:
-            fd = self._source.open(entry.path)
+            fd = open_source(entry.path)
         except OSError:
             return None
         keep = False

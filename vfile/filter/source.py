@@ -9,11 +9,16 @@ elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Callable, Iterator
 
 from vfile.filter.actions import open_parent
 from vfile.passthrough.syscalls import open_for_scan
+
+#: how the gate opens a file to scan it: never through a symlink, never blocking
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def reopen(fd: int) -> int:
@@ -37,10 +42,36 @@ class Source:
     def open(self, path: str) -> int:
         dir_fd, name = open_parent(self._root, path)
         try:
-            return open_for_scan(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                                 | os.O_NONBLOCK, dir_fd=dir_fd)
+            return open_for_scan(name, _FLAGS, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
+
+    @contextlib.contextmanager
+    def opening(self) -> Iterator[Callable[[str], int]]:
+        """`open` for many files at once (a drain batch): each parent directory is
+        walked once, its descriptor kept until the block ends. Use it in one go, with
+        no checkpoint inside: then a directory renamed meanwhile is one renamed
+        between a walk and an open, as for `open`. (A batch of 16 files in one
+        directory: 18 syscalls instead of 48; the walk was about a tenth of the
+        drain's trio thread, bench/drain.py --profile.)"""
+        parents: dict[str, int] = {}
+
+        def open_one(path: str) -> int:
+            parts = [p for p in path.split("/") if p not in ("", ".")]
+            if not parts or ".." in parts:
+                return self.open(path)  # refused there, as always
+            key = "/".join(parts[:-1])
+            dir_fd = parents.get(key)
+            if dir_fd is None:
+                dir_fd, _ = open_parent(self._root, path)
+                parents[key] = dir_fd
+            return open_for_scan(parts[-1], _FLAGS, dir_fd=dir_fd)
+
+        try:
+            yield open_one
+        finally:
+            for fd in parents.values():
+                os.close(fd)
 
     def is_dir(self, path: str) -> bool:
         try:

@@ -1,0 +1,80 @@
+"""`Journal.complete_many` (the drain's batch of completions): each item settles exactly
+as `complete` would have, in one operation of one transaction; and claims pass leased
+entries on their quick look (`records.surely_unclaimable`) without changing who gets what."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vfile.journal.records import (
+    Exposure,
+    Identity,
+    Reason,
+    VerdictOutcome,
+    VerdictRecord,
+)
+from vfile.journal.store import Journal
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal.open(tmp_path / "state", sync=False)
+    try:
+        yield j
+    finally:
+        j.close()
+
+
+def _ident(i: int) -> Identity:
+    return Identity(1, i, 100 + i, 1000 + i, 2000 + i)
+
+
+def _clean(identity: Identity) -> VerdictRecord:
+    return VerdictRecord(identity, "sig1", VerdictOutcome.CLEAN, "", "clamd", 1.0)
+
+
+async def _defer(journal: Journal, i: int) -> int:
+    return await journal.defer(f"d/f{i}", _ident(i), Reason.WINDOW, "default",
+                               exposure=Exposure(0, 10, "cat", 1.0), durable=False)
+
+
+async def test_each_item_settles_as_complete_would(journal: Journal) -> None:
+    for i in range(4):
+        await _defer(journal, i)
+    claimed = {e.path: e for e in await journal.claim(10, lease=60)}
+    assert len(claimed) == 4
+    await _defer(journal, 1)  # re-deferred while scanned: its claim's seq is stale
+    ops_before = journal.durability()["ops"]
+    done = await journal.complete_many([
+        ("d/f0", claimed["d/f0"].seq, _clean(_ident(0))),
+        ("d/f1", claimed["d/f1"].seq, _clean(_ident(1))),
+        ("d/f2", claimed["d/f2"].seq, None),  # gone
+        ("d/missing", 99, _clean(_ident(9))),
+    ])
+    assert done == [True, False, True, False]
+    assert journal.durability()["ops"] == ops_before + 1
+    left = {e.path: e for e in journal.list_deferred()}
+    assert set(left) == {"d/f1", "d/f3"}
+    assert left["d/f1"].lease_until == 0.0  # claimable again at once, as with `complete`
+    assert left["d/f3"].lease_until > 0  # untouched: still leased
+    for i in (0, 1, 9):  # verdicts stored whether or not an entry was removed
+        assert journal.get_verdict(_ident(i), "sig1") == _clean(_ident(i))
+    assert journal.check() == []
+    # Gone: its exposures are kept (what `complete` with no verdict does).
+    assert [r.path for r in journal.list_exposed()] == ["d/f2"]
+
+
+async def test_claims_pass_leased_entries_and_take_the_next_oldest(journal: Journal) -> None:
+    for i in range(10):
+        await _defer(journal, i)
+    first = [e.path for e in await journal.claim(3, lease=60)]
+    second = [e.path for e in await journal.claim(3, lease=60)]
+    await journal.release("d/f3", journal.get_deferred("d/f3").seq, "busy")  # backing off
+    third = [e.path for e in await journal.claim(10, lease=60)]
+    assert first == ["d/f0", "d/f1", "d/f2"]
+    assert second == ["d/f3", "d/f4", "d/f5"]
+    assert third == ["d/f6", "d/f7", "d/f8", "d/f9"]
+    assert journal.check() == []
