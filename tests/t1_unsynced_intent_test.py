@@ -47,7 +47,8 @@ def held_journal(tmp_path: Path) -> tuple[Journal, HeldSync]:
     j = Journal.open(tmp_path / "state")
     c = j._committer
     held = HeldSync(c._env)
-    c._env = held  # the committer's fsyncs (and only they) call env.sync
+    c._env = held
+    c._env_fsync._env = held  # the committer's fsyncs (and only they) call env.sync
     return j, held
 
 
