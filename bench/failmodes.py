@@ -20,7 +20,7 @@ before the outage), `outage_over_quiet_p99` (p99 during / quiet p99),
 `waited_10x_quiet_p99` (opens during the outage slower than 10x the quiet p99),
 `detection_ms` (from the fault to the breaker opening); `ratios.legacy_over_safe_p99`;
 `host_fsync_during_outage` (the host's fsync latency at the same time, a 4 KiB
-fdatasync every 20 ms next to the state directories: the floor of a write-open);
+fdatasync every 20 ms next to the state directories: the floor of a rewrite's close);
 what the outage p99 is made of: `outage_read_p99_ms` and `outage_write_p99_ms`
 (opens for reading / for writing; an open for writing commits its intent in every
 mode, outage or not) and `slowest` (the slowest opens during the outage: ms after
@@ -132,8 +132,8 @@ def writer_figures(r: ModeResult) -> dict[str, Any]:
 class FsyncProbe:
     """The host's fsync latency alongside the run: a 4 KiB overwrite and fdatasync of a
     file next to the state directories (the same file system) every `PERIOD` s.
-    An open for writing waits for one fsync of the journal (its durable intent), so
-    this is the floor of the write-opens' latency at the same moment."""
+    A rewrite's first WRITE (at its close, with the writeback cache) waits for one
+    fsync of the journal (its intent), so this is the floor of the writers' closes."""
 
     PERIOD = 0.02
 

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lifecycle import cli
-from mounting import force_unmount, is_mounted, stop_process, wait_for
+from lifecycle import Tree, cli, tree_config
+from mounting import force_unmount, is_mounted, mounted, stop_process, wait_for
+from outage import Proc
 
 CUTFS = Path(__file__).with_name("cutfs.py")
 
@@ -154,3 +155,15 @@ def frozen_at_most(fs: Path, seconds: float) -> Iterator[None]:
             yield
         finally:
             done.set()
+
+
+@contextlib.contextmanager
+def mounted_safe_on(tree: Tree, appliance: Proc, fs: Path, deadline: float) -> Iterator[None]:
+    """`tree` mounted with a `safe` default profile of `deadline` seconds, its state
+    directory on `fs` (a `slow_fsync_disk`), its server log in the tree's root."""
+    conf = tree_config(tree, appliance, '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+                                        f'deadline = "{deadline}s"\n')
+    conf.write_text(conf.read_text().replace(str(tree.state), str(fs / "state")))
+    with mounted(tree.source, tree.mountpoint, "--config", str(conf),
+                 log_path=tree.root / "server.log"):
+        yield

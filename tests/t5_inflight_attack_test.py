@@ -145,11 +145,12 @@ def test_an_fsync_failure_after_the_commit_does_not_count_intents_failed_forever
 
             refused = [0]  # tier-1 records whose fsync failed
 
-            def rewrites() -> None:  # tier 1: an open for write of an existing file
+            def rewrites() -> None:  # tier 1: a rewrite of an existing file, whose
+                # WRITE (at close: the writeback cache) waits for the intent's fsync
                 while not stop.is_set():
                     try:
-                        with open(mnt / "old", "r+b"):
-                            pass
+                        with open(mnt / "old", "r+b") as f:
+                            f.write(b"an existing file")
                     except OSError:
                         refused[0] += 1
 

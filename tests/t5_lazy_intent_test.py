@@ -22,10 +22,9 @@ import threading
 import time
 
 import pytest
-from lifecycle import Tree, journal_rows, tree_config, wait_until
-from mounting import mounted
+from lifecycle import Tree, journal_rows, wait_until
 from outage import running_appliance, status
-from statedisks import frozen_at_most, slow_fsync_disk
+from statedisks import frozen_at_most, mounted_safe_on, slow_fsync_disk
 
 pytestmark = pytest.mark.mount
 
@@ -63,63 +62,59 @@ class Steps:
 def test_write_open_returns_before_its_intents_fsync_and_the_write_waits(tree: Tree) -> None:
     (tree.source / "state.db").write_bytes(OLD)
     (tree.source / "reader.db").write_bytes(OLD)
-    with running_appliance() as app, slow_fsync_disk(tree.root) as (fs, below):
-        conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
-                                      f'deadline = "{DEADLINE}s"\n')
-        conf.write_text(conf.read_text().replace(str(tree.state), str(fs / "state")))
-        with mounted(tree.source, tree.mountpoint, "--config", str(conf),
-                     log_path=tree.root / "server.log"):
-            # Scanned once, so the opens below are not waiting on a scan either.
-            for n in ("state.db", "reader.db"):
-                assert (tree.mountpoint / n).read_bytes() == OLD
+    with running_appliance() as app, slow_fsync_disk(tree.root) as (fs, below), \
+            mounted_safe_on(tree, app, fs, DEADLINE):
+        # Scanned once, so the opens below are not waiting on a scan either.
+        for n in ("state.db", "reader.db"):
+            assert (tree.mountpoint / n).read_bytes() == OLD
 
-            def writer(s: Steps) -> None:
-                fd = os.open(tree.mountpoint / "state.db", os.O_RDWR)
-                s.at["opened"] = time.monotonic()
-                os.pwrite(fd, NEW, 0)
-                s.at["written"] = time.monotonic()
-                os.close(fd)  # writeback: the WRITE reaches the server here
-                s.at["closed"] = time.monotonic()
+        def writer(s: Steps) -> None:
+            fd = os.open(tree.mountpoint / "state.db", os.O_RDWR)
+            s.at["opened"] = time.monotonic()
+            os.pwrite(fd, NEW, 0)
+            s.at["written"] = time.monotonic()
+            os.close(fd)  # writeback: the WRITE reaches the server here
+            s.at["closed"] = time.monotonic()
 
-            def reader(s: Steps) -> None:  # SQLite's way: O_RDWR, reads only
-                fd = os.open(tree.mountpoint / "reader.db", os.O_RDWR)
-                s.at["opened"] = time.monotonic()
-                assert os.pread(fd, 4096, 0) == OLD
-                os.close(fd)
-                s.at["closed"] = time.monotonic()
+        def reader(s: Steps) -> None:  # SQLite's way: O_RDWR, reads only
+            fd = os.open(tree.mountpoint / "reader.db", os.O_RDWR)
+            s.at["opened"] = time.monotonic()
+            assert os.pread(fd, 4096, 0) == OLD
+            os.close(fd)
+            s.at["closed"] = time.monotonic()
 
-            w, r = Steps(), Steps()
-            with frozen_at_most(below, THAW_AFTER):
-                wt = w.run(writer)
-                wait_until(lambda: w.passed("opened") or w.error is not None,
-                           "the write-open returned while the intent's fsync is held",
-                           BOUND)
-                rt = r.run(reader)
-                wait_until(lambda: r.passed("closed") or r.error is not None,
-                           "an O_RDWR reader opened and closed while the fsync is held",
-                           BOUND)
-                # The WRITE arrived and waits for the intent's fsync (or, wrongly, went
-                # through: the asserts below say which).
-                wait_until(lambda: w.passed("closed") or w.error is not None
-                           or (tree.source / "state.db").read_bytes() != OLD
-                           or status(tree.mountpoint)["gate"]
-                           .get("writes_awaiting_intent_fsync", 0) >= 1,
-                           "the writer's WRITE waits for its intent's fsync", BOUND)
-                source_while_held = (tree.source / "state.db").read_bytes()
-                closed_while_held = w.passed("closed")
-            wt.join(BOUND)
-            rt.join(BOUND)
-            assert w.error is None and r.error is None, (w.error, r.error)
-            assert source_while_held == OLD, "a write reached the source before its " \
-                "intent was durable"
-            assert not closed_while_held, "the writer's close returned before its WRITE " \
-                "could reach the source"
-            assert w.passed("closed"), "the writer's close did not return after the thaw"
-            assert (tree.source / "state.db").read_bytes() == NEW
-            wait_until(lambda: status(tree.mountpoint)["gate"]["pending_intents"] == 0,
-                       "the close scans settled the intents")
-            rows = {x["path"] for x in journal_rows(tree.mountpoint)}
-            gate = status(tree.mountpoint)["gate"]
-            # Scanned clean at its close (a verdict), or left for the drain (an entry).
-            assert "state.db" in rows or gate["close_scans"] >= 1, (rows, gate)
-            assert gate["intent_fsync_failures"] == 0
+        w, r = Steps(), Steps()
+        with frozen_at_most(below, THAW_AFTER):
+            wt = w.run(writer)
+            wait_until(lambda: w.passed("opened") or w.error is not None,
+                       "the write-open returned while the intent's fsync is held",
+                       BOUND)
+            rt = r.run(reader)
+            wait_until(lambda: r.passed("closed") or r.error is not None,
+                       "an O_RDWR reader opened and closed while the fsync is held",
+                       BOUND)
+            # The WRITE arrived and waits for the intent's fsync (or, wrongly, went
+            # through: the asserts below say which).
+            wait_until(lambda: w.passed("closed") or w.error is not None
+                       or (tree.source / "state.db").read_bytes() != OLD
+                       or status(tree.mountpoint)["gate"]
+                       .get("writes_awaiting_intent_fsync", 0) >= 1,
+                       "the writer's WRITE waits for its intent's fsync", BOUND)
+            source_while_held = (tree.source / "state.db").read_bytes()
+            closed_while_held = w.passed("closed")
+        wt.join(BOUND)
+        rt.join(BOUND)
+        assert w.error is None and r.error is None, (w.error, r.error)
+        assert source_while_held == OLD, "a write reached the source before its " \
+            "intent was durable"
+        assert not closed_while_held, "the writer's close returned before its WRITE " \
+            "could reach the source"
+        assert w.passed("closed"), "the writer's close did not return after the thaw"
+        assert (tree.source / "state.db").read_bytes() == NEW
+        wait_until(lambda: status(tree.mountpoint)["gate"]["pending_intents"] == 0,
+                   "the close scans settled the intents")
+        rows = {x["path"] for x in journal_rows(tree.mountpoint)}
+        gate = status(tree.mountpoint)["gate"]
+        # Scanned clean at its close (a verdict), or left for the drain (an entry).
+        assert "state.db" in rows or gate["close_scans"] >= 1, (rows, gate)
+        assert gate["intent_fsync_failures"] == 0
