@@ -381,6 +381,11 @@ class GroupCommitter:
             log.warning("journal %r: trio run finished; a batch result was dropped",
                         self._where)
 
+    def rewrite_before_next_fsync(self) -> None:
+        """The last run stopped uncleanly: it may have died after a failed fsync, knowing
+        (in memory only) that pages Linux marked clean never reached the disk."""
+        self._env_fsync.rewrite_due = True
+
     def sync_now(self) -> None:
         """fsync the environment (blocking; in a thread). Concurrent commits are fine:
         LMDB's env sync is an fdatasync of the data file, it takes no lock."""

@@ -271,6 +271,8 @@ class Journal(JournalBase):
         found = watermark.decide(run, mark, self._seen, watermark.boot_id(),
                                  self._opened_txnid)
         self._watermark = mark
+        if not found.clean:  # before the run marker's fsync below (journal.syncer.EnvFsync)
+            self._committer.rewrite_before_next_fsync()
         watermark.check_source(found, self._read(lambda txn: watermark.read_source(txn, t)),
                                source)
         marker = watermark.new_run_marker()
