@@ -72,9 +72,7 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -85,6 +83,7 @@ import lmdb
 import outcome
 import trio
 
+from vfile.journal.failures import log_failure, translate
 from vfile.journal.ops import BatchWriter, PreparedDefer
 from vfile.journal.records import JournalError, JournalFull
 from vfile.journal.syncer import Syncer
@@ -146,44 +145,6 @@ class _Batch:
 
 class _NeedsGrowth(Exception):
     """The writer stops: the map must grow (or be re-read) on the trio thread."""
-
-
-def translate(err: BaseException, where: str) -> JournalError:
-    """A clear JournalError for an LMDB/OS failure in `where` (a path)."""
-    if isinstance(err, JournalError):
-        return type(err)(str(err))
-    code = getattr(err, "errno", None)
-    if isinstance(err, lmdb.MapFullError):
-        return JournalFull(f"journal {where}: the map reached its maximum size; "
-                           "nothing was written")
-    if (isinstance(err, lmdb.DiskError) or code == errno.ENOSPC
-            or "No space left" in str(err) or _short_write_on_full_disk(err, code, where)):
-        return JournalFull(f"journal {where}: disk full (no space left on device); "
-                           "nothing was written")
-    return JournalError(f"journal {where}: write failed: {err}")
-
-
-def _log_failure(where: str, n: int, err: BaseException) -> None:
-    # A full disk fails every transaction until it has room: its callers report it,
-    # rate-limited (a line per transaction would be a line per open).
-    level = logging.DEBUG if isinstance(translate(err, where), JournalFull) else logging.ERROR
-    log.log(level, "journal %r: transaction of %d operations failed: %s", where, n, err)
-
-
-#: Below this many free bytes, an EIO from LMDB is taken for a full disk.
-_NEARLY_FULL = 64 << 10
-
-
-def _short_write_on_full_disk(err: BaseException, code: object, where: str) -> bool:
-    # LMDB reports a short pwrite (the disk filled up in the middle of it) as EIO,
-    # not ENOSPC: then the file system's free space tells which it was.
-    if code != errno.EIO and "Input/output error" not in str(err):
-        return False
-    try:
-        st = os.statvfs(where)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < _NEARLY_FULL
 
 
 class GroupCommitter:
@@ -253,21 +214,37 @@ class GroupCommitter:
         await self._wait(prepared, durable, hold=hold and not durable)
         return prepared.result
 
-    def submit_soon(self, prepared: PreparedDefer) -> None:
-        """Queue a prepared defer and return at once (a create's intent: journal.inflight).
-        `prepared.on_done(error or None)` runs on the trio thread once its transaction
-        committed or failed. Queued in order: a write submitted later lands in the same
-        transaction or a later one."""
+    def submit_soon(self, op: PreparedDefer | _Op[Any], *, linger: bool = False) -> None:
+        """Queue `op` (a create's intent, journal.inflight; a close scan's completion behind
+        it) and return at once: tier 2, nobody waits. `op.on_done(error or None)` runs on
+        the trio thread once its transaction committed or failed. Queued in order: a
+        write submitted later lands in the same transaction or a later one. `linger`:
+        its batch may wait for more (module docstring), so that a create's intent and
+        its close scan's completion share one transaction."""
         with self._lock:
             self.queued += 1
             batch = self._open_batch()
-            batch.ops.append(prepared)
-            batch.hurry = True
-            self._linger.notify()
+            batch.ops.append(op)
+            if not linger:
+                batch.hurry = True
+            if len(batch.ops) == 1 or not linger or len(batch.ops) >= LINGER_OPS:
+                self._linger.notify()
             start = not self._running
             self._running = True
         if start:
             self._start_writer()
+
+    def submit_fn_soon(self, fn: Callable[[Txn], object],
+                       on_done: Callable[[JournalError | None], None], *,
+                       linger: bool = False) -> bool:
+        """`submit_soon` for a function of the write transaction (tier 2); False, and
+        nothing queued, when `MAX_QUEUED` operations already wait."""
+        if self.queued >= MAX_QUEUED:
+            return False
+        op: _Op[object] = _Op(fn, durable=False)
+        op.on_done = on_done
+        self.submit_soon(op, linger=linger)
+        return True
 
     def _open_batch(self) -> _Batch:
         # With _lock held: the newest pending batch, if it has room, else a new one.
@@ -361,7 +338,7 @@ class GroupCommitter:
             elif not self._on_map_full():
                 raise err
         except Exception as failure:
-            _log_failure(self._where, len(batch.ops), failure)
+            log_failure(self._where, len(batch.ops), failure)
             batch.error = failure
             self._finish(batch)
         else:
@@ -453,8 +430,11 @@ class GroupCommitter:
                 self._post(self._regrow, batch, grow.args[0])
                 return
             except Exception as err:  # every caller of the batch gets the failure
-                _log_failure(self._where, len(batch.ops), err)
+                log_failure(self._where, len(batch.ops), err)
                 batch.error = err
+                for op in batch.ops:  # not stored: a completion queued behind it sees 0
+                    if type(op) is PreparedDefer:
+                        op.result = 0
             self.batches += 1
             self.ops += len(batch.ops)
             done = batch

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import trio
 
+from vfile.journal.ops import PreparedDefer
+
 
 @dataclass(eq=False)
 class Intent:
@@ -41,6 +43,9 @@ class Intent:
     #: set once its journal record is committed, if that happens in the background
     #: (a new file's: vfile.filter.newfiles); None: committed before it was returned
     landed: trio.Event | None = None
+    #: its journal record while queued (vfile.filter.newfiles): a close scan's completion
+    #: can be queued behind it (journal.store.complete_soon); None once committed
+    queued: PreparedDefer | None = None
 
 
 class IntentTable:
