@@ -22,12 +22,15 @@ How it works (a pipelined writer thread, no background task):
   returned, in a thread of its own (journal.syncer): a tier-2 record never
   waits for a tier-1 fsync.
 
-Lingering (the drain's completions, `linger=True`): a batch of nothing but
+Lingering (the drain's completions, creates' intents and the close scans'
+completions queued behind them, `linger=True`): a batch of nothing but
 lingering operations is taken only once it holds `LINGER_OPS` of them, or
 `LINGER_S` after it was opened, or as soon as any other operation joins it.
 Without it the drain's completions, arriving one at a time, made transactions
 of two or three operations each (strace: 2,100 for 5,000 files), each with
-its own page writes, thread hand-offs and wake-ups. Nobody else waits longer:
+its own page writes, thread hand-offs and wake-ups; a create under scanning made
+two transactions (its intent, then its close scan's completion), now mostly one
+shared with the next creates'. Nobody else waits longer:
 an open's record never lingers, and joining a lingering batch ends its wait.
 The writer tells the callers of the batch before (`done`) before it lingers,
 and with nothing to do it waits `WRITER_KEEP_S` for a new batch before its

@@ -7,6 +7,16 @@ resolves the intent's journal entry (verdict and removal in one transaction)
 only if no newer intent replaced it; otherwise the entry stays for the drain,
 with the identity of the written file. Journal or file trouble is logged and
 leaves the entry in place.
+
+A clean whole-file verdict of the current intent is not waited for in the
+journal (`_settle_soon`): its completion is queued behind the intent's record
+(journal.store.complete_soon), in the same transaction while a new file's
+intent still lingers in the queue, and the close scan ends (its descriptor
+closed); the intent ends once the completion is committed. A scanning create
+thus costs one share of a transaction rather than two transactions, and a burst
+of creates on a frozen state disk holds no descriptor per file (README "Creates
+under scanning"). Anything else (infected, a newer intent, the drain's case)
+first waits for the intent's commit, at most `MAX_WAITING` at once.
 """
 
 from __future__ import annotations

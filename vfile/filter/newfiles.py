@@ -17,8 +17,10 @@ the journal's errors as before.
 
 Invariants:
 - The intent's `landed` is set once its record is committed (by the queue or
-  a retry); the close scan resolves the entry only after that (`intent.seq`
-  is then the stored seq).
+  a retry); `intent.queued` is its record until then (cleared when committed
+  or failed). A close scan either queues its completion behind `queued` (the
+  writer takes the stored seq from it) or resolves the entry only after
+  `landed` (`intent.seq` is then the stored seq).
 """
 
 from __future__ import annotations
