@@ -11,8 +11,8 @@ leaves the entry in place.
 A clean whole-file verdict of the current intent is not waited for in the
 journal (`_settle_soon`): its completion is queued behind the intent's record
 (journal.store.complete_soon), in the same transaction while a new file's
-intent still lingers in the queue, and the close scan ends (its descriptor
-closed); the intent ends once the completion is committed. A scanning create
+intent still lingers in the queue; the close scan closes its descriptor and
+parks until that commit, when the intent ends (`Gate.wait_idle` covers it). A scanning create
 thus costs one share of a transaction rather than two transactions, and a burst
 of creates on a frozen state disk holds no descriptor per file (README "Creates
 under scanning"). Anything else (infected, a newer intent, the drain's case)
@@ -87,24 +87,30 @@ class CloseScans:
         self.hashes = ContentVerdicts()
 
     async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
-        settled_soon = False
         try:
             async with self._slots:
                 scanned = await self._scan(path, intent, fd, profile)
             if scanned is None:
                 return
             identity, sig, d, verdict = scanned
-            settled_soon = self._settle_soon(path, intent, profile, identity, sig, d, verdict)
-            if settled_soon or not await self._wait_landed(path, intent):
+            committed = self._settle_soon(path, intent, profile, identity, sig, d, verdict)
+            if committed is not None:
+                os.close(fd)  # nothing more to read: no descriptor held while it is queued
+                fd = -1
+                # Parked until its completion is committed: the intent ends then, and
+                # the gate's `wait_idle` still covers the verdict's store.
+                await committed.wait()
+                return
+            if not await self._wait_landed(path, intent):
                 return
             await self._settle(path, intent, profile, identity=identity, sig=sig, d=d,
                                verdict=verdict)
         except (OSError, JournalError) as err:
             log.error("close scan of %r failed: %s; left to the drain", path, err)
         finally:
-            os.close(fd)
-            if not settled_soon:  # else once its completion is committed (_settle_soon)
-                self._intents.finish(intent)
+            if fd >= 0:
+                os.close(fd)
+            self._intents.finish(intent)
 
     async def _wait_landed(self, path: str, intent: Intent) -> bool:
         """Wait until the intent's record is committed (its stored seq is known); False:
@@ -146,34 +152,36 @@ class CloseScans:
 
     def _settle_soon(self, path: str, intent: Intent, profile: Profile,  # noqa: PLR0917
                      identity: Identity, sig: str, d: Decision, verdict: Verdict | None
-                     ) -> bool:
+                     ) -> trio.Event | None:
         """A clean whole-file verdict of the current intent: its completion is queued
         behind the intent's record, not waited for (one transaction for both while the
         record still lingers in the queue: README "Creates under scanning"). The intent
-        ends once the completion is committed. False: `_settle` after `_wait_landed`."""
+        ends once the completion is committed (the event). None: `_settle` after
+        `_wait_landed`."""
         if verdict is None or d.reason is not Reason.CLEAN or profile.is_oversize(identity.size) \
                 or self._intents.get(path) is not intent:
-            return False
+            return None
         queued = intent.queued
         if queued is not None and queued.seq == intent.seq:
             seq: int | PreparedDefer = queued  # its stored seq is known once it is applied
         elif intent.landed is None or intent.landed.is_set():
             seq = intent.seq
         else:
-            return False  # its record failed and is retried: `_wait_landed` for its seq
+            return None  # its record failed and is retried: `_wait_landed` for its seq
         record = self._scanning.record(identity, verdict, sig, profile)
+        committed = trio.Event()
 
         def done(err: JournalError | None) -> None:
             # On the trio thread, from the group committer: must not raise.
             if err is not None:
                 log.error("journal: cannot store the verdict for %r: %s; left to the drain",
                           path, err)
-            self._intents.finish(intent)
+            committed.set()
 
         if not self._settler.resolve_soon(path, record, profile, seq, done):
-            return False
+            return None
         self._remember(record)
-        return True
+        return committed
 
     async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile
                              ) -> tuple[ScanResult, Verdict | None, bool]:
