@@ -22,12 +22,15 @@ How it works (a pipelined writer thread, no background task):
   returned, in a thread of its own (journal.syncer): a tier-2 record never
   waits for a tier-1 fsync.
 
-Lingering (the drain's completions, `linger=True`): a batch of nothing but
+Lingering (the drain's completions, creates' intents and the close scans'
+completions queued behind them, `linger=True`): a batch of nothing but
 lingering operations is taken only once it holds `LINGER_OPS` of them, or
 `LINGER_S` after it was opened, or as soon as any other operation joins it.
 Without it the drain's completions, arriving one at a time, made transactions
 of two or three operations each (strace: 2,100 for 5,000 files), each with
-its own page writes, thread hand-offs and wake-ups. Nobody else waits longer:
+its own page writes, thread hand-offs and wake-ups; a create under scanning made
+two transactions (its intent, then its close scan's completion), now mostly one
+shared with the next creates'. Nobody else waits longer:
 an open's record never lingers, and joining a lingering batch ends its wait.
 The writer tells the callers of the batch before (`done`) before it lingers,
 and with nothing to do it waits `WRITER_KEEP_S` for a new batch before its
@@ -83,7 +86,7 @@ import lmdb
 import outcome
 import trio
 
-from vfile.journal.failures import translate
+from vfile.journal.failures import log_failure, translate
 from vfile.journal.ops import BatchWriter, PreparedDefer
 from vfile.journal.records import JournalError, JournalFull
 from vfile.journal.syncer import EnvFsync, Syncer, Unsynced
@@ -145,13 +148,6 @@ class _Batch:
 
 class _NeedsGrowth(Exception):
     """The writer stops: the map must grow (or be re-read) on the trio thread."""
-
-
-def _log_failure(where: str, n: int, err: BaseException) -> None:
-    # A full disk fails every transaction until it has room: its callers report it,
-    # rate-limited (a line per transaction would be a line per open).
-    level = logging.DEBUG if isinstance(translate(err, where), JournalFull) else logging.ERROR
-    log.log(level, "journal %r: transaction of %d operations failed: %s", where, n, err)
 
 
 class GroupCommitter:
@@ -231,21 +227,37 @@ class GroupCommitter:
         return prepared.result, Unsynced(batch, self.sync_now,
                                          lambda err: translate(err, self._where))
 
-    def submit_soon(self, prepared: PreparedDefer) -> None:
-        """Queue a prepared defer and return at once (a create's intent: journal.inflight).
-        `prepared.on_done(error or None)` runs on the trio thread once its transaction
-        committed or failed. Queued in order: a write submitted later lands in the same
-        transaction or a later one."""
+    def submit_soon(self, op: PreparedDefer | _Op[Any], *, linger: bool = False) -> None:
+        """Queue `op` (a create's intent, journal.inflight; a close scan's completion behind
+        it) and return at once: tier 2, nobody waits. `op.on_done(error or None)` runs on
+        the trio thread once its transaction committed or failed. Queued in order: a
+        write submitted later lands in the same transaction or a later one. `linger`:
+        its batch may wait for more (module docstring), so that a create's intent and
+        its close scan's completion share one transaction."""
         with self._lock:
             self.queued += 1
             batch = self._open_batch()
-            batch.ops.append(prepared)
-            batch.hurry = True
-            self._linger.notify()
+            batch.ops.append(op)
+            if not linger:
+                batch.hurry = True
+            if len(batch.ops) == 1 or not linger or len(batch.ops) >= LINGER_OPS:
+                self._linger.notify()
             start = not self._running
             self._running = True
         if start:
             self._start_writer()
+
+    def submit_fn_soon(self, fn: Callable[[Txn], object],
+                       on_done: Callable[[JournalError | None], None], *,
+                       linger: bool = False) -> bool:
+        """`submit_soon` for a function of the write transaction (tier 2); False, and
+        nothing queued, when `MAX_QUEUED` operations already wait."""
+        if self.queued >= MAX_QUEUED:
+            return False
+        op: _Op[object] = _Op(fn, durable=False)
+        op.on_done = on_done
+        self.submit_soon(op, linger=linger)
+        return True
 
     def _open_batch(self) -> _Batch:
         # With _lock held: the newest pending batch, if it has room, else a new one.
@@ -341,7 +353,7 @@ class GroupCommitter:
             elif not self._on_map_full():
                 raise err
         except Exception as failure:
-            _log_failure(self._where, len(batch.ops), failure)
+            log_failure(self._where, len(batch.ops), failure)
             batch.error = failure
             self._finish(batch)
         else:
@@ -438,8 +450,11 @@ class GroupCommitter:
                 self._post(self._regrow, batch, grow.args[0])
                 return
             except Exception as err:  # every caller of the batch gets the failure
-                _log_failure(self._where, len(batch.ops), err)
+                log_failure(self._where, len(batch.ops), err)
                 batch.error = err
+                for op in batch.ops:  # not stored: a completion queued behind it sees 0
+                    if type(op) is PreparedDefer:
+                        op.result = 0
             self.batches += 1
             self.ops += len(batch.ops)
             done = batch

@@ -1,18 +1,22 @@
-"""What an LMDB or OS failure of a journal write means, as one `JournalError`.
+"""Journal write failures: what a failed transaction is called, and how it is logged.
 
-A full disk or map is `JournalFull` (the callers answer ENOSPC and count it);
-anything else is a plain `JournalError`. Moved out of journal.commit (which
-raises them) to keep that module under the size limit.
+Split from journal.commit (the group committer), which reports every failed
+batch through these: a full map or disk is `JournalFull` (EIO from a short
+write on a nearly full disk included), anything else a `JournalError` naming
+the journal and the cause.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import lmdb
 
 from vfile.journal.records import JournalError, JournalFull
+
+log = logging.getLogger("vfile.journal.commit")
 
 
 def translate(err: BaseException, where: str) -> JournalError:
@@ -28,6 +32,13 @@ def translate(err: BaseException, where: str) -> JournalError:
         return JournalFull(f"journal {where}: disk full (no space left on device); "
                            "nothing was written")
     return JournalError(f"journal {where}: write failed: {err}")
+
+
+def log_failure(where: str, n: int, err: BaseException) -> None:
+    # A full disk fails every transaction until it has room: its callers report it,
+    # rate-limited (a line per transaction would be a line per open).
+    level = logging.DEBUG if isinstance(translate(err, where), JournalFull) else logging.ERROR
+    log.log(level, "journal %r: transaction of %d operations failed: %s", where, n, err)
 
 
 #: Below this many free bytes, an EIO from LMDB is taken for a full disk.

@@ -100,8 +100,28 @@ class Journal(JournalBase):
                               profile=profile, exposure=exposure, error="", now=self._clock())
         p.on_done = on_done
         self.inflight.note(p)
-        self._committer.submit_soon(p)
+        # Lingers: its close scan's completion, a few ms later, may join its transaction.
+        self._committer.submit_soon(p, linger=True)
         return p
+
+    def complete_soon(self, path: str, seq: int | ops.PreparedDefer, verdict: VerdictRecord,
+                      on_done: Callable[[JournalError | None], None]) -> bool:
+        """`complete`, queued without waiting (`on_done(error)` on the trio thread once
+        committed). `seq` may be a create's intent still queued (`defer_soon`): then it
+        completes the entry that intent makes, in its transaction if that still
+        lingers; if the intent's transaction failed (a retry stores it under another
+        seq), only the verdict is stored and the entry stays for the drain. False
+        (nothing queued) when the queue is full. Tier 2: a lost completion means the
+        file is scanned again."""
+        self._check_writable()
+        t, now = self._t, self._clock()
+
+        def op(txn: Txn) -> bool:
+            # A queued intent's `result`: its stored seq, set when it was applied in this
+            # or an earlier transaction; 0 if that transaction failed (journal.commit).
+            stored = seq if isinstance(seq, int) else seq.result
+            return ops.op_complete(txn, t, path, stored, verdict, now)
+        return self._committer.submit_fn_soon(op, on_done, linger=True)
 
     # Resolving, verdicts and the drain's bookkeeping are tier 2: losing them to a
     # power loss only means a file is scanned again (README "Durability").

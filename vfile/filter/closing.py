@@ -7,6 +7,16 @@ resolves the intent's journal entry (verdict and removal in one transaction)
 only if no newer intent replaced it; otherwise the entry stays for the drain,
 with the identity of the written file. Journal or file trouble is logged and
 leaves the entry in place.
+
+A clean whole-file verdict of the current intent is not waited for in the
+journal (`_settle_soon`): its completion is queued behind the intent's record
+(journal.store.complete_soon), in the same transaction while a new file's
+intent still lingers in the queue; the close scan closes its descriptor and
+parks until that commit, when the intent ends (`Gate.wait_idle` covers it). A scanning create
+thus costs one share of a transaction rather than two transactions, and a burst
+of creates on a frozen state disk holds no descriptor per file (README "Creates
+under scanning"). Anything else (infected, a newer intent, the drain's case)
+first waits for the intent's commit, at most `MAX_WAITING` at once.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from vfile.filter.policy import (
 )
 from vfile.filter.scanning import RACY, Scanning
 from vfile.filter.settling import Settler
+from vfile.journal.ops import PreparedDefer
 from vfile.journal.records import Identity, JournalError, VerdictRecord
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
@@ -77,27 +88,50 @@ class CloseScans:
 
     async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
-            if intent.landed is not None and not intent.landed.is_set():
-                # Its record is still queued (vfile.filter.newfiles); once committed,
-                # the drain scans the file if no close scan does.
-                if self._waiting >= MAX_WAITING:
-                    log.info("close scan of %r: its intent is not committed yet; left to "
-                             "the drain", path)
-                    return
-                self._waiting += 1
-                try:
-                    await intent.landed.wait()
-                finally:
-                    self._waiting -= 1
             async with self._slots:
-                await self._scan(path, intent, fd, profile)
+                scanned = await self._scan(path, intent, fd, profile)
+            if scanned is None:
+                return
+            identity, sig, d, verdict = scanned
+            committed = self._settle_soon(path, intent, profile, identity, sig, d, verdict)
+            if committed is not None:
+                os.close(fd)  # nothing more to read: no descriptor held while it is queued
+                fd = -1
+                # Parked until its completion is committed: the intent ends then, and
+                # the gate's `wait_idle` still covers the verdict's store.
+                await committed.wait()
+                return
+            if not await self._wait_landed(path, intent):
+                return
+            await self._settle(path, intent, profile, identity=identity, sig=sig, d=d,
+                               verdict=verdict)
         except (OSError, JournalError) as err:
             log.error("close scan of %r failed: %s; left to the drain", path, err)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             self._intents.finish(intent)
 
-    async def _scan(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+    async def _wait_landed(self, path: str, intent: Intent) -> bool:
+        """Wait until the intent's record is committed (its stored seq is known); False:
+        too many wait already, the file is left to the drain."""
+        if intent.landed is None or intent.landed.is_set():
+            return True
+        # Its record is still queued (vfile.filter.newfiles), or failed and is retried;
+        # once committed, the drain scans the file if no close scan does.
+        if self._waiting >= MAX_WAITING:
+            log.info("close scan of %r: its intent is not committed yet; left to the drain",
+                     path)
+            return False
+        self._waiting += 1
+        try:
+            await intent.landed.wait()
+        finally:
+            self._waiting -= 1
+        return True
+
+    async def _scan(self, path: str, intent: Intent, fd: int, profile: Profile
+                    ) -> tuple[Identity, str, Decision, Verdict | None] | None:
         # Nobody waits for a close scan: let the file's last timestamp tick pass first,
         # so its verdict is not "racy" (vfile.filter.racy) and need not be scanned again.
         await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
@@ -114,8 +148,40 @@ class CloseScans:
             if not keep:  # racy clean: the drain scans it again, later
                 result, verdict = ScanResult.ERROR, Verdict.error(RACY)
             d = decide(replace(inputs, scan=result, window=self._window()))
-        await self._settle(path, intent, profile, identity=identity, sig=sig, d=d,
-                           verdict=verdict)
+        return identity, sig, d, verdict
+
+    def _settle_soon(self, path: str, intent: Intent, profile: Profile,  # noqa: PLR0917
+                     identity: Identity, sig: str, d: Decision, verdict: Verdict | None
+                     ) -> trio.Event | None:
+        """A clean whole-file verdict of the current intent: its completion is queued
+        behind the intent's record, not waited for (one transaction for both while the
+        record still lingers in the queue: README "Creates under scanning"). The intent
+        ends once the completion is committed (the event). None: `_settle` after
+        `_wait_landed`."""
+        if verdict is None or d.reason is not Reason.CLEAN or profile.is_oversize(identity.size) \
+                or self._intents.get(path) is not intent:
+            return None
+        queued = intent.queued
+        if queued is not None and queued.seq == intent.seq:
+            seq: int | PreparedDefer = queued  # its stored seq is known once it is applied
+        elif intent.landed is None or intent.landed.is_set():
+            seq = intent.seq
+        else:
+            return None  # its record failed and is retried: `_wait_landed` for its seq
+        record = self._scanning.record(identity, verdict, sig, profile)
+        committed = trio.Event()
+
+        def done(err: JournalError | None) -> None:
+            # On the trio thread, from the group committer: must not raise.
+            if err is not None:
+                log.error("journal: cannot store the verdict for %r: %s; left to the drain",
+                          path, err)
+            committed.set()
+
+        if not self._settler.resolve_soon(path, record, profile, seq, done):
+            return None
+        self._remember(record)
+        return committed
 
     async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile
                              ) -> tuple[ScanResult, Verdict | None, bool]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
+from vfile.journal.ops import PreparedDefer
 from vfile.journal.syncer import Unsynced
 
 
@@ -46,6 +47,9 @@ class Intent:
     #: an existing file's record committed, its fsync awaited before the first write
     #: rather than in the open (vfile.filter.writeintents); None: durable or none
     unsynced: Unsynced | None = None
+    #: its journal record while queued (vfile.filter.newfiles): a close scan's completion
+    #: can be queued behind it (journal.store.complete_soon); None once committed
+    queued: PreparedDefer | None = None
 
 
 class IntentTable:

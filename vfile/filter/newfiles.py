@@ -17,8 +17,10 @@ the journal's errors as before.
 
 Invariants:
 - The intent's `landed` is set once its record is committed (by the queue or
-  a retry); the close scan resolves the entry only after that (`intent.seq`
-  is then the stored seq).
+  a retry); `intent.queued` is its record until then (cleared when committed
+  or failed). A close scan either queues its completion behind `queued` (the
+  writer takes the stored seq from it) or resolves the entry only after
+  `landed` (`intent.seq` is then the stored seq).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class IntentRecords:
             p = j.defer_soon(intent.path, profile.name, exposure=exposure,
                              on_done=lambda err: self._done(intent, p, profile, err))
             intent.seq = p.seq
+            intent.queued = p
             return
         # An existing file's is tier 1, and so is a new one's while the clock is behind
         # the watermark (journal.watermark); a new one's waits for its commit (tier 1w)
@@ -80,6 +83,8 @@ class IntentRecords:
         if err is None or not self._journal.inflight.failed_once(p):
             self._landed(intent, p, p.result)  # committed (maybe its batch's fsync failed)
             return
+        if intent.queued is p:  # a close scan waits for the retry's seq (filter.closing)
+            intent.queued = None
         log.error("journal: the intent of new file %r was not committed (%s); retrying "
                   "until it is (creates wait for their intents meanwhile)", intent.path, err)
         try:
@@ -108,5 +113,7 @@ class IntentRecords:
     def _landed(intent: Intent, p: PreparedDefer, seq: int) -> None:
         if intent.seq == p.seq:  # not replaced meanwhile (a relink gives its own)
             intent.seq = seq
+        if intent.queued is p:
+            intent.queued = None
         if intent.landed is not None:
             intent.landed.set()

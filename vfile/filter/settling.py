@@ -29,6 +29,7 @@ from vfile.filter import sticky
 from vfile.filter.actions import Actions
 from vfile.filter.intents import IntentTable
 from vfile.filter.outcomes import Stats, exposures_json
+from vfile.journal.ops import PreparedDefer
 from vfile.journal.records import (
     DeferredEntry,
     Exposure,
@@ -87,6 +88,28 @@ class Settler:
                       items[0][0], len(items) - 1, err)
         for path, record, profile, _ in items:
             self._audit_clean(path, record, profile)
+
+    def resolve_soon(self, path: str, record: VerdictRecord, profile: Profile,
+                     seq: int | PreparedDefer,
+                     on_done: Callable[[JournalError | None], None]) -> bool:
+        """`resolve` of a clean verdict without waiting for the journal: the completion is
+        queued (journal.store.complete_soon; `seq` may be a create's intent still queued,
+        whose transaction it then joins) and `on_done(error)` runs once it is committed.
+        False, nothing done: not a case for it (infected, a taint to clear, a full
+        queue); the caller `resolve`s."""
+        if record.outcome != VerdictOutcome.CLEAN:
+            return False
+        try:
+            if self._journal.get_taint(record.identity.dev, record.identity.ino) is not None:
+                return False  # clearing the taint is a write to wait for (filter.sticky)
+            if not self._journal.complete_soon(path, seq, record, on_done):
+                return False
+        except JournalError as err:
+            log.error("journal: cannot store the verdict for %r: %s", path, err)
+            return False
+        self._observer.audit("verdict", path, verdict=record.outcome,
+                             appliance=record.appliance, profile=profile.name, action="none")
+        return True
 
     async def keep(self, path: str, record: VerdictRecord, profile: Profile) -> None:
         """Store a whole-file verdict; it resolves the path's entry only if that entry is
