@@ -26,6 +26,7 @@ from servers import (
     running_cicap,
     running_clamd,
 )
+from statedisks import small_state  # noqa: F401 - a fixture (the full-journal tests)
 
 
 @pytest.fixture

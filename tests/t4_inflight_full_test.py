@@ -14,7 +14,7 @@ import pytest
 from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, status
-from t4_journal_full_test import _fill, small_state  # noqa: F401 - the fixture
+from statedisks import fill
 
 from vfile.journal import Journal
 
@@ -32,12 +32,12 @@ def _create(path: Path) -> int:
 
 
 def test_a_failed_intent_commit_is_retried_until_the_disk_takes_it(
-        tree: Tree, small_state: Path) -> None:  # noqa: F811 - the fixture
+        tree: Tree, small_state: Path) -> None:
     tree.state = small_state / "state"
     with running_appliance(fault="refuse") as app, \
             mounted(tree.source, tree.mountpoint, "--config", str(tree_config(tree, app)),
                     "-v") as server:
-        _fill(small_state)
+        fill(small_state)
         results = [_create(tree.mountpoint / f"new{i}") for i in range(CREATES)]
         assert set(results) <= {0, errno.EIO}, results
         assert errno.EIO in results, "the state disk never filled: the test shows nothing"

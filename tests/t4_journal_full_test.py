@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,32 +17,11 @@ from lifecycle import Tree, open_errno, tree_config
 from mounting import mounted
 from outage import running_appliance, status
 from scrape import scrape, value
+from statedisks import fill
 
 pytestmark = pytest.mark.mount
 
 OPENS = 40
-
-
-@pytest.fixture
-def small_state() -> Iterator[Path]:
-    where = Path(tempfile.mkdtemp(prefix="vfile-full-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)  # never left mounted
-        where.rmdir()
-
-
-def _fill(where: Path) -> None:
-    fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as err:
-        assert err.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 def _metrics_url(log: str) -> str:
@@ -64,7 +39,7 @@ def test_full_journal_fails_opens_with_one_log_line(tree: Tree, small_state: Pat
     with running_appliance(fault="refuse") as app, \
             mounted(tree.source, tree.mountpoint, "--config", str(tree_config(tree, app)),
                     "--log-format", "json", "--metrics", "127.0.0.1:0", "-v") as server:
-        _fill(small_state)
+        fill(small_state)
         results = [open_errno(tree.mountpoint / (f"f{i:03d}-" + "x" * 200))
                    for i in range(OPENS)]
         assert results.count(errno.EIO) >= OPENS - 5, results  # a few may fit in free pages

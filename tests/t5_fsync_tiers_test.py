@@ -25,7 +25,7 @@ import pytest
 from lifecycle import Tree, cli, journal_rows, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, status
-from t5_journal_tiers_test import durability, frozen, loop_ext4, opens_within
+from statedisks import durability, frozen, loop_ext4, opens_within
 
 pytestmark = pytest.mark.mount
 

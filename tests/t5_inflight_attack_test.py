@@ -20,8 +20,7 @@ from cutfs import fsync_fault as cutfs_fault
 from lifecycle import Tree, cli, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, signature_version, unaccounted, write_config
-from t5_journal_tiers_test import frozen, loop_ext4, status_json
-from t5_powerloss_test import cutfs
+from statedisks import cutfs, frozen, loop_ext4, status_json
 
 from vfile.filter import verdict_gc
 from vfile.journal import Journal, watermark

@@ -19,7 +19,7 @@ import pytest
 from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, signature_version, unaccounted
-from t5_journal_tiers_test import frozen, loop_ext4, status_json
+from statedisks import frozen, loop_ext4, status_json
 
 from vfile.journal import Journal
 

@@ -14,20 +14,16 @@ loop-mounted ext4, always thawed and unmounted in `finally`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from lifecycle import Tree, cli, journal_rows, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance
+from statedisks import durability, frozen, loop_ext4, opens_within, status_json
 
 from vfile.journal import Journal
 
@@ -36,72 +32,6 @@ pytestmark = pytest.mark.mount
 DEADLINE = 1.0
 #: how long the disk stays frozen at most; everything asserted "during" happens before
 FROZEN_FOR = 30.0
-
-
-@contextlib.contextmanager
-def loop_ext4(where: Path, size_mb: int = 64, *, journal: bool = True) -> Iterator[Path]:
-    """A fresh ext4 on a loop device mounted at `where`/fs; thawed and unmounted after."""
-    img, mnt = where / "statefs.img", where / "statefs"
-    mnt.mkdir()
-    with open(img, "wb") as f:
-        f.truncate(size_mb << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", *([] if journal else ["-O", "^has_journal"]),
-                    str(img)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True,
-                   capture_output=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["fsfreeze", "-u", str(mnt)], check=False, capture_output=True)
-        for _ in range(50):
-            if subprocess.run(["umount", str(mnt)], check=False,
-                              capture_output=True).returncode == 0:
-                break
-            time.sleep(0.2)
-        else:
-            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
-
-
-@contextlib.contextmanager
-def frozen(fs: Path) -> Iterator[None]:
-    subprocess.run(["fsfreeze", "-f", str(fs)], check=True, capture_output=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["fsfreeze", "-u", str(fs)], check=True, capture_output=True)
-
-
-def status_json(mnt: Path, timeout: float = 20) -> dict[str, object]:
-    res = cli("status", str(mnt), "--json", timeout=timeout)
-    assert res.returncode == 0, res.stderr
-    out: dict[str, object] = json.loads(res.stdout)
-    return out
-
-
-def durability(mnt: Path) -> dict[str, int]:
-    journal = status_json(mnt)["journal"]
-    assert isinstance(journal, dict)
-    out: dict[str, int] = journal["durability"]
-    return out
-
-
-def opens_within(paths: list[Path], deadline: float) -> dict[Path, float | None]:
-    """Open and read each path in its own thread; seconds each took, or None if it
-    had not returned within `deadline` (the thread is left to finish)."""
-    took: dict[Path, float | None] = dict.fromkeys(paths)
-
-    def one(p: Path) -> None:
-        t = time.monotonic()
-        p.read_bytes()
-        took[p] = time.monotonic() - t
-
-    threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in paths]
-    for th in threads:
-        th.start()
-    end = time.monotonic() + deadline
-    for th in threads:
-        th.join(max(0.0, end - time.monotonic()))
-    return took
 
 
 def test_sigkill_after_an_unscanned_read_keeps_its_record(tree: Tree) -> None:

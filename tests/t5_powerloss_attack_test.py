@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from mounting import is_mounted, mounted, stop_process, vfile_cmd, wait_for
 from outage import running_appliance, unaccounted
-from t5_powerloss_test import FILES, _config, _create_and_kill, cutfs
+from powercut import FILES, config, create_and_kill
+from statedisks import cutfs
 
 from vfile.journal import Journal
 
@@ -50,11 +51,11 @@ def _after_the_cut(tmp: Path, *, bulk: int = 0
     for i in range(bulk):
         (src / f"bulk{i}").write_bytes(b"")
     state = statefs / "state"
-    args = ("--config", str(_config(tmp)), "--state-dir", str(state))
+    args = ("--config", str(config(tmp)), "--state-dir", str(state))
     with running_appliance() as app:
         args = ("--appliance", app.url, *args)
         with cutfs(disk, statefs):
-            sig = _create_and_kill(src, mnt, state, args, subdir="d")
+            sig = create_and_kill(src, mnt, state, args, subdir="d")
         with cutfs(disk, statefs):  # the cut
             assert _created(src, state, sig), "the cut lost no intent: nothing to show"
             yield src, mnt, state, args, sig
@@ -148,13 +149,13 @@ def test_a_stale_witness_of_another_path_does_not_vouch(tmp_path: Path) -> None:
     src, mnt, disk, statefs = _dirs(tmp_path)
     state, alias = statefs / "state", tmp_path / "alias"
     alias.mkdir()
-    cfg = ("--config", str(_config(tmp_path)))
+    cfg = ("--config", str(config(tmp_path)))
     with running_appliance() as app:
         with cutfs(disk, statefs):
             state.mkdir()
             with _bound(state, alias):
                 # A clean run through the alias: its witness stays behind on the tmpfs.
-                sig = _create_and_kill(src, mnt, alias, ("--appliance", app.url, *cfg,
+                sig = create_and_kill(src, mnt, alias, ("--appliance", app.url, *cfg,
                                                          "--state-dir", str(alias)), subdir="d")
             with mounted(src, mnt, "--appliance", app.url, *cfg, "--state-dir", str(state)):
                 pass  # the alias's run was killed: this start does not walk (cache kept)
@@ -208,7 +209,7 @@ def test_a_clock_stepped_back_does_not_hide_creates_below_the_watermark(
 
     src, mnt, disk, statefs = _dirs(tmp_path)
     state = statefs / "state"
-    args = ("--config", str(_config(tmp_path)), "--state-dir", str(state))
+    args = ("--config", str(config(tmp_path)), "--state-dir", str(state))
     with running_appliance() as app:
         args = ("--appliance", app.url, *args)
         with cutfs(disk, statefs):
@@ -220,7 +221,7 @@ def test_a_clock_stepped_back_does_not_hide_creates_below_the_watermark(
                     lambda txn: watermark.op_advance(txn, journal._t, ahead)))
             finally:
                 journal.close()
-            sig = _create_and_kill(src, mnt, state, args, subdir="d")
+            sig = create_and_kill(src, mnt, state, args, subdir="d")
         with cutfs(disk, statefs):  # the cut (intents fsynced while behind W survive it)
             with mounted(src, mnt, *args):
                 pass

@@ -20,80 +20,18 @@ cache survives) the next start does not walk.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounting import force_unmount, is_mounted, mounted, stop_process, vfile_cmd, wait_for
-from outage import running_appliance, signature_version, unaccounted, write_config
+from mounting import is_mounted, mounted
+from outage import running_appliance, unaccounted
+from powercut import FILES, config, create_and_kill
+from statedisks import cutfs
 
 from vfile.journal import Journal
 
 pytestmark = pytest.mark.mount
 
-CUTFS = Path(__file__).with_name("cutfs.py")
-FILES = 40
-
-
-@contextlib.contextmanager
-def cutfs(backing: Path, mnt: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """cutfs serving `backing` on `mnt`; killed (SIGKILL: nothing more reaches
-    `backing`) and unmounted on exit."""
-    log = backing.parent / "cutfs.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, str(CUTFS), str(backing), str(mnt)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
-        wait_for("cutfs to mount", lambda: is_mounted(mnt) or proc.poll() is not None, 30)
-        assert proc.poll() is None, log.read_text()
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
-        force_unmount(mnt)
-        stop_process(proc)
-
-
-def _config(tmp: Path) -> Path:
-    cfg = write_config(tmp / "vfile.toml", fail_mode="safe", deadline=2.0)
-    # No background fsync during the test: every create's intent stays unsynced.
-    with cfg.open("a") as f:
-        f.write('\n[journal]\nsync_interval = "60s"\n')
-    return cfg
-
-
-def _create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...], *,
-                     subdir: str = "", settle: bool = False) -> str:
-    """Mount once cleanly (the signature version is learnt and persisted), then create
-    FILES files (in `subdir`) through a second mount and SIGKILL its server (`settle`:
-    once no create's intent is in flight any more); the signature version."""
-    with mounted(src, mnt, *args):
-        wait_for("the signature version", lambda: (
-            (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
-            signature_version(state))[-1], 30)
-    sig = signature_version(state)
-    with mounted(src, mnt, *args) as server:
-        if subdir:
-            (mnt / subdir).mkdir()
-        for i in range(FILES):
-            (mnt / subdir / f"new{i}").write_bytes(b"created %d" % i)
-        if settle:  # a create does not wait for its intent's commit (journal.inflight)
-            wait_for("no intent in flight", lambda: _durability(mnt)["in_flight"] == 0, 30)
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-    return sig
-
-
-def _durability(mnt: Path) -> dict[str, int]:
-    res = subprocess.run(vfile_cmd("status", str(mnt), "--json"),
-                         capture_output=True, text=True, timeout=30, check=True)
-    out: dict[str, int] = json.loads(res.stdout)["journal"]["durability"]
-    return out
 
 
 def _create_kill_cut(tmp: Path, env: dict[str, str]) -> tuple[Path, Path, str, list[str]]:
@@ -103,12 +41,12 @@ def _create_kill_cut(tmp: Path, env: dict[str, str]) -> tuple[Path, Path, str, l
     src, mnt, disk, statefs = (tmp / n for n in ("src", "mnt", "disk", "statefs"))
     for p in (src, mnt, disk, statefs):
         p.mkdir()
-    cfg = _config(tmp)
+    cfg = config(tmp)
     state = statefs / "state"
     args = ("--config", str(cfg), "--state-dir", str(state))
     with running_appliance() as app:
         with cutfs(disk, statefs):
-            sig = _create_and_kill(src, mnt, state, ("--appliance", app.url, *args))
+            sig = create_and_kill(src, mnt, state, ("--appliance", app.url, *args))
         # The cut: cutfs is gone with everything not fsynced; it comes back without it.
         with cutfs(disk, statefs):
             lost = unaccounted(src, state, sig)
@@ -150,10 +88,10 @@ def test_a_process_crash_keeps_the_creates_without_a_walk(tmp_path: Path) -> Non
     src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
     for p in (src, mnt):
         p.mkdir()
-    cfg = _config(tmp_path)
+    cfg = config(tmp_path)
     args = ("--config", str(cfg), "--state-dir", str(state))
     with running_appliance() as app:
-        sig = _create_and_kill(src, mnt, state, ("--appliance", app.url, *args), settle=True)
+        sig = create_and_kill(src, mnt, state, ("--appliance", app.url, *args), settle=True)
         assert unaccounted(src, state, sig) == []
         with mounted(src, mnt, "--appliance", app.url, *args, "-v") as again:
             text = again.log()  # the decision is logged before the mount serves

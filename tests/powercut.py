@@ -1,0 +1,45 @@
+"""The power-cut scenario shared by the power-loss tests: mount once cleanly,
+create FILES files through a second mount whose background sync is far away,
+SIGKILL its server (README "Durability of journal records", tier 1w).
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from mounting import mounted, wait_for
+from outage import signature_version, write_config
+from statedisks import durability
+
+FILES = 40
+
+
+def config(tmp: Path) -> Path:
+    cfg = write_config(tmp / "vfile.toml", fail_mode="safe", deadline=2.0)
+    # No background fsync during the test: every create's intent stays unsynced.
+    with cfg.open("a") as f:
+        f.write('\n[journal]\nsync_interval = "60s"\n')
+    return cfg
+
+
+def create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...], *,
+                     subdir: str = "", settle: bool = False) -> str:
+    """Mount once cleanly (the signature version is learnt and persisted), then create
+    FILES files (in `subdir`) through a second mount and SIGKILL its server (`settle`:
+    once no create's intent is in flight any more); the signature version."""
+    with mounted(src, mnt, *args):
+        wait_for("the signature version", lambda: (
+            (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
+            signature_version(state))[-1], 30)
+    sig = signature_version(state)
+    with mounted(src, mnt, *args) as server:
+        if subdir:
+            (mnt / subdir).mkdir()
+        for i in range(FILES):
+            (mnt / subdir / f"new{i}").write_bytes(b"created %d" % i)
+        if settle:  # a create does not wait for its intent's commit (journal.inflight)
+            wait_for("no intent in flight", lambda: durability(mnt)["in_flight"] == 0, 30)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    return sig
