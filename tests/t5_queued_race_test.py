@@ -24,6 +24,7 @@ current identity,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import threading
@@ -35,7 +36,7 @@ import pytest
 from lifecycle import Tree, tree_config, wait_until
 from mounting import Server, force_unmount, mounted
 from outage import running_appliance, signature_version, status, unaccounted
-from t5_journal_tiers_test import frozen, loop_ext4
+from statedisks import loop_ext4
 
 from vfile.journal import Journal
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
@@ -277,16 +278,33 @@ def test_sigkill_while_operations_wait_on_queued_intents(tree: Tree) -> None:
         assert "recovery walk" in text
 
 
+#: FIFREEZE / FITHAW (linux/fs.h): fsfreeze(8) without a fork. A forked child closes
+#: its copies of the writers' descriptors, and each close flushes through the mount: a
+#: server killed while a thread of it waits on the frozen disk dies only at the thaw,
+#: so a forked `fsfreeze -u` would wait for it forever.
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+
+
 @contextlib.contextmanager
 def frozen_until_thawed(state: Path) -> Iterator[Callable[[], None]]:
     """Freeze the file system holding `state`; yields `thaw()` (also run on the way out)."""
-    fs = state.parent
-    stack = contextlib.ExitStack()
-    stack.enter_context(frozen(fs))
+    fd = os.open(state.parent, os.O_RDONLY | os.O_DIRECTORY)
+    thawed = False
+
+    def thaw() -> None:
+        nonlocal thawed
+        if not thawed:
+            fcntl.ioctl(fd, FITHAW, 0)
+            thawed = True
+
     try:
-        yield stack.close
+        fcntl.ioctl(fd, FIFREEZE, 0)
+        yield thaw
     finally:
-        stack.close()
+        try:
+            thaw()
+        finally:
+            os.close(fd)
 
 
 def _expected_names(source: Path) -> None:

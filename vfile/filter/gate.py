@@ -486,10 +486,10 @@ class Gate:
         """`a` and `b` (two files or two directories) were exchanged: every journal
         entry and in-memory intent at or below either follows its file."""
         x, y = os.fsdecode(a), os.fsdecode(b)
-        # The intents written for the exchange itself (at `a` and `b`) are left to
-        # the drain, as after a rename; intents below exchanged directories follow.
-        self._intents.pop(x)
-        self._intents.pop(y)
+        # The exchange's own intents were ended before (vfile.passthrough.nameops; their
+        # entries stay for the drain). What is left follows its file: a writer's intent
+        # at `a` or `b`, then resolved by its close scan (op_exchange keeps seqs), and
+        # intents below exchanged directories.
         self._intents.relocate({path: new for path in self._intents
                                 if (new := swapped_path(path, x, y)) is not None})
         await self._journal.exchange(x, y)
