@@ -24,36 +24,23 @@ current identity,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from lifecycle import Tree, tree_config, wait_until
-from mounting import Server, force_unmount, mounted
-from outage import running_appliance, signature_version, status, unaccounted
-from statedisks import loop_ext4
+from lifecycle import Tree, wait_until
+from mounting import force_unmount, mounted
+from outage import signature_version, status, unaccounted
+from queuedrace import DEADLINE, frozen_until_thawed, server_on_loop_disk, settled
 
 from vfile.journal import Journal
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 pytestmark = pytest.mark.mount
-
-#: generous: a loaded 2-core machine runs several suites at once
-DEADLINE = 60.0
-
-
-def _settled(mnt: Path) -> bool:
-    """No create intent queued, no write intent pending, no scan or drain in flight."""
-    st = status(mnt)
-    gate = st["gate"]
-    return (st["journal"]["durability"]["in_flight"] == 0 and gate["pending_intents"] == 0
-            and not gate["in_flight"] and not st["drain"]["in_flight"])
-
 
 def _waiting_in_kernel(tid: int) -> bool:
     """Thread `tid` of this process waits for a FUSE request's answer."""
@@ -200,23 +187,6 @@ def _prepare(mnt: Path) -> None:
         (mnt / case / "old").write_bytes(b"an older file in %s\n" % case.encode())
 
 
-@contextlib.contextmanager
-def _server(tree: Tree) -> Iterator[tuple[Path, tuple[str, ...], Server]]:
-    """A mount whose state directory is on a loop ext4 (yields it, the args, the server)."""
-    with running_appliance() as app, loop_ext4(tree.root) as fs:
-        state = fs / "state"
-        conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n')
-        conf.write_text(conf.read_text().replace(str(tree.state), str(state)))
-        args = ("--config", str(conf), "-v")
-        with mounted(tree.source, tree.mountpoint, *args) as server:
-            (tree.mountpoint / "warm").write_bytes(b"warm-up")
-            wait_until(lambda: (tree.mountpoint / "warm").read_bytes()
-                       and signature_version(state), "the signature version")
-            _prepare(tree.mountpoint)
-            wait_until(lambda: _settled(tree.mountpoint), "the warm-up settled", DEADLINE)
-            yield state, args, server
-
-
 def _drain_looked(state: Path, names: list[str], before: dict[str, int]) -> bool:
     """The drain has tried each name since `before` (its attempts), or settled its entry."""
     with Journal.open(state, readonly=True) as j:
@@ -234,7 +204,8 @@ def _attempts(state: Path, names: list[str]) -> dict[str, int]:
 
 def test_operations_racing_queued_intents_lose_nothing(tree: Tree) -> None:
     mnt = tree.mountpoint
-    with _server(tree) as (state, args, server), frozen_until_thawed(state) as thaw:
+    with server_on_loop_disk(tree, _prepare) as (state, args, server), \
+            frozen_until_thawed(state) as thaw:
         race = Race(mnt)
         _stage(race)
         assert status(mnt)["journal"]["durability"]["in_flight"] > 0, "no intent was queued"
@@ -246,7 +217,7 @@ def test_operations_racing_queued_intents_lose_nothing(tree: Tree) -> None:
         before = _attempts(state, live)
         wait_until(lambda: _drain_looked(state, live, before), "the drain looked", DEADLINE)
         race.finish_writers()
-        wait_until(lambda: _settled(mnt), "everything settled", DEADLINE)
+        wait_until(lambda: settled(mnt), "everything settled", DEADLINE)
         sig = signature_version(state)
         assert unaccounted(tree.source, state, sig) == [], "lost on the live mount"
         server.proc.send_signal(signal.SIGKILL)
@@ -259,7 +230,8 @@ def test_operations_racing_queued_intents_lose_nothing(tree: Tree) -> None:
 
 def test_sigkill_while_operations_wait_on_queued_intents(tree: Tree) -> None:
     mnt = tree.mountpoint
-    with _server(tree) as (state, args, server), frozen_until_thawed(state) as thaw:
+    with server_on_loop_disk(tree, _prepare) as (state, args, server), \
+            frozen_until_thawed(state) as thaw:
         sig = signature_version(state)
         race = Race(mnt)
         _stage(race)
@@ -276,35 +248,6 @@ def test_sigkill_while_operations_wait_on_queued_intents(tree: Tree) -> None:
             text = again.log()
             assert unaccounted(tree.source, state, sig) == [], text[-3000:]
         assert "recovery walk" in text
-
-
-#: FIFREEZE / FITHAW (linux/fs.h): fsfreeze(8) without a fork. A forked child closes
-#: its copies of the writers' descriptors, and each close flushes through the mount: a
-#: server killed while a thread of it waits on the frozen disk dies only at the thaw,
-#: so a forked `fsfreeze -u` would wait for it forever.
-FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
-
-
-@contextlib.contextmanager
-def frozen_until_thawed(state: Path) -> Iterator[Callable[[], None]]:
-    """Freeze the file system holding `state`; yields `thaw()` (also run on the way out)."""
-    fd = os.open(state.parent, os.O_RDONLY | os.O_DIRECTORY)
-    thawed = False
-
-    def thaw() -> None:
-        nonlocal thawed
-        if not thawed:
-            fcntl.ioctl(fd, FITHAW, 0)
-            thawed = True
-
-    try:
-        fcntl.ioctl(fd, FIFREEZE, 0)
-        yield thaw
-    finally:
-        try:
-            thaw()
-        finally:
-            os.close(fd)
 
 
 def _expected_names(source: Path) -> None:
