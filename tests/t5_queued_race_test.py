@@ -216,6 +216,8 @@ def test_operations_racing_queued_intents_lose_nothing(tree: Tree) -> None:
         live = [n for n in race.open_files if (tree.source / n).exists()]
         before = _attempts(state, live)
         wait_until(lambda: _drain_looked(state, live, before), "the drain looked", DEADLINE)
+        # ... and counts what it found still being written apart from its errors
+        assert status(mnt)["drain"]["done"].get("writing", 0) > 0, status(mnt)["drain"]
         race.finish_writers()
         wait_until(lambda: settled(mnt), "everything settled", DEADLINE)
         sig = signature_version(state)
