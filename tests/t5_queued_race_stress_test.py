@@ -27,6 +27,7 @@ from mounting import force_unmount, mounted
 from outage import signature_version, status, unaccounted
 from queuedrace import DEADLINE, FIFREEZE, FITHAW, server_on_loop_disk, settled
 
+from vfile.journal import Journal
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 pytestmark = pytest.mark.mount
@@ -154,8 +155,12 @@ def test_racing_name_operations_with_queued_intents_lose_nothing(tree: Tree,
             wait_until(lambda: settled(mnt), "everything settled", DEADLINE)
         except AssertionError:
             st = status(mnt)
-            raise AssertionError(f"not settled: gate {st['gate']}, journal {st['journal']}, "
-                                 f"drain {st['drain']}\n{server.log()[-5000:]}") from None
+            with Journal.open(state, readonly=True) as j:
+                paths = [e.path for e in j.list_deferred()]
+            text = "\n".join(ln for ln in server.log().splitlines()
+                             if any(p in ln for p in paths))
+            raise AssertionError(f"not settled: gate {st['gate']}, entries {paths}, drain "
+                                 f"{st['drain']}\n{text[-5000:]}") from None
         sig = signature_version(state)
         assert unaccounted(tree.source, state, sig) == [], "lost on the live mount"
         server.proc.send_signal(signal.SIGKILL)
