@@ -417,6 +417,9 @@ class Gate:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)
         intent = self._intents.get(rel)
+        if intent is None and st.st_nlink > 1:  # it may be under another of its names
+            intent = self._intents.find(lambda p: self._source.same_file(p, st))
+            rel = intent.path if intent is not None else rel  # (t5_queued_race_links)
         if intent is None:
             return  # no intent: the profile does not scan after writes
         profile = self._profiles.profile_for(rel, st.st_nlink)
