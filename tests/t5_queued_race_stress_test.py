@@ -28,6 +28,7 @@ from outage import signature_version, status, unaccounted
 from queuedrace import DEADLINE, FIFREEZE, FITHAW, server_on_loop_disk, settled
 
 from vfile.journal import Journal
+from vfile.journal.records import Identity
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 pytestmark = pytest.mark.mount
@@ -172,7 +173,7 @@ def test_racing_name_operations_with_queued_intents_lose_nothing(tree: Tree,
                                  f"{st['drain']}\n{text[-5000:]}") from None
         sig = signature_version(state)
         lost = unaccounted(tree.source, state, sig)
-        assert lost == [], _story(lost, state, server.log())
+        assert lost == [], _story(lost, tree.source, state, server.log())
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(30)
         force_unmount(mnt)
@@ -180,9 +181,13 @@ def test_racing_name_operations_with_queued_intents_lose_nothing(tree: Tree,
             assert unaccounted(tree.source, state, sig) == [], "lost after SIGKILL"
 
 
-def _story(lost: list[str], state: Path, log: str) -> str:
-    """What the journal and the server's log say about the files lost."""
+def _story(lost: list[str], source: Path, state: Path, log: str) -> str:
+    """What the source, the journal and the server's log say about the files lost."""
+    now = {p: Identity.from_stat(os.stat(source / p)) for p in lost}
     with Journal.open(state, readonly=True) as j:
         entries = [(e.path, e.identity) for e in j.list_deferred()]
+        verdicts = [v.identity for v in j.verdicts()
+                    if any(v.identity.ino == i.ino for i in now.values())]
     lines = [ln for ln in log.splitlines() if any(p in ln for p in lost)]
-    return f"lost {lost}; entries {entries}\n" + "\n".join(lines[-60:])
+    return (f"lost {now}; entries {entries}; their inodes' verdicts {verdicts}\n"
+            + "\n".join(lines[-60:]))
