@@ -81,7 +81,8 @@ def render_status(s: dict[str, Any]) -> str:
     done = d["done"]
     lines.append(f"drain       {'paused' if d['paused'] else 'running'}, "
                  f"{d['files_per_s']:g} files/s, done: {done['clean']} clean, "
-                 f"{done['infected']} infected, {done['gone']} gone, {done['error']} errors")
+                 f"{done['infected']} infected, {done['gone']} gone, {done['error']} errors, "
+                 f"{done.get('writing', 0)} still being written")
     rate = g.get("cache_hit_rate")
     lines.append(f"gate        scans {g['scans']} (+{g['close_scans']} after write), "
                  f"cache hit rate {'-' if rate is None else f'{rate:.1%}'}, "
@@ -186,7 +187,8 @@ def drain(  # noqa: PLR0917 - typer maps parameters to options
     typer.echo(f"drain {'paused' if result['paused'] else 'running'} at "
                f"{result['files_per_s']:g} files/s; done {sum(done.values())} "
                f"({done['clean']} clean, {done['infected']} infected, {done['gone']} gone, "
-               f"{done['error']} errors), in flight {result['in_flight']}")
+               f"{done['error']} errors, {done.get('writing', 0)} still being written), "
+               f"in flight {result['in_flight']}")
 
 
 def _pending(mountpoint: str) -> int:

@@ -89,6 +89,11 @@ scan_done: contextvars.ContextVar[Callable[[], None] | None] = contextvars.Conte
     "drain_scan_done", default=None)
 
 
+#: the resolver's detail for a file a writer still holds (its intent is pending): released
+#: and retried like an error, but counted apart (`done["writing"]`), since it is no failure
+WRITING = "still being written"
+
+
 class Outcome(enum.StrEnum):
     CLEAN = "clean"
     INFECTED = "infected"
@@ -202,6 +207,7 @@ class Drain:
         self._slow_latency = 0.0  # long-run average: the baseline
         self._last_backoff = -math.inf
         self.done: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.writing = 0  # ERROR results that were only WRITING (not in `done`)
         self.bytes_done = 0
         self.in_flight = 0
         self.last_error = ""
@@ -235,7 +241,8 @@ class Drain:
         return {"paused": self._paused, "in_flight": self.in_flight,
                 "files_per_s": self._files.rate, "bytes_per_s": self._bytes.rate,
                 "configured_files_per_s": self._configured_files_per_s,
-                "done": {k.value: v for k, v in self.done.items()},
+                "done": {**{k.value: v for k, v in self.done.items()},
+                         "writing": self.writing},
                 "bytes_done": self.bytes_done, "last_error": self.last_error}
 
     # --- the loop -------------------------------------------------------
@@ -411,7 +418,10 @@ class Drain:
         self._count(result)
 
     def _count(self, result: Resolution) -> None:
-        self.done[result.outcome] += 1
+        if result.outcome is Outcome.ERROR and result.detail == WRITING:
+            self.writing += 1
+        else:
+            self.done[result.outcome] += 1
         self.bytes_done += result.nbytes
 
     def _adapt(self, latency: float, nbytes: int) -> None:

@@ -21,7 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -69,6 +69,11 @@ class IntentTable:
 
     def get(self, path: str) -> Intent | None:
         return self._by_path.get(path)
+
+    def find(self, names_it: Callable[[str], bool]) -> Intent | None:
+        """The first intent whose path `names_it` says names a given file (a scan of
+        every intent: for a multiply-linked file's last close only)."""
+        return next((i for p, i in self._by_path.items() if names_it(p)), None)
 
     def begin(self, path: str) -> Intent:
         """A new intent for `path`, current from now on."""

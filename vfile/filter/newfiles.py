@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import trio
@@ -34,7 +35,7 @@ from vfile.filter.flights import Tasks
 from vfile.filter.intents import Intent
 from vfile.journal.inflight import MAX_IN_FLIGHT
 from vfile.journal.ops import PreparedDefer
-from vfile.journal.records import Exposure, Identity, JournalError
+from vfile.journal.records import Exposure, Identity, JournalError, JournalFull
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 
@@ -73,9 +74,19 @@ class IntentRecords:
         # An existing file's is tier 1, and so is a new one's while the clock is behind
         # the watermark (journal.watermark); a new one's waits for its commit (tier 1w)
         # while the queue does not keep up.
-        intent.seq = await j.defer(intent.path, identity, JournalReason.MODIFIED, profile.name,
-                                   exposure=exposure, durable=identity is not None
-                                   or not j.new_files_covered())
+        try:
+            intent.seq = await j.defer(intent.path, identity, JournalReason.MODIFIED,
+                                       profile.name, exposure=exposure,
+                                       durable=identity is not None
+                                       or not j.new_files_covered())
+        except JournalFull:
+            raise  # the gate answers it (ENOSPC or EIO, by profile)
+        except JournalError as err:
+            # A failing state disk, not a bug: one line, and the operation gets EIO
+            # (the handler logs no traceback for an OSError).
+            log.error("journal: cannot record the write intent of %r (%s); answering EIO",
+                      intent.path, err)
+            raise OSError(errno.EIO, f"journal: {err}") from None
 
     def _done(self, intent: Intent, p: PreparedDefer, profile: Profile,
               err: JournalError | None) -> None:

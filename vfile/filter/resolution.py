@@ -30,8 +30,8 @@ import trio
 
 from vfile.config.model import Profile
 from vfile.filter import coverage
+from vfile.filter.drain import WRITING, Resolution
 from vfile.filter.drain import Outcome as DrainOutcome
-from vfile.filter.drain import Resolution
 from vfile.filter.drain import scan_done as drain_scan_done
 from vfile.filter.intents import IntentTable
 from vfile.filter.outcomes import Stats
@@ -183,7 +183,7 @@ class Resolver:
         if self._window():
             return Resolution(DrainOutcome.ERROR, detail="window active")
         if path in self._intents:
-            return Resolution(DrainOutcome.ERROR, detail="still being written")
+            return Resolution(DrainOutcome.ERROR, detail=WRITING)
         try:
             fd = self._source.open(path)
         except OSError as err:

@@ -84,3 +84,17 @@ class Source:
             return False
         finally:
             os.close(dir_fd)
+
+    def same_file(self, path: str, st: os.stat_result) -> bool:
+        """`path` names the file `st` is of (another hard link of it), now."""
+        try:
+            dir_fd, name = open_parent(self._root, path)
+        except OSError:
+            return False
+        try:
+            other = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        finally:
+            os.close(dir_fd)
+        return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)

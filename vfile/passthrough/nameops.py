@@ -113,12 +113,18 @@ class NameOps(OpsCore):
             if flags & RENAME_EXCHANGE:
                 self._moved(old_p, name_old)
             if paths is not None and flags & RENAME_EXCHANGE:
+                # The exchange's own intents end first (their entries stay for the drain):
+                # an intent they replaced (a writer still has the file open) is current
+                # again, and follows its file with its entry (tests/t5_queued_race_test.py).
+                for token in tokens:
+                    hooks.release_intent(token)
+                tokens = []
                 await hooks.on_exchange(*paths)  # entries and intents follow their files
             elif paths is not None:
                 await hooks.on_rename(*paths)
         finally:
-            # A failed rename changed nothing; an exchange has no handle to close (its
-            # entries, swapped, stay for the drain); a plain rename's on_rename ended them.
+            # A failed rename changed nothing; an exchange's were ended above; a plain
+            # rename's on_rename ended them.
             for token in tokens:
                 hooks.release_intent(token)
 

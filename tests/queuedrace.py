@@ -1,0 +1,80 @@
+"""Shared by the queued-intent race tests (tests/t5_queued_race*_test.py): a mount whose
+state directory is on a loop ext4, frozen and thawed without a fork, and "settled".
+
+    with server_on_loop_disk(tree, prepare) as (state, args, server):
+        with frozen_until_thawed(state) as thaw:   # creates' intents stay queued
+            ...
+            thaw()
+        wait_until(lambda: settled(mnt), "settled", DEADLINE)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from lifecycle import Tree, tree_config, wait_until
+from mounting import Server, mounted
+from outage import running_appliance, signature_version, status
+from statedisks import loop_ext4
+
+#: generous: a loaded 2-core machine runs several suites at once
+DEADLINE = 60.0
+
+
+def settled(mnt: Path) -> bool:
+    """No create intent queued, no write intent pending, no scan or drain in flight."""
+    st = status(mnt)
+    gate = st["gate"]
+    return (st["journal"]["durability"]["in_flight"] == 0 and gate["pending_intents"] == 0
+            and not gate["in_flight"] and not st["drain"]["in_flight"])
+
+
+@contextlib.contextmanager
+def server_on_loop_disk(tree: Tree, prepare: Callable[[Path], None]
+                        ) -> Iterator[tuple[Path, tuple[str, ...], Server]]:
+    """A mount whose state directory is on a loop ext4 (yields it, the args, the server)."""
+    with running_appliance() as app, loop_ext4(tree.root) as fs:
+        state = fs / "state"
+        conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n')
+        conf.write_text(conf.read_text().replace(str(tree.state), str(state)))
+        args = ("--config", str(conf), "-v")
+        with mounted(tree.source, tree.mountpoint, *args) as server:
+            (tree.mountpoint / "warm").write_bytes(b"warm-up")
+            wait_until(lambda: (tree.mountpoint / "warm").read_bytes()
+                       and signature_version(state), "the signature version")
+            prepare(tree.mountpoint)
+            wait_until(lambda: settled(tree.mountpoint), "the warm-up settled", DEADLINE)
+            yield state, args, server
+
+
+#: FIFREEZE / FITHAW (linux/fs.h): fsfreeze(8) without a fork. A forked child closes
+#: its copies of the writers' descriptors, and each close flushes through the mount: a
+#: server killed while a thread of it waits on the frozen disk dies only at the thaw,
+#: so a forked `fsfreeze -u` would wait for it forever.
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+
+
+@contextlib.contextmanager
+def frozen_until_thawed(state: Path) -> Iterator[Callable[[], None]]:
+    """Freeze the file system holding `state`; yields `thaw()` (also run on the way out)."""
+    fd = os.open(state.parent, os.O_RDONLY | os.O_DIRECTORY)
+    thawed = False
+
+    def thaw() -> None:
+        nonlocal thawed
+        if not thawed:
+            fcntl.ioctl(fd, FITHAW, 0)
+            thawed = True
+
+    try:
+        fcntl.ioctl(fd, FIFREEZE, 0)
+        yield thaw
+    finally:
+        try:
+            thaw()
+        finally:
+            os.close(fd)
