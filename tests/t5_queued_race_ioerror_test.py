@@ -5,6 +5,7 @@ disk) refuses the open with EIO and says so in one clear log line, not a traceba
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,20 @@ def test_an_intent_io_error_is_one_clear_line(tmp_path: Path) -> None:
             (mnt / "warm").write_bytes(b"warm-up")
             wait_until(lambda: settled(mnt), "the warm-up settled")
             fault.touch()
-            try:
-                assert open_errno(mnt / "old", 0o1) == errno.EIO  # O_WRONLY: tier 1
+            try:  # O_TRUNC changes the content at once: its intent is fsynced in the open
+                assert open_errno(mnt / "old", os.O_WRONLY | os.O_TRUNC) == errno.EIO
+                # Without O_TRUNC the open returns and the first WRITE waits for the
+                # intent's fsync (vfile.filter.writeintents): the EIO shows at close.
+                fd = os.open(mnt / "old", os.O_WRONLY)
+                os.write(fd, b"X")
+                with pytest.raises(OSError) as closing:
+                    os.close(fd)
+                assert closing.value.errno == errno.EIO
             finally:
                 fault.unlink()
+            assert (src / "old").read_bytes() == b"an existing file"
             text = server.log()
             lines = [ln for ln in text.splitlines() if "write intent of 'old'" in ln]
-            assert len(lines) == 1, text[-3000:]
+            assert len(lines) == 2, text[-3000:]  # one clear line per refused operation
             assert "answering EIO" in lines[0], lines
+            assert "its write fails with EIO" in lines[1], lines
