@@ -1,6 +1,6 @@
 """A writer's intent must end with its last close, whatever names its file has then.
 
-Found by tests/t5_queued_race_stress_test.py (an intent left pending forever, its
+Found by tests/stress_queued_race.py (an intent left pending forever, its
 entry answered "still being written" by the drain until poisoned): a file held open
 for write gets two more names (links), its first name is unlinked (its intent moves
 to a surviving name), then another link is made; the last close looks for the
