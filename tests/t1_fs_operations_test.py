@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,6 +42,9 @@ class RecordingHooks:
 
     def forget_file(self, key: tuple[int, int]) -> None:
         pass
+
+    def bind_kernel(self, forget_name: Callable[[bytes], Awaitable[None]]) -> None:
+        self.forget_name = forget_name
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx, *, unflushed: bool = False) -> None:

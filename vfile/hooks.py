@@ -37,6 +37,10 @@ pyfuse3. Invariants the Operations keep for every hook:
   `on_unlink` gets `survivor`, another live name of the file, when the file
   is still linked elsewhere (its journal entry moves there).
 
+- `bind_kernel` runs once, when the filesystem is built: it hands the hooks
+  `forget_name(path)`, which makes the kernel drop its entry for a name the
+  hooks removed from the source themselves (an infected file moved away).
+
 Any other exception a hook raises is a bug: it is logged and becomes EIO.
 """
 
@@ -44,7 +48,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,6 +108,8 @@ class FileHooks(Protocol):
         """The kernel forgot the file (st_dev, st_ino): per-file state may go."""
         ...
 
+    def bind_kernel(self, forget_name: Callable[[bytes], Awaitable[None]]) -> None: ...
+
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,
                       ctx: RequestCtx, *, unflushed: bool = False) -> None: ...
 
@@ -138,6 +144,9 @@ class NoHooks:
         return True
 
     def forget_file(self, key: tuple[int, int]) -> None:
+        pass
+
+    def bind_kernel(self, forget_name: Callable[[bytes], Awaitable[None]]) -> None:
         pass
 
     async def on_open(self, path: bytes, fd: int, st: os.stat_result, flags: int,

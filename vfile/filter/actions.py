@@ -31,7 +31,7 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -156,6 +156,9 @@ class Actions:
         self._qdir: Path | None = None
         self._clock = clock
         self._limiter: trio.CapacityLimiter | None = None
+        #: makes the kernel drop its entry for a source-relative name we removed (the
+        #: filesystem binds it, vfile.hooks `bind_kernel`); None: no mount (the CLI)
+        self.forget_name: Callable[[bytes], Awaitable[None]] | None = None
 
     def prepare(self) -> None:
         """Create and check the quarantine directory now (the mount calls this at start)."""
@@ -181,12 +184,19 @@ class Actions:
                 return await self._rename(path, verdict)
             if action is InfectedAction.DELETE:
                 await self._thread(lambda: self._delete(path))
+                await self._name_gone(path)
                 await self._journal.forget_path(path, "infected")
                 return "deleted"
             return await self._hook(hook, path, verdict, profile, exposures)
         except (OSError, UserError) as err:
             log.error("infected action %s on %r failed: %s", action.value, path, err)
             return f"{action.value} failed ({err}); denied"
+
+    async def _name_gone(self, path: str) -> None:
+        """The file left `path`: the kernel must not go on resolving the name to it
+        (for its entry timeout) once the drain says it is done."""
+        if self.forget_name is not None:
+            await self.forget_name(os.fsencode(path))
 
     def _delete(self, path: str) -> None:
         dir_fd, name = open_parent(self._root, path)
@@ -224,6 +234,7 @@ class Actions:
             return dest, Identity.from_stat(st)
 
         dest, identity = await self._thread(move)
+        await self._name_gone(path)
         await self._journal.add_quarantine(QuarantineRecord(
             id=rec_id, original_path=path, quarantine_path=str(dest),
             signature=verdict.signature, time=self._clock(), identity=identity,
@@ -261,6 +272,7 @@ class Actions:
             return parent + new, st
 
         new_path, st = await self._thread(move)
+        await self._name_gone(path)
         await self._journal.forget_path(path, "infected")
         # The chmod changed the identity: record the verdict for the new one too.
         await self._journal.put_verdict(replace(verdict, identity=Identity.from_stat(st)))

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import trio
@@ -207,6 +207,9 @@ class Gate:
 
     def _remember(self, rec: VerdictRecord) -> None:
         self._cache.put(rec)
+
+    def bind_kernel(self, forget_name: Callable[[bytes], Awaitable[None]]) -> None:
+        self._actions.forget_name = forget_name
 
     def forget_file(self, key: tuple[int, int]) -> None:
         """The kernel forgot the file (st_dev, st_ino): drop its cached verdicts. A

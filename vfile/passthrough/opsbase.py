@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from vfile.hooks import CallerLike, Denied, FileHooks, NoHooks
 from vfile.passthrough import links, perms
@@ -42,6 +43,8 @@ T = TypeVar("T")
 #: changes made to the source behind vfile's back within this time.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
+#: seconds `forget_name` waits for the kernel (it only waits for requests we serve)
+FORGET_NAME_TIMEOUT = 5.0
 
 OPATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Descriptors left to the rest of the server (journal, appliance and control
@@ -140,6 +143,7 @@ class OpsCore(pyfuse3.Operations):
         # Per-file state in the hooks (the gate's verdict cache) follows the inodes the
         # kernel knows, so it cannot grow with files long deleted.
         self.table.on_drop = self.hooks.forget_file
+        self.hooks.bind_kernel(self.forget_name)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_open = max_open_files(nofile, self.table.cache.capacity)
         self._refusals = 0
@@ -198,6 +202,29 @@ class OpsCore(pyfuse3.Operations):
                 if path != dead:
                     return path
         return None
+
+    async def forget_name(self, path: bytes) -> None:
+        """Make the kernel drop its entry for `path` (source-relative), a name the
+        server itself removed from the source (the drain's infected actions): the
+        kernel would otherwise resolve it to the moved file for ENTRY_TIMEOUT."""
+        head, _, name = path.rpartition(b"/")
+        try:
+            st = os.stat(head or b".", dir_fd=self.table.get(ROOT_INODE).fd)
+        except OSError:
+            return  # the directory went too: the kernel's entries under it go with it
+        parent = self.table.find(st)
+        if parent is None:
+            return  # a directory the kernel never looked up holds no entry of it
+        # The blocking call in a thread, not invalidate_entry_async: the caller learns
+        # when the entry is gone, and one stuck entry cannot hold up a queue of others.
+        # It waits only for requests on that directory, which this loop goes on serving.
+        with trio.move_on_after(FORGET_NAME_TIMEOUT):
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name,
+                                              abandon_on_cancel=True)
+            except OSError as err:
+                if err.errno != errno.ENOENT:  # ENOENT: the kernel held no such entry
+                    log.warning("could not drop the kernel's entry for %r: %s", path, err)
 
     def _child_path(self, parent: Inode, name: bytes) -> bytes:
         base = self.path_of(parent)
