@@ -55,6 +55,12 @@ class Server:
             _wait_log_written(self.mountpoint)
         return self.log_path.read_text(errors="replace")
 
+    def kill(self, deadline: float = 30) -> None:
+        """SIGKILL the server (a crash) and wait until it is gone; its mount stays
+        behind, dead (ENOTCONN), until `force_unmount` or the `mounted` exit."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(deadline)
+
 
 def _wait_log_written(mountpoint: Path, deadline: float = 15.0) -> None:
     """Until the server has written every log line accepted before this call (best

@@ -15,7 +15,6 @@ The state directory lives on tests/cutfs.py with `fsync_drops`, which models tha
 from __future__ import annotations
 
 import errno
-import signal
 import time
 from pathlib import Path
 
@@ -116,8 +115,7 @@ def test_a_failed_fsync_does_not_lose_older_records_at_the_next_power_cut(
             with open(mnt / f"f{FILES - 1:03d}", "r+b") as f:
                 f.write(b"Y")
             wait_for("settled", lambda: _settled(mnt), 60)
-            server.proc.send_signal(signal.SIGKILL)
-            server.proc.wait(10)
+            server.kill()
         _after_the_cut(src, mnt, state, disk, statefs, args=args)
 
 
@@ -133,12 +131,10 @@ def test_a_crash_right_after_a_failed_fsync_does_not_lose_older_records_either(
         with cutfs(disk, statefs):
             with mounted(src, mnt, *args, "-v", tracebacks_expected=True) as server:
                 _journal_then_fail_one_fsync(src, mnt, state, disk, args)
-                server.proc.send_signal(signal.SIGKILL)
-                server.proc.wait(10)
+                server.kill()
             with mounted(src, mnt, *args) as server:  # same boot: no cut yet
                 with open(mnt / f"f{FILES - 1:03d}", "r+b") as f:
                     f.write(b"Y")
                 wait_for("settled", lambda: _settled(mnt), 60)
-                server.proc.send_signal(signal.SIGKILL)
-                server.proc.wait(10)
+                server.kill()
         _after_the_cut(src, mnt, state, disk, statefs, args=args)

@@ -16,10 +16,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from lifecycle import Tree, tree_config, wait_until
-from mounting import mounted
-from outage import running_appliance, signature_version, unaccounted
-from statedisks import frozen, loop_ext4, status_json
+from lifecycle import Tree
+from mounting import force_unmount, mounted
+from outage import signature_version, unaccounted
+from queuedrace import server_on_loop_disk
+from statedisks import frozen
 
 from vfile.journal import Journal
 
@@ -43,28 +44,13 @@ def _create_all(mnt: Path, deadline: float) -> list[str]:
     return [f"new{i}" for i in range(FILES) if f"new{i}" not in done]
 
 
-def _settled(mnt: Path) -> bool:
-    st = status_json(mnt)
-    journal, gate = st["journal"], st["gate"]
-    assert isinstance(journal, dict) and isinstance(gate, dict)
-    return journal["durability"]["in_flight"] == 0 and gate["pending_intents"] == 0
-
-
 def test_sigkill_with_intents_in_flight_walks_before_serving(tree: Tree) -> None:
-    with running_appliance() as app, loop_ext4(tree.root) as fs:
-        state = fs / "state"
-        conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n')
-        conf.write_text(conf.read_text().replace(str(tree.state), str(state)))
-        args = ("--config", str(conf), "-v")
-        with mounted(tree.source, tree.mountpoint, *args) as server:
-            (tree.mountpoint / "warm").write_bytes(b"warm-up")
-            wait_until(lambda: (tree.mountpoint / "warm").read_bytes()
-                       and signature_version(state), "the signature version")
-            wait_until(lambda: _settled(tree.mountpoint), "the warm-up settled")
-            with frozen(fs):
-                stalled = _create_all(tree.mountpoint, 30.0)
-                server.proc.send_signal(signal.SIGKILL)
-            server.proc.wait(30)
+    with server_on_loop_disk(tree, lambda mnt: None) as (state, args, server):
+        with frozen(state.parent):
+            stalled = _create_all(tree.mountpoint, 30.0)
+            server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)  # a thread of it waiting on the frozen disk dies at the thaw
+        force_unmount(tree.mountpoint)
         assert stalled == [], "creates waited on the frozen state disk"
         sig = signature_version(state)
         lost = unaccounted(tree.source, state, sig)
