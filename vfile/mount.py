@@ -205,7 +205,8 @@ async def serve(opts: MountOptions, *, open_hooks: HooksOpener = open_passthroug
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_hooks(opts, root_fd) as hooks:
             ops = VFileOperations(root_fd, os.fsencode(src), hooks, writeback=opts.writeback,
-                                  xattr=opts.xattr, fd_cache=_fd_cache_size(opts))
+                                  xattr=opts.xattr, fd_cache=_fd_cache_size(opts),
+                                  cache_timeout=opts.cache_timeout)
             try:
                 pyfuse3.init(ops, mnt, fuse_options(opts, src))
             except RuntimeError as exc:
@@ -331,7 +332,9 @@ def child_argv(opts: MountOptions, ready_fd: int) -> list[str]:
                         ("--metrics", opts.metrics), ("--audit-log", opts.audit_log),
                         ("--log-format", None if opts.log_format == "plain" else opts.log_format),
                         ("--timeout", None if opts.timeout is None else repr(opts.timeout)),
-                        ("--fd-cache", None if opts.fd_cache is None else str(opts.fd_cache))):
+                        ("--fd-cache", None if opts.fd_cache is None else str(opts.fd_cache)),
+                        ("--cache-timeout",
+                         None if opts.cache_timeout is None else repr(opts.cache_timeout))):
         if value is not None:
             argv += [flag, value]
     for url in opts.appliances:

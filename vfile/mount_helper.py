@@ -31,7 +31,7 @@ VALUE_OPTIONS = {
     "appliance": "--appliance", "fail_mode": "--fail-mode", "timeout": "--timeout",
     "state_dir": "--state-dir", "config": "--config", "signatures": "--signatures",
     "log_file": "--log-file", "metrics": "--metrics", "audit_log": "--audit-log",
-    "log_format": "--log-format",
+    "log_format": "--log-format", "cache_timeout": "--cache-timeout",
 }
 PASS_THROUGH = ("allow_other", "no_writeback", "noxattr")
 #: mount(8)'s, the kernel's generic and systemd's options: not vfile's business

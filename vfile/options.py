@@ -40,3 +40,7 @@ class MountOptions:
     #: O_PATH descriptors kept open for known inodes (None: [mount] fd_cache, else
     #: vfile.passthrough.fdcache.default_capacity of the descriptor limit)
     fd_cache: int | None = None
+    #: seconds the kernel may keep a name's entry and a file's attributes without asking
+    #: (None: vfile.passthrough.opsbase.ENTRY_TIMEOUT); longer is faster, and changes made
+    #: to the source behind the mount's back are seen that much later
+    cache_timeout: float | None = None

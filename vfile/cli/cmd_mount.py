@@ -32,6 +32,17 @@ def parse_o(values: list[str]) -> set[str]:
     return out
 
 
+#: a day, like libfuse's passthrough examples' `-o timeout`: beyond it nothing is gained
+MAX_CACHE_TIMEOUT = 86400.0
+
+
+def check_cache_timeout(value: float | None) -> float | None:
+    if value is not None and not 0 <= value <= MAX_CACHE_TIMEOUT:  # also nan
+        raise UserError(f"--cache-timeout must be between 0 and {MAX_CACHE_TIMEOUT:g} "
+                        f"seconds, not {value!r}", Exit.USAGE)
+    return value
+
+
 @app.command()
 @user_errors
 def mount(  # noqa: PLR0917 - typer maps parameters to options
@@ -79,6 +90,10 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
         "--fd-cache", min=16, help="O_PATH descriptors kept open for known inodes; others "
         "are reopened by file handle [default: 4096, or a quarter of the descriptor limit "
         "if less].")] = None,
+    cache_timeout: Annotated[float | None, typer.Option(
+        "--cache-timeout", help="Seconds the kernel keeps a name and a file's attributes "
+        "without asking the server (stat and open get faster); changes made to the source "
+        "behind the mount's back are seen that much later [default: 1].")] = None,
     ready_fd: Annotated[int | None, typer.Option("--ready-fd", hidden=True)] = None,
     verbose: Verbose = 0,
 ) -> None:
@@ -102,7 +117,8 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
                                   appliances=tuple(appliance or ()), fail_mode=fail_mode,
                                   timeout=timeout, state_dir=state_dir, signatures=signatures,
                                   metrics=metrics, audit_log=audit_log, log_format=log_format,
-                                  fd_cache=fd_cache)
+                                  fd_cache=fd_cache,
+                                  cache_timeout=check_cache_timeout(cache_timeout))
     if log_format not in LOG_FORMATS:
         raise UserError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not "
                         f"{log_format!r}", Exit.USAGE)

@@ -128,8 +128,12 @@ class OpsCore(pyfuse3.Operations):
 
     def __init__(self, root_fd: int, root_path: bytes, hooks: FileHooks | None = None,
                  *, writeback: bool = True, xattr: bool = True,
-                 fd_cache: int | None = None) -> None:
+                 fd_cache: int | None = None, cache_timeout: float | None = None) -> None:
         super().__init__()
+        # How long the kernel keeps an entry and attributes (a negative entry keeps
+        # ENTRY_TIMEOUT: a file made behind our back shows up within a second).
+        self.entry_timeout = self.attr_timeout = (
+            ENTRY_TIMEOUT if cache_timeout is None else cache_timeout)
         self.xattr = xattr
         # FUSE_POSIX_ACL: without it the kernel checks mode bits only, so an ACL entry
         # that denies a user (u:bob:--- on a 0644 file) would not stop bob through the
@@ -206,7 +210,7 @@ class OpsCore(pyfuse3.Operations):
     async def forget_name(self, path: bytes) -> None:
         """Make the kernel drop its entry for `path` (source-relative), a name the
         server itself removed from the source (the drain's infected actions): the
-        kernel would otherwise resolve it to the moved file for ENTRY_TIMEOUT."""
+        kernel would otherwise resolve it to the moved file for `entry_timeout`."""
         head, _, name = path.rpartition(b"/")
         try:
             st = os.stat(head or b".", dir_fd=self.table.get(ROOT_INODE).fd)
@@ -234,8 +238,8 @@ class OpsCore(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        e.entry_timeout = ENTRY_TIMEOUT
-        e.attr_timeout = ATTR_TIMEOUT
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
         e.st_mode = st.st_mode
         e.st_nlink = st.st_nlink
         e.st_uid = st.st_uid
