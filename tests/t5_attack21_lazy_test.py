@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from cutfs import fsync_fault, fsync_hold
 from mounting import mounted, wait_for
-from outage import running_appliance, status
+from outage import running_appliance, signature_version, status, unaccounted
 from powercut import config
 from statedisks import cutfs, loop_ext4
 
@@ -28,7 +29,7 @@ from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
 
-OLD = b"A" * 4096
+OLD, NEW = b"A" * 4096, b"B" * 4096
 #: what the attacker writes: the built-in appliance knows it as infected
 BAD = EICAR + b" " * (4096 - len(EICAR))
 
@@ -177,3 +178,45 @@ def test_bytes_the_full_source_refused_are_never_served(tmp_path: Path) -> None:
                 seen = None
             assert seen is None or EICAR not in seen, "bytes that reached neither the " \
                 "source nor a scan were served through the mount (from the kernel's cache)"
+
+
+def test_a_write_after_a_failed_intent_fsync_survives_a_power_cut(tmp_path: Path) -> None:
+    """The first writer's intent cannot be fsynced (its WRITE fails with EIO); the disk
+    comes back; a second writer opens the same file while the first still holds it
+    and writes: that WRITE waits for a fresh fsync of both intents (after the failed
+    one, every page is written again: journal.syncer.EnvFsync). Then the power goes:
+    the written file must have its entry (or a verdict)."""
+    src, mnt, disk, statefs = dirs(tmp_path)
+    (src / "db").write_bytes(OLD)
+    state = statefs / "state"
+    args = ("--config", str(config(tmp_path)), "--state-dir", str(state))
+    with running_appliance() as app:
+        args = ("--appliance", app.url, *args)
+        with cutfs(disk, statefs):
+            with mounted(src, mnt, *args):  # scanned clean once: verdict, signature
+                wait_for("the signature version", lambda: (
+                    (mnt / "db").read_bytes(), signature_version(state))[-1], 30)
+            sig = signature_version(state)
+            with mounted(src, mnt, *args) as server:
+                fault = fsync_fault(disk)
+                fault.touch()
+                try:
+                    first = os.open(mnt / "db", os.O_RDWR)
+                    os.pwrite(first, BAD, 0)
+                    with pytest.raises(OSError):
+                        os.fsync(first)  # EIO: its intent is not durable
+                finally:
+                    fault.unlink()
+                second = os.open(mnt / "db", os.O_RDWR)
+                os.pwrite(second, NEW, 0)
+                os.fsync(second)  # lands, once both intents are fsynced afresh
+                os.close(second)
+                assert (src / "db").read_bytes() == NEW
+                server.proc.send_signal(signal.SIGKILL)
+                server.proc.wait(10)
+                with contextlib.suppress(OSError):
+                    os.close(first)
+        # The cut: everything cutfs was not told to fsync is gone.
+        with cutfs(disk, statefs):
+            lost = unaccounted(src, state, sig)
+    assert lost == [], f"a written file with neither a journal entry nor a verdict: {lost}"
