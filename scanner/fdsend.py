@@ -97,5 +97,8 @@ def send_many(sock: socket.socket, fds: Sequence[int]) -> tuple[int, int]:
         if err in (errno.EAGAIN, errno.EWOULDBLOCK):
             raise BlockingIOError(err, os.strerror(err))
         raise OSError(err, os.strerror(err))
-    partial = msgs[sent].len if sent < n else 0
-    return sent, partial
+    # The kernel counts a message that went in part among those sent (its msg_len
+    # says how much went) and stops there (net/socket.c __sys_sendmmsg).
+    if sent and msgs[sent - 1].len < len(PAYLOAD):
+        return sent - 1, msgs[sent - 1].len
+    return sent, 0

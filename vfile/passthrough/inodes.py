@@ -52,8 +52,8 @@ class Inode:
     entries and handle (bench/scale.py measures it)."""
 
     __slots__ = ("_cache", "_fd", "handle", "ino", "key", "kind", "lookups", "mount_id",
-                 "name", "names", "opens", "parent", "root", "stamp", "sticky", "unsynced",
-                 "writers")
+                 "name", "names", "opens", "parent", "root", "stale", "stamp", "sticky",
+                 "unsynced", "writers")
 
     def __init__(self, ino: int, key: Key, fd: int, kind: int, cache: FdCache, *,
                  lookups: int = 0) -> None:
@@ -72,6 +72,10 @@ class Inode:
         #: (size, mtime_ns, ctime_ns) when the kernel last saw its content; equal at
         #: the next open means the kernel's page cache is still valid (keep_cache).
         self.stamp: tuple[int, int, int] | None = None
+        #: a WRITE failed: the kernel keeps those pages (clean, as after any failed
+        #: writeback), bytes the source never got and no scan saw; the next open with
+        #: no writer left drops the cache instead of keeping it (passthrough.fs open)
+        self.stale = False
         #: where a non-directory was last seen: (parent inode number, name).
         self.parent = 0
         self.name: bytes | None = None
