@@ -85,6 +85,8 @@ class CloseScans:
         self._waiting = 0  # scans waiting for their intent's commit (MAX_WAITING)
         #: small contents already judged: their verdicts, by sha256
         self.hashes = ContentVerdicts()
+        #: close scans whose bytes the embedded engine judged at once (scanner/inline.py)
+        self.inline = 0
 
     async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:
@@ -186,14 +188,22 @@ class CloseScans:
     async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile
                              ) -> tuple[ScanResult, Verdict | None, bool]:
         """A scan; or, for small content a real scan already judged at this signature
-        version, its verdict (vfile.filter.contenthash)."""
+        version, its verdict (vfile.filter.contenthash); else, on the embedded engine,
+        the hashed bytes judged at once (scanner/inline.py)."""
         whole = not profile.is_oversize(identity.size)
+        read_ns = time.time_ns()  # the bytes judged inline are read from here on (racy)
         looked = self.hashes.lookup(fd, identity, sig) if whole else NOTHING
         if looked.verdict is not None:
             return (ScanResult.CLEAN if looked.verdict.is_clean else ScanResult.INFECTED,
                     looked.verdict, True)
-        scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
-        result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
+        now = None if looked.data is None else \
+            self._scanning.scan_now(looked.data, identity, read_ns)
+        if now is not None:
+            self.inline += 1
+            result, verdict, keep = now
+        else:
+            scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
+            result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
         if keep and verdict is not None and result in (ScanResult.CLEAN, ScanResult.INFECTED):
             self.hashes.remember(looked, sig, verdict)
         return result, verdict, keep

@@ -232,6 +232,7 @@ class Gate:
         return {
             "scans": s.scans, "close_scans": s.close_scans, "shared_scans": s.shared,
             "close_scans_by_hash": self._closing.hashes.reused,
+            "close_scans_inline": self._closing.inline,
             "cache_hits": s.cache_hits, "cache_misses": s.cache_misses,
             "cache_hit_rate": round(s.cache_hits / lookups, 4) if lookups else None,
             "cached_verdicts": len(self._cache), "infections": s.infections,

@@ -1,0 +1,76 @@
+"""Close scans judged inline (scanner/inline.py) through a real mount on the embedded
+built-in appliance: a small file just written through the mount is read once, hashed
+and judged by the engine in the same call, without the pool's round trip; a larger
+file, or an engine with a fault, still goes the pool's whole way (its breaker,
+timeouts and fail modes), and a failing engine never yields a clean verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from filtering import DEADLINE, Filter, assert_quarantined, config_file, filtering, journal_list
+from mounting import mounted, wait_for
+
+from vfile.journal import Identity, Journal
+from vfile.scanner.signatures import EICAR, EICAR_NAME
+
+pytestmark = pytest.mark.mount
+
+
+def _write_settled(f: Filter, rel: str, data: bytes) -> None:
+    (f.mnt / rel).write_bytes(data)
+    wait_for(f"{rel}'s close scan", lambda: f.gate()["pending_intents"] == 0, 30)
+
+
+def _verdict(f: Filter, rel: str) -> str | None:
+    identity = Identity.from_stat((f.src / rel).stat())
+    with Journal.open(f.state, readonly=True) as j:
+        found = [v for v in j.verdicts() if v.identity == identity]
+    return found[0].outcome if found else None
+
+
+def test_small_close_scans_are_judged_inline(tmp_path: Path) -> None:
+    with filtering(tmp_path) as f:
+        (app,) = f.status()["appliances"]
+        assert app["url"] == "embedded", app
+        for i in range(5):
+            _write_settled(f, f"small{i}.txt", f"content number {i}\n".encode() * 50)
+        gate = f.gate()
+        assert gate["close_scans_inline"] == 5, gate
+        assert gate["close_scans_by_hash"] == 0, gate
+        for i in range(5):
+            wait_for(f"small{i}'s verdict", lambda i=i: _verdict(f, f"small{i}.txt") == "clean",
+                     30)
+        (app,) = f.status()["appliances"]
+        assert app["scans"] >= 5 and app["errors"] == 0, app
+        assert journal_list(f.state) == {}
+
+        # Beyond the inline limit: the pool's whole way, the same verdict.
+        _write_settled(f, "large.bin", b"L" * (200 << 10))
+        assert f.gate()["close_scans_inline"] == 5
+        wait_for("large.bin's verdict", lambda: _verdict(f, "large.bin") == "clean", 30)
+
+        # An infected small file is judged inline too, and acted on as before.
+        _write_settled(f, "dropped.com", EICAR)
+        assert f.gate()["close_scans_inline"] == 6
+        assert_quarantined(f, "dropped.com", EICAR, EICAR_NAME)
+
+
+def test_failing_engine_is_never_judged_inline(tmp_path: Path) -> None:
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    with mounted(src, mnt, "--state-dir", str(tmp_path / "state"),
+                 "--config", str(config_file(tmp_path)), "--timeout", str(DEADLINE),
+                 "--fail-mode", "safe", env={"VFILE_EMBEDDED_FAULT": "garbage"}) as server:
+        f = Filter(server, tmp_path / "state")
+        _write_settled(f, "a.txt", b"written under a broken engine\n")
+        gate = f.gate()
+        assert gate["close_scans_inline"] == 0, gate
+        assert gate["close_scans"] == 1, gate
+        # No verdict: the entry stays for the drain, and the failure is the pool's.
+        assert _verdict(f, "a.txt") is None
+        assert set(journal_list(f.state)) == {"a.txt"}
+        (app,) = f.status()["appliances"]
+        assert app["errors"] >= 1 and "malformed result" in app["last_error"], app
