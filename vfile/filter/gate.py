@@ -141,7 +141,8 @@ class Gate:
         self._closing = CloseScans(journal=journal, intents=self._intents,
                                    scanning=self._scanning, settler=self._settler,
                                    stats=self.stats, inputs=self._inputs,
-                                   remember=self._remember, window=lambda: self._window)
+                                   remember=self._remember, window=lambda: self._window,
+                                   start=self._tasks.start)
         #: the drain's resolve
         self._resolver = Resolver(journal=journal, intents=self._intents, source=self._source,
                                   profiles=self._profiles, scanning=self._scanning,
@@ -429,7 +430,7 @@ class Gate:
             return
         intent.closing = True
         try:
-            self._tasks.start(self._closing.run, rel, intent, own_fd, profile)
+            self._closing.submit(rel, intent, own_fd, profile)
         except BaseException:
             os.close(own_fd)
             self._intents.finish(intent)
