@@ -8,6 +8,17 @@ only if no newer intent replaced it; otherwise the entry stays for the drain,
 with the identity of the written file. Journal or file trouble is logged and
 leaves the entry in place.
 
+Closes are judged in batches (`submit`, `_batch`): one task takes them in
+close order once their tick has passed (woken by the next close, or a timer
+when none comes), and judges a small file at once, without a task, a sleep
+or a park of its own: by its hash, or on the embedded engine by the bytes it
+hashed (scanner/inline.py); a clean verdict's completion is queued and its
+intent ends when that is committed. Anything else (a larger file, another
+appliance, infected, a window, a newer intent) gets its own task (`run`), as
+every close scan did: one writer creating small files paid a task, a timer
+and a pool round trip per file on the trio thread (README "Creates under
+scanning", cr21).
+
 A clean whole-file verdict of the current intent is not waited for in the
 journal (`_settle_soon`): its completion is queued behind the intent's record
 (journal.store.complete_soon), in the same transaction while a new file's
@@ -119,10 +130,14 @@ class CloseScans:
         batch task judges it once its last timestamp tick passed. Raises RuntimeError
         (nothing queued) when the gate is not serving."""
         now = time.time_ns()
-        due = now + int(racy.wait_s(Identity.from_stat(os.fstat(fd)), now) * 1e9)
+        try:
+            due = now + int(racy.wait_s(Identity.from_stat(os.fstat(fd)), now) * 1e9)
+        except OSError:
+            due = now  # the batch's own fstat meets it: left to the drain
         self._queue.append(_Closed(path, intent, fd, profile, due))
         if self._batching:
-            self._wake.set()
+            if len(self._queue) == 1 or self._queue[0].due_ns <= now:
+                self._wake.set()  # the batch has something (more) to do now
             return
         try:
             self._start(self._batch)
@@ -143,7 +158,12 @@ class CloseScans:
                     continue
                 delay = self._queue[0].due_ns - time.time_ns()
                 if delay > 0:
-                    await trio.sleep(delay / 1e9)  # one wake-up for the files of one tick
+                    # Woken by the first close after the head's tick passed; a timer only
+                    # when no close comes (a timer's expiry, a cancellation, cost a
+                    # create's worth of the trio thread at one per tick).
+                    self._wake = trio.Event()
+                    with trio.move_on_after(delay / 1e9):
+                        await self._wake.wait()
                     continue
                 for _ in range(min(len(self._queue), BATCH)):
                     if self._queue[0].due_ns > time.time_ns():
