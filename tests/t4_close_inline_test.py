@@ -9,25 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from filtering import DEADLINE, Filter, assert_quarantined, config_file, filtering, journal_list
+from filtering import (
+    DEADLINE,
+    Filter,
+    assert_quarantined,
+    config_file,
+    filtering,
+    journal_list,
+    stored_verdict,
+    write_settled,
+)
 from mounting import mounted, wait_for
 
-from vfile.journal import Identity, Journal
 from vfile.scanner.signatures import EICAR, EICAR_NAME
 
 pytestmark = pytest.mark.mount
-
-
-def _write_settled(f: Filter, rel: str, data: bytes) -> None:
-    (f.mnt / rel).write_bytes(data)
-    wait_for(f"{rel}'s close scan", lambda: f.gate()["pending_intents"] == 0, 30)
-
-
-def _verdict(f: Filter, rel: str) -> str | None:
-    identity = Identity.from_stat((f.src / rel).stat())
-    with Journal.open(f.state, readonly=True) as j:
-        found = [v for v in j.verdicts() if v.identity == identity]
-    return found[0].outcome if found else None
 
 
 def test_small_close_scans_are_judged_inline(tmp_path: Path) -> None:
@@ -35,24 +31,24 @@ def test_small_close_scans_are_judged_inline(tmp_path: Path) -> None:
         (app,) = f.status()["appliances"]
         assert app["url"] == "embedded", app
         for i in range(5):
-            _write_settled(f, f"small{i}.txt", f"content number {i}\n".encode() * 50)
+            write_settled(f, f"small{i}.txt", f"content number {i}\n".encode() * 50)
         gate = f.gate()
         assert gate["close_scans_inline"] == 5, gate
         assert gate["close_scans_by_hash"] == 0, gate
         for i in range(5):
-            wait_for(f"small{i}'s verdict", lambda i=i: _verdict(f, f"small{i}.txt") == "clean",
-                     30)
+            rel = f"small{i}.txt"
+            wait_for(f"{rel}'s verdict", lambda rel=rel: stored_verdict(f, rel) == "clean", 30)
         (app,) = f.status()["appliances"]
         assert app["scans"] >= 5 and app["errors"] == 0, app
         assert journal_list(f.state) == {}
 
         # Beyond the inline limit: the pool's whole way, the same verdict.
-        _write_settled(f, "large.bin", b"L" * (200 << 10))
+        write_settled(f, "large.bin", b"L" * (200 << 10))
         assert f.gate()["close_scans_inline"] == 5
-        wait_for("large.bin's verdict", lambda: _verdict(f, "large.bin") == "clean", 30)
+        wait_for("large.bin's verdict", lambda: stored_verdict(f, "large.bin") == "clean", 30)
 
         # An infected small file is judged inline too, and acted on as before.
-        _write_settled(f, "dropped.com", EICAR)
+        write_settled(f, "dropped.com", EICAR)
         assert f.gate()["close_scans_inline"] == 6
         assert_quarantined(f, "dropped.com", EICAR, EICAR_NAME)
 
@@ -65,12 +61,12 @@ def test_failing_engine_is_never_judged_inline(tmp_path: Path) -> None:
                  "--config", str(config_file(tmp_path)), "--timeout", str(DEADLINE),
                  "--fail-mode", "safe", env={"VFILE_EMBEDDED_FAULT": "garbage"}) as server:
         f = Filter(server, tmp_path / "state")
-        _write_settled(f, "a.txt", b"written under a broken engine\n")
+        write_settled(f, "a.txt", b"written under a broken engine\n")
         gate = f.gate()
         assert gate["close_scans_inline"] == 0, gate
         assert gate["close_scans"] == 1, gate
         # No verdict: the entry stays for the drain, and the failure is the pool's.
-        assert _verdict(f, "a.txt") is None
+        assert stored_verdict(f, "a.txt") is None
         assert set(journal_list(f.state)) == {"a.txt"}
         (app,) = f.status()["appliances"]
         assert app["errors"] >= 1 and "malformed result" in app["last_error"], app
