@@ -21,6 +21,7 @@ from filtering import (
 )
 from mounting import mounted, wait_for
 
+from vfile.journal import Identity, Journal
 from vfile.scanner.signatures import EICAR, EICAR_NAME
 
 pytestmark = pytest.mark.mount
@@ -70,3 +71,24 @@ def test_failing_engine_is_never_judged_inline(tmp_path: Path) -> None:
         assert set(journal_list(f.state)) == {"a.txt"}
         (app,) = f.status()["appliances"]
         assert app["errors"] >= 1 and "malformed result" in app["last_error"], app
+
+
+def test_unmount_with_closes_queued_leaves_none_unaccounted(tmp_path: Path) -> None:
+    """A burst of creates, then at once an unmount: closes still queued in the batch
+    (or their completions) end with the mount; every file has a verdict for its
+    content or an entry for the drain, and the next mount serves them all."""
+    n = 300
+    with filtering(tmp_path) as f:
+        for i in range(n):
+            (f.mnt / f"b{i}.txt").write_bytes(f"burst file {i}\n".encode() * 20)
+    with Journal.open(tmp_path / "state", readonly=True) as j:
+        judged = {v.identity for v in j.verdicts()}
+        deferred = {e.path for e in j.list_deferred()}
+    unaccounted = [i for i in range(n) if f"b{i}.txt" not in deferred
+                   and Identity.from_stat((tmp_path / "src" / f"b{i}.txt").stat()) not in judged]
+    assert unaccounted == [], unaccounted
+    with filtering(tmp_path) as f:
+        f.wait_idle()
+        wait_for("the drain", lambda: journal_list(f.state) == {}, 60)
+        assert all((f.mnt / f"b{i}.txt").read_bytes() == f"burst file {i}\n".encode() * 20
+                   for i in range(n))
