@@ -12,6 +12,11 @@ creates `--files` files in each, round after round interleaved, and prints
 each contender's creates/s per round, the medians, their ratios to
 `--no-scan`, and the load average per round. Always unmounts.
 
+Also prints, per contender, the server's CPU time per create (median of the
+rounds, µs): its main thread (the trio thread, which serves FUSE and runs the
+close scans: one writer's rate is bound by it) and all its threads, from
+/proc/PID/task/*/schedstat; a loaded machine blurs rates more than these.
+
 Every file gets the same 4 KiB (as bench/datapath.py's create row), so from the
 second file on a close scan takes the verdict of that content by its hash
 (vfile.filter.contenthash); `--distinct` gives each file its own random 4 KiB,
@@ -31,6 +36,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+from bench.iotiming import cpu_ns, server_pid  # noqa: E402
+
+
+def trio_cpu_ns(pid: int) -> int:
+    """CPU time (ns) the server's main thread (the trio thread) has run so far."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0])
 
 
 def create_files(d: Path, n: int, distinct: bool = False) -> float:
@@ -64,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     mounted: dict[str, Path] = {}
     rates: dict[str, list[float]] = {c: [] for c in contenders}
     loads: list[float] = []
+    cpu: dict[str, list[tuple[float, float]]] = {c: [] for c in contenders}  # (trio, all) µs
     try:
         for name, (checkout, extra) in contenders.items():
             src, mnt = base / name / "src", base / name / "mnt"
@@ -73,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
                             str(base / name / "state"), "--log-file", str(base / f"{name}.log"),
                             *extra, str(src), str(mnt)], check=True, cwd=checkout)
             mounted[name] = mnt
+        pids = {name: server_pid(mnt) for name, mnt in mounted.items()}
         for r in range(args.rounds):
             for name, mnt in mounted.items():
+                pid = pids[name]
+                t0, a0 = trio_cpu_ns(pid), cpu_ns(pid)
                 rates[name].append(create_files(mnt / f"r{r}", args.files, args.distinct))
+                time.sleep(0.2)  # the last close scans and commits
+                cpu[name].append(((trio_cpu_ns(pid) - t0) / 1e3 / args.files,
+                                  (cpu_ns(pid) - a0) / 1e3 / args.files))
             loads.append(os.getloadavg()[0])
     finally:
         for name, mnt in mounted.items():
@@ -86,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     for c, per_round in rates.items():
         print(f"{c:<22} {' '.join(f'{x:>6,.0f}' for x in per_round)}   median {median[c]:>6,.0f}"
               f"   / noscan {median[c] / median['noscan']:.2f}")
+    cpu_median = {c: (sorted(t for t, _ in v)[len(v) // 2], sorted(a for _, a in v)[len(v) // 2])
+                  for c, v in cpu.items()}
+    print("server CPU per create, µs (median): trio thread / all threads")
+    for c, (t, a) in cpu_median.items():
+        print(f"{c:<22} {t:>6,.0f} / {a:>6,.0f}   trio thread beyond noscan "
+              f"{t - cpu_median['noscan'][0]:>+6,.0f}")
     print(f"load average per round: {', '.join(f'{x:.1f}' for x in loads)}")
     report = {"files": args.files, "rounds": args.rounds, "rates": rates, "median": median,
+              "cpu_us": cpu, "cpu_us_median": cpu_median,
               "vs_noscan": {c: median[c] / median["noscan"] for c in median}, "load": loads}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -162,13 +162,19 @@ class EmbeddedClient:
             data = _cached(fd)
             if data is not None:
                 garbage = await self._fault(scan=True)
-                try:
-                    result = self.engine.match_data(data)
-                except Exception as err:  # the engine failed: no verdict, never clean
-                    log.warning("embedded engine failed: %r", err)
-                    raise ApplianceError(f"embedded engine failed: {err!r}") from None
-                return self._outcome(_GARBAGE if garbage else result)
+                return self.judge(data, garbage=garbage)
         return (await self.scan_fds([fd]))[0]
+
+    def judge(self, data: bytes, *, garbage: bool = False) -> tuple[Outcome, str]:
+        """The engine's outcome for the whole content `data`, at once (no fault applied:
+        the caller does, or takes this way only with none set); `ApplianceError` if the
+        engine fails or gives no valid result."""
+        try:
+            result = self.engine.match_data(data)
+        except Exception as err:  # the engine failed: no verdict, never clean
+            log.warning("embedded engine failed: %r", err)
+            raise ApplianceError(f"embedded engine failed: {err!r}") from None
+        return self._outcome(_GARBAGE if garbage else result)
 
     async def scan_fds(self, fds: Sequence[int]) -> list[tuple[Outcome, str]]:
         garbage = await self._fault(scan=True)

@@ -26,6 +26,7 @@ from typing import Any
 from mounting import Server, mounted, vfile_cmd, wait_for
 from outage import status
 
+from vfile.journal.records import Identity
 from vfile.journal.store import Journal
 
 #: the profile deadline the tests mount with (seconds)
@@ -165,3 +166,17 @@ def assert_quarantined(f: Filter, rel: str, content: bytes, signature: str) -> N
     assert qfile.parent == qdir
     assert stat.S_IMODE(qfile.stat().st_mode) == 0o600
     assert qfile.read_bytes() == content
+
+
+def write_settled(f: Filter, rel: str, data: bytes) -> None:
+    """Write `rel` through the mount and wait until its close scan ended."""
+    (f.mnt / rel).write_bytes(data)
+    wait_for(f"{rel}'s close scan", lambda: f.gate()["pending_intents"] == 0, 30)
+
+
+def stored_verdict(f: Filter, rel: str) -> str | None:
+    """The outcome stored for the source file `rel` as it is now, if any."""
+    identity = Identity.from_stat((f.src / rel).stat())
+    with Journal.open(f.state, readonly=True) as j:
+        found = [v for v in j.verdicts() if v.identity == identity]
+    return found[0].outcome if found else None

@@ -8,6 +8,17 @@ only if no newer intent replaced it; otherwise the entry stays for the drain,
 with the identity of the written file. Journal or file trouble is logged and
 leaves the entry in place.
 
+Closes are judged in batches (`submit`, `_batch`): one task takes them in
+close order once their tick has passed (woken by the next close, or a timer
+when none comes), and judges a small file at once, without a task, a sleep
+or a park of its own: by its hash, or on the embedded engine by the bytes it
+hashed (scanner/inline.py); a clean verdict's completion is queued and its
+intent ends when that is committed. Anything else (a larger file, another
+appliance, infected, a window, a newer intent) gets its own task (`run`), as
+every close scan did: one writer creating small files paid a task, a timer
+and a pool round trip per file on the trio thread (README "Creates under
+scanning", cr21).
+
 A clean whole-file verdict of the current intent is not waited for in the
 journal (`_settle_soon`): its completion is queued behind the intent's record
 (journal.store.complete_soon), in the same transaction while a new file's
@@ -24,14 +35,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import trio
 
 from vfile.config.model import Profile
 from vfile.filter import racy
-from vfile.filter.contenthash import NOTHING, ContentVerdicts
+from vfile.filter.contenthash import HASH_MAX, NOTHING, ContentVerdicts, Looked
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Stats
 from vfile.filter.policy import (
@@ -62,8 +74,26 @@ CLOSE_SCANS = 4
 #: creates cannot take every descriptor from the reads (tests/t5_inflight_attack_test.py)
 MAX_WAITING = 256
 
+#: close scans the batch judges before it lets the requests go on (a checkpoint)
+BATCH = 32
+
 #: the gate's decision inputs for (event, profile, path, size, cached verdict)
 Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], DecisionInputs]
+#: the gate's background tasks: start(fn, *args)
+Start = Callable[..., None]
+#: a close scan's judgement: the file's identity, the signature version, the decision
+Scanned = tuple[Identity, str, Decision, Verdict | None]
+
+
+@dataclass(slots=True)
+class _Closed:
+    """A close scan queued for the batch: judged from `due_ns` on (its tick passed)."""
+
+    path: str
+    intent: Intent
+    fd: int
+    profile: Profile
+    due_ns: int
 
 
 class CloseScans:
@@ -72,7 +102,7 @@ class CloseScans:
     def __init__(self, *, journal: Journal, intents: IntentTable, scanning: Scanning,
                  settler: Settler, stats: Stats, inputs: Inputs,
                  remember: Callable[[VerdictRecord], None],
-                 window: Callable[[], bool]) -> None:
+                 window: Callable[[], bool], start: Start) -> None:
         self._journal = journal
         self._intents = intents
         self._scanning = scanning
@@ -85,16 +115,157 @@ class CloseScans:
         self._waiting = 0  # scans waiting for their intent's commit (MAX_WAITING)
         #: small contents already judged: their verdicts, by sha256
         self.hashes = ContentVerdicts()
+        #: close scans whose bytes the embedded engine judged at once (scanner/inline.py)
+        self.inline = 0
+        self._start = start
+        self._queue: deque[_Closed] = deque()  # closes waiting for their tick (`_batch`)
+        self._batching = False  # the batch task runs
+        self._wake = trio.Event()  # the batch task is idle: a close, or all committed
+        self._parked = 0  # judged at once, their completions not committed yet
 
-    async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+    # --- the batch: close scans judged at once, without a task each ---------------------
+
+    def submit(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+        """Queue the close scan of `path` (our descriptor `fd`, now the batch's); the
+        batch task judges it once its last timestamp tick passed. Raises RuntimeError
+        (nothing queued) when the gate is not serving."""
+        now = time.time_ns()
         try:
-            async with self._slots:
-                scanned = await self._scan(path, intent, fd, profile)
+            due = now + int(racy.wait_s(Identity.from_stat(os.fstat(fd)), now) * 1e9)
+        except OSError:
+            due = now  # the batch's own fstat meets it: left to the drain
+        self._queue.append(_Closed(path, intent, fd, profile, due))
+        if self._batching:
+            if len(self._queue) == 1 or self._queue[0].due_ns <= now:
+                self._wake.set()  # the batch has something (more) to do now
+            return
+        try:
+            self._start(self._batch)
+        except BaseException:
+            self._queue.pop()
+            raise
+        self._batching = True
+
+    async def _batch(self) -> None:
+        """The batch task: runs while closes are queued or their completions uncommitted
+        (so the gate's `wait_idle` covers them), in close order, each once its tick has
+        passed: at once (`_close_now`) or as its own task (`run`)."""
+        try:
+            while self._queue or self._parked:
+                if not self._queue:
+                    self._wake = trio.Event()
+                    await self._wake.wait()  # a close, or the last completion committed
+                    continue
+                delay = self._queue[0].due_ns - time.time_ns()
+                if delay > 0:
+                    # Woken by the first close after the head's tick passed; a timer only
+                    # when no close comes (a timer's expiry, a cancellation, cost a
+                    # create's worth of the trio thread at one per tick).
+                    self._wake = trio.Event()
+                    with trio.move_on_after(delay / 1e9):
+                        await self._wake.wait()
+                    continue
+                for _ in range(min(len(self._queue), BATCH)):
+                    if self._queue[0].due_ns > time.time_ns():
+                        break
+                    self._close_now(self._queue.popleft())
+                await trio.lowlevel.checkpoint()  # the requests go on between batches
+        finally:
+            self._batching = False
+            while self._queue:  # cancelled (the mount stops): left to the drain
+                c = self._queue.popleft()
+                os.close(c.fd)
+                self._intents.finish(c.intent)
+
+    def _close_now(self, c: _Closed) -> None:
+        """`c`'s close scan at once if it needs no wait: a small file's verdict by hash or
+        inline (scanner/inline.py), clean, its completion queued behind its intent; its
+        intent ends when that is committed. Anything else: its own task (`run`)."""
+        fd: int | None = c.fd
+        try:
+            if self._judge_now(c) is None:
+                fd = None  # the task owns it
+                return
+            fd = None
+            os.close(c.fd)  # nothing more to read while its completion is queued
+        except (OSError, JournalError) as err:
+            log.error("close scan of %r failed: %s; left to the drain", c.path, err)
+        except Exception:  # a bug must not stop the batch: its entry stays for the drain
+            log.exception("close scan of %r failed; left to the drain", c.path)
+        if fd is not None:
+            os.close(fd)
+            self._intents.finish(c.intent)
+
+    def _judge_now(self, c: _Closed) -> bool | None:
+        """True: judged, its completion queued (the descriptor is the caller's to close);
+        None: handed to its own task with the descriptor (what was read goes along)."""
+        identity = Identity.from_stat(os.fstat(c.fd))
+        looked = NOTHING
+        scanned = None
+        if racy.wait_s(identity, time.time_ns()) == 0 and identity.size <= HASH_MAX \
+                and not c.profile.is_oversize(identity.size):
+            sig = self._scanning.signature()
+            inputs = self._inputs(Event.CLOSE, c.profile, c.path, identity.size, None)
+            if decide(inputs).action is Action.SCAN:
+                read_ns = time.time_ns()
+                looked = self.hashes.lookup(c.fd, identity, sig)
+                scanned = self._reuse_or_now(looked, identity, sig, read_ns)
+        if scanned is not None:
+            result, verdict, keep = scanned
+            self.stats.close_scans += 1
+            if not keep:  # (cannot be: its tick passed before the read) the drain's
+                result, verdict = ScanResult.ERROR, Verdict.error(RACY)
+            d = decide(replace(inputs, scan=result, window=self._window()))
+            if self._settle_soon(c.path, c.intent, c.profile, identity, sig, d, verdict,
+                                 self._unparked(c.intent)):
+                self._parked += 1
+                return True
+            self._start(self.run, c.path, c.intent, c.fd, c.profile, None,
+                        (identity, sig, d, verdict))
+            return None
+        self._start(self.run, c.path, c.intent, c.fd, c.profile,
+                    None if looked.digest is None else (identity, looked))
+        return None
+
+    def _reuse_or_now(self, looked: Looked, identity: Identity, sig: str, read_ns: int
+                      ) -> tuple[ScanResult, Verdict, bool] | None:
+        """The verdict of the bytes `looked` read: by their hash, or judged inline."""
+        if looked.verdict is not None:
+            return (ScanResult.CLEAN if looked.verdict.is_clean else ScanResult.INFECTED,
+                    looked.verdict, True)
+        now = None if looked.data is None else \
+            self._scanning.scan_now(looked.data, identity, read_ns)
+        if now is not None:
+            self.inline += 1
+            if now[2]:
+                self.hashes.remember(looked, sig, now[1])
+        return now
+
+    def _unparked(self, intent: Intent) -> Callable[[], None]:
+        def done() -> None:  # its completion is committed (or failed): the intent ends
+            self._intents.finish(intent)
+            self._parked -= 1
+            if not self._parked:
+                self._wake.set()
+        return done
+
+    # --- one close scan as its own task -------------------------------------------------
+
+    async def run(self, path: str, intent: Intent, fd: int, profile: Profile,  # noqa: PLR0917
+                  looked: tuple[Identity, Looked] | None = None,
+                  scanned: Scanned | None = None) -> None:
+        """The close scan of `path` the whole way; `looked`: its small content already
+        read (used if the file is still as it was), `scanned`: already judged."""
+        try:
+            if scanned is None:
+                async with self._slots:
+                    scanned = await self._scan(path, intent, fd, profile, looked)
             if scanned is None:
                 return
             identity, sig, d, verdict = scanned
-            committed = self._settle_soon(path, intent, profile, identity, sig, d, verdict)
-            if committed is not None:
+            committed = trio.Event()
+            if self._settle_soon(path, intent, profile, identity, sig, d, verdict,
+                                 committed.set):
                 os.close(fd)  # nothing more to read: no descriptor held while it is queued
                 fd = -1
                 # Parked until its completion is committed: the intent ends then, and
@@ -130,19 +301,21 @@ class CloseScans:
             self._waiting -= 1
         return True
 
-    async def _scan(self, path: str, intent: Intent, fd: int, profile: Profile
-                    ) -> tuple[Identity, str, Decision, Verdict | None] | None:
+    async def _scan(self, path: str, intent: Intent, fd: int, profile: Profile,
+                    looked: tuple[Identity, Looked] | None = None) -> Scanned | None:
         # Nobody waits for a close scan: let the file's last timestamp tick pass first,
         # so its verdict is not "racy" (vfile.filter.racy) and need not be scanned again.
         await trio.sleep(racy.wait_s(Identity.from_stat(os.fstat(fd)), time.time_ns()))
         identity = Identity.from_stat(os.fstat(fd))
+        # Read after its tick passed: still this identity, still those bytes.
+        read = looked[1] if looked is not None and looked[0] == identity else None
         sig = self._scanning.signature()
         inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
         d = decide(inputs)
         verdict: Verdict | None = None
         if d.action is Action.SCAN:
             self.stats.close_scans += 1
-            result, verdict, keep = await self._scan_or_reuse(fd, identity, sig, profile)
+            result, verdict, keep = await self._scan_or_reuse(fd, identity, sig, profile, read)
             if self._window() and result not in (ScanResult.CLEAN, ScanResult.INFECTED):
                 result = ScanResult.NOT_ATTEMPTED
             if not keep:  # racy clean: the drain scans it again, later
@@ -151,47 +324,52 @@ class CloseScans:
         return identity, sig, d, verdict
 
     def _settle_soon(self, path: str, intent: Intent, profile: Profile,  # noqa: PLR0917
-                     identity: Identity, sig: str, d: Decision, verdict: Verdict | None
-                     ) -> trio.Event | None:
+                     identity: Identity, sig: str, d: Decision, verdict: Verdict | None,
+                     committed: Callable[[], None]) -> bool:
         """A clean whole-file verdict of the current intent: its completion is queued
         behind the intent's record, not waited for (one transaction for both while the
         record still lingers in the queue: README "Creates under scanning"). The intent
-        ends once the completion is committed (the event). None: `_settle` after
-        `_wait_landed`."""
+        ends once the completion is committed (`committed` is called then, on the trio
+        thread). False: `_settle` after `_wait_landed`."""
         if verdict is None or d.reason is not Reason.CLEAN or profile.is_oversize(identity.size) \
                 or self._intents.get(path) is not intent:
-            return None
+            return False
         queued = intent.queued
         if queued is not None and queued.seq == intent.seq:
             seq: int | PreparedDefer = queued  # its stored seq is known once it is applied
         elif intent.landed is None or intent.landed.is_set():
             seq = intent.seq
         else:
-            return None  # its record failed and is retried: `_wait_landed` for its seq
+            return False  # its record failed and is retried: `_wait_landed` for its seq
         record = self._scanning.record(identity, verdict, sig, profile)
-        committed = trio.Event()
 
         def done(err: JournalError | None) -> None:
             # On the trio thread, from the group committer: must not raise.
             if err is not None:
                 log.error("journal: cannot store the verdict for %r: %s; left to the drain",
                           path, err)
-            committed.set()
+            committed()
 
         if not self._settler.resolve_soon(path, record, profile, seq, done):
-            return None
+            return False
         self._remember(record)
-        return committed
+        return True
 
-    async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile
+    async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile,
+                             read: Looked | None = None
                              ) -> tuple[ScanResult, Verdict | None, bool]:
         """A scan; or, for small content a real scan already judged at this signature
-        version, its verdict (vfile.filter.contenthash)."""
+        version, its verdict (vfile.filter.contenthash); else, on the embedded engine,
+        the hashed bytes judged at once (scanner/inline.py). `read`: those bytes, read
+        already (by the batch)."""
         whole = not profile.is_oversize(identity.size)
-        looked = self.hashes.lookup(fd, identity, sig) if whole else NOTHING
-        if looked.verdict is not None:
-            return (ScanResult.CLEAN if looked.verdict.is_clean else ScanResult.INFECTED,
-                    looked.verdict, True)
+        looked = read if read is not None else NOTHING
+        if read is None and whole:
+            read_ns = time.time_ns()  # the bytes judged inline are read from here on (racy)
+            looked = self.hashes.lookup(fd, identity, sig)
+            now = self._reuse_or_now(looked, identity, sig, read_ns)
+            if now is not None:
+                return now
         scope = trio.CancelScope(deadline=trio.current_time() + profile.deadline)
         result, verdict, keep = await self._scanning.scan(fd, identity, profile, scope)
         if keep and verdict is not None and result in (ScanResult.CLEAN, ScanResult.INFECTED):

@@ -43,10 +43,12 @@ ENTRIES = 4096
 
 @dataclass(frozen=True, slots=True)
 class Looked:
-    """What `lookup` found: the content's hash (None: not hashed) and a verdict."""
+    """What `lookup` found: the content's hash (None: not hashed) and a verdict; the
+    bytes hashed (a close scan may have them judged at once: scanner/inline.py)."""
 
     digest: bytes | None
     verdict: Verdict | None
+    data: bytes | None = None
 
 
 NOTHING = Looked(None, None)
@@ -70,10 +72,10 @@ class ContentVerdicts:
         digest = hashlib.sha256(data).digest()
         verdict = self._by_hash.get((digest, sig))
         if verdict is None:
-            return Looked(digest, None)
+            return Looked(digest, None, data)
         self._by_hash.move_to_end((digest, sig))
         self.reused += 1
-        return Looked(digest, verdict)
+        return Looked(digest, verdict, data)
 
     def remember(self, looked: Looked, sig: str, verdict: Verdict) -> None:
         """A real scan of the bytes `looked` hashed gave a kept, whole-file `verdict`."""

@@ -141,7 +141,8 @@ class Gate:
         self._closing = CloseScans(journal=journal, intents=self._intents,
                                    scanning=self._scanning, settler=self._settler,
                                    stats=self.stats, inputs=self._inputs,
-                                   remember=self._remember, window=lambda: self._window)
+                                   remember=self._remember, window=lambda: self._window,
+                                   start=self._tasks.start)
         #: the drain's resolve
         self._resolver = Resolver(journal=journal, intents=self._intents, source=self._source,
                                   profiles=self._profiles, scanning=self._scanning,
@@ -235,6 +236,7 @@ class Gate:
         return {
             "scans": s.scans, "close_scans": s.close_scans, "shared_scans": s.shared,
             "close_scans_by_hash": self._closing.hashes.reused,
+            "close_scans_inline": self._closing.inline,
             "cache_hits": s.cache_hits, "cache_misses": s.cache_misses,
             "cache_hit_rate": round(s.cache_hits / lookups, 4) if lookups else None,
             "cached_verdicts": len(self._cache), "infections": s.infections,
@@ -431,7 +433,7 @@ class Gate:
             return
         intent.closing = True
         try:
-            self._tasks.start(self._closing.run, rel, intent, own_fd, profile)
+            self._closing.submit(rel, intent, own_fd, profile)
         except BaseException:
             os.close(own_fd)
             self._intents.finish(intent)

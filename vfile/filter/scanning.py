@@ -22,6 +22,7 @@ from vfile.filter.flights import Scopes
 from vfile.filter.policy import ScanResult
 from vfile.journal.records import Identity, VerdictOutcome, VerdictRecord
 from vfile.observe.observers import Observer
+from vfile.scanner import inline
 from vfile.scanner.pool import Pool
 from vfile.scanner.verdict import Verdict
 
@@ -80,6 +81,20 @@ class Scanning:
         self._observer.scanned(result.value, verdict.appliance if verdict is not None else "",
                               time.perf_counter() - started)
         keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, started_ns)
+        return result, verdict, keep
+
+    def scan_now(self, data: bytes, identity: Identity, read_ns: int
+                 ) -> tuple[ScanResult, Verdict, bool] | None:
+        """The whole content `data` of the file `identity` (read from `read_ns` on),
+        judged at once by the embedded engine (scanner/inline.py), classified like
+        `scan`'s; None: `scan` it the pool's whole way."""
+        started = time.perf_counter()
+        verdict = inline.judge_now(self._pool, data)
+        if verdict is None:
+            return None
+        result = ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED
+        self._observer.scanned(result.value, verdict.appliance, time.perf_counter() - started)
+        keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, read_ns)
         return result, verdict, keep
 
     async def _scan_once(self, fd: int, identity: Identity, profile: Profile,
