@@ -25,6 +25,7 @@ from vfile.journal.records import (
     JournalCorrupt,
     decode_deferred,
     leased,
+    remember_deferred,
     surely_unclaimable,
 )
 from vfile.journal.tables import Tables, Txn, delete_entry, find, iter_entries, put_entry
@@ -59,7 +60,8 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float) -> list[Defe
         if entry.poisoned or entry.lease_until > now or entry.not_before > now:
             continue
         lent = leased(entry, now + lease)
-        put_entry(txn, t, pkey, entry, lent)
+        # Its completion finds these very bytes (unless re-deferred meanwhile): no decode.
+        remember_deferred(put_entry(txn, t, pkey, entry, lent), lent)
         claimed.append(lent)
         if len(claimed) >= n:
             break

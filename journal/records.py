@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,7 +312,29 @@ def encode_new_deferred(path: str, seq: int, identity: Identity | None, *, reaso
 _REASONS = {r.value: r for r in Reason}
 
 
+#: how many `remember_deferred` entries are kept at most (the drain's entries in flight
+#: are a few hundred; older ones are dropped first)
+RECENT_MAX = 4096
+_recent: dict[bytes, DeferredEntry] = {}
+_recent_lock = threading.Lock()
+
+
+def remember_deferred(data: bytes, entry: DeferredEntry) -> None:
+    """Note that `data` is `encode_deferred(entry)`: the next `decode_deferred(data)` returns
+    `entry` without decoding (and forgets it). A claim stores each entry it hands out and
+    the completion decoded it again (bench/drain.py --scale, py-spy); a memo of a pure
+    function, so whatever is stored under those bytes later decodes the same."""
+    with _recent_lock:
+        if len(_recent) >= RECENT_MAX:
+            del _recent[next(iter(_recent))]  # the oldest: never read back (re-deferred)
+        _recent[data] = entry
+
+
 def decode_deferred(data: bytes) -> DeferredEntry:
+    # dict.pop with bytes keys runs no Python code: atomic under the GIL, any thread.
+    hit = _recent.pop(data, None) if _recent and type(data) is bytes else None
+    if hit is not None:
+        return hit
     v = _unpack(data, "deferred", 14)
     path, seq, ident, reason, profile, first, last, attempts, error, exposures, \
         not_before, lease_until, poisoned, order = v

@@ -4,11 +4,13 @@ entries on their quick look (`records.surely_unclaimable`) without changing who 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from vfile.journal import records
 from vfile.journal.records import (
     Exposure,
     Identity,
@@ -78,3 +80,60 @@ async def test_claims_pass_leased_entries_and_take_the_next_oldest(journal: Jour
     assert second == ["d/f3", "d/f4", "d/f5"]
     assert third == ["d/f6", "d/f7", "d/f8", "d/f9"]
     assert journal.check() == []
+
+
+async def test_a_batch_keeps_every_profiles_counters(journal: Journal) -> None:
+    """One counter update per profile for the batch (`tables.apply_tally`), the same
+    counts as one per entry: `check` compares them with the entries."""
+    for i in range(6):
+        await journal.defer(f"d/f{i}", _ident(i), Reason.WINDOW, "a" if i % 2 else "b",
+                            durable=False)
+    claimed = await journal.claim(10, lease=60)
+    done = await journal.complete_many([(e.path, e.seq, _clean(e.identity or _ident(0)))
+                                        for e in claimed[:5]])
+    assert done == [True] * 5
+    assert [e.path for e in journal.list_deferred()] == ["d/f5"]
+    assert journal.check() == []
+
+
+async def test_a_claimed_entry_is_not_decoded_again(journal: Journal,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The completion of an entry as its claim stored it takes the claim's entry
+    (`records.remember_deferred`); one changed since (re-deferred) is decoded."""
+    for i in range(4):
+        await _defer(journal, i)
+    claimed = await journal.claim(10, lease=60)
+    for entry in claimed:  # what the memo hands back is what the decoder would
+        raw = records.encode_deferred(entry)
+        assert records._unpack(raw, "deferred", 14)[1] == entry.seq
+    await _defer(journal, 1)  # re-deferred: new bytes, decoded as usual
+    unpacked: list[str] = []
+    unpack = records._unpack
+
+    def counting(data: bytes, kind: str, length: int) -> list[object]:
+        unpacked.append(kind)
+        return unpack(data, kind, length)
+
+    monkeypatch.setattr(records, "_unpack", counting)
+    done = await journal.complete_many([(e.path, e.seq, _clean(_ident(i)))
+                                        for i, e in enumerate(claimed)])
+    assert done == [True, False, True, True]
+    assert unpacked.count("deferred") == 1  # d/f1 only
+    assert [e.path for e in journal.list_deferred()] == ["d/f1"]
+    assert journal.get_deferred("d/f1").lease_until == 0.0
+    assert journal.check() == []
+
+
+def test_the_memo_gives_what_decoding_gives() -> None:
+    rng = random.Random(7)
+    for i in range(200):
+        entry = records.DeferredEntry(
+            f"d/ü{i}\udcff", rng.randrange(1 << 40), _ident(i) if i % 3 else None,
+            Reason.WINDOW, "default", rng.random() * 1e9, rng.random() * 1e9,
+            rng.randrange(5), "err" * (i % 2),
+            (Exposure(0, i, "cat", rng.random() * 1e9),) * (i % 2), rng.random() * 1e9,
+            rng.random() * 1e9, False, i)
+        raw = records.encode_deferred(entry)
+        records.remember_deferred(raw, entry)
+        assert records.decode_deferred(raw) is entry
+        assert records.decode_deferred(raw) == entry  # forgotten: decoded, and equal
