@@ -24,6 +24,7 @@ from vfile.journal.records import (
     DeferredEntry,
     JournalCorrupt,
     decode_deferred,
+    encode_leased,
     leased,
     remember_deferred,
     surely_unclaimable,
@@ -60,8 +61,10 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float) -> list[Defe
         if entry.poisoned or entry.lease_until > now or entry.not_before > now:
             continue
         lent = leased(entry, now + lease)
+        value = encode_leased(raw, lent)
+        put_entry(txn, t, pkey, entry, lent, value)
         # Its completion finds these very bytes (unless re-deferred meanwhile): no decode.
-        remember_deferred(put_entry(txn, t, pkey, entry, lent), lent)
+        remember_deferred(value, lent)
         claimed.append(lent)
         if len(claimed) >= n:
             break

@@ -374,6 +374,19 @@ def leased(e: DeferredEntry, until: float) -> DeferredEntry:
                          e.not_before, until, e.poisoned, e.order)
 
 
+def encode_leased(data: bytes, lent: DeferredEntry) -> bytes:
+    """`encode_deferred(lent)` where `data` encodes `lent` but for its lease: `data` with its
+    lease field replaced (the fourth from the end; the last four are numbers and a bool,
+    so no comma inside). A claim leases every entry it hands out, and re-encoding each was
+    about a fifth of a claim's time (bench/drain.py --scale, py-spy). The same bytes
+    as encoding it (tested); encoded in full if `data` does not split so."""
+    parts = data.rsplit(b",", 4)
+    if len(parts) != 5:
+        return encode_deferred(lent)
+    parts[2] = _dumps(lent.lease_until).encode("ascii")
+    return b",".join(parts)
+
+
 def decode_deferred_path(data: bytes) -> str:
     """Only the path of an encoded DeferredEntry (for collision checks)."""
     return decode_deferred(data).path

@@ -289,10 +289,10 @@ def _free_key(txn: Txn, t: Tables, path: str) -> bytes:
     return key
 
 
-def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,
-              new: DeferredEntry) -> bytes:
+def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,  # noqa: PLR0917
+              new: DeferredEntry, value: bytes | None = None) -> bytes:
     """Store `new` at `key`, keeping the indexes and counters in step with `old` -> `new`;
-    the value stored (`new` encoded)."""
+    the value stored: `value` if given (`new` encoded already), else `new` encoded."""
     was_indexed = old is not None and not old.poisoned
     if was_indexed and (new.poisoned or old is None or old.order != new.order):
         assert old is not None
@@ -311,7 +311,8 @@ def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,
             _count(txn, t, new.profile, 1, _size(new))
         elif _size(old) != _size(new):
             _count(txn, t, new.profile, 0, _size(new) - _size(old))
-    value = encode_deferred(new)
+    if value is None:
+        value = encode_deferred(new)
     txn.put(key, value, db=t.deferred)
     return value
 

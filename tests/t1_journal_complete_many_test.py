@@ -137,3 +137,21 @@ def test_the_memo_gives_what_decoding_gives() -> None:
         records.remember_deferred(raw, entry)
         assert records.decode_deferred(raw) is entry
         assert records.decode_deferred(raw) == entry  # forgotten: decoded, and equal
+
+
+def test_a_lease_spliced_in_is_the_entry_encoded() -> None:
+    """A claim writes the lease into the stored bytes (`records.encode_leased`) rather than
+    re-encoding the entry: byte for byte what encoding the leased entry gives."""
+    rng = random.Random(11)
+    for i in range(300):
+        entry = records.DeferredEntry(
+            f"d/f,{i}]\"", rng.randrange(1 << 50), _ident(i) if i % 4 else None,
+            Reason.WINDOW, "p,1", rng.random() * 1e9, rng.random() * 1e9, rng.randrange(5),
+            "e,rr" * (i % 2), (Exposure(0, i, "c,at", rng.random() * 1e9),) * (i % 3),
+            rng.choice([0.0, rng.random() * 1e9, 1e16, 0.1]), rng.choice([0.0, 5.5]),
+            False, i)
+        until = rng.choice([rng.random() * 2e9, 1.0, 1e16, 1234567890.0])
+        lent = records.leased(entry, until)
+        spliced = records.encode_leased(records.encode_deferred(entry), lent)
+        assert spliced == records.encode_deferred(lent)
+        assert records.decode_deferred(spliced) == lent
