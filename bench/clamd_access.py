@@ -201,6 +201,9 @@ def main() -> None:
     ap.add_argument("--burn", type=int, default=0,
                     help="busy-looping processes during the patterns (the drain's server "
                          "shares the cores with clamd: does that alone cost clamd CPU?)")
+    ap.add_argument("--clamd-tmpdir", type=Path,
+                    help="clamd's TemporaryDirectory (default: beside its socket, on the "
+                         "disk): it makes and removes a directory there per scan")
     ap.add_argument("--json", type=Path, help="also write the JSON here")
     args = ap.parse_args()
     patterns = args.patterns.split(",")
@@ -212,7 +215,7 @@ def main() -> None:
         make_files(src, args.files, 0)
         samples = make_samples(tmp / "samples")
         (tmp / "clamd").mkdir()
-        clamd = start_clamd(tmp / "clamd", samples.sigdir)
+        clamd = start_clamd(tmp / "clamd", samples.sigdir, args.clamd_tmpdir)
         sock_path = tmp / "clamd" / "clamd.sock"
         run_pattern("session-1", sock_path, src, tmp)  # warm the page cache and clamd
         burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])

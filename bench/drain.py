@@ -89,12 +89,15 @@ def all_files(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.is_file())
 
 
-def start_clamd(tmp: Path, sigdir: Path) -> subprocess.Popen[bytes]:
-    """clamd as tests/servers.py runs it, on a unix socket, with its cache off."""
+def start_clamd(tmp: Path, sigdir: Path, scratch: Path | None = None
+                ) -> subprocess.Popen[bytes]:
+    """clamd as tests/servers.py runs it, on a unix socket, with its cache off; its
+    TemporaryDirectory (a directory made and removed per scan) is `scratch` or `tmp`."""
     sock = tmp / "clamd.sock"
     conf = tmp / "clamd.conf"
     conf.write_text(f"Foreground yes\nLocalSocket {sock}\nDatabaseDirectory {sigdir}\n"
-                    f"LogFile {tmp / 'clamd.log'}\nTemporaryDirectory {tmp}\nUser root\n"
+                    f"LogFile {tmp / 'clamd.log'}\nTemporaryDirectory {scratch or tmp}\n"
+                    "User root\n"
                     "MaxThreads 8\nSelfCheck 3600\nDisableCache yes\n"
                     "MaxFileSize 100M\nMaxScanSize 400M\nStreamMaxLength 100M\n")
     proc = subprocess.Popen([CLAMD, "--foreground",
