@@ -325,8 +325,11 @@ def remember_deferred(data: bytes, entry: DeferredEntry) -> None:
     the completion decoded it again (bench/drain.py --scale, py-spy); a memo of a pure
     function, so whatever is stored under those bytes later decodes the same."""
     with _recent_lock:
-        if len(_recent) >= RECENT_MAX:
-            del _recent[next(iter(_recent))]  # the oldest: never read back (re-deferred)
+        while len(_recent) >= RECENT_MAX:  # drop the oldest: never read back (re-deferred)
+            try:
+                _recent.pop(next(iter(_recent)), None)
+            except (RuntimeError, StopIteration):
+                continue  # another thread's `decode_deferred` took one meanwhile
         _recent[data] = entry
 
 

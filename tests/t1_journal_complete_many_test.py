@@ -5,6 +5,7 @@ entries on their quick look (`records.surely_unclaimable`) without changing who 
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,29 @@ def test_a_lease_spliced_in_is_the_entry_encoded() -> None:
         spliced = records.encode_leased(records.encode_deferred(entry), lent)
         assert spliced == records.encode_deferred(lent)
         assert records.decode_deferred(spliced) == lent
+
+
+def test_the_memo_stays_bounded_while_other_threads_take_from_it() -> None:
+    entries = [records.DeferredEntry(f"d/f{i}", i, _ident(i), Reason.WINDOW, "default",
+                                     1.0, 1.0, 0, "", (), 0.0, 5.0, False, i)
+               for i in range(records.RECENT_MAX + 500)]
+    raws = [records.encode_deferred(e) for e in entries]
+    stop = threading.Event()
+
+    def taker() -> None:
+        while not stop.is_set():
+            for raw in raws[::7]:
+                records.decode_deferred(raw)
+
+    thread = threading.Thread(target=taker)
+    thread.start()
+    try:
+        for raw, entry in zip(raws, entries, strict=True):
+            records.remember_deferred(raw, entry)
+            assert len(records._recent) <= records.RECENT_MAX
+    finally:
+        stop.set()
+        thread.join()
+    for raw, entry in zip(raws, entries, strict=True):  # whatever is left, or decoded
+        assert records.decode_deferred(raw) == entry
+    assert not any(raw in records._recent for raw in raws)
