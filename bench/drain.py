@@ -89,12 +89,15 @@ def all_files(src: Path) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.is_file())
 
 
-def start_clamd(tmp: Path, sigdir: Path) -> subprocess.Popen[bytes]:
-    """clamd as tests/servers.py runs it, on a unix socket, with its cache off."""
+def start_clamd(tmp: Path, sigdir: Path, scratch: Path | None = None
+                ) -> subprocess.Popen[bytes]:
+    """clamd as tests/servers.py runs it, on a unix socket, with its cache off; its
+    TemporaryDirectory (a directory made and removed per scan) is `scratch` or `tmp`."""
     sock = tmp / "clamd.sock"
     conf = tmp / "clamd.conf"
     conf.write_text(f"Foreground yes\nLocalSocket {sock}\nDatabaseDirectory {sigdir}\n"
-                    f"LogFile {tmp / 'clamd.log'}\nTemporaryDirectory {tmp}\nUser root\n"
+                    f"LogFile {tmp / 'clamd.log'}\nTemporaryDirectory {scratch or tmp}\n"
+                    "User root\n"
                     "MaxThreads 8\nSelfCheck 3600\nDisableCache yes\n"
                     "MaxFileSize 100M\nMaxScanSize 400M\nStreamMaxLength 100M\n")
     proc = subprocess.Popen([CLAMD, "--foreground",
@@ -104,16 +107,37 @@ def start_clamd(tmp: Path, sigdir: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def time_clamdscan(sock: Path, src: Path, tmp: Path, clamd_pid: int) -> tuple[float, float]:
-    """Seconds `clamdscan --fdpass` takes over `src`, and clamd's CPU ms per file meanwhile."""
+def perf_record(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    """`perf record` (software clock, call graphs) of `pid` into `out` until SIGINT."""
+    if out is None:
+        return None
+    rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "997", "-g",
+                            "-p", str(pid), "-o", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # perf attaches
+    return rec
+
+
+def stop_recording(rec: subprocess.Popen[bytes] | None) -> None:
+    if rec is not None:
+        rec.send_signal(signal.SIGINT)
+        rec.wait(120)
+
+
+def time_clamdscan(sock: Path, src: Path, tmp: Path, clamd_pid: int,
+                   perf: Path | None = None) -> tuple[float, float]:
+    """Seconds `clamdscan --fdpass` takes over `src`, and clamd's CPU ms per file meanwhile
+    (`perf`: clamd's profile then, see `perf_record`)."""
     conf = tmp / "clamdscan.conf"
     conf.write_text(f"LocalSocket {sock}\n")
+    rec = perf_record(clamd_pid, perf)
     cpu = cpu_seconds(clamd_pid)
     t = time.perf_counter()
     res = subprocess.run(["clamdscan", "--fdpass", "--no-summary", f"--config-file={conf}",
                           str(src)], capture_output=True, text=True, check=False)
     took = time.perf_counter() - t
     clamd_cpu = cpu_seconds(clamd_pid) - cpu
+    stop_recording(rec)
     if res.returncode != 0:
         raise RuntimeError(f"clamdscan failed ({res.returncode}): {res.stdout[-2000:]}"
                            f"{res.stderr[-2000:]}")
@@ -170,12 +194,13 @@ def main_thread_cpu(pid: int) -> tuple[float, float]:
 
 def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
                pids: tuple[int, int], profile: tuple[int, Path] | None = None,
-               strace: Path | None = None) -> dict[str, Any]:
+               strace: Path | None = None, perf: Path | None = None) -> dict[str, Any]:
     """Defer every file through a window, then time the drain after `resume`.
     `pids`: (server, clamd), whose CPU time per drained file is reported.
     `profile`: (server pid, output file): py-spy samples the server during the drain.
     `strace`: `strace -c` counts the server's syscalls during the drain into this file
-    (instead of py-spy; both slow the server down)."""
+    (instead of py-spy; both slow the server down). `perf`: clamd's profile during the
+    drain (`perf_record`)."""
     ctl(mnt, "drain", {"action": "pause"})
     ctl(mnt, "quiesce", {"max": 3600})
     t = time.perf_counter()
@@ -194,6 +219,7 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if spy is not None:
         time.sleep(1)  # py-spy attaches
+    rec = perf_record(pids[1], perf)
     cpu = [cpu_seconds(pid) for pid in pids]
     trio_cpu = main_thread_cpu(pids[0])
     load_before = loadavg()
@@ -212,6 +238,7 @@ def drain_once(mnt: Path, src: Path, n: int, files_per_s: float, *,
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
+    stop_recording(rec)
     stats = ctl(mnt, "status")
     txns_after = stats["journal"]["durability"]
     if stats["journal"]["deferred"] != 0 or stats["drain"]["done"]["error"]:
@@ -290,6 +317,9 @@ def main() -> None:
     ap.add_argument("--strace", type=Path,
                     help="strace -c the server during the unlimited drain; counts here")
     ap.add_argument("--server-log", type=Path, help="keep the mount server's log here")
+    ap.add_argument("--clamd-perf", type=Path,
+                    help="perf record clamd during the unlimited drain and the second "
+                         "clamdscan: DIR/drain.data, DIR/clamdscan.data")
     ap.add_argument("--profile", type=Path,
                     help="py-spy the server during the unlimited drain; collapsed stacks here")
     args = ap.parse_args()
@@ -322,9 +352,14 @@ def main() -> None:
                 for p in all_files(src):
                     os.utime(p)  # new ctime: new identities, cached verdicts do not apply
                 spied = None if args.profile is None else (server.proc.pid, args.profile)
+                perf = args.clamd_perf
+                if perf is not None:
+                    perf.mkdir(parents=True, exist_ok=True)
                 unlimited = drain_once(mnt, src, n, 1e9, pids=pids, profile=spied,
-                                       strace=args.strace)
-            clamdscan_again, clamd_ms_again = time_clamdscan(sock, src, tmp, clamd.pid)
+                                       strace=args.strace,
+                                       perf=perf and perf / "drain.data")
+            clamdscan_again, clamd_ms_again = time_clamdscan(
+                sock, src, tmp, clamd.pid, perf and perf / "clamdscan.data")
         finally:
             stop_process(clamd)
         quiesce = None if args.no_quiesce else quiesce_blocked(tmp, args.blocked)

@@ -30,9 +30,11 @@ from vfile.journal.records import (
 )
 from vfile.journal.tables import (
     Tables,
+    Tally,
     Txn,
     _count,
     _free_key,
+    apply_tally,
     delete_entry,
     find,
     iter_entries,
@@ -147,7 +149,10 @@ class BatchWriter:
 
 
 def op_complete(txn: Txn, t: Tables, path: str, seq: int,  # noqa: PLR0917
-                verdict: VerdictRecord | None, now: float = 0.0) -> bool:
+                verdict: VerdictRecord | None, now: float = 0.0,
+                tally: Tally | None = None) -> bool:
+    """Remove entry `seq` of `path` (its exposures archived unless `verdict` is a clean one
+    for what they read) and store `verdict`. `tally`: see `delete_entry`."""
     removed = False
     found = find(txn, t, path)
     if found is not None:
@@ -159,7 +164,7 @@ def op_complete(txn: Txn, t: Tables, path: str, seq: int,  # noqa: PLR0917
                 archive(txn, t, entry, "infected", verdict.signature, now=now)
             elif verdict.identity != entry.identity:
                 archive(txn, t, entry, "changed", now=now)  # clean, but not what they read
-            delete_entry(txn, t, key, entry)
+            delete_entry(txn, t, key, entry, tally)
             removed = True
         elif entry.lease_until:
             # Re-deferred while being scanned: keep it, claimable again at once.
@@ -173,8 +178,12 @@ def op_complete_many(txn: Txn, t: Tables,
                      items: Sequence[tuple[str, int, VerdictRecord | None]],
                      now: float = 0.0) -> list[bool]:
     """`op_complete` of each (path, seq, verdict), in one transaction: a drain batch's
-    completions are one operation of the group commit, not one each."""
-    return [op_complete(txn, t, path, seq, verdict, now) for path, seq, verdict in items]
+    completions are one operation of the group commit, not one each), with one update of
+    each profile's counters for all of them."""
+    tally: Tally = {}
+    done = [op_complete(txn, t, path, seq, verdict, now, tally) for path, seq, verdict in items]
+    apply_tally(txn, t, tally)
+    return done
 
 
 def op_forget(txn: Txn, t: Tables, path: str, outcome: str = "unlinked",

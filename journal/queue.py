@@ -24,7 +24,9 @@ from vfile.journal.records import (
     DeferredEntry,
     JournalCorrupt,
     decode_deferred,
+    encode_leased,
     leased,
+    remember_deferred,
     surely_unclaimable,
 )
 from vfile.journal.tables import Tables, Txn, delete_entry, find, iter_entries, put_entry
@@ -59,7 +61,10 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float) -> list[Defe
         if entry.poisoned or entry.lease_until > now or entry.not_before > now:
             continue
         lent = leased(entry, now + lease)
-        put_entry(txn, t, pkey, entry, lent)
+        value = encode_leased(raw, lent)
+        put_entry(txn, t, pkey, entry, lent, value)
+        # Its completion finds these very bytes (unless re-deferred meanwhile): no decode.
+        remember_deferred(value, lent)
         claimed.append(lent)
         if len(claimed) >= n:
             break

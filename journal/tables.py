@@ -289,9 +289,10 @@ def _free_key(txn: Txn, t: Tables, path: str) -> bytes:
     return key
 
 
-def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,
-              new: DeferredEntry) -> None:
-    """Store `new` at `key`, keeping the indexes and counters in step with `old` -> `new`."""
+def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,  # noqa: PLR0917
+              new: DeferredEntry, value: bytes | None = None) -> bytes:
+    """Store `new` at `key`, keeping the indexes and counters in step with `old` -> `new`;
+    the value stored: `value` if given (`new` encoded already), else `new` encoded."""
     was_indexed = old is not None and not old.poisoned
     if was_indexed and (new.poisoned or old is None or old.order != new.order):
         assert old is not None
@@ -310,16 +311,39 @@ def put_entry(txn: Txn, t: Tables, key: bytes, old: DeferredEntry | None,
             _count(txn, t, new.profile, 1, _size(new))
         elif _size(old) != _size(new):
             _count(txn, t, new.profile, 0, _size(new) - _size(old))
-    txn.put(key, encode_deferred(new), db=t.deferred)
+    if value is None:
+        value = encode_deferred(new)
+    txn.put(key, value, db=t.deferred)
+    return value
 
 
-def delete_entry(txn: Txn, t: Tables, key: bytes, entry: DeferredEntry) -> None:
+#: per-profile [entries, bytes] changes not yet applied to meta's counters (`delete_entry`)
+Tally = dict[str, list[int]]
+
+
+def delete_entry(txn: Txn, t: Tables, key: bytes, entry: DeferredEntry,
+                 tally: Tally | None = None) -> None:
+    """Remove `entry` at `key` with its index keys. `tally`: its counter change is added
+    there, for the caller to apply once with `apply_tally` (a batch of completions: one
+    counter update, not one per entry); otherwise applied now."""
     if not entry.poisoned:
         txn.delete(keys.order_key(entry.order, key), db=t.order)
     if t.profiles is not None:
         txn.delete(keys.profile_key(entry.profile, entry.order, key), db=t.profiles)
-        _count(txn, t, entry.profile, -1, -_size(entry))
+        if tally is None:
+            _count(txn, t, entry.profile, -1, -_size(entry))
+        else:
+            change = tally.setdefault(entry.profile, [0, 0])
+            change[0] -= 1
+            change[1] -= _size(entry)
     txn.delete(key, db=t.deferred)
+
+
+def apply_tally(txn: Txn, t: Tables, tally: Tally) -> None:
+    """Apply the counter changes `delete_entry` gathered in `tally` (and empty it)."""
+    for profile, (entries, nbytes) in tally.items():
+        _count(txn, t, profile, entries, nbytes)
+    tally.clear()
 
 
 def iter_entries(txn: Txn, t: Tables) -> Iterator[tuple[bytes, DeferredEntry]]:

@@ -4,11 +4,14 @@ entries on their quick look (`records.surely_unclaimable`) without changing who 
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from vfile.journal import records
 from vfile.journal.records import (
     Exposure,
     Identity,
@@ -78,3 +81,104 @@ async def test_claims_pass_leased_entries_and_take_the_next_oldest(journal: Jour
     assert second == ["d/f3", "d/f4", "d/f5"]
     assert third == ["d/f6", "d/f7", "d/f8", "d/f9"]
     assert journal.check() == []
+
+
+async def test_a_batch_keeps_every_profiles_counters(journal: Journal) -> None:
+    """One counter update per profile for the batch (`tables.apply_tally`), the same
+    counts as one per entry: `check` compares them with the entries."""
+    for i in range(6):
+        await journal.defer(f"d/f{i}", _ident(i), Reason.WINDOW, "a" if i % 2 else "b",
+                            durable=False)
+    claimed = await journal.claim(10, lease=60)
+    done = await journal.complete_many([(e.path, e.seq, _clean(e.identity or _ident(0)))
+                                        for e in claimed[:5]])
+    assert done == [True] * 5
+    assert [e.path for e in journal.list_deferred()] == ["d/f5"]
+    assert journal.check() == []
+
+
+async def test_a_claimed_entry_is_not_decoded_again(journal: Journal,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The completion of an entry as its claim stored it takes the claim's entry
+    (`records.remember_deferred`); one changed since (re-deferred) is decoded."""
+    for i in range(4):
+        await _defer(journal, i)
+    claimed = await journal.claim(10, lease=60)
+    for entry in claimed:  # what the memo hands back is what the decoder would
+        raw = records.encode_deferred(entry)
+        assert records._unpack(raw, "deferred", 14)[1] == entry.seq
+    await _defer(journal, 1)  # re-deferred: new bytes, decoded as usual
+    unpacked: list[str] = []
+    unpack = records._unpack
+
+    def counting(data: bytes, kind: str, length: int) -> list[object]:
+        unpacked.append(kind)
+        return unpack(data, kind, length)
+
+    monkeypatch.setattr(records, "_unpack", counting)
+    done = await journal.complete_many([(e.path, e.seq, _clean(_ident(i)))
+                                        for i, e in enumerate(claimed)])
+    assert done == [True, False, True, True]
+    assert unpacked.count("deferred") == 1  # d/f1 only
+    assert [e.path for e in journal.list_deferred()] == ["d/f1"]
+    assert journal.get_deferred("d/f1").lease_until == 0.0
+    assert journal.check() == []
+
+
+def test_the_memo_gives_what_decoding_gives() -> None:
+    rng = random.Random(7)
+    for i in range(200):
+        entry = records.DeferredEntry(
+            f"d/ü{i}\udcff", rng.randrange(1 << 40), _ident(i) if i % 3 else None,
+            Reason.WINDOW, "default", rng.random() * 1e9, rng.random() * 1e9,
+            rng.randrange(5), "err" * (i % 2),
+            (Exposure(0, i, "cat", rng.random() * 1e9),) * (i % 2), rng.random() * 1e9,
+            rng.random() * 1e9, False, i)
+        raw = records.encode_deferred(entry)
+        records.remember_deferred(raw, entry)
+        assert records.decode_deferred(raw) is entry
+        assert records.decode_deferred(raw) == entry  # forgotten: decoded, and equal
+
+
+def test_a_lease_spliced_in_is_the_entry_encoded() -> None:
+    """A claim writes the lease into the stored bytes (`records.encode_leased`) rather than
+    re-encoding the entry: byte for byte what encoding the leased entry gives."""
+    rng = random.Random(11)
+    for i in range(300):
+        entry = records.DeferredEntry(
+            f"d/f,{i}]\"", rng.randrange(1 << 50), _ident(i) if i % 4 else None,
+            Reason.WINDOW, "p,1", rng.random() * 1e9, rng.random() * 1e9, rng.randrange(5),
+            "e,rr" * (i % 2), (Exposure(0, i, "c,at", rng.random() * 1e9),) * (i % 3),
+            rng.choice([0.0, rng.random() * 1e9, 1e16, 0.1]), rng.choice([0.0, 5.5]),
+            False, i)
+        until = rng.choice([rng.random() * 2e9, 1.0, 1e16, 1234567890.0])
+        lent = records.leased(entry, until)
+        spliced = records.encode_leased(records.encode_deferred(entry), lent)
+        assert spliced == records.encode_deferred(lent)
+        assert records.decode_deferred(spliced) == lent
+
+
+def test_the_memo_stays_bounded_while_other_threads_take_from_it() -> None:
+    entries = [records.DeferredEntry(f"d/f{i}", i, _ident(i), Reason.WINDOW, "default",
+                                     1.0, 1.0, 0, "", (), 0.0, 5.0, False, i)
+               for i in range(records.RECENT_MAX + 500)]
+    raws = [records.encode_deferred(e) for e in entries]
+    stop = threading.Event()
+
+    def taker() -> None:
+        while not stop.is_set():
+            for raw in raws[::7]:
+                records.decode_deferred(raw)
+
+    thread = threading.Thread(target=taker)
+    thread.start()
+    try:
+        for raw, entry in zip(raws, entries, strict=True):
+            records.remember_deferred(raw, entry)
+            assert len(records._recent) <= records.RECENT_MAX
+    finally:
+        stop.set()
+        thread.join()
+    for raw, entry in zip(raws, entries, strict=True):  # whatever is left, or decoded
+        assert records.decode_deferred(raw) == entry
+    assert not any(raw in records._recent for raw in raws)

@@ -71,13 +71,17 @@ IDLE_POLL = 0.5
 JOURNAL_RETRY = 1.0
 #: entries in flight (scanning or settling) per scan slot
 SETTLING_FACTOR = 4
-#: batches scanned at once with `resolve_batch`: while one batch's replies are read and
-#: its files settled, the other's scans keep the appliance busy
-LANES = 2
-#: files per batch with `resolve_batch` (bench/drain.py --scale --files 5000, one run
-#: each on a loaded machine: 8, 16 and 32 within the noise of each other, all far
-#: cheaper per file than one task per file; 16 keeps clamd's 8 threads fed from 2 lanes)
-BATCH_FILES = 16
+#: batches scanned at once with `resolve_batch`. The lane is free once a batch's replies
+#: are in (its files settle after), so the next batch goes out while they do
+LANES = 1
+#: files per batch with `resolve_batch`. bench/drain.py --scale --files 20000, one after
+#: the other (branch dr21, README "Drain"): 2 lanes x 16, 1 x 32 and 1 x 64 drained 3,424,
+#: 3,533 and 3,804 files/s with 0.232, 0.192 and 0.172 ms of server CPU per file, and
+#: clamd's CPU per file the same (0.24, 0.24, 0.23 ms): fewer, larger batches cost the
+#: server less per file (a claim, a send, a wake-up and a completion per batch) and cost
+#: clamd nothing more (bench/clamd_access.py). At most `BATCH_BYTES` queue in clamd at
+#: once (2 MiB before, with 2 lanes)
+BATCH_FILES = 64
 #: a batch holds more than one file only up to this many bytes (as journaled): its scans
 #: all sit in the appliance's queue at once, where on-open scans wait behind them. A
 #: larger file is scanned alone, as without batches (`concurrency` such scans at once)
