@@ -110,3 +110,31 @@ def test_large_files_drain_alone_among_batches(tree: Tree) -> None:
             assert (done["clean"], done["infected"], done["error"]) == (22, 1, 0), done
             with pytest.raises(PermissionError):
                 (tree.mountpoint / "v.com").read_bytes()
+
+
+def test_an_appliance_too_slow_for_a_whole_batch_still_drains(tree: Tree) -> None:
+    """The built-in appliance answers a session's requests in turn at 0.2 s each, and the
+    profile's drain deadline (2 s) is shorter than a whole batch of 64 takes: the drain
+    must shrink its batches rather than fail the same way forever (found reviewing dr21:
+    64-file batches, no way down)."""
+    names = [f"c{i:03d}.bin" for i in range(40)] + ["v.com"]
+    for i, name in enumerate(names):
+        (tree.source / name).write_bytes(EICAR if name == "v.com" else os.urandom(600 + i))
+    conf = tree.root / "vfile.toml"
+    with running_appliance() as app:
+        conf.write_text(f'[mount]\nappliances = ["{app.url}"]\nstate_dir = "{tree.state}"\n'
+                        '[pool]\nprobe_interval = "60s"\n'
+                        '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+                        'drain_deadline = "2s"\ninfected_action = "deny"\n')
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf)):
+            control.call(tree.mountpoint, "drain", {"action": "pause"}, timeout=60)
+            control.call(tree.mountpoint, "quiesce", {"max": 600}, timeout=60)
+            for name in names:
+                os.close(os.open(tree.mountpoint / name, os.O_RDONLY))
+            assert status(tree.mountpoint)["journal"]["deferred"] == len(names)
+            app.set_fault("slowscan=0.2s")
+            control.call(tree.mountpoint, "resume", timeout=60)
+            control.call(tree.mountpoint, "drain", {"action": "resume"}, timeout=60)
+            wait_until(lambda: drained(tree.mountpoint), "every entry resolved", deadline=180)
+            done = status(tree.mountpoint)["drain"]["done"]
+            assert (done["clean"], done["infected"]) == (40, 1), done

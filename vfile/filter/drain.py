@@ -203,6 +203,10 @@ class Drain:
         self._bytes = TokenBucket(bytes_per_s, max(1.0, bytes_per_s), trio.current_time)
         self._configured_files_per_s = files_per_s
         self._batch = batch
+        #: files per batch now: BATCH_FILES, down to 1 after a batch that failed whole
+        #: (an appliance answering in turn may not get through 64 within the deadline),
+        #: doubling back with each success
+        self.batch_files = BATCH_FILES
         self._lease = lease
         self._scan_deadline = scan_deadline
         self._paused = False
@@ -243,6 +247,7 @@ class Drain:
 
     def statistics(self) -> dict[str, Any]:
         return {"paused": self._paused, "in_flight": self.in_flight,
+                "batch_files": self.batch_files,
                 "files_per_s": self._files.rate, "bytes_per_s": self._bytes.rate,
                 "configured_files_per_s": self._configured_files_per_s,
                 "done": {**{k.value: v for k, v in self.done.items()},
@@ -285,7 +290,7 @@ class Drain:
                 await self._idle()
             # Never more than the bucket's burst at once: the count done stays within it.
             n = nbytes = 0
-            for entry in entries[:max(1, min(BATCH_FILES, int(self._files.burst)))]:
+            for entry in entries[:max(1, min(self.batch_files, int(self._files.burst)))]:
                 size = entry.identity.size if entry.identity else 0
                 if n and nbytes + size > BATCH_BYTES:
                     break  # large files go a few at a time (see BATCH_BYTES)
@@ -341,6 +346,9 @@ class Drain:
         if len(failed) < len(entries):
             # The appliance's latency for the batch, per file of its average size.
             self._adapt(lane.freed_at - started, nbytes // len(entries))
+            self.batch_files = min(BATCH_FILES, 2 * self.batch_files)
+        else:  # the same batch would fail the same way: one file at a time, then grow
+            self.batch_files = 1
         async with trio.open_nursery() as releases:  # releases linger: let them share
             for entry, result in failed:
                 releases.start_soon(self._settle, entry, result, None)
@@ -419,6 +427,7 @@ class Drain:
             log.warning("drain: releasing %r failed: %s", entry.path, err)
         if result.outcome not in (Outcome.ERROR, Outcome.UNSCANNABLE) and latency is not None:
             self._adapt(latency, result.nbytes)
+            self.batch_files = min(BATCH_FILES, 2 * self.batch_files)
         self._count(result)
 
     def _count(self, result: Resolution) -> None:
