@@ -342,7 +342,8 @@ class Journal(JournalBase):
         return {"unsynced_commits": c.unsynced, "fsyncs": c.fsyncs, "queued": c.queued,
                 "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused,
                 "batches": c.batches, "ops": c.ops, "in_flight": len(self.inflight),
-                "in_flight_failed": self.inflight.failed}
+                "in_flight_failed": self.inflight.failed,
+                **{k: int(str(v)) for k, v in (self.rebuilt or {"journal_rebuilt": 0}).items()}}
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import pytest
 from cutfs import fsync_tears, torn_report
 from mounting import mounted, wait_for
 from outage import running_appliance, unaccounted, write_config
+from powercut import config, create_and_kill
 from statedisks import cutfs, durability
 
 from vfile import control
@@ -151,3 +152,26 @@ def test_a_torn_journal_is_rebuilt_and_nothing_is_lost(tmp_path: Path, seed: int
         assert len(aside) == 1 and (aside[0] / environment.DATA_FILE).exists()
         assert os.stat(aside[0]).st_mode & 0o777 == 0o700
         assert os.stat(aside[0] / environment.DATA_FILE).st_mode & 0o777 == 0o600
+
+
+def test_an_intact_journal_after_a_power_cut_is_kept(tmp_path: Path) -> None:
+    """The ordinary power cut (tests/t5_powerloss_test.py: creates' intents lost, the
+    tree intact): the check finds nothing, the journal stays, the usual walk runs."""
+    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
+    for p in (src, mnt, disk, statefs):
+        p.mkdir()
+    state = statefs / "state"
+    args = ("--config", str(config(tmp_path)), "--state-dir", str(state))
+    with running_appliance() as app:
+        with cutfs(disk, statefs):
+            sig = create_and_kill(src, mnt, state, ("--appliance", app.url, *args))
+        _reboot(state)
+        with cutfs(disk, statefs):
+            with mounted(src, mnt, "--appliance", app.url, *args, "-v") as server:
+                text = server.log()
+                status = durability(mnt)
+            assert "integrity check after an unclean stop" in text, text
+            assert "journal damaged" not in text and "recovery walk:" in text, text
+            assert status["journal_rebuilt"] == 0, status
+            assert not [p for p in state.iterdir() if p.name.startswith("damaged-")]
+            assert unaccounted(src, state, sig) == []
