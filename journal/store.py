@@ -413,4 +413,5 @@ class Journal(JournalBase):
         out["map_used"] = (int(info["last_pgno"]) + 1) * int(stat["psize"])
         out["path"] = str(self.path)
         out["verdicts_collected"] = self.verdicts_collected
+        out["rebuilt"] = 0 if self.rebuilt is None else 1  # journal.torn
         return out

@@ -122,6 +122,9 @@ def _verify(where: Path, witness: Path | None) -> int:
             return DAMAGED
         with env.begin() as txn:
             run, _ = watermark.read_state(txn, t)
+            if txn.get(b"magic", db=t.meta) != tables.MAGIC:
+                print("its meta table has lost vfile's magic")
+                return DAMAGED  # torn, or foreign: the caller tells which
             if run is None or run == watermark.CLEAN:
                 print("clean stop")
                 return INTACT  # a clean close fsynced everything; nothing wrote since

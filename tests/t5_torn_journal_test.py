@@ -139,7 +139,10 @@ def test_a_torn_journal_is_rebuilt_and_nothing_is_lost(tmp_path: Path, seed: int
                                                        fraction: float) -> None:
     with _torn_cut(tmp_path, seed, fraction) as (src, mnt, state, args):
         before = _child_check(state)
-        print("torn journal, read in a child:", before)
+        rc, seen = before  # what it was before the fix: shown, not asserted (it varies)
+        print("torn journal, read in a child:", rc, {k: (len(v) if isinstance(v, list) else v)
+                                                     for k, v in seen.items()},
+              str(seen.get("problems", ""))[:300])
         with mounted(src, mnt, *args, "-v") as server:
             text = server.log()
             status = durability(mnt)
