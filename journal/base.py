@@ -64,6 +64,8 @@ class JournalBase:
         self._running = False  # begin_run was called: close() marks the stop clean
         self._commits_at_watermark = -1
         self._watermark: int | None = None  # as stored, once begin_run read it
+        #: journal.torn: this journal replaced one a power loss tore (what was salvaged)
+        self.rebuilt: dict[str, object] | None = None
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, sync: bool = True,

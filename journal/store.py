@@ -342,7 +342,8 @@ class Journal(JournalBase):
         return {"unsynced_commits": c.unsynced, "fsyncs": c.fsyncs, "queued": c.queued,
                 "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused,
                 "batches": c.batches, "ops": c.ops, "in_flight": len(self.inflight),
-                "in_flight_failed": self.inflight.failed}
+                "in_flight_failed": self.inflight.failed,
+                **{k: int(str(v)) for k, v in (self.rebuilt or {"journal_rebuilt": 0}).items()}}
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -412,4 +413,5 @@ class Journal(JournalBase):
         out["map_used"] = (int(info["last_pgno"]) + 1) * int(stat["psize"])
         out["path"] = str(self.path)
         out["verdicts_collected"] = self.verdicts_collected
+        out["rebuilt"] = 0 if self.rebuilt is None else 1  # journal.torn
         return out

@@ -24,6 +24,15 @@ exists, fsync fails with EIO as Linux's does after a failed writeback: the 4 KiB
 pages written since the last fsync are marked clean, not written, and a later fsync
 does not write them either unless they are written again (fsyncgate). While
 `fsync_hold(BACKING)` exists, fsync waits.
+
+While `fsync_tears(BACKING)` exists (its text: "SEED FRACTION"), the next fsync of
+a file named `data.mdb` (LMDB's) is a power loss in the middle of its writeback:
+of the 4 KiB pages written since the last completed fsync, the first two (LMDB's
+meta pages) and a random FRACTION of the others (chosen by SEED) reach BACKING,
+the rest do not (appended pages dropped read back as zeros, the file keeps its
+new size: its inode reached the disk); that fsync never returns, and every later
+fsync waits forever too (the power is gone). `torn_report(BACKING)` then says
+which pages were kept and dropped. The cut (kill, restart) serves the torn file.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import stat
 import sys
 import time
@@ -75,6 +85,7 @@ class CutFS(pyfuse3.Operations):
         self.next_ino = pyfuse3.ROOT_INODE + 1
         self._load(root, os.fsencode(backing))
         self.fsyncs = 0
+        self.torn = False  # a torn fsync happened: the power is gone, nothing more persists
 
     # --- the tree ---------------------------------------------------------------------------
 
@@ -314,8 +325,13 @@ class CutFS(pyfuse3.Operations):
         if os.path.exists(fsync_fault(self.backing)):
             raise _err(errno.EIO)  # a failing disk: the write went in, its flush did not
         node = self._get(fh)
+        if self.torn:
+            await trio.sleep_forever()  # the power is gone: no fsync returns
         if not node.linked:
             return
+        if node.name == b"data.mdb" and os.path.exists(fsync_tears(self.backing)):
+            self._tear(node)
+            await trio.sleep_forever()
         if os.path.exists(fsync_drops(self.backing)):
             self._drop(node)
             raise _err(errno.EIO)
@@ -346,6 +362,49 @@ class CutFS(pyfuse3.Operations):
             old = durable[page * PAGE:(page + 1) * PAGE]
             node.lost.setdefault(page, old + bytes(PAGE - len(old)))
         node.dirty.clear()
+
+
+    def _tear(self, node: Node) -> None:
+        """A power loss in the middle of this fsync's writeback (module doc)."""
+        self.torn = True
+        seed, fraction = fsync_tears(self.backing).read_text().split()
+        path = os.fsdecode(self._path(node))
+        try:
+            durable = bytearray(Path(path).read_bytes())
+        except FileNotFoundError:
+            durable = bytearray()
+        for page, old in node.lost.items():  # a dropping fsync's pages: still old there
+            durable[page * PAGE:page * PAGE + len(old)] = old
+        size = len(node.data)
+        if len(durable) < size:
+            durable.extend(bytes(size - len(durable)))  # unwritten extents read as zeros
+        del durable[size:]
+        rng = random.Random(int(seed))
+        kept, dropped = [], []
+        for page in sorted(node.dirty):
+            if page * PAGE >= size:
+                continue
+            if page < 2 or rng.random() < float(fraction):
+                durable[page * PAGE:(page + 1) * PAGE] = node.data[page * PAGE:(page + 1) * PAGE]
+                kept.append(page)
+            else:
+                dropped.append(page)
+        tmp = path + ".cutfs-tmp"
+        Path(tmp).write_bytes(durable)
+        os.replace(tmp, path)
+        torn_report(self.backing).write_text(
+            f"kept {' '.join(map(str, kept))}\ndropped {' '.join(map(str, dropped))}\n")
+        log.info("torn fsync of %s: %d pages kept, %d dropped", path, len(kept), len(dropped))
+
+
+def fsync_tears(backing: Path) -> Path:
+    """While this file (beside BACKING) exists, the next fsync of data.mdb tears (module doc)."""
+    return backing.with_name(backing.name + ".fsync-tears")
+
+
+def torn_report(backing: Path) -> Path:
+    """Written by a torn fsync: the pages it kept and dropped."""
+    return backing.with_name(backing.name + ".torn")
 
 
 def fsync_drops(backing: Path) -> Path:

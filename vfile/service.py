@@ -22,6 +22,7 @@ mount still comes up; opens then take their profile's fail mode.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -46,7 +47,7 @@ from vfile.filter.recovery import journal_changed_since
 from vfile.filter.verdict_gc import VerdictCollector
 from vfile.filter.window import Window
 from vfile.hooks import FileHooks
-from vfile.journal import Journal, JournalError
+from vfile.journal import Journal, JournalError, torn
 from vfile.journal.statedir import default_state_dir, ensure_state_dir
 from vfile.journal.watermark import source_key
 from vfile.observe.memwatch import MemoryWatch
@@ -94,9 +95,11 @@ def _lock_dir(rundir: Path) -> Path | None:
     return None if rundir.parent == Path("/tmp") else rundir / "journal-locks"
 
 
-def _open_journal(state_dir: Path, rundir: Path) -> Journal:
+def _open_journal(state_dir: Path, rundir: Path) -> tuple[Journal, torn.Rebuilt | None]:
+    """The journal, and what was salvaged if a power loss had torn it (journal.torn)."""
     try:
-        return Journal.open(state_dir, lock_dir=_lock_dir(rundir))
+        rebuilt = torn.ensure_intact(state_dir, _lock_dir(rundir))
+        return Journal.open(state_dir, lock_dir=_lock_dir(rundir)), rebuilt
     except OSError as err:  # the lock directory
         raise UserError(f"{state_dir}: cannot place the journal's lock file: {err}",
                         Exit.JOURNAL) from None
@@ -160,13 +163,19 @@ async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,
 RECOVERY_WALK_ENV = "VFILE_RECOVERY_WALK"
 
 
-async def _recover(journal: Journal, config: Config, root_fd: int, source: str) -> None:
+async def _recover(journal: Journal, config: Config, root_fd: int, source: str,
+                   rebuilt: torn.Rebuilt | None = None) -> None:
     """Before the mount serves: after an unclean stop that lost the state disk's page
-    cache, journal every file changed since the durable watermark (journal.watermark)."""
+    cache, journal every file changed since the durable watermark (journal.watermark);
+    after a torn journal was replaced (journal.torn), every file of the source."""
     try:
+        if rebuilt is not None:
+            await torn.restore(journal, rebuilt)
         found = await journal.begin_run(source_key(root_fd, os.path.realpath(source)))
     except JournalError as err:
         raise UserError(str(err), Exit.JOURNAL) from None
+    if rebuilt is not None:
+        found = dataclasses.replace(found, clean=False, cache_survived=False, watermark_ns=None)
     if not found.walk:
         if not found.clean:
             log.info("journal: the last run stopped uncleanly; its page cache survived, "
@@ -187,6 +196,13 @@ async def _recover(journal: Journal, config: Config, root_fd: int, source: str) 
     journal.vouch()
     log.warning("journal: recovery walk: %d files, %d journaled, %.1f s",
                 walked.files, walked.journaled, walked.seconds)
+    if rebuilt is not None:
+        log.warning("journal damaged by a power loss in the middle of its fsync (%s): moved "
+                    "to %s, a fresh journal started; salvaged %d quarantine records and %d "
+                    "deferred entries (%d records unreadable); every file of the source "
+                    "(%d) walked, %d journaled for a rescan", rebuilt.reason, rebuilt.aside,
+                    len(rebuilt.quarantine), len(rebuilt.deferred), rebuilt.undecodable,
+                    walked.files, walked.journaled)
 
 
 def _profiles(config: Config, quota: QuotaMonitor) -> list[dict[str, Any]]:
@@ -214,7 +230,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                          deadline=opts.timeout)
     state_dir = _state_dir(opts, config)
     rundir = control.runtime_dir()
-    journal = _open_journal(state_dir, rundir)
+    journal, rebuilt = _open_journal(state_dir, rundir)
     try:
         sock_name = control.socket_name(opts.mountpoint)
         builtin: BuiltinAppliance | None = None
@@ -249,7 +265,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         gate = Gate(config, pool, journal, actions, source_fd=root_fd,
                     observer=outputs.observer, quota=quota.state)
         gate.assume_signature(_read_sig(state_dir))
-        await _recover(journal, config, root_fd, opts.source)
+        await _recover(journal, config, root_fd, opts.source, rebuilt)
         window.subscribe(gate.set_window)
         window.subscribe(pool.set_quiet)
         # The drain's outer bound and lease cover the longest profile drain deadline.

@@ -279,6 +279,8 @@ class _StatusCollector(Collector):
         yield from _gauge("vfile_journal_quarantined", "Quarantine records", j.get("quarantined"))
         yield from _gauge("vfile_journal_map_used_bytes", "LMDB map in use", j.get("map_used"))
         yield from _gauge("vfile_journal_map_size_bytes", "LMDB map size", j.get("map_size"))
+        yield from _gauge("vfile_journal_rebuilt", "1 if this mount replaced a journal a power "
+                          "loss had torn (journal.torn)", j.get("rebuilt"))
 
     def _drain(self, d: dict[str, Any]) -> Iterator[Metric]:
         done = CounterMetricFamily("vfile_drain_resolved", "Journal entries the drain "

@@ -1,0 +1,275 @@
+"""A journal torn by a power loss in the middle of its fsync: found before the mount
+opens it, moved aside, salvaged, replaced by a fresh one (README "Durability of
+journal records", "A power loss during the journal's fsync").
+
+The environment runs with `sync=False` and is fdatasynced by a thread
+(journal.syncer). One fdatasync writes the pages dirtied since the last one in any
+order, and NOSYNC commits may have overwritten pages of the last durable tree: a
+power loss in the middle of it can leave the newest meta page pointing at pages
+never written, or at pages holding another tree's bytes. LMDB then reads garbage:
+seen through tests/cutfs.py's torn mode, an open that calls the journal foreign,
+an `mdb.c` assertion that aborts the process, or a journal that opens and serves
+wrong records (t5_torn_journal_test.py).
+
+`ensure_intact` runs before `Journal.open` on a mount's start. In a child process
+(a crash in LMDB's C code takes down the child, not the mount) it:
+- returns at once when the last run stopped cleanly (its close fsynced everything
+  and nothing wrote since) or when the witness vouches that the page cache
+  survived (a process crash: the kernel holds every page, nothing can be torn);
+- otherwise (a power loss, a reboot after an unclean stop) reads every page of
+  every table through cursors (keys in order, values decoded) and runs the
+  journal's own check (journal.check).
+A damaged journal (the check failed, or the child crashed or hung) is moved aside
+into `damaged-<UTC time>/` (0700, the file 0600, kept for forensics); a second
+child salvages what it can read, table by table, streaming each record as it goes
+(a crash part-way keeps what came before): quarantine records first, then deferred
+entries. The caller creates a fresh journal, writes them back and walks the whole
+source (vfile.filter.recovery, every file: there is no watermark to trust), so every
+file gets an entry again before the mount serves: nothing lost, at a rescan's cost.
+
+Invariants:
+- A journal that is not provably vfile's (no `lock.mdb` symlink vfile placed) and
+  looks foreign is left alone: the open then refuses it (exit 7), as before.
+- The damaged file is never modified or deleted; the rename is fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+
+from vfile.journal import check, environment, tables, watermark
+from vfile.journal.records import (
+    DeferredEntry,
+    JournalCorrupt,
+    QuarantineRecord,
+    decode_deferred,
+    decode_quarantine,
+)
+from vfile.journal.store import Journal
+
+log = logging.getLogger(__name__)
+
+#: the child's exit codes
+INTACT, DAMAGED = 0, 1
+#: how long a check of the whole journal may take before it counts as damaged (a torn
+#: tree can loop); far above the 1M-entry figure in the README
+CHECK_TIMEOUT = 900.0
+ASIDE_PREFIX = "damaged-"
+CHECKED = "checking every page"
+#: written by a mount beside its journal (vfile.service)
+SIG_FILE = "last-signature-version"
+
+
+@dataclass
+class Rebuilt:
+    """What `ensure_intact` did with a damaged journal."""
+
+    aside: Path
+    reason: str
+    quarantine: list[QuarantineRecord] = field(default_factory=list)
+    deferred: list[DeferredEntry] = field(default_factory=list)
+    #: records the salvage read but could not decode (torn pages)
+    undecodable: int = 0
+
+    def summary(self) -> dict[str, object]:
+        return {"journal_rebuilt": 1, "salvaged_quarantine": len(self.quarantine),
+                "salvaged_entries": len(self.deferred), "salvage_undecodable": self.undecodable}
+
+
+# --- in the child ---------------------------------------------------------------------------
+
+def _open_ro(where: Path) -> lmdb.Environment:
+    return lmdb.open(str(where), readonly=True, lock=False, create=False,
+                     max_dbs=tables.MAX_DBS, subdir=True)
+
+
+def _read_everything(env: lmdb.Environment, txn: lmdb.Transaction) -> list[str]:
+    """Touch every page of every table: branch and leaf pages through the cursors,
+    overflow pages through the values; keys must come in order."""
+    out: list[str] = []
+    names = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+    for name in names:
+        db = env.open_db(name, txn=txn, create=False)
+        last: bytes | None = None
+        n = 0
+        for k, v in txn.cursor(db=db):
+            key = bytes(k)
+            if last is not None and key <= last:
+                out.append(f"table {name!r}: key {key!r} out of order after {last!r}")
+                break
+            last = key
+            n += len(bytes(v))
+    return out
+
+
+def _verify(where: Path, witness: Path | None) -> int:
+    """The child's check: INTACT or DAMAGED (printed: why)."""
+    env = _open_ro(where)
+    try:
+        try:  # before the read transaction: handles opened later are not valid in it
+            t = tables.open_tables(env, None)
+        except lmdb.Error as err:
+            print(f"its tables cannot be opened: {err}")
+            return DAMAGED
+        with env.begin() as txn:
+            run, _ = watermark.read_state(txn, t)
+            if txn.get(b"magic", db=t.meta) != tables.MAGIC:
+                print("its meta table has lost vfile's magic")
+                return DAMAGED  # torn, or foreign: the caller tells which
+            if run is None or run == watermark.CLEAN:
+                print("clean stop")
+                return INTACT  # a clean close fsynced everything; nothing wrote since
+            seen = watermark.Witness.read(witness) if witness is not None else None
+            if watermark.survived(seen, watermark.boot_id(), int(env.info()["last_txnid"]),
+                                  run):
+                print("page cache survived")
+                return INTACT  # a process crash: the page cache held every page
+            print(CHECKED)
+            problems = _read_everything(env, txn) + check.problems(txn, t)
+    except lmdb.Error as err:
+        print(f"LMDB: {err}")
+        return DAMAGED
+    finally:
+        env.close()
+    for p in problems[:5]:
+        print(p)
+    return DAMAGED if problems else INTACT
+
+
+def _salvage(where: Path) -> None:
+    """Stream every record of the tables worth keeping, one line each, flushed."""
+    env = _open_ro(where)
+    try:
+        for name, tag in ((b"quarantine", "Q"), (b"deferred", "D")):
+            try:
+                with env.begin() as txn:
+                    db = env.open_db(name, txn=txn, create=False)
+                    for k, v in txn.cursor(db=db):
+                        sys.stdout.write(f"{tag} {bytes(k).hex()} {bytes(v).hex()}\n")
+                        sys.stdout.flush()
+            except lmdb.Error as err:
+                sys.stdout.write(f"E {name.decode()}: {err}\n")
+    finally:
+        env.close()
+
+
+def main(argv: list[str]) -> int:
+    what, where = argv[0], Path(argv[1])
+    if what == "verify":
+        return _verify(where, Path(argv[2]) if len(argv) > 2 and argv[2] else None)
+    _salvage(where)
+    return 0
+
+
+# --- in the mount ---------------------------------------------------------------------------
+
+def _child(*args: str, timeout: float) -> tuple[int, str]:
+    try:
+        done = subprocess.run([sys.executable, "-m", "vfile.journal.torn", *args],
+                              capture_output=True, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else ""
+        return -1, out + f"\n(no answer within {timeout:.0f} s)"
+    text = done.stdout.decode(errors="replace")
+    if done.returncode < 0 or done.returncode > DAMAGED:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        text += f"\n(the check crashed: {'; '.join(tail) or f'status {done.returncode}'})"
+    return done.returncode, text
+
+
+def _ours(state_dir: Path) -> bool:
+    """A vfile state directory: lock.mdb points at vfile's tmpfs lock file
+    (environment.place_lock), or the mount saved its signature version there."""
+    if (state_dir / SIG_FILE).exists():
+        return True
+    try:
+        return Path(os.readlink(state_dir / environment.LOCK_FILE)).name.startswith("journal-")
+    except OSError:
+        return False
+
+
+def ensure_intact(state_dir: Path, lock_dir: Path | None) -> Rebuilt | None:
+    """Before a mount opens its journal: None if it is intact (or absent, or not a
+    vfile journal: the open says so); else move it aside, salvage it and return what
+    was saved. The caller opens a fresh journal, writes it back and walks everything."""
+    data = state_dir / environment.DATA_FILE
+    try:
+        if data.stat().st_size == 0:
+            return None
+    except OSError:
+        return None  # absent (created fresh) or unreadable (the open names it)
+    witness = watermark.witness_for(state_dir, lock_dir)
+    started = time.monotonic()
+    rc, why = _child("verify", str(state_dir), str(witness or ""), timeout=CHECK_TIMEOUT)
+    if CHECKED in why or rc != INTACT:
+        log.info("journal %s: integrity check after an unclean stop: %.2f s (status %d)",
+                 state_dir, time.monotonic() - started, rc)
+    if rc == INTACT or not _ours(state_dir):
+        return None  # a foreign LMDB environment: the open refuses it, as before
+    why = " ".join(why.replace(CHECKED, "").split())
+    return _move_aside_and_salvage(state_dir, why[:300] or f"status {rc}")
+
+
+def _move_aside_and_salvage(state_dir: Path, reason: str) -> Rebuilt:
+    aside = state_dir / (ASIDE_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
+    aside.mkdir(mode=0o700)
+    os.chmod(aside, 0o700)
+    os.rename(state_dir / environment.DATA_FILE, aside / environment.DATA_FILE)
+    os.chmod(aside / environment.DATA_FILE, 0o600)
+    for d in (aside, state_dir):
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    out = Rebuilt(aside, reason)
+    rc, text = _child("salvage", str(aside), timeout=CHECK_TIMEOUT)
+    for line in text.splitlines():
+        tag, _, rest = line.partition(" ")
+        _key, _, v = rest.partition(" ")
+        if tag not in ("Q", "D") or not v:
+            continue  # an error line, or the last line a crash cut short
+        try:
+            value = bytes.fromhex(v)
+            if tag == "Q":
+                out.quarantine.append(decode_quarantine(value))
+            else:
+                out.deferred.append(decode_deferred(value))
+        except (ValueError, JournalCorrupt):
+            out.undecodable += 1
+    with contextlib.suppress(OSError):
+        os.chmod(aside / environment.DATA_FILE, 0o600)
+    if rc != 0:
+        log.warning("journal %s: the salvage stopped early (%s)", state_dir,
+                    " ".join(text.splitlines()[-1:]))
+    return out
+
+
+async def restore(journal: Journal, rebuilt: Rebuilt) -> None:
+    """Write the salvaged records into the fresh journal (tier 1: fsynced). A stale or
+    duplicated deferred entry only means a scan more."""
+    for rec in rebuilt.quarantine:
+        await journal.add_quarantine(rec)
+    for e in rebuilt.deferred:
+        for exposure in e.exposures or (None,):
+            await journal.defer(e.path, e.identity, e.reason, e.profile, exposure=exposure,
+                                error=e.last_error)
+    journal.rebuilt = rebuilt.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
