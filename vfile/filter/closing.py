@@ -217,7 +217,7 @@ class CloseScans:
                 result, verdict = ScanResult.ERROR, Verdict.error(RACY)
             d = decide(replace(inputs, scan=result, window=self._window()))
             if self._settle_soon(c.path, c.intent, c.profile, identity, sig, d, verdict,
-                                 self._unparked(c.intent)):
+                                 self._unparked(c.intent), fd=c.fd):
                 self._parked += 1
                 return True
             self._start(self.run, c.path, c.intent, c.fd, c.profile, None,
@@ -265,7 +265,7 @@ class CloseScans:
             identity, sig, d, verdict = scanned
             committed = trio.Event()
             if self._settle_soon(path, intent, profile, identity, sig, d, verdict,
-                                 committed.set):
+                                 committed.set, fd=fd):
                 os.close(fd)  # nothing more to read: no descriptor held while it is queued
                 fd = -1
                 # Parked until its completion is committed: the intent ends then, and
@@ -275,7 +275,7 @@ class CloseScans:
             if not await self._wait_landed(path, intent):
                 return
             await self._settle(path, intent, profile, identity=identity, sig=sig, d=d,
-                               verdict=verdict)
+                               verdict=verdict, fd=fd)
         except (OSError, JournalError) as err:
             log.error("close scan of %r failed: %s; left to the drain", path, err)
         finally:
@@ -325,7 +325,7 @@ class CloseScans:
 
     def _settle_soon(self, path: str, intent: Intent, profile: Profile,  # noqa: PLR0917
                      identity: Identity, sig: str, d: Decision, verdict: Verdict | None,
-                     committed: Callable[[], None]) -> bool:
+                     committed: Callable[[], None], *, fd: int) -> bool:
         """A clean whole-file verdict of the current intent: its completion is queued
         behind the intent's record, not waited for (one transaction for both while the
         record still lingers in the queue: README "Creates under scanning"). The intent
@@ -352,8 +352,15 @@ class CloseScans:
 
         if not self._settler.resolve_soon(path, record, profile, seq, done):
             return False
-        self._remember(record)
+        self._remember_linked(record, fd)
         return True
+
+    def _remember_linked(self, record: VerdictRecord, fd: int) -> None:
+        """Cache the verdict unless the file is deleted: the kernel may have forgotten it
+        already (its FORGET dropped the file's verdicts before this judgement, which
+        comes a tick later), and the entry would then stay until evicted."""
+        if os.fstat(fd).st_nlink > 0:
+            self._remember(record)
 
     async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile,
                              read: Looked | None = None
@@ -378,11 +385,11 @@ class CloseScans:
 
     async def _settle(self, path: str, intent: Intent, profile: Profile, *,
                       identity: Identity, sig: str, d: Decision,
-                      verdict: Verdict | None) -> None:
+                      verdict: Verdict | None, fd: int) -> None:
         current = self._intents.get(path) is intent
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
             record = self._scanning.record(identity, verdict, sig, profile)
-            self._remember(record)
+            self._remember_linked(record, fd)
             if profile.is_oversize(identity.size):
                 await self._settler.keep_partial(path, record, profile)
             elif current:

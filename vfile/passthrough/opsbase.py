@@ -212,8 +212,11 @@ class OpsCore(pyfuse3.Operations):
         server itself removed from the source (the drain's infected actions): the
         kernel would otherwise resolve it to the moved file for `entry_timeout`."""
         head, _, name = path.rpartition(b"/")
+        root = self.table.find_ino(ROOT_INODE)
+        if root is None:
+            return  # unmounting: the kernel forgot the root, and every entry with it
         try:
-            st = os.stat(head or b".", dir_fd=self.table.get(ROOT_INODE).fd)
+            st = os.stat(head or b".", dir_fd=root.fd)
         except OSError:
             return  # the directory went too: the kernel's entries under it go with it
         parent = self.table.find(st)
