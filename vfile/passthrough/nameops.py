@@ -142,6 +142,20 @@ class NameOps(OpsCore):
             if stat.S_ISREG(st.st_mode):
                 node.stamp = stamp_of(st)
 
+    async def _name_overwritten(self, target: os.stat_result | None,
+                                moving: os.stat_result, path: bytes) -> None:
+        """A rename onto `path` takes that name from a file that may have others (hard
+        links): the file lives on, so, as for an unlink, its intent and journal entry
+        move to a surviving name first. Without it the rename dropped the intent of a
+        file a writer still held (or whose close scan was reading it) and replaced its
+        entry, and its later bytes had neither (tests/t5_race21_links_test.py)."""
+        if target is None or target.st_nlink <= 1 or not stat.S_ISREG(target.st_mode) \
+                or (target.st_dev, target.st_ino) == (moving.st_dev, moving.st_ino):
+            return  # no other name; or renaming a name onto another of the same file
+        survivor = await self._survivor(target, path)
+        if survivor is not None:
+            await self.hooks.on_unlink(path, survivor)
+
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes],
                               ctx: CallerLike) -> list[object]:
@@ -170,8 +184,10 @@ class NameOps(OpsCore):
                     tokens.append(await self.hooks.on_write_intent(paths[0], moving, rctx))
                 if target is not None and stat.S_ISREG(target.st_mode):
                     tokens.append(await self.hooks.on_write_intent(paths[1], target, rctx))
-            elif stat.S_ISREG(moving.st_mode):
-                tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
+            else:
+                await self._name_overwritten(target, moving, paths[1])
+                if stat.S_ISREG(moving.st_mode):
+                    tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
         except BaseException:
             for token in tokens:
                 self.hooks.release_intent(token)
