@@ -32,6 +32,7 @@ import trio
 from vfile.config.model import Profile
 from vfile.filter import racy
 from vfile.filter.contenthash import NOTHING, ContentVerdicts
+from vfile.filter.flights import Tasks
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Stats
 from vfile.filter.policy import (
@@ -85,6 +86,17 @@ class CloseScans:
         self._waiting = 0  # scans waiting for their intent's commit (MAX_WAITING)
         #: small contents already judged: their verdicts, by sha256
         self.hashes = ContentVerdicts()
+
+    def start(self, tasks: Tasks, path: str, intent: Intent, fd: int,
+              profile: Profile) -> None:
+        """`run` in `tasks`; `fd` is its own from now on."""
+        intent.closing = True
+        try:
+            tasks.start(self.run, path, intent, fd, profile)
+        except BaseException:
+            os.close(fd)
+            self._intents.finish(intent)
+            raise
 
     async def run(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         try:

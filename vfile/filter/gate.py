@@ -377,7 +377,11 @@ class Gate:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
         close: end the intent; its journal entry stays for the drain."""
         if isinstance(token, Intent):
+            current = self._intents.get(token.path) is token and not token.done
             self._intents.roll_back(token)
+            prev = self._intents.get(token.path)  # current again: the close it skipped
+            if token.close_due and current and prev not in (None, token) and not prev.closing:
+                self._start_close_scan(token.path, prev, None, None)
 
     async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
                                  change: Callable[[], os.stat_result], *,
@@ -419,20 +423,21 @@ class Gate:
             rel = intent.path if intent is not None else rel  # (t5_queued_race_links)
         if intent is None:
             return  # no intent: the profile does not scan after writes
-        profile = self._profiles.profile_for(rel, st.st_nlink)
+        # An operation in progress (acting after this close): not ended here (`close_due`)
+        intent.close_due = intent.recording
+        if not intent.close_due:
+            self._start_close_scan(rel, intent, fd, st)
+
+    def _start_close_scan(self, rel: str, intent: Intent, fd: int | None,
+                          st: os.stat_result | None) -> None:
         try:
             own_fd = reopen(fd) if fd is not None else self._source.open(rel)
         except OSError as err:
             log.info("close scan of %r: cannot open it (%s); left to the drain", rel, err)
             self._intents.finish(intent)
             return
-        intent.closing = True
-        try:
-            self._tasks.start(self._closing.run, rel, intent, own_fd, profile)
-        except BaseException:
-            os.close(own_fd)
-            self._intents.finish(intent)
-            raise
+        profile = self._profiles.profile_for(rel, (st or os.fstat(own_fd)).st_nlink)
+        self._closing.start(self._tasks, rel, intent, own_fd, profile)
 
     # --- the drain's side ------------------------------------------------------------------
 
