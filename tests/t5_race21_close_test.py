@@ -19,19 +19,17 @@ from pathlib import Path
 import pytest
 from lifecycle import Tree, wait_until
 from outage import signature_version, status, unaccounted
-from queuedrace import DEADLINE, frozen_until_thawed, server_on_loop_disk, settled
+from queuedrace import (
+    DEADLINE,
+    frozen_until_thawed,
+    server_on_loop_disk,
+    settled,
+    waiting_in_kernel,
+)
 
 from vfile.journal import Journal
 
 pytestmark = pytest.mark.mount
-
-
-def _waiting_in_kernel(tid: int) -> bool:
-    try:
-        wchan = Path(f"/proc/self/task/{tid}/wchan").read_text()
-    except FileNotFoundError:
-        return False
-    return "fuse" in wchan or "request_wait_answer" in wchan
 
 
 def _attempts(state: Path, name: str) -> int | None:
@@ -58,7 +56,7 @@ def test_last_close_leaves_an_open_in_progress_its_intent(tree: Tree) -> None:
             th = threading.Thread(target=reopen, daemon=True)
             th.start()  # its intent waits for the frozen disk (no O_TRUNC: with it the
             # kernel locks the inode for the open, and the close below would wait)
-            wait_until(lambda: tid and _waiting_in_kernel(tid[0]), "the open waits", DEADLINE)
+            wait_until(lambda: tid and waiting_in_kernel(tid[0]), "the open waits", DEADLINE)
             os.close(first)  # the last close of the first writer, while the open waits
             # A request behind its RELEASE: the server has taken that close by now.
             os.close(os.open(mnt / "g", os.O_CREAT | os.O_WRONLY, 0o644))

@@ -22,19 +22,17 @@ from pathlib import Path
 import pytest
 from lifecycle import Tree, wait_until
 from outage import signature_version, status, unaccounted
-from queuedrace import DEADLINE, frozen_until_thawed, server_on_loop_disk, settled
+from queuedrace import (
+    DEADLINE,
+    frozen_until_thawed,
+    server_on_loop_disk,
+    settled,
+    waiting_in_kernel,
+)
 
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
 
 pytestmark = pytest.mark.mount
-
-
-def _waiting_in_kernel(tid: int) -> bool:
-    try:
-        wchan = Path(f"/proc/self/task/{tid}/wchan").read_text()
-    except FileNotFoundError:
-        return False
-    return "fuse" in wchan or "request_wait_answer" in wchan
 
 
 def _in_thread(step: Callable[[], None], errors: list[str]) -> threading.Thread:
@@ -50,7 +48,7 @@ def _in_thread(step: Callable[[], None], errors: list[str]) -> threading.Thread:
 
     th = threading.Thread(target=body, daemon=True)
     th.start()
-    wait_until(lambda: not th.is_alive() or (tid and _waiting_in_kernel(tid[0])),
+    wait_until(lambda: not th.is_alive() or (tid and waiting_in_kernel(tid[0])),
                "the request waits for the server", DEADLINE)
     return th
 
