@@ -25,6 +25,15 @@ from statedisks import loop_ext4
 DEADLINE = 60.0
 
 
+def waiting_in_kernel(tid: int) -> bool:
+    """Thread `tid` of this process waits for a FUSE request's answer."""
+    try:
+        wchan = Path(f"/proc/self/task/{tid}/wchan").read_text()
+    except FileNotFoundError:
+        return False
+    return "fuse" in wchan or "request_wait_answer" in wchan
+
+
 def settled(mnt: Path) -> bool:
     """No create intent queued, no write intent pending, no scan or drain in flight."""
     st = status(mnt)

@@ -35,21 +35,18 @@ import pytest
 from lifecycle import Tree, wait_until
 from mounting import force_unmount, mounted
 from outage import signature_version, status, unaccounted
-from queuedrace import DEADLINE, frozen_until_thawed, server_on_loop_disk, settled
+from queuedrace import (
+    DEADLINE,
+    frozen_until_thawed,
+    server_on_loop_disk,
+    settled,
+    waiting_in_kernel,
+)
 
 from vfile.journal import Journal
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 pytestmark = pytest.mark.mount
-
-def _waiting_in_kernel(tid: int) -> bool:
-    """Thread `tid` of this process waits for a FUSE request's answer."""
-    try:
-        wchan = Path(f"/proc/self/task/{tid}/wchan").read_text()
-    except FileNotFoundError:
-        return False
-    return "fuse" in wchan or "request_wait_answer" in wchan
-
 
 @dataclass
 class Race:
@@ -90,7 +87,7 @@ class Race:
         th.start()
         self.threads.append((what, th, tid))
         # Its request reaches the server (or it is done) before the next case starts.
-        wait_until(lambda: not th.is_alive() or (tid and _waiting_in_kernel(tid[0])),
+        wait_until(lambda: not th.is_alive() or (tid and waiting_in_kernel(tid[0])),
                    f"{what} waits for the server", DEADLINE)
 
     def join(self) -> None:

@@ -125,6 +125,17 @@ class CloseScans:
 
     # --- the batch: close scans judged at once, without a task each ---------------------
 
+    def start(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+        """The close scan of `path` begins: `fd` is its own from now on (closed here if
+        it cannot be queued, and the intent ended)."""
+        intent.closing = True
+        try:
+            self.submit(path, intent, fd, profile)
+        except BaseException:
+            os.close(fd)
+            self._intents.finish(intent)
+            raise
+
     def submit(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
         """Queue the close scan of `path` (our descriptor `fd`, now the batch's); the
         batch task judges it once its last timestamp tick passed. Raises RuntimeError

@@ -116,6 +116,7 @@ class Gate:
         self._source = Source(source_fd)
         self._clock = clock
         self._cache = VerdictCache(cache_size)
+        self._remember = self._cache.put  # (a verdict the gate learnt)
         #: signature updates and the per-profile grace after them
         self.grace = Grace(config.all_profiles(), find=lambda i, sig: self._cache.get(i, sig)
                            or journal.get_verdict(i, sig))
@@ -180,10 +181,6 @@ class Gate:
         if active:
             self._scopes.cancel_all()
 
-    def quota_state(self, profile: Profile) -> QuotaState:
-        """The profile's scan-debt state, as the mount's quota monitor last measured it."""
-        return self.quota(profile.name)
-
     @property
     def last_signature(self) -> str:
         """The newest signature version any appliance reported (persisted by the mount)."""
@@ -206,9 +203,6 @@ class Gate:
             self._remember(rec)
         return rec
 
-    def _remember(self, rec: VerdictRecord) -> None:
-        self._cache.put(rec)
-
     def bind_kernel(self, forget_name: Callable[[bytes], Awaitable[None]]) -> None:
         self._actions.forget_name = forget_name
 
@@ -228,7 +222,7 @@ class Gate:
             window=self._window,
             appliance_down=not self._pool.available(), oversize=profile.is_oversize(size),
             oversize_rule=profile.oversize, fail_mode=profile.fail_mode,
-            quota=self.quota_state(profile))
+            quota=self.quota(profile.name))  # as the quota monitor last measured it
 
     def statistics(self) -> dict[str, object]:
         s = self.stats
@@ -382,7 +376,11 @@ class Gate:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
         close: end the intent; its journal entry stays for the drain."""
         if isinstance(token, Intent):
+            current = self._intents.get(token.path) is token and not token.done
             self._intents.roll_back(token)
+            prev = self._intents.get(token.path)  # current again: the close it skipped
+            if token.close_due and current and prev not in (None, token) and not prev.closing:
+                self._start_close_scan(token.path, prev, None, None)
 
     async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
                                  change: Callable[[], os.stat_result], *,
@@ -424,20 +422,21 @@ class Gate:
             rel = intent.path if intent is not None else rel  # (t5_queued_race_links)
         if intent is None:
             return  # no intent: the profile does not scan after writes
-        profile = self._profiles.profile_for(rel, st.st_nlink)
+        # An operation in progress (acting after this close): not ended here (`close_due`)
+        intent.close_due = intent.recording
+        if not intent.close_due:
+            self._start_close_scan(rel, intent, fd, st)
+
+    def _start_close_scan(self, rel: str, intent: Intent, fd: int | None,
+                          st: os.stat_result | None) -> None:
         try:
             own_fd = reopen(fd) if fd is not None else self._source.open(rel)
         except OSError as err:
             log.info("close scan of %r: cannot open it (%s); left to the drain", rel, err)
             self._intents.finish(intent)
             return
-        intent.closing = True
-        try:
-            self._closing.submit(rel, intent, own_fd, profile)
-        except BaseException:
-            os.close(own_fd)
-            self._intents.finish(intent)
-            raise
+        profile = self._profiles.profile_for(rel, (st or os.fstat(own_fd)).st_nlink)
+        self._closing.start(rel, intent, own_fd, profile)
 
     # --- the drain's side ------------------------------------------------------------------
 

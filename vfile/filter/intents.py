@@ -50,6 +50,16 @@ class Intent:
     #: its journal record while queued (vfile.filter.newfiles): a close scan's completion
     #: can be queued behind it (journal.store.complete_soon); None once committed
     queued: PreparedDefer | None = None
+    #: a last close came while its record was still being written (its operation, and
+    #: the content change after it, still to come) and left it alone: if it is rolled
+    #: back, the intent it replaced gets that close scan (vfile.filter.gate)
+    close_due: bool = False
+
+    @property
+    def recording(self) -> bool:
+        """Its journal record is still being written: the operation it was made for
+        (an open with O_TRUNC, a truncate, a rename onto its path) has not acted yet."""
+        return self.seq < 0
 
 
 class IntentTable:

@@ -175,9 +175,10 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         except BaseException:
             hooks.release_intent(token)
             raise
-        # No handle will be closed: the new file's last close is now.
-        await hooks.on_last_close(path, None, os.stat(name, dir_fd=parent.fd,
-                                                      follow_symlinks=False))
+        # No handle will be closed: the new file's last close is now. Its path again: a
+        # directory above may have moved while its intent waited (passthrough.namelock).
+        await hooks.on_last_close(self._child_path(parent, name), None,
+                                  os.stat(name, dir_fd=parent.fd, follow_symlinks=False))
         return entry
 
     @handler

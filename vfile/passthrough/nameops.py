@@ -33,6 +33,11 @@ class NameOps(OpsCore):
         node = self.table.get(inode)
         parent = self.table.get(new_parent_inode)
         check_name(new_name)
+        async with self.names.shared():  # its path must not go stale (passthrough.namelock)
+            return await self._link(node, parent, new_name, ctx)
+
+    async def _link(self, node: Inode, parent: Inode, new_name: bytes,
+                    ctx: CallerLike) -> pyfuse3.EntryAttributes:
         hooks = self.hooks
         token = path = None
         if not hooks.trivial and node.kind == stat.S_IFREG:
@@ -61,6 +66,10 @@ class NameOps(OpsCore):
     async def unlink(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:
         parent = self.table.get(parent_inode)
         check_name(name)
+        async with self.names.shared():  # its path must not go stale (passthrough.namelock)
+            await self._unlink(parent, name)
+
+    async def _unlink(self, parent: Inode, name: bytes) -> None:
         path = None if self.hooks.trivial else self._child_path(parent, name)
         before = None
         if path is not None:
@@ -97,6 +106,15 @@ class NameOps(OpsCore):
         new_p = self.table.get(parent_inode_new)
         check_name(name_old)
         check_name(name_new)
+        # A directory moved (renamed, exchanged) must not meet a name operation below it
+        # holding paths computed before (vfile.passthrough.namelock).
+        moves_dir = _is_dir(old_p, name_old) or bool(flags & RENAME_EXCHANGE
+                                                     and _is_dir(new_p, name_new))
+        async with self.names.exclusive() if moves_dir else self.names.shared():
+            await self._rename(old_p, name_old, new_p, name_new, flags, ctx)
+
+    async def _rename(self, old_p: Inode, name_old: bytes,  # noqa: PLR0917
+                      new_p: Inode, name_new: bytes, flags: int, ctx: CallerLike) -> None:
         hooks = self.hooks
         paths = None
         tokens: list[object] = []
@@ -142,6 +160,20 @@ class NameOps(OpsCore):
             if stat.S_ISREG(st.st_mode):
                 node.stamp = stamp_of(st)
 
+    async def _name_overwritten(self, target: os.stat_result | None,
+                                moving: os.stat_result, path: bytes) -> None:
+        """A rename onto `path` takes that name from a file that may have others (hard
+        links): the file lives on, so, as for an unlink, its intent and journal entry
+        move to a surviving name first. Without it the rename dropped the intent of a
+        file a writer still held (or whose close scan was reading it) and replaced its
+        entry, and its later bytes had neither (tests/t5_race21_links_test.py)."""
+        if target is None or target.st_nlink <= 1 or not stat.S_ISREG(target.st_mode) \
+                or (target.st_dev, target.st_ino) == (moving.st_dev, moving.st_ino):
+            return  # no other name; or renaming a name onto another of the same file
+        survivor = await self._survivor(target, path)
+        if survivor is not None:
+            await self.hooks.on_unlink(path, survivor)
+
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes],
                               ctx: CallerLike) -> list[object]:
@@ -170,10 +202,19 @@ class NameOps(OpsCore):
                     tokens.append(await self.hooks.on_write_intent(paths[0], moving, rctx))
                 if target is not None and stat.S_ISREG(target.st_mode):
                     tokens.append(await self.hooks.on_write_intent(paths[1], target, rctx))
-            elif stat.S_ISREG(moving.st_mode):
-                tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
+            else:
+                await self._name_overwritten(target, moving, paths[1])
+                if stat.S_ISREG(moving.st_mode):
+                    tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
         except BaseException:
             for token in tokens:
                 self.hooks.release_intent(token)
             raise
         return tokens
+
+
+def _is_dir(parent: Inode, name: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=parent.fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False  # the rename fails on its own

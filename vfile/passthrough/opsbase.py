@@ -30,6 +30,7 @@ from vfile.passthrough.datapath import DataPath
 from vfile.passthrough.errnos import StaleHandle, StaleInode, errno_for
 from vfile.passthrough.fdcache import FdCache, default_capacity, probe_handles
 from vfile.passthrough.inodes import ROOT_INODE, Inode, InodeTable
+from vfile.passthrough.namelock import NameLock
 from vfile.passthrough.syscalls import fchown_empty, proc_path
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ class OpsCore(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
         self.data = DataPath()
+        #: name operations against a directory moved meanwhile (vfile.passthrough.namelock)
+        self.names = NameLock()
 
     # -- helpers ------------------------------------------------------------
 
