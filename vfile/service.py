@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import time
@@ -93,6 +94,33 @@ def _lock_dir(rundir: Path) -> Path | None:
     frozen state disk never blocks a journal read (journal/store.py). Not the /tmp
     fallback: a directory there may have been planted by another user."""
     return None if rundir.parent == Path("/tmp") else rundir / "journal-locks"
+
+
+#: held (flock LOCK_EX) by the mount that uses the state directory, for its whole life
+OWNER_FILE = "mount.lock"
+
+
+def _own_state_dir(state_dir: Path) -> int:
+    """Take the state directory for this mount, or refuse: a second mount on it would
+    drain the first one's entries as files gone from its own source, and write the
+    first one's journal under it. Returns the descriptor that holds the lock."""
+    path = state_dir / OWNER_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        raise UserError(f"{state_dir}: cannot open {OWNER_FILE}: {err.strerror}",
+                        Exit.JOURNAL) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"{state_dir}: another vfile mount uses this state directory "
+                        f"(pid {holder}); give each mount its own --state-dir",
+                        Exit.JOURNAL) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _open_journal(state_dir: Path, rundir: Path) -> tuple[Journal, torn.Rebuilt | None]:
@@ -230,7 +258,12 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                          deadline=opts.timeout)
     state_dir = _state_dir(opts, config)
     rundir = control.runtime_dir()
-    journal, rebuilt = _open_journal(state_dir, rundir)
+    owner = _own_state_dir(state_dir)
+    try:
+        journal, rebuilt = _open_journal(state_dir, rundir)
+    except BaseException:
+        os.close(owner)
+        raise
     try:
         sock_name = control.socket_name(opts.mountpoint)
         builtin: BuiltinAppliance | None = None
@@ -313,3 +346,4 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             nursery.cancel_scope.cancel()
     finally:
         journal.close()
+        os.close(owner)  # after the journal: the next mount may take it now
