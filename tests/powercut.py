@@ -15,6 +15,24 @@ from statedisks import durability
 FILES = 40
 
 
+def cut_dirs(tmp: Path) -> tuple[Path, Path, Path, Path]:
+    """The source, the mount point, cutfs's backing directory and its mount point."""
+    src, mnt, disk, statefs = (tmp / n for n in ("src", "mnt", "disk", "statefs"))
+    for p in (src, mnt, disk, statefs):
+        p.mkdir()
+    return src, mnt, disk, statefs
+
+
+def learn_signature(src: Path, mnt: Path, state: Path, args: tuple[str, ...],
+                    names: list[str]) -> str:
+    """Mount once cleanly and read `names` (scanned clean: verdicts, and the signature
+    version learnt and persisted); that version."""
+    with mounted(src, mnt, *args):
+        wait_for("the signature version", lambda: (
+            [(mnt / n).read_bytes() for n in names], signature_version(state))[-1], 30)
+    return signature_version(state)
+
+
 def config(tmp: Path) -> Path:
     cfg = write_config(tmp / "vfile.toml", fail_mode="safe", deadline=2.0)
     # No background fsync during the test: every create's intent stays unsynced.
@@ -28,11 +46,8 @@ def create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...], *,
     """Mount once cleanly (the signature version is learnt and persisted), then create
     FILES files (in `subdir`) through a second mount and SIGKILL its server (`settle`:
     once no create's intent is in flight any more); the signature version."""
-    with mounted(src, mnt, *args):
-        wait_for("the signature version", lambda: (
-            (mnt / "warm").write_bytes(b"warm-up"), (mnt / "warm").read_bytes(),
-            signature_version(state))[-1], 30)
-    sig = signature_version(state)
+    (src / "warm").write_bytes(b"warm-up")
+    sig = learn_signature(src, mnt, state, args, ["warm"])
     with mounted(src, mnt, *args) as server:
         if subdir:
             (mnt / subdir).mkdir()

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+from fildespeer import open_files, receive
 
 from vfile.scanner import fdsend
 from vfile.scanner.clamd_session import send_fildes_many
@@ -26,17 +27,8 @@ from vfile.scanner.clamd_session import send_fildes_many
 
 @pytest.fixture
 def files(tmp_path: os.PathLike[str]) -> Iterator[list[int]]:
-    fds = []
-    for i in range(6):
-        path = os.path.join(tmp_path, f"f{i}")
-        with open(path, "wb") as f:
-            f.write(b"file %d" % i)
-        fds.append(os.open(path, os.O_RDONLY))
-    try:
+    with open_files(tmp_path, 6) as fds:
         yield fds
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def short_sendmmsg(whole: int, part: int) -> Any:
@@ -62,26 +54,6 @@ def short_sendmmsg(whole: int, part: int) -> Any:
         finally:
             sock.detach()
     return fake
-
-
-def receive(sock: socket.socket, n: int) -> list[bytes]:
-    """n requests as clamd reads them; each descriptor's file content."""
-    out = []
-    for _ in range(n):
-        data = b""
-        while len(data) < len(fdsend.PAYLOAD):
-            chunk, anc, _, _ = sock.recvmsg(len(fdsend.PAYLOAD) - len(data),
-                                            socket.CMSG_SPACE(4 * 4))
-            assert chunk, "connection closed"
-            got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET
-                   and kind == socket.SCM_RIGHTS for fd in array.array("i", raw)]
-            assert len(got) == (0 if data else 1), (data, chunk, got)
-            for fd in got:
-                out.append(os.pread(fd, 100, 0))
-                os.close(fd)
-            data += chunk
-        assert data == fdsend.PAYLOAD, "a request arrived cut, or merged with the next"
-    return out
 
 
 @pytest.mark.parametrize(("whole", "part"), [(0, 3), (2, 1), (4, 8)])

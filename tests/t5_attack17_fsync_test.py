@@ -23,6 +23,7 @@ from cutfs import fsync_drops
 from filtering import journal_list
 from mounting import mounted, wait_for
 from outage import running_appliance, unaccounted, write_config
+from powercut import cut_dirs
 from statedisks import cutfs, durability
 
 from vfile.journal import Journal, watermark
@@ -91,9 +92,7 @@ def _after_the_cut(src: Path, mnt: Path, state: Path, disk: Path, statefs: Path,
 
 
 def _dirs(tmp_path: Path) -> tuple[Path, Path, Path, Path, tuple[str, ...]]:
-    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "nudge").mkdir()
     cfg = write_config(tmp_path / "vfile.toml", fail_mode="safe", deadline=2.0)
     return src, mnt, disk, statefs, ("--config", str(cfg), "--state-dir",

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from cutfs import fsync_fault, fsync_hold
 from mounting import mounted, wait_for
-from outage import running_appliance, signature_version, status, unaccounted
-from powercut import config
+from outage import running_appliance, status, unaccounted
+from powercut import config, cut_dirs, learn_signature
 from statedisks import cutfs, loop_ext4
 
 from vfile.scanner.signatures import EICAR
@@ -34,13 +34,6 @@ OLD, NEW = b"A" * 4096, b"B" * 4096
 BAD = EICAR + b" " * (4096 - len(EICAR))
 
 
-def dirs(tmp: Path) -> tuple[Path, Path, Path, Path]:
-    src, mnt, disk, statefs = (tmp / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
-    return src, mnt, disk, statefs
-
-
 def test_bytes_whose_write_failed_for_want_of_a_durable_intent_are_never_served(
         tmp_path: Path) -> None:
     """The writeback cache takes a write; its WRITE fails with EIO (the intent's fsync
@@ -48,7 +41,7 @@ def test_bytes_whose_write_failed_for_want_of_a_durable_intent_are_never_served(
     written pages in its cache (clean: Linux gives up on a failed writeback). A later
     reader through the mount must get the source's bytes (or be refused), never the
     bytes that reached neither the source nor a scan."""
-    src, mnt, disk, statefs = dirs(tmp_path)
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "db").write_bytes(OLD)
     state = statefs / "state"
     args = ("--config", str(config(tmp_path)), "--state-dir", str(state))
@@ -117,7 +110,7 @@ def test_no_route_changes_the_source_before_the_intent_is_durable(tmp_path: Path
     the source before the intent is durable: a shared writable mmap, O_APPEND,
     copy_file_range (no such FUSE request here: the kernel splices into WRITEs).
     Once the fsync returns, the bytes land."""
-    src, mnt, disk, statefs = dirs(tmp_path)
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "f").write_bytes(OLD)
     (src / "f.in").write_bytes(b"SPLICE")
     state = statefs / "state"
@@ -186,17 +179,14 @@ def test_a_write_after_a_failed_intent_fsync_survives_a_power_cut(tmp_path: Path
     and writes: that WRITE waits for a fresh fsync of both intents (after the failed
     one, every page is written again: journal.syncer.EnvFsync). Then the power goes:
     the written file must have its entry (or a verdict)."""
-    src, mnt, disk, statefs = dirs(tmp_path)
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "db").write_bytes(OLD)
     state = statefs / "state"
     args = ("--config", str(config(tmp_path)), "--state-dir", str(state))
     with running_appliance() as app:
         args = ("--appliance", app.url, *args)
         with cutfs(disk, statefs):
-            with mounted(src, mnt, *args):  # scanned clean once: verdict, signature
-                wait_for("the signature version", lambda: (
-                    (mnt / "db").read_bytes(), signature_version(state))[-1], 30)
-            sig = signature_version(state)
+            sig = learn_signature(src, mnt, state, args, ["db"])
             with mounted(src, mnt, *args) as server:
                 fault = fsync_fault(disk)
                 fault.touch()

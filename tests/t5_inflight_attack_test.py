@@ -20,6 +20,7 @@ from cutfs import fsync_fault as cutfs_fault
 from lifecycle import Tree, cli, tree_config, wait_until
 from mounting import mounted
 from outage import running_appliance, signature_version, unaccounted, write_config
+from powercut import cut_dirs
 from statedisks import cutfs, frozen, loop_ext4, status_json
 
 from vfile.filter import verdict_gc
@@ -120,9 +121,7 @@ def test_an_fsync_failure_after_the_commit_does_not_count_intents_failed_forever
     though their commit went in. Once the disk works again and the retries landed,
     nothing may stay counted as failed: while `in_flight_failed` is above 0, every
     create waits for its intent's commit again, for the rest of the mount's life."""
-    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "old").write_bytes(b"an existing file")
     cfg = write_config(tmp_path / "vfile.toml", fail_mode="safe", deadline=2.0)
     fault = cutfs_fault(disk)
@@ -228,9 +227,7 @@ def test_fsync_failures_on_the_state_disk_do_not_stop_the_mount(tmp_path: Path) 
     the mount keeps serving once the disk works again. (Found by the attack on c15:
     the drain's `claim` (_claim_ahead) or `release` raised the fsync's
     JournalError out of vfile.filter.drain.serve, and the whole server exited.)"""
-    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "old").write_bytes(b"an existing file")
     cfg = write_config(tmp_path / "vfile.toml", fail_mode="safe", deadline=2.0)
     fault = cutfs_fault(disk)

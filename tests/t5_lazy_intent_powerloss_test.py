@@ -19,21 +19,14 @@ from pathlib import Path
 import pytest
 from cutfs import fsync_fault, fsync_hold
 from mounting import mounted, wait_for
-from outage import running_appliance, signature_version, status, unaccounted
-from powercut import config
+from outage import running_appliance, status, unaccounted
+from powercut import config, cut_dirs, learn_signature
 from statedisks import cutfs
 
 pytestmark = pytest.mark.mount
 
 FILES = 12
 OLD, NEW = b"A" * 4096, b"B" * 4096
-
-
-def dirs(tmp: Path) -> tuple[Path, Path, Path, Path]:
-    src, mnt, disk, statefs = (tmp / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
-    return src, mnt, disk, statefs
 
 
 def rewrite(path: Path, data: bytes) -> None:
@@ -46,7 +39,7 @@ def rewrite(path: Path, data: bytes) -> None:
 
 
 def test_files_rewritten_before_a_power_cut_keep_their_entries(tmp_path: Path) -> None:
-    src, mnt, disk, statefs = dirs(tmp_path)
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     names = [f"db{i}" for i in range(FILES)]
     for n in names:
         (src / n).write_bytes(OLD)
@@ -55,10 +48,7 @@ def test_files_rewritten_before_a_power_cut_keep_their_entries(tmp_path: Path) -
     with running_appliance() as app:
         args = ("--appliance", app.url, *args)
         with cutfs(disk, statefs):
-            with mounted(src, mnt, *args):  # scanned clean once: verdicts, signature
-                wait_for("the signature version", lambda: (
-                    [(mnt / n).read_bytes() for n in names], signature_version(state))[-1], 30)
-            sig = signature_version(state)
+            sig = learn_signature(src, mnt, state, args, names)
             with mounted(src, mnt, *args) as server:
                 for n in names:
                     rewrite(mnt / n, NEW)
@@ -75,7 +65,7 @@ def test_a_power_cut_while_the_intent_is_not_durable_loses_no_write(tmp_path: Pa
     """The intent's fsync is held; the writer's WRITE (sent at close) waits for it;
     the power is cut then. Its bytes must not be in the source, or its entry must be
     in the journal: never a changed file the journal forgot."""
-    src, mnt, disk, statefs = dirs(tmp_path)
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "db").write_bytes(OLD)
     state = statefs / "state"
     args = ("--config", str(config(tmp_path)), "--state-dir", str(state))
@@ -83,10 +73,7 @@ def test_a_power_cut_while_the_intent_is_not_durable_loses_no_write(tmp_path: Pa
     with running_appliance() as app:
         args = ("--appliance", app.url, *args)
         with cutfs(disk, statefs) as cut:
-            with mounted(src, mnt, *args):
-                wait_for("the signature version", lambda: (
-                    (mnt / "db").read_bytes(), signature_version(state))[-1], 30)
-            sig = signature_version(state)
+            sig = learn_signature(src, mnt, state, args, ["db"])
             with mounted(src, mnt, *args) as server:
                 hold.touch()
                 try:
@@ -113,7 +100,7 @@ def test_a_power_cut_while_the_intent_is_not_durable_loses_no_write(tmp_path: Pa
 
 
 def test_a_write_whose_intent_cannot_be_fsynced_fails_with_eio(tmp_path: Path) -> None:
-    src, mnt, disk, statefs = dirs(tmp_path)
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "db").write_bytes(OLD)
     state = statefs / "state"
     args = ("--config", str(config(tmp_path)), "--state-dir", str(state))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mounting import is_mounted, mounted, stop_process, vfile_cmd, wait_for
 from outage import running_appliance, unaccounted
-from powercut import FILES, config, create_and_kill
+from powercut import FILES, config, create_and_kill, cut_dirs
 from statedisks import cutfs
 
 from vfile.journal import Journal
@@ -35,10 +35,7 @@ WALKING = "journaling every file changed since"
 
 
 def _dirs(tmp: Path) -> tuple[Path, Path, Path, Path]:
-    out = tuple(tmp / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in out:
-        p.mkdir()
-    return out  # type: ignore[return-value]
+    return cut_dirs(tmp)
 
 
 @contextlib.contextmanager

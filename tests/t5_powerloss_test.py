@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from mounting import is_mounted, mounted
 from outage import running_appliance, unaccounted
-from powercut import FILES, config, create_and_kill
+from powercut import FILES, config, create_and_kill, cut_dirs
 from statedisks import cutfs
 
 from vfile.journal import Journal
@@ -38,9 +38,7 @@ def _create_kill_cut(tmp: Path, env: dict[str, str]) -> tuple[Path, Path, str, l
     """Mount once cleanly (the signature version), then create FILES files, SIGKILL,
     cut; then start vfile again with `env`, stop it cleanly. Returns (source, state
     dir, signature version, files unaccounted right after the cut)."""
-    src, mnt, disk, statefs = (tmp / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
+    src, mnt, disk, statefs = cut_dirs(tmp)
     cfg = config(tmp)
     state = statefs / "state"
     args = ("--config", str(cfg), "--state-dir", str(state))

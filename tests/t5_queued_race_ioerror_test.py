@@ -13,6 +13,7 @@ from cutfs import fsync_fault
 from lifecycle import open_errno, wait_until
 from mounting import mounted
 from outage import running_appliance, write_config
+from powercut import cut_dirs
 from queuedrace import settled
 from statedisks import cutfs
 
@@ -20,9 +21,7 @@ pytestmark = pytest.mark.mount
 
 
 def test_an_intent_io_error_is_one_clear_line(tmp_path: Path) -> None:
-    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     (src / "old").write_bytes(b"an existing file")
     cfg = write_config(tmp_path / "vfile.toml", fail_mode="safe", deadline=2.0)
     fault = fsync_fault(disk)

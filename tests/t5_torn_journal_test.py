@@ -32,7 +32,7 @@ import pytest
 from cutfs import fsync_tears, torn_report
 from mounting import mounted, wait_for
 from outage import running_appliance, unaccounted, write_config
-from powercut import config, create_and_kill
+from powercut import config, create_and_kill, cut_dirs
 from statedisks import cutfs, durability
 
 from vfile import control
@@ -87,9 +87,7 @@ def _torn_cut(tmp: Path, seed: int, fraction: float) -> Iterator[tuple[Path, Pat
                                                                        tuple[str, ...]]]:
     """Journal, tear, kill, cut, reboot; yields (source, mountpoint, state dir, mount
     args) with the cut state disk mounted again and the appliance still down."""
-    src, mnt, disk, statefs = (tmp / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
+    src, mnt, disk, statefs = cut_dirs(tmp)
     cfg = write_config(tmp / "vfile.toml", fail_mode="safe", deadline=2.0)
     with cfg.open("a") as f:  # no background fsync: only tier-1 intents fsync
         f.write('\n[journal]\nsync_interval = "60s"\n')
@@ -160,9 +158,7 @@ def test_a_torn_journal_is_rebuilt_and_nothing_is_lost(tmp_path: Path, seed: int
 def test_an_intact_journal_after_a_power_cut_is_kept(tmp_path: Path) -> None:
     """The ordinary power cut (tests/t5_powerloss_test.py: creates' intents lost, the
     tree intact): the check finds nothing, the journal stays, the usual walk runs."""
-    src, mnt, disk, statefs = (tmp_path / n for n in ("src", "mnt", "disk", "statefs"))
-    for p in (src, mnt, disk, statefs):
-        p.mkdir()
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
     state = statefs / "state"
     args = ("--config", str(config(tmp_path)), "--state-dir", str(state))
     with running_appliance() as app:
