@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -188,7 +189,27 @@ def stat_op(d: Path, n: int) -> tuple[float, list[int]]:
     return timed(n, lambda i: os.stat(names[i % 100]))
 
 
-def seq_write(d: Path, size: int) -> tuple[float, list[int]]:
+def settle(d: Path) -> None:
+    """Untimed, before a timed sequential write: no writeback in flight on the
+    source's filesystem. The timed open(O_TRUNC) otherwise waits for the
+    writeback of the file's previous 64 MiB (ext4 starts it when a file truncated
+    and rewritten is closed, auto_da_alloc), and the contenders' rounds share the
+    disk: C passthrough_ll went from 106 to 665 MiB/s between rounds of one run
+    (README, data path, sw22). syncfs, not sync(2): another filesystem of the
+    machine may be frozen."""
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs", str(d))
+    finally:
+        os.close(fd)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def seq_write(d: Path, src: Path | None, size: int) -> tuple[float, list[int]]:
+    settle(src or d)  # the source's filesystem (a FUSE mount does not pass syncfs on)
     return iotiming.seq_write(d, size), []
 
 
@@ -350,7 +371,7 @@ def run_round(d: Path, src: Path | None, n: int, size: int, cold: int,  # noqa: 
                                max(n // 10, 50)),
         "open_close": (lambda: open_close(d, n), n),
         "open_read_close": (lambda: open_read_close(d, max(n // 4, 50)), max(n // 4, 50)),
-        "seq_write": (lambda: seq_write(d, size), size / MiB),  # per MiB
+        "seq_write": (lambda: seq_write(d, src, size), size / MiB),  # per MiB
         "seq_read_warm": (lambda: seq_read_warm(d, size), 2 * size / MiB),  # warm-up + timed
         "stat": (lambda: stat_op(d, n), n),
         "parallel_cold_read": (lambda: parallel_cold_read(d, src, cold), 8 * cold / MiB),
