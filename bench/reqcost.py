@@ -1,8 +1,9 @@
 """Where the microseconds of one request go, measured with a sampling profiler.
 
     .venv/bin/python bench/reqcost.py [--seconds S] [--rounds R] [--requests]
-                                      [--workload open_close|write_4k|create]
-                                      [--contender c|floor|noscan|scan|scan_noxattr ...]
+                                      [--workload open_close|write_4k|create|seq_write]
+                                      [--contender c|floor|noscan|scan|scan_noxattr|
+                                                   floor_noxattr|floor_ignore_trunc ...]
 
 Mounts every contender at once (as bench/datapath.py does) and measures the
 rate and the server's CPU per op unprofiled, in R rounds interleaved across the
@@ -92,14 +93,22 @@ def main_thread(frames: list[str]) -> bool:
     return any(f.startswith(("unrolled_run ", "run (trio")) for f in frames)
 
 
+def seq_write(mnt: Path, mib: int) -> tuple[float, list[int]]:
+    """`mib` MiB in 1 MiB writes to the close, from no writeback in flight (an op: a MiB)."""
+    datapath.settle(mnt.parent / "src")  # the source's filesystem (this bench's layout)
+    return iotiming.seq_write(mnt, mib * datapath.MiB), []
+
+
 WORKLOADS = {"open_close": datapath.open_close, "write_4k": datapath.write_4k,
-             "create": datapath.create_write_close}
+             "create": datapath.create_write_close, "seq_write": seq_write}
 
 
 def _limits(workload: str) -> tuple[int, int]:
     """(ops per batch, most ops per phase). C passthrough_ll holds a descriptor per
     file the kernel knows: past ~20,000 creates it fails EMFILE, so creates stop at
-    5,000 per phase."""
+    5,000 per phase. A sequential write: 64 MiB per batch, an op per MiB."""
+    if workload == "seq_write":
+        return 64, 10**9
     return (50, 5000) if workload == "create" else (500, 10**9)
 
 
@@ -188,7 +197,9 @@ def mount(c: str, src: Path, mnt: Path, state: Path
     if c == "c":
         return datapath.mounted_c(datapath.build_passthrough_ll(state.parent), src, mnt)
     if c.startswith("floor"):
-        return datapath.mounted_floor(src, mnt, *(["--noxattr"] if c == "floor_noxattr" else []))
+        return datapath.mounted_floor(src, mnt, *{"floor_noxattr": ["--noxattr"],
+                                                  "floor_ignore_trunc": ["--ignore-trunc"]
+                                                  }.get(c, []))
     extra = {"noscan": ["--no-scan"], "scan": [], "scan_noxattr": ["-o", "noxattr"]}[c]
     return datapath.mounted_vfile(src, mnt, state, *extra)
 
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the FUSE requests of one op, from the kernel's tracepoints (perf)")
     ap.add_argument("--workload", default="open_close", choices=tuple(WORKLOADS))
     ap.add_argument("--contender", action="append",
-                    choices=("c", "floor", "noscan", "scan", "scan_noxattr", "floor_noxattr"))
+                    choices=("c", "floor", "noscan", "scan", "scan_noxattr", "floor_noxattr",
+                             "floor_ignore_trunc"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if not PYSPY.exists():
