@@ -21,12 +21,14 @@ printed too: it moves less with the machine's load than the rates. Workloads:
 
 - 4 KiB writes to one open file; create + write 4 KiB + close; open + close
   of one file; open + read 64 KiB + close; stat;
-- sequential write (1 MiB writes) and warm sequential read, MiB/s;
+- sequential write (1 MiB writes; three per round from no writeback in flight,
+  their median) and warm sequential read, MiB/s;
 - 8 readers in parallel, each reading its own cold file (page cache dropped
   with POSIX_FADV_DONTNEED on the file and, under a mount, on its source).
 
-Then cached opens of one file beside 4 readers stuck in slow reads of another
-(the source is bench/slowfs.py, a FUSE filesystem whose reads sleep), against
+Each workload starts with the server idle (a scanning mount's scans of the files
+just written finished). Then cached opens of one file beside 4 readers stuck in
+slow reads of another (the source is bench/slowfs.py, a FUSE filesystem whose reads sleep), against
 the same opens on a quiet mount: C passthrough_ll (multithreaded) and vfile
 scanning; `p99_stuck_vs_quiet` (issue 15's goal: within 2x).
 
