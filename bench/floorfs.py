@@ -47,7 +47,7 @@ def oserrors(fn: F) -> F:
 
 class FloorFS(pyfuse3.Operations):
     def __init__(self, source: str, *, xattr: bool, writeback: bool,
-                 timeout: float = TIMEOUT) -> None:
+                 timeout: float = TIMEOUT, ignore_trunc: bool = False) -> None:
         super().__init__()
         self.timeout = timeout
         self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: source}
@@ -56,6 +56,7 @@ class FloorFS(pyfuse3.Operations):
         self.enable_acl = xattr  # as vfile: ACLs enforced when xattrs are on
         self.enable_writeback_cache = writeback
         self.writeback = writeback
+        self.ignore_trunc = ignore_trunc
 
     def _ino(self, st: os.stat_result) -> int:
         return pyfuse3.ROOT_INODE if st.st_ino == self.root_ino else st.st_ino
@@ -81,7 +82,13 @@ class FloorFS(pyfuse3.Operations):
             if flags & os.O_ACCMODE == os.O_WRONLY:
                 flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
             flags &= ~os.O_APPEND
-        return flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC)
+        # O_TRUNC is kept: with FUSE_ATOMIC_O_TRUNC (libfuse's default) the kernel
+        # leaves the truncation of an open(O_TRUNC) to the server. Before sw22 the
+        # floor dropped it, so a rewrite overwrote the old blocks in place, no
+        # truncate, no fresh allocation: cheaper than any real passthrough
+        # (README, data path, sw22). --ignore-trunc brings that back, to compare.
+        drop = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | (os.O_TRUNC if self.ignore_trunc else 0)
+        return flags & ~drop
 
     @oserrors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -197,10 +204,13 @@ def main() -> None:
     ap.add_argument("--no-writeback", action="store_true", help="no writeback cache")
     ap.add_argument("--timeout", type=float, default=TIMEOUT,
                     help=f"entry and attribute timeout, seconds (default {TIMEOUT:g}, as vfile)")
+    ap.add_argument("--ignore-trunc", action="store_true",
+                    help="drop O_TRUNC from opens (wrong: the floor before sw22, to compare)")
     args = ap.parse_args()
     os.umask(0)  # as vfile: the caller's umask is applied per request
     ops = FloorFS(os.path.realpath(args.source), xattr=not args.noxattr,
-                  writeback=not args.no_writeback, timeout=args.timeout)
+                  writeback=not args.no_writeback, timeout=args.timeout,
+                  ignore_trunc=args.ignore_trunc)
     # vfile.mount.fuse_options, less the fsname
     pyfuse3.init(ops, args.mountpoint, {"default_permissions", "fsname=floorfs", "subtype=floorfs"})
     try:

@@ -70,7 +70,7 @@ def cases(ops: Any, n: int) -> dict[str, Callable[[int], Awaitable[Any]]]:
         state["ino"] = (await ops.lookup(ROOT, b"small", CTX)).st_ino
         # writes go to another file: an open for writing sends the next opens of the
         # same file the slow way (another writer's pages may be unflushed)
-        wino = (await ops.lookup(ROOT, b"w", CTX)).st_ino
+        state["wino"] = wino = (await ops.lookup(ROOT, b"w", CTX)).st_ino
         state["wfh"] = (await ops.open(wino, os.O_RDWR, CTX)).fh
 
     async def lookup(_i: int) -> None:
@@ -90,6 +90,10 @@ def cases(ops: Any, n: int) -> dict[str, Callable[[int], Awaitable[Any]]]:
     async def getxattr_cap(_i: int) -> None:
         await _ignore(ops.getxattr(state["ino"], b"security.capability", CTX))
 
+    async def getxattr_open(_i: int) -> None:
+        # what each write(2) asks (file_remove_privs), of a file open for writing
+        await _ignore(ops.getxattr(state["wino"], b"security.capability", CTX))
+
     async def write_4k(i: int) -> None:
         await ops.write(state["wfh"], (i % 64) * 4096, BUF)
 
@@ -102,6 +106,7 @@ def cases(ops: Any, n: int) -> dict[str, Callable[[int], Awaitable[Any]]]:
     state["setup"] = setup
     return {"lookup": lookup, "lookup (missing)": lookup_missing, "getattr": getattr_,
             "open+flush+release": open_release, "getxattr (no such attr)": getxattr_cap,
+            "getxattr (open file)": getxattr_open,
             "write 4 KiB": write_4k, "create+flush+release": create_release,
             "_setup": lambda _i: setup()}
 

@@ -265,7 +265,7 @@ class VFileOperations(NameOps, DirOps, MetaOps):
                 # (SQLite) must not grow the list while one of them keeps it open.
                 node.unsynced = [*(t for t in node.unsynced or () if hooks.intent_pending(t)),
                                  token]
-        self.files[fd] = FileHandle(fd, node, writing)
+        self._add_file(fd, node, writing)
         return pyfuse3.FileInfo(fh=fd, keep_cache=keep)
 
     def _open_backing(self, node: Inode, flags: int) -> tuple[int, os.stat_result]:
@@ -368,7 +368,7 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         self.table.cache.pin(node)
         node.stamp = stamp_of(st)
         node.writers += 1  # a new file is new content: its close is a last close
-        self.files[fd] = FileHandle(fd, node, True)
+        self._add_file(fd, node, True)
         # Another writer already holds it (lost a create race): keep its pages (see open).
         keep = self.writeback and node.writers > 1
         return pyfuse3.FileInfo(fh=fd, keep_cache=keep), self._entry(node, st)
@@ -453,7 +453,7 @@ class VFileOperations(NameOps, DirOps, MetaOps):
 
     @handler
     async def release(self, fh: int) -> None:
-        h = self.files.pop(fh, None)
+        h = self._pop_file(fh)
         if h is None:
             raise StaleHandle(fh)
         node = h.node

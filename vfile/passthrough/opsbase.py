@@ -153,6 +153,8 @@ class OpsCore(pyfuse3.Operations):
         self.max_open = max_open_files(nofile, self.table.cache.capacity)
         self._refusals = 0
         self.files: dict[int, FileHandle] = {}
+        #: inode number -> the descriptors of its open handles (getxattr reads by one)
+        self.handle_fds: dict[int, list[int]] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
         self.data = DataPath()
@@ -323,6 +325,19 @@ class OpsCore(pyfuse3.Operations):
                         self.max_open, self._refusals)
         raise OSError(errno.EMFILE, "too many files open through the mount")
 
+    def _add_file(self, fd: int, node: Inode, writable: bool) -> None:
+        self.files[fd] = FileHandle(fd, node, writable)
+        self.handle_fds.setdefault(node.ino, []).append(fd)
+
+    def _pop_file(self, fh: int) -> FileHandle | None:
+        h = self.files.pop(fh, None)
+        if h is not None:
+            fds = self.handle_fds[h.node.ino]
+            fds.remove(fh)
+            if not fds:
+                del self.handle_fds[h.node.ino]
+        return h
+
     def _file(self, fh: int) -> FileHandle:
         try:
             return self.files[fh]
@@ -331,6 +346,7 @@ class OpsCore(pyfuse3.Operations):
 
     def close(self) -> None:
         """After unmount: close every descriptor (the kernel sends no more forgets)."""
+        self.handle_fds.clear()
         for fh in list(self.files):
             os.close(self.files.pop(fh).fd)
         for dh in list(self.dirs):
