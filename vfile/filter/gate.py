@@ -393,9 +393,8 @@ class Gate:
         rel = os.fsdecode(path)
         profile = self._profiles.profile_for(rel, st.st_nlink)
         before = Identity.from_stat(st)
-        sig = self._scanning.signature()
-        old = self._lookup(before, sig)
-        pending = rel in self._intents or writing
+        pending = rel in self._intents or writing  # (a writer's close: a read txn spared)
+        old = None if pending else self._lookup(before, self._scanning.signature())
         seq = None
         if not pending and decide(self._inputs(Event.WRITE, profile, rel, 0, None)).action \
                 is Action.DEFER and self._journal.get_deferred(rel) is None:
@@ -436,7 +435,7 @@ class Gate:
             self._intents.finish(intent)
             return
         profile = self._profiles.profile_for(rel, (st or os.fstat(own_fd)).st_nlink)
-        self._closing.start(rel, intent, own_fd, profile)
+        self._closing.start(rel, intent, own_fd, profile, st)
 
     # --- the drain's side ------------------------------------------------------------------
 
