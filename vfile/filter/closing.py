@@ -264,7 +264,7 @@ class CloseScans:
             return (ScanResult.CLEAN if looked.verdict.is_clean else ScanResult.INFECTED,
                     looked.verdict, True)
         now = None if looked.data is None else \
-            self._scanning.scan_now(looked.data, identity, read_ns)
+            self._scanning.scan_now(looked.data, identity, read_ns, looked.digest)
         if now is not None:
             self.inline += 1
             if now[2]:

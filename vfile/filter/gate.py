@@ -220,9 +220,10 @@ class Gate:
             cached=Cached.NONE if cached is None else Cached(cached.outcome),
             write_pending=path in self._intents, writing=writing, reading=reading,
             window=self._window,
-            appliance_down=not self._pool.available(), oversize=profile.is_oversize(size),
-            oversize_rule=profile.oversize, fail_mode=profile.fail_mode,
-            quota=self.quota(profile.name))  # as the quota monitor last measured it
+            # (A write's decision never reads it: a walk of the pool per create spared.)
+            appliance_down=event is not Event.WRITE and not self._pool.available(),
+            oversize=profile.is_oversize(size), oversize_rule=profile.oversize,
+            fail_mode=profile.fail_mode, quota=self.quota(profile.name))  # as last measured
 
     def statistics(self) -> dict[str, object]:
         s = self.stats
