@@ -53,6 +53,10 @@ class JournalBase:
         self.verdicts_collected = 0
         #: the `tainted` table (journal.taint); None in a read-only journal without one
         self._taint_db = taint.open_taint_table(env, readonly=readonly)
+        #: the table was seen empty with no taint write of ours under way since: a read
+        #: per create and per cache-missing open saved (`Journal.get_taint`)
+        self._untainted = False
+        self._taint_writes = 0  # put/clear_taint submitted, not returned yet
         #: journal.watermark: what the witness saw before this open, the transaction the
         #: journal held at open, and the witness this process keeps (None: no lock dir)
         self._seen: watermark.Seen | None = None

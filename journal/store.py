@@ -229,18 +229,39 @@ class Journal(JournalBase):
     async def put_taint(self, rec: taint.TaintRecord) -> None:
         """Remember that inode (dev, ino) held infected content (journal.taint)."""
         db = self._taint_db
-        await self._write(lambda txn: taint.op_put(txn, db, rec))
+        await self._taint_write(lambda txn: taint.op_put(txn, db, rec))
 
     async def clear_taint(self, dev: int, ino: int) -> bool:
         """A scan of the inode's current content said clean."""
         db = self._taint_db
-        return await self._write(lambda txn: taint.op_clear(txn, db, dev, ino))
+        return await self._taint_write(lambda txn: taint.op_clear(txn, db, dev, ino))
+
+    async def _taint_write(self, fn: Callable[[Txn], T]) -> T:
+        # Until it returns (committed or not), and after, `get_taint` reads the table.
+        self._untainted = False
+        self._taint_writes += 1
+        try:
+            return await self._write(fn)
+        finally:
+            self._taint_writes -= 1
+            self._untainted = False
 
     def get_taint(self, dev: int, ino: int) -> taint.TaintRecord | None:
+        """The inode's taint record. An empty table (nearly always) is remembered until
+        our next taint write: only the mount's gate writes taints (filter.sticky), the
+        other writers of a journal (the CLI's) never do; a read txn per create was ~25
+        µs of the trio thread (README "Creates under scanning", cr22)."""
         db = self._taint_db
-        if db is None:
+        if db is None or self._untainted:
             return None
-        return self._read(lambda txn: taint.get(txn, db, dev, ino))
+
+        def read(txn: Txn) -> taint.TaintRecord | None:
+            if not self.readonly and not self._taint_writes \
+                    and not txn.stat(db)["entries"]:
+                self._untainted = True
+                return None
+            return taint.get(txn, db, dev, ino)
+        return self._read(read)
 
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t

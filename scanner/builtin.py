@@ -252,11 +252,15 @@ class BuiltinAppliance:
         InterruptedError once `stop` is set."""
         return self._match(_digest_fd(fd, stop))
 
-    def match_data(self, data: bytes) -> str | None:
-        """The signature the whole content `data` matches, or None."""
-        d = _Digest()
-        d.update(data)
-        return self._match(d)
+    def match_data(self, data: bytes, sha256: bytes | None = None) -> str | None:
+        """The signature the whole content `data` matches, or None. `sha256`: the digest
+        of `data`, if the caller has it (a close scan hashed it: vfile.filter.contenthash)."""
+        if sha256 is None:
+            d = _Digest()
+            d.update(data)
+            return self._match(d)
+        return self._sigs.match(len(data), data[: EICAR_MAX + 1], hashlib.md5(data).hexdigest(),
+                                sha256.hex())
 
     def _verdict(self, d: _Digest, subject: str) -> bytes:
         sig = self._match(d)

@@ -165,12 +165,13 @@ class EmbeddedClient:
                 return self.judge(data, garbage=garbage)
         return (await self.scan_fds([fd]))[0]
 
-    def judge(self, data: bytes, *, garbage: bool = False) -> tuple[Outcome, str]:
+    def judge(self, data: bytes, *, garbage: bool = False,
+              sha256: bytes | None = None) -> tuple[Outcome, str]:
         """The engine's outcome for the whole content `data`, at once (no fault applied:
         the caller does, or takes this way only with none set); `ApplianceError` if the
-        engine fails or gives no valid result."""
+        engine fails or gives no valid result. `sha256`: the digest of `data`, if known."""
         try:
-            result = self.engine.match_data(data)
+            result = self.engine.match_data(data, sha256)
         except Exception as err:  # the engine failed: no verdict, never clean
             log.warning("embedded engine failed: %r", err)
             raise ApplianceError(f"embedded engine failed: {err!r}") from None

@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     from vfile.scanner.pool import Pool
 
 
-def judge_now(pool: Pool, data: bytes) -> Verdict | None:
-    """The embedded engine's verdict on the whole content `data`, or None: ask the pool
-    (module doc)."""
+def judge_now(pool: Pool, data: bytes, sha256: bytes | None = None) -> Verdict | None:
+    """The embedded engine's verdict on the whole content `data` (`sha256`: its digest, if
+    the caller hashed it already), or None: ask the pool (module doc)."""
     if len(data) > INLINE_MAX:
         return None
     app = pool.first_usable()
@@ -57,7 +57,7 @@ def judge_now(pool: Pool, data: bytes) -> Verdict | None:
         return None
     started = time.perf_counter()
     try:
-        outcome, detail = app.client.judge(data)
+        outcome, detail = app.client.judge(data, sha256=sha256)
     except ApplianceError:
         return None  # the pool's path meets it again and records it against the engine
     app.scans += 1

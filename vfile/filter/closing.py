@@ -83,6 +83,9 @@ Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], DecisionInpu
 Start = Callable[..., None]
 #: a close scan's judgement: the file's identity, the signature version, the decision
 Scanned = tuple[Identity, str, Decision, Verdict | None]
+#: one batch's decisions: (profile name, scan result or None before the scan) ->
+#: (the inputs, the decision)
+_Decided = dict[tuple[str, ScanResult | None], tuple[DecisionInputs, Decision]]
 
 
 @dataclass(slots=True)
@@ -125,24 +128,29 @@ class CloseScans:
 
     # --- the batch: close scans judged at once, without a task each ---------------------
 
-    def start(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+    def start(self, path: str, intent: Intent, fd: int, profile: Profile,
+              st: os.stat_result | None = None) -> None:
         """The close scan of `path` begins: `fd` is its own from now on (closed here if
-        it cannot be queued, and the intent ended)."""
+        it cannot be queued, and the intent ended); `st`: the file's stat at its last
+        close, if known."""
         intent.closing = True
         try:
-            self.submit(path, intent, fd, profile)
+            self.submit(path, intent, fd, profile, st)
         except BaseException:
             os.close(fd)
             self._intents.finish(intent)
             raise
 
-    def submit(self, path: str, intent: Intent, fd: int, profile: Profile) -> None:
+    def submit(self, path: str, intent: Intent, fd: int, profile: Profile,
+               st: os.stat_result | None = None) -> None:
         """Queue the close scan of `path` (our descriptor `fd`, now the batch's); the
-        batch task judges it once its last timestamp tick passed. Raises RuntimeError
-        (nothing queued) when the gate is not serving."""
+        batch task judges it once its last timestamp tick passed (`st`: its stat at the
+        last close, taken moments ago; only the due time comes from it, the judgement
+        stats the file again). Raises RuntimeError (nothing queued) when the gate is not
+        serving."""
         now = time.time_ns()
         try:
-            due = now + int(racy.wait_s(Identity.from_stat(os.fstat(fd)), now) * 1e9)
+            due = now + int(racy.wait_s(Identity.from_stat(st or os.fstat(fd)), now) * 1e9)
         except OSError:
             due = now  # the batch's own fstat meets it: left to the drain
         self._queue.append(_Closed(path, intent, fd, profile, due))
@@ -176,10 +184,11 @@ class CloseScans:
                     with trio.move_on_after(delay / 1e9):
                         await self._wake.wait()
                     continue
+                decided: _Decided = {}  # one batch, one trio step: the same inputs
                 for _ in range(min(len(self._queue), BATCH)):
                     if self._queue[0].due_ns > time.time_ns():
                         break
-                    self._close_now(self._queue.popleft())
+                    self._close_now(self._queue.popleft(), decided)
                 await trio.lowlevel.checkpoint()  # the requests go on between batches
         finally:
             self._batching = False
@@ -188,13 +197,13 @@ class CloseScans:
                 os.close(c.fd)
                 self._intents.finish(c.intent)
 
-    def _close_now(self, c: _Closed) -> None:
+    def _close_now(self, c: _Closed, decided: _Decided) -> None:
         """`c`'s close scan at once if it needs no wait: a small file's verdict by hash or
         inline (scanner/inline.py), clean, its completion queued behind its intent; its
         intent ends when that is committed. Anything else: its own task (`run`)."""
         fd: int | None = c.fd
         try:
-            if self._judge_now(c) is None:
+            if self._judge_now(c, decided) is None:
                 fd = None  # the task owns it
                 return
             fd = None
@@ -207,17 +216,24 @@ class CloseScans:
             os.close(fd)
             self._intents.finish(c.intent)
 
-    def _judge_now(self, c: _Closed) -> bool | None:
+    def _judge_now(self, c: _Closed, decided: _Decided) -> bool | None:
         """True: judged, its completion queued (the descriptor is the caller's to close);
-        None: handed to its own task with the descriptor (what was read goes along)."""
-        identity = Identity.from_stat(os.fstat(c.fd))
+        None: handed to its own task with the descriptor (what was read goes along).
+        `decided`: the decisions made in this batch, by (profile, scan result)."""
+        st = os.fstat(c.fd)
+        identity = Identity.from_stat(st)
         looked = NOTHING
         scanned = None
         if racy.wait_s(identity, time.time_ns()) == 0 and identity.size <= HASH_MAX \
                 and not c.profile.is_oversize(identity.size):
             sig = self._scanning.signature()
-            inputs = self._inputs(Event.CLOSE, c.profile, c.path, identity.size, None)
-            if decide(inputs).action is Action.SCAN:
+            # For a small file and no verdict yet (the batch's case), the decision does
+            # not depend on the path: once per profile and batch (README, cr22).
+            if (c.profile.name, None) not in decided:
+                inputs = self._inputs(Event.CLOSE, c.profile, c.path, identity.size, None)
+                decided[c.profile.name, None] = (inputs, decide(inputs))
+            inputs, first = decided[c.profile.name, None]
+            if first.action is Action.SCAN:
                 read_ns = time.time_ns()
                 looked = self.hashes.lookup(c.fd, identity, sig)
                 scanned = self._reuse_or_now(looked, identity, sig, read_ns)
@@ -226,9 +242,12 @@ class CloseScans:
             self.stats.close_scans += 1
             if not keep:  # (cannot be: its tick passed before the read) the drain's
                 result, verdict = ScanResult.ERROR, Verdict.error(RACY)
-            d = decide(replace(inputs, scan=result, window=self._window()))
+            if (c.profile.name, result) not in decided:
+                decided[c.profile.name, result] = (
+                    inputs, decide(replace(inputs, scan=result, window=self._window())))
+            d = decided[c.profile.name, result][1]
             if self._settle_soon(c.path, c.intent, c.profile, identity, sig, d, verdict,
-                                 self._unparked(c.intent), fd=c.fd):
+                                 self._unparked(c.intent), fd=c.fd, nlink=st.st_nlink):
                 self._parked += 1
                 return True
             self._start(self.run, c.path, c.intent, c.fd, c.profile, None,
@@ -245,7 +264,7 @@ class CloseScans:
             return (ScanResult.CLEAN if looked.verdict.is_clean else ScanResult.INFECTED,
                     looked.verdict, True)
         now = None if looked.data is None else \
-            self._scanning.scan_now(looked.data, identity, read_ns)
+            self._scanning.scan_now(looked.data, identity, read_ns, looked.digest)
         if now is not None:
             self.inline += 1
             if now[2]:
@@ -256,7 +275,7 @@ class CloseScans:
         def done() -> None:  # its completion is committed (or failed): the intent ends
             self._intents.finish(intent)
             self._parked -= 1
-            if not self._parked:
+            if not self._parked and not self._queue:  # else it is woken for those
                 self._wake.set()
         return done
 
@@ -336,7 +355,8 @@ class CloseScans:
 
     def _settle_soon(self, path: str, intent: Intent, profile: Profile,  # noqa: PLR0917
                      identity: Identity, sig: str, d: Decision, verdict: Verdict | None,
-                     committed: Callable[[], None], *, fd: int) -> bool:
+                     committed: Callable[[], None], *, fd: int,
+                     nlink: int | None = None) -> bool:
         """A clean whole-file verdict of the current intent: its completion is queued
         behind the intent's record, not waited for (one transaction for both while the
         record still lingers in the queue: README "Creates under scanning"). The intent
@@ -363,14 +383,16 @@ class CloseScans:
 
         if not self._settler.resolve_soon(path, record, profile, seq, done):
             return False
-        self._remember_linked(record, fd)
+        self._remember_linked(record, fd, nlink)
         return True
 
-    def _remember_linked(self, record: VerdictRecord, fd: int) -> None:
+    def _remember_linked(self, record: VerdictRecord, fd: int, nlink: int | None = None
+                         ) -> None:
         """Cache the verdict unless the file is deleted: the kernel may have forgotten it
         already (its FORGET dropped the file's verdicts before this judgement, which
-        comes a tick later), and the entry would then stay until evicted."""
-        if os.fstat(fd).st_nlink > 0:
+        comes a tick later), and the entry would then stay until evicted. `nlink`: its
+        link count from a stat taken in this same trio step (no request ran since)."""
+        if (os.fstat(fd).st_nlink if nlink is None else nlink) > 0:
             self._remember(record)
 
     async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile,

@@ -66,7 +66,7 @@ class ContentVerdicts:
     def lookup(self, fd: int, identity: Identity, sig: str) -> Looked:
         if identity.size > HASH_MAX or not sig:
             return NOTHING
-        data = os.pread(fd, HASH_MAX + 1, 0)
+        data = os.pread(fd, identity.size + 1, 0)  # one more: it grew meanwhile
         if len(data) != identity.size or Identity.from_stat(os.fstat(fd)) != identity:
             return NOTHING  # written to meanwhile: a real scan
         digest = hashlib.sha256(data).digest()

@@ -220,9 +220,10 @@ class Gate:
             cached=Cached.NONE if cached is None else Cached(cached.outcome),
             write_pending=path in self._intents, writing=writing, reading=reading,
             window=self._window,
-            appliance_down=not self._pool.available(), oversize=profile.is_oversize(size),
-            oversize_rule=profile.oversize, fail_mode=profile.fail_mode,
-            quota=self.quota(profile.name))  # as the quota monitor last measured it
+            # (A write's decision never reads it: a walk of the pool per create spared.)
+            appliance_down=event is not Event.WRITE and not self._pool.available(),
+            oversize=profile.is_oversize(size), oversize_rule=profile.oversize,
+            fail_mode=profile.fail_mode, quota=self.quota(profile.name))  # as last measured
 
     def statistics(self) -> dict[str, object]:
         s = self.stats
@@ -393,9 +394,8 @@ class Gate:
         rel = os.fsdecode(path)
         profile = self._profiles.profile_for(rel, st.st_nlink)
         before = Identity.from_stat(st)
-        sig = self._scanning.signature()
-        old = self._lookup(before, sig)
-        pending = rel in self._intents or writing
+        pending = rel in self._intents or writing  # (a writer's close: a read txn spared)
+        old = None if pending else self._lookup(before, self._scanning.signature())
         seq = None
         if not pending and decide(self._inputs(Event.WRITE, profile, rel, 0, None)).action \
                 is Action.DEFER and self._journal.get_deferred(rel) is None:
@@ -436,7 +436,7 @@ class Gate:
             self._intents.finish(intent)
             return
         profile = self._profiles.profile_for(rel, (st or os.fstat(own_fd)).st_nlink)
-        self._closing.start(rel, intent, own_fd, profile)
+        self._closing.start(rel, intent, own_fd, profile, st)
 
     # --- the drain's side ------------------------------------------------------------------
 

@@ -83,13 +83,14 @@ class Scanning:
         keep = result is not ScanResult.CLEAN or not racy.is_racy(identity, started_ns)
         return result, verdict, keep
 
-    def scan_now(self, data: bytes, identity: Identity, read_ns: int
-                 ) -> tuple[ScanResult, Verdict, bool] | None:
-        """The whole content `data` of the file `identity` (read from `read_ns` on),
-        judged at once by the embedded engine (scanner/inline.py), classified like
-        `scan`'s; None: `scan` it the pool's whole way."""
+    def scan_now(self, data: bytes, identity: Identity, read_ns: int,
+                 sha256: bytes | None = None) -> tuple[ScanResult, Verdict, bool] | None:
+        """The whole content `data` of the file `identity` (read from `read_ns` on; its
+        digest `sha256`, if known), judged at once by the embedded engine
+        (scanner/inline.py), classified like `scan`'s; None: `scan` it the pool's whole
+        way."""
         started = time.perf_counter()
-        verdict = inline.judge_now(self._pool, data)
+        verdict = inline.judge_now(self._pool, data, sha256)
         if verdict is None:
             return None
         result = ScanResult.CLEAN if verdict.is_clean else ScanResult.INFECTED
