@@ -51,6 +51,7 @@ from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError, torn
 from vfile.journal.statedir import default_state_dir, ensure_state_dir
 from vfile.journal.watermark import source_key
+from vfile.notify import run_extending
 from vfile.observe.memwatch import MemoryWatch
 from vfile.observe.serve import open_outputs, serve_outputs
 from vfile.options import MountOptions
@@ -123,10 +124,13 @@ def _own_state_dir(state_dir: Path) -> int:
     return fd
 
 
-def _open_journal(state_dir: Path, rundir: Path) -> tuple[Journal, torn.Rebuilt | None]:
+async def _open_journal(state_dir: Path, rundir: Path
+                        ) -> tuple[Journal, torn.Rebuilt | None]:
     """The journal, and what was salvaged if a power loss had torn it (journal.torn)."""
     try:
-        rebuilt = torn.ensure_intact(state_dir, _lock_dir(rundir))
+        # Up to 900 s after an unclean stop: systemd is asked for the time (notify).
+        rebuilt = await run_extending(lambda: torn.ensure_intact(state_dir, _lock_dir(rundir)),
+                                      f"checking the journal in {state_dir}")
         return Journal.open(state_dir, lock_dir=_lock_dir(rundir)), rebuilt
     except OSError as err:  # the lock directory
         raise UserError(f"{state_dir}: cannot place the journal's lock file: {err}",
@@ -260,7 +264,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     rundir = control.runtime_dir()
     owner = _own_state_dir(state_dir)
     try:
-        journal, rebuilt = _open_journal(state_dir, rundir)
+        journal, rebuilt = await _open_journal(state_dir, rundir)
     except BaseException:
         os.close(owner)
         raise
