@@ -20,10 +20,8 @@ from pathlib import Path
 import pytest
 from lifecycle import Tree, wait_until
 from outage import running_appliance, signature_version, unaccounted
-from queuedrace import frozen_until_thawed, settled, waiting_in_kernel
+from queuedrace import exchange, frozen_until_thawed, in_thread, settled
 from statedisks import mounted_safe_on, slow_fsync_disk
-
-from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
 
 pytestmark = pytest.mark.mount
 
@@ -31,33 +29,6 @@ pytestmark = pytest.mark.mount
 DEADLINE = 60.0
 #: "did not wait for the thaw": far above what a rename takes on a loaded machine
 BOUND = 30.0
-
-
-def _in_thread(step: Callable[[], None], errors: list[str]) -> threading.Thread:
-    """Run `step` in a thread; return once it finished or its request waits in the
-    server."""
-    tid: list[int] = []
-
-    def body() -> None:
-        tid.append(threading.get_native_id())
-        try:
-            step()
-        except OSError as err:
-            errors.append(repr(err))
-
-    th = threading.Thread(target=body, daemon=True)
-    th.start()
-    wait_until(lambda: not th.is_alive() or (tid and waiting_in_kernel(tid[0])),
-               "the request waits for the server", DEADLINE)
-    return th
-
-
-def _exchange(parent: Path, a: str, b: str) -> None:
-    d = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        renameat2(d, a.encode(), d, b.encode(), RENAME_EXCHANGE)
-    finally:
-        os.close(d)
 
 
 def _prepare(src: Path) -> None:
@@ -92,18 +63,18 @@ def test_a_stalled_rename_holds_up_only_the_directories_it_names(tree: Tree, op:
         wait_until(lambda: settled(mnt), "the warm-up settled", DEADLINE)
         # The image of the state disk lives on `below`: its fsyncs wait for the thaw.
         with frozen_until_thawed(below / "statefs.img") as thaw:
-            stalled = _in_thread(lambda: os.rename(mnt / "a/d0/w", mnt / "a/d0/v"), errors)
+            stalled = in_thread(lambda: os.rename(mnt / "a/d0/w", mnt / "a/d0/v"), errors)
             assert stalled.is_alive(), "the file rename did not wait for its intent's fsync"
-            exchange = _in_thread(lambda: _exchange(mnt / "a", "d0", "d1"), errors)
-            elsewhere = _in_thread(lambda: os.rename(mnt / "g/x", mnt / "g/y"), errors)
+            exchanging = in_thread(lambda: exchange(mnt / "a", "d0", "d1"), errors)
+            elsewhere = in_thread(lambda: os.rename(mnt / "g/x", mnt / "g/y"), errors)
             unrelated = threading.Thread(target=UNRELATED[op], args=(mnt,), daemon=True)
             unrelated.start()
             unrelated.join(BOUND)
             waited = unrelated.is_alive()
             # loss21: the exchange of the stalled rename's own directory waits for it
-            exchange_waited = exchange.is_alive() and stalled.is_alive()
+            exchange_waited = exchanging.is_alive() and stalled.is_alive()
             thaw()
-            for th in (stalled, exchange, elsewhere, unrelated):
+            for th in (stalled, exchanging, elsewhere, unrelated):
                 th.join(DEADLINE)
                 assert not th.is_alive()
         assert not waited, f"the {op} in an unrelated directory waited for the thaw"
