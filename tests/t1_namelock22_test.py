@@ -39,6 +39,7 @@ async def test_a_move_waits_for_its_subtree_only_and_keeps_new_holders_of_it_out
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(_hold, lock.exclusive(fixed(b"a/d0", b"a/d1")), entered,
                            "exchange", done)
+        await trio.testing.wait_all_tasks_blocked()  # it waits, before the others come
         nursery.start_soon(_hold, lock.exclusive(fixed(b"g/x", b"g/y")), entered,
                            "elsewhere", done)
         nursery.start_soon(_hold, lock.shared(fixed(b"e/s", b"e/t")), entered,
