@@ -25,6 +25,9 @@ from vfile.passthrough.namelock import fixed
 from vfile.passthrough.opsbase import OpsCore, handler
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, proc_path, renameat2
 
+#: walks for a hard link's surviving name when a directory move made the last one stale
+SURVIVOR_TRIES = 3
+
 
 class NameOps(OpsCore):
     """Handlers that add, remove or move names (see the module docstring)."""
@@ -98,15 +101,17 @@ class NameOps(OpsCore):
             yield None
             return
         root = self.table.get(ROOT_INODE).fd
-        while True:
+        for attempt in range(SURVIVOR_TRIES):
             survivor = await self._survivor(st, gone)
             if survivor is None:
                 yield None
                 return
             # Found by a walk in a thread, a directory above it may have moved since:
-            # held, then checked again (from here on a move waits for the hold).
+            # held, then checked again (from here on a move waits for the hold). The
+            # last try takes it unchecked, as before nl22, rather than loop.
             async with self.names.shared(fixed(survivor), nested=True):
-                if links.reaches(root, survivor, (st.st_dev, st.st_ino)):
+                if attempt == SURVIVOR_TRIES - 1 or links.reaches(root, survivor,
+                                                                  (st.st_dev, st.st_ino)):
                     yield survivor
                     return
 
