@@ -11,6 +11,8 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -54,3 +56,36 @@ def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     p.mkdir(mode=0o700, parents=True, exist_ok=True)
     return p
+
+
+#: held (flock LOCK_EX) by the mount that uses the state directory, for its whole life,
+#: and by an offline `vfile journal`/`quarantine` write while it writes
+OWNER_FILE = "mount.lock"
+
+
+class StateDirInUse(Exception):
+    """Another process (a mount) holds the state directory's OWNER_FILE."""
+
+    def __init__(self, state_dir: Path, pid: str) -> None:
+        super().__init__(f"{state_dir}: in use by pid {pid}")
+        self.pid = pid
+
+
+def take_state_dir(state_dir: Path) -> int:
+    """Take `state_dir`'s OWNER_FILE (no waiting) and write our pid in it; the returned
+    descriptor holds it until closed. StateDirInUse names the holder's pid; OSError:
+    the file cannot be opened."""
+    fd = os.open(state_dir / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno != errno.EWOULDBLOCK:
+            os.close(fd)
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StateDirInUse(state_dir, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

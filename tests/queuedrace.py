@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from lifecycle import Tree, tree_config, wait_until
 from mounting import Server, mounted
 from outage import running_appliance, signature_version, status
 from statedisks import loop_ext4
+
+from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
 
 #: generous: a loaded 2-core machine runs several suites at once
 DEADLINE = 60.0
@@ -32,6 +35,34 @@ def waiting_in_kernel(tid: int) -> bool:
     except FileNotFoundError:
         return False
     return "fuse" in wchan or "request_wait_answer" in wchan
+
+
+def in_thread(step: Callable[[], None], errors: list[str]) -> threading.Thread:
+    """Run `step` in a thread (its OSError goes to `errors`); return once it finished
+    or its request waits in the server."""
+    tid: list[int] = []
+
+    def body() -> None:
+        tid.append(threading.get_native_id())
+        try:
+            step()
+        except OSError as err:
+            errors.append(repr(err))
+
+    th = threading.Thread(target=body, daemon=True)
+    th.start()
+    wait_until(lambda: not th.is_alive() or (tid and waiting_in_kernel(tid[0])),
+               "the request waits for the server", DEADLINE)
+    return th
+
+
+def exchange(parent: Path, a: str, b: str) -> None:
+    """RENAME_EXCHANGE of `a` and `b` in the directory `parent`."""
+    d = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        renameat2(d, a.encode(), d, b.encode(), RENAME_EXCHANGE)
+    finally:
+        os.close(d)
 
 
 def settled(mnt: Path) -> bool:

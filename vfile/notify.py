@@ -18,10 +18,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: seconds between EXTEND_TIMEOUT_USEC messages while a long start step runs; each
+#: asks for three times as much, so a late one does not let the start time out
+EXTEND_EVERY = 20.0
 
 
 def notify(state: str, env: dict[str, str] | None = None) -> bool:
@@ -57,3 +65,21 @@ async def watchdog(interval: float) -> None:
     while True:
         notify("WATCHDOG=1")
         await trio.sleep(interval)
+
+
+async def run_extending(fn: Callable[[], T], status: str) -> T:
+    """Run the blocking start step `fn` in a thread; while it runs, ask systemd for more
+    start time (EXTEND_TIMEOUT_USEC) and say what we do (STATUS). The journal's check
+    after an unclean stop may take up to its 900 s deadline (vfile.journal.torn), far
+    more than a unit's default start timeout of 90 s: systemd would kill the check,
+    and restart it, forever."""
+    async with trio.open_nursery() as nursery:
+        async def extend() -> None:
+            while True:
+                notify(f"EXTEND_TIMEOUT_USEC={int(3 * EXTEND_EVERY * 1e6)}\nSTATUS={status}")
+                await trio.sleep(EXTEND_EVERY)
+
+        nursery.start_soon(extend)
+        result = await trio.to_thread.run_sync(fn)
+        nursery.cancel_scope.cancel()
+    return result

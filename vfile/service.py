@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import time
@@ -49,8 +48,15 @@ from vfile.filter.verdict_gc import VerdictCollector
 from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError, torn
-from vfile.journal.statedir import default_state_dir, ensure_state_dir
+from vfile.journal.statedir import (
+    OWNER_FILE,
+    StateDirInUse,
+    default_state_dir,
+    ensure_state_dir,
+    take_state_dir,
+)
 from vfile.journal.watermark import source_key
+from vfile.notify import run_extending
 from vfile.observe.memwatch import MemoryWatch
 from vfile.observe.serve import open_outputs, serve_outputs
 from vfile.options import MountOptions
@@ -96,37 +102,28 @@ def _lock_dir(rundir: Path) -> Path | None:
     return None if rundir.parent == Path("/tmp") else rundir / "journal-locks"
 
 
-#: held (flock LOCK_EX) by the mount that uses the state directory, for its whole life
-OWNER_FILE = "mount.lock"
-
-
 def _own_state_dir(state_dir: Path) -> int:
     """Take the state directory for this mount, or refuse: a second mount on it would
     drain the first one's entries as files gone from its own source, and write the
     first one's journal under it. Returns the descriptor that holds the lock."""
-    path = state_dir / OWNER_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        return take_state_dir(state_dir)
+    except StateDirInUse as busy:
+        raise UserError(f"{state_dir}: another vfile mount uses this state directory "
+                        f"(pid {busy.pid}); give each mount its own --state-dir",
+                        Exit.JOURNAL) from None
     except OSError as err:
         raise UserError(f"{state_dir}: cannot open {OWNER_FILE}: {err.strerror}",
                         Exit.JOURNAL) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise UserError(f"{state_dir}: another vfile mount uses this state directory "
-                        f"(pid {holder}); give each mount its own --state-dir",
-                        Exit.JOURNAL) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
-def _open_journal(state_dir: Path, rundir: Path) -> tuple[Journal, torn.Rebuilt | None]:
+async def _open_journal(state_dir: Path, rundir: Path
+                        ) -> tuple[Journal, torn.Rebuilt | None]:
     """The journal, and what was salvaged if a power loss had torn it (journal.torn)."""
     try:
-        rebuilt = torn.ensure_intact(state_dir, _lock_dir(rundir))
+        # Up to 900 s after an unclean stop: systemd is asked for the time (notify).
+        rebuilt = await run_extending(lambda: torn.ensure_intact(state_dir, _lock_dir(rundir)),
+                                      f"checking the journal in {state_dir}")
         return Journal.open(state_dir, lock_dir=_lock_dir(rundir)), rebuilt
     except OSError as err:  # the lock directory
         raise UserError(f"{state_dir}: cannot place the journal's lock file: {err}",
@@ -260,7 +257,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     rundir = control.runtime_dir()
     owner = _own_state_dir(state_dir)
     try:
-        journal, rebuilt = _open_journal(state_dir, rundir)
+        journal, rebuilt = await _open_journal(state_dir, rundir)
     except BaseException:
         os.close(owner)
         raise

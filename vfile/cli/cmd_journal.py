@@ -12,14 +12,18 @@ Who writes, on a live mount:
 - `retry` goes through the control plane (`journal.retry`): the live process
   resets the entries and kicks its drain at once (without un-pausing a drain
   an administrator paused), instead of the drain noticing at its next poll.
-- `purge` and `quarantine restore|delete` open the journal read-write
-  directly, next to the live process. That is safe: LMDB serialises write
-  transactions across processes (its lock file); these operations take no
-  seq (the one value the live process caches in memory -- and its counter
-  adopts the stored `meta.seq` in every transaction that allocates one); the
-  live process copes with an entry that vanished under its drain (`complete`
-  of a missing entry only stores the verdict) and with a map another process
-  grew (`MapResizedError` is handled by its reads and its committer).
+- `purge` and `quarantine restore|delete` (and `retry`, `gc`, `exposures
+  --clear` given `--state-dir`) open the journal read-write directly. Given
+  `--state-dir`, such a write holds state_dir/mount.lock as a mount does and
+  is refused while a mount holds it (naming its pid): whoever gave `--state-
+  dir` meant a stopped mount (nl22). Given `--mount`, next to the live
+  process. That is safe: LMDB serialises write transactions across processes
+  (its lock file); these operations take no seq (the one value the live
+  process caches in memory -- and its counter adopts the stored `meta.seq` in
+  every transaction that allocates one); the live process copes with an entry
+  that vanished under its drain (`complete` of a missing entry only stores the
+  verdict) and with a map another process grew (`MapResizedError` is handled
+  by its reads and its committer).
 """
 
 from __future__ import annotations
@@ -77,21 +81,47 @@ def resolve_state_dir(state_dir: str | None, mount: str | None) -> str:
 
 
 @contextlib.contextmanager
-def open_journal(state_dir: str | None, *, readonly: bool,
-                 mount: str | None = None) -> Iterator[Journal]:
+def open_journal(state_dir: str | None, *, readonly: bool, mount: str | None = None,
+                 live: bool = False) -> Iterator[Journal]:
+    """The journal of `--state-dir` or `--mount`. A write given `--state-dir` (not
+    `live`: the caller did not find it through `--mount`) holds the state directory
+    as a mount does, and is refused while a mount holds it (module docstring)."""
     from vfile.journal import Journal, JournalError
 
+    live = live or mount is not None
     state_dir = resolve_state_dir(state_dir, mount)
+    owner = -1 if readonly or live else _own_offline(Path(state_dir))
     try:
-        journal = Journal.open(state_dir, readonly=readonly)
-    except JournalError as err:
-        raise UserError(str(err), Exit.JOURNAL) from None
-    try:
-        yield journal
-    except JournalError as err:
-        raise UserError(str(err), Exit.JOURNAL) from None
+        try:
+            journal = Journal.open(state_dir, readonly=readonly)
+        except JournalError as err:
+            raise UserError(str(err), Exit.JOURNAL) from None
+        try:
+            yield journal
+        except JournalError as err:
+            raise UserError(str(err), Exit.JOURNAL) from None
+        finally:
+            journal.close()
     finally:
-        journal.close()
+        if owner >= 0:
+            os.close(owner)
+
+
+def _own_offline(state_dir: Path) -> int:
+    """Hold `state_dir` for an offline write, or refuse: a mount uses it."""
+    from vfile.journal.statedir import OWNER_FILE, StateDirInUse, take_state_dir
+
+    try:
+        return take_state_dir(state_dir)
+    except StateDirInUse as busy:
+        raise UserError(f"{state_dir}: a vfile mount (pid {busy.pid}) uses this state "
+                        "directory; to change its journal while it runs, give --mount "
+                        "MOUNTPOINT instead of --state-dir", Exit.JOURNAL) from None
+    except FileNotFoundError:
+        return -1  # no state directory: nothing to protect (the open says what is wrong)
+    except OSError as err:
+        raise UserError(f"{state_dir}: cannot open {OWNER_FILE}: {err.strerror}",
+                        Exit.JOURNAL) from None
 
 
 def _when(t: float) -> str:
@@ -240,7 +270,7 @@ async def journal_gc(
     if not sigs:
         with contextlib.suppress(OSError):
             sigs = [(Path(state) / SIG_FILE).read_text().strip()]
-    with open_journal(state, readonly=False) as j:
+    with open_journal(state, readonly=False, live=mount is not None) as j:
         done = await verdict_gc.collect(j, source=source, signatures=sigs)
     typer.echo(f"{done.collected} of {done.examined} verdicts collected in {done.seconds:.1f}s"
                + ("" if any(sigs) else " (no signature version known: kept every version)"))
@@ -298,7 +328,7 @@ async def journal_purge(
     state_dir = resolve_state_dir(state_dir, mount)
     if not yes and not typer.confirm(f"Drop {what}? Those files will not be scanned later"):
         raise UserError("nothing purged", Exit.USAGE)
-    with open_journal(state_dir, readonly=False) as j:
+    with open_journal(state_dir, readonly=False, live=mount is not None) as j:
         n = await j.purge(path, poisoned_only=poisoned)
     typer.echo(f"{n} entr{'y' if n == 1 else 'ies'} purged")
 

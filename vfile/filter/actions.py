@@ -48,6 +48,7 @@ from vfile.journal.records import (
     exposure_to_json,
 )
 from vfile.journal.store import Journal
+from vfile.observe.ratelog import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ T = TypeVar("T")
 HOOK_DEADLINE = 10.0
 #: threads doing quarantine/rename/delete file work at once
 ACTION_THREADS = 2
+#: seconds the kernel gets to drop its entry for a name an action removed (it waits
+#: only for requests in that directory, which the mount goes on serving)
+FORGET_NAME_TIMEOUT = 5.0
+#: at most one warning a minute about entries it did not drop in time
+FORGET_LOG_INTERVAL = 60.0
 _COPY_CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -159,6 +165,9 @@ class Actions:
         #: makes the kernel drop its entry for a source-relative name we removed (the
         #: filesystem binds it, vfile.hooks `bind_kernel`); None: no mount (the CLI)
         self.forget_name: Callable[[bytes], Awaitable[None]] | None = None
+        #: names the kernel did not drop within FORGET_NAME_TIMEOUT (`vfile status`)
+        self.entries_not_dropped = 0
+        self._slow_log = RateLimited(FORGET_LOG_INTERVAL, log)
 
     def prepare(self) -> None:
         """Create and check the quarantine directory now (the mount calls this at start)."""
@@ -195,8 +204,20 @@ class Actions:
     async def _name_gone(self, path: str) -> None:
         """The file left `path`: the kernel must not go on resolving the name to it
         (for its entry timeout) once the drain says it is done."""
-        if self.forget_name is not None:
+        if self.forget_name is None:
+            return
+        with trio.move_on_after(FORGET_NAME_TIMEOUT) as waited:
             await self.forget_name(os.fsencode(path))
+        if waited.cancelled_caught:
+            # The kernel drops an entry under its directory's lock, which a request in
+            # that directory waiting in the server (its journal fsync on a frozen state
+            # disk) holds: the action goes on, the name may resolve for the entry timeout.
+            self.entries_not_dropped += 1
+            self._slow_log("forget", logging.WARNING,
+                           "the kernel did not drop its entry for %r within %g s (a request "
+                           "in its directory waits in the server): the name may reach the "
+                           "moved file for up to the mount's entry timeout", path,
+                           FORGET_NAME_TIMEOUT)
 
     def _delete(self, path: str) -> None:
         dir_fd, name = open_parent(self._root, path)

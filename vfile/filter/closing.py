@@ -246,10 +246,16 @@ class CloseScans:
                 decided[c.profile.name, result] = (
                     inputs, decide(replace(inputs, scan=result, window=self._window())))
             d = decided[c.profile.name, result][1]
-            if self._settle_soon(c.path, c.intent, c.profile, identity, sig, d, verdict,
-                                 self._unparked(c.intent), fd=c.fd, nlink=st.st_nlink):
-                self._parked += 1
+            done = self._unparked(c.intent)  # counted parked from here
+            try:
+                queued = self._settle_soon(c.path, c.intent, c.profile, identity, sig, d,
+                                           verdict, done, fd=c.fd, nlink=st.st_nlink)
+            except BaseException:
+                done()  # its completion may be queued: `done` ends it once, whoever is first
+                raise
+            if queued:
                 return True
+            self._parked -= 1  # not queued: `done` is never called, `run` owns the intent
             self._start(self.run, c.path, c.intent, c.fd, c.profile, None,
                         (identity, sig, d, verdict))
             return None
@@ -272,7 +278,14 @@ class CloseScans:
         return now
 
     def _unparked(self, intent: Intent) -> Callable[[], None]:
+        self._parked += 1
+        ended = False
+
         def done() -> None:  # its completion is committed (or failed): the intent ends
+            nonlocal ended
+            if ended:
+                return  # (an error path ended it first)
+            ended = True
             self._intents.finish(intent)
             self._parked -= 1
             if not self._parked and not self._queue:  # else it is woken for those

@@ -238,8 +238,8 @@ class Gate:
             "exposures": s.exposures, "deferrals": s.deferrals, "denials": s.denials,
             "write_intents": s.intents, "pending_intents": len(self._intents),
             "writes_awaiting_intent_fsync": self._writes.waited,
-            "intent_fsync_failures": self._writes.failed,
-            "journal_full": s.journal_full,
+            "intent_fsync_failures": self._writes.failed, "journal_full": s.journal_full,
+            "kernel_entries_not_dropped": self._actions.entries_not_dropped,
             "in_flight": len(self._flights), "window": self._window,
             "grace": self.grace.statistics(),
         }

@@ -214,7 +214,9 @@ class _StatusCollector(Collector):
                 ("intent_fsync_failures", "vfile_intent_fsync_failures", "Writes failed "
                  "with EIO because their intent could not be fsynced"),
                 ("journal_full", "vfile_journal_full", "Opens and writes failed with EIO "
-                 "because the journal was full")):
+                 "because the journal was full"),
+                ("kernel_entries_not_dropped", "vfile_kernel_entries_not_dropped", "Names "
+                 "an infected action removed whose kernel entry was not dropped in time")):
             yield from _counter(name, doc, g.get(key))
         yield from _gauge("vfile_scans_in_flight", "Scans in flight", g.get("in_flight"))
         yield from _gauge("vfile_pending_write_intents", "Files being written, not yet scanned",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import AsyncIterator
 
 import pyfuse3
 import trio
@@ -20,8 +21,12 @@ from vfile.hooks import CallerLike, request_ctx
 from vfile.passthrough import links
 from vfile.passthrough.errnos import check_name
 from vfile.passthrough.inodes import ROOT_INODE, Inode, stamp_of
+from vfile.passthrough.namelock import fixed
 from vfile.passthrough.opsbase import OpsCore, handler
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, proc_path, renameat2
+
+#: walks for a hard link's surviving name when a directory move made the last one stale
+SURVIVOR_TRIES = 3
 
 
 class NameOps(OpsCore):
@@ -33,15 +38,17 @@ class NameOps(OpsCore):
         node = self.table.get(inode)
         parent = self.table.get(new_parent_inode)
         check_name(new_name)
-        async with self.names.shared():  # its path must not go stale (passthrough.namelock)
-            return await self._link(node, parent, new_name, ctx)
+        if self.hooks.trivial or node.kind != stat.S_IFREG:
+            return await self._link(node, parent, new_name, None, ctx)  # no path, no wait
+        # Its path must not go stale while it waits (vfile.passthrough.namelock).
+        async with self.names.shared(lambda: (self._child_path(parent, new_name),)) as held:
+            return await self._link(node, parent, new_name, held[0], ctx)
 
-    async def _link(self, node: Inode, parent: Inode, new_name: bytes,
+    async def _link(self, node: Inode, parent: Inode, new_name: bytes, path: bytes | None,
                     ctx: CallerLike) -> pyfuse3.EntryAttributes:
         hooks = self.hooks
-        token = path = None
-        if not hooks.trivial and node.kind == stat.S_IFREG:
-            path = self._child_path(parent, new_name)
+        token = None
+        if path is not None:
             token = await hooks.on_write_intent(path, os.fstat(node.fd), request_ctx(ctx))
         try:
             # Linking the inode itself (via its /proc magic link), not a name.
@@ -66,24 +73,51 @@ class NameOps(OpsCore):
     async def unlink(self, parent_inode: int, name: bytes, ctx: CallerLike) -> None:
         parent = self.table.get(parent_inode)
         check_name(name)
-        async with self.names.shared():  # its path must not go stale (passthrough.namelock)
-            await self._unlink(parent, name)
+        if self.hooks.trivial:
+            os.unlink(name, dir_fd=parent.fd)  # no path, no wait
+            return
+        # Its path must not go stale while it waits (vfile.passthrough.namelock).
+        async with self.names.shared(lambda: (self._child_path(parent, name),)) as held:
+            await self._unlink(parent, name, held[0])
 
-    async def _unlink(self, parent: Inode, name: bytes) -> None:
-        path = None if self.hooks.trivial else self._child_path(parent, name)
+    async def _unlink(self, parent: Inode, name: bytes, path: bytes) -> None:
         before = None
-        if path is not None:
-            with contextlib.suppress(OSError):
-                before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        with contextlib.suppress(OSError):
+            before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         os.unlink(name, dir_fd=parent.fd)
-        if path is not None:
-            await self.hooks.on_unlink(path, await self._survivor(before, path))
+        await self._unlinked(path, before)
 
-    async def _survivor(self, st: os.stat_result | None, gone: bytes) -> bytes | None:
+    async def _unlinked(self, path: bytes, st: os.stat_result | None) -> None:
+        """`on_unlink` of `path`, whose file (`st`, before) may live on under another
+        name: its entry and intent move there."""
+        async with self._held_survivor(st, path) as survivor:
+            await self.hooks.on_unlink(path, survivor)
+
+    @contextlib.asynccontextmanager
+    async def _held_survivor(self, st: os.stat_result | None, gone: bytes
+                             ) -> AsyncIterator[bytes | None]:
+        """`_survivor`, held (vfile.passthrough.namelock) while the caller uses it."""
+        if st is None or st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+            yield None
+            return
+        root = self.table.get(ROOT_INODE).fd
+        for attempt in range(SURVIVOR_TRIES):
+            survivor = await self._survivor(st, gone)
+            if survivor is None:
+                yield None
+                return
+            # Found by a walk in a thread, a directory above it may have moved since:
+            # held, then checked again (from here on a move waits for the hold). The
+            # last try takes it unchecked, as before nl22, rather than loop.
+            async with self.names.shared(fixed(survivor), nested=True):
+                if attempt == SURVIVOR_TRIES - 1 or links.reaches(root, survivor,
+                                                                  (st.st_dev, st.st_ino)):
+                    yield survivor
+                    return
+
+    async def _survivor(self, st: os.stat_result, gone: bytes) -> bytes | None:
         """Another live name of a regular file whose name `gone` was just unlinked, so
         its journal entry moves there instead of being dropped (issue 13)."""
-        if st is None or st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
-            return None
         node = self.table.find(st)
         if node is not None and (known := self.known_live_name(node, dead=gone)) is not None:
             return known
@@ -106,21 +140,29 @@ class NameOps(OpsCore):
         new_p = self.table.get(parent_inode_new)
         check_name(name_old)
         check_name(name_new)
-        # A directory moved (renamed, exchanged) must not meet a name operation below it
-        # holding paths computed before (vfile.passthrough.namelock).
+        if self.hooks.trivial:
+            await self._rename(old_p, name_old, new_p, name_new, flags, None, ctx)  # no wait
+            return
+        # A directory moved (renamed, exchanged) must not meet a name operation at or
+        # below it holding paths computed before (vfile.passthrough.namelock).
         moves_dir = _is_dir(old_p, name_old) or bool(flags & RENAME_EXCHANGE
                                                      and _is_dir(new_p, name_new))
-        async with self.names.exclusive() if moves_dir else self.names.shared():
-            await self._rename(old_p, name_old, new_p, name_new, flags, ctx)
+
+        def paths() -> tuple[bytes, bytes]:
+            return self._child_path(old_p, name_old), self._child_path(new_p, name_new)
+
+        async with self.names.exclusive(paths) if moves_dir else self.names.shared(paths) \
+                as held:
+            await self._rename(old_p, name_old, new_p, name_new, flags,
+                               (held[0], held[1]), ctx)
 
     async def _rename(self, old_p: Inode, name_old: bytes,  # noqa: PLR0917
-                      new_p: Inode, name_new: bytes, flags: int, ctx: CallerLike) -> None:
+                      new_p: Inode, name_new: bytes, flags: int,
+                      paths: tuple[bytes, bytes] | None, ctx: CallerLike) -> None:
         hooks = self.hooks
-        paths = None
         tokens: list[object] = []
         try:
-            if not hooks.trivial:
-                paths = (self._child_path(old_p, name_old), self._child_path(new_p, name_new))
+            if paths is not None:
                 tokens = await self._rename_intents((old_p, name_old), (new_p, name_new),
                                                     flags, paths, ctx)
             if flags:
@@ -170,9 +212,9 @@ class NameOps(OpsCore):
         if target is None or target.st_nlink <= 1 or not stat.S_ISREG(target.st_mode) \
                 or (target.st_dev, target.st_ino) == (moving.st_dev, moving.st_ino):
             return  # no other name; or renaming a name onto another of the same file
-        survivor = await self._survivor(target, path)
-        if survivor is not None:
-            await self.hooks.on_unlink(path, survivor)
+        async with self._held_survivor(target, path) as survivor:
+            if survivor is not None:
+                await self.hooks.on_unlink(path, survivor)
 
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes],

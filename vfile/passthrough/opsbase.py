@@ -44,8 +44,6 @@ T = TypeVar("T")
 #: changes made to the source behind vfile's back within this time.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
-#: seconds `forget_name` waits for the kernel (it only waits for requests we serve)
-FORGET_NAME_TIMEOUT = 5.0
 
 OPATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Descriptors left to the rest of the server (journal, appliance and control
@@ -228,15 +226,15 @@ class OpsCore(pyfuse3.Operations):
         if parent is None:
             return  # a directory the kernel never looked up holds no entry of it
         # The blocking call in a thread, not invalidate_entry_async: the caller learns
-        # when the entry is gone, and one stuck entry cannot hold up a queue of others.
-        # It waits only for requests on that directory, which this loop goes on serving.
-        with trio.move_on_after(FORGET_NAME_TIMEOUT):
-            try:
-                await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name,
-                                              abandon_on_cancel=True)
-            except OSError as err:
-                if err.errno != errno.ENOENT:  # ENOENT: the kernel held no such entry
-                    log.warning("could not drop the kernel's entry for %r: %s", path, err)
+        # when the entry is gone (and sets the deadline: vfile.filter.actions), and one
+        # stuck entry cannot hold up a queue of others. It waits only for requests on
+        # that directory, which this loop goes on serving.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name,
+                                          abandon_on_cancel=True)
+        except OSError as err:
+            if err.errno != errno.ENOENT:  # ENOENT: the kernel held no such entry
+                log.warning("could not drop the kernel's entry for %r: %s", path, err)
 
     def _child_path(self, parent: Inode, name: bytes) -> bytes:
         base = self.path_of(parent)
