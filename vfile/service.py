@@ -26,6 +26,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -106,10 +107,19 @@ def _own_state_dir(state_dir: Path) -> int:
     first one's journal under it. Returns the descriptor that holds the lock."""
     path = state_dir / OWNER_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o600)
     except OSError as err:
         raise UserError(f"{state_dir}: cannot open {OWNER_FILE}: {err.strerror}",
                         Exit.JOURNAL) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        # Truncated and rewritten below: never a FIFO or device (EINVAL: a traceback),
+        # never a second name of another file (x22, tests/t5_attack22_lock_test.py).
+        os.close(fd)
+        raise UserError(f"{state_dir}: {OWNER_FILE} is not a plain file of its own "
+                        f"(mode {st.st_mode:o}, {st.st_nlink} links); remove it",
+                        Exit.JOURNAL)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
