@@ -22,7 +22,7 @@ import lmdb
 import pytest
 from mounting import mounted, stop_process, vfile_cmd
 from outage import running_appliance, unaccounted, write_config
-from statedisks import durability, frozen, loop_ext4
+from statedisks import durability, fill, frozen, loop_ext4
 
 from vfile.journal import tables, torn
 
@@ -126,3 +126,28 @@ def test_a_move_aside_refused_is_not_called_a_lock_file_error(
     with mounted(src, mnt, *args):
         pass
     assert unaccounted(src, state, "") == []
+
+
+def test_a_full_state_disk_stops_the_rebuild_before_anything_moves(
+        small_state: Path, outage: tuple[Path, Path, tuple[str, ...]]) -> None:
+    """The move-aside needs no room, the fresh journal does: the start moved the journal,
+    then died of SIGBUS creating the new one on the full tmpfs (LMDB's mmap), leaving
+    the next start (room made) a fresh journal and no walk. Now it stops before the
+    move, exit 7 naming it."""
+    src, mnt, args = outage
+    state = small_state / "state"
+    args = (*args, "--state-dir", str(state))
+    _outage_files(src, mnt, args)
+    _damage(state)
+    fill(small_state)
+    done = subprocess.run(vfile_cmd("mount", "--foreground", *args, "--", str(src), str(mnt)),
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                          check=False)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 7, err
+    assert "cannot be moved aside" in err and "Traceback" not in err, err
+    (small_state / "filler").unlink()  # the operator makes room
+    with mounted(src, mnt, *args, "-v") as server:
+        text = server.log()
+    assert unaccounted(src, state, "") == []
+    assert "journal damaged" in text, text
