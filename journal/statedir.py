@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 ROOT_STATE = Path("/var/lib/vfile")
@@ -74,9 +75,16 @@ class StateDirInUse(Exception):
 def take_state_dir(state_dir: Path) -> int:
     """Take `state_dir`'s OWNER_FILE (no waiting) and write our pid in it; the returned
     descriptor holds it until closed. StateDirInUse names the holder's pid; OSError:
-    the file cannot be opened."""
-    fd = os.open(state_dir / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                 0o600)
+    the file cannot be opened, or is not a plain file of its own."""
+    fd = os.open(state_dir / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                 | os.O_NONBLOCK, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        # Truncated and rewritten below: never a FIFO or device (EINVAL: a traceback),
+        # never a second name of another file (x22, tests/t5_attack22_lock_test.py).
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a plain file of its own (mode {st.st_mode:o}, "
+                      f"{st.st_nlink} links); remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

@@ -27,6 +27,14 @@ entries. The caller creates a fresh journal, writes them back and walks the whol
 source (vfile.filter.recovery, every file: there is no watermark to trust), so every
 file gets an entry again before the mount serves: nothing lost, at a rescan's cost.
 
+The rebuild is resumable: `PENDING` (beside the journal, naming the aside directory) is
+written and fsynced before the move and removed only once the walk is done
+(`finished`). A start killed in between (a salvage or a restore past systemd's start
+timeout, a second power cut) would otherwise leave the next one a fresh journal whose
+clean history calls for no walk: every entry of the damaged one lost (x22,
+tests/t5_attack22_torn_test.py). The next start finds the marker and salvages the same
+aside directory again (a duplicated entry only means a scan more).
+
 Invariants:
 - A journal that is not provably vfile's (no `lock.mdb` symlink vfile placed) and
   looks foreign is left alone: the open then refuses it (exit 7), as before.
@@ -50,6 +58,7 @@ from vfile.journal import check, environment, tables, watermark
 from vfile.journal.records import (
     DeferredEntry,
     JournalCorrupt,
+    JournalError,
     QuarantineRecord,
     decode_deferred,
     decode_quarantine,
@@ -67,6 +76,9 @@ ASIDE_PREFIX = "damaged-"
 CHECKED = "checking every page"
 #: written by a mount beside its journal (vfile.service)
 SIG_FILE = "last-signature-version"
+#: written before a damaged journal is moved aside, removed once the walk is done: the
+#: aside directory's name (module doc)
+PENDING = "rebuild-pending"
 
 
 @dataclass
@@ -79,6 +91,8 @@ class Rebuilt:
     deferred: list[DeferredEntry] = field(default_factory=list)
     #: records the salvage read but could not decode (torn pages)
     undecodable: int = 0
+    #: the marker `finished` removes
+    pending: Path | None = None
 
     def summary(self) -> dict[str, object]:
         return {"journal_rebuilt": 1, "salvaged_quarantine": len(self.quarantine),
@@ -209,6 +223,9 @@ def ensure_intact(state_dir: Path, lock_dir: Path | None) -> Rebuilt | None:
     """Before a mount opens its journal: None if it is intact (or absent, or not a
     vfile journal: the open says so); else move it aside, salvage it and return what
     was saved. The caller opens a fresh journal, writes it back and walks everything."""
+    resumed = _resume(state_dir)
+    if resumed is not None:
+        return resumed
     data = state_dir / environment.DATA_FILE
     try:
         if data.stat().st_size == 0:
@@ -227,23 +244,79 @@ def ensure_intact(state_dir: Path, lock_dir: Path | None) -> Rebuilt | None:
     return _move_aside_and_salvage(state_dir, why[:300] or f"status {rc}")
 
 
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resume(state_dir: Path) -> Rebuilt | None:
+    """A rebuild an earlier start began and did not finish (`PENDING`): salvaged again."""
+    marker = state_dir / PENDING
+    try:
+        name = marker.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise JournalError(f"{marker}: cannot read it: {err.strerror}") from None
+    aside = state_dir / name
+    data = aside / environment.DATA_FILE
+    if "/" in name or not name.startswith(ASIDE_PREFIX) or aside.is_symlink() \
+            or data.is_symlink() or not data.is_file():
+        # Stopped before the move: the damaged journal is still in place, checked anew.
+        with contextlib.suppress(OSError):  # (a move-aside rewrites it)
+            marker.unlink()
+            _fsync_dir(state_dir)
+        return None
+    log.warning("journal %s: an earlier start moved the damaged journal to %s and did not "
+                "finish rebuilding; salvaging it again", state_dir, aside)
+    return _salvage_aside(aside, "an earlier rebuild did not finish", marker)
+
+
+def finished(rebuilt: Rebuilt) -> None:
+    """The rebuild is done (restored, the whole source walked): no start redoes it."""
+    if rebuilt.pending is not None:
+        rebuilt.pending.unlink(missing_ok=True)
+        _fsync_dir(rebuilt.pending.parent)
+
+
 def _move_aside_and_salvage(state_dir: Path, reason: str) -> Rebuilt:
     aside = state_dir / (ASIDE_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     n = 0
     while aside.exists():
         n += 1
         aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
-    aside.mkdir(mode=0o700)
-    os.chmod(aside, 0o700)
-    os.rename(state_dir / environment.DATA_FILE, aside / environment.DATA_FILE)
-    os.chmod(aside / environment.DATA_FILE, 0o600)
-    for d in (aside, state_dir):
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    marker = state_dir / PENDING
+    try:
+        aside.mkdir(mode=0o700)
+        os.chmod(aside, 0o700)
+        tmp = state_dir / (PENDING + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
         try:
+            os.write(fd, aside.name.encode() + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
-    out = Rebuilt(aside, reason)
+        os.replace(tmp, marker)
+        _fsync_dir(state_dir)  # the marker is durable before the journal moves
+        os.rename(state_dir / environment.DATA_FILE, aside / environment.DATA_FILE)
+        os.chmod(aside / environment.DATA_FILE, 0o600)
+        for d in (aside, state_dir):
+            _fsync_dir(d)
+    except OSError as err:
+        # Not the lock file's trouble (the caller's OSError): say what failed. The
+        # journal stays in place (or the marker says where it went) for the next start.
+        raise JournalError(f"{state_dir}: the journal is damaged ({reason}) and cannot be "
+                           f"moved aside: {err}") from None
+    return _salvage_aside(aside, reason, marker)
+
+
+def _salvage_aside(aside: Path, reason: str, marker: Path) -> Rebuilt:
+    state_dir = aside.parent
+    out = Rebuilt(aside, reason, pending=marker)
     rc, text = _child("salvage", str(aside), timeout=CHECK_TIMEOUT)
     for line in text.splitlines():
         tag, _, rest = line.partition(" ")

@@ -228,6 +228,11 @@ async def _recover(journal: Journal, config: Config, root_fd: int, source: str,
                     "(%d) walked, %d journaled for a rescan", rebuilt.reason, rebuilt.aside,
                     len(rebuilt.quarantine), len(rebuilt.deferred), rebuilt.undecodable,
                     walked.files, walked.journaled)
+        try:
+            torn.finished(rebuilt)  # not before the walk: a start killed sooner redoes it
+        except OSError as err:
+            log.warning("journal: cannot clear %s (%s): the next start salvages and walks "
+                        "again", torn.PENDING, err)
 
 
 def _profiles(config: Config, quota: QuotaMonitor) -> list[dict[str, Any]]:

@@ -89,10 +89,15 @@ def open_parent(root_fd: int, path: str) -> tuple[int, str]:
     return fd, parts[-1]
 
 
-def _regular(dir_fd: int, name: str) -> os.stat_result:
+def _regular(dir_fd: int, name: str, judged: Identity) -> os.stat_result:
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, f"not a regular file: {name!r}")
+    if (st.st_dev, st.st_ino) != (judged.dev, judged.ino):
+        # Another file under the name since the judgement (an atomic save, a decoy): never
+        # act on it; the infected one, renamed, is scanned again at its next open (x22,
+        # tests/t1_attack22_actions_test.py).
+        raise OSError(errno.ESTALE, f"not the file judged infected: {name!r}")
     return st
 
 
@@ -192,7 +197,7 @@ class Actions:
             if action is InfectedAction.RENAME:
                 return await self._rename(path, verdict)
             if action is InfectedAction.DELETE:
-                await self._thread(lambda: self._delete(path))
+                await self._thread(lambda: self._delete(path, verdict.identity))
                 await self._name_gone(path)
                 await self._journal.forget_path(path, "infected")
                 return "deleted"
@@ -219,10 +224,10 @@ class Actions:
                            "moved file for up to the mount's entry timeout", path,
                            FORGET_NAME_TIMEOUT)
 
-    def _delete(self, path: str) -> None:
+    def _delete(self, path: str, judged: Identity) -> None:
         dir_fd, name = open_parent(self._root, path)
         try:
-            _regular(dir_fd, name)
+            _regular(dir_fd, name, judged)
             os.unlink(name, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
@@ -240,7 +245,7 @@ class Actions:
             dest = self._qdir / f"{rec_id}-{base}"
             dir_fd, name = open_parent(self._root, path)
             try:
-                st = _regular(dir_fd, name)
+                st = _regular(dir_fd, name, verdict.identity)
                 try:
                     os.rename(name, dest, src_dir_fd=dir_fd)
                 except OSError as err:
@@ -267,7 +272,7 @@ class Actions:
         def move() -> tuple[str, os.stat_result]:
             dir_fd, name = open_parent(self._root, path)
             try:
-                _regular(dir_fd, name)
+                _regular(dir_fd, name, verdict.identity)
                 for n in range(100):
                     new = f"{name}.infected" if n == 0 else f"{name}.{n}.infected"
                     try:

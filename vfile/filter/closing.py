@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from collections import deque
 from collections.abc import Callable
@@ -76,6 +77,17 @@ MAX_WAITING = 256
 
 #: close scans the batch judges before it lets the requests go on (a checkpoint)
 BATCH = 32
+
+#: close scans holding a descriptor at once (queued for their tick, or a task waiting for a
+#: slot), at most: beyond it a close leaves its file to the drain. A slow appliance and
+#: one user creating files faster than it scans them took every descriptor of the mount
+#: (EMFILE for everyone's creates and opens: x22, tests/t5_attack22_closes_test.py).
+HOLDING_MAX = 1024
+
+
+def holding_max(nofile: int) -> int:
+    """The bound on descriptors held by close scans under a descriptor limit (pure)."""
+    return max(16, min(HOLDING_MAX, nofile // 8))
 
 #: the gate's decision inputs for (event, profile, path, size, cached verdict)
 Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], DecisionInputs]
@@ -125,6 +137,10 @@ class CloseScans:
         self._batching = False  # the batch task runs
         self._wake = trio.Event()  # the batch task is idle: a close, or all committed
         self._parked = 0  # judged at once, their completions not committed yet
+        self._running = 0  # `run` tasks started, not ended (each holds its descriptor)
+        self._holding_max = holding_max(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        #: closes left to the drain because too many close scans held descriptors
+        self.left_to_drain = 0
 
     # --- the batch: close scans judged at once, without a task each ---------------------
 
@@ -134,6 +150,16 @@ class CloseScans:
         it cannot be queued, and the intent ended); `st`: the file's stat at its last
         close, if known."""
         intent.closing = True
+        if len(self._queue) + self._running >= self._holding_max:
+            # Its intent's record stays: the drain scans the file (as `_wait_landed`).
+            os.close(fd)
+            self._intents.finish(intent)
+            if not self.left_to_drain % 1000:  # rate-limited: one line per thousand
+                log.warning("close scans: %d hold a descriptor; %r and later closes are "
+                            "left to the drain (%d so far)", self._holding_max, path,
+                            self.left_to_drain + 1)
+            self.left_to_drain += 1
+            return
         try:
             self.submit(path, intent, fd, profile, st)
         except BaseException:
@@ -256,12 +282,20 @@ class CloseScans:
             if queued:
                 return True
             self._parked -= 1  # not queued: `done` is never called, `run` owns the intent
-            self._start(self.run, c.path, c.intent, c.fd, c.profile, None,
-                        (identity, sig, d, verdict))
+            self._start_run(c.path, c.intent, c.fd, c.profile, None,
+                            (identity, sig, d, verdict))
             return None
-        self._start(self.run, c.path, c.intent, c.fd, c.profile,
-                    None if looked.digest is None else (identity, looked))
+        self._start_run(c.path, c.intent, c.fd, c.profile,
+                        None if looked.digest is None else (identity, looked))
         return None
+
+    def _start_run(self, *args: object) -> None:
+        self._running += 1  # until `run` ends (`start`'s bound)
+        try:
+            self._start(self.run, *args)
+        except BaseException:
+            self._running -= 1
+            raise
 
     def _reuse_or_now(self, looked: Looked, identity: Identity, sig: str, read_ns: int
                       ) -> tuple[ScanResult, Verdict, bool] | None:
@@ -322,6 +356,7 @@ class CloseScans:
         except (OSError, JournalError) as err:
             log.error("close scan of %r failed: %s; left to the drain", path, err)
         finally:
+            self._running -= 1
             if fd >= 0:
                 os.close(fd)
             self._intents.finish(intent)

@@ -1,0 +1,153 @@
+"""Attack review x22: the damaged-journal rebuild (journal/torn.py) interrupted or refused.
+
+A journal the integrity check calls damaged is moved aside, salvaged, replaced by a fresh
+one and every file of the source walked before the mount serves. The journal here is
+damaged the simplest way the check sees (its meta table's magic overwritten with the
+mount stopped); a torn fsync (tests/t5_torn_journal_test.py) reaches the same code.
+- A start killed after the move-aside but before its walk (systemd's start timeout over
+  a long salvage, a second power cut, an operator's Ctrl-C) left the next start a fresh
+  journal that says nothing happened: no entry, no walk, every file written during the
+  outage with neither an entry nor a verdict.
+- A move-aside the state directory refuses was reported as a lock-file error.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+from mounting import mounted, stop_process, vfile_cmd
+from outage import running_appliance, unaccounted, write_config
+from statedisks import durability, fill, frozen, loop_ext4
+
+from vfile.journal import tables, torn
+
+pytestmark = pytest.mark.mount
+
+FILES = 100
+
+
+def _outage_files(src: Path, mnt: Path, args: tuple[str, ...]) -> None:
+    """FILES files written through the mount during an outage: each has an entry only."""
+    with mounted(src, mnt, *args):
+        for i in range(FILES):
+            (mnt / f"f{i:03d}").write_bytes(b"written during the outage %d" % i)
+        deadline = time.monotonic() + 60
+        while durability(mnt)["queued"] or durability(mnt)["in_flight"]:
+            assert time.monotonic() < deadline, "the creates' intents never committed"
+            time.sleep(0.05)
+
+
+def _damage(state: Path) -> None:
+    """The check's verdict on a torn tree: the meta table lost vfile's magic."""
+    env = lmdb.open(str(state), lock=False, max_dbs=tables.MAX_DBS, subdir=True)
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            txn.put(b"magic", b"garbage", db=meta)
+        env.sync(True)
+    finally:
+        env.close()
+
+
+def _aside(state: Path) -> list[Path]:
+    return [p for p in state.iterdir() if p.name.startswith(torn.ASIDE_PREFIX)]
+
+
+@pytest.fixture
+def outage(tmp_path: Path) -> Iterator[tuple[Path, Path, tuple[str, ...]]]:
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    cfg = write_config(tmp_path / "vfile.toml", fail_mode="safe", deadline=2.0)
+    with running_appliance(fault="refuse") as app:
+        yield src, mnt, ("--appliance", app.url, "--config", str(cfg))
+
+
+def test_a_rebuild_killed_before_its_walk_is_done_again(
+        tmp_path: Path, outage: tuple[Path, Path, tuple[str, ...]]) -> None:
+    src, mnt, args = outage
+    with loop_ext4(tmp_path) as statefs:
+        state = statefs / "state"
+        args = (*args, "--state-dir", str(state))
+        _outage_files(src, mnt, args)
+        _damage(state)
+        # The rebuild starts; the state disk stops taking writes once the journal is
+        # moved aside (the salvage, the fresh journal, the walk still to come), and the
+        # start is killed there.
+        proc = subprocess.Popen(vfile_cmd("mount", "--foreground", *args, "--", str(src),
+                                          str(mnt)),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while (state / "data.mdb").exists():  # moved aside (the salvage is a child)
+                assert proc.poll() is None, f"the start exited with {proc.returncode}"
+                assert time.monotonic() < deadline, "the journal was never moved aside"
+                time.sleep(0.001)
+            with frozen(statefs):
+                proc.kill()
+        finally:
+            stop_process(proc)
+        with mounted(src, mnt, *args, "-v") as server:
+            text = server.log()
+        assert unaccounted(src, state, "") == []
+        assert "journal damaged" in text, text
+        assert "did not finish rebuilding" in text, text
+        assert not (state / torn.PENDING).exists()  # done: the next start need not redo it
+        assert len(_aside(state)) == 1
+
+
+def test_a_move_aside_refused_is_not_called_a_lock_file_error(
+        tmp_path: Path, outage: tuple[Path, Path, tuple[str, ...]]) -> None:
+    src, mnt, args = outage
+    state = tmp_path / "state"
+    args = (*args, "--state-dir", str(state))
+    _outage_files(src, mnt, args)
+    _damage(state)
+    subprocess.run(["chattr", "+i", str(state)], check=True)  # root cannot add a name
+    try:
+        done = subprocess.run(vfile_cmd("mount", "--foreground", *args, "--", str(src),
+                                        str(mnt)),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                              check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 7, err
+    assert "lock file" not in err, err
+    assert "damaged" in err and "aside" in err, err
+    assert "Traceback" not in err, err
+    # Nothing was lost: the damaged journal is still there for the next start.
+    with mounted(src, mnt, *args):
+        pass
+    assert unaccounted(src, state, "") == []
+
+
+def test_a_full_state_disk_stops_the_rebuild_before_anything_moves(
+        small_state: Path, outage: tuple[Path, Path, tuple[str, ...]]) -> None:
+    """The move-aside needs no room, the fresh journal does: the start moved the journal,
+    then died of SIGBUS creating the new one on the full tmpfs (LMDB's mmap), leaving
+    the next start (room made) a fresh journal and no walk. Now it stops before the
+    move, exit 7 naming it."""
+    src, mnt, args = outage
+    state = small_state / "state"
+    args = (*args, "--state-dir", str(state))
+    _outage_files(src, mnt, args)
+    _damage(state)
+    fill(small_state)
+    done = subprocess.run(vfile_cmd("mount", "--foreground", *args, "--", str(src), str(mnt)),
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                          check=False)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 7, err
+    assert "cannot be moved aside" in err and "Traceback" not in err, err
+    (small_state / "filler").unlink()  # the operator makes room
+    with mounted(src, mnt, *args, "-v") as server:
+        text = server.log()
+    assert unaccounted(src, state, "") == []
+    assert "journal damaged" in text, text
