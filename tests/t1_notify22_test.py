@@ -35,3 +35,14 @@ async def test_a_long_start_step_extends_the_start_timeout(
         assert key == "EXTEND_TIMEOUT_USEC"
         usec, _, status = rest.partition("\n")
         assert int(usec) > 0.05 * 1e6 and status == "STATUS=checking the journal"
+
+
+async def test_a_failing_start_step_raises_its_own_error() -> None:
+    """Not wrapped in the nursery's ExceptionGroup: the caller maps JournalError and
+    OSError to their exit codes (a damaged journal that cannot be moved aside was a
+    traceback and exit 1 when the check first ran in a thread)."""
+    def check() -> str:
+        raise PermissionError(1, "the state directory refused the move")
+
+    with trio.fail_after(60), pytest.raises(PermissionError):
+        await notify.run_extending(check, "checking the journal")

@@ -80,6 +80,12 @@ async def run_extending(fn: Callable[[], T], status: str) -> T:
                 await trio.sleep(EXTEND_EVERY)
 
         nursery.start_soon(extend)
-        result = await trio.to_thread.run_sync(fn)
+        error: Exception | None = None
+        try:
+            result = await trio.to_thread.run_sync(fn)
+        except Exception as err:  # raised below as it is, not in the nursery's group
+            error = err
         nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return result
