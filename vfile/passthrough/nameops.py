@@ -77,7 +77,11 @@ class NameOps(OpsCore):
                 before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         os.unlink(name, dir_fd=parent.fd)
         if path is not None:
-            await self.hooks.on_unlink(path, await self._survivor(before, path))
+            survivor = await self._survivor(before, path)
+            await self.hooks.on_unlink(path, survivor)
+            if survivor is not None and before is not None:
+                # The kernel gave the file a new ctime as its link count dropped.
+                await self.hooks.on_name_dropped(survivor, before)
 
     async def _survivor(self, st: os.stat_result | None, gone: bytes) -> bytes | None:
         """Another live name of a regular file whose name `gone` was just unlinked, so
@@ -118,11 +122,12 @@ class NameOps(OpsCore):
         hooks = self.hooks
         paths = None
         tokens: list[object] = []
+        dropped: list[tuple[bytes, os.stat_result]] = []  # a name taken from a linked file
         try:
             if not hooks.trivial:
                 paths = (self._child_path(old_p, name_old), self._child_path(new_p, name_new))
                 tokens = await self._rename_intents((old_p, name_old), (new_p, name_new),
-                                                    flags, paths, ctx)
+                                                    flags, paths, ctx, dropped=dropped)
             if flags:
                 renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
             else:
@@ -140,6 +145,8 @@ class NameOps(OpsCore):
                 await hooks.on_exchange(*paths)  # entries and intents follow their files
             elif paths is not None:
                 await hooks.on_rename(*paths)
+                for survivor, before in dropped:  # its new ctime (the link count dropped)
+                    await hooks.on_name_dropped(survivor, before)
         finally:
             # A failed rename changed nothing; an exchange's were ended above; a plain
             # rename's on_rename ended them.
@@ -161,7 +168,7 @@ class NameOps(OpsCore):
                 node.stamp = stamp_of(st)
 
     async def _name_overwritten(self, target: os.stat_result | None,
-                                moving: os.stat_result, path: bytes) -> None:
+                                moving: os.stat_result, path: bytes) -> bytes | None:
         """A rename onto `path` takes that name from a file that may have others (hard
         links): the file lives on, so, as for an unlink, its intent and journal entry
         move to a surviving name first. Without it the rename dropped the intent of a
@@ -169,16 +176,19 @@ class NameOps(OpsCore):
         entry, and its later bytes had neither (tests/t5_race21_links_test.py)."""
         if target is None or target.st_nlink <= 1 or not stat.S_ISREG(target.st_mode) \
                 or (target.st_dev, target.st_ino) == (moving.st_dev, moving.st_ino):
-            return  # no other name; or renaming a name onto another of the same file
+            return None  # no other name; or renaming a name onto another of the same file
         survivor = await self._survivor(target, path)
         if survivor is not None:
             await self.hooks.on_unlink(path, survivor)
+        return survivor
 
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes],
-                              ctx: CallerLike) -> list[object]:
+                              ctx: CallerLike, *,
+                              dropped: list[tuple[bytes, os.stat_result]]) -> list[object]:
         """Renaming a file (onto another or not, or exchanging) changes what a path
-        holds: intent first.
+        holds: intent first. A file the rename takes a name from and that lives on
+        under another is added to `dropped` (its survivor, its stat before).
 
         Also when nothing is overwritten: the move changes the file's ctime, so its
         clean verdict no longer matches its identity, and without an entry for the
@@ -203,7 +213,9 @@ class NameOps(OpsCore):
                 if target is not None and stat.S_ISREG(target.st_mode):
                     tokens.append(await self.hooks.on_write_intent(paths[1], target, rctx))
             else:
-                await self._name_overwritten(target, moving, paths[1])
+                survivor = await self._name_overwritten(target, moving, paths[1])
+                if survivor is not None and target is not None:
+                    dropped.append((survivor, target))
                 if stat.S_ISREG(moving.st_mode):
                     tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
         except BaseException:

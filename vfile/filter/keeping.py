@@ -1,0 +1,127 @@
+"""Verdicts kept across a new ctime that changed no content.
+
+A file's identity includes its ctime, and some operations give a file a new
+ctime without touching its bytes: a chmod, chown or utimens through the mount
+(`metadata_change`), and taking one name from a file that has others (an unlink
+of it, a rename onto it: the kernel updates the inode's ctime as its link count
+drops; `name_dropped`). A verdict for the identity before then no longer
+matches; the file must never be left with neither verdict nor journal entry
+(DESIGN "Crash safety"), so the verdict follows the file to its new identity
+when the content provably did not change, and otherwise the file is journaled
+for the drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import replace
+
+from vfile.filter.intents import IntentTable
+from vfile.filter.outcomes import Outcomes
+from vfile.filter.policy import Action, DecisionInputs, Event, decide
+from vfile.filter.source import Source
+from vfile.hooks import RequestCtx
+from vfile.journal.records import Identity, JournalError, VerdictRecord
+from vfile.journal.records import Reason as JournalReason
+from vfile.journal.store import Journal
+from vfile.passthrough.links import ProfileChooser
+
+#: the gate's logger: operators filter and alert on it
+log = logging.getLogger("vfile.filter.gate")
+
+
+class Keeping:
+    """The gate's `on_metadata_change` and `on_name_dropped` (module doc)."""
+
+    def __init__(self, *, journal: Journal, intents: IntentTable, source: Source,
+                 profiles: ProfileChooser, outcomes: Outcomes,
+                 inputs: Callable[..., DecisionInputs], signature: Callable[[], str],
+                 lookup: Callable[[Identity, str], VerdictRecord | None],
+                 remember: Callable[[VerdictRecord], None],
+                 clock: Callable[[], float]) -> None:
+        self._journal = journal
+        self._intents = intents
+        self._source = source
+        self._profiles = profiles
+        self._outcomes = outcomes
+        self._inputs = inputs
+        self._signature = signature
+        self._lookup = lookup
+        self._remember = remember
+        self._clock = clock
+
+    def _defers(self, rel: str, nlink: int) -> str | None:
+        """The profile's name if it journals writes to `rel` (else None)."""
+        profile = self._profiles.profile_for(rel, nlink)
+        d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
+        return profile.name if d.action is Action.DEFER else None
+
+    async def metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
+                              change: Callable[[], os.stat_result], *,
+                              writing: bool) -> None:
+        """chown/chmod/utimens: a new ctime, so a new identity. Intent first (durable);
+        then the change; then, if the content provably did not change (no writer, no
+        pending intent, a whole-file verdict for the old identity), that verdict is
+        stored for the new identity and the intent resolved in one transaction.
+        Otherwise the entry stays for the drain. At no point has the file neither."""
+        rel = os.fsdecode(path)
+        before = Identity.from_stat(st)
+        old = self._lookup(before, self._signature())
+        pending = rel in self._intents or writing
+        seq = None
+        if not pending and (profile := self._defers(rel, st.st_nlink)) is not None \
+                and self._journal.get_deferred(rel) is None:
+            seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile,
+                                            exposure=self._outcomes.exposure(ctx))
+        now = Identity.from_stat(change())
+        if pending or old is None or now.size != before.size:
+            return  # an entry (the writer's, or the one above) stays for the drain
+        await self._keep(rel, old, now, seq)
+
+    async def name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
+        """One name of a multiply-linked file went (an unlink, a rename onto it) and the
+        file lives on as `survivor`, with the ctime the kernel gave it then; `before`:
+        its stat before (tests/t5_race22_linkctime_test.py)."""
+        rel = os.fsdecode(survivor)
+        try:
+            fd = self._source.open(rel)
+        except OSError:
+            return  # gone already: nothing to keep
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            return  # the name was taken meanwhile: its own operation journaled it
+        was, now = Identity.from_stat(before), Identity.from_stat(st)
+        intent = self._intents.get(rel) or (None if st.st_nlink <= 1 else self._intents.find(
+            lambda p: self._source.same_file(p, st)))
+        if intent is not None and not intent.closing:
+            return  # a writer's: its close scan reads the file after this
+        old = None
+        if intent is None and (now.size, now.mtime_ns) == (was.size, was.mtime_ns):
+            old = self._lookup(was, self._signature())
+        if old is not None:
+            await self._keep(rel, old, now, None)
+            return
+        # No verdict to keep, or a scan in flight read the file before (a close scan
+        # whose intent is closing; the drain's): a new entry, whose new seq that scan's
+        # completion does not match, so the file is scanned again as it is now.
+        if (profile := self._defers(rel, st.st_nlink)) is not None:
+            await self._journal.defer(rel, now, JournalReason.MODIFIED, profile,
+                                      durable=False)
+
+    async def _keep(self, rel: str, old: VerdictRecord, now: Identity, seq: int | None
+                    ) -> None:
+        """`old`'s verdict for the file's new identity `now` (and entry `seq` resolved)."""
+        kept = replace(old, identity=now, time=self._clock())
+        self._remember(kept)
+        try:
+            if seq is not None:
+                await self._journal.complete(rel, seq, kept)
+            else:
+                await self._journal.put_verdict(kept)
+        except JournalError as err:
+            log.error("journal: cannot keep the verdict of %r: %s", rel, err)
