@@ -53,7 +53,11 @@ def test_the_surviving_name_keeps_its_verdict(tree: Tree, how: str) -> None:
     mnt, state = tree.mountpoint, tree.state
     with running_appliance() as app:
         conf = tree_config(tree, app, SAFE)
-        with mounted(tree.source, mnt, "--config", str(conf)):
+        # Without the writeback cache: with it the kernel, which updated its own copy of
+        # the ctime, sends it back as a SETATTR some time later, and that (a metadata
+        # change with no verdict for the identity before) journals the file: the hole
+        # was open only until then.
+        with mounted(tree.source, mnt, "--config", str(conf), "-o", "no_writeback"):
             (mnt / "z").write_bytes(b"another file\n")
             (mnt / "a").write_bytes(b"a file with two names\n")
             os.link(mnt / "a", mnt / "b")
