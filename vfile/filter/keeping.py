@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 
-from vfile.filter.intents import IntentTable
+from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Outcomes
 from vfile.filter.policy import Action, DecisionInputs, Event, decide
 from vfile.filter.source import Source
@@ -69,16 +69,15 @@ class Keeping:
         rel = os.fsdecode(path)
         before = Identity.from_stat(st)
         old = self._lookup(before, self._signature())
-        pending = rel in self._intents or writing
+        writer = writing or _unclaimed(self._intents.get(rel))
         seq = None
-        if not pending and (profile := self._defers(rel, st.st_nlink)) is not None \
+        if not writer and (profile := self._defers(rel, st.st_nlink)) is not None \
                 and self._journal.get_deferred(rel) is None:
             seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile,
                                             exposure=self._outcomes.exposure(ctx))
         now = Identity.from_stat(change())
-        if pending or old is None or now.size != before.size:
-            return  # an entry (the writer's, or the one above) stays for the drain
-        await self._keep(rel, old, now, seq)
+        await self._follow(rel, st.st_nlink, old=old, now=now, writer=writer,
+                           same=now.size == before.size, seq=seq)
 
     async def name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
         """One name of a multiply-linked file went (an unlink, a rename onto it) and the
@@ -99,18 +98,30 @@ class Keeping:
         log.info("TRACE name_dropped %s was=%s now=%s", rel, was, now)
         intent = self._intents.get(rel) or (None if st.st_nlink <= 1 else self._intents.find(
             lambda p: self._source.same_file(p, st)))
-        if intent is not None and not intent.closing:
-            return  # a writer's: its close scan reads the file after this
-        old = None
-        if intent is None and (now.size, now.mtime_ns) == (was.size, was.mtime_ns):
-            old = self._lookup(was, self._signature())
-        if old is not None:
-            await self._keep(rel, old, now, None)
+        if now != was:
+            await self._follow(rel, st.st_nlink, old=self._lookup(was, self._signature()),
+                               now=now, writer=_unclaimed(intent),
+                               same=(now.size, now.mtime_ns) == (was.size, was.mtime_ns),
+                               seq=None)
+
+    async def _follow(self, rel: str, nlink: int, *, old: VerdictRecord | None,
+                      now: Identity, writer: bool, same: bool, seq: int | None) -> None:
+        """The file at `rel` has the new identity `now`, its content unchanged by that
+        (`same`: as far as its size and times show): `old`, the verdict for its identity
+        before, follows it. `writer`: it is being written (a writer has it open, or an
+        intent no close scan claimed yet): that close scan reads it after this. `seq`:
+        the entry journaled for this change, if one was.
+
+        Otherwise a scan may be under way that read the file before (a close scan whose
+        intent it claimed, the drain's): its completion would resolve the entry with a
+        verdict for the identity before, and the file would have neither (the entry
+        gone, the verdict not matching: tests/t5_race22_setattr_test.py). So the file
+        is journaled again: a new seq, which that completion does not match."""
+        if writer:
             return
-        # No verdict to keep, or a scan in flight read the file before (a close scan
-        # whose intent is closing; the drain's): a new entry, whose new seq that scan's
-        # completion does not match, so the file is scanned again as it is now.
-        if (profile := self._defers(rel, st.st_nlink)) is not None:
+        if old is not None and same:
+            await self._keep(rel, old, now, seq)
+        elif seq is None and (profile := self._defers(rel, nlink)) is not None:
             await self._journal.defer(rel, now, JournalReason.MODIFIED, profile,
                                       durable=False)
 
@@ -126,3 +137,8 @@ class Keeping:
                 await self._journal.put_verdict(kept)
         except JournalError as err:
             log.error("journal: cannot keep the verdict of %r: %s", rel, err)
+
+
+def _unclaimed(intent: Intent | None) -> bool:
+    """A write intent no close scan has claimed yet: its close scan is still to come."""
+    return intent is not None and not intent.closing
