@@ -105,4 +105,11 @@ def test_name_operation_racing_its_directorys_exchange(tree: Tree, op: str) -> N
             raise AssertionError(f"still pending: {status(mnt)['gate']}\n"
                                  f"{server.log()[-4000:]}") from None
         sig = signature_version(state)
-        assert unaccounted(tree.source, state, sig) == []
+        lost = unaccounted(tree.source, state, sig)
+        if lost:  # TRACE
+            from vfile.journal import Journal
+            with Journal.open(state, readonly=True) as j:
+                ents = [(e.path, e.seq, e.identity) for e in j.list_deferred()]
+            st = {p: os.stat(tree.source / p) for p in lost}
+            raise AssertionError(f"lost {lost} {st} entries {ents}\n" + "\n".join(
+                ln for ln in server.log().splitlines() if "TRACE" in ln or "ERROR" in ln))
