@@ -10,6 +10,13 @@ behind under `d1/w`: its last close found none, and it stayed pending forever (t
 drain answered "still being written"; tests/t5_queued_race_stress_test.py's
 StuckIntent), while entries followed the wrong files. Here the state disk is frozen
 so the rename's intent waits deterministically while the directories are exchanged.
+
+The link case still failed about 1 run in 3 after the lock (`d1/l` with neither, per
+name): its entry was under `d1/old`, the other name of the same file, after a
+metadata change (the kernel's SETATTR of the times it keeps with the writeback
+cache) journaled it there; the check now counts an entry under any name of a file
+(tests/outage.unaccounted, loss22; tests/t5_race22_setattr_test.py for the metadata
+change itself).
 """
 
 from __future__ import annotations
@@ -67,13 +74,7 @@ def _dirs(mnt: Path) -> None:
         (mnt / d / "old").write_bytes(b"an older file in %s\n" % d.encode())
 
 
-#: Failed every run before the name lock; after it, 1 run in 3 still left `d1/l` with
-#: neither (the link's close scan running across the exchange is the suspect; not found
-#: in time, README Limitations): expected to fail now and then, not yet fixed.
-LINK_OPEN = pytest.mark.xfail(strict=False, reason="a route still open, README Limitations")
-
-
-@pytest.mark.parametrize("op", ["rename", pytest.param("link", marks=LINK_OPEN), "unlink"])
+@pytest.mark.parametrize("op", ["rename", "link", "unlink"])
 def test_name_operation_racing_its_directorys_exchange(tree: Tree, op: str) -> None:
     mnt = tree.mountpoint
     with server_on_loop_disk(tree, _dirs) as (state, _args, server):
@@ -105,11 +106,4 @@ def test_name_operation_racing_its_directorys_exchange(tree: Tree, op: str) -> N
             raise AssertionError(f"still pending: {status(mnt)['gate']}\n"
                                  f"{server.log()[-4000:]}") from None
         sig = signature_version(state)
-        lost = unaccounted(tree.source, state, sig)
-        if lost:  # TRACE
-            from vfile.journal import Journal
-            with Journal.open(state, readonly=True) as j:
-                ents = [(e.path, e.seq, e.identity) for e in j.list_deferred()]
-            st = {p: os.stat(tree.source / p) for p in lost}
-            raise AssertionError(f"lost {lost} {st} entries {ents}\n" + "\n".join(
-                ln for ln in server.log().splitlines() if "TRACE" in ln or "ERROR" in ln))
+        assert unaccounted(tree.source, state, sig) == []
