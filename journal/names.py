@@ -42,8 +42,6 @@ def op_relink(txn: Txn, t: Tables, old: str, new: str) -> int | None:
     moves to `new`, merged into `new`'s own entry if it has one. Returns the seq
     of `new`'s entry afterwards (None if `old` had no entry)."""
     found = find(txn, t, old)
-    import logging as _tl  # TRACE
-    _tl.getLogger("vfile.trace").info("TRACE relink %s -> %s found=%s into=%s", old, new, None if found is None else found[1].seq, None if (x := locate(txn, t, new)[1]) is None else x.seq)
     if found is None or old == new:
         return None
     okey, oentry = found
@@ -80,8 +78,6 @@ def op_exchange(txn: Txn, t: Tables, a: str, b: str) -> int:
         if new is not None:
             delete_entry(txn, t, key, entry)
             moving.append((new, entry))
-    import logging as _tl  # TRACE
-    _tl.getLogger("vfile.trace").info("TRACE exchange %s <-> %s moved=%s", a, b, [(e.path, n, e.seq) for n, e in moving])
     for new, entry in moving:
         key, old = locate(txn, t, new)
         assert old is None, "every entry at a swapped name was removed first"

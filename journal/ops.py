@@ -46,18 +46,11 @@ from vfile.journal.tables import (
 from vfile.journal.verdicts import op_put_verdict
 
 log = logging.getLogger(__name__)
-import logging as _tl
-_trace = _tl.getLogger("vfile.trace")  # TRACE loss22 (temporary)
-
-
-def _ti(i):  # TRACE
-    return None if i is None else f"{i.ino}/{i.size}/{i.mtime_ns % 10**10}/{i.ctime_ns % 10**10}"
 
 def op_defer(txn: Txn, t: Tables, *, path: str, identity: Identity | None, reason: Reason,
              profile: str, exposure: Exposure | None, error: str, now: float) -> int:
     seq = next_seq(txn, t)
     key, old = locate(txn, t, path)
-    _trace.info("TRACE defer %s seq=%d old=%s ident=%s", path, seq, None if old is None else old.seq, _ti(identity))
     if old is None:
         put_entry(txn, t, key, None, DeferredEntry(
             path=path, seq=seq, identity=identity, reason=reason, profile=profile,
@@ -146,7 +139,6 @@ class BatchWriter:
                     _count(self._txn, t, p.profile,
                            1, p.identity.size if p.identity is not None else 0)
                 self._max = max(self._max, p.seq)
-                _trace.info("TRACE defer %s seq=%d new ident=%s", p.path, p.seq, _ti(p.identity))
                 return p.seq
         return p.run_slow(self._txn, self._t)
 
@@ -163,7 +155,6 @@ def op_complete(txn: Txn, t: Tables, path: str, seq: int,  # noqa: PLR0917
     for what they read) and store `verdict`. `tally`: see `delete_entry`."""
     removed = False
     found = find(txn, t, path)
-    _trace.info("TRACE complete %s seq=%s found=%s verdict=%s %s", path, seq, None if found is None else found[1].seq, None if verdict is None else _ti(verdict.identity), None if verdict is None else verdict.outcome)
     if found is not None:
         key, entry = found
         if entry.seq == seq:
@@ -199,7 +190,6 @@ def op_forget(txn: Txn, t: Tables, path: str, outcome: str = "unlinked",
               now: float = 0.0) -> DeferredEntry | None:
     """Drop `path`'s entry (its exposures are kept as `outcome`); the entry, or None."""
     found = find(txn, t, path)
-    _trace.info("TRACE forget %s found=%s", path, None if found is None else found[1].seq)
     if found is None:
         return None
     archive(txn, t, found[1], outcome, now=now)
@@ -218,7 +208,6 @@ def op_rename(txn: Txn, t: Tables, old: str, new: str, now: float = 0.0) -> bool
     if old == new:
         return False
     found = find(txn, t, old)
-    _trace.info("TRACE rename %s -> %s found=%s", old, new, None if found is None else found[1].seq)
     if found is None:
         return False
     target = find(txn, t, new)

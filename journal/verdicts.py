@@ -25,7 +25,6 @@ def op_put_verdict(txn: Txn, t: Tables, verdict: VerdictRecord) -> None:
     than this one (same dev and ino) can never match again: keeping it made the
     table grow by one record per write. Verdicts for the same or a newer ctime
     (other signature versions, a same-tick rewrite) stay."""
-    log.info("TRACE verdict %s/%s/%s/%s %s", verdict.identity.ino, verdict.identity.size, verdict.identity.mtime_ns % 10**10, verdict.identity.ctime_ns % 10**10, verdict.outcome)
     identity = verdict.identity
     prefix = keys.verdict_prefix(identity.dev, identity.ino)
     with txn.cursor(db=t.verdicts) as cur:

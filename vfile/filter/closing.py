@@ -129,7 +129,6 @@ class CloseScans:
         """The close scan of `path` begins: `fd` is its own from now on (closed here if
         it cannot be queued, and the intent ended)."""
         intent.closing = True
-        log.info("TRACE close_scan %s intent=%x seq=%s", path, id(intent) % 65536, intent.seq)
         try:
             self.submit(path, intent, fd, profile)
         except BaseException:
@@ -364,7 +363,6 @@ class CloseScans:
 
         if not self._settler.resolve_soon(path, record, profile, seq, done):
             return False
-        log.info("TRACE settle_soon %s intent=%x seq=%s ident=%s/%s/%s", path, id(intent) % 65536, seq if isinstance(seq, int) else ("q", seq.seq), identity.ino, identity.size, identity.ctime_ns % 10**10)
         self._remember_linked(record, fd)
         return True
 
@@ -400,7 +398,6 @@ class CloseScans:
                       identity: Identity, sig: str, d: Decision,
                       verdict: Verdict | None, fd: int) -> None:
         current = self._intents.get(path) is intent
-        log.info("TRACE settle %s intent=%x ipath=%s current=%s reason=%s seq=%s ident=%s/%s/%s", path, id(intent) % 65536, intent.path, current, d.reason, intent.seq, identity.ino, identity.size, identity.ctime_ns % 10**10)
         if verdict is not None and d.reason in (Reason.CLEAN, Reason.INFECTED):
             record = self._scanning.record(identity, verdict, sig, profile)
             self._remember_linked(record, fd)

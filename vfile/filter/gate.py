@@ -381,7 +381,6 @@ class Gate:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
         close: end the intent; its journal entry stays for the drain."""
         if isinstance(token, Intent):
-            log.info("TRACE release %s intent=%x closing=%s done=%s", token.path, id(token) % 65536, token.closing, token.done)
             current = self._intents.get(token.path) is token and not token.done
             self._intents.roll_back(token)
             prev = self._intents.get(token.path)  # current again: the close it skipped
@@ -407,7 +406,6 @@ class Gate:
         if intent is None:
             return  # no intent: the profile does not scan after writes
         # An operation in progress (acting after this close): not ended here (`close_due`)
-        log.info("TRACE last_close %s intent=%s seq=%s recording=%s closing=%s", rel, id(intent) % 65536, intent.seq, intent.recording, intent.closing)
         intent.close_due = intent.recording
         if not intent.close_due:
             self._start_close_scan(rel, intent, fd, st)
@@ -435,7 +433,6 @@ class Gate:
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         rel = os.fsdecode(path)
-        log.info("TRACE on_unlink %s survivor=%s", rel, survivor)
         if survivor is None:
             self.grace.settled(rel)
             self._intents.pop(rel)
@@ -455,7 +452,6 @@ class Gate:
 
     async def on_rename(self, old: bytes, new: bytes) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
-        log.info("TRACE on_rename %s -> %s intents=%s", src, dst, [(p, id(self._intents.get(p)) % 65536) for p in (src, dst) if p in self._intents])
         self.grace.moved(src, dst)
         # An intent's record may still be queued (filter.newfiles), unseen by a read.
         queued = src in self._intents

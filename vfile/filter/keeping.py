@@ -95,7 +95,6 @@ class Keeping:
         if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
             return  # the name was taken meanwhile: its own operation journaled it
         was, now = Identity.from_stat(before), Identity.from_stat(st)
-        log.info("TRACE name_dropped %s was=%s now=%s", rel, was, now)
         intent = self._intents.get(rel) or (None if st.st_nlink <= 1 else self._intents.find(
             lambda p: self._source.same_file(p, st)))
         if now != was:

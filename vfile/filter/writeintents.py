@@ -89,7 +89,6 @@ class WriteIntents:
                 raise self._outcomes.full(rel, err) from None
             raise
         self._stats.intents += 1
-        log.info("TRACE intent %s seq=%s lazy=%s id=%x st=%s", rel, intent.seq, lazy, id(intent) % 65536, None if st is None else (st.st_ino, st.st_size, st.st_ctime_ns % 10**10))
         return intent
 
     async def durable(self, token: object) -> None:
