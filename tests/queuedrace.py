@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,6 +41,33 @@ def settled(mnt: Path) -> bool:
     gate = st["gate"]
     return (st["journal"]["durability"]["in_flight"] == 0 and gate["pending_intents"] == 0
             and not gate["in_flight"] and not st["drain"]["in_flight"])
+
+
+def wait_settled(mnt: Path) -> None:
+    """Wait until `settled`; failing, say what is still pending."""
+    try:
+        wait_until(lambda: settled(mnt), "every intent ended", DEADLINE)
+    except AssertionError:
+        raise AssertionError(f"still pending: {status(mnt)['gate']}") from None
+
+
+def in_thread(step: Callable[[], None], errors: list[str]) -> threading.Thread:
+    """Run `step` in a thread (an OSError goes to `errors`); return once it is done or
+    its request waits in the server (for the frozen state disk)."""
+    tid: list[int] = []
+
+    def body() -> None:
+        tid.append(threading.get_native_id())
+        try:
+            step()
+        except OSError as err:
+            errors.append(repr(err))
+
+    th = threading.Thread(target=body, daemon=True)
+    th.start()
+    wait_until(lambda: not th.is_alive() or (tid and waiting_in_kernel(tid[0])),
+               "the request waits for the server", DEADLINE)
+    return th
 
 
 @contextlib.contextmanager

@@ -22,42 +22,16 @@ change itself).
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from lifecycle import Tree, wait_until
 from outage import signature_version, status, unaccounted
-from queuedrace import (
-    DEADLINE,
-    frozen_until_thawed,
-    server_on_loop_disk,
-    settled,
-    waiting_in_kernel,
-)
+from queuedrace import DEADLINE, frozen_until_thawed, in_thread, server_on_loop_disk, settled
 
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
 
 pytestmark = pytest.mark.mount
-
-
-def _in_thread(step: Callable[[], None], errors: list[str]) -> threading.Thread:
-    """Run `step` in a thread; return once its request waits in the server."""
-    tid: list[int] = []
-
-    def body() -> None:
-        tid.append(threading.get_native_id())
-        try:
-            step()
-        except OSError as err:
-            errors.append(repr(err))
-
-    th = threading.Thread(target=body, daemon=True)
-    th.start()
-    wait_until(lambda: not th.is_alive() or (tid and waiting_in_kernel(tid[0])),
-               "the request waits for the server", DEADLINE)
-    return th
 
 
 def _exchange(mnt: Path, a: str, b: str) -> None:
@@ -90,8 +64,8 @@ def test_name_operation_racing_its_directorys_exchange(tree: Tree, op: str) -> N
                 steps = {"rename": lambda: os.rename(mnt / "d0/w", mnt / "d0/v"),
                          "link": lambda: os.link(mnt / "d0/old", mnt / "d0/l"),
                          "unlink": lambda: os.unlink(mnt / "d0/w")}
-                first = _in_thread(steps[op], errors)
-                second = _in_thread(lambda: _exchange(mnt, "d0", "d1"), errors)
+                first = in_thread(steps[op], errors)
+                second = in_thread(lambda: _exchange(mnt, "d0", "d1"), errors)
                 thaw()
                 for th in (first, second):
                     th.join(DEADLINE)

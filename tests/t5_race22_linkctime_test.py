@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
-from outage import running_appliance, signature_version, status, unaccounted
-from queuedrace import DEADLINE, settled
+from outage import running_appliance, signature_version, unaccounted
+from queuedrace import DEADLINE, wait_settled
 
 from vfile.journal import Journal
 from vfile.journal.records import Identity
@@ -28,13 +28,6 @@ from vfile.scanner.signatures import EICAR
 pytestmark = pytest.mark.mount
 
 SAFE = '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
-
-
-def _settled(mnt: Path) -> None:
-    try:
-        wait_until(lambda: settled(mnt), "every intent ended", DEADLINE)
-    except AssertionError:
-        raise AssertionError(f"still pending: {status(mnt)['gate']}") from None
 
 
 def _entries(state: Path) -> list[str]:
@@ -61,7 +54,7 @@ def test_the_surviving_name_keeps_its_verdict(tree: Tree, how: str) -> None:
             (mnt / "z").write_bytes(b"another file\n")
             (mnt / "a").write_bytes(b"a file with two names\n")
             os.link(mnt / "a", mnt / "b")
-            _settled(mnt)
+            wait_settled(mnt)
             wait_until(lambda: signature_version(state), "the signature version")
             sig = signature_version(state)
             wait_until(lambda: _entries(state) == [], "the drain emptied the journal",
@@ -72,7 +65,7 @@ def test_the_surviving_name_keeps_its_verdict(tree: Tree, how: str) -> None:
                 os.unlink(mnt / "a")
             else:
                 os.rename(mnt / "z", mnt / "a")
-            _settled(mnt)
+            wait_settled(mnt)
             assert os.stat(tree.source / "b").st_ctime_ns != ctime  # the kernel's doing
             assert unaccounted(tree.source, state, sig) == []
             # Not by a rescan: the verdict followed the file (no entry was needed).
@@ -89,7 +82,7 @@ def test_a_survivor_written_meanwhile_is_judged_again(tree: Tree) -> None:
         with mounted(tree.source, mnt, "--config", str(conf)):
             (mnt / "a").write_bytes(b"a file with two names\n")
             os.link(mnt / "a", mnt / "b")
-            _settled(mnt)
+            wait_settled(mnt)
             fd = os.open(mnt / "b", os.O_WRONLY)
             try:
                 os.unlink(mnt / "a")
