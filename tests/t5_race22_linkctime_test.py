@@ -4,9 +4,9 @@ The kernel updates an inode's ctime when its link count drops, so an unlink of o
 name of a file with two, or a rename onto one of them, gives the file that lives on
 under the other name a new identity. A verdict taken before (the close scan after
 the link, or any earlier one) no longer matched it, and the survivor had no entry
-either: neither, until its next open scanned it again (README Limitations, "Unlinking
-one name of a hard-linked file changes the other's ctime"; seen in
-tests/t5_queued_race_test.py under stress-ng as `link/l`). The content did not
+either: neither, until its next open scanned it again (README Limitations, "nothing
+lost under racing name operations", (5); seen in tests/t5_queued_race_test.py under
+stress-ng as `link/l`). The content did not
 change, so the verdict now follows the file to its new identity, as a chmod's does.
 """
 
