@@ -32,12 +32,13 @@ def test_a_chmod_after_the_close_scan_read_the_file(tree: Tree) -> None:
         os.write(fd, b"the file's bytes\n")
         wait_until(lambda: status(mnt)["journal"]["durability"]["in_flight"] == 0,
                    "the create's intent committed", DEADLINE)
-        scans = status(mnt)["gate"]["close_scans"]
+        cached = status(mnt)["gate"]["cached_verdicts"]
         errors: list[str] = []
         with frozen_until_thawed(state) as thaw:
             os.close(fd)  # its close scan reads the file; its completion waits
-            wait_until(lambda: status(mnt)["gate"]["close_scans"] > scans,
-                       "the close scan read the file", DEADLINE)
+            # Its verdict is cached once its completion is queued (filter.closing).
+            wait_until(lambda: status(mnt)["gate"]["cached_verdicts"] > cached,
+                       "the close scan judged the file", DEADLINE)
             # Done, or waiting for the frozen journal (the fix keeps the verdict for the
             # new identity, or journals the file).
             th = in_thread(lambda: os.chmod(mnt / "f", 0o600), errors)
