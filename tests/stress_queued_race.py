@@ -10,9 +10,9 @@ on the live mount once everything settled, and again after a SIGKILL and a resta
 The deterministic cases are tests/t5_queued_race_test.py.
 
 NOT in the default suite (the file name does not match `*_test.py`): it still finds
-a loss now and then (after loss22: 1 of 24 seed runs quiet; README Limitations,
-"nothing lost under racing name operations"), and a known failure that no fix
-exists for yet would block every change. Run it by name:
+a loss now and then (after loss22: 1 of 33 seed runs quiet, 2 of 30 under
+stress-ng; README Limitations, "nothing lost under racing name operations"), and a
+known failure that no fix exists for yet would block every change. Run it by name:
 `.venv/bin/pytest -rxX tests/stress_queued_race.py`. On a loss it prints the
 server's log lines that name the file, its inode or a path its entries are under
 (tracing each journal operation and intent, temporarily, makes that a story).
