@@ -162,11 +162,11 @@ def unaccounted(source: Path, state_dir: Path, sig: str) -> list[str]:
     journal = Journal.open(state_dir, readonly=True)
     try:
         deferred = {e.path for e in journal.list_deferred()}
-        files = set()  # (st_dev, st_ino) of every file an entry names now
+        named: set[tuple[int, int]] = set()  # (st_dev, st_ino) of each file an entry names
         for rel in deferred:
             with contextlib.suppress(OSError):
                 st = os.lstat(os.path.join(source, rel))
-                files.add((st.st_dev, st.st_ino))
+                named.add((st.st_dev, st.st_ino))
         missing = []
         for dirpath, _dirs, files in os.walk(source):
             for name in files:
@@ -177,7 +177,7 @@ def unaccounted(source: Path, state_dir: Path, sig: str) -> list[str]:
                 except FileNotFoundError:
                     continue
                 if not stat.S_ISREG(st.st_mode) or rel in deferred \
-                        or (st.st_nlink > 1 and (st.st_dev, st.st_ino) in files):
+                        or (st.st_nlink > 1 and (st.st_dev, st.st_ino) in named):
                     continue
                 verdict = journal.get_verdict(Identity.from_stat(st), sig) if sig else None
                 if verdict is None or verdict.outcome != "clean":
