@@ -10,7 +10,7 @@ on the live mount once everything settled, and again after a SIGKILL and a resta
 The deterministic cases are tests/t5_queued_race_test.py.
 
 NOT in the default suite (the file name does not match `*_test.py`): an intent
-still stays pending now and then under load (2 of 45 seed runs under stress-ng after
+still stays pending now and then under load (2 of 75 seed runs under stress-ng after
 loss22; expected below, not traced yet), which costs the 60 s settle wait; every
 loss seen after loss22 was the check's own (README Limitations, "nothing lost under
 racing name operations"). Run it by name:
