@@ -73,6 +73,14 @@ def settled(mnt: Path) -> bool:
             and not gate["in_flight"] and not st["drain"]["in_flight"])
 
 
+def wait_settled(mnt: Path) -> None:
+    """Wait until `settled`; failing, say what is still pending."""
+    try:
+        wait_until(lambda: settled(mnt), "every intent ended", DEADLINE)
+    except AssertionError:
+        raise AssertionError(f"still pending: {status(mnt)['gate']}") from None
+
+
 @contextlib.contextmanager
 def server_on_loop_disk(tree: Tree, prepare: Callable[[Path], None]
                         ) -> Iterator[tuple[Path, tuple[str, ...], Server]]:

@@ -9,10 +9,14 @@ journal entry under its current name or a clean verdict for its current identity
 on the live mount once everything settled, and again after a SIGKILL and a restart.
 The deterministic cases are tests/t5_queued_race_test.py.
 
-NOT in the default suite (the file name does not match `*_test.py`): it still finds
-a loss now and then (README Limitations, "nothing lost under racing name
-operations"), and a known failure that no fix exists for yet would block every
-change. Run it by name: `.venv/bin/pytest -rxX tests/stress_queued_race.py`.
+NOT in the default suite (the file name does not match `*_test.py`): an intent
+still stays pending now and then under load (2 of 75 seed runs under stress-ng after
+loss22; expected below, not traced yet), which costs the 60 s settle wait; every
+loss seen after loss22 was the check's own (README Limitations, "nothing lost under
+racing name operations"). Run it by name:
+`.venv/bin/pytest -rxX tests/stress_queued_race.py`. On a loss it prints the
+server's log lines that name the file, its inode or a path its entries are under
+(tracing each journal operation and intent, temporarily, makes that a story).
 """
 
 from __future__ import annotations
@@ -193,6 +197,11 @@ def _story(lost: list[str], source: Path, state: Path, log: str) -> str:
         entries = [(e.path, e.identity) for e in j.list_deferred()]
         verdicts = [v.identity for v in j.verdicts()
                     if any(v.identity.ino == i.ino for i in now.values())]
-    lines = [ln for ln in log.splitlines() if any(p in ln for p in lost)]
-    return (f"lost {now}; entries {entries}; their inodes' verdicts {verdicts}\n"
-            + "\n".join(lines[-60:]))
+    inos = {i.ino for i in now.values()}
+    keys = set(lost) | {p for p, i in entries if i is not None and i.ino in inos} \
+        | {str(i) for i in inos} | {"d0 <-> d1"}
+    lines = [ln for ln in log.splitlines() if any(p in ln for p in keys)]
+    here = {p: (os.lstat(source / p).st_ino if (source / p).exists() else None)
+            for p, _ in entries}
+    return (f"lost {now}; entries {entries}; their inodes' verdicts {verdicts}; "
+            f"entry paths now {here}\n" + "\n".join(lines[-150:]))

@@ -10,6 +10,13 @@ behind under `d1/w`: its last close found none, and it stayed pending forever (t
 drain answered "still being written"; tests/t5_queued_race_stress_test.py's
 StuckIntent), while entries followed the wrong files. Here the state disk is frozen
 so the rename's intent waits deterministically while the directories are exchanged.
+
+The link case still failed about 1 run in 3 after the lock (`d1/l` with neither):
+the kernel's SETATTR of the times it keeps (with the writeback cache; forced with
+sync(2) it came at once) is a metadata change of the linked file while its close
+scan was under way (tests/t5_race22_setattr_test.py, fixed in loss22), and it
+journals the file under its other name, `d1/old` (tests/outage.unaccounted now
+counts an entry under any name). None in 32 runs since.
 """
 
 from __future__ import annotations
@@ -38,13 +45,7 @@ def _dirs(mnt: Path) -> None:
         (mnt / d / "old").write_bytes(b"an older file in %s\n" % d.encode())
 
 
-#: Failed every run before the name lock; after it, 1 run in 3 still left `d1/l` with
-#: neither (the link's close scan running across the exchange is the suspect; not found
-#: in time, README Limitations): expected to fail now and then, not yet fixed.
-LINK_OPEN = pytest.mark.xfail(strict=False, reason="a route still open, README Limitations")
-
-
-@pytest.mark.parametrize("op", ["rename", pytest.param("link", marks=LINK_OPEN), "unlink"])
+@pytest.mark.parametrize("op", ["rename", "link", "unlink"])
 def test_name_operation_racing_its_directorys_exchange(tree: Tree, op: str) -> None:
     mnt = tree.mountpoint
     with server_on_loop_disk(tree, _dirs) as (state, _args, server):

@@ -36,6 +36,9 @@ pyfuse3. Invariants the Operations keep for every hook:
 - `on_unlink` / `on_rename` / `on_exchange` run after the operation succeeded;
   `on_unlink` gets `survivor`, another live name of the file, when the file
   is still linked elsewhere (its journal entry moves there).
+- `on_name_dropped` runs after an unlink or a rename took one name from a file
+  that lives on as `survivor` (the kernel gave it a new ctime then); `before`
+  is its stat before the operation.
 
 - `bind_kernel` runs once, when the filesystem is built: it hands the hooks
   `forget_name(path)`, which makes the kernel drop its entry for a name the
@@ -126,6 +129,8 @@ class FileHooks(Protocol):
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None: ...
 
+    async def on_name_dropped(self, survivor: bytes, before: os.stat_result) -> None: ...
+
     async def on_rename(self, old: bytes, new: bytes) -> None: ...
 
     async def on_exchange(self, a: bytes, b: bytes) -> None: ...
@@ -170,6 +175,9 @@ class NoHooks:
         return None
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
+        return None
+
+    async def on_name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
         return None
 
     async def on_rename(self, old: bytes, new: bytes) -> None:

@@ -53,6 +53,7 @@ from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
+from vfile.filter.keeping import Keeping
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
@@ -76,11 +77,9 @@ from vfile.journal.names import swapped_path
 from vfile.journal.records import (
     DeferredEntry,
     Identity,
-    JournalError,
     VerdictOutcome,
     VerdictRecord,
 )
-from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
 from vfile.passthrough.links import ProfileChooser
@@ -159,6 +158,12 @@ class Gate:
                                     records=self._records, outcomes=self._outcomes,
                                     stats=self.stats, inputs=self._inputs,
                                     profile_for=self._profiles.profile_for)
+
+        #: verdicts kept across a ctime change that changed no content
+        self._keeping = Keeping(journal=journal, intents=self._intents, source=self._source,
+                                profiles=self._profiles, outcomes=self._outcomes,
+                                inputs=self._inputs, signature=self._scanning.signature,
+                                lookup=self._lookup, remember=self._remember, clock=clock)
 
     @property
     def observer(self) -> Observer:
@@ -386,33 +391,12 @@ class Gate:
     async def on_metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,
                                  change: Callable[[], os.stat_result], *,
                                  writing: bool) -> None:
-        """chown/chmod/utimens: a new ctime, so a new identity. Intent first (durable);
-        then the change; then, if the content provably did not change (no writer, no
-        pending intent, a whole-file verdict for the old identity), that verdict is
-        stored for the new identity and the intent resolved in one transaction.
-        Otherwise the entry stays for the drain. At no point has the file neither."""
-        rel = os.fsdecode(path)
-        profile = self._profiles.profile_for(rel, st.st_nlink)
-        before = Identity.from_stat(st)
-        pending = rel in self._intents or writing  # (a writer's close: a read txn spared)
-        old = None if pending else self._lookup(before, self._scanning.signature())
-        seq = None
-        if not pending and decide(self._inputs(Event.WRITE, profile, rel, 0, None)).action \
-                is Action.DEFER and self._journal.get_deferred(rel) is None:
-            seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile.name,
-                                            exposure=self._outcomes.exposure(ctx))
-        now = Identity.from_stat(change())
-        if pending or old is None or now.size != before.size:
-            return  # an entry (the writer's, or the one above) stays for the drain
-        kept = replace(old, identity=now, time=self._clock())
-        self._remember(kept)
-        try:
-            if seq is not None:
-                await self._journal.complete(rel, seq, kept)
-            else:
-                await self._journal.put_verdict(kept)
-        except JournalError as err:
-            log.error("journal: cannot keep the verdict of %r: %s", rel, err)
+        """chown/chmod/utimens: the verdict follows the new ctime (filter.keeping)."""
+        await self._keeping.metadata_change(path, st, ctx, change, writing=writing)
+
+    async def on_name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
+        """A name of a multiply-linked file went: the survivor's new ctime (filter.keeping)."""
+        await self._keeping.name_dropped(survivor, before)
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)

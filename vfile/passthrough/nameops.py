@@ -92,6 +92,9 @@ class NameOps(OpsCore):
         name: its entry and intent move there."""
         async with self._held_survivor(st, path) as survivor:
             await self.hooks.on_unlink(path, survivor)
+            if survivor is not None and st is not None:
+                # The kernel gave the file a new ctime as its link count dropped.
+                await self.hooks.on_name_dropped(survivor, st)
 
     @contextlib.asynccontextmanager
     async def _held_survivor(self, st: os.stat_result | None, gone: bytes
@@ -161,10 +164,11 @@ class NameOps(OpsCore):
                       paths: tuple[bytes, bytes] | None, ctx: CallerLike) -> None:
         hooks = self.hooks
         tokens: list[object] = []
+        dropped: list[tuple[bytes, os.stat_result]] = []  # a name taken from a linked file
         try:
             if paths is not None:
                 tokens = await self._rename_intents((old_p, name_old), (new_p, name_new),
-                                                    flags, paths, ctx)
+                                                    flags, paths, ctx, dropped=dropped)
             if flags:
                 renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
             else:
@@ -182,6 +186,8 @@ class NameOps(OpsCore):
                 await hooks.on_exchange(*paths)  # entries and intents follow their files
             elif paths is not None:
                 await hooks.on_rename(*paths)
+                for survivor, before in dropped:  # its new ctime (the link count dropped)
+                    await hooks.on_name_dropped(survivor, before)
         finally:
             # A failed rename changed nothing; an exchange's were ended above; a plain
             # rename's on_rename ended them.
@@ -203,7 +209,7 @@ class NameOps(OpsCore):
                 node.stamp = stamp_of(st)
 
     async def _name_overwritten(self, target: os.stat_result | None,
-                                moving: os.stat_result, path: bytes) -> None:
+                                moving: os.stat_result, path: bytes) -> bytes | None:
         """A rename onto `path` takes that name from a file that may have others (hard
         links): the file lives on, so, as for an unlink, its intent and journal entry
         move to a surviving name first. Without it the rename dropped the intent of a
@@ -211,16 +217,19 @@ class NameOps(OpsCore):
         entry, and its later bytes had neither (tests/t5_race21_links_test.py)."""
         if target is None or target.st_nlink <= 1 or not stat.S_ISREG(target.st_mode) \
                 or (target.st_dev, target.st_ino) == (moving.st_dev, moving.st_ino):
-            return  # no other name; or renaming a name onto another of the same file
+            return None  # no other name; or renaming a name onto another of the same file
         async with self._held_survivor(target, path) as survivor:
             if survivor is not None:
                 await self.hooks.on_unlink(path, survivor)
+        return survivor
 
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes],
-                              ctx: CallerLike) -> list[object]:
+                              ctx: CallerLike, *,
+                              dropped: list[tuple[bytes, os.stat_result]]) -> list[object]:
         """Renaming a file (onto another or not, or exchanging) changes what a path
-        holds: intent first.
+        holds: intent first. A file the rename takes a name from and that lives on
+        under another is added to `dropped` (its survivor, its stat before).
 
         Also when nothing is overwritten: the move changes the file's ctime, so its
         clean verdict no longer matches its identity, and without an entry for the
@@ -245,7 +254,9 @@ class NameOps(OpsCore):
                 if target is not None and stat.S_ISREG(target.st_mode):
                     tokens.append(await self.hooks.on_write_intent(paths[1], target, rctx))
             else:
-                await self._name_overwritten(target, moving, paths[1])
+                survivor = await self._name_overwritten(target, moving, paths[1])
+                if survivor is not None and target is not None:
+                    dropped.append((survivor, target))
                 if stat.S_ISREG(moving.st_mode):
                     tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
         except BaseException:
