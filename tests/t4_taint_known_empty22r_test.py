@@ -35,7 +35,7 @@ async def test_a_taint_written_after_its_caller_gave_up_is_still_seen(tmp_path: 
                 # The commit is under way in the writer thread (blocked on the disk).
                 assert j.get_taint(7, 42) is None  # not committed yet: fine
             deadline = time.monotonic() + 60
-            while j._read(lambda txn: taint.get(txn, j._taint_db, 7, 42)) is None:  # noqa: SLF001
+            while j._read(lambda txn: taint.get(txn, j._taint_db, 7, 42)) is None:
                 assert time.monotonic() < deadline, "the taint was never committed"
                 await trio.sleep(0.05)
             # Committed: the inode is known infected, and get_taint must say so.
