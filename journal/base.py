@@ -57,6 +57,11 @@ class JournalBase:
         #: per create and per cache-missing open saved (`Journal.get_taint`)
         self._untainted = False
         self._taint_writes = 0  # put/clear_taint submitted, not returned yet
+        self._taint_ticket = 0  # taint writes submitted, ever
+        #: the last taint write whose caller left before it returned (cancelled, failed):
+        #: it may still be committed later, until a taint write submitted after it returns
+        #: (the committer keeps their order); 0: none in doubt
+        self._taint_doubt = 0
         #: journal.watermark: what the witness saw before this open, the transaction the
         #: journal held at open, and the witness this process keeps (None: no lock dir)
         self._seen: watermark.Seen | None = None
