@@ -139,7 +139,18 @@ def test_every_fault_fails_in_mode_and_recovers(tmp_path: Path, samples: Samples
                              60.0)
                     continue
                 assert outcome == want, f"after {fault} ({fail_mode}): {name} got {outcome}"
-            assert status(mnt)["gate"]["scans"] > scans, f"after {fault}: nothing scanned"
+            if status(mnt)["gate"]["scans"] == scans:
+                # On a loaded machine the fault's last attempts may time out after it
+                # was cleared and trip the breaker again (the opens above then took the
+                # fail mode): a fresh file's open must still be scanned once it recovers.
+                def scanned(i: int = i, scans: int = scans) -> bool:
+                    _wait_recovered(mnt)
+                    fresh = src / f"f{i}" / f"fresh{time.monotonic_ns()}.txt"
+                    fresh.write_bytes(b"written once recovered\n")
+                    _open(mnt / fresh.relative_to(src))
+                    return bool(status(mnt)["gate"]["scans"] > scans)
+
+                wait_for(f"a scan after {fault}", scanned, 60.0)
     # Nothing in the verdict table came from a fault, and EICAR never got a clean one.
     for v in _verdicts(state):
         hit = [FAULTS[n] for n, (a, b) in enumerate(windows) if a <= v.time <= b]
