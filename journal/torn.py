@@ -230,7 +230,7 @@ def ensure_intact(state_dir: Path, lock_dir: Path | None) -> Rebuilt | None:
             # The fresh journal the killed start was filling (a second power cut tore it
             # too): it holds only that start's restore and walk, both redone now. Kept
             # aside unsalvaged; the marker still names the first (r22,
-            # tests/t5_attack22r_torn_test.py).
+            # tests/t5_attack22_torn_test.py).
             log.warning("journal %s: the journal an unfinished rebuild created is damaged "
                         "too (%s); moved to %s", state_dir, why, _set_aside(state_dir))
         return resumed

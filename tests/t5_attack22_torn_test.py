@@ -9,10 +9,14 @@ mount stopped); a torn fsync (tests/t5_torn_journal_test.py) reaches the same co
   journal that says nothing happened: no entry, no walk, every file written during the
   outage with neither an entry nor a verdict.
 - A move-aside the state directory refuses was reported as a lock-file error.
+- (Review r22) A start resumed by `rebuild-pending` salvaged the aside journal again but
+  never checked the one in place, the fresh journal its killed start was filling: torn
+  by a second power cut, it was refused at this and every later start.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -151,3 +155,24 @@ def test_a_full_state_disk_stops_the_rebuild_before_anything_moves(
         text = server.log()
     assert unaccounted(src, state, "") == []
     assert "journal damaged" in text, text
+
+
+def test_a_resumed_rebuild_checks_the_journal_its_killed_start_left(
+        tmp_path: Path, outage: tuple[Path, Path, tuple[str, ...]]) -> None:
+    src, mnt, args = outage
+    state = tmp_path / "state"
+    args = (*args, "--state-dir", str(state))
+    _outage_files(src, mnt, args)
+    # What a start killed mid-walk by a second power cut leaves: the first damaged journal
+    # aside and named by the marker (torn._move_aside_and_salvage's own steps), and in
+    # place the fresh journal it was filling, torn in turn.
+    _damage(state)
+    aside = state / (torn.ASIDE_PREFIX + "20260101T000000Z")
+    aside.mkdir(mode=0o700)
+    shutil.copy2(state / "data.mdb", aside / "data.mdb")
+    (state / torn.PENDING).write_text(aside.name + "\n")
+    # The start must serve (moving the torn fresh journal aside too, or rebuilding it),
+    # not refuse the journal its own earlier start created, at this and every start.
+    with mounted(src, mnt, *args, "-v") as server:
+        text = server.log()
+    assert unaccounted(src, state, "") == [], text
