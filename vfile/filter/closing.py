@@ -341,8 +341,19 @@ class CloseScans:
                 return
             identity, sig, d, verdict = scanned
             committed = trio.Event()
-            if self._settle_soon(path, intent, profile, identity, sig, d, verdict,
-                                 committed.set, fd=fd):
+            try:
+                queued = self._settle_soon(path, intent, profile, identity, sig, d,
+                                           verdict, committed.set, fd=fd)
+            except (OSError, JournalError):
+                raise
+            except Exception as err:
+                # Not the file's nor the journal's (no thread for the journal's writer:
+                # RuntimeError): the task must not die with a traceback. Its entry stays
+                # (or a completion queued before the error resolves it).
+                log.error("close scan of %r: cannot queue its verdict (%s: %s); left to "
+                          "the drain", path, type(err).__name__, err)
+                return
+            if queued:
                 os.close(fd)  # nothing more to read: no descriptor held while it is queued
                 fd = -1
                 # Parked until its completion is committed: the intent ends then, and
