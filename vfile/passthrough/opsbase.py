@@ -51,6 +51,14 @@ OPATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: files are counted against the limit: opens through the mount get EMFILE
 #: first, so a flood of them cannot starve the server of its own descriptors.
 HEADROOM_FDS = 64
+#: threads asking the kernel to drop an entry (`forget_name`) at once, in a limiter of
+#: their own: one abandoned by its caller's deadline (the kernel waits for the entry's
+#: directory lock, held by a request stalled in this server) keeps its slot until the
+#: kernel lets it go. In trio's default limiter (40, shared by every other
+#: `to_thread.run_sync` of the server: `vfile status`, the survivor walks) enough of
+#: them stalled all of those (r22). Full, a later invalidation waits for a slot within
+#: its caller's deadline and is counted as not dropped (filter.actions).
+INVALIDATE_THREADS = 4
 
 
 def max_open_files(nofile: int, cache: int) -> int:
@@ -156,6 +164,7 @@ class OpsCore(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._next_dh = 1
         self.data = DataPath()
+        self._invalidating = trio.CapacityLimiter(INVALIDATE_THREADS)  # (forget_name)
         #: name operations against a directory moved meanwhile (vfile.passthrough.namelock)
         self.names = NameLock()
 
@@ -228,10 +237,12 @@ class OpsCore(pyfuse3.Operations):
         # The blocking call in a thread, not invalidate_entry_async: the caller learns
         # when the entry is gone (and sets the deadline: vfile.filter.actions), and one
         # stuck entry cannot hold up a queue of others. It waits only for requests on
-        # that directory, which this loop goes on serving.
+        # that directory, which this loop goes on serving; its own limiter keeps an
+        # abandoned one from taking the other thread calls' slots (INVALIDATE_THREADS).
         try:
             await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name,
-                                          abandon_on_cancel=True)
+                                          abandon_on_cancel=True,
+                                          limiter=self._invalidating)
         except OSError as err:
             if err.errno != errno.ENOENT:  # ENOENT: the kernel held no such entry
                 log.warning("could not drop the kernel's entry for %r: %s", path, err)
