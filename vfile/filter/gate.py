@@ -401,15 +401,19 @@ class Gate:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)
         intent = self._intents.get(rel)
-        if intent is None and st.st_nlink > 1:  # it may be under another of its names
-            intent = self._intents.find(lambda p: self._source.same_file(p, st))
-            rel = intent.path if intent is not None else rel  # (t5_queued_race_links)
-        if intent is None:
-            return  # no intent: the profile does not scan after writes
-        # An operation in progress (acting after this close): not ended here (`close_due`)
-        intent.close_due = intent.recording
-        if not intent.close_due:
-            self._start_close_scan(rel, intent, fd, st)
+        ending = [] if intent is None else [intent]
+        if st.st_nlink > 1:
+            # A file with several names can have an intent under more than one: an
+            # open's or a truncate's under the name the server knows it by now, one an
+            # unlink moved to a surviving name (t5_queued_race_links, _names). No writer
+            # is left: every one of them ends now (each resolves its own entry).
+            ending += [i for i in self._intents.find_all(
+                lambda p: p != rel and self._source.same_file(p, st)) if not i.closing]
+        for intent in ending:
+            # An operation in progress (acting after this close): not ended here (`close_due`)
+            intent.close_due = intent.recording
+            if not intent.close_due:
+                self._start_close_scan(intent.path, intent, fd, st)
 
     def _start_close_scan(self, rel: str, intent: Intent, fd: int | None,
                           st: os.stat_result | None) -> None:

@@ -82,8 +82,12 @@ class IntentTable:
 
     def find(self, names_it: Callable[[str], bool]) -> Intent | None:
         """The first intent whose path `names_it` says names a given file (a scan of
-        every intent: for a multiply-linked file's last close only)."""
+        every intent: for a multiply-linked file only)."""
         return next((i for p, i in self._by_path.items() if names_it(p)), None)
+
+    def find_all(self, names_it: Callable[[str], bool]) -> list[Intent]:
+        """Every intent whose path `names_it` says names a given file (as `find`)."""
+        return [i for p, i in list(self._by_path.items()) if names_it(p)]
 
     def begin(self, path: str) -> Intent:
         """A new intent for `path`, current from now on."""
