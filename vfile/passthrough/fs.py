@@ -97,8 +97,23 @@ class VFileOperations(NameOps, DirOps, MetaOps):
                       ctx: CallerLike) -> pyfuse3.EntryAttributes:
         node = self.table.get(inode)
         handle = self.files.get(fh) if fh is not None else None
+        truncated = False
         if fields.update_size:
-            await self._truncate(node, handle, attr.st_size, ctx)
+            truncated = await self._truncate(node, handle, attr.st_size, ctx)
+        try:
+            return await self._setattr_rest(node, attr, fields, ctx)
+        finally:
+            if truncated and not self.hooks.trivial and node.writers == 0:
+                # After the times the same request sets (with the writeback cache the
+                # kernel sends its own with every truncate): the close scan reads the
+                # file as the request left it, and the times' change, meeting the
+                # truncate's intent still unclaimed, does not journal it again.
+                await self.hooks.on_last_close(self.path_of(node), None, os.fstat(node.fd))
+
+    async def _setattr_rest(self, node: Inode, attr: pyfuse3.EntryAttributes,
+                            fields: pyfuse3.SetattrFields,
+                            ctx: CallerLike) -> pyfuse3.EntryAttributes:
+        """`setattr` after the size: owner, mode and times."""
 
         def change_metadata() -> os.stat_result:
             if fields.update_uid or fields.update_gid:
@@ -133,7 +148,9 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         return self._entry(node, st)
 
     async def _truncate(self, node: Inode, handle: FileHandle | None, size: int,
-                        ctx: CallerLike) -> None:
+                        ctx: CallerLike) -> bool:
+        """Truncate with its write intent first; True once done (the caller then runs
+        the last close if no writer is left)."""
         hooks = self.hooks
         token = None
         if not hooks.trivial:
@@ -147,8 +164,7 @@ class VFileOperations(NameOps, DirOps, MetaOps):
         except BaseException:
             hooks.release_intent(token)  # EFBIG, ENOSPC...: nothing changed
             raise
-        if not hooks.trivial and node.writers == 0:
-            await hooks.on_last_close(self.path_of(node), None, os.fstat(node.fd))
+        return True
 
     @handler
     async def readlink(self, inode: int, ctx: CallerLike) -> bytes:
