@@ -7,6 +7,8 @@ Invariants:
   bytes outside [A-Za-z0-9_.:] as `\\xNN`), so it is injective: two different
   mountpoints never share a journal. The root directory `/` escapes to `-`.
 - The directory is created with mode 0700 (it holds file names of the mount).
+- It is never the source or the mountpoint, nor below either (`below`): the
+  journal does not live among the files it judges (x23).
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ def state_root(uid: int | None = None) -> Path:
 def default_state_dir(mountpoint: str | os.PathLike[str], uid: int | None = None) -> Path:
     """The state directory of a mount (not created)."""
     return state_root(uid) / escape_mountpoint(mountpoint)
+
+
+def below(path: str | os.PathLike[str], dirs: list[os.stat_result]) -> bool:
+    """Whether `path` (resolved; it need not exist yet) is one of the directories `dirs`
+    (by device and inode, so a symlink or bind mount to them counts) or below one."""
+    resolved = Path(os.path.realpath(path))
+    keys = {(d.st_dev, d.st_ino) for d in dirs}
+    for candidate in (resolved, *resolved.parents):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue  # not created yet
+        if (st.st_dev, st.st_ino) in keys:
+            return True
+    return False
 
 
 def ensure_state_dir(path: str | os.PathLike[str]) -> Path:

@@ -51,6 +51,7 @@ from vfile.journal import Journal, JournalError, torn
 from vfile.journal.statedir import (
     OWNER_FILE,
     StateDirInUse,
+    below,
     default_state_dir,
     ensure_state_dir,
     take_state_dir,
@@ -85,9 +86,17 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _state_dir(opts: MountOptions, config: Config) -> Path:
+def _state_dir(opts: MountOptions, config: Config, root_fd: int) -> Path:
     chosen = opts.state_dir or config.mount.state_dir
     path = Path(chosen) if chosen else default_state_dir(opts.mountpoint)
+    # Before the mount exists: the mountpoint's stat is its own directory's. Among the
+    # source's files the journal would be reachable through the mount, walked by the
+    # recovery walk, and a directory renamed away and replaced by one a user planted
+    # (with verdicts of their choosing) trusted at the next start (x23,
+    # tests/t4_state_inside23_test.py).
+    if below(path, [os.fstat(root_fd), os.stat(opts.mountpoint)]):
+        raise UserError(f"state directory {str(path)!r} overlaps the source or the "
+                        "mountpoint: give one outside both", Exit.CONFIG)
     try:
         return ensure_state_dir(path)
     except OSError as err:
@@ -258,7 +267,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     memwatch.start_from_env()  # VFILE_TRACEMALLOC: before anything long-lived is allocated
     config = load_config(opts.config, appliances=opts.appliances, fail_mode=opts.fail_mode,
                          deadline=opts.timeout)
-    state_dir = _state_dir(opts, config)
+    state_dir = _state_dir(opts, config, root_fd)
     rundir = control.runtime_dir()
     owner = _own_state_dir(state_dir)
     try:
