@@ -48,3 +48,29 @@ def test_a_state_directory_overlapping_the_source_or_mountpoint_is_refused(
     assert res.returncode == int(Exit.CONFIG), res.stderr
     assert "state directory" in res.stderr and "overlaps" in res.stderr, res.stderr
     assert sorted(os.listdir(src)) == []  # nothing created among the files it judges
+
+
+def test_a_quarantine_directory_below_the_mountpoint_is_refused(tmp_path: Path) -> None:
+    """Its neighbour: a quarantine directory was refused inside the source, checked
+    before the mount existed, so one below the mountpoint passed. Once mounted, a
+    quarantine move there went through the mount into the source (into a directory of
+    that name a user made there, owned by them): the file was scanned there, found
+    infected and quarantined again, without end (seen: a name growing by one record id
+    per round, several rounds a second)."""
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    conf = tmp_path / "vfile.toml"
+    conf.write_text(f'[mount]\nquarantine_dir = "{mnt / "q"}"\n')
+    try:
+        res = subprocess.run(vfile_cmd("mount", "--foreground", "--config", str(conf),
+                                       "--state-dir", str(state), str(src), str(mnt)),
+                             capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        res = None  # it mounted and served (killed by the timeout)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert res is not None, "mounted"
+    assert res.returncode == int(Exit.CONFIG), res.stderr
+    assert "quarantine directory" in res.stderr and "mountpoint" in res.stderr, res.stderr

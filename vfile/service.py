@@ -289,6 +289,13 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                     breaker_failures=pc.breaker_failures, breaker_cooldown=pc.breaker_cooldown,
                     probe_interval=pc.probe_interval, adaptive=pc.adaptive_knobs())
         qdir = config.mount.quarantine_dir or str(state_dir / "quarantine")
+        if below(qdir, [os.stat(opts.mountpoint)]):
+            # Checked before the mount covers it: once mounted, each move there went
+            # through the mount into the source, was scanned, found infected and moved
+            # again, without end (x23, tests/t4_state_inside23_test.py). Inside the
+            # source: Actions.prepare says so.
+            raise UserError(f"quarantine directory {qdir!r} is below the mountpoint",
+                            Exit.CONFIG)
         actions = Actions(root_fd, journal, quarantine_dir=qdir)
         actions.prepare()
         quota = QuotaMonitor(config.all_profiles(), journal.profile_debts)
