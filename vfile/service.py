@@ -48,6 +48,7 @@ from vfile.filter.verdict_gc import VerdictCollector
 from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError, torn
+from vfile.journal.environment import private_lock_dir
 from vfile.journal.statedir import (
     OWNER_FILE,
     StateDirInUse,
@@ -107,8 +108,18 @@ def _state_dir(opts: MountOptions, config: Config, root_fd: int) -> Path:
 def _lock_dir(rundir: Path) -> Path | None:
     """Where LMDB's lock file goes: a tmpfs (/run/vfile, $XDG_RUNTIME_DIR/vfile), so a
     frozen state disk never blocks a journal read (journal/store.py). Not the /tmp
-    fallback: a directory there may have been planted by another user."""
-    return None if rundir.parent == Path("/tmp") else rundir / "journal-locks"
+    fallback: a directory there may have been planted by another user. Made private
+    first (the torn check reads the commit witness there before the journal opens):
+    None, the lock stays on the state disk, if it cannot be (journal.environment)."""
+    if rundir.parent == Path("/tmp"):
+        return None
+    lock_dir = rundir / "journal-locks"
+    try:
+        return lock_dir if private_lock_dir(lock_dir) else None
+    except OSError as err:
+        log.warning("journal lock directory %s: %s; the lock stays on the state disk",
+                    lock_dir, err.strerror or err)
+        return None
 
 
 def _own_state_dir(state_dir: Path) -> int:
