@@ -6,7 +6,9 @@ for them), and made its own directories and files with default modes: the state 
 could move a mount's state directory aside and put their own in its place, with a
 journal whose verdicts call their infected file clean, trusted at the next start; the
 audit log came out 0666 (anyone could forge or erase its lines, and read who opened
-what). An existing state directory that is not a private directory of ours is refused.
+what); the missing parents of a quarantine directory 0777 (a user could put their own
+directory in its place, and receive the quarantined files). An existing state
+directory that is not a private directory of ours is refused.
 
 Each case runs in a private mount namespace with fresh tmpfs on /var/lib and /run, so
 the machine's own are not touched."""
@@ -47,11 +49,15 @@ if case == "planted":
     print(json.dumps({"rc": res.returncode, "stderr": res.stderr}))
     sys.exit(0)
 audit = base / "logs" / "deeper" / "audit.jsonl"
-with mounted(src, mnt, "--audit-log", str(audit)):
+quarantine = base / "q" / "deeper" / "quarantine"
+(base / "vfile.toml").write_text(f'[mount]\nquarantine_dir = "{quarantine}"\n')
+with mounted(src, mnt, "--audit-log", str(audit), "--config", str(base / "vfile.toml")):
     (mnt / "f").write_bytes(b"through the mount\n")
     (mnt / "f").read_bytes()
 print(json.dumps({"root": mode(state.parent), "state": mode(state), "audit": mode(audit),
-                  "logs": mode(audit.parent), "logs_parent": mode(audit.parent.parent)}))
+                  "logs": mode(audit.parent), "logs_parent": mode(audit.parent.parent),
+                  "quarantine": mode(quarantine), "q": mode(base / "q"),
+                  "q_deeper": mode(quarantine.parent)}))
 """
 
 
@@ -75,6 +81,7 @@ def test_state_root_state_directory_and_audit_log_are_not_writable_by_others(
     modes = {k: v[0] for k, v in out.items() if isinstance(v, list)}
     assert all(not m & 0o022 for m in modes.values()), {k: f"{m:o}" for k, m in modes.items()}
     assert modes["state"] == 0o700 and not modes["audit"] & 0o077, modes
+    assert modes["quarantine"] == 0o700, modes
 
 
 def test_a_state_directory_planted_by_another_user_is_refused(tmp_path: Path) -> None:
