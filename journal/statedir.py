@@ -11,8 +11,8 @@ Invariants:
   state root /var/lib/vfile came out 0777, so any user could put a state
   directory of their own in place of a mount's, its verdicts trusted at the next
   start: x23, tests/t4_server_modes23_test.py). An existing one must be a real
-  directory of ours (tightened to 0700), in a parent no other user may rename
-  entries of (ours tightened; sticky or another's unwritable one accepted).
+  directory of ours (tightened to 0700); a parent others may write is warned
+  about (vfile's own state root, which an older server made 0777, tightened).
 - It is never the source or the mountpoint, nor below either (`below`): the
   journal does not live among the files it judges (x23).
 """
@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ROOT_STATE = Path("/var/lib/vfile")
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:")
@@ -94,10 +97,14 @@ def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
         os.chmod(p, 0o700)
     parent = os.lstat(p.parent)
     if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
-        if parent.st_uid != uid:
-            raise OSError(errno.EPERM, f"its parent {p.parent} may be written by other "
-                          "users: they could put their own state directory there")
-        os.chmod(p.parent, stat.S_IMODE(parent.st_mode) & ~0o022)  # an older server's
+        if parent.st_uid == uid and p.parent == state_root(uid):
+            # vfile's own state root, which an older server made 0777 (umask 0)
+            log.warning("%s was writable by others (mode %04o): now without group and "
+                        "other write", p.parent, stat.S_IMODE(parent.st_mode))
+            os.chmod(p.parent, stat.S_IMODE(parent.st_mode) & ~0o022)
+        else:
+            log.warning("state directory %s: its parent may be written by other users, "
+                        "who could put a state directory of their own in its place", p)
     return p
 
 
