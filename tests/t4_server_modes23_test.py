@@ -50,14 +50,19 @@ if case == "planted":
     sys.exit(0)
 audit = base / "logs" / "deeper" / "audit.jsonl"
 quarantine = base / "q" / "deeper" / "quarantine"
+old_audit = base / "old-audit.jsonl"  # an older server's 0666 log, appended to
+old_audit.write_text("")
+os.chmod(old_audit, 0o666)
 (base / "vfile.toml").write_text(f'[mount]\nquarantine_dir = "{quarantine}"\n')
 with mounted(src, mnt, "--audit-log", str(audit), "--config", str(base / "vfile.toml")):
+    pass
+with mounted(src, mnt, "--audit-log", str(old_audit)):
     (mnt / "f").write_bytes(b"through the mount\n")
     (mnt / "f").read_bytes()
 print(json.dumps({"root": mode(state.parent), "state": mode(state), "audit": mode(audit),
                   "logs": mode(audit.parent), "logs_parent": mode(audit.parent.parent),
                   "quarantine": mode(quarantine), "q": mode(base / "q"),
-                  "q_deeper": mode(quarantine.parent)}))
+                  "q_deeper": mode(quarantine.parent), "old_audit": mode(old_audit)}))
 """
 
 
@@ -81,7 +86,7 @@ def test_state_root_state_directory_and_audit_log_are_not_writable_by_others(
     modes = {k: v[0] for k, v in out.items() if isinstance(v, list)}
     assert all(not m & 0o022 for m in modes.values()), {k: f"{m:o}" for k, m in modes.items()}
     assert modes["state"] == 0o700 and not modes["audit"] & 0o077, modes
-    assert modes["quarantine"] == 0o700, modes
+    assert modes["quarantine"] == 0o700 and not modes["old_audit"] & 0o077, modes
 
 
 def test_a_state_directory_planted_by_another_user_is_refused(tmp_path: Path) -> None:

@@ -29,10 +29,12 @@ the file (a ``dropped`` event) when it catches up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from typing import TextIO
@@ -73,8 +75,15 @@ class AuditLog:
             for d in reversed(missing):  # (os.makedirs gives parents the umask's mode)
                 os.mkdir(d, 0o755)
                 os.chmod(d, 0o755)
+            # O_NONBLOCK: a FIFO at the name must not hang the start (refused below).
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
+                         | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file")
+            if st.st_mode & 0o022:  # an older server's 0666 log: others wrote to it
+                os.fchmod(fd, 0o600)
             # buffering=1: line-buffered text, so each line reaches the file at once.
             self._file = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         except OSError as err:
