@@ -132,7 +132,9 @@ def private_lock_dir(lock_dir: Path) -> bool:
     the parent is not trustworthy (not a directory, another user's), so not used."""
     uid = os.geteuid()
     parent = lock_dir.parent
-    _make_dir(parent, 0o755)
+    # root's /run/vfile is 0755 (clients find the control sockets there); anyone else's
+    # runtime directory 0700 (vfile.control.prepare_runtime_dir insists on it).
+    _make_dir(parent, 0o755 if uid == 0 else 0o700)
     pst = os.lstat(parent)
     if not stat.S_ISDIR(pst.st_mode) or pst.st_uid not in (uid, 0):
         log.warning("journal lock directory %s: its parent is not a directory of ours; "
