@@ -17,6 +17,12 @@ Invariants:
   file system that store faults and blocks until thaw, holding the GIL, so the
   whole process would stop. Data pages are mapped read-only and are never
   written through the map, so reads of them do not block.
+- The lock directory is ours alone before LMDB follows `lock.mdb` into it
+  (`private_lock_dir`): a real directory of ours, mode 0700, in a parent no one
+  else may write. A mount server runs with umask 0, and the parent (root's
+  /run/vfile) was made 0777 as a side effect; a user could then plant a
+  directory there whose lock file is a symlink to any file, and LMDB, as root,
+  wrote its lock table into that file (x23, tests/t4_rundir_lock23_test.py).
 
 The environment of a writable journal is opened with `sync=False` (LMDB's
 MDB_NOSYNC, metasync off too): durability is decided per transaction by the
@@ -42,6 +48,7 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import lmdb
@@ -108,6 +115,53 @@ def lock_target(state_dir: Path, lock_dir: Path) -> Path:
     return lock_dir / f"journal-{digest}.lock"
 
 
+def _make_dir(path: Path, mode: int) -> None:
+    """`path` with exactly `mode` if it is missing (whatever the umask)."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
+
+
+def private_lock_dir(lock_dir: Path) -> bool:
+    """Make `lock_dir` (and its parent) if missing; True once it is a real directory of
+    ours, mode 0700, in a parent of ours (or root's) no one else may write. A parent of
+    ours writable by others (made so by an older server's umask) is tightened; a lock
+    directory not ours (planted, or a symlink) is moved aside and made again. False:
+    the parent is not trustworthy (not a directory, another user's), so not used."""
+    uid = os.geteuid()
+    parent = lock_dir.parent
+    # root's /run/vfile is 0755 (clients find the control sockets there); anyone else's
+    # runtime directory 0700 (vfile.control.prepare_runtime_dir insists on it).
+    _make_dir(parent, 0o755 if uid == 0 else 0o700)
+    pst = os.lstat(parent)
+    if not stat.S_ISDIR(pst.st_mode) or pst.st_uid not in (uid, 0):
+        log.warning("journal lock directory %s: its parent is not a directory of ours; "
+                    "not used", lock_dir)
+        return False
+    if pst.st_mode & 0o022:
+        if pst.st_uid != uid:
+            log.warning("journal lock directory %s: its parent is writable by others; "
+                        "not used", lock_dir)
+            return False
+        log.warning("%s was writable by others (mode %04o): now 0755", parent,
+                    stat.S_IMODE(pst.st_mode))
+        os.chmod(parent, stat.S_IMODE(pst.st_mode) & ~0o022)
+    _make_dir(lock_dir, 0o700)
+    st = os.lstat(lock_dir)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o700:
+        return True
+    aside = lock_dir.with_name(f"{lock_dir.name}.untrusted-{os.getpid()}")
+    log.warning("journal lock directory %s is not ours (uid %d, mode %04o): moved aside "
+                "to %s", lock_dir, st.st_uid, stat.S_IMODE(st.st_mode), aside)
+    os.rename(lock_dir, aside)
+    _make_dir(lock_dir, 0o700)
+    st = os.lstat(lock_dir)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid \
+        and stat.S_IMODE(st.st_mode) == 0o700
+
+
 def place_lock(state_dir: Path, lock_dir: Path) -> bool:
     """Make `state_dir/lock.mdb` a symlink into `lock_dir` (a tmpfs), so reads
     never store into a file on the state disk (module docstring). Returns False
@@ -117,6 +171,11 @@ def place_lock(state_dir: Path, lock_dir: Path) -> bool:
     using the environment, so a lock file that vanished with /run is fine."""
     link = state_dir / LOCK_FILE
     target = lock_target(state_dir, lock_dir)
+    if not private_lock_dir(lock_dir):
+        # LMDB must not follow the link into it: the lock goes back to the state disk.
+        if os.path.islink(link):
+            os.unlink(link)
+        return False
     try:
         if os.readlink(link) == str(target):
             return True
@@ -125,7 +184,6 @@ def place_lock(state_dir: Path, lock_dir: Path) -> bool:
     except OSError as err:
         if err.errno != errno.EINVAL:  # EINVAL: a regular file
             raise
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Nobody may be using the current lock file while we swap it: LMDB holds a
     # shared fcntl lock on its first byte in every process that has the env open.
     fd = -1
@@ -155,16 +213,22 @@ def place_lock(state_dir: Path, lock_dir: Path) -> bool:
 
 
 def _ensure_lock_dir(state_dir: Path) -> None:
-    # `lock.mdb` points into a tmpfs emptied since (a reboot): recreate its directory,
+    # `lock.mdb` points into the lock directory: ours alone before LMDB follows it
+    # (module docstring), and made again if a tmpfs emptied since (a reboot) lost it,
     # so LMDB can create the lock file through the symlink.
     link = state_dir / LOCK_FILE
     try:
         target = Path(os.readlink(link))
     except OSError:
         return
-    if not target.parent.exists():
-        with contextlib.suppress(OSError):
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        trusted = private_lock_dir(target.parent)
+    except OSError as err:
+        raise JournalUnreadable(f"{link}: its lock directory {target.parent}: "
+                                f"{err.strerror or err}") from None
+    if not trusted:
+        raise JournalUnreadable(f"{link}: its lock directory {target.parent} is not "
+                                "private to this user; not followed")
 
 
 def _create(state_dir: Path, map_size: int) -> None:

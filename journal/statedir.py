@@ -6,16 +6,27 @@ Invariants:
 - The escaping is systemd-style (`/srv/data` -> `srv-data`, `-` and other
   bytes outside [A-Za-z0-9_.:] as `\\xNN`), so it is injective: two different
   mountpoints never share a journal. The root directory `/` escapes to `-`.
-- The directory is created with mode 0700 (it holds file names of the mount).
+- The directory is created with mode 0700 (it holds file names of the mount),
+  its missing parents 0755, whatever the umask (the mount server's is 0: the
+  state root /var/lib/vfile came out 0777, so any user could put a state
+  directory of their own in place of a mount's, its verdicts trusted at the next
+  start: x23, tests/t4_server_modes23_test.py). An existing one must be a real
+  directory of ours (tightened to 0700); a parent others may write is warned
+  about (vfile's own state root, which an older server made 0777, tightened).
+- It is never the source or the mountpoint, nor below either (`below`): the
+  journal does not live among the files it judges (x23).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ROOT_STATE = Path("/var/lib/vfile")
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:")
@@ -52,10 +63,48 @@ def default_state_dir(mountpoint: str | os.PathLike[str], uid: int | None = None
     return state_root(uid) / escape_mountpoint(mountpoint)
 
 
+def below(path: str | os.PathLike[str], dirs: list[os.stat_result]) -> bool:
+    """Whether `path` (resolved; it need not exist yet) is one of the directories `dirs`
+    (by device and inode, so a symlink or bind mount to them counts) or below one."""
+    resolved = Path(os.path.realpath(path))
+    keys = {(d.st_dev, d.st_ino) for d in dirs}
+    for candidate in (resolved, *resolved.parents):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue  # not created yet
+        if (st.st_dev, st.st_ino) in keys:
+            return True
+    return False
+
+
 def ensure_state_dir(path: str | os.PathLike[str]) -> Path:
-    """Create `path` (mode 0700, parents too) if missing; return it."""
+    """Create `path` (mode 0700, missing parents 0755) if missing; return it once it is
+    a private directory of ours (module docstring); OSError says why it is not."""
     p = Path(path)
-    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    uid = os.geteuid()
+    for d in reversed([p, *p.parents]):
+        try:
+            os.mkdir(d, 0o700 if d == p else 0o755)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700 if d == p else 0o755)  # whatever the umask
+    st = os.lstat(p)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+        raise OSError(errno.EPERM, f"not a private directory of ours (uid {st.st_uid}, "
+                      f"mode {st.st_mode:o}); remove it or give another")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(p, 0o700)
+    parent = os.lstat(p.parent)
+    if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+        if parent.st_uid == uid and p.parent == state_root(uid):
+            # vfile's own state root, which an older server made 0777 (umask 0)
+            log.warning("%s was writable by others (mode %04o): now without group and "
+                        "other write", p.parent, stat.S_IMODE(parent.st_mode))
+            os.chmod(p.parent, stat.S_IMODE(parent.st_mode) & ~0o022)
+        else:
+            log.warning("state directory %s: its parent may be written by other users, "
+                        "who could put a state directory of their own in its place", p)
     return p
 
 

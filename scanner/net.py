@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -32,11 +33,32 @@ async def connect(address: Address) -> trio.SocketStream:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await sock.connect(address.path)
+            _check_listener(sock, address.path)
         except BaseException:
             sock.close()
             raise
         return trio.SocketStream(sock)
     return await trio.open_tcp_stream(address.host, address.port)
+
+
+def _check_listener(sock: trio.socket.SocketType, path: str) -> None:
+    """Whoever listens at a unix `path` gets descriptors of the files scanned (FILDES)
+    and is believed: it must be root, us, or the owner of the socket's directory (an
+    appliance's own, as clamd's /run/clamav). In a directory others may write (clamd's
+    sample /tmp/clamd.socket) any user could bind the name while the appliance was
+    down (x23, tests/t4_appliance_peer23_test.py). OSError(EACCES): an appliance
+    error, so the fail mode applies."""
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid in (0, os.geteuid()):
+        return
+    try:
+        owner = os.stat(os.path.dirname(os.path.abspath(path))).st_uid
+    except OSError:
+        owner = -1
+    if uid != owner:
+        raise OSError(errno.EACCES, f"{path} is served by uid {uid}, neither root, us nor "
+                      "its directory's owner: not an appliance of ours")
 
 
 async def open_listener(address: Address) -> tuple[trio.SocketListener, Address]:

@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,13 @@ def call_socket(path: str | os.PathLike[str], cmd: str, args: dict[str, Any] | N
             raise _NotListening(f"{path}: {err.strerror}") from None
         except OSError as err:
             raise ControlError(f"cannot reach the control socket {path}: {err.strerror}") from None
+        # Before anything is sent or believed: a mount of root's or ours listens there, not
+        # another user who took the socket's name (x23, tests/t4_control_peer23_test.py).
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid not in (0, os.getuid()):
+            raise ControlError(f"{path} is served by uid {uid}, not by a vfile mount of "
+                               "root's or yours; not used")
         data = bytearray()
         try:
             sock.sendall(request)

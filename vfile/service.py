@@ -48,9 +48,11 @@ from vfile.filter.verdict_gc import VerdictCollector
 from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError, torn
+from vfile.journal.environment import private_lock_dir
 from vfile.journal.statedir import (
     OWNER_FILE,
     StateDirInUse,
+    below,
     default_state_dir,
     ensure_state_dir,
     take_state_dir,
@@ -85,9 +87,17 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _state_dir(opts: MountOptions, config: Config) -> Path:
+def _state_dir(opts: MountOptions, config: Config, root_fd: int) -> Path:
     chosen = opts.state_dir or config.mount.state_dir
     path = Path(chosen) if chosen else default_state_dir(opts.mountpoint)
+    # Before the mount exists: the mountpoint's stat is its own directory's. Among the
+    # source's files the journal would be reachable through the mount, walked by the
+    # recovery walk, and a directory renamed away and replaced by one a user planted
+    # (with verdicts of their choosing) trusted at the next start (x23,
+    # tests/t4_state_inside23_test.py).
+    if below(path, [os.fstat(root_fd), os.stat(opts.mountpoint)]):
+        raise UserError(f"state directory {str(path)!r} overlaps the source or the "
+                        "mountpoint: give one outside both", Exit.CONFIG)
     try:
         return ensure_state_dir(path)
     except OSError as err:
@@ -98,8 +108,18 @@ def _state_dir(opts: MountOptions, config: Config) -> Path:
 def _lock_dir(rundir: Path) -> Path | None:
     """Where LMDB's lock file goes: a tmpfs (/run/vfile, $XDG_RUNTIME_DIR/vfile), so a
     frozen state disk never blocks a journal read (journal/store.py). Not the /tmp
-    fallback: a directory there may have been planted by another user."""
-    return None if rundir.parent == Path("/tmp") else rundir / "journal-locks"
+    fallback: a directory there may have been planted by another user. Made private
+    first (the torn check reads the commit witness there before the journal opens):
+    None, the lock stays on the state disk, if it cannot be (journal.environment)."""
+    if rundir.parent == Path("/tmp"):
+        return None
+    lock_dir = rundir / "journal-locks"
+    try:
+        return lock_dir if private_lock_dir(lock_dir) else None
+    except OSError as err:
+        log.warning("journal lock directory %s: %s; the lock stays on the state disk",
+                    lock_dir, err.strerror or err)
+        return None
 
 
 def _own_state_dir(state_dir: Path) -> int:
@@ -258,7 +278,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     memwatch.start_from_env()  # VFILE_TRACEMALLOC: before anything long-lived is allocated
     config = load_config(opts.config, appliances=opts.appliances, fail_mode=opts.fail_mode,
                          deadline=opts.timeout)
-    state_dir = _state_dir(opts, config)
+    state_dir = _state_dir(opts, config, root_fd)
     rundir = control.runtime_dir()
     owner = _own_state_dir(state_dir)
     try:
@@ -280,6 +300,13 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                     breaker_failures=pc.breaker_failures, breaker_cooldown=pc.breaker_cooldown,
                     probe_interval=pc.probe_interval, adaptive=pc.adaptive_knobs())
         qdir = config.mount.quarantine_dir or str(state_dir / "quarantine")
+        if below(qdir, [os.stat(opts.mountpoint)]):
+            # Checked before the mount covers it: once mounted, each move there went
+            # through the mount into the source, was scanned, found infected and moved
+            # again, without end (x23, tests/t4_state_inside23_test.py). Inside the
+            # source: Actions.prepare says so.
+            raise UserError(f"quarantine directory {qdir!r} is below the mountpoint",
+                            Exit.CONFIG)
         actions = Actions(root_fd, journal, quarantine_dir=qdir)
         actions.prepare()
         quota = QuotaMonitor(config.all_profiles(), journal.profile_debts)

@@ -68,8 +68,9 @@ HELP: dict[tuple[type, str], Key] = {
         "`icap://HOST:PORT/SERVICE`. Empty: the mount runs vfile's built-in appliance.",
         '["clamd:///run/clamav/clamd.ctl", "icap://127.0.0.1:1344/avscan"]'),
     (c.MountConfig, "state_dir"): Key(
-        "path", "The state directory holding the journal. Default: derived from the "
-        "mountpoint under /var/lib/vfile/.", '"/var/lib/vfile/guest"'),
+        "path", "The state directory holding the journal (outside the source and the "
+        "mountpoint). Default: derived from the mountpoint under /var/lib/vfile/.",
+        '"/var/lib/vfile/guest"'),
     (c.MountConfig, "quarantine_dir"): Key(
         "path", "Where quarantined files go (created 0700; outside the source). Default: "
         "`quarantine/` in the state directory.", '"/var/lib/vfile/quarantine"'),

@@ -120,7 +120,18 @@ def prepare_quarantine_dir(quarantine_dir: str, source_fd: int) -> Path:
         raise UserError(f"quarantine directory {quarantine_dir!r} is inside the source",
                         Exit.CONFIG)
     try:
-        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Parents 0755 one by one: `mkdir(parents=True)` gives them the umask's mode, and
+        # the mount server's is 0 (a 0777 parent let a user put their own directory in
+        # the quarantine's place: x23, tests/t4_server_modes23_test.py).
+        for d in reversed([where, *where.parents]):
+            try:
+                os.mkdir(d, 0o700 if d == where else 0o755)
+            except FileExistsError:
+                continue
+            os.chmod(d, 0o700 if d == where else 0o755)
+        st = os.lstat(where)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"not a directory of ours (uid {st.st_uid})")
         os.chmod(where, 0o700)
     except OSError as err:
         raise UserError(f"cannot create quarantine directory {quarantine_dir!r}: "
