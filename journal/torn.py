@@ -54,7 +54,7 @@ from pathlib import Path
 
 import lmdb
 
-from vfile.journal import check, environment, tables, watermark
+from vfile.journal import check, environment, pages, tables, watermark
 from vfile.journal.records import (
     DeferredEntry,
     JournalCorrupt,
@@ -155,7 +155,11 @@ def _verify(where: Path, witness: Path | None) -> int:
                 print("page cache survived")
                 return INTACT  # a process crash: the page cache held every page
             print(CHECKED)
-            problems = _read_everything(env, txn) + check.problems(txn, t)
+            # First every page from the file itself, the free table included (no
+            # cursor reads it, LMDB's write path does: pages.py); then through LMDB.
+            problems = pages.audit(where / environment.DATA_FILE)
+            if not problems:
+                problems = _read_everything(env, txn) + check.problems(txn, t)
     except lmdb.Error as err:
         print(f"LMDB: {err}")
         return DAMAGED
