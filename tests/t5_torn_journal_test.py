@@ -42,6 +42,8 @@ pytestmark = pytest.mark.mount
 
 #: files created before the durable point (several LMDB leaf pages of entries)
 FILES = 200
+#: the reverted-main-tree tear: durable points tried, and commits after each
+ROUNDS, COMMITS = 40, 6
 
 #: a journal opened and checked in a child: if LMDB crashes on the torn file, the
 #: test (this process) must live to say so
@@ -105,20 +107,32 @@ def _meta_of(data: Path) -> pages.Meta:
 
 
 def _tear_on_a_reverted_main_tree(mnt: Path, disk: Path, state: Path) -> threading.Thread:
-    """One commit at a time (a file written: its deferred entry) until the next torn fsync
-    at fraction 0.0 would leave the durable main tree under the newest meta page; then
-    that fsync, with no commit of its own: a quiesce's journal sync."""
-    for i in range(FILES):
+    """A durable point (a quiesce's journal fsync), then one commit at a time (a file
+    written: its deferred entry) until the next torn fsync at fraction 0.0 would leave the
+    durable main tree under the newest meta page; if a few commits do not bring the main
+    root back to its durable page, a new durable point. Then that torn fsync, with no
+    commit of its own: a quiesce's journal sync."""
+    for r in range(ROUNDS):
+        control.call(mnt, "quiesce", {"max": 300}, timeout=60)
+        control.call(mnt, "resume", timeout=60)
+        for i in range(COMMITS):
+            if _main_tree_reverts(disk, state):
+                break
+            (mnt / f"h{r:02d}{i}").write_bytes(b"one commit more %d %d" % (r, i))
+            wait_for("the commit", lambda: _settled(mnt), 60)
         if _main_tree_reverts(disk, state):
             break
-        (mnt / f"h{i:03d}").write_bytes(b"one commit more %d" % i)
-        wait_for("the commit", lambda: _settled(mnt), 60)
     else:
-        raise AssertionError(f"no commit of {FILES} reused the durable main root")
+        raise AssertionError(f"in {ROUNDS} rounds no commit reused the durable main root")
+    durable = _meta_of(disk / "state" / environment.DATA_FILE)
     fsync_tears(disk).write_text("1 0.0")
     hung = threading.Thread(target=_quiesce_quietly, args=(mnt,), daemon=True)
     hung.start()
     wait_for("the torn fsync", torn_report(disk).exists, 60)
+    torn = _meta_of(disk / "state" / environment.DATA_FILE)
+    # The tear made is the one meant: the newest meta page over the durable main tree.
+    assert (torn.main.root, torn.main.depth) == (durable.main.root, durable.main.depth)
+    assert torn.txnid > durable.txnid and torn.free.root != durable.free.root
     return hung
 
 
