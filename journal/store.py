@@ -274,6 +274,11 @@ class Journal(JournalBase):
             return taint.get(txn, db, dev, ino)
         return self._read(read)
 
+    async def note_rebuild(self, note: bytes) -> None:
+        """How far a damaged journal's rebuild into this one got (journal.torn): tier 1."""
+        meta = self._t.meta
+        await self._write(lambda txn: txn.put(tables.REBUILD_KEY, note, db=meta))
+
     async def add_quarantine(self, rec: QuarantineRecord) -> None:
         t = self._t
         await self._write(lambda txn: ops.op_add_quarantine(txn, t, rec))

@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 MAGIC = b"vfile-journal"
+#: meta key: how far the rebuild of a damaged journal into this one got (journal.torn):
+#: b"restored " or b"walked " + the aside directory's name
+REBUILD_KEY = b"rebuild"
 #: Version of the table layout; a journal with a higher one is refused.
 #: 2: the `profiles` index and the per-profile counters.
 JOURNAL_FORMAT = 2

@@ -35,6 +35,17 @@ clean history calls for no walk: every entry of the damaged one lost (x22,
 tests/t5_attack22_torn_test.py). The next start finds the marker and salvages the same
 aside directory again (a duplicated entry only means a scan more).
 
+And idempotent: the fresh journal itself says how far the rebuild got (its meta key
+`rebuild`: "restored NAME" once the salvaged records are in, "walked NAME" once the walk
+is done, each durable before the next step). A marker whose rebuild the journal in place
+calls walked is only removed (its unlink had failed: before, every later start restored
+the aside journal's quarantine records again, those an administrator had deleted
+included, t23); one it calls restored walks again without restoring.
+
+Salvaged, in this order: quarantine records, taint records (journal.taint: an inode
+found infected stays denied until a clean scan; an undecodable one is kept as "content
+unknown", as `taint.get` reads it), deferred entries with their exposures.
+
 Invariants:
 - A journal that is not provably vfile's (no `lock.mdb` symlink vfile placed) and
   looks foreign is left alone: the open then refuses it (exit 7), as before.
@@ -54,7 +65,7 @@ from pathlib import Path
 
 import lmdb
 
-from vfile.journal import check, environment, tables, watermark
+from vfile.journal import check, environment, pages, tables, taint, watermark
 from vfile.journal.records import (
     DeferredEntry,
     JournalCorrupt,
@@ -79,6 +90,9 @@ SIG_FILE = "last-signature-version"
 #: written before a damaged journal is moved aside, removed once the walk is done: the
 #: aside directory's name (module doc)
 PENDING = "rebuild-pending"
+#: the fresh journal's `tables.REBUILD_KEY` values (+ the aside directory's name), and
+#: the child's line that reports it
+RESTORED, WALKED, NOTE = "restored ", "walked ", "rebuild note:"
 
 
 @dataclass
@@ -88,15 +102,19 @@ class Rebuilt:
     aside: Path
     reason: str
     quarantine: list[QuarantineRecord] = field(default_factory=list)
+    taint: list[taint.TaintRecord] = field(default_factory=list)
     deferred: list[DeferredEntry] = field(default_factory=list)
     #: records the salvage read but could not decode (torn pages)
     undecodable: int = 0
     #: the marker `finished` removes
     pending: Path | None = None
+    #: the salvaged records are in the journal in place already (a resumed rebuild)
+    restored: bool = False
 
     def summary(self) -> dict[str, object]:
         return {"journal_rebuilt": 1, "salvaged_quarantine": len(self.quarantine),
-                "salvaged_entries": len(self.deferred), "salvage_undecodable": self.undecodable}
+                "salvaged_taint": len(self.taint), "salvaged_entries": len(self.deferred),
+                "salvage_undecodable": self.undecodable}
 
 
 # --- in the child ---------------------------------------------------------------------------
@@ -146,6 +164,9 @@ def _verify(where: Path, witness: Path | None) -> int:
             if txn.get(b"magic", db=t.meta) != tables.MAGIC:
                 print("its meta table has lost vfile's magic")
                 return DAMAGED  # torn, or foreign: the caller tells which
+            note = txn.get(tables.REBUILD_KEY, db=t.meta)
+            if note is not None:
+                print(NOTE, bytes(note).decode(errors="replace"))
             if run is None or run == watermark.CLEAN:
                 print("clean stop")
                 return INTACT  # a clean close fsynced everything; nothing wrote since
@@ -155,7 +176,11 @@ def _verify(where: Path, witness: Path | None) -> int:
                 print("page cache survived")
                 return INTACT  # a process crash: the page cache held every page
             print(CHECKED)
-            problems = _read_everything(env, txn) + check.problems(txn, t)
+            # First every page from the file itself, the free table included (no
+            # cursor reads it, LMDB's write path does: pages.py); then through LMDB.
+            problems = pages.audit(where / environment.DATA_FILE)
+            if not problems:
+                problems = _read_everything(env, txn) + check.problems(txn, t)
     except lmdb.Error as err:
         print(f"LMDB: {err}")
         return DAMAGED
@@ -170,7 +195,7 @@ def _salvage(where: Path) -> None:
     """Stream every record of the tables worth keeping, one line each, flushed."""
     env = _open_ro(where)
     try:
-        for name, tag in ((b"quarantine", "Q"), (b"deferred", "D")):
+        for name, tag in ((b"quarantine", "Q"), (taint.TABLE, "T"), (b"deferred", "D")):
             try:
                 with env.begin() as txn:
                     db = env.open_db(name, txn=txn, create=False)
@@ -223,38 +248,63 @@ def ensure_intact(state_dir: Path, lock_dir: Path | None) -> Rebuilt | None:
     """Before a mount opens its journal: None if it is intact (or absent, or not a
     vfile journal: the open says so); else move it aside, salvage it and return what
     was saved. The caller opens a fresh journal, writes it back and walks everything."""
-    resumed = _resume(state_dir)
-    why = _damage_of(state_dir, lock_dir)
-    if resumed is not None:
-        if why is not None:
-            # The fresh journal the killed start was filling (a second power cut tore it
-            # too): it holds only that start's restore and walk, both redone now. Kept
-            # aside unsalvaged; the marker still names the first (r22,
-            # tests/t5_attack22_torn_test.py).
-            log.warning("journal %s: the journal an unfinished rebuild created is damaged "
-                        "too (%s); moved to %s", state_dir, why, _set_aside(state_dir))
-        return resumed
-    return None if why is None else _move_aside_and_salvage(state_dir, why)
+    aside = _pending(state_dir)
+    why, note = _damage_of(state_dir, lock_dir)
+    if aside is None:
+        return None if why is None else _move_aside_and_salvage(state_dir, why)
+    marker = state_dir / PENDING
+    if why is not None:
+        # The fresh journal the killed start was filling (a second power cut tore it
+        # too): it holds only that start's restore and walk, both redone now. Kept
+        # aside unsalvaged; the marker still names the first (r22,
+        # tests/t5_attack22_torn_test.py).
+        log.warning("journal %s: the journal an unfinished rebuild created is damaged "
+                    "too (%s); moved to %s", state_dir, why, _set_aside(state_dir))
+        note = None
+    if note == WALKED + aside.name:
+        # Done: only the marker's removal failed. Restoring again would bring back what
+        # was deleted since (module doc).
+        log.info("journal %s: the rebuild from %s was finished; clearing %s", state_dir,
+                 aside, PENDING)
+        try:
+            _clear(marker)
+        except OSError as err:
+            log.warning("journal %s: cannot clear %s (%s); nothing is redone", state_dir,
+                        PENDING, err)
+        return None
+    restored = note == RESTORED + aside.name
+    log.warning("journal %s: an earlier start moved the damaged journal to %s and did not "
+                "finish rebuilding; %s", state_dir, aside,
+                "walking the source again" if restored else "salvaging it again")
+    reason = "an earlier rebuild did not finish"
+    if restored:
+        return Rebuilt(aside, reason, pending=marker, restored=True)
+    return _salvage_aside(aside, reason, marker)
 
 
-def _damage_of(state_dir: Path, lock_dir: Path | None) -> str | None:
-    """Why the journal in place is damaged; None if it is intact, absent or foreign."""
+def _damage_of(state_dir: Path, lock_dir: Path | None) -> tuple[str | None, str | None]:
+    """Why the journal in place is damaged (None if it is intact, absent or foreign), and
+    the rebuild note it holds (module doc)."""
     data = state_dir / environment.DATA_FILE
     try:
         if data.stat().st_size == 0:
-            return None
+            return None, None
     except OSError:
-        return None  # absent (created fresh) or unreadable (the open names it)
+        return None, None  # absent (created fresh) or unreadable (the open names it)
     witness = watermark.witness_for(state_dir, lock_dir)
     started = time.monotonic()
-    rc, why = _child("verify", str(state_dir), str(witness or ""), timeout=CHECK_TIMEOUT)
-    if CHECKED in why or rc != INTACT:
+    rc, out = _child("verify", str(state_dir), str(witness or ""), timeout=CHECK_TIMEOUT)
+    if CHECKED in out or rc != INTACT:
         log.info("journal %s: integrity check after an unclean stop: %.2f s (status %d)",
                  state_dir, time.monotonic() - started, rc)
+    notes = [line[len(NOTE):].strip() for line in out.splitlines() if line.startswith(NOTE)]
     if rc == INTACT or not _ours(state_dir):
-        return None  # a foreign LMDB environment: the open refuses it, as before
-    why = " ".join(why.replace(CHECKED, "").split())
-    return why[:300] or f"status {rc}"
+        # (a foreign LMDB environment: the open refuses it, as before)
+        return None, (notes[0] if notes and rc == INTACT else None)
+    why = " ".join(line for line in out.replace(CHECKED, "").splitlines()
+                   if not line.startswith(NOTE))
+    why = " ".join(why.split())
+    return why[:300] or f"status {rc}", None
 
 
 def _fsync_dir(d: Path) -> None:
@@ -265,8 +315,13 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _resume(state_dir: Path) -> Rebuilt | None:
-    """A rebuild an earlier start began and did not finish (`PENDING`): salvaged again."""
+def _clear(marker: Path) -> None:
+    marker.unlink(missing_ok=True)
+    _fsync_dir(marker.parent)
+
+
+def _pending(state_dir: Path) -> Path | None:
+    """The aside directory `PENDING` names: a rebuild an earlier start began."""
     marker = state_dir / PENDING
     try:
         name = marker.read_text().strip()
@@ -280,19 +335,18 @@ def _resume(state_dir: Path) -> Rebuilt | None:
             or data.is_symlink() or not data.is_file():
         # Stopped before the move: the damaged journal is still in place, checked anew.
         with contextlib.suppress(OSError):  # (a move-aside rewrites it)
-            marker.unlink()
-            _fsync_dir(state_dir)
+            _clear(marker)
         return None
-    log.warning("journal %s: an earlier start moved the damaged journal to %s and did not "
-                "finish rebuilding; salvaging it again", state_dir, aside)
-    return _salvage_aside(aside, "an earlier rebuild did not finish", marker)
+    return aside
 
 
-def finished(rebuilt: Rebuilt) -> None:
-    """The rebuild is done (restored, the whole source walked): no start redoes it."""
+async def finished(journal: Journal, rebuilt: Rebuilt) -> None:
+    """The rebuild is done (restored, the whole source walked): no start redoes it. The
+    journal says so first, durably: a marker whose unlink fails is then only removed by
+    the next start (module doc). Raises OSError, JournalError."""
     if rebuilt.pending is not None:
-        rebuilt.pending.unlink(missing_ok=True)
-        _fsync_dir(rebuilt.pending.parent)
+        await journal.note_rebuild((WALKED + rebuilt.aside.name).encode())
+        _clear(rebuilt.pending)
 
 
 def _new_aside(state_dir: Path) -> Path:
@@ -352,13 +406,15 @@ def _salvage_aside(aside: Path, reason: str, marker: Path) -> Rebuilt:
     rc, text = _child("salvage", str(aside), timeout=CHECK_TIMEOUT)
     for line in text.splitlines():
         tag, _, rest = line.partition(" ")
-        _key, _, v = rest.partition(" ")
-        if tag not in ("Q", "D") or not v:
+        k, _, v = rest.partition(" ")
+        if tag not in ("Q", "T", "D") or not v:
             continue  # an error line, or the last line a crash cut short
         try:
             value = bytes.fromhex(v)
             if tag == "Q":
                 out.quarantine.append(decode_quarantine(value))
+            elif tag == "T":
+                out.taint.append(_taint(bytes.fromhex(k), value))
             else:
                 out.deferred.append(decode_deferred(value))
         except (ValueError, JournalCorrupt):
@@ -371,15 +427,33 @@ def _salvage_aside(aside: Path, reason: str, marker: Path) -> Rebuilt:
     return out
 
 
+def _taint(key: bytes, value: bytes) -> taint.TaintRecord:
+    """A salvaged taint record; undecodable, still the inode's (its key): content unknown,
+    denied until a clean scan, as `taint.get` reads it. ValueError: not even the key."""
+    try:
+        return taint.decode_taint(value)
+    except JournalCorrupt:
+        if len(key) != 16:
+            raise ValueError(f"a taint key of {len(key)} bytes") from None
+        dev, ino = int.from_bytes(key[:8], "big"), int.from_bytes(key[8:], "big")
+        return taint.TaintRecord(dev, ino, -1, "", "unknown", 0.0)
+
+
 async def restore(journal: Journal, rebuilt: Rebuilt) -> None:
-    """Write the salvaged records into the fresh journal (tier 1: fsynced). A stale or
-    duplicated deferred entry only means a scan more."""
-    for rec in rebuilt.quarantine:
-        await journal.add_quarantine(rec)
-    for e in rebuilt.deferred:
-        for exposure in e.exposures or (None,):
-            await journal.defer(e.path, e.identity, e.reason, e.profile, exposure=exposure,
-                                error=e.last_error)
+    """Write the salvaged records into the fresh journal (tier 1: fsynced), then say so
+    in it (module doc); nothing if a resumed rebuild had restored them. A stale or
+    duplicated deferred entry only means a scan more; a stale taint, a denial until the
+    file's rescan."""
+    if not rebuilt.restored:
+        for rec in rebuilt.quarantine:
+            await journal.add_quarantine(rec)
+        for t in rebuilt.taint:
+            await journal.put_taint(t)
+        for e in rebuilt.deferred:
+            for exposure in e.exposures or (None,):
+                await journal.defer(e.path, e.identity, e.reason, e.profile,
+                                    exposure=exposure, error=e.last_error)
+        await journal.note_rebuild((RESTORED + rebuilt.aside.name).encode())
     journal.rebuilt = rebuilt.summary()
 
 

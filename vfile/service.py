@@ -243,14 +243,14 @@ async def _recover(journal: Journal, config: Config, root_fd: int, source: str,
                 walked.files, walked.journaled, walked.seconds)
     if rebuilt is not None:
         log.warning("journal damaged by a power loss in the middle of its fsync (%s): moved "
-                    "to %s, a fresh journal started; salvaged %d quarantine records and %d "
-                    "deferred entries (%d records unreadable); every file of the source "
-                    "(%d) walked, %d journaled for a rescan", rebuilt.reason, rebuilt.aside,
-                    len(rebuilt.quarantine), len(rebuilt.deferred), rebuilt.undecodable,
-                    walked.files, walked.journaled)
+                    "to %s, a fresh journal started; salvaged %d quarantine records, %d "
+                    "taint records and %d deferred entries (%d records unreadable); every "
+                    "file of the source (%d) walked, %d journaled for a rescan",
+                    rebuilt.reason, rebuilt.aside, len(rebuilt.quarantine), len(rebuilt.taint),
+                    len(rebuilt.deferred), rebuilt.undecodable, walked.files, walked.journaled)
         try:
-            torn.finished(rebuilt)  # not before the walk: a start killed sooner redoes it
-        except OSError as err:
+            await torn.finished(journal, rebuilt)  # not before the walk (torn's module doc)
+        except (OSError, JournalError) as err:
             log.warning("journal: cannot clear %s (%s): the next start salvages and walks "
                         "again", torn.PENDING, err)
 
