@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(fuse3 libfuse3-dev pkg-config gcc python3-venv clamav-daemon clamdscan c-icap libc-icap-mod-virus-scan
-      git rsync fio cpio sqlite3 redis-server e2fsprogs)  # real clients (t4_clients_*), Redis (fleet
-      # cache), mkfs.ext2/ext4 (whole-second source of t4_escape_test, frozen state disk)
+      git rsync fio cpio sqlite3 redis-server e2fsprogs attr)  # real clients (t4_clients_*), Redis (fleet
+      # cache), mkfs.ext2/ext4 (whole-second source of t4_escape_test, frozen state disk),
+      # getfattr (t4_xattr_creds22r_test runs it as another user)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
