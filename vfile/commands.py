@@ -116,6 +116,7 @@ class Commands:
         self.window.open(max_s, reason=str(args.get("reason", "quiesce")))
         # Cancelled opens now take their fail mode; `safe` ones write the journal.
         with trio.move_on_after(SETTLE_DEADLINE):
+            await self.gate.record_new_files()  # the window made them: committed before the sync
             await self.gate.wait_idle()
         await self.journal.sync()
         await trio.to_thread.run_sync(syncfs, self.source_fd, limiter=SYNC_LIMITER)
@@ -155,6 +156,9 @@ class Commands:
     # --- journal --------------------------------------------------------------------------
     async def journal_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = _number(args, "limit", minimum=1)
+        # New files not recorded yet (filter.newfiles) are listed once their records are in.
+        with trio.move_on_after(SETTLE_DEADLINE):
+            await self.gate.record_new_files()
         entries = await trio.to_thread.run_sync(
             lambda: self.journal.list_deferred(limit=None if limit is None else int(limit)))
         return [deferred_to_json(e) for e in entries]

@@ -46,6 +46,7 @@ from vfile.config.model import Profile
 from vfile.filter import racy
 from vfile.filter.contenthash import HASH_MAX, NOTHING, ContentVerdicts, Looked
 from vfile.filter.intents import Intent, IntentTable
+from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Stats
 from vfile.filter.policy import (
     Action,
@@ -117,8 +118,10 @@ class CloseScans:
     def __init__(self, *, journal: Journal, intents: IntentTable, scanning: Scanning,
                  settler: Settler, stats: Stats, inputs: Inputs,
                  remember: Callable[[VerdictRecord], None],
-                 window: Callable[[], bool], start: Start) -> None:
+                 window: Callable[[], bool], start: Start, records: IntentRecords) -> None:
         self._journal = journal
+        #: new files' records, made only when the close scan does not cover the file
+        self._records = records
         self._intents = intents
         self._scanning = scanning
         self._settler = settler
@@ -289,10 +292,11 @@ class CloseScans:
                         None if looked.digest is None else (identity, looked))
         return None
 
-    def _start_run(self, *args: object) -> None:
+    def _start_run(self, path: str, intent: Intent, *args: object) -> None:
+        self._records.record_now(intent)  # not judged at once: no waiting for its record
         self._running += 1  # until `run` ends (`start`'s bound)
         try:
-            self._start(self.run, *args)
+            self._start(self.run, path, intent, *args)
         except BaseException:
             self._running -= 1
             raise
@@ -364,6 +368,7 @@ class CloseScans:
     async def _wait_landed(self, path: str, intent: Intent) -> bool:
         """Wait until the intent's record is committed (its stored seq is known); False:
         too many wait already, the file is left to the drain."""
+        self._records.record_now(intent)  # (if not made yet: it is waited for below)
         if intent.landed is None or intent.landed.is_set():
             return True
         # Its record is still queued (vfile.filter.newfiles), or failed and is retried;
@@ -414,8 +419,11 @@ class CloseScans:
                 or self._intents.get(path) is not intent:
             return False
         queued = intent.queued
-        if queued is not None and queued.seq == intent.seq:
-            seq: int | PreparedDefer = queued  # its stored seq is known once it is applied
+        unrecorded = intent.unrecorded
+        if unrecorded:
+            seq: int | PreparedDefer = 0  # no entry (filter.newfiles): the verdict covers it
+        elif queued is not None and queued.seq == intent.seq:
+            seq = queued  # its stored seq is known once it is applied
         elif intent.landed is None or intent.landed.is_set():
             seq = intent.seq
         else:
@@ -427,6 +435,9 @@ class CloseScans:
             if err is not None:
                 log.error("journal: cannot store the verdict for %r: %s; left to the drain",
                           path, err)
+                self._records.record_now(intent)
+            elif unrecorded:
+                self._records.covered(intent)  # committed: no record needed
             committed()
 
         if not self._settler.resolve_soon(path, record, profile, seq, done):
