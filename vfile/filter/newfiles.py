@@ -203,6 +203,7 @@ class IntentRecords:
                     log.info("journal: new file %r unjudged after %.0f s: its intent "
                              "recorded", intent.path, UNRECORDED_S)
                     self.record_now(intent)
+                await trio.lowlevel.checkpoint()  # (many at once: the requests go on)
         finally:
             self._serving = False
             self.record_all()
