@@ -194,3 +194,29 @@ def test_creates_during_an_outage_get_an_entry_each(tree: Tree) -> None:
     with Journal.open(tree.state, readonly=True) as j:
         missing = [f"new{i}" for i in range(FILES) if j.get_deferred(f"new{i}") is None]
     assert missing == []
+
+
+def test_a_clean_stop_records_new_files_and_is_clean(tree: Tree) -> None:
+    """A clean stop while a new file is unrecorded (held open, within the bound) makes
+    its record before the stop is recorded as clean: the next start walks nothing,
+    not even as after an unclean stop, and the file has its entry."""
+    conf = _config(tree.root, tree.state)
+    args = ("--config", str(conf), "-v")
+    fd = -1
+    try:
+        with _warm(tree.source, tree.mountpoint, tree.state, *args):
+            fd = os.open(tree.mountpoint / "db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, b"page one\n")
+            assert _gate(tree.mountpoint)["new_files_unrecorded"] == 1
+            # The stop (unmount, SIGTERM) comes with the file still open.
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    sig = signature_version(tree.state)
+    assert unaccounted(tree.source, tree.state, sig) == []
+    with Journal.open(tree.state, readonly=True) as j:
+        assert j.get_deferred("db") is not None
+    with mounted(tree.source, tree.mountpoint, *args) as again:
+        text = again.log()
+    assert "stopped uncleanly" not in text
+    assert "recovery walk" not in text
