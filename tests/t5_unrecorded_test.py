@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from lifecycle import SOON, Tree, wait_until
+from lifecycle import SOON, Tree, cli, journal_rows, wait_until
 from mounting import Server, force_unmount, mounted, wait_for
 from outage import signature_version, status, unaccounted
 from statedisks import cutfs, frozen, loop_ext4
@@ -220,3 +220,21 @@ def test_a_clean_stop_records_new_files_and_is_clean(tree: Tree) -> None:
         text = again.log()
     assert "stopped uncleanly" not in text
     assert "recovery walk" not in text
+
+
+def test_a_reader_of_the_journal_sees_an_unrecorded_file(tree: Tree) -> None:
+    """`vfile journal show` and `list` on a live mount: a new file held open (no record
+    yet, within the bound) is recorded first, so the reader finds its entry."""
+    conf = _config(tree.root, tree.state)
+    args = ("--config", str(conf))
+    with _warm(tree.source, tree.mountpoint, tree.state, *args):
+        fd = os.open(tree.mountpoint / "db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"page one\n")
+            assert _gate(tree.mountpoint)["new_files_unrecorded"] == 1
+            shown = cli("journal", "show", "db", "--mount", str(tree.mountpoint))
+            assert shown.returncode == 0, shown.stderr
+            assert _gate(tree.mountpoint)["new_files_unrecorded"] == 0
+            assert "db" in {r["path"] for r in journal_rows(tree.mountpoint)}
+        finally:
+            os.close(fd)

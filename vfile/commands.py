@@ -77,6 +77,7 @@ class Commands:
             "status": self.status, "quiesce": self.quiesce, "resume": self.resume,
             "drain": self.drain_ctl, "journal.list": self.journal_list,
             "journal.show": self.journal_show, "journal.retry": self.journal_retry,
+            "journal.record": self.journal_record,
             "quarantine.list": self.quarantine_list, "memory": self.memory,
         }
 
@@ -163,10 +164,19 @@ class Commands:
             lambda: self.journal.list_deferred(limit=None if limit is None else int(limit)))
         return [deferred_to_json(e) for e in entries]
 
-    def journal_show(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def journal_record(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Every new file's record made and committed (filter.newfiles): a reader of the
+        journal from outside (`vfile journal ... --mount`) then finds it."""
+        with trio.move_on_after(SETTLE_DEADLINE):
+            await self.gate.record_new_files()
+        return {}
+
+    async def journal_show(self, args: dict[str, Any]) -> dict[str, Any]:
         path = args.get("path")
         if not isinstance(path, str):
             raise ControlError("journal.show needs a 'path' string")
+        with trio.move_on_after(SETTLE_DEADLINE):  # (as journal_list)
+            await self.gate.record_new_files()
         entry = self.journal.get_deferred(path)
         if entry is None:
             raise ControlError(f"no journal entry for {path!r}")
