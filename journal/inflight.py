@@ -19,6 +19,11 @@ later transaction) and the create goes on at once. What keeps the crash promise
   told (`on_done(error)`) and retries; a clean stop with one still in flight is
   not recorded as clean, so the next start walks.
 
+A create's intent may also be noted before its record is even made (`note` of a
+token, vfile.filter.newfiles: the record is made lazily, often never): it is in
+flight the same way until its record replaces it (`swap`, keeping its time) or
+a durable-as-tier-1w verdict covers the file (`resolve`, after that commit).
+
 Invariants:
 - `note` runs before the create it covers; `committed` runs in the writer
   thread right after each commit, before anybody is told.
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from vfile.journal.ops import PreparedDefer
@@ -45,7 +49,9 @@ class InFlight:
 
     def __init__(self, txnid: int) -> None:
         self._lock = threading.Lock()
-        self._since: OrderedDict[PreparedDefer, int] = OrderedDict()
+        #: in flight -> when noted: a queued PreparedDefer, or a token of a create whose
+        #: record is not made yet (not in time order once swapped: `oldest_ns` takes the min)
+        self._since: dict[object, int] = {}
         self._txnid = txnid
         #: the witness, once it follows this run's commits (Journal.vouch)
         self._witness: Witness | None = None
@@ -61,8 +67,9 @@ class InFlight:
             self._txnid = txnid
             witness.record(txnid, pending=bool(self._since))
 
-    def note(self, p: PreparedDefer) -> None:
-        """`p` is about to be queued; its create goes on once this returns."""
+    def note(self, p: object) -> None:
+        """`p` (a record about to be queued, or a token) is in flight; its create goes on
+        once this returns."""
         with self._lock:
             self._since[p] = time.time_ns()  # CLOCK_REALTIME, the clock of ctime
             if len(self._since) == 1 and self._witness is not None:
@@ -98,7 +105,24 @@ class InFlight:
             if not self._since and self._witness is not None:
                 self._witness.record(self._txnid, pending=False)
 
+    def swap(self, token: object, p: PreparedDefer) -> None:
+        """The record `p` of the create `token` stood for is about to be queued: in flight
+        in its place, since the create's time (not a later one: the watermark rule)."""
+        with self._lock:
+            since = self._since.pop(token, None)
+            self._since[p] = time.time_ns() if since is None else since
+            if len(self._since) == 1 and self._witness is not None:
+                self._witness.record(self._txnid, pending=True)
+
+    def resolve(self, token: object) -> None:
+        """The create `token` stood for is covered without a record (its clean verdict was
+        committed): no longer in flight."""
+        with self._lock:
+            if self._since.pop(token, None) is not None and not self._since \
+                    and self._witness is not None:
+                self._witness.record(self._txnid, pending=False)
+
     def oldest_ns(self) -> int | None:
         """When the oldest intent in flight was queued (the watermark stays below it)."""
         with self._lock:
-            return next(iter(self._since.values()), None)
+            return min(self._since.values(), default=None)

@@ -91,15 +91,20 @@ class Journal(JournalBase):
             exposure=exposure, error="", now=self._clock()))
 
     def defer_soon(self, path: str, profile: str, *, exposure: Exposure | None,
-                   on_done: Callable[[JournalError | None], None]) -> ops.PreparedDefer:
+                   on_done: Callable[[JournalError | None], None],
+                   token: object = None) -> ops.PreparedDefer:
         """A NEW file's intent (tier 1w), queued without waiting (journal.inflight);
         `on_done(error)` on the trio thread. On an error it stays in flight until a
-        retry commits it and the caller says so (`inflight.land`)."""
+        retry commits it and the caller says so (`inflight.land`). `token`: the create
+        was noted in flight already (`inflight.note(token)`): the record takes its place."""
         self._check_writable()
         p = ops.PreparedDefer(self._t, path, identity=None, reason=Reason.MODIFIED,
                               profile=profile, exposure=exposure, error="", now=self._clock())
         p.on_done = on_done
-        self.inflight.note(p)
+        if token is None:
+            self.inflight.note(p)
+        else:
+            self.inflight.swap(token, p)
         # Lingers: its close scan's completion, a few ms later, may join its transaction.
         self._committer.submit_soon(p, linger=True)
         return p

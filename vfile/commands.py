@@ -77,6 +77,7 @@ class Commands:
             "status": self.status, "quiesce": self.quiesce, "resume": self.resume,
             "drain": self.drain_ctl, "journal.list": self.journal_list,
             "journal.show": self.journal_show, "journal.retry": self.journal_retry,
+            "journal.record": self.journal_record,
             "quarantine.list": self.quarantine_list, "memory": self.memory,
         }
 
@@ -116,6 +117,7 @@ class Commands:
         self.window.open(max_s, reason=str(args.get("reason", "quiesce")))
         # Cancelled opens now take their fail mode; `safe` ones write the journal.
         with trio.move_on_after(SETTLE_DEADLINE):
+            await self.gate.record_new_files()  # the window made them: committed before the sync
             await self.gate.wait_idle()
         await self.journal.sync()
         await trio.to_thread.run_sync(syncfs, self.source_fd, limiter=SYNC_LIMITER)
@@ -155,14 +157,26 @@ class Commands:
     # --- journal --------------------------------------------------------------------------
     async def journal_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         limit = _number(args, "limit", minimum=1)
+        # New files not recorded yet (filter.newfiles) are listed once their records are in.
+        with trio.move_on_after(SETTLE_DEADLINE):
+            await self.gate.record_new_files()
         entries = await trio.to_thread.run_sync(
             lambda: self.journal.list_deferred(limit=None if limit is None else int(limit)))
         return [deferred_to_json(e) for e in entries]
 
-    def journal_show(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def journal_record(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Every new file's record made and committed (filter.newfiles): a reader of the
+        journal from outside (`vfile journal ... --mount`) then finds it."""
+        with trio.move_on_after(SETTLE_DEADLINE):
+            await self.gate.record_new_files()
+        return {}
+
+    async def journal_show(self, args: dict[str, Any]) -> dict[str, Any]:
         path = args.get("path")
         if not isinstance(path, str):
             raise ControlError("journal.show needs a 'path' string")
+        with trio.move_on_after(SETTLE_DEADLINE):  # (as journal_list)
+            await self.gate.record_new_files()
         entry = self.journal.get_deferred(path)
         if entry is None:
             raise ControlError(f"no journal entry for {path!r}")

@@ -90,6 +90,8 @@ def open_journal(state_dir: str | None, *, readonly: bool, mount: str | None = N
 
     live = live or mount is not None
     state_dir = resolve_state_dir(state_dir, mount)
+    if mount is not None:  # new files not recorded yet (vfile.filter.newfiles): now
+        _control(mount, "journal.record")
     owner = -1 if readonly or live else _own_offline(Path(state_dir))
     try:
         try:

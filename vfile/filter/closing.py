@@ -9,25 +9,18 @@ with the identity of the written file. Journal or file trouble is logged and
 leaves the entry in place.
 
 Closes are judged in batches (`submit`, `_batch`): one task takes them in
-close order once their tick has passed (woken by the next close, or a timer
-when none comes), and judges a small file at once, without a task, a sleep
-or a park of its own: by its hash, or on the embedded engine by the bytes it
-hashed (scanner/inline.py); a clean verdict's completion is queued and its
-intent ends when that is committed. Anything else (a larger file, another
-appliance, infected, a window, a newer intent) gets its own task (`run`), as
-every close scan did: one writer creating small files paid a task, a timer
-and a pool round trip per file on the trio thread (README "Creates under
-scanning", cr21).
+close order once their tick has passed, and judges a small file at once,
+without a task of its own: by its hash, or on the embedded engine by the bytes
+it hashed (scanner/inline.py). Anything else (a larger file, another
+appliance, infected, a window, a newer intent) gets its own task (`run`).
 
 A clean whole-file verdict of the current intent is not waited for in the
 journal (`_settle_soon`): its completion is queued behind the intent's record
-(journal.store.complete_soon), in the same transaction while a new file's
-intent still lingers in the queue; the close scan closes its descriptor and
-parks until that commit, when the intent ends (`Gate.wait_idle` covers it). A scanning create
-thus costs one share of a transaction rather than two transactions, and a burst
-of creates on a frozen state disk holds no descriptor per file (README "Creates
-under scanning"). Anything else (infected, a newer intent, the drain's case)
-first waits for the intent's commit, at most `MAX_WAITING` at once.
+(journal.store.complete_soon), or stands for it when a new file has none
+(vfile.filter.newfiles); the descriptor is closed and the intent ends once
+that commit is done (`Gate.wait_idle` covers it). Anything else (infected, a
+newer intent, the drain's case) first waits for the intent's commit, at most
+`MAX_WAITING` at once (README "Creates under scanning").
 """
 
 from __future__ import annotations
@@ -46,6 +39,7 @@ from vfile.config.model import Profile
 from vfile.filter import racy
 from vfile.filter.contenthash import HASH_MAX, NOTHING, ContentVerdicts, Looked
 from vfile.filter.intents import Intent, IntentTable
+from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Stats
 from vfile.filter.policy import (
     Action,
@@ -70,18 +64,15 @@ log = logging.getLogger("vfile.filter.gate")
 #: background scans after a last close running at once (on-open scans do not wait for them)
 CLOSE_SCANS = 4
 
-#: close scans waiting for their intent's commit (a stalled or frozen state disk), each
-#: holding a descriptor; beyond it a close leaves its file to the drain, so a burst of
-#: creates cannot take every descriptor from the reads (tests/t5_inflight_attack_test.py)
+#: close scans waiting for their intent's commit (a frozen state disk), each holding a
+#: descriptor; beyond, a close leaves its file to the drain (t5_inflight_attack_test)
 MAX_WAITING = 256
 
 #: close scans the batch judges before it lets the requests go on (a checkpoint)
 BATCH = 32
 
-#: close scans holding a descriptor at once (queued for their tick, or a task waiting for a
-#: slot), at most: beyond it a close leaves its file to the drain. A slow appliance and
-#: one user creating files faster than it scans them took every descriptor of the mount
-#: (EMFILE for everyone's creates and opens: x22, tests/t5_attack22_closes_test.py).
+#: close scans holding a descriptor at once, at most; beyond, a close leaves its file to the
+#: drain (a fast creator and a slow appliance took every descriptor: t5_attack22_closes)
 HOLDING_MAX = 1024
 
 
@@ -117,8 +108,10 @@ class CloseScans:
     def __init__(self, *, journal: Journal, intents: IntentTable, scanning: Scanning,
                  settler: Settler, stats: Stats, inputs: Inputs,
                  remember: Callable[[VerdictRecord], None],
-                 window: Callable[[], bool], start: Start) -> None:
+                 window: Callable[[], bool], start: Start, records: IntentRecords) -> None:
         self._journal = journal
+        #: new files' records, made only when the close scan does not cover the file
+        self._records = records
         self._intents = intents
         self._scanning = scanning
         self._settler = settler
@@ -289,10 +282,11 @@ class CloseScans:
                         None if looked.digest is None else (identity, looked))
         return None
 
-    def _start_run(self, *args: object) -> None:
+    def _start_run(self, path: str, intent: Intent, *args: object) -> None:
+        self._records.record_now(intent)  # not judged at once: no waiting for its record
         self._running += 1  # until `run` ends (`start`'s bound)
         try:
-            self._start(self.run, *args)
+            self._start(self.run, path, intent, *args)
         except BaseException:
             self._running -= 1
             raise
@@ -375,6 +369,7 @@ class CloseScans:
     async def _wait_landed(self, path: str, intent: Intent) -> bool:
         """Wait until the intent's record is committed (its stored seq is known); False:
         too many wait already, the file is left to the drain."""
+        self._records.record_now(intent)  # (if not made yet: it is waited for below)
         if intent.landed is None or intent.landed.is_set():
             return True
         # Its record is still queued (vfile.filter.newfiles), or failed and is retried;
@@ -425,8 +420,11 @@ class CloseScans:
                 or self._intents.get(path) is not intent:
             return False
         queued = intent.queued
-        if queued is not None and queued.seq == intent.seq:
-            seq: int | PreparedDefer = queued  # its stored seq is known once it is applied
+        unrecorded = intent.unrecorded
+        if unrecorded:
+            seq: int | PreparedDefer = 0  # no entry (filter.newfiles): the verdict covers it
+        elif queued is not None and queued.seq == intent.seq:
+            seq = queued  # its stored seq is known once it is applied
         elif intent.landed is None or intent.landed.is_set():
             seq = intent.seq
         else:
@@ -438,6 +436,9 @@ class CloseScans:
             if err is not None:
                 log.error("journal: cannot store the verdict for %r: %s; left to the drain",
                           path, err)
+                self._records.record_now(intent)
+            elif unrecorded:
+                self._records.covered(intent)  # committed: no record needed
             committed()
 
         if not self._settler.resolve_soon(path, record, profile, seq, done):

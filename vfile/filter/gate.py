@@ -127,6 +127,9 @@ class Gate:
         #: path → its unresolved write intent
         self._intents = IntentTable()
         self._window = False
+        #: write intents' journal records (a new file's in the background, or never)
+        self._records = IntentRecords(journal, self._tasks, window=lambda: self._window)
+        self._intents.displaced = self._records.record_now
         self.stats = Stats()
         #: profile name -> scan-debt state (the mount's QuotaMonitor; none: never escalated)
         self.quota: Callable[[str], QuotaState] = quota or (lambda name: QuotaState.NONE)
@@ -142,7 +145,7 @@ class Gate:
                                    scanning=self._scanning, settler=self._settler,
                                    stats=self.stats, inputs=self._inputs,
                                    remember=self._remember, window=lambda: self._window,
-                                   start=self._tasks.start)
+                                   start=self._tasks.start, records=self._records)
         #: the drain's resolve
         self._resolver = Resolver(journal=journal, intents=self._intents, source=self._source,
                                   profiles=self._profiles, scanning=self._scanning,
@@ -151,8 +154,6 @@ class Gate:
                                   settled=self.grace.settled)
         #: carrying out decisions: audit, logs, counters, deferrals
         self._outcomes = Outcomes(journal, self._intents, self._observer, self.stats, clock)
-        #: write intents' journal records (a new file's in the background)
-        self._records = IntentRecords(journal, self._tasks)
         #: write intents: decided, journaled, made durable (before the open or the write)
         self._writes = WriteIntents(journal=journal, intents=self._intents,
                                     records=self._records, outcomes=self._outcomes,
@@ -172,7 +173,10 @@ class Gate:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery of shared and background scans; runs until cancelled."""
-        await self._tasks.serve(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._records.sweep)
+            await nursery.start(self._tasks.serve)
+            task_status.started()
 
     # --- state --------------------------------------------------------------------------
 
@@ -181,10 +185,16 @@ class Gate:
         return self._window
 
     def set_window(self, active: bool) -> None:
-        """Start or end a window; starting one cancels every wait and scan at once."""
+        """Start or end a window; starting one cancels every wait and scan at once, and
+        gives every new file its record (filter.newfiles: no verdict is coming soon)."""
         self._window = active
         if active:
+            self._records.record_all()
             self._scopes.cancel_all()
+
+    async def record_new_files(self) -> None:
+        """Every new file's record made and committed (a reader of the journal is coming)."""
+        await self._records.recorded()
 
     @property
     def last_signature(self) -> str:
@@ -242,6 +252,9 @@ class Gate:
             "cached_verdicts": len(self._cache), "infections": s.infections,
             "exposures": s.exposures, "deferrals": s.deferrals, "denials": s.denials,
             "write_intents": s.intents, "pending_intents": len(self._intents),
+            "new_files_unrecorded": len(self._records),
+            "new_files_covered_by_verdict": self._records.covered_count,
+            "new_files_recorded_late": self._records.late,
             "writes_awaiting_intent_fsync": self._writes.waited,
             "intent_fsync_failures": self._writes.failed, "journal_full": s.journal_full,
             "kernel_entries_not_dropped": self._actions.entries_not_dropped,

@@ -17,6 +17,11 @@ Invariants:
   so that close resolves the entry.
 - An intent a close scan has claimed is not rolled back: that scan reads the
   file after the failed operation and resolves it.
+- A new file's intent may have no journal record yet (`unrecorded`,
+  vfile.filter.newfiles). Such an intent is only ever the current one of its
+  path, at its path: whatever else would happen to it (replaced by a newer
+  intent, moved, popped, rolled back, finished unresolved) first calls
+  `displaced`, which makes its record.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class Intent:
     #: the content change after it, still to come) and left it alone: if it is rolled
     #: back, the intent it replaced gets that close scan (vfile.filter.gate)
     close_due: bool = False
+    #: a new file's intent whose journal record is not made yet (vfile.filter.newfiles):
+    #: in flight (journal.inflight) until its clean verdict is committed or its record made
+    unrecorded: bool = False
 
     @property
     def recording(self) -> bool:
@@ -67,6 +75,13 @@ class IntentTable:
 
     def __init__(self) -> None:
         self._by_path: dict[str, Intent] = {}
+        #: called with an `unrecorded` intent before anything but its resolution changes it
+        #: (module doc): makes its record (vfile.filter.newfiles.IntentRecords.record_now)
+        self.displaced: Callable[[Intent], None] = lambda intent: None
+
+    def _record(self, intent: Intent | None) -> None:
+        if intent is not None and intent.unrecorded:
+            self.displaced(intent)
 
     def __len__(self) -> int:
         return len(self._by_path)
@@ -92,12 +107,14 @@ class IntentTable:
     def begin(self, path: str) -> Intent:
         """A new intent for `path`, current from now on."""
         prev = self._by_path.get(path)
+        self._record(prev)
         intent = Intent(path, prev=prev)
         self._by_path[path] = intent
         return intent
 
     def finish(self, intent: Intent) -> None:
         """`intent` is resolved (its close scan ended): forget it if still current."""
+        self._record(intent)  # ended unresolved: its record stays for the drain
         intent.done = True
         intent.prev = None
         if self._by_path.get(intent.path) is intent:
@@ -107,6 +124,7 @@ class IntentTable:
         """Drop the path's intent (the file was unlinked or renamed over)."""
         intent = self._by_path.pop(path, None)
         if intent is not None:
+            self._record(intent)
             intent.done = True
         return intent
 
@@ -115,11 +133,14 @@ class IntentTable:
         self.pop(new)
         intent = self._by_path.pop(old, None)
         if intent is not None:
+            self._record(intent)  # at `old`: the journal's rename moves it
             intent.path = new
             self._by_path[new] = intent
 
     def relocate(self, moves: dict[str, str]) -> None:
         """Move several intents at once (old path -> new path; an exchange swaps them)."""
+        for old in moves:
+            self._record(self._by_path.get(old))
         taken = [(self._by_path.pop(old), new) for old, new in moves.items()
                  if old in self._by_path]
         for intent, new in taken:
@@ -137,6 +158,7 @@ class IntentTable:
         The journal entry stays for the drain. If an older intent of the path is
         still waiting for its close, it is current again and resolves the entry.
         """
+        self._record(intent)  # its entry stays for the drain
         if intent.done or intent.closing:
             return
         intent.done = True
