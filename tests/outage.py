@@ -151,6 +151,19 @@ def signature_version(state_dir: Path) -> str:
         return ""
 
 
+def deferred_paths(state: Path) -> list[str]:
+    """The paths of the journal's deferred entries (read-only, beside a mount)."""
+    with Journal.open(state, readonly=True) as j:
+        return [e.path for e in j.list_deferred()]
+
+
+def verdict_outcome(state: Path, source: Path, name: str, sig: str) -> str | None:
+    """The stored verdict's outcome for the file `source/name` as it is now, or None."""
+    with Journal.open(state, readonly=True) as j:
+        v = j.get_verdict(Identity.from_stat(os.stat(source / name)), sig)
+        return None if v is None else v.outcome
+
+
 def unaccounted(source: Path, state_dir: Path, sig: str) -> list[str]:
     """Source files with neither a journal entry nor a clean verdict for their
     current identity at signature version `sig` (empty: nothing escaped).

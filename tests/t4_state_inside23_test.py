@@ -23,6 +23,23 @@ from vfile.errors import Exit
 pytestmark = pytest.mark.mount
 
 
+def _refused(conf: Path, state: Path, src: Path, mnt: Path) -> subprocess.CompletedProcess[str]:
+    """`vfile mount --foreground` of `src` on `mnt`, which must exit with a config error
+    rather than serve (a mount that serves is killed by the timeout and unmounted)."""
+    try:
+        res = subprocess.run(vfile_cmd("mount", "--foreground", "--config", str(conf),
+                                       "--state-dir", str(state), str(src), str(mnt)),
+                             capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        res = None  # it mounted and served (killed by the timeout)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert res is not None, "mounted"
+    assert res.returncode == int(Exit.CONFIG), res.stderr
+    return res
+
+
 @pytest.mark.parametrize("where", ["below_source", "source", "below_mountpoint",
                                    "symlink_to_source"])
 def test_a_state_directory_overlapping_the_source_or_mountpoint_is_refused(
@@ -35,17 +52,7 @@ def test_a_state_directory_overlapping_the_source_or_mountpoint_is_refused(
     (tmp_path / "link").symlink_to(src)
     conf = tmp_path / "vfile.toml"
     conf.write_text(f'[mount]\nquarantine_dir = "{tmp_path / "quarantine"}"\n')
-    try:
-        res = subprocess.run(vfile_cmd("mount", "--foreground", "--config", str(conf),
-                                       "--state-dir", str(state), str(src), str(mnt)),
-                             capture_output=True, text=True, timeout=30, check=False)
-    except subprocess.TimeoutExpired:
-        res = None  # it mounted and served (killed by the timeout)
-    finally:
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-    assert res is not None, "mounted"
-    assert res.returncode == int(Exit.CONFIG), res.stderr
+    res = _refused(conf, state, src, mnt)
     assert "state directory" in res.stderr and "overlaps" in res.stderr, res.stderr
     assert sorted(os.listdir(src)) == []  # nothing created among the files it judges
 
@@ -62,15 +69,5 @@ def test_a_quarantine_directory_below_the_mountpoint_is_refused(tmp_path: Path) 
     mnt.mkdir()
     conf = tmp_path / "vfile.toml"
     conf.write_text(f'[mount]\nquarantine_dir = "{mnt / "q"}"\n')
-    try:
-        res = subprocess.run(vfile_cmd("mount", "--foreground", "--config", str(conf),
-                                       "--state-dir", str(state), str(src), str(mnt)),
-                             capture_output=True, text=True, timeout=30, check=False)
-    except subprocess.TimeoutExpired:
-        res = None  # it mounted and served (killed by the timeout)
-    finally:
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-    assert res is not None, "mounted"
-    assert res.returncode == int(Exit.CONFIG), res.stderr
+    res = _refused(conf, state, src, mnt)
     assert "quarantine directory" in res.stderr and "mountpoint" in res.stderr, res.stderr

@@ -9,31 +9,21 @@ hole was closed there by chance (as in tests/t5_race22_linkctime_test.py)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
-from outage import running_appliance, signature_version, unaccounted
+from outage import (
+    deferred_paths,
+    running_appliance,
+    signature_version,
+    unaccounted,
+)
 from queuedrace import DEADLINE, wait_settled
-
-from vfile.journal import Journal
-from vfile.journal.records import Identity
 
 pytestmark = pytest.mark.mount
 
 SAFE = '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
-
-
-def _entries(state: Path) -> list[str]:
-    with Journal.open(state, readonly=True) as j:
-        return [e.path for e in j.list_deferred()]
-
-
-def _verdict(state: Path, source: Path, name: str, sig: str) -> str | None:
-    with Journal.open(state, readonly=True) as j:
-        v = j.get_verdict(Identity.from_stat(os.stat(source / name)), sig)
-        return None if v is None else v.outcome
 
 
 @pytest.mark.parametrize("writeback", [False, True])
@@ -49,7 +39,7 @@ def test_an_xattr_change_keeps_the_verdict(tree: Tree, writeback: bool) -> None:
             wait_settled(mnt)
             wait_until(lambda: signature_version(state), "the signature version")
             sig = signature_version(state)
-            wait_until(lambda: _entries(state) == [], "the drain emptied the journal",
+            wait_until(lambda: deferred_paths(state) == [], "the drain emptied the journal",
                        DEADLINE)
             assert unaccounted(tree.source, state, sig) == []
             ctimes = {n: os.stat(tree.source / n).st_ctime_ns for n in ("set", "removed")}

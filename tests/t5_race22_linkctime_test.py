@@ -13,32 +13,24 @@ change, so the verdict now follows the file to its new identity, as a chmod's do
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from lifecycle import Tree, tree_config, wait_until
 from mounting import mounted
-from outage import running_appliance, signature_version, unaccounted
+from outage import (
+    deferred_paths,
+    running_appliance,
+    signature_version,
+    unaccounted,
+    verdict_outcome,
+)
 from queuedrace import DEADLINE, wait_settled
 
-from vfile.journal import Journal
-from vfile.journal.records import Identity
 from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
 
 SAFE = '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
-
-
-def _entries(state: Path) -> list[str]:
-    with Journal.open(state, readonly=True) as j:
-        return [e.path for e in j.list_deferred()]
-
-
-def _verdict(state: Path, source: Path, name: str, sig: str) -> str | None:
-    with Journal.open(state, readonly=True) as j:
-        v = j.get_verdict(Identity.from_stat(os.stat(source / name)), sig)
-        return None if v is None else v.outcome
 
 
 @pytest.mark.parametrize("how", ["unlink", "rename_over"])
@@ -57,9 +49,9 @@ def test_the_surviving_name_keeps_its_verdict(tree: Tree, how: str) -> None:
             wait_settled(mnt)
             wait_until(lambda: signature_version(state), "the signature version")
             sig = signature_version(state)
-            wait_until(lambda: _entries(state) == [], "the drain emptied the journal",
+            wait_until(lambda: deferred_paths(state) == [], "the drain emptied the journal",
                        DEADLINE)
-            assert _verdict(state, tree.source, "b", sig) == "clean"  # the link's close scan
+            assert verdict_outcome(state, tree.source, "b", sig) == "clean"  # the link's close scan
             ctime = os.stat(tree.source / "b").st_ctime_ns
             if how == "unlink":
                 os.unlink(mnt / "a")
@@ -69,8 +61,8 @@ def test_the_surviving_name_keeps_its_verdict(tree: Tree, how: str) -> None:
             assert os.stat(tree.source / "b").st_ctime_ns != ctime  # the kernel's doing
             assert unaccounted(tree.source, state, sig) == []
             # Not by a rescan: the verdict followed the file (no entry was needed).
-            assert "b" not in _entries(state)
-            assert _verdict(state, tree.source, "b", sig) == "clean"
+            assert "b" not in deferred_paths(state)
+            assert verdict_outcome(state, tree.source, "b", sig) == "clean"
 
 
 def test_a_survivor_written_meanwhile_is_judged_again(tree: Tree) -> None:
