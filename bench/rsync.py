@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c:<8} {' '.join(f'{x:>7,.0f}' for x in rates):>24}   {median[c]:>8,.0f}  "
               f"{median[c] / median['native']:>8.3f}  {median[c] / median['noscan']:>8.3f}")
     print("scanning mount, per round once settled (per file):")
-    for r, c in enumerate(settled):
-        print(f"  r{r}: " + ", ".join(f"{k} {v} ({v / args.files:.2f})" for k, v in c.items()))
+    for r, cost in enumerate(settled):
+        print(f"  r{r}: " + ", ".join(f"{k} {v} ({v / args.files:.2f})" for k, v in cost.items()))
     if args.json:
         args.json.write_text(json.dumps({"files": args.files, "size": args.size,
                                          "dirs": args.dirs, "rates": per_round,

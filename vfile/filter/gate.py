@@ -53,7 +53,7 @@ from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
-from vfile.filter.keeping import Keeping
+from vfile.filter.keeping import Carry, Keeping
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
@@ -163,7 +163,8 @@ class Gate:
         self._keeping = Keeping(journal=journal, intents=self._intents, source=self._source,
                                 profiles=self._profiles, outcomes=self._outcomes,
                                 inputs=self._inputs, signature=self._scanning.signature,
-                                lookup=self._lookup, remember=self._remember, clock=clock)
+                                lookup=self._lookup, remember=self._remember, clock=clock,
+                                start=self._tasks.start)
 
     @property
     def observer(self) -> Observer:
@@ -367,7 +368,11 @@ class Gate:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx, *, lazy: bool = False) -> Intent | None:
+                              ctx: RequestCtx, *, lazy: bool = False,
+                              moved_from: bytes | None = None) -> Intent | Carry | None:
+        if moved_from is not None and st is not None and (carry := await self._keeping.carry_rename(
+                os.fsdecode(moved_from), os.fsdecode(path), st)) is not None:
+            return carry  # the verdict follows the renamed file, no fsync (filter.keeping)
         return await self._writes.begin(path, st, ctx, lazy=lazy)
 
     async def intent_durable(self, token: object) -> None:
@@ -381,7 +386,9 @@ class Gate:
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
         close: end the intent; its journal entry stays for the drain."""
-        if isinstance(token, Intent):
+        if isinstance(token, Carry):
+            self._keeping.carried(token)
+        elif isinstance(token, Intent):
             current = self._intents.get(token.path) is token and not token.done
             self._intents.roll_back(token)
             prev = self._intents.get(token.path)  # current again: the close it skipped

@@ -54,6 +54,8 @@ class Intent:
     #: the content change after it, still to come) and left it alone: if it is rolled
     #: back, the intent it replaced gets that close scan (vfile.filter.gate)
     close_due: bool = False
+    #: set when it is done, made by the first who waits for that (`IntentTable.ended`)
+    ended: trio.Event | None = None
 
     @property
     def recording(self) -> bool:
@@ -96,9 +98,18 @@ class IntentTable:
         self._by_path[path] = intent
         return intent
 
+    @staticmethod
+    async def ended(intent: Intent) -> None:
+        """Return once `intent` is done (a metadata change waits for the close scan
+        that reads the file before it: vfile.filter.keeping)."""
+        if not intent.done:
+            if intent.ended is None:
+                intent.ended = trio.Event()
+            await intent.ended.wait()
+
     def finish(self, intent: Intent) -> None:
         """`intent` is resolved (its close scan ended): forget it if still current."""
-        intent.done = True
+        _end(intent)
         intent.prev = None
         if self._by_path.get(intent.path) is intent:
             del self._by_path[intent.path]
@@ -107,7 +118,7 @@ class IntentTable:
         """Drop the path's intent (the file was unlinked or renamed over)."""
         intent = self._by_path.pop(path, None)
         if intent is not None:
-            intent.done = True
+            _end(intent)
         return intent
 
     def move(self, old: str, new: str) -> None:
@@ -139,7 +150,7 @@ class IntentTable:
         """
         if intent.done or intent.closing:
             return
-        intent.done = True
+        _end(intent)
         if self._by_path.get(intent.path) is not intent:
             return  # a newer intent replaced it; it skips this one when rolled back itself
         prev = intent.prev
@@ -151,3 +162,9 @@ class IntentTable:
         else:
             prev.seq = max(prev.seq, intent.seq)
             self._by_path[intent.path] = prev
+
+
+def _end(intent: Intent) -> None:
+    intent.done = True
+    if intent.ended is not None:
+        intent.ended.set()
