@@ -51,6 +51,11 @@ log = logging.getLogger("vfile.filter.gate")
 RETRY_S = 0.1
 RETRY_MAX_S = 5.0
 
+#: how long a metadata change or rename waits for a close scan reading the file before
+#: it (a small file's takes milliseconds); past it (a slow appliance), the file is
+#: journaled for the drain as before, rather than hold the request up to the deadline
+SCANNED_WAIT_S = 0.25
+
 
 @dataclass
 class Carry:
@@ -127,11 +132,12 @@ class Keeping:
 
     async def _scanned(self, rel: str, intent: Intent, st: os.stat_result) -> bool:
         """A close scan is reading the file as it was before this change (rsync: utimensat
-        right after the close): wait for its verdict, within the profile's deadline, so
+        right after the close): wait for its verdict (at most SCANNED_WAIT_S), so
         that verdict can follow the file rather than the file be journaled again for the
         drain (`_follow`). False if the file changed meanwhile: the caller keeps no
         verdict then (its `before` is stale)."""
-        with trio.move_on_after(self._profiles.profile_for(rel, st.st_nlink).deadline):
+        with trio.move_on_after(min(SCANNED_WAIT_S,
+                                    self._profiles.profile_for(rel, st.st_nlink).deadline)):
             await self._intents.ended(intent)
         try:
             fd = self._source.open(rel)
