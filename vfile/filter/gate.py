@@ -53,7 +53,7 @@ from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
-from vfile.filter.keeping import Carry, Keeping
+from vfile.filter.keeping import Carry, Keeping, Learnt
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
@@ -115,7 +115,8 @@ class Gate:
         self._source = Source(source_fd)
         self._clock = clock
         self._cache = VerdictCache(cache_size)
-        self._remember = self._cache.put  # (a verdict the gate learnt)
+        # (a verdict the gate learnt; a metadata change may wait for one: filter.keeping)
+        self._remember = Learnt(self._cache.put)
         #: signature updates and the per-profile grace after them
         self.grace = Grace(config.all_profiles(), find=lambda i, sig: self._cache.get(i, sig)
                            or journal.get_verdict(i, sig))

@@ -57,6 +57,27 @@ RETRY_MAX_S = 5.0
 SCANNED_WAIT_S = 0.25
 
 
+class Learnt:
+    """Every verdict the gate learns passes here (it is the gate's `remember`): stored
+    in the cache, and who waits for one (`Keeping._scanned`) woken."""
+
+    def __init__(self, put: Callable[[VerdictRecord], None]) -> None:
+        self._put = put
+        self._event: trio.Event | None = None  # made by the first waiter
+
+    def __call__(self, rec: VerdictRecord) -> None:
+        self._put(rec)
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        """Return once the next verdict is learnt."""
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
+
+
 @dataclass
 class Carry:
     """A rename's token (`Keeping.carry_rename`): the verdict of the file moving to
@@ -75,7 +96,7 @@ class Keeping:
                  profiles: ProfileChooser, outcomes: Outcomes,
                  inputs: Callable[..., DecisionInputs], signature: Callable[[], str],
                  lookup: Callable[[Identity, str], VerdictRecord | None],
-                 remember: Callable[[VerdictRecord], None],
+                 remember: Learnt,
                  clock: Callable[[], float],
                  start: Callable[..., None]) -> None:
         self._journal = journal
@@ -108,7 +129,7 @@ class Keeping:
         before = Identity.from_stat(st)
         stale = False
         if not writing and (intent := self._intents.get(rel)) is not None and intent.closing:
-            stale = not await self._scanned(rel, intent, st)
+            stale = not await self._scanned(rel, intent, st, before)
         writer = writing or _unclaimed(self._intents.get(rel))
         # (`_follow` does nothing for a writer: the read txn of a lookup spared, cr22)
         old = None if writer or stale else self._lookup(before, self._signature())
@@ -130,15 +151,19 @@ class Keeping:
         await self._follow(rel, st.st_nlink, old=old, now=now, writer=writer,
                            same=now.size == before.size, seq=seq)
 
-    async def _scanned(self, rel: str, intent: Intent, st: os.stat_result) -> bool:
+    async def _scanned(self, rel: str, intent: Intent, st: os.stat_result,
+                       before: Identity) -> bool:
         """A close scan is reading the file as it was before this change (rsync: utimensat
         right after the close): wait for its verdict (at most SCANNED_WAIT_S), so
         that verdict can follow the file rather than the file be journaled again for the
-        drain (`_follow`). False if the file changed meanwhile: the caller keeps no
-        verdict then (its `before` is stale)."""
+        drain (`_follow`). Not for its completion's commit: the record `_note` makes
+        has a seq of its own, which that completion does not match. False if the file
+        changed meanwhile: the caller keeps no verdict then (its `before` is stale)."""
+        sig = self._signature()
         with trio.move_on_after(min(SCANNED_WAIT_S,
                                     self._profiles.profile_for(rel, st.st_nlink).deadline)):
-            await self._intents.ended(intent)
+            while not intent.done and self._lookup(before, sig) is None:
+                await self._remember.wait()
         try:
             fd = self._source.open(rel)
         except OSError:
@@ -149,14 +174,20 @@ class Keeping:
             os.close(fd)
         return Identity.from_stat(now) == Identity.from_stat(st)
 
-    async def carry_rename(self, src: str, dst: str, moving: os.stat_result) -> Carry | None:
+    async def carry_rename(self, src: str, dst: str, moving: os.stat_result
+                           ) -> Carry | None:
         """The intent of renaming the file `moving` from `src` onto `dst`, if its verdict
-        can follow it there without an fsync (module doc); None: an ordinary intent."""
-        if (intent := self._intents.get(src)) is not None and intent.closing \
-                and not await self._scanned(src, intent, moving):
-            return None
+        can follow it there without an fsync (module doc); None: an ordinary intent.
+        A close scan that judged it, its completion queued (rsync renames right after
+        the close): that completion is waited for (at most SCANNED_WAIT_S), not moved
+        to `dst` with its entry (a durable commit, and the entry left for the drain)."""
+        intent = self._intents.get(src)
+        if intent is not None and intent.closing and self._lookup(
+                Identity.from_stat(moving), self._signature()) is not None:
+            with trio.move_on_after(SCANNED_WAIT_S):
+                await self._intents.ended(intent)
         if self._intents.get(src) is not None or self._journal.get_deferred(src) is not None:
-            return None
+            return None  # its entry and intent follow it to `dst` (gate.on_rename)
         old = self._lookup(Identity.from_stat(moving), self._signature())
         p = self._note(dst, moving, old)
         return None if p is None or old is None else Carry(dst, moving, old, p)
@@ -183,13 +214,16 @@ class Keeping:
               ) -> PreparedDefer | None:
         """A record for `rel`, noted in flight and queued, if the verdict `old` can follow
         the file without an fsync: a clean whole-file one, the file with one name, no
-        intent (no writer, no close scan that may be reading it: `_follow`'s doc) and no
-        entry (no drain scan); while the queue keeps up, as for creates (filter.newfiles).
-        None: the caller takes the durable path."""
+        writer, and no entry but the one of an intent whose close scan judged the file
+        (`old`; its completion, queued before this record, matches its own seq only);
+        while the queue keeps up, as for creates (filter.newfiles). None: the caller
+        takes the durable path."""
         j = self._journal
+        intent = self._intents.get(rel)
         if old is None or old.outcome != VerdictOutcome.CLEAN or not coverage.is_whole(old) \
-                or st.st_nlink != 1 or self._intents.get(rel) is not None \
-                or j.get_deferred(rel) is not None or not j.new_files_covered() \
+                or st.st_nlink != 1 or (intent is not None and not intent.closing) \
+                or (intent is None and j.get_deferred(rel) is not None) \
+                or not j.new_files_covered() \
                 or j.inflight.failed or len(j.inflight) >= MAX_IN_FLIGHT:
             return None
         profile = self._defers(rel, 1)
