@@ -56,7 +56,8 @@ class RecordingHooks:
             raise Denied(errno.EACCES, "infected: Test-Signature")
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx, *, lazy: bool = False) -> object:
+                              ctx: RequestCtx, *, lazy: bool = False,
+                              moved_from: bytes | None = None) -> object:
         self.calls.append(("intent", path))
         return None
 

@@ -117,7 +117,8 @@ class FileHooks(Protocol):
                       ctx: RequestCtx, *, unflushed: bool = False) -> None: ...
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx, *, lazy: bool = False) -> object: ...
+                              ctx: RequestCtx, *, lazy: bool = False,
+                              moved_from: bytes | None = None) -> object: ...
 
     async def intent_durable(self, token: object) -> None: ...
 
@@ -159,7 +160,8 @@ class NoHooks:
         return None
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx, *, lazy: bool = False) -> object:
+                              ctx: RequestCtx, *, lazy: bool = False,
+                              moved_from: bytes | None = None) -> object:
         return None
 
     async def intent_durable(self, token: object) -> None:

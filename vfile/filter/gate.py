@@ -1,12 +1,9 @@
 """The gate: scan on open and after write, verdict cache, fail modes.
 
-The gate implements `vfile.hooks.FileHooks` for the passthrough. It gathers
-facts, asks the pure `vfile.filter.policy.decide`, and has its parts carry the
-answer out: `flights` (scans in flight, cancel scopes, background tasks),
-`scanning` (one scan, classified), `settling` (storing verdicts, acting on
-infected files), `outcomes` (audit, logs, counters, deferrals), `closing`
-(scans after a last close), `resolution` (the drain's resolve), `source`
-(reading the source by descriptor), `verdicts` and `intents`.
+The gate implements `vfile.hooks.FileHooks` for the passthrough: it gathers
+facts, asks the pure `vfile.filter.policy.decide`, and has its parts (flights,
+scanning, settling, outcomes, closing, keeping, resolution, source, verdicts,
+intents) carry the answer out.
 
 Invariants:
 - No open waits longer than its profile's deadline: every wait on a scan is
@@ -17,12 +14,10 @@ Invariants:
   file descriptor, so a waiter cancelled by a FUSE interrupt neither kills it
   for the others nor pulls the descriptor from under it.
 - `safe`: the journal entry (with who opened the file) is committed before the
-  open returns (tier 2: not fsynced; or, when the state disk takes no write
-  within the profile's deadline, queued in memory until it does). Write
-  intents are durable (fsynced) before `on_write_intent` returns, except a
-  `lazy` one (a write-open of an existing file: committed, fsynced before its
-  first write, `intent_durable`); a new name's (tier 1w) is covered by the
-  watermark rule (filter.writeintents).
+  open returns (tier 2, or held in memory on a frozen state disk). Write intents
+  follow README "Durability of journal records": fsynced before
+  `on_write_intent` returns, except a `lazy` one (fsynced before its first
+  write), a new file's and a kept verdict's (tier 1w: the watermark rule).
 - A verdict is stored for the identity the scanned descriptor had before and
   after the scan; content that changed during the scan gets no verdict.
 - While a path has an unresolved write intent, a cached clean verdict does
@@ -53,7 +48,7 @@ from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
-from vfile.filter.keeping import Keeping
+from vfile.filter.keeping import Carry, Keeping, Learnt
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
@@ -106,16 +101,15 @@ class Gate:
                  clock: Callable[[], float] = time.time,
                  cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self._config = config
-        #: profile selection aware of hard links (vfile.passthrough.links)
-        self._profiles = ProfileChooser(config)
+        self._profiles = ProfileChooser(config)  # aware of hard links (passthrough.links)
         self._pool = pool
         self._journal = journal
         self._actions = actions
-        #: the source directory, read by descriptor
-        self._source = Source(source_fd)
+        self._source = Source(source_fd)  # the source directory, read by descriptor
         self._clock = clock
         self._cache = VerdictCache(cache_size)
-        self._remember = self._cache.put  # (a verdict the gate learnt)
+        # (a verdict the gate learnt; a metadata change may wait for one: filter.keeping)
+        self._remember = Learnt(self._cache.put)
         #: signature updates and the per-profile grace after them
         self.grace = Grace(config.all_profiles(), find=lambda i, sig: self._cache.get(i, sig)
                            or journal.get_verdict(i, sig))
@@ -164,7 +158,8 @@ class Gate:
         self._keeping = Keeping(journal=journal, intents=self._intents, source=self._source,
                                 profiles=self._profiles, outcomes=self._outcomes,
                                 inputs=self._inputs, signature=self._scanning.signature,
-                                lookup=self._lookup, remember=self._remember, clock=clock)
+                                lookup=self._lookup, remember=self._remember, clock=clock,
+                                start=self._tasks.start)
 
     @property
     def observer(self) -> Observer:
@@ -380,7 +375,11 @@ class Gate:
             self.observer.opened(d.action.value, time.perf_counter() - started)
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
-                              ctx: RequestCtx, *, lazy: bool = False) -> Intent | None:
+                              ctx: RequestCtx, *, lazy: bool = False,
+                              moved_from: bytes | None = None) -> Intent | Carry | None:
+        if moved_from is not None and st is not None and (carry := await self._keeping.carry_rename(
+                os.fsdecode(moved_from), os.fsdecode(path), st)) is not None:
+            return carry  # the verdict follows the renamed file, no fsync (filter.keeping)
         return await self._writes.begin(path, st, ctx, lazy=lazy)
 
     async def intent_durable(self, token: object) -> None:
@@ -394,7 +393,9 @@ class Gate:
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
         close: end the intent; its journal entry stays for the drain."""
-        if isinstance(token, Intent):
+        if isinstance(token, Carry):
+            self._keeping.carried(token)
+        elif isinstance(token, Intent):
             current = self._intents.get(token.path) is token and not token.done
             self._intents.roll_back(token)
             prev = self._intents.get(token.path)  # current again: the close it skipped
@@ -491,10 +492,8 @@ class Gate:
         """`a` and `b` (two files or two directories) were exchanged: every journal
         entry and in-memory intent at or below either follows its file."""
         x, y = os.fsdecode(a), os.fsdecode(b)
-        # The exchange's own intents were ended before (vfile.passthrough.nameops; their
-        # entries stay for the drain). What is left follows its file: a writer's intent
-        # at `a` or `b`, then resolved by its close scan (op_exchange keeps seqs), and
-        # intents below exchanged directories.
+        # Its own intents ended before (passthrough.nameops); a writer's at `a` or `b` and
+        # those below exchanged directories follow their files (op_exchange keeps seqs).
         self._intents.relocate({path: new for path in self._intents
                                 if (new := swapped_path(path, x, y)) is not None})
         await self._journal.exchange(x, y)

@@ -62,6 +62,8 @@ class Intent:
     #: a new file's intent whose journal record is not made yet (vfile.filter.newfiles):
     #: in flight (journal.inflight) until its clean verdict is committed or its record made
     unrecorded: bool = False
+    #: set when it is done, made by the first who waits for that (`IntentTable.ended`)
+    ended: trio.Event | None = None
 
     @property
     def recording(self) -> bool:
@@ -112,10 +114,19 @@ class IntentTable:
         self._by_path[path] = intent
         return intent
 
+    @staticmethod
+    async def ended(intent: Intent) -> None:
+        """Return once `intent` is done (a metadata change waits for the close scan
+        that reads the file before it: vfile.filter.keeping)."""
+        if not intent.done:
+            if intent.ended is None:
+                intent.ended = trio.Event()
+            await intent.ended.wait()
+
     def finish(self, intent: Intent) -> None:
         """`intent` is resolved (its close scan ended): forget it if still current."""
         self._record(intent)  # ended unresolved: its record stays for the drain
-        intent.done = True
+        _end(intent)
         intent.prev = None
         if self._by_path.get(intent.path) is intent:
             del self._by_path[intent.path]
@@ -125,7 +136,7 @@ class IntentTable:
         intent = self._by_path.pop(path, None)
         if intent is not None:
             self._record(intent)
-            intent.done = True
+            _end(intent)
         return intent
 
     def move(self, old: str, new: str) -> None:
@@ -161,7 +172,7 @@ class IntentTable:
         self._record(intent)  # its entry stays for the drain
         if intent.done or intent.closing:
             return
-        intent.done = True
+        _end(intent)
         if self._by_path.get(intent.path) is not intent:
             return  # a newer intent replaced it; it skips this one when rolled back itself
         prev = intent.prev
@@ -173,3 +184,9 @@ class IntentTable:
         else:
             prev.seq = max(prev.seq, intent.seq)
             self._by_path[intent.path] = prev
+
+
+def _end(intent: Intent) -> None:
+    intent.done = True
+    if intent.ended is not None:
+        intent.ended.set()

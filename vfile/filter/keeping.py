@@ -9,6 +9,16 @@ matches; the file must never be left with neither verdict nor journal entry
 (DESIGN "Crash safety"), so the verdict follows the file to its new identity
 when the content provably did not change, and otherwise the file is journaled
 for the drain.
+
+Without an fsync when it can (rs23: rsync chmods and utimes every file it
+writes, then renames it; each paid an fsync before, and the rename's entry a
+rescan by the drain): a file with a clean whole-file verdict, no entry, no
+intent and one name, whose metadata changes or which is renamed, is noted in
+flight as a create is (journal.inflight through `Journal.defer_soon`: a crash
+before its record commits makes the next start walk the source, and the
+watermark stays below the change's ctime), and the verdict for its new identity
+resolves that record in the same or a later transaction (`complete_soon`,
+tier 2: lost to a power cut, the record stays and the drain scans it again).
 """
 
 from __future__ import annotations
@@ -16,20 +26,67 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+import trio
+
+from vfile.filter import coverage
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Outcomes
 from vfile.filter.policy import Action, DecisionInputs, Event, decide
 from vfile.filter.source import Source
 from vfile.hooks import RequestCtx
-from vfile.journal.records import Identity, JournalError, VerdictRecord
+from vfile.journal.inflight import MAX_IN_FLIGHT
+from vfile.journal.ops import PreparedDefer
+from vfile.journal.records import Identity, JournalError, VerdictOutcome, VerdictRecord
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.passthrough.links import ProfileChooser
 
 #: the gate's logger: operators filter and alert on it
 log = logging.getLogger("vfile.filter.gate")
+
+#: a noted record whose transaction failed is retried after this long, doubling up to
+#: RETRY_MAX_S (as a create's: filter.newfiles)
+RETRY_S = 0.1
+RETRY_MAX_S = 5.0
+
+#: how long a metadata change or rename waits for a close scan reading the file before
+#: it (a small file's takes milliseconds); past it (a slow appliance), the file is
+#: journaled for the drain as before, rather than hold the request up to the deadline
+SCANNED_WAIT_S = 0.25
+
+
+class Learnt:
+    """Every verdict the gate learns passes here (it is the gate's `remember`): stored
+    in the cache, and who waits for one (`Keeping._scanned`) woken."""
+
+    def __init__(self, put: Callable[[VerdictRecord], None]) -> None:
+        self._put = put
+        self._event: trio.Event | None = None  # made by the first waiter
+
+    def __call__(self, rec: VerdictRecord) -> None:
+        self._put(rec)
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        """Return once the next verdict is learnt."""
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
+
+
+@dataclass
+class Carry:
+    """A rename's token (`Keeping.carry_rename`): the verdict of the file moving to
+    `path` follows it once the rename is done (`Keeping.carried`)."""
+
+    path: str
+    before: os.stat_result
+    old: VerdictRecord
+    noted: PreparedDefer
 
 
 class Keeping:
@@ -39,8 +96,9 @@ class Keeping:
                  profiles: ProfileChooser, outcomes: Outcomes,
                  inputs: Callable[..., DecisionInputs], signature: Callable[[], str],
                  lookup: Callable[[Identity, str], VerdictRecord | None],
-                 remember: Callable[[VerdictRecord], None],
-                 clock: Callable[[], float]) -> None:
+                 remember: Learnt,
+                 clock: Callable[[], float],
+                 start: Callable[..., None]) -> None:
         self._journal = journal
         self._intents = intents
         self._source = source
@@ -51,6 +109,7 @@ class Keeping:
         self._lookup = lookup
         self._remember = remember
         self._clock = clock
+        self._start = start
 
     def _defers(self, rel: str, nlink: int) -> str | None:
         """The profile's name if it journals writes to `rel` (else None)."""
@@ -68,17 +127,150 @@ class Keeping:
         Otherwise the entry stays for the drain. At no point has the file neither."""
         rel = os.fsdecode(path)
         before = Identity.from_stat(st)
+        stale = False
+        if not writing and (intent := self._intents.get(rel)) is not None and intent.closing:
+            stale = not await self._scanned(rel, intent, st, before)
         writer = writing or _unclaimed(self._intents.get(rel))
         # (`_follow` does nothing for a writer: the read txn of a lookup spared, cr22)
-        old = None if writer else self._lookup(before, self._signature())
+        old = None if writer or stale else self._lookup(before, self._signature())
+        if not writer and (p := self._note(rel, st, old)) is not None and old is not None:
+            # No await from the check to the queued completion: nothing else can act on
+            # the file's journal state in between. If `change` fails, the noted record
+            # stays for the drain.
+            now = Identity.from_stat(change())
+            self._carry(rel, p, old, now, same=now.size == before.size)
+            return
         seq = None
         if not writer and (profile := self._defers(rel, st.st_nlink)) is not None \
                 and self._journal.get_deferred(rel) is None:
+            # Who changed it is kept, but as one who changed it: no read of its content
+            # (`wrote`), so its end is no exposure record (journal.exposed).
             seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile,
-                                            exposure=self._outcomes.exposure(ctx))
+                                            exposure=self._outcomes.exposure(ctx, wrote=True))
         now = Identity.from_stat(change())
         await self._follow(rel, st.st_nlink, old=old, now=now, writer=writer,
                            same=now.size == before.size, seq=seq)
+
+    async def _scanned(self, rel: str, intent: Intent, st: os.stat_result,
+                       before: Identity) -> bool:
+        """A close scan is reading the file as it was before this change (rsync: utimensat
+        right after the close): wait for its verdict (at most SCANNED_WAIT_S), so
+        that verdict can follow the file rather than the file be journaled again for the
+        drain (`_follow`). Not for its completion's commit: the record `_note` makes
+        has a seq of its own, which that completion does not match. False if the file
+        changed meanwhile: the caller keeps no verdict then (its `before` is stale)."""
+        sig = self._signature()
+        with trio.move_on_after(min(SCANNED_WAIT_S,
+                                    self._profiles.profile_for(rel, st.st_nlink).deadline)):
+            while not intent.done and self._lookup(before, sig) is None:
+                await self._remember.wait()
+        try:
+            fd = self._source.open(rel)
+        except OSError:
+            return False
+        try:
+            now = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return Identity.from_stat(now) == Identity.from_stat(st)
+
+    async def carry_rename(self, src: str, dst: str, moving: os.stat_result
+                           ) -> Carry | None:
+        """The intent of renaming the file `moving` from `src` onto `dst`, if its verdict
+        can follow it there without an fsync (module doc); None: an ordinary intent.
+        A close scan that judged it, its completion queued (rsync renames right after
+        the close): that completion is waited for (at most SCANNED_WAIT_S), not moved
+        to `dst` with its entry (a durable commit, and the entry left for the drain)."""
+        intent = self._intents.get(src)
+        if intent is not None and intent.closing and self._lookup(
+                Identity.from_stat(moving), self._signature()) is not None:
+            with trio.move_on_after(SCANNED_WAIT_S):
+                await self._intents.ended(intent)
+        if self._intents.get(src) is not None or self._journal.get_deferred(src) is not None:
+            return None  # its entry and intent follow it to `dst` (gate.on_rename)
+        old = self._lookup(Identity.from_stat(moving), self._signature())
+        p = self._note(dst, moving, old)
+        return None if p is None or old is None else Carry(dst, moving, old, p)
+
+    def carried(self, c: Carry) -> None:
+        """The rename of `c` is over (done or failed): the verdict follows the file now at
+        `c.path` if it is the one that moved, its content unchanged; else the noted
+        record stays for the drain."""
+        try:
+            fd = self._source.open(c.path)
+        except OSError:
+            return  # gone: the drain finds it so
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        b = c.before
+        same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+        if (st.st_dev, st.st_ino) == (b.st_dev, b.st_ino):
+            self._carry(c.path, c.noted, c.old, Identity.from_stat(st), same=same)
+
+    def _note(self, rel: str, st: os.stat_result, old: VerdictRecord | None
+              ) -> PreparedDefer | None:
+        """A record for `rel`, noted in flight and queued, if the verdict `old` can follow
+        the file without an fsync: a clean whole-file one, the file with one name, no
+        writer, and no entry but the one of an intent whose close scan judged the file
+        (`old`; its completion, queued before this record, matches its own seq only);
+        while the queue keeps up, as for creates (filter.newfiles). None: the caller
+        takes the durable path."""
+        j = self._journal
+        intent = self._intents.get(rel)
+        if old is None or old.outcome != VerdictOutcome.CLEAN or not coverage.is_whole(old) \
+                or st.st_nlink != 1 or (intent is not None and not intent.closing) \
+                or (intent is None and j.get_deferred(rel) is not None) \
+                or not j.new_files_covered() \
+                or j.inflight.failed or len(j.inflight) >= MAX_IN_FLIGHT:
+            return None
+        profile = self._defers(rel, 1)
+        if profile is None:
+            return None
+        p = j.defer_soon(rel, profile, exposure=None,
+                         on_done=lambda err: self._noted(rel, p, profile, err))
+        return p
+
+    def _carry(self, rel: str, p: PreparedDefer, old: VerdictRecord, now: Identity, *,
+               same: bool) -> None:
+        """`old`'s verdict for `now`, resolving the noted record `p` (tier 2)."""
+        if not same:
+            return  # the content may have changed: the record stays for the drain
+        kept = replace(old, identity=now, time=self._clock())
+        self._remember(kept)
+
+        def done(err: JournalError | None) -> None:
+            if err is not None:  # the record stays: the drain scans it again
+                log.warning("journal: cannot keep the verdict of %r: %s", rel, err)
+
+        if not self._journal.complete_soon(rel, p, kept, done):
+            log.info("journal: queue full: %r left to the drain", rel)
+
+    def _noted(self, rel: str, p: PreparedDefer, profile: str, err: JournalError | None
+               ) -> None:
+        # On the trio thread, from the group committer: must not raise.
+        if err is None or not self._journal.inflight.failed_once(p):
+            return
+        log.error("journal: the record of %r was not committed (%s); retrying", rel, err)
+        try:
+            self._start(self._retry, rel, p, profile)
+        except RuntimeError:  # stopping: the stop is not recorded as clean (inflight)
+            log.error("journal: %r: no retry while stopping; the next start walks", rel)
+
+    async def _retry(self, rel: str, p: PreparedDefer, profile: str) -> None:
+        delay = RETRY_S
+        while True:
+            await trio.sleep(delay)
+            try:
+                await self._journal.defer(rel, None, JournalReason.MODIFIED, profile)
+            except JournalError as err:
+                delay = min(delay * 2, RETRY_MAX_S)
+                log.warning("journal: %r: record still not committed: %s", rel, err)
+                continue
+            self._journal.inflight.land(p)
+            return
 
     async def name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
         """One name of a multiply-linked file went (an unlink, a rename onto it) and the

@@ -258,7 +258,9 @@ class NameOps(OpsCore):
                 if survivor is not None and target is not None:
                     dropped.append((survivor, target))
                 if stat.S_ISREG(moving.st_mode):
-                    tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx))
+                    # `moved_from`: the gate may carry the file's verdict instead (rs23)
+                    tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx,
+                                                                   moved_from=paths[0]))
         except BaseException:
             for token in tokens:
                 self.hooks.release_intent(token)
