@@ -77,6 +77,8 @@ class IntentTable:
 
     def __init__(self) -> None:
         self._by_path: dict[str, Intent] = {}
+        #: intents begun so far: a content change through the mount begins one (keeping)
+        self.begun = 0
         #: called with an `unrecorded` intent before anything but its resolution changes it
         #: (module doc): makes its record (vfile.filter.newfiles.IntentRecords.record_now)
         self.displaced: Callable[[Intent], None] = lambda intent: None
@@ -110,6 +112,7 @@ class IntentTable:
         """A new intent for `path`, current from now on."""
         prev = self._by_path.get(path)
         self._record(prev)
+        self.begun += 1
         intent = Intent(path, prev=prev)
         self._by_path[path] = intent
         return intent

@@ -87,6 +87,8 @@ class Carry:
     before: os.stat_result
     old: VerdictRecord
     noted: PreparedDefer
+    #: `Keeping._epoch()` once `before` was read: moved, and the file may have changed
+    epoch: int
 
 
 class Keeping:
@@ -109,6 +111,8 @@ class Keeping:
         self._lookup = lookup
         self._remember = remember
         self._clock = clock
+        #: metadata changes so far (with `intents.begun`: `_epoch`)
+        self._changes = 0
         self._start = start
 
     def _defers(self, rel: str, nlink: int) -> str | None:
@@ -126,6 +130,7 @@ class Keeping:
         stored for the new identity and the intent resolved in one transaction.
         Otherwise the entry stays for the drain. At no point has the file neither."""
         rel = os.fsdecode(path)
+        self._changes += 1  # (a rename's carry in progress keeps no verdict: `carried`)
         before = Identity.from_stat(st)
         stale = False
         if not writing and (intent := self._intents.get(rel)) is not None and intent.closing:
@@ -188,9 +193,26 @@ class Keeping:
                 await self._intents.ended(intent)
         if self._intents.get(src) is not None or self._journal.get_deferred(src) is not None:
             return None  # its entry and intent follow it to `dst` (gate.on_rename)
+        # `moving` was read before the awaits above and the caller's: a writer may have
+        # come and gone meanwhile (size and mtime put back). Read again; from here on,
+        # any intent begun or metadata changed until `carried` keeps no verdict (r23).
+        try:
+            fd = self._source.open(src)
+        except OSError:
+            return None
+        try:
+            now = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if Identity.from_stat(now) != Identity.from_stat(moving):
+            return None
         old = self._lookup(Identity.from_stat(moving), self._signature())
         p = self._note(dst, moving, old)
-        return None if p is None or old is None else Carry(dst, moving, old, p)
+        return None if p is None or old is None else Carry(dst, moving, old, p, self._epoch())
+
+    def _epoch(self) -> int:
+        """Moves with every content or metadata change made through the mount."""
+        return self._intents.begun + self._changes
 
     def carried(self, c: Carry) -> None:
         """The rename of `c` is over (done or failed): the verdict follows the file now at
@@ -206,7 +228,7 @@ class Keeping:
             os.close(fd)
         b = c.before
         same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-            b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+            b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns) and self._epoch() == c.epoch
         if (st.st_dev, st.st_ino) == (b.st_dev, b.st_ino):
             self._carry(c.path, c.noted, c.old, Identity.from_stat(st), same=same)
 
