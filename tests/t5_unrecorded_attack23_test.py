@@ -14,7 +14,7 @@ real mount on the embedded default appliance (r23). Both held on int8.
   will cover them), killed once nothing is in flight: the displacement must have made
   the record. A rename of the directory above is the one whose only record is
   `record_now` (with it made a no-op that resolves the token, `e/a2` is unaccounted).
-""""""
+"""
 
 from __future__ import annotations
 
