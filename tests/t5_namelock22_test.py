@@ -37,6 +37,9 @@ def _prepare(src: Path) -> None:
     for d in ("a/d0", "a/d1", "e", "g/x"):
         (src / d).mkdir(parents=True)
     (src / "a/d0/w").write_bytes(b"the file whose rename waits for the journal\n")
+    # A second name: a file with one name and a clean verdict is renamed without an
+    # fsync since rs23 (its verdict follows it, vfile.filter.keeping); this one is not.
+    os.link(src / "a/d0/w", src / "a/d0/w2")
     (src / "a/d1/old").write_bytes(b"a file in d1\n")
     (src / "e/f").write_bytes(b"a file in an unrelated directory\n")
     os.symlink("f", src / "e/s")
