@@ -232,7 +232,9 @@ def test_a_tear_over_the_durable_main_tree_is_found(tmp_path: Path) -> None:
             text = server.log()
             status = durability(mnt)
         assert "journal damaged" in text, text
-        assert "free table" in text, text  # what pages.audit found
+        # what pages.audit found: the free table itself, or a page both a tree's and on
+        # a free list it holds (which the walk meets first varies with the pages reused)
+        assert "free table" in text or "free list" in text, text
         assert status.get("journal_rebuilt") == 1, status
         rc, after = _child_check(state)
         assert (rc, after.get("problems")) == (0, []), after
