@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mounting import stop_process
+from mounting import mounted, stop_process
 
 from vfile import control
 from vfile.journal import Journal
@@ -198,3 +198,16 @@ def unaccounted(source: Path, state_dir: Path, sig: str) -> list[str]:
         return sorted(missing)
     finally:
         journal.close()
+
+
+def restarted_with_walk(source: Path, mountpoint: Path, state: Path, sig: str,
+                        *args: str) -> str:
+    """Start the mount again after an unclean stop: the recovery walk must run before it
+    serves, and leave no file unaccounted and the journal sound. Its log, returned."""
+    with mounted(source, mountpoint, *args) as again:
+        text = again.log()  # the walk runs before the mount serves
+    assert "recovery walk" in text
+    assert unaccounted(source, state, sig) == []
+    with Journal.open(state, readonly=True) as j:
+        assert j.check() == []
+    return text

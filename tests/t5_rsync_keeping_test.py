@@ -22,11 +22,9 @@ from pathlib import Path
 import pytest
 from lifecycle import Tree, tree_config, wait_until
 from mounting import force_unmount, mounted
-from outage import running_appliance, signature_version, status, unaccounted
+from outage import restarted_with_walk, running_appliance, signature_version, status, unaccounted
 from queuedrace import DEADLINE, server_on_loop_disk, wait_settled
 from statedisks import frozen
-
-from vfile.journal import Journal
 
 pytestmark = pytest.mark.mount
 
@@ -105,9 +103,4 @@ def test_sigkill_after_chmods_of_verdict_holding_files(tree: Tree) -> None:
         assert stalled == [], "chmods waited on the frozen state disk"
         lost = unaccounted(tree.source, state, sig)
         assert lost, "the chmods' records were not in flight (nothing to show)"
-        with mounted(tree.source, tree.mountpoint, *args) as again:
-            text = again.log()
-        assert "recovery walk" in text
-        assert unaccounted(tree.source, state, sig) == []
-        with Journal.open(state, readonly=True) as j:
-            assert j.check() == []
+        restarted_with_walk(tree.source, tree.mountpoint, state, sig, *args)

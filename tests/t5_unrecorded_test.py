@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from lifecycle import SOON, Tree, cli, journal_rows, wait_until
 from mounting import Server, force_unmount, mounted, wait_for
-from outage import signature_version, status, unaccounted
+from outage import restarted_with_walk, signature_version, status, unaccounted
 from statedisks import cutfs, frozen, loop_ext4
 
 from vfile.journal import Journal
@@ -135,12 +135,7 @@ def test_sigkill_with_close_scans_uncommitted_walks(tree: Tree) -> None:
         sig = signature_version(state)
         lost = unaccounted(tree.source, state, sig)
         assert len(lost) >= FILES - 1, f"the creates were journaled after all: {lost}"
-        with mounted(tree.source, tree.mountpoint, *args) as again:
-            text = again.log()
-        assert "recovery walk" in text
-        assert unaccounted(tree.source, state, sig) == []
-        with Journal.open(state, readonly=True) as j:
-            assert j.check() == []
+        restarted_with_walk(tree.source, tree.mountpoint, state, sig, *args)
 
 
 def test_power_loss_after_creates_covered_by_verdicts_walks(tmp_path: Path) -> None:
@@ -169,12 +164,7 @@ def test_power_loss_after_creates_covered_by_verdicts_walks(tmp_path: Path) -> N
     with cutfs(disk, statefs):  # the cut: only what was fsynced came back
         lost = unaccounted(src, state, sig)
         assert len(lost) >= FILES // 2, f"the cut lost too little to show anything: {lost}"
-        with mounted(src, mnt, *args, "-v") as again:
-            text = again.log()
-        assert "recovery walk" in text
-        assert unaccounted(src, state, sig) == []
-        with Journal.open(state, readonly=True) as j:
-            assert j.check() == []
+        restarted_with_walk(src, mnt, state, sig, *args, "-v")
 
 
 def test_creates_during_an_outage_get_an_entry_each(tree: Tree) -> None:

@@ -169,14 +169,9 @@ class Keeping:
                                     self._profiles.profile_for(rel, st.st_nlink).deadline)):
             while not intent.done and self._lookup(before, sig) is None:
                 await self._remember.wait()
-        try:
-            fd = self._source.open(rel)
-        except OSError:
+        now = self._source.stat(rel)
+        if now is None:
             return False
-        try:
-            now = os.fstat(fd)
-        finally:
-            os.close(fd)
         return Identity.from_stat(now) == Identity.from_stat(st)
 
     async def carry_rename(self, src: str, dst: str, moving: os.stat_result
@@ -196,14 +191,9 @@ class Keeping:
         # `moving` was read before the awaits above and the caller's: a writer may have
         # come and gone meanwhile (size and mtime put back). Read again; from here on,
         # any intent begun or metadata changed until `carried` keeps no verdict (r23).
-        try:
-            fd = self._source.open(src)
-        except OSError:
+        now = self._source.stat(src)
+        if now is None:
             return None
-        try:
-            now = os.fstat(fd)
-        finally:
-            os.close(fd)
         if Identity.from_stat(now) != Identity.from_stat(moving):
             return None
         old = self._lookup(Identity.from_stat(moving), self._signature())
@@ -218,14 +208,9 @@ class Keeping:
         """The rename of `c` is over (done or failed): the verdict follows the file now at
         `c.path` if it is the one that moved, its content unchanged; else the noted
         record stays for the drain."""
-        try:
-            fd = self._source.open(c.path)
-        except OSError:
+        st = self._source.stat(c.path)
+        if st is None:
             return  # gone: the drain finds it so
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
         b = c.before
         same = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
             b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns) and self._epoch() == c.epoch
@@ -299,14 +284,9 @@ class Keeping:
         file lives on as `survivor`, with the ctime the kernel gave it then; `before`:
         its stat before (tests/t5_race22_linkctime_test.py)."""
         rel = os.fsdecode(survivor)
-        try:
-            fd = self._source.open(rel)
-        except OSError:
+        st = self._source.stat(rel)
+        if st is None:
             return  # gone already: nothing to keep
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
         if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
             return  # the name was taken meanwhile: its own operation journaled it
         was, now = Identity.from_stat(before), Identity.from_stat(st)

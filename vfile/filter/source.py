@@ -46,6 +46,18 @@ class Source:
         finally:
             os.close(dir_fd)
 
+    def stat(self, path: str) -> os.stat_result | None:
+        """The file at `path` as `open` finds it, stat'ed by its descriptor; None if it
+        cannot be opened so (gone, not a regular file...)."""
+        try:
+            fd = self.open(path)
+        except OSError:
+            return None
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def opening(self) -> Iterator[Callable[[str], int]]:
         """`open` for many files at once (a drain batch): each parent directory is
