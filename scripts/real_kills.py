@@ -2,6 +2,7 @@
 "Attack review r24").
 
     .venv/bin/python scripts/real_kills.py STEP SECONDS [DIRS]
+    R24_MOUNT="-o no_writeback" .venv/bin/python scripts/real_kills.py ...
 
 STEP: rsync (`rsync -a` of DIRS x 1,000 small files, default 30, killed twice), sqlite
 (4 writer processes x 3,000 rows in WAL mode), git (`clone --no-local` of trio, `gc
@@ -90,7 +91,7 @@ def main() -> None:
         (base / sub).mkdir(parents=True)
     os.chmod(base, 0o755)
     src, mnt, state = base / "src", base / "mnt", base / "state"
-    args = ("--state-dir", str(state))
+    args = ("--state-dir", str(state), *os.environ.get("R24_MOUNT", "").split())
     sig = ""
     for kill in range(2 if step == "rsync" else 1):
         with mounted(src, mnt, *args) as server:
