@@ -15,11 +15,15 @@ files at once):
   wait for a commit or a durable intent would stall): none stalls; a SIGKILL right
   after, and the next start walks and leaves nothing unaccounted;
 - a power cut right after them (cutfs, the background sync far away): the next
-  start walks and leaves nothing unaccounted.
+  start walks and leaves nothing unaccounted;
+- the close scan that follows a renamed file still judges what it holds: infected
+  content renamed before it was read, a file rewritten through its new name before
+  it was read (both denied), a file renamed twice and chmodded (its clean verdict).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -29,9 +33,17 @@ from pathlib import Path
 import pytest
 from lifecycle import Tree, wait_until
 from mounting import force_unmount, mounted, wait_for
-from outage import restarted_with_walk, signature_version, status, unaccounted
+from outage import (
+    restarted_with_walk,
+    signature_version,
+    status,
+    unaccounted,
+    verdict_outcome,
+)
 from queuedrace import DEADLINE, wait_settled
 from statedisks import cutfs, frozen, loop_ext4
+
+from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
 
@@ -61,14 +73,15 @@ def _warm(mnt: Path, state: Path) -> None:
         (mnt / "warm").read_bytes(), signature_version(state))[-1], 30)
 
 
-def _rsync_steps(mnt: Path, names: list[str], done: list[str]) -> None:
-    """rsync's steps per file: mkstemp `.name.XXXXXX` (O_CREAT|O_EXCL), write, close,
-    utimensat and chmod of the temporary name, rename onto the final name."""
+def _rsync_steps(mnt: Path, names: list[str], done: list[str], data: bytes = b"") -> None:
+    """rsync's steps per file: mkstemp `.name.XXXXXX` (O_CREAT|O_EXCL), write (`data`,
+    else 2 KiB of random bytes), close, utimensat and chmod of the temporary name,
+    rename onto the final name."""
     for n in names:
         tmp = mnt / f".{n}.Ab12Cd"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, os.urandom(2048))
+            os.write(fd, data or os.urandom(2048))
         finally:
             os.close(fd)
         os.utime(tmp, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
@@ -146,3 +159,38 @@ def test_power_cut_right_after_unwaited_changes(tmp_path: Path) -> None:
         lost = unaccounted(src, state, sig)
         assert lost, "the cut lost nothing (nothing to show)"
         restarted_with_walk(src, mnt, state, sig, *args, "-v")
+
+
+def _read_errno(path: Path) -> int:
+    try:
+        path.read_bytes()
+    except OSError as err:
+        return err.errno or -1
+    return 0
+
+
+def test_the_close_scan_that_follows_a_rename_judges_what_it_holds(tree: Tree) -> None:
+    conf = _config(tree.root, tree.state, 'infected_action = "deny"\n')
+    mnt = tree.mountpoint
+    with mounted(tree.source, mnt, "--config", str(conf)):
+        _warm(mnt, tree.state)
+        wait_settled(mnt)
+        before = _waits(mnt)
+        _rsync_steps(mnt, ["r1"], [], EICAR)  # infected, renamed before it was read
+        _rsync_steps(mnt, ["r2"], [], b"clean so far\n")
+        with open(mnt / "r2", "r+b") as f:  # rewritten through its new name at once
+            f.write(EICAR)  # (the engine knows EICAR at the start of a file only)
+        _rsync_steps(mnt, [".r3.b"], [], b"renamed twice\n")
+        os.rename(mnt / ".r3.b", mnt / "r3")
+        os.chmod(mnt / "r3", 0o600)
+        waited = _waits(mnt) - before
+        wait_settled(mnt)
+        assert _read_errno(mnt / "r1") == errno.EACCES
+        assert _read_errno(mnt / "r2") == errno.EACCES
+        assert (mnt / "r3").read_bytes() == b"renamed twice\n"
+        wait_settled(mnt)
+        sig = signature_version(tree.state)
+    assert waited <= 2, f"not the unwaited route: {waited} waited"
+    assert [verdict_outcome(tree.state, tree.source, n, sig) for n in ("r1", "r2", "r3")] \
+        == ["infected", "infected", "clean"]
+    assert unaccounted(tree.source, tree.state, sig) == ["r1", "r2"]  # infected: no clean
