@@ -70,7 +70,7 @@ def costs(s: dict[str, Any]) -> dict[str, int]:
             "write_intents": s["gate"]["write_intents"], "scans": s["gate"]["scans"],
             "close_scans_inline": s["gate"]["close_scans_inline"],
             "drain_done": sum(s["drain"]["done"].values()),
-            # metadata changes and renames that waited for a close scan (rs24; 0 before it)
+            # metadata changes and renames that waited for a close scan (rs24; absent before)
             "keeping_waits": sum(s["gate"].get("keeping_waits", {}).values())}
 
 
