@@ -395,7 +395,12 @@ class Keeping:
 
     async def _keep(self, rel: str, old: VerdictRecord, now: Identity, seq: int | None
                     ) -> None:
-        """`old`'s verdict for the file's new identity `now` (and entry `seq` resolved)."""
+        """`old`'s verdict for the file's new identity `now` (and entry `seq` resolved).
+        Tier 2 even while a scan's completion (tier 2 too) may remove the file's entry in
+        an earlier transaction: a power cut can lose this one and keep that one only while
+        the durable watermark is below the change's ctime (the watermark's own durable
+        transaction is queued after this one once it could pass it), so the walk then
+        journals the file (README "A kept verdict racing a completion")."""
         kept = replace(old, identity=now, time=self._clock())
         self._remember(kept)
         try:
