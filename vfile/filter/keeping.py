@@ -139,8 +139,9 @@ class Keeping:
         self._unread = unread
         #: metadata changes and renames that waited for a close scan (`vfile status`)
         self.waits = {"metadata": 0, "rename": 0}
-        #: renames in progress whose file's unrecorded intent moves along (`moved`)
-        self._moving: dict[str, Intent] = {}
+        #: renames in progress whose file's unrecorded intent moves along (`moved`), and
+        #: whether its close scan must not have read the file (`Follow`; else `Carry`)
+        self._moving: dict[str, tuple[Intent, bool]] = {}
 
     def _defers(self, rel: str, nlink: int) -> str | None:
         """The profile's name if it journals writes to `rel` (else None)."""
@@ -222,7 +223,7 @@ class Keeping:
         intent = self._intents.get(src)
         movable = intent is not None and self._movable(intent, src, dst)
         if intent is not None and movable and self._unread(intent):
-            self._moving[src] = intent
+            self._moving[src] = (intent, True)
             return Follow(src, dst)
         if intent is not None and not movable and intent.closing and self._lookup(
                 Identity.from_stat(moving), self._signature()) is not None:
@@ -245,7 +246,7 @@ class Keeping:
         if p is None or old is None:
             return None
         if intent is not None:  # (movable, no await since: its completion is still queued)
-            self._moving[src] = intent
+            self._moving[src] = (intent, False)
         return Carry(src, dst, moving, old, p, self._epoch())
 
     def _movable(self, intent: Intent, src: str, dst: str) -> bool:
@@ -264,11 +265,14 @@ class Keeping:
         of `carry_rename`): True if the file's unrecorded intent moved with it (and its
         close scan, if it has not read the file yet); False: the caller moves the intent
         as for any rename (its record made)."""
-        intent = self._moving.pop(src, None)
+        intent, unread = self._moving.pop(src, (None, False))
         if intent is None or self._intents.get(src) is not intent or dst in self._intents:
             return False
+        # A `Follow`'s close scan must still read the file after the rename, or its
+        # verdict would be for the identity before (no await since `carry_rename`: it is).
+        if not self._unread(intent, dst) and unread:
+            return False
         self._intents.move(src, dst, displace=False)
-        self._unread(intent, dst)  # (False once read: judged, its completion queued)
         return True
 
     def _epoch(self) -> int:
