@@ -11,7 +11,8 @@ the source directory natively, a `vfile mount --no-scan` and a `vfile mount`
 (scanning, embedded built-in appliance). Prints files/s per round, the medians,
 their ratios to native and to `--no-scan`, and the scanning mount's per-file
 journal costs from `vfile status --json` once it has settled (fsyncs, batches,
-exposure records, write intents, scans, files the drain scanned). Always
+exposure records, write intents, scans, files the drain scanned, metadata changes
+and renames that waited for a close scan). Always
 unmounts.
 """
 
@@ -68,7 +69,9 @@ def costs(s: dict[str, Any]) -> dict[str, int]:
             "exposure_records": s["journal"]["exposure_records"],
             "write_intents": s["gate"]["write_intents"], "scans": s["gate"]["scans"],
             "close_scans_inline": s["gate"]["close_scans_inline"],
-            "drain_done": sum(s["drain"]["done"].values())}
+            "drain_done": sum(s["drain"]["done"].values()),
+            # metadata changes and renames that waited for a close scan (rs24; absent before)
+            "keeping_waits": sum(s["gate"].get("keeping_waits", {}).values())}
 
 
 def main(argv: list[str] | None = None) -> int:

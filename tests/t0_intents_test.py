@@ -67,3 +67,22 @@ def test_move_and_pop() -> None:
     t.move("y", "e/x")
     assert list(t) == ["e/x"]
     assert t.pop("e/x") is not None and len(t) == 0
+
+
+def test_a_move_that_keeps_an_unrecorded_intent_unrecorded() -> None:
+    """A rename before its close scan read the file (filter.keeping) moves the intent
+    without making its record; any other move makes it, and so does the pop of an
+    intent at the target name."""
+    t = IntentTable()
+    recorded: list[str] = []
+    t.displaced = lambda intent: recorded.append(intent.path)
+    a = t.begin("a")
+    a.unrecorded = True
+    t.move("a", "b", displace=False)
+    assert t.get("b") is a and a.path == "b" and recorded == []
+    c = t.begin("c")
+    c.unrecorded = True
+    t.move("c", "b", displace=False)  # (the target's intent popped: displaced)
+    assert recorded == ["b"] and t.get("b") is c
+    t.move("b", "d")
+    assert recorded == ["b", "b"] and t.get("d") is c

@@ -139,9 +139,8 @@ class CloseScans:
 
     def start(self, path: str, intent: Intent, fd: int, profile: Profile,
               st: os.stat_result | None = None) -> None:
-        """The close scan of `path` begins: `fd` is its own from now on (closed here if
-        it cannot be queued, and the intent ended); `st`: the file's stat at its last
-        close, if known."""
+        """The close scan of `path` begins, owning `fd` (closed here and the intent ended
+        if it cannot be queued); `st`: the file's stat at its last close, if known."""
         intent.closing = True
         if len(self._queue) + self._running >= self._holding_max:
             # Its intent's record stays: the drain scans the file (as `_wait_landed`).
@@ -162,11 +161,9 @@ class CloseScans:
 
     def submit(self, path: str, intent: Intent, fd: int, profile: Profile,
                st: os.stat_result | None = None) -> None:
-        """Queue the close scan of `path` (our descriptor `fd`, now the batch's); the
-        batch task judges it once its last timestamp tick passed (`st`: its stat at the
-        last close, taken moments ago; only the due time comes from it, the judgement
-        stats the file again). Raises RuntimeError (nothing queued) when the gate is not
-        serving."""
+        """Queue the close scan of `path` (our descriptor `fd`, now the batch's), judged
+        once its last tick passed (`st`: its stat at the last close, for the due time
+        only). Raises RuntimeError (nothing queued) when the gate is not serving."""
         now = time.time_ns()
         try:
             due = now + int(racy.wait_s(Identity.from_stat(st or os.fstat(fd)), now) * 1e9)
@@ -184,10 +181,17 @@ class CloseScans:
             raise
         self._batching = True
 
+    def unread(self, intent: Intent, path: str = "") -> bool:
+        """The close scan of `intent` is queued, the file unread (stat and bytes in one trio step,
+        a tick on at the earliest): it judges a change made now (keeping); `path`: a new name."""
+        for c in (c for c in reversed(self._queue) if c.intent is intent):
+            c.due_ns, c.path = max(c.due_ns, time.time_ns() + racy.TICK_NS + 1), path or c.path
+            return True
+        return False
+
     async def _batch(self) -> None:
-        """The batch task: runs while closes are queued or their completions uncommitted
-        (so the gate's `wait_idle` covers them), in close order, each once its tick has
-        passed: at once (`_close_now`) or as its own task (`run`)."""
+        """The batch task, while closes are queued or their completions uncommitted (the
+        gate's `wait_idle` covers them): in close order, each once its tick passed."""
         try:
             while self._queue or self._parked:
                 if not self._queue:
@@ -367,8 +371,7 @@ class CloseScans:
             self._intents.finish(intent)
 
     async def _wait_landed(self, path: str, intent: Intent) -> bool:
-        """Wait until the intent's record is committed (its stored seq is known); False:
-        too many wait already, the file is left to the drain."""
+        """Wait for the intent's record's commit (its seq); False: too many wait (drain)."""
         self._records.record_now(intent)  # (if not made yet: it is waited for below)
         if intent.landed is None or intent.landed.is_set():
             return True
@@ -411,11 +414,10 @@ class CloseScans:
                      identity: Identity, sig: str, d: Decision, verdict: Verdict | None,
                      committed: Callable[[], None], *, fd: int,
                      nlink: int | None = None) -> bool:
-        """A clean whole-file verdict of the current intent: its completion is queued
-        behind the intent's record, not waited for (one transaction for both while the
-        record still lingers in the queue: README "Creates under scanning"). The intent
-        ends once the completion is committed (`committed` is called then, on the trio
-        thread). False: `_settle` after `_wait_landed`."""
+        """A clean whole-file verdict of the current intent: its completion queued behind
+        the intent's record, not waited for (one transaction while the record lingers:
+        README "Creates under scanning"); the intent ends once it is committed
+        (`committed`, on the trio thread). False: `_settle` after `_wait_landed`."""
         if verdict is None or d.reason is not Reason.CLEAN or profile.is_oversize(identity.size) \
                 or self._intents.get(path) is not intent:
             return False
@@ -448,20 +450,18 @@ class CloseScans:
 
     def _remember_linked(self, record: VerdictRecord, fd: int, nlink: int | None = None
                          ) -> None:
-        """Cache the verdict unless the file is deleted: the kernel may have forgotten it
-        already (its FORGET dropped the file's verdicts before this judgement, which
-        comes a tick later), and the entry would then stay until evicted. `nlink`: its
-        link count from a stat taken in this same trio step (no request ran since)."""
+        """Cache the verdict unless the file is deleted: its FORGET may have dropped its
+        verdicts before this judgement (a tick later), and the entry would stay until
+        evicted. `nlink`: from a stat in this same trio step (no request ran since)."""
         if (os.fstat(fd).st_nlink if nlink is None else nlink) > 0:
             self._remember(record)
 
     async def _scan_or_reuse(self, fd: int, identity: Identity, sig: str, profile: Profile,
                              read: Looked | None = None
                              ) -> tuple[ScanResult, Verdict | None, bool]:
-        """A scan; or, for small content a real scan already judged at this signature
-        version, its verdict (vfile.filter.contenthash); else, on the embedded engine,
-        the hashed bytes judged at once (scanner/inline.py). `read`: those bytes, read
-        already (by the batch)."""
+        """A scan; or, for small content a real scan judged at this signature version,
+        its verdict (vfile.filter.contenthash); else, on the embedded engine, the hashed
+        bytes judged at once (scanner/inline.py). `read`: those bytes, read by the batch."""
         whole = not profile.is_oversize(identity.size)
         looked = read if read is not None else NOTHING
         if read is None and whole:

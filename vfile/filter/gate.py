@@ -48,7 +48,7 @@ from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
-from vfile.filter.keeping import Carry, Keeping, Learnt
+from vfile.filter.keeping import Carry, Follow, Keeping, Learnt
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
@@ -108,8 +108,7 @@ class Gate:
         self._source = Source(source_fd)  # the source directory, read by descriptor
         self._clock = clock
         self._cache = VerdictCache(cache_size)
-        # (a verdict the gate learnt; a metadata change may wait for one: filter.keeping)
-        self._remember = Learnt(self._cache.put)
+        self._remember = Learnt(self._cache.put)  # (a metadata change may wait: keeping)
         #: signature updates and the per-profile grace after them
         self.grace = Grace(config.all_profiles(), find=lambda i, sig: self._cache.get(i, sig)
                            or journal.get_verdict(i, sig))
@@ -159,7 +158,7 @@ class Gate:
                                 profiles=self._profiles, outcomes=self._outcomes,
                                 inputs=self._inputs, signature=self._scanning.signature,
                                 lookup=self._lookup, remember=self._remember, clock=clock,
-                                start=self._tasks.start)
+                                start=self._tasks.start, unread=self._closing.unread)
 
     @property
     def observer(self) -> Observer:
@@ -241,7 +240,7 @@ class Gate:
         return {
             "scans": s.scans, "close_scans": s.close_scans, "shared_scans": s.shared,
             "close_scans_by_hash": self._closing.hashes.reused,
-            "close_scans_inline": self._closing.inline,
+            "close_scans_inline": self._closing.inline, "keeping_waits": self._keeping.waits,
             "cache_hits": s.cache_hits, "cache_misses": s.cache_misses,
             "cache_hit_rate": round(s.cache_hits / lookups, 4) if lookups else None,
             "cached_verdicts": len(self._cache), "infections": s.infections,
@@ -376,7 +375,7 @@ class Gate:
 
     async def on_write_intent(self, path: bytes, st: os.stat_result | None,
                               ctx: RequestCtx, *, lazy: bool = False,
-                              moved_from: bytes | None = None) -> Intent | Carry | None:
+                              moved_from: bytes | None = None) -> Intent | Carry | Follow | None:
         if moved_from is not None and st is not None and (carry := await self._keeping.carry_rename(
                 os.fsdecode(moved_from), os.fsdecode(path), st)) is not None:
             return carry  # the verdict follows the renamed file, no fsync (filter.keeping)
@@ -393,7 +392,7 @@ class Gate:
     def release_intent(self, token: object) -> None:
         """The operation of `token` (from `on_write_intent`) failed or left no writer to
         close: end the intent; its journal entry stays for the drain."""
-        if isinstance(token, Carry):
+        if isinstance(token, Carry | Follow):
             self._keeping.carried(token)
         elif isinstance(token, Intent):
             current = self._intents.get(token.path) is token and not token.done
@@ -478,6 +477,8 @@ class Gate:
             self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)
             return
+        if self._keeping.moved(src, dst):
+            return  # its close scan follows it, unread: nothing journaled (filter.keeping)
         self._intents.move(src, dst)
         target = self._journal.get_deferred(dst)
         if target is not None and any(not x.wrote for x in target.exposures):

@@ -21,7 +21,9 @@ Invariants:
   vfile.filter.newfiles). Such an intent is only ever the current one of its
   path, at its path: whatever else would happen to it (replaced by a newer
   intent, moved, popped, rolled back, finished unresolved) first calls
-  `displaced`, which makes its record.
+  `displaced`, which makes its record. One exception: a rename before its close
+  scan has read the file moves it unrecorded, that scan's path along with it
+  (vfile.filter.keeping `moved`).
 """
 
 from __future__ import annotations
@@ -142,12 +144,14 @@ class IntentTable:
             _end(intent)
         return intent
 
-    def move(self, old: str, new: str) -> None:
-        """The file at `old` is now at `new`, with its intent (if any)."""
+    def move(self, old: str, new: str, *, displace: bool = True) -> None:
+        """The file at `old` is now at `new`, with its intent (if any). `displace=False`:
+        an unrecorded intent stays so, its close scan following it (filter.keeping)."""
         self.pop(new)
         intent = self._by_path.pop(old, None)
         if intent is not None:
-            self._record(intent)  # at `old`: the journal's rename moves it
+            if displace:
+                self._record(intent)  # at `old`: the journal's rename moves it
             intent.path = new
             self._by_path[new] = intent
 

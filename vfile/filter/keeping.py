@@ -19,6 +19,16 @@ before its record commits makes the next start walk the source, and the
 watermark stays below the change's ctime), and the verdict for its new identity
 resolves that record in the same or a later transaction (`complete_soon`,
 tier 2: lost to a power cut, the record stays and the drain scans it again).
+
+Without a wait when it can (rs24: rsync's utimensat and rename come within a
+tick of its close, and each waited for the close scan's verdict, then its
+commit): a close scan that has not read the file yet (queued for its tick,
+`CloseScans.unread`) stats and reads it after the change, so it judges the new
+identity itself, as it does after a writer's change. The metadata change just
+goes on; a rename of a new file with no record yet (`Intent.unrecorded`) moves
+its intent and the close scan along, unrecorded (`moved`): the file stays in
+flight (journal.inflight) under the same token until that scan's clean verdict
+covers it, exactly as if it had been created at its new name.
 """
 
 from __future__ import annotations
@@ -79,10 +89,20 @@ class Learnt:
 
 
 @dataclass
+class Follow:
+    """A rename's token (`Keeping.carry_rename`): the file's close scan, not read yet,
+    follows it from `src` to `path` (`Keeping.moved`)."""
+
+    src: str
+    path: str
+
+
+@dataclass
 class Carry:
     """A rename's token (`Keeping.carry_rename`): the verdict of the file moving to
     `path` follows it once the rename is done (`Keeping.carried`)."""
 
+    src: str
     path: str
     before: os.stat_result
     old: VerdictRecord
@@ -100,7 +120,8 @@ class Keeping:
                  lookup: Callable[[Identity, str], VerdictRecord | None],
                  remember: Learnt,
                  clock: Callable[[], float],
-                 start: Callable[..., None]) -> None:
+                 start: Callable[..., None],
+                 unread: Callable[..., bool] = lambda intent, path="": False) -> None:
         self._journal = journal
         self._intents = intents
         self._source = source
@@ -114,6 +135,13 @@ class Keeping:
         #: metadata changes so far (with `intents.begun`: `_epoch`)
         self._changes = 0
         self._start = start
+        #: `CloseScans.unread`: True if an intent's close scan has not read its file yet
+        self._unread = unread
+        #: metadata changes and renames that waited for a close scan (`vfile status`)
+        self.waits = {"metadata": 0, "rename": 0}
+        #: renames in progress whose file's unrecorded intent moves along (`moved`), and
+        #: whether its close scan must not have read the file (`Follow`; else `Carry`)
+        self._moving: dict[str, tuple[Intent, bool]] = {}
 
     def _defers(self, rel: str, nlink: int) -> str | None:
         """The profile's name if it journals writes to `rel` (else None)."""
@@ -133,9 +161,13 @@ class Keeping:
         self._changes += 1  # (a rename's carry in progress keeps no verdict: `carried`)
         before = Identity.from_stat(st)
         stale = False
-        if not writing and (intent := self._intents.get(rel)) is not None and intent.closing:
+        intent = None if writing else self._intents.get(rel)
+        # A close scan that has not read the file judges it after this change, as after a
+        # writer's: nothing to wait for, nothing to keep (module doc).
+        unread = intent is not None and intent.closing and self._unread(intent)
+        if intent is not None and intent.closing and not unread:
             stale = not await self._scanned(rel, intent, st, before)
-        writer = writing or _unclaimed(self._intents.get(rel))
+        writer = writing or unread or _unclaimed(self._intents.get(rel))
         # (`_follow` does nothing for a writer: the read txn of a lookup spared, cr22)
         old = None if writer or stale else self._lookup(before, self._signature())
         if not writer and (p := self._note(rel, st, old)) is not None and old is not None:
@@ -153,6 +185,8 @@ class Keeping:
             seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile,
                                             exposure=self._outcomes.exposure(ctx, wrote=True))
         now = Identity.from_stat(change())
+        if unread and intent is not None:
+            self._unread(intent)  # its tick counts from the new ctime (coarse: maybe later)
         await self._follow(rel, st.st_nlink, old=old, now=now, writer=writer,
                            same=now.size == before.size, seq=seq)
 
@@ -167,6 +201,8 @@ class Keeping:
         sig = self._signature()
         with trio.move_on_after(min(SCANNED_WAIT_S,
                                     self._profiles.profile_for(rel, st.st_nlink).deadline)):
+            if not intent.done and self._lookup(before, sig) is None:
+                self.waits["metadata"] += 1
             while not intent.done and self._lookup(before, sig) is None:
                 await self._remember.wait()
         now = self._source.stat(rel)
@@ -175,18 +211,27 @@ class Keeping:
         return Identity.from_stat(now) == Identity.from_stat(st)
 
     async def carry_rename(self, src: str, dst: str, moving: os.stat_result
-                           ) -> Carry | None:
+                           ) -> Carry | Follow | None:
         """The intent of renaming the file `moving` from `src` onto `dst`, if its verdict
         can follow it there without an fsync (module doc); None: an ordinary intent.
-        A close scan that judged it, its completion queued (rsync renames right after
-        the close): that completion is waited for (at most SCANNED_WAIT_S), not moved
-        to `dst` with its entry (a durable commit, and the entry left for the drain)."""
+        A new file with no record yet (rsync renames right after the close): its intent
+        moves along unrecorded (`moved`), and its close scan, if it has not read the file
+        yet, judges it there (`Follow`); if it has judged it, its completion queued, the
+        verdict is carried as for a file with no intent. Otherwise a close scan that judged
+        the file is waited for (at most SCANNED_WAIT_S), its intent not moved to `dst`
+        with its entry (a durable commit, and the entry left for the drain)."""
         intent = self._intents.get(src)
-        if intent is not None and intent.closing and self._lookup(
+        movable = intent is not None and self._movable(intent, src, dst)
+        if intent is not None and movable and self._unread(intent):
+            self._moving[src] = (intent, True)
+            return Follow(src, dst)
+        if intent is not None and not movable and intent.closing and self._lookup(
                 Identity.from_stat(moving), self._signature()) is not None:
+            self.waits["rename"] += not intent.done
             with trio.move_on_after(SCANNED_WAIT_S):
                 await self._intents.ended(intent)
-        if self._intents.get(src) is not None or self._journal.get_deferred(src) is not None:
+        if (not movable and self._intents.get(src) is not None) \
+                or self._journal.get_deferred(src) is not None:
             return None  # its entry and intent follow it to `dst` (gate.on_rename)
         # `moving` was read before the awaits above and the caller's: a writer may have
         # come and gone meanwhile (size and mtime put back). Read again; from here on,
@@ -198,16 +243,49 @@ class Keeping:
             return None
         old = self._lookup(Identity.from_stat(moving), self._signature())
         p = self._note(dst, moving, old)
-        return None if p is None or old is None else Carry(dst, moving, old, p, self._epoch())
+        if p is None or old is None:
+            return None
+        if intent is not None:  # (movable, no await since: its completion is still queued)
+            self._moving[src] = (intent, False)
+        return Carry(src, dst, moving, old, p, self._epoch())
+
+    def _movable(self, intent: Intent, src: str, dst: str) -> bool:
+        """The file at `src`, new, its intent unrecorded and claimed by its close scan, can
+        be renamed onto `dst` with that intent unrecorded (`moved`): nothing is journaled
+        or being written at either name, and both have the same profile (the one its
+        close scan and its record, if it is made, use)."""
+        j = self._journal
+        return intent.unrecorded and intent.closing and dst not in self._intents \
+            and j.get_deferred(src) is None and j.get_deferred(dst) is None \
+            and (profile := self._defers(src, 1)) is not None \
+            and profile == self._defers(dst, 1)
+
+    def moved(self, src: str, dst: str) -> bool:
+        """The rename of `src` onto `dst` is done (the gate's `on_rename`, in the trio step
+        of `carry_rename`): True if the file's unrecorded intent moved with it (and its
+        close scan, if it has not read the file yet); False: the caller moves the intent
+        as for any rename (its record made)."""
+        intent, unread = self._moving.pop(src, (None, False))
+        if intent is None or self._intents.get(src) is not intent or dst in self._intents:
+            return False
+        # A `Follow`'s close scan must still read the file after the rename, or its
+        # verdict would be for the identity before (no await since `carry_rename`: it is).
+        if not self._unread(intent, dst) and unread:
+            return False
+        self._intents.move(src, dst, displace=False)
+        return True
 
     def _epoch(self) -> int:
         """Moves with every content or metadata change made through the mount."""
         return self._intents.begun + self._changes
 
-    def carried(self, c: Carry) -> None:
+    def carried(self, c: Carry | Follow) -> None:
         """The rename of `c` is over (done or failed): the verdict follows the file now at
         `c.path` if it is the one that moved, its content unchanged; else the noted
         record stays for the drain."""
+        self._moving.pop(c.src, None)  # (the rename failed: the intent stays at `src`)
+        if isinstance(c, Follow):
+            return
         st = self._source.stat(c.path)
         if st is None:
             return  # gone: the drain finds it so
@@ -321,7 +399,12 @@ class Keeping:
 
     async def _keep(self, rel: str, old: VerdictRecord, now: Identity, seq: int | None
                     ) -> None:
-        """`old`'s verdict for the file's new identity `now` (and entry `seq` resolved)."""
+        """`old`'s verdict for the file's new identity `now` (and entry `seq` resolved).
+        Tier 2 even while a scan's completion (tier 2 too) may remove the file's entry in
+        an earlier transaction: a power cut can lose this one and keep that one only while
+        the durable watermark is below the change's ctime (the watermark's own durable
+        transaction is queued after this one once it could pass it), so the walk then
+        journals the file (README "A kept verdict racing a completion")."""
         kept = replace(old, identity=now, time=self._clock())
         self._remember(kept)
         try:
