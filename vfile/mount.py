@@ -41,6 +41,7 @@ import trio
 from vfile.errors import Exit, UserError
 from vfile.hooks import FileHooks, NoHooks
 from vfile.notify import notify, watchdog, watchdog_interval
+from vfile.observe.private import open_private_append
 from vfile.options import MountOptions
 from vfile.passthrough.fs import VFileOperations
 
@@ -348,8 +349,9 @@ def start_background(opts: MountOptions, log_file: str) -> int:
     src, mnt = check_paths(opts.source, opts.mountpoint)
     opts = MountOptions(**{**opts.__dict__, "source": src, "mountpoint": mnt})
     try:
-        os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        logf = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+        # Root writes lines naming files there: never through a symlink, 0600, in a
+        # directory no other user may write (x24, tests/t4_log_file24_test.py).
+        logf = os.fdopen(open_private_append(log_file), "ab")
     except OSError as exc:
         raise UserError(f"cannot open log file {log_file!r}: {exc.strerror}", Exit.CONFIG) \
             from None
