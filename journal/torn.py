@@ -282,6 +282,14 @@ def ensure_intact(state_dir: Path, lock_dir: Path | None) -> Rebuilt | None:
     return _salvage_aside(aside, reason, marker)
 
 
+def damage(state_dir: Path) -> str | None:
+    """For `vfile journal` run offline: why the journal in place is damaged (None if it is
+    intact, absent or not vfile's), by the mount's own check in a child (a crash in LMDB's
+    C code takes down the child). Nothing is written, moved or rebuilt: the next mount's
+    start does that (x24, tests/t5_journal_cli_torn24_test.py)."""
+    return _damage_of(state_dir, None)[0]
+
+
 def _damage_of(state_dir: Path, lock_dir: Path | None) -> tuple[str | None, str | None]:
     """Why the journal in place is damaged (None if it is intact, absent or foreign), and
     the rebuild note it holds (module doc)."""
