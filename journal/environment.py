@@ -54,7 +54,7 @@ from pathlib import Path
 import lmdb
 import xxhash
 
-from vfile.journal import tables
+from vfile.journal import tables, taint
 from vfile.journal.records import (
     JournalCorrupt,
     JournalForeign,
@@ -239,6 +239,9 @@ def _create(state_dir: Path, map_size: int) -> None:
     try:
         with env.begin(write=True) as txn:
             t = tables.open_tables(env, txn)
+            # Every table in this one transaction, so the new journal's clean marker
+            # (init_meta) names its last transaction (journal.watermark, x24).
+            env.open_db(taint.TABLE, txn=txn, create=True)
             tables.init_meta(txn, t)
         env.sync(True)
     finally:

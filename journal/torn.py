@@ -167,7 +167,7 @@ def _verify(where: Path, witness: Path | None) -> int:
             note = txn.get(tables.REBUILD_KEY, db=t.meta)
             if note is not None:
                 print(NOTE, bytes(note).decode(errors="replace"))
-            if run is None or run == watermark.CLEAN:
+            if watermark.stopped_cleanly(run, int(env.info()["last_txnid"])):
                 print("clean stop")
                 return INTACT  # a clean close fsynced everything; nothing wrote since
             seen = watermark.Witness.read(witness) if witness is not None else None
