@@ -43,8 +43,11 @@ conf = base / "vfile.toml"
 state, quarantine = base / "state", base / "quarantine"
 if case == "state":
     state = bound / "x" / "state"
-else:
+elif case == "quarantine":
     quarantine = bound / "q"
+else:  # the mountpoint itself, in the source through the bind
+    mnt = bound / "m"
+    mnt.mkdir()
 conf.write_text(f'[mount]\nquarantine_dir = "{quarantine}"\n')
 try:
     res = subprocess.run(vfile_cmd("mount", "--foreground", "--config", str(conf),
@@ -56,7 +59,7 @@ except subprocess.TimeoutExpired:
 finally:
     if is_mounted(mnt):
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-out["in_source"] = sorted(p.name for p in (src / "sub").iterdir())
+out["in_source"] = sorted(p.name for p in (src / "sub").iterdir() if p.name != "m")
 print(json.dumps(out))
 """
 
@@ -74,3 +77,18 @@ def test_a_directory_in_the_source_through_a_bind_mount_is_refused(
     words = "overlaps" if case == "state" else "inside the source"
     assert f"{case} directory" in out["stderr"] and words in out["stderr"], out
     assert out["in_source"] == [], out  # nothing created among the files it judges
+
+
+def test_a_mountpoint_in_the_source_through_a_bind_mount_is_refused(tmp_path: Path) -> None:
+    """The neighbour: the source and the mountpoint were compared as path strings, so a
+    mountpoint below a bind mount of one of the source's subdirectories was not seen
+    to overlap (with shared mount propagation, systemd's default, the mount then shows
+    up inside the source too, and the server's own lookups there go through it)."""
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private",
+         sys.executable, "-c", SCRIPT, str(TESTS), str(tmp_path), "mountpoint"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rc"] == int(Exit.MOUNTPOINT), out
+    assert "overlap" in out["stderr"], out

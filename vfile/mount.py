@@ -40,6 +40,7 @@ import trio
 
 from vfile.errors import Exit, UserError
 from vfile.hooks import FileHooks, NoHooks
+from vfile.journal.statedir import below
 from vfile.notify import notify, watchdog, watchdog_interval
 from vfile.observe.private import open_private_append
 from vfile.options import MountOptions
@@ -118,7 +119,10 @@ def check_paths(source: str, mountpoint: str) -> tuple[str, str]:
     if os.path.ismount(mnt):
         raise UserError(f"mountpoint {mountpoint!r} is busy (already a mountpoint)",
                         Exit.MOUNTPOINT)
-    if overlaps(src, mnt):
+    # The strings, and where each really lies: a bind mount of one of the source's
+    # subdirectories puts a mountpoint below it in the source (x24,
+    # tests/t4_state_bind24_test.py).
+    if overlaps(src, mnt) or below(mnt, [src]) or below(src, [mnt]):
         raise UserError(f"source {src!r} and mountpoint {mnt!r} overlap", Exit.MOUNTPOINT)
     return src, mnt
 
