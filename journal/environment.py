@@ -212,7 +212,7 @@ def place_lock(state_dir: Path, lock_dir: Path) -> bool:
     return True
 
 
-def _ensure_lock_dir(state_dir: Path) -> None:
+def ensure_lock_dir(state_dir: Path) -> None:
     # `lock.mdb` points into the lock directory: ours alone before LMDB follows it
     # (module docstring), and made again if a tmpfs emptied since (a reboot) lost it,
     # so LMDB can create the lock file through the symlink.
@@ -280,7 +280,7 @@ def open_env(where: Path, *, readonly: bool, map_size: int,
     if lock_dir is not None and not readonly:
         place_lock(where, lock_dir)
     else:
-        _ensure_lock_dir(where)
+        ensure_lock_dir(where)
     # sync=False: the committer fsyncs explicitly, per durability tier (commit.py).
     env = lmdb.open(str(where), map_size=map_size, max_dbs=tables.MAX_DBS,
                     readonly=readonly, sync=False, metasync=False, mode=0o600,

@@ -286,7 +286,11 @@ def damage(state_dir: Path) -> str | None:
     """For `vfile journal` run offline: why the journal in place is damaged (None if it is
     intact, absent or not vfile's), by the mount's own check in a child (a crash in LMDB's
     C code takes down the child). Nothing is written, moved or rebuilt: the next mount's
-    start does that (x24, tests/t5_journal_cli_torn24_test.py)."""
+    start does that (x24, tests/t5_journal_cli_torn24_test.py). The lock directory
+    `lock.mdb` points into is checked first, as the open would (JournalUnreadable if it
+    is not private to us): the child reads the witness there, and a FIFO another user
+    planted at its name would hold it."""
+    environment.ensure_lock_dir(state_dir)
     return _damage_of(state_dir, None)[0]
 
 

@@ -76,3 +76,39 @@ def test_offline_journal_commands_refuse_a_damaged_journal(tmp_path: Path) -> No
         assert len(lines) == 1 and "damaged" in lines[0] and "next mount" in lines[0], \
             (args, res.stderr)
         assert _digest(state) == before, args  # never modified
+
+
+def test_the_check_reads_no_witness_in_another_users_directory(tmp_path: Path) -> None:
+    """Its neighbour: the check reads the witness beside LMDB's lock file, which `vfile
+    journal` finds through `lock.mdb`. Run before the open (whose lock-directory check
+    refuses a directory not private to us, x23), it followed the link into another
+    user's directory, where a FIFO at the witness's name held root's `vfile journal
+    list` until the check's 15-minute timeout. The lock directory is now checked first
+    (exit 7, not followed)."""
+    import os
+
+    import trio
+
+    from vfile.journal import Journal
+
+    state = tmp_path / "state"
+    j = Journal.open(state)
+    trio.run(j.begin_run)
+    j._running = False  # a crash: the marker stays `running`, so the check reads the witness
+    j.close()
+    theirs = tmp_path / "theirs"
+    locks = theirs / "journal-locks"
+    locks.mkdir(parents=True)
+    for d in (theirs, locks):
+        os.chown(d, 1001, 1001)
+    os.mkfifo(locks / "journal-planted.commits")
+    os.chown(locks / "journal-planted.commits", 1001, 1001)
+    (state / "lock.mdb").unlink(missing_ok=True)
+    (state / "lock.mdb").symlink_to(locks / "journal-planted.lock")
+    try:
+        res = subprocess.run(vfile_cmd("journal", "list", "--state-dir", str(state)),
+                             capture_output=True, text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("vfile journal list hung on the planted witness") from None
+    assert res.returncode == int(Exit.JOURNAL), (res.returncode, res.stderr)
+    assert "not private to this user" in res.stderr, res.stderr

@@ -55,9 +55,9 @@ def open_journal(state_dir: str | None, *, readonly: bool, mount: str | None = N
         call_control(mount, "journal.record")
     owner = -1 if readonly or live else _own_offline(Path(state_dir))
     try:
-        if not live:
-            _refuse_damaged(Path(state_dir), held=owner >= 0)
         try:
+            if not live:
+                _refuse_damaged(Path(state_dir), held=owner >= 0)
             journal = Journal.open(state_dir, readonly=readonly)
         except JournalError as err:
             raise UserError(str(err), Exit.JOURNAL) from None
