@@ -78,6 +78,7 @@ def test_a_log_file_in_a_directory_others_may_write_is_refused(
         source: Path, mountpoint: Path, tmp_path: Path, mode: int) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
+    os.chown(shared, -1, 1001)  # a group of other users (root's own group is root)
     shared.chmod(mode)
     try:
         res = _mount(source, mountpoint, shared / "server.log")

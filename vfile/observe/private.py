@@ -4,9 +4,10 @@ and a background server's `--log-file`.
 Invariants (x23 for the audit log, x24 for the server log,
 tests/t4_server_modes23_test.py, tests/t4_log_file24_test.py):
 - missing parents are made 0755 one by one, whatever the umask (the mount server's is 0);
-- the directory holding the log is writable by no other user (not by its group nor by
-  others, sticky or not) and belongs to root or to us: in a shared directory a user
-  can put a file or a hard link of their own at the name before we create it;
+- the directory holding the log is writable by no other user (not by others, sticky or
+  not, nor by a group other than root's) and belongs to root or to us: in a shared
+  directory a user can put a file or a hard link of their own at the name before we
+  create it;
 - the log itself is opened O_NOFOLLOW (a symlink at the name is refused, never
   followed to the file it points at), relative to that directory's descriptor (no
   component of the path is looked up twice), created 0600, must be a regular file of
@@ -46,7 +47,10 @@ def open_private_append(path: str) -> int:
         if dst.st_uid not in (0, os.geteuid()):
             raise LogPathError(errno.EPERM, f"its directory {parent!r} belongs to uid "
                                f"{dst.st_uid}, neither root nor us")
-        if dst.st_mode & 0o022:
+        # Group write is fine for root's group (its members are root already), not for
+        # another (Ubuntu's /var/log is root:syslog 0775: vfile's own /var/log/vfile is
+        # made 0755 for it).
+        if dst.st_mode & 0o002 or (dst.st_mode & 0o020 and dst.st_gid != 0):
             raise LogPathError(errno.EPERM, f"its directory {parent!r} is writable by other "
                                f"users (mode {stat.S_IMODE(dst.st_mode):o})")
         try:
