@@ -46,7 +46,7 @@ def open_journal(state_dir: str | None, *, readonly: bool, mount: str | None = N
                  live: bool = False) -> Iterator[Journal]:
     """The journal of `--state-dir` or `--mount`. A write given `--state-dir` (not
     `live`: the caller did not find it through `--mount`) holds the state directory
-    as a mount does, and is refused while a mount holds it (module docstring)."""
+    as a mount does, and is refused while a mount holds it (cmd_journal.py)."""
     from vfile.journal import Journal, JournalError
 
     live = live or mount is not None
