@@ -12,8 +12,9 @@ address is believed: its network must be trusted (README, Operations).
 Invariants:
 - the peer's own socket is matched by both ends of the connection (its local end is
   our remote one and the other way round); an accepted socket carries its listener's
-  uid. Not found (the server's kernel side not done yet), the listeners on the peer's
-  port stand for it, every one of them (a wildcard or its exact address).
+  uid; a TIME_WAIT row of an earlier connection with the same ends shows uid 0 and is
+  not it. Not found (the server's kernel side not done yet), the listeners on the
+  peer's port stand for it, every one of them (a wildcard or its exact address).
 - /proc's addresses are printed as native-endian 32-bit words: decoded with "=I".
 """
 
@@ -27,6 +28,8 @@ import struct
 
 _TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 _LISTEN = "0A"
+#: a TIME_WAIT row shows uid 0 whoever owned it: an older connection's, never ours
+_TIME_WAIT = "06"
 _ANY = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::ffff:0.0.0.0"))
 
 Endpoint = tuple[ipaddress.IPv6Address, int]
@@ -69,7 +72,8 @@ def peer_uids(ours: Endpoint, peer: Endpoint) -> set[int] | None:
     """The uid(s) owning the other end of our connection `ours` -> `peer` if it is a
     socket of this machine (module invariants); None if it is not found."""
     rows = _rows()
-    exact = {uid for local, remote, _st, uid in rows if local == peer and remote == ours}
+    exact = {uid for local, remote, state, uid in rows
+             if local == peer and remote == ours and state != _TIME_WAIT}
     if exact:
         return exact
     listeners = {uid for local, _remote, state, uid in rows
