@@ -73,13 +73,15 @@ def _rows() -> list[tuple[Endpoint, Endpoint, str, int]]:
 _NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST = 4, 20, 1
 _NOCOOKIE = 0xFFFFFFFF
 _TCP_TIME_WAIT = 6
+NOT_FOUND = -1
 
 
 def _diag_uid(ours: Endpoint, peer: Endpoint) -> int | None:
     """The uid of the socket the kernel would deliver our packets to (the peer's own, or
     its listener while it is being set up), by one sock_diag lookup: microseconds,
     where reading /proc/net/tcp walks the whole connection hash (ms on any host).
-    None: not found, a TIME_WAIT row (its uid is not kept), or no sock_diag."""
+    NOT_FOUND: no such socket here (a remote peer), or a TIME_WAIT row (its uid is not
+    kept); None: no sock_diag (then /proc/net/tcp is read)."""
     v4 = peer[0].ipv4_mapped is not None and ours[0].ipv4_mapped is not None
     family = socket.AF_INET if v4 else socket.AF_INET6
 
@@ -99,11 +101,11 @@ def _diag_uid(ours: Endpoint, peer: Endpoint) -> int | None:
     except OSError:
         return None
     if len(reply) < 16 + 72:
-        return None  # NLMSG_ERROR (ENOENT: no such socket) or short
+        return NOT_FOUND  # NLMSG_ERROR (ENOENT: no such socket)
     kind = struct.unpack_from("=H", reply, 4)[0]
     state = reply[17]
     if kind != _SOCK_DIAG_BY_FAMILY or state == _TCP_TIME_WAIT:
-        return None
+        return NOT_FOUND
     return int(struct.unpack_from("=I", reply, 16 + 64)[0])
 
 
@@ -111,6 +113,8 @@ def peer_uids(ours: Endpoint, peer: Endpoint) -> set[int] | None:
     """The uid(s) owning the other end of our connection `ours` -> `peer` if it is a
     socket of this machine (module invariants); None if it is not found."""
     uid = _diag_uid(ours, peer)
+    if uid == NOT_FOUND:
+        return None  # (a remote appliance must not pay for a /proc/net/tcp walk)
     if uid is not None:
         return {uid}
     rows = _rows()
