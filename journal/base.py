@@ -71,6 +71,10 @@ class JournalBase:
         self.inflight = InFlight(self._opened_txnid)
         self._committer.on_commit = self.inflight.committed
         self._running = False  # begin_run was called: close() marks the stop clean
+        #: an offline writer (`vfile journal purge`) opened a cleanly stopped journal:
+        #: close() marks it clean again if it committed (the marker names the last
+        #: transaction, journal.watermark.stopped_cleanly)
+        self._clean_at_open = False
         self._commits_at_watermark = -1
         self._watermark: int | None = None  # as stored, once begin_run read it
         #: journal.torn: this journal replaced one a power loss tore (what was salvaged)
@@ -114,6 +118,7 @@ class JournalBase:
         # Followed only once a mount vouches (Journal.vouch): a `vfile journal` edit
         # beside a live mount must not rewrite it (watermark.open_witness).
         run = self._read(lambda txn: watermark.read_state(txn, self._t))[0]
+        self._clean_at_open = watermark.stopped_cleanly(run, self._opened_txnid)
         self._seen, self._witness, _ = watermark.open_witness(
             watermark.witness_for(where, lock_dir), self._opened_txnid, run)
 
@@ -139,7 +144,9 @@ class JournalBase:
             if self.inflight:  # an intent no retry committed: the next start walks
                 log.error("journal %s: %d creates' intents not committed: the stop is not "
                           "recorded as clean", self.path, len(self.inflight))
-            elif self._running and idle and self._fsync:
+            elif (self._running or (self._clean_at_open and int(
+                    self._env.info()["last_txnid"]) != self._opened_txnid)) \
+                    and idle and self._fsync:
                 try:  # everything is synced above
                     watermark.mark_clean(self._env, self._t)
                 except lmdb.Error as err:

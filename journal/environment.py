@@ -54,7 +54,7 @@ from pathlib import Path
 import lmdb
 import xxhash
 
-from vfile.journal import tables
+from vfile.journal import tables, taint
 from vfile.journal.records import (
     JournalCorrupt,
     JournalForeign,
@@ -212,7 +212,7 @@ def place_lock(state_dir: Path, lock_dir: Path) -> bool:
     return True
 
 
-def _ensure_lock_dir(state_dir: Path) -> None:
+def ensure_lock_dir(state_dir: Path) -> None:
     # `lock.mdb` points into the lock directory: ours alone before LMDB follows it
     # (module docstring), and made again if a tmpfs emptied since (a reboot) lost it,
     # so LMDB can create the lock file through the symlink.
@@ -239,6 +239,9 @@ def _create(state_dir: Path, map_size: int) -> None:
     try:
         with env.begin(write=True) as txn:
             t = tables.open_tables(env, txn)
+            # Every table in this one transaction, so the new journal's clean marker
+            # (init_meta) names its last transaction (journal.watermark, x24).
+            env.open_db(taint.TABLE, txn=txn, create=True)
             tables.init_meta(txn, t)
         env.sync(True)
     finally:
@@ -277,7 +280,7 @@ def open_env(where: Path, *, readonly: bool, map_size: int,
     if lock_dir is not None and not readonly:
         place_lock(where, lock_dir)
     else:
-        _ensure_lock_dir(where)
+        ensure_lock_dir(where)
     # sync=False: the committer fsyncs explicitly, per durability tier (commit.py).
     env = lmdb.open(str(where), map_size=map_size, max_dbs=tables.MAX_DBS,
                     readonly=readonly, sync=False, metasync=False, mode=0o600,

@@ -19,10 +19,12 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -63,11 +65,17 @@ def default_state_dir(mountpoint: str | os.PathLike[str], uid: int | None = None
     return state_root(uid) / escape_mountpoint(mountpoint)
 
 
-def below(path: str | os.PathLike[str], dirs: list[os.stat_result]) -> bool:
+def below(path: str | os.PathLike[str], dirs: list[str | os.PathLike[str]]) -> bool:
     """Whether `path` (resolved; it need not exist yet) is one of the directories `dirs`
-    (by device and inode, so a symlink or bind mount to them counts) or below one."""
+    or below one: by device and inode (a symlink to them counts), and by where each lies
+    in its filesystem (`location`: a bind mount of one of their subdirectories elsewhere
+    counts too, x24)."""
     resolved = Path(os.path.realpath(path))
-    keys = {(d.st_dev, d.st_ino) for d in dirs}
+    stats = []
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            stats.append(os.stat(d))
+    keys = {(d.st_dev, d.st_ino) for d in stats}
     for candidate in (resolved, *resolved.parents):
         try:
             st = os.stat(candidate)
@@ -75,7 +83,53 @@ def below(path: str | os.PathLike[str], dirs: list[os.stat_result]) -> bool:
             continue  # not created yet
         if (st.st_dev, st.st_ino) in keys:
             return True
+    mounts = _mounts()
+    dev, where = location(resolved, mounts)
+    for d in dirs:
+        ddev, dwhere = location(Path(os.path.realpath(d)), mounts)
+        if dev == ddev and (where == dwhere or where.startswith(dwhere.rstrip("/") + "/")):
+            return True
     return False
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo (octal)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts() -> list[tuple[str, str, str]]:
+    """(mount point, device "major:minor", root of the mount within its filesystem), in
+    /proc/self/mountinfo's order (a later mount on the same point covers an earlier)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) >= 5:
+            out.append((_unescape(fields[4]), fields[2], _unescape(fields[3])))
+    return out
+
+
+def location(resolved: Path, mounts: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """Where the resolved path lies whatever it is reached through: (the filesystem's
+    device, its path from that filesystem's root). The mount whose point is the longest
+    prefix of the path holds it (the last one listed on that point: it covers the
+    others); a bind mount's root is the directory it shows."""
+    text = str(resolved)
+    best: tuple[str, str, str] | None = None
+    for m in mounts:
+        point = m[0]
+        inside = text == point or text.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = m
+    if best is None:
+        return "", text
+    point, dev, root = best
+    rest = text[len(point.rstrip("/")):]
+    return dev, os.path.normpath(root.rstrip("/") + rest) if rest else root
 
 
 def ensure_state_dir(path: str | os.PathLike[str]) -> Path:

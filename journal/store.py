@@ -339,7 +339,7 @@ class Journal(JournalBase):
                                source)
         marker = watermark.new_run_marker()
         await self._write(lambda txn: watermark.op_set_run(txn, t, marker, source))
-        self._running = True
+        self._running, self._clean_at_open = True, False  # the run's close marks it
         if not found.walk:
             self.vouch()
         return found

@@ -228,8 +228,21 @@ def iter_oldest_first(txn: Txn, t: Tables) -> Iterator[DeferredEntry]:
             yield entry
 
 
+#: the run marker's key (journal.watermark owns its meaning)
+RUN_KEY = b"run"
+
+
+def clean_marker(txnid: int) -> bytes:
+    """The run marker of a clean stop written by transaction `txnid`: trusted only while
+    that is the journal's last transaction (journal.watermark)."""
+    return b"clean:%d" % txnid
+
+
 def init_meta(txn: Txn, t: Tables) -> None:
     txn.put(b"magic", MAGIC, db=t.meta)
+    # A new journal is a clean stop of nothing (journal.watermark: a marker that is
+    # absent is not one; x24).
+    txn.put(RUN_KEY, clean_marker(txn.id()), db=t.meta)
     txn.put(b"format", str(JOURNAL_FORMAT).encode(), db=t.meta)
     txn.put(b"seq", keys.u64(0), db=t.meta)
 

@@ -167,7 +167,7 @@ def _verify(where: Path, witness: Path | None) -> int:
             note = txn.get(tables.REBUILD_KEY, db=t.meta)
             if note is not None:
                 print(NOTE, bytes(note).decode(errors="replace"))
-            if run is None or run == watermark.CLEAN:
+            if watermark.stopped_cleanly(run, int(env.info()["last_txnid"])):
                 print("clean stop")
                 return INTACT  # a clean close fsynced everything; nothing wrote since
             seen = watermark.Witness.read(witness) if witness is not None else None
@@ -280,6 +280,18 @@ def ensure_intact(state_dir: Path, lock_dir: Path | None) -> Rebuilt | None:
     if restored:
         return Rebuilt(aside, reason, pending=marker, restored=True)
     return _salvage_aside(aside, reason, marker)
+
+
+def damage(state_dir: Path) -> str | None:
+    """For `vfile journal` run offline: why the journal in place is damaged (None if it is
+    intact, absent or not vfile's), by the mount's own check in a child (a crash in LMDB's
+    C code takes down the child). Nothing is written, moved or rebuilt: the next mount's
+    start does that (x24, tests/t5_journal_cli_torn24_test.py). The lock directory
+    `lock.mdb` points into is checked first, as the open would (JournalUnreadable if it
+    is not private to us): the child reads the witness there, and a FIFO another user
+    planted at its name would hold it."""
+    environment.ensure_lock_dir(state_dir)
+    return _damage_of(state_dir, None)[0]
 
 
 def _damage_of(state_dir: Path, lock_dir: Path | None) -> tuple[str | None, str | None]:

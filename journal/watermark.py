@@ -29,8 +29,9 @@ journaled (tier 1) before the mount serves (vfile.filter.recovery).
 Invariants:
 - W never goes down (`op_advance` keeps the larger value), and is stored only
   after the fsync that covers every commit completed before the clock read.
-- A journal without a `run` key (new, or written by a vfile before this
-  module, which fsynced every create) counts as cleanly stopped.
+- Only `clean:<txnid>` naming the journal's last transaction is a clean stop (a new
+  journal is created with one); an absent, bare, older or garbled marker is what a
+  torn tree can show, and counts as an unclean stop (`stopped_cleanly`, x24).
 - No witness (no lock directory, a tmpfs emptied by a reboot), another boot,
   or a witness ahead of the journal: the page cache did not survive.
 """
@@ -45,16 +46,17 @@ from pathlib import Path
 
 import lmdb
 
-from vfile.journal import environment, keys
+from vfile.journal import environment, keys, tables
 from vfile.journal.records import JournalError
 from vfile.journal.tables import Tables, Txn
 
 log = logging.getLogger(__name__)
 
 WATERMARK_KEY = b"watermark"
-RUN_KEY = b"run"
+RUN_KEY = tables.RUN_KEY
 #: the source the last run served: "<st_dev>:<st_ino>\0<realpath>"
 SOURCE_KEY = b"source"
+#: older vfiles' clean marker, which named no transaction: no longer trusted
 CLEAN = b"clean"
 RUNNING = b"running"
 #: W lags the clock read before its fsync by this much: ctime comes from the kernel's
@@ -129,8 +131,20 @@ def covers_new_files(watermark_ns: int | None, now_ns: int) -> bool:
 def mark_clean(env: lmdb.Environment, t: Tables) -> None:
     """A clean stop, durably (no writer runs: the caller's thread may write)."""
     with env.begin(write=True) as txn:
-        op_set_run(txn, t, CLEAN)
+        op_set_run(txn, t, tables.clean_marker(txn.id()))
     env.sync(True)
+
+
+def stopped_cleanly(run: bytes | None, journal_txnid: int) -> bool:
+    """The marker is a clean stop's and names the journal's last transaction: the tree
+    read is the one that clean close wrote and fsynced, whole. Anything else is an
+    unclean stop: `running`, and a marker a power loss tore (x24,
+    tests/t5_run_marker24_test.py): absent, empty, truncated, garbage, or a clean
+    marker read from an older tree's page (LMDB reuses pages, and a meta page that
+    reached the disk may point at pages whose new bytes did not), which names an
+    older transaction. An older vfile's bare `clean` names none: its first start after
+    the upgrade checks the journal and walks once."""
+    return run is not None and run == tables.clean_marker(journal_txnid)
 
 
 def op_advance(txn: Txn, t: Tables, ns: int) -> int:
@@ -260,7 +274,7 @@ def witness_for(state_dir: Path, lock_dir: str | os.PathLike[str] | None) -> Pat
 class Recovery:
     """What a mount found when it started on this journal."""
 
-    #: the last run closed cleanly (or there was none)
+    #: the last run closed cleanly (or there was none: a new journal)
     clean: bool
     #: the state disk's page cache survived the unclean stop (same boot, nothing lost)
     cache_survived: bool
@@ -276,6 +290,6 @@ class Recovery:
 def decide(run: bytes | None, watermark_ns: int | None, seen: Seen | None, boot: str,
            journal_txnid: int) -> Recovery:
     """The recovery rule, from what is stored, what the witness saw, and this boot."""
-    clean = run is None or run == CLEAN
+    clean = stopped_cleanly(run, journal_txnid)
     return Recovery(clean=clean, cache_survived=survived(seen, boot, journal_txnid, run),
                     watermark_ns=watermark_ns)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from vfile.scanner.faults import Fault
+from vfile.scanner.tcppeer import check_tcp_listener
 from vfile.scanner.urls import Address
 
 #: file reads for INSTREAM/ICAP bodies and hashing in the built-in appliance
@@ -38,7 +39,14 @@ async def connect(address: Address) -> trio.SocketStream:
             sock.close()
             raise
         return trio.SocketStream(sock)
-    return await trio.open_tcp_stream(address.host, address.port)
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    try:
+        # Anyone may bind a local port while the appliance is down (x24): root or us only.
+        check_tcp_listener(stream.socket)  # type: ignore[arg-type]
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
 
 
 def _check_listener(sock: trio.socket.SocketType, path: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vfile.journal import Identity, Journal, Reason, watermark
+from vfile.journal import Identity, Journal, Reason, tables, watermark
 from vfile.journal.environment import lock_target
 
 BOOT = "98a9685e-11bc-421d-93bb-8341ecee3926"
@@ -20,8 +20,12 @@ def seen(boot: str, txnid: int) -> watermark.Seen:
 
 
 @pytest.mark.parametrize(("run", "seen", "txnid", "walk"), [
-    (None, None, 5, False),                       # new journal, or written before tier 1w
-    (watermark.CLEAN, None, 5, False),            # clean stop: nothing to recover
+    (tables.clean_marker(5), None, 5, False),     # clean stop: nothing to recover
+    (tables.clean_marker(4), None, 5, True),      # an older tree's clean marker (x24)
+    (None, None, 5, True),                        # a torn tree lost it (x24)
+    (watermark.CLEAN, None, 5, True),             # an older vfile's, or a stale page's
+    (b"", None, 5, True),                         # torn
+    (b"clean:", None, 5, True),                   # torn
     (watermark.RUNNING, None, 5, True),           # unclean, no witness (a reboot emptied /run)
     (watermark.RUNNING, seen(BOOT, 5), 5, False),   # SIGKILL: nothing lost
     (watermark.RUNNING, seen(BOOT, 4), 5, False),   # killed between commit and note
@@ -32,7 +36,8 @@ def seen(boot: str, txnid: int) -> watermark.Seen:
 def test_the_recovery_rule(run: bytes | None, seen: watermark.Seen | None, txnid: int,
                            walk: bool) -> None:
     assert watermark.decide(run, 123, seen, BOOT, txnid).walk is walk
-    assert watermark.decide(run, 123, seen, "", txnid).walk is (run == watermark.RUNNING)
+    assert watermark.decide(run, 123, seen, "", txnid).walk is (
+        not watermark.stopped_cleanly(run, txnid))
 
 
 async def test_run_marker_watermark_and_witness(tmp_path: Path) -> None:

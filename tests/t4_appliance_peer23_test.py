@@ -17,12 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from lifecycle import READER_UID
 from mounting import mounted
+from otheruser import searchable_checkout
 
 pytestmark = pytest.mark.mount
 
@@ -30,29 +30,10 @@ CLOSED = ('[[profile]]\nname = "default"\nfail_mode = "closed"\ndeadline = 2\n'
           "attempt_timeout = 1\nretries = 0\n")
 
 
-@contextlib.contextmanager
-def _searchable_checkout() -> Iterator[None]:
-    """Let the other user reach this checkout's code: a clone in a private directory
-    (`mktemp -d`, 0700) is not searchable by others, and the appliance it runs there
-    then fails to import vfile. Search bits only, taken back afterwards."""
-    import vfile
-    changed = []
-    for d in Path(vfile.__file__).resolve().parents:
-        mode = d.stat().st_mode
-        if not mode & 0o001:
-            d.chmod(mode | 0o001)
-            changed.append((d, mode))
-    try:
-        yield
-    finally:
-        for d, mode in changed:
-            d.chmod(mode & 0o7777)
-
-
 def test_a_socket_served_by_another_user_gets_no_descriptor(tmp_path: Path) -> None:
     shared = Path(tempfile.mkdtemp(prefix="x23-shared-"))
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_searchable_checkout())
+        stack.enter_context(searchable_checkout())
         stack.callback(shutil.rmtree, shared, ignore_errors=True)
         shared.chmod(0o1777)  # like /tmp: anyone may bind a name that is free
         sock = shared / "clamd.socket"

@@ -84,7 +84,7 @@ def test_a_journal_edit_beside_the_mount_keeps_its_intents_pending(tree: Tree) -
                        and signature_version(tree.state), "the signature version")
             wait_until(lambda: _settled(tree.mountpoint), "the warm-up settled")
             sig = signature_version(tree.state)
-            # As `vfile journal gc --state-dir` does (cmd_journal.open_journal), beside
+            # As `vfile journal gc --state-dir` does (journal_open.open_journal), beside
             # the live mount.
             edit = Journal.open(tree.state)
             try:

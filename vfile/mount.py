@@ -40,7 +40,9 @@ import trio
 
 from vfile.errors import Exit, UserError
 from vfile.hooks import FileHooks, NoHooks
+from vfile.journal.statedir import below
 from vfile.notify import notify, watchdog, watchdog_interval
+from vfile.observe.private import open_private_append
 from vfile.options import MountOptions
 from vfile.passthrough.fs import VFileOperations
 
@@ -117,7 +119,10 @@ def check_paths(source: str, mountpoint: str) -> tuple[str, str]:
     if os.path.ismount(mnt):
         raise UserError(f"mountpoint {mountpoint!r} is busy (already a mountpoint)",
                         Exit.MOUNTPOINT)
-    if overlaps(src, mnt):
+    # The strings, and where each really lies: a bind mount of one of the source's
+    # subdirectories puts a mountpoint below it in the source (x24,
+    # tests/t4_state_bind24_test.py).
+    if overlaps(src, mnt) or below(mnt, [src]) or below(src, [mnt]):
         raise UserError(f"source {src!r} and mountpoint {mnt!r} overlap", Exit.MOUNTPOINT)
     return src, mnt
 
@@ -348,8 +353,9 @@ def start_background(opts: MountOptions, log_file: str) -> int:
     src, mnt = check_paths(opts.source, opts.mountpoint)
     opts = MountOptions(**{**opts.__dict__, "source": src, "mountpoint": mnt})
     try:
-        os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        logf = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+        # Root writes lines naming files there: never through a symlink, 0600, in a
+        # directory no other user may write (x24, tests/t4_log_file24_test.py).
+        logf = os.fdopen(open_private_append(log_file), "ab")
     except OSError as exc:
         raise UserError(f"cannot open log file {log_file!r}: {exc.strerror}", Exit.CONFIG) \
             from None

@@ -94,8 +94,9 @@ def _state_dir(opts: MountOptions, config: Config, root_fd: int) -> Path:
     # source's files the journal would be reachable through the mount, walked by the
     # recovery walk, and a directory renamed away and replaced by one a user planted
     # (with verdicts of their choosing) trusted at the next start (x23,
-    # tests/t4_state_inside23_test.py).
-    if below(path, [os.fstat(root_fd), os.stat(opts.mountpoint)]):
+    # tests/t4_state_inside23_test.py). Reached through a bind mount of one of the
+    # source's subdirectories too (x24, tests/t4_state_bind24_test.py).
+    if below(path, [f"/proc/self/fd/{root_fd}", opts.mountpoint]):
         raise UserError(f"state directory {str(path)!r} overlaps the source or the "
                         "mountpoint: give one outside both", Exit.CONFIG)
     try:
@@ -300,7 +301,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                     breaker_failures=pc.breaker_failures, breaker_cooldown=pc.breaker_cooldown,
                     probe_interval=pc.probe_interval, adaptive=pc.adaptive_knobs())
         qdir = config.mount.quarantine_dir or str(state_dir / "quarantine")
-        if below(qdir, [os.stat(opts.mountpoint)]):
+        if below(qdir, [opts.mountpoint]):
             # Checked before the mount covers it: once mounted, each move there went
             # through the mount into the source, was scanned, found infected and moved
             # again, without end (x23, tests/t4_state_inside23_test.py). Inside the

@@ -34,14 +34,13 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vfile import control
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
+from vfile.cli.journal_open import call_control, open_journal, resolve_state_dir
 from vfile.errors import Exit, UserError
 
 if TYPE_CHECKING:
@@ -55,75 +54,6 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text."
 Mount = Annotated[str | None, typer.Option(
     "--mount", help="A live vfile mountpoint: find its journal through its control plane "
     "(root and the mount's owner only).")]
-
-
-def _control(mount: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
-    try:
-        return control.call(mount, cmd, args)
-    except control.ControlError as err:  # Refused included
-        raise UserError(str(err), Exit.CONTROL) from None
-
-
-def resolve_state_dir(state_dir: str | None, mount: str | None) -> str:
-    """The state directory named by `--state-dir`, or the live mount's (`--mount`)."""
-    if state_dir is not None and mount is not None:
-        raise UserError("give --state-dir or --mount, not both", Exit.USAGE)
-    if mount is not None:
-        status = _control(mount, "status")
-        try:
-            return str(status["mount"]["state_dir"])
-        except (KeyError, TypeError):
-            raise UserError(f"{mount}: the mount's status names no state directory",
-                            Exit.CONTROL) from None
-    if state_dir is None:
-        raise UserError("--state-dir DIR or --mount MOUNTPOINT is required", Exit.USAGE)
-    return state_dir
-
-
-@contextlib.contextmanager
-def open_journal(state_dir: str | None, *, readonly: bool, mount: str | None = None,
-                 live: bool = False) -> Iterator[Journal]:
-    """The journal of `--state-dir` or `--mount`. A write given `--state-dir` (not
-    `live`: the caller did not find it through `--mount`) holds the state directory
-    as a mount does, and is refused while a mount holds it (module docstring)."""
-    from vfile.journal import Journal, JournalError
-
-    live = live or mount is not None
-    state_dir = resolve_state_dir(state_dir, mount)
-    if mount is not None:  # new files not recorded yet (vfile.filter.newfiles): now
-        _control(mount, "journal.record")
-    owner = -1 if readonly or live else _own_offline(Path(state_dir))
-    try:
-        try:
-            journal = Journal.open(state_dir, readonly=readonly)
-        except JournalError as err:
-            raise UserError(str(err), Exit.JOURNAL) from None
-        try:
-            yield journal
-        except JournalError as err:
-            raise UserError(str(err), Exit.JOURNAL) from None
-        finally:
-            journal.close()
-    finally:
-        if owner >= 0:
-            os.close(owner)
-
-
-def _own_offline(state_dir: Path) -> int:
-    """Hold `state_dir` for an offline write, or refuse: a mount uses it."""
-    from vfile.journal.statedir import OWNER_FILE, StateDirInUse, take_state_dir
-
-    try:
-        return take_state_dir(state_dir)
-    except StateDirInUse as busy:
-        raise UserError(f"{state_dir}: a vfile mount (pid {busy.pid}) uses this state "
-                        "directory; to change its journal while it runs, give --mount "
-                        "MOUNTPOINT instead of --state-dir", Exit.JOURNAL) from None
-    except FileNotFoundError:
-        return -1  # no state directory: nothing to protect (the open says what is wrong)
-    except OSError as err:
-        raise UserError(f"{state_dir}: cannot open {OWNER_FILE}: {err.strerror}",
-                        Exit.JOURNAL) from None
 
 
 def _when(t: float) -> str:
@@ -263,7 +193,7 @@ async def journal_gc(
     from vfile.service import SIG_FILE
 
     if source is None and mount is not None:
-        source = str(_control(mount, "status")["mount"]["source"])
+        source = str(call_control(mount, "status")["mount"]["source"])
     if source is None:
         raise UserError("--source DIR (or --mount) is required: verdicts are kept for the "
                         "files it holds", Exit.USAGE)
@@ -306,7 +236,7 @@ async def journal_retry(
     """
     if mount is not None and state_dir is None:
         # The live process resets them and kicks its drain (module docstring).
-        n = int(_control(mount, "journal.retry", {} if path is None else {"path": path})
+        n = int(call_control(mount, "journal.retry", {} if path is None else {"path": path})
                 ["retried"])
     else:
         with open_journal(state_dir, readonly=False, mount=mount) as j:
@@ -433,7 +363,7 @@ async def quarantine_restore(
     from vfile.filter.restore import RestoreError, restore_into
 
     if source is None and mount is not None and to is None:
-        source = str(_control(mount, "status")["mount"]["source"])
+        source = str(call_control(mount, "status")["mount"]["source"])
     with open_journal(state_dir, readonly=False, mount=mount) as j:
         rec = _get_record(j, rec_id)
         quarantined = Path(rec.quarantine_path)

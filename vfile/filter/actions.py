@@ -47,6 +47,7 @@ from vfile.journal.records import (
     VerdictRecord,
     exposure_to_json,
 )
+from vfile.journal.statedir import below
 from vfile.journal.store import Journal
 from vfile.observe.ratelog import RateLimited
 
@@ -101,22 +102,12 @@ def _regular(dir_fd: int, name: str, judged: Identity) -> os.stat_result:
     return st
 
 
-def _is_inside(path: Path, root: os.stat_result) -> bool:
-    """Whether `path` (resolved) is the directory `root` or below it."""
-    for candidate in (path, *path.parents):
-        try:
-            st = os.stat(candidate)
-        except FileNotFoundError:
-            continue
-        if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
-            return True
-    return False
-
-
 def prepare_quarantine_dir(quarantine_dir: str, source_fd: int) -> Path:
     """Create `quarantine_dir` 0700 if needed; refuse one inside the source."""
     where = Path(quarantine_dir).resolve()
-    if _is_inside(where, os.fstat(source_fd)):
+    # By inode and by real location: a symlink or a bind mount of one of the source's
+    # subdirectories counts (x24, tests/t4_state_bind24_test.py).
+    if below(where, [f"/proc/self/fd/{source_fd}"]):
         raise UserError(f"quarantine directory {quarantine_dir!r} is inside the source",
                         Exit.CONFIG)
     try:

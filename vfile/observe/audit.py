@@ -29,18 +29,16 @@ the file (a ``dropped`` event) when it catches up.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
-import os
 import queue
-import stat
 import threading
 import time
 from typing import TextIO
 
 from vfile.errors import Exit, UserError
 from vfile.observe.logfmt import rfc3339
+from vfile.observe.private import open_private_append
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +61,10 @@ class AuditLog:
 
     def open(self) -> AuditLog:
         try:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            # Explicit modes: the mount server's umask is 0, and a 0666 log (0777
-            # directory) let anyone forge or erase its lines and read who opened what
-            # (x23, tests/t4_server_modes23_test.py). O_NOFOLLOW: root appends to no
-            # file a symlink planted at the name points to.
-            missing = []
-            while not os.path.isdir(parent):
-                missing.append(parent)
-                parent = os.path.dirname(parent)
-            for d in reversed(missing):  # (os.makedirs gives parents the umask's mode)
-                os.mkdir(d, 0o755)
-                os.chmod(d, 0o755)
-            # O_NONBLOCK: a FIFO at the name must not hang the start (refused below).
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                raise OSError(errno.EINVAL, "not a regular file")
-            if st.st_mode & 0o022:  # an older server's 0666 log: others wrote to it
-                os.fchmod(fd, 0o600)
+            # Explicit modes (the mount server's umask is 0: a 0666 log let anyone forge
+            # or erase its lines and read who opened what, x23), O_NOFOLLOW, a directory
+            # no other user may write (x24): vfile.observe.private.
+            fd = open_private_append(self.path)
             # buffering=1: line-buffered text, so each line reaches the file at once.
             self._file = open(fd, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         except OSError as err:

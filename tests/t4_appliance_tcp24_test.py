@@ -1,0 +1,57 @@
+"""An appliance on a local TCP port served by another user is not believed (x24).
+
+x23 made a unix appliance prove who serves it (SO_PEERCRED); a TCP address was
+believed whoever answered. On a loopback port, any user can bind it while the real
+appliance is down or restarting, and then received every scanned file's content
+(INSTREAM: a root-only file's bytes included) and had their verdicts believed (a
+closed-mode mount served root's 0600 file after that user's appliance called it
+clean). The client now finds the owner of the peer's socket in /proc/net/tcp{,6}
+(matched by both ends of the connection, else the listener on the port): root or
+vfile's own user, else an appliance error and the fail mode applies. Remote
+addresses: the network must be trusted (README, Operations)."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from mounting import mounted
+from otheruser import appliance_serving
+
+pytestmark = pytest.mark.mount
+
+CLOSED = ('[[profile]]\nname = "default"\nfail_mode = "closed"\ndeadline = 2\n'
+          "attempt_timeout = 1\nretries = 0\n")
+
+
+def _tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "secret").write_bytes(b"root's secret\n")
+    (src / "secret").chmod(0o600)
+    conf = tmp_path / "vfile.toml"
+    conf.write_text(CLOSED)
+    return src, mnt, conf
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_a_local_port_served_by_another_user_is_not_believed(tmp_path: Path,
+                                                             host: str) -> None:
+    src, mnt, conf = _tree(tmp_path)
+    with appliance_serving(f"tcp://{host}:0") as url, \
+            mounted(src, mnt, "--state-dir", str(tmp_path / "state"), "--config", str(conf),
+                    "--appliance", url.replace("tcp://", "clamd://")) as server:
+        with pytest.raises(OSError) as err:
+            (mnt / "secret").read_bytes()  # scanned by that user's appliance
+        assert err.value.errno == errno.EACCES
+        assert "served by uid 1001" in server.log(), server.log()[-3000:]
+
+
+def test_a_local_port_served_by_us_is_used(tmp_path: Path) -> None:
+    src, mnt, conf = _tree(tmp_path)
+    with appliance_serving("tcp://127.0.0.1:0", uid=None) as url, \
+            mounted(src, mnt, "--state-dir", str(tmp_path / "state"), "--config", str(conf),
+                    "--appliance", url.replace("tcp://", "clamd://")):
+        assert (mnt / "secret").read_bytes() == b"root's secret\n"

@@ -1,0 +1,78 @@
+"""Opening a log that names files, as root, at a path a caller chose: the audit log
+and a background server's `--log-file`.
+
+Invariants (x23 for the audit log, x24 for the server log,
+tests/t4_server_modes23_test.py, tests/t4_log_file24_test.py):
+- missing parents are made 0755 one by one, whatever the umask (the mount server's is 0);
+- the directory holding the log is writable by no other user (not by others, sticky or
+  not, nor by a group other than root's) and belongs to root or to us: in a shared
+  directory a user can put a file or a hard link of their own at the name before we
+  create it;
+- the log itself is opened O_NOFOLLOW (a symlink at the name is refused, never
+  followed to the file it points at), relative to that directory's descriptor (no
+  component of the path is looked up twice), created 0600, must be a regular file of
+  ours, and an older vfile's looser log (0644 by umask, 0666 by umask 0) is tightened.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+
+class LogPathError(OSError):
+    """Why a log cannot be opened there (its `strerror` is the message)."""
+
+
+def _make_parents(parent: str) -> None:
+    missing = []
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):  # (os.makedirs gives parents the umask's mode)
+        os.mkdir(d, 0o755)
+        os.chmod(d, 0o755)
+
+
+def open_private_append(path: str) -> int:
+    """An O_APPEND descriptor of the log at `path` (module invariants); OSError
+    (LogPathError for a refused place) says why not."""
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    _make_parents(parent)
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dst = os.fstat(dfd)
+        if dst.st_uid not in (0, os.geteuid()):
+            raise LogPathError(errno.EPERM, f"its directory {parent!r} belongs to uid "
+                               f"{dst.st_uid}, neither root nor us")
+        # Group write is fine for root's group (its members are root already), not for
+        # another (Ubuntu's /var/log is root:syslog 0775: vfile's own /var/log/vfile is
+        # made 0755 for it).
+        if dst.st_mode & 0o002 or (dst.st_mode & 0o020 and dst.st_gid != 0):
+            raise LogPathError(errno.EPERM, f"its directory {parent!r} is writable by other "
+                               f"users (mode {stat.S_IMODE(dst.st_mode):o})")
+        try:
+            # O_NONBLOCK: a FIFO at the name must not hang the start (refused below).
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC | os.O_NONBLOCK, 0o600, dir_fd=dfd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise LogPathError(errno.ELOOP, "it is a symlink (not followed)") from None
+            raise
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LogPathError(errno.EINVAL, "not a regular file")
+        if st.st_uid not in (0, os.geteuid()):
+            raise LogPathError(errno.EPERM, f"it belongs to uid {st.st_uid}")
+        if st.st_mode & 0o077:  # an older vfile's log: others could read (or write) it
+            os.fchmod(fd, 0o600)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
