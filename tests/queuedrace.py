@@ -32,8 +32,8 @@ def waiting_in_kernel(tid: int) -> bool:
     """Thread `tid` of this process waits for a FUSE request's answer."""
     try:
         wchan = Path(f"/proc/self/task/{tid}/wchan").read_text()
-    except FileNotFoundError:
-        return False
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # the thread ended (reading a dying task's wchan gives ESRCH)
     return "fuse" in wchan or "request_wait_answer" in wchan
 
 
