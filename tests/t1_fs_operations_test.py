@@ -76,7 +76,11 @@ class RecordingHooks:
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         self.calls.append(("unlink", path))
 
-    async def on_name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
+    def name_dropping(self, st: os.stat_result) -> object:
+        return None
+
+    async def on_name_dropped(self, survivor: bytes, before: os.stat_result,
+                              noted: object = None) -> None:
         self.calls.append(("name_dropped", survivor))
 
     async def on_rename(self, old: bytes, new: bytes) -> None:

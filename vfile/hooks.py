@@ -36,9 +36,12 @@ pyfuse3. Invariants the Operations keep for every hook:
 - `on_unlink` / `on_rename` / `on_exchange` run after the operation succeeded;
   `on_unlink` gets `survivor`, another live name of the file, when the file
   is still linked elsewhere (its journal entry moves there).
+- `name_dropping(st)` runs before an unlink or a rename that may take one name
+  from the file `st`; its token goes to `on_name_dropped` and, once the operation
+  is over (done or failed), to `release_intent`.
 - `on_name_dropped` runs after an unlink or a rename took one name from a file
   that lives on as `survivor` (the kernel gave it a new ctime then); `before`
-  is its stat before the operation.
+  is its stat before the operation; `noted`, `name_dropping`'s token.
 
 - `bind_kernel` runs once, when the filesystem is built: it hands the hooks
   `forget_name(path)`, which makes the kernel drop its entry for a name the
@@ -130,7 +133,10 @@ class FileHooks(Protocol):
 
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None: ...
 
-    async def on_name_dropped(self, survivor: bytes, before: os.stat_result) -> None: ...
+    def name_dropping(self, st: os.stat_result) -> object: ...
+
+    async def on_name_dropped(self, survivor: bytes, before: os.stat_result,
+                              noted: object = None) -> None: ...
 
     async def on_rename(self, old: bytes, new: bytes) -> None: ...
 
@@ -179,7 +185,11 @@ class NoHooks:
     async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
         return None
 
-    async def on_name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
+    def name_dropping(self, st: os.stat_result) -> object:
+        return None
+
+    async def on_name_dropped(self, survivor: bytes, before: os.stat_result,
+                              noted: object = None) -> None:
         return None
 
     async def on_rename(self, old: bytes, new: bytes) -> None:

@@ -48,7 +48,7 @@ from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
 from vfile.filter.intents import Intent, IntentTable
-from vfile.filter.keeping import Carry, Follow, Keeping, Learnt
+from vfile.filter.keeping import Carry, Dropping, Follow, Keeping, Learnt
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
@@ -69,12 +69,7 @@ from vfile.filter.verdicts import VerdictCache
 from vfile.filter.writeintents import WriteIntents
 from vfile.hooks import RequestCtx
 from vfile.journal.names import swapped_path
-from vfile.journal.records import (
-    DeferredEntry,
-    Identity,
-    VerdictOutcome,
-    VerdictRecord,
-)
+from vfile.journal.records import DeferredEntry, Identity, VerdictOutcome, VerdictRecord
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
 from vfile.passthrough.links import ProfileChooser
@@ -390,10 +385,11 @@ class Gate:
             and not token.unsynced.durable
 
     def release_intent(self, token: object) -> None:
-        """The operation of `token` (from `on_write_intent`) failed or left no writer to
-        close: end the intent; its journal entry stays for the drain."""
+        """`token`'s operation failed or left no writer: end it (an intent's entry stays)."""
         if isinstance(token, Carry | Follow):
             self._keeping.carried(token)
+        elif isinstance(token, Dropping):
+            self._keeping.dropped(token)
         elif isinstance(token, Intent):
             current = self._intents.get(token.path) is token and not token.done
             self._intents.roll_back(token)
@@ -407,9 +403,13 @@ class Gate:
         """chown/chmod/utimens: the verdict follows the new ctime (filter.keeping)."""
         await self._keeping.metadata_change(path, st, ctx, change, writing=writing)
 
-    async def on_name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
+    def name_dropping(self, st: os.stat_result) -> object:
+        return self._keeping.name_dropping(st)  # in flight: the survivor's ctime changes
+
+    async def on_name_dropped(self, survivor: bytes, before: os.stat_result,
+                              noted: object = None) -> None:
         """A name of a multiply-linked file went: the survivor's new ctime (filter.keeping)."""
-        await self._keeping.name_dropped(survivor, before)
+        await self._keeping.name_dropped(survivor, before, noted)
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         rel = os.fsdecode(path)

@@ -29,12 +29,22 @@ goes on; a rename of a new file with no record yet (`Intent.unrecorded`) moves
 its intent and the close scan along, unrecorded (`moved`): the file stays in
 flight (journal.inflight) under the same token until that scan's clean verdict
 covers it, exactly as if it had been created at its new name.
+
+A name taken from a file with others (g24: `name_dropped`) gives the survivor a new
+ctime, and its verdict follows only after awaits (the survivor's search, the durable
+move of the name's entry). The file is noted in flight (`name_dropping`) before the
+operation changes its ctime, until that verdict or its record is committed: the
+watermark stays below the new ctime meanwhile, so a power cut before the verdict is
+durable walks the file. A kept verdict whose transaction fails falls back to a record
+(`_record`, queued in flight and retried as `_note`'s): a completion that removed the
+file's entry must not leave it with neither.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -109,6 +119,13 @@ class Carry:
     noted: PreparedDefer
     #: `Keeping._epoch()` once `before` was read: moved, and the file may have changed
     epoch: int
+
+
+@dataclass(eq=False)
+class Dropping:
+    """A name operation's token (`Keeping.name_dropping`): the file it may take a name
+    from is in flight from before its ctime changes until its kept verdict or record is
+    committed (`Keeping.name_dropped`) or the operation ends (`Keeping.dropped`)."""
 
 
 class Keeping:
@@ -357,10 +374,27 @@ class Keeping:
             self._journal.inflight.land(p)
             return
 
-    async def name_dropped(self, survivor: bytes, before: os.stat_result) -> None:
+    def name_dropping(self, st: os.stat_result) -> Dropping | None:
+        """An unlink or rename is about to take a name from the file `st` (module doc):
+        if it has others, it is in flight until `dropped` (None: it has one name)."""
+        if st.st_nlink <= 1 or not stat.S_ISREG(st.st_mode):
+            return None
+        token = Dropping()
+        self._journal.inflight.note(token)  # before the new ctime: the watermark rule
+        return token
+
+    def dropped(self, token: Dropping) -> None:
+        """The operation of `token` is over: its kept verdict (or record) committed, or
+        nothing to keep. (Once `_record` took its place in flight: nothing to do.)"""
+        self._journal.inflight.resolve(token)
+
+    async def name_dropped(self, survivor: bytes, before: os.stat_result,
+                           noted: object = None) -> None:
         """One name of a multiply-linked file went (an unlink, a rename onto it) and the
         file lives on as `survivor`, with the ctime the kernel gave it then; `before`:
-        its stat before (tests/t5_race22_linkctime_test.py)."""
+        its stat before (tests/t5_race22_linkctime_test.py). `noted`: in flight since
+        before (`name_dropping`), a record's place if the verdict cannot be kept; the
+        caller ends it (`dropped`) once this returns (tests/t5_name_dropped24_test.py)."""
         rel = os.fsdecode(survivor)
         st = self._source.stat(rel)
         if st is None:
@@ -370,14 +404,16 @@ class Keeping:
         was, now = Identity.from_stat(before), Identity.from_stat(st)
         intent = self._intents.get(rel) or (None if st.st_nlink <= 1 else self._intents.find(
             lambda p: self._source.same_file(p, st)))
+        token = noted if isinstance(noted, Dropping) else None
         if now != was:
             await self._follow(rel, st.st_nlink, old=self._lookup(was, self._signature()),
                                now=now, writer=_unclaimed(intent),
                                same=(now.size, now.mtime_ns) == (was.size, was.mtime_ns),
-                               seq=None)
+                               seq=None, noted=token)
 
     async def _follow(self, rel: str, nlink: int, *, old: VerdictRecord | None,
-                      now: Identity, writer: bool, same: bool, seq: int | None) -> None:
+                      now: Identity, writer: bool, same: bool, seq: int | None,
+                      noted: Dropping | None = None) -> None:
         """The file at `rel` has the new identity `now`, its content unchanged by that
         (`same`: as far as its size and times show): `old`, the verdict for its identity
         before, follows it. `writer`: it is being written (a writer has it open, or an
@@ -392,13 +428,13 @@ class Keeping:
         if writer:
             return
         if old is not None and same:
-            await self._keep(rel, old, now, seq)
+            await self._keep(rel, nlink, old, now, seq, noted)
         elif seq is None and (profile := self._defers(rel, nlink)) is not None:
             await self._journal.defer(rel, now, JournalReason.MODIFIED, profile,
                                       durable=False)
 
-    async def _keep(self, rel: str, old: VerdictRecord, now: Identity, seq: int | None
-                    ) -> None:
+    async def _keep(self, rel: str, nlink: int, old: VerdictRecord, now: Identity,  # noqa: PLR0917
+                    seq: int | None, noted: Dropping | None) -> None:
         """`old`'s verdict for the file's new identity `now` (and entry `seq` resolved).
         Tier 2 even while a scan's completion (tier 2 too) may remove the file's entry in
         an earlier transaction: a power cut can lose this one and keep that one only while
@@ -414,6 +450,22 @@ class Keeping:
                 await self._journal.put_verdict(kept)
         except JournalError as err:
             log.error("journal: cannot keep the verdict of %r: %s", rel, err)
+            if seq is None:  # (else its entry stays for the drain)
+                self._record(rel, nlink, noted)
+
+    def _record(self, rel: str, nlink: int, noted: Dropping | None) -> None:
+        """The file's record, the fallback when its kept verdict cannot be stored: a
+        completion may have removed its entry meanwhile (tests/t5_name_dropped24_test.py).
+        Queued in flight (in `noted`'s place, since its time), retried until committed,
+        as `_note`'s."""
+        profile = self._defers(rel, nlink)
+        if profile is None:
+            return
+        try:
+            p = self._journal.defer_soon(rel, profile, exposure=None, token=noted,
+                                         on_done=lambda err: self._noted(rel, p, profile, err))
+        except JournalError as err:  # a read-only journal: nothing can be recorded
+            log.error("journal: %r: no record either: %s", rel, err)
 
 
 def _unclaimed(intent: Intent | None) -> bool:

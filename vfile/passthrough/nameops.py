@@ -84,17 +84,23 @@ class NameOps(OpsCore):
         before = None
         with contextlib.suppress(OSError):
             before = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        os.unlink(name, dir_fd=parent.fd)
-        await self._unlinked(path, before)
+        # Before its ctime changes: a file living on is in flight until its verdict follows.
+        noted = None if before is None else self.hooks.name_dropping(before)
+        try:
+            os.unlink(name, dir_fd=parent.fd)
+            await self._unlinked(path, before, noted)
+        finally:
+            self.hooks.release_intent(noted)
 
-    async def _unlinked(self, path: bytes, st: os.stat_result | None) -> None:
+    async def _unlinked(self, path: bytes, st: os.stat_result | None,
+                        noted: object = None) -> None:
         """`on_unlink` of `path`, whose file (`st`, before) may live on under another
         name: its entry and intent move there."""
         async with self._held_survivor(st, path) as survivor:
             await self.hooks.on_unlink(path, survivor)
             if survivor is not None and st is not None:
                 # The kernel gave the file a new ctime as its link count dropped.
-                await self.hooks.on_name_dropped(survivor, st)
+                await self.hooks.on_name_dropped(survivor, st, noted)
 
     @contextlib.asynccontextmanager
     async def _held_survivor(self, st: os.stat_result | None, gone: bytes
@@ -164,7 +170,8 @@ class NameOps(OpsCore):
                       paths: tuple[bytes, bytes] | None, ctx: CallerLike) -> None:
         hooks = self.hooks
         tokens: list[object] = []
-        dropped: list[tuple[bytes, os.stat_result]] = []  # a name taken from a linked file
+        #: a name taken from a linked file: its survivor, stat before, `name_dropping` token
+        dropped: list[tuple[bytes, os.stat_result, object]] = []
         try:
             if paths is not None:
                 tokens = await self._rename_intents((old_p, name_old), (new_p, name_new),
@@ -186,12 +193,12 @@ class NameOps(OpsCore):
                 await hooks.on_exchange(*paths)  # entries and intents follow their files
             elif paths is not None:
                 await hooks.on_rename(*paths)
-                for survivor, before in dropped:  # its new ctime (the link count dropped)
-                    await hooks.on_name_dropped(survivor, before)
+                for survivor, before, noted in dropped:  # its new ctime (link count dropped)
+                    await hooks.on_name_dropped(survivor, before, noted)
         finally:
             # A failed rename changed nothing; an exchange's were ended above; a plain
-            # rename's on_rename ended them.
-            for token in tokens:
+            # rename's on_rename ended them. A dropped name's note ends in any case.
+            for token in tokens + [noted for _, _, noted in dropped]:
                 hooks.release_intent(token)
 
     def _moved(self, parent: Inode, name: bytes) -> None:
@@ -226,7 +233,8 @@ class NameOps(OpsCore):
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes],
                               ctx: CallerLike, *,
-                              dropped: list[tuple[bytes, os.stat_result]]) -> list[object]:
+                              dropped: list[tuple[bytes, os.stat_result, object]]
+                              ) -> list[object]:
         """Renaming a file (onto another or not, or exchanging) changes what a path
         holds: intent first. A file the rename takes a name from and that lives on
         under another is added to `dropped` (its survivor, its stat before).
@@ -256,7 +264,8 @@ class NameOps(OpsCore):
             else:
                 survivor = await self._name_overwritten(target, moving, paths[1])
                 if survivor is not None and target is not None:
-                    dropped.append((survivor, target))
+                    # In flight before the rename changes its ctime (filter.keeping).
+                    dropped.append((survivor, target, self.hooks.name_dropping(target)))
                 if stat.S_ISREG(moving.st_mode):
                     # `moved_from`: the gate may carry the file's verdict instead (rs23)
                     tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx,
