@@ -87,3 +87,43 @@ def test_a_log_file_in_a_directory_others_may_write_is_refused(
         assert not (shared / "server.log").exists()
     finally:
         _down(mountpoint)
+
+
+def test_a_symlinked_parent_in_a_directory_others_may_write_is_refused(
+        source: Path, mountpoint: Path, tmp_path: Path) -> None:
+    """r25: the checks were on the directory the parent path ends at, after following
+    symlinks: a user's symlink in a shared directory (/tmp) chose which of root's
+    directories the log went to, and root appended to (and chmodded 0600) a file of
+    its own there with the log's name."""
+    victims = tmp_path / "etc"
+    victims.mkdir()
+    victim = victims / "server.log"
+    victim.write_text("root's file\n")
+    victim.chmod(0o644)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "logs").symlink_to(victims)  # planted by another user
+    os.lchown(shared / "logs", 1001, 1001)
+    try:
+        res = _mount(source, mountpoint, shared / "logs" / "server.log")
+        assert res.returncode == int(Exit.CONFIG), res.stderr
+        assert "symlink" in res.stderr, res.stderr
+    finally:
+        _down(mountpoint)
+    assert victim.read_text() == "root's file\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+
+
+def test_a_symlinked_parent_in_root_s_own_directory_is_followed(
+        source: Path, mountpoint: Path, tmp_path: Path) -> None:
+    """(/var/run -> /run: a symlink root made is root's choice.)"""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "via").symlink_to(real)
+    try:
+        res = _mount(source, mountpoint, tmp_path / "via" / "server.log")
+        assert res.returncode == 0, res.stderr
+    finally:
+        _down(mountpoint)
+    assert stat.S_IMODE((real / "server.log").stat().st_mode) == 0o600
