@@ -208,3 +208,26 @@ def test_a_file_touched_in_a_loop_holds_back_no_other_close_scan(tree: Tree) -> 
         assert _read_errno(mnt / "o") == errno.EACCES
         wait_settled(mnt)
     assert judged, "the close scan of 'o' waited behind the file touched in a loop"
+
+
+def test_link_rename_unlink_and_chmod_while_unread(tree: Tree) -> None:
+    mnt = tree.mountpoint
+    with mounted(tree.source, mnt, "--config", str(_config(tree.root, tree.state))):
+        _warm(mnt, tree.state)
+        _new(mnt / ".a")
+        os.link(mnt / ".a", mnt / ".l")
+        os.rename(mnt / ".a", mnt / "a")
+        os.unlink(mnt / ".l")
+        _new(mnt / ".c", b"clean, unreadable\n")
+        os.chmod(mnt / ".c", 0)
+        os.rename(mnt / ".c", mnt / "c")
+        _new(mnt / ".d", b"clean, linked\n")
+        os.link(mnt / ".d", mnt / "d2")
+        os.rename(mnt / ".d", mnt / "d")
+        wait_settled(mnt)
+        assert _read_errno(mnt / "a") == errno.EACCES
+        assert (mnt / "c").read_bytes() == b"clean, unreadable\n"
+        assert (mnt / "d2").read_bytes() == b"clean, linked\n"
+        wait_settled(mnt)
+        sig = signature_version(tree.state)
+    _check(tree, sig, ["a"], ["c", "d", "d2"])
