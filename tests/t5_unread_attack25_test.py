@@ -231,3 +231,27 @@ def test_link_rename_unlink_and_chmod_while_unread(tree: Tree) -> None:
         wait_settled(mnt)
         sig = signature_version(tree.state)
     _check(tree, sig, ["a"], ["c", "d", "d2"])
+
+
+def test_followed_then_renamed_onto_a_file_being_written(tree: Tree) -> None:
+    """The second rename cannot follow (a writer's intent at the target): the intent
+    moves with its record, the close scan's path stays behind."""
+    mnt = tree.mountpoint
+    with mounted(tree.source, mnt, "--config", str(_config(tree.root, tree.state))):
+        _warm(mnt, tree.state)
+        (mnt / "w").write_bytes(b"old w\n")
+        with open(mnt / "w", "r+b") as writer:
+            writer.write(b"new w\n")
+            writer.flush()
+            _new(mnt / ".t")
+            os.rename(mnt / ".t", mnt / "t")  # followed, unread
+            os.rename(mnt / "t", mnt / "w")  # onto the file being written
+            _new(mnt / ".u", b"clean u\n")
+            os.rename(mnt / ".u", mnt / "u")  # followed, unread
+            os.rename(mnt / "u", mnt / "t")  # followed again
+        wait_settled(mnt)
+        assert _read_errno(mnt / "w") == errno.EACCES
+        assert (mnt / "t").read_bytes() == b"clean u\n"
+        wait_settled(mnt)
+        sig = signature_version(tree.state)
+    _check(tree, sig, ["w"], ["t"])
