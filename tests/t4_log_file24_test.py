@@ -11,12 +11,17 @@ user can put a file or a hard link of their own at the name first)."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from lifecycle import READER_UID
 from mounting import force_unmount, is_mounted, server_pids, vfile_cmd, wait_gone
+from otheruser import searchable_checkout
 
 from vfile.errors import Exit
 
@@ -127,3 +132,26 @@ def test_a_symlinked_parent_in_root_s_own_directory_is_followed(
     finally:
         _down(mountpoint)
     assert stat.S_IMODE((real / "server.log").stat().st_mode) == 0o600
+
+
+def test_a_user_s_log_below_a_directory_it_may_only_search(tmp_path: Path) -> None:
+    """The walk (r25) needs only search permission on each directory on the way, as
+    the kernel's own lookup did: a user's log below a 0711 directory (a home, a
+    /var/lib) is opened."""
+    outer = Path(tempfile.mkdtemp(prefix="vfile-r25-"))  # (/tmp: others may reach it)
+    try:
+        outer.chmod(0o711)
+        mine = outer / "mine"
+        mine.mkdir()
+        os.chown(mine, READER_UID, READER_UID)
+        with searchable_checkout():
+            res = subprocess.run(
+                ["setpriv", f"--reuid={READER_UID}", f"--regid={READER_UID}",
+                 "--clear-groups", sys.executable, "-c",
+                 "import sys; from vfile.observe.private import open_private_append; "
+                 "open_private_append(sys.argv[1])", str(mine / "server.log")],
+                capture_output=True, text=True, check=False, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert (mine / "server.log").stat().st_uid == READER_UID
+    finally:
+        shutil.rmtree(outer)

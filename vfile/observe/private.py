@@ -55,12 +55,13 @@ def _untrusted(st: os.stat_result, where: str) -> LogPathError | None:
 
 def _open_dir(parent: str) -> int:
     """A descriptor of the directory `parent` (absolute), walked from `/` (module doc)."""
-    dfd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # O_PATH: search permission only on each directory, as the kernel's own lookup.
+    dfd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     where = "/"
     try:
         for part in [p for p in parent.split("/") if p]:
             try:
-                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
                               | os.O_CLOEXEC, dir_fd=dfd)
             except OSError as err:
                 if err.errno not in (errno.ELOOP, errno.ENOTDIR) or not stat.S_ISLNK(
@@ -70,7 +71,7 @@ def _open_dir(parent: str) -> int:
                     raise LogPathError(errno.ELOOP, f"{os.path.join(where, part)!r} is a "
                                        f"symlink in a directory others may change "
                                        f"({why.strerror})") from None
-                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+                nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
             os.close(dfd)
             dfd, where = nfd, os.path.join(where, part)
     except BaseException:
