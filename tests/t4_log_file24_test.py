@@ -118,6 +118,12 @@ def test_a_symlinked_parent_in_a_directory_others_may_write_is_refused(
         _down(mountpoint)
     assert victim.read_text() == "root's file\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    try:  # nor is a missing parent made in root's directory the symlink points at
+        res = _mount(source, mountpoint, shared / "logs" / "new" / "server.log")
+        assert res.returncode == int(Exit.CONFIG), res.stderr
+    finally:
+        _down(mountpoint)
+    assert not (victims / "new").exists()
 
 
 def test_a_symlinked_parent_in_root_s_own_directory_is_followed(

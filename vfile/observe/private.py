@@ -8,7 +8,8 @@ tests/t4_server_modes23_test.py, tests/t4_log_file24_test.py):
   not, nor by a group other than root's) and belongs to root or to us: in a shared
   directory a user can put a file or a hard link of their own at the name before we
   create it;
-- the parent path is walked one component at a time from `/`: a symlink on the way is
+- the parent path is walked one component at a time from `/`, missing ones made there
+  (never through a symlink the walk refuses): a symlink on the way is
   followed only if the directory holding it passes the rule above (root's /var/run ->
   /run); one in a shared directory (/tmp) is refused, as it would let its owner choose
   which of root's directories gets the log (r25, tests/t4_log_file24_test.py);
@@ -29,16 +30,6 @@ class LogPathError(OSError):
     """Why a log cannot be opened there (its `strerror` is the message)."""
 
 
-def _make_parents(parent: str) -> None:
-    missing = []
-    while not os.path.isdir(parent):
-        missing.append(parent)
-        parent = os.path.dirname(parent)
-    for d in reversed(missing):  # (os.makedirs gives parents the umask's mode)
-        os.mkdir(d, 0o755)
-        os.chmod(d, 0o755)
-
-
 def _untrusted(st: os.stat_result, where: str) -> LogPathError | None:
     """Why the directory `st` (at `where`) may hold what another user put there."""
     if st.st_uid not in (0, os.geteuid()):
@@ -53,6 +44,25 @@ def _untrusted(st: os.stat_result, where: str) -> LogPathError | None:
     return None
 
 
+def _make_dir(dfd: int, name: str) -> int:
+    """The missing directory `name` in `dfd`, made 0755 whatever the umask (os.makedirs
+    gives parents the umask's mode, the mount server's is 0); its O_PATH descriptor."""
+    made = True
+    try:
+        os.mkdir(name, 0o755, dir_fd=dfd)
+    except FileExistsError:
+        made = False  # (made meanwhile: checked as any other)
+    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 dir_fd=dfd)
+    if made:
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", 0o755)  # (the one we opened, not the name)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
 def _open_dir(parent: str) -> int:
     """A descriptor of the directory `parent` (absolute), walked from `/` (module doc)."""
     # O_PATH: search permission only on each directory, as the kernel's own lookup.
@@ -63,6 +73,8 @@ def _open_dir(parent: str) -> int:
             try:
                 nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
                               | os.O_CLOEXEC, dir_fd=dfd)
+            except FileNotFoundError:
+                nfd = _make_dir(dfd, part)
             except OSError as err:
                 if err.errno not in (errno.ELOOP, errno.ENOTDIR) or not stat.S_ISLNK(
                         os.stat(part, dir_fd=dfd, follow_symlinks=False).st_mode):
@@ -85,7 +97,6 @@ def open_private_append(path: str) -> int:
     (LogPathError for a refused place) says why not."""
     path = os.path.abspath(path)
     parent, name = os.path.split(path)
-    _make_parents(parent)
     dfd = _open_dir(parent)
     try:
         if (why := _untrusted(os.fstat(dfd), parent)) is not None:
