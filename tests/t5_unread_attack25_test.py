@@ -187,15 +187,16 @@ def test_a_file_touched_in_a_loop_holds_back_no_other_close_scan(tree: Tree) -> 
                 i += 1
 
         threads = []
+        held = False
         try:
             for k in range(20):  # until one is touched before its close scan read it
                 th = threading.Thread(target=touch, args=(f"m{k}",), daemon=True)
                 th.start()
                 threads.append(th)
                 time.sleep(0.3)
-                if status(mnt)["gate"]["pending_intents"]:
+                if held := bool(status(mnt)["gate"]["pending_intents"]):
                     break
-            assert status(mnt)["gate"]["pending_intents"], "no close scan held back"
+            assert held, "no close scan held back"
             before = status(mnt)["gate"]["close_scans"]
             _new(mnt / "o")  # infected: its close scan denies it
             judged = wait_until_or_none(
