@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import pytest
 from lifecycle import Tree
-from mounting import mounted, wait_for
-from outage import signature_version, status, unaccounted, verdict_outcome
+from mounting import force_unmount, mounted, wait_for
+from outage import restarted_with_walk, signature_version, status, unaccounted, verdict_outcome
 from queuedrace import wait_settled
 
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
@@ -256,3 +257,28 @@ def test_followed_then_renamed_onto_a_file_being_written(tree: Tree) -> None:
         wait_settled(mnt)
         sig = signature_version(tree.state)
     _check(tree, sig, ["w"], ["t"])
+
+
+def test_sigkill_while_followed_files_are_touched_unread(tree: Tree) -> None:
+    """Followed (renamed unread, unrecorded) files, one touched past the sweeper's
+    bound, one just renamed: a SIGKILL then, and the next start walks and leaves
+    nothing unaccounted (the watermark stayed below them, or their records landed)."""
+    mnt = tree.mountpoint
+    args = ("--config", str(_config(tree.root, tree.state)))
+    with mounted(tree.source, mnt, *args) as server:
+        _warm(mnt, tree.state)
+        sig = signature_version(tree.state)
+        _new(mnt / ".k", b"touched then killed\n")
+        os.rename(mnt / ".k", mnt / "k")
+        end = time.monotonic() + 3
+        i = 0
+        while time.monotonic() < end:
+            os.utime(mnt / "k", ns=(i, i))
+            i += 1
+        for n in range(20):
+            _new(mnt / f".j{n}", b"renamed then killed\n")
+            os.rename(mnt / f".j{n}", mnt / f"j{n}")
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+        force_unmount(mnt)
+    restarted_with_walk(tree.source, mnt, tree.state, sig, *args)
