@@ -13,6 +13,7 @@ addresses: the network must be trusted (README, Operations)."""
 from __future__ import annotations
 
 import errno
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,16 @@ def _tree(tmp_path: Path) -> tuple[Path, Path, Path]:
     return src, mnt, conf
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def _own_addresses() -> list[str]:
+    """This machine's own non-loopback addresses (r25: local, though not loopback)."""
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False)
+    return [f"[{a}]" if ":" in a else a for a in out.stdout.split()[:2]]
+
+
+# r25: 127.0.0.2 (all of 127/8 is loopback), an IPv4-mapped IPv6 address, and this
+# machine's own addresses (found by sock_diag though not loopback).
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "127.0.0.2", "[::ffff:127.0.0.1]",
+                                  *_own_addresses()])
 def test_a_local_port_served_by_another_user_is_not_believed(tmp_path: Path,
                                                              host: str) -> None:
     src, mnt, conf = _tree(tmp_path)

@@ -34,11 +34,18 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from mounting import is_mounted, vfile_cmd
 base, case = Path(sys.argv[2]), sys.argv[3]
-src, mnt, bound = base / "src", base / "mnt", base / "elsewhere"
+name = sys.argv[4] if len(sys.argv) > 4 else "elsewhere"
+src, mnt, bound = base / "src", base / "mnt", base / name
 (src / "sub").mkdir(parents=True)
 mnt.mkdir()
 bound.mkdir()
 subprocess.run(["mount", "--bind", str(src / "sub"), str(bound)], check=True)
+if len(sys.argv) > 5:  # a bind of a directory below the bind (nested)
+    (bound / "deeper").mkdir()
+    again = base / "again"
+    again.mkdir()
+    subprocess.run(["mount", "--bind", str(bound / "deeper"), str(again)], check=True)
+    bound = again
 conf = base / "vfile.toml"
 state, quarantine = base / "state", base / "quarantine"
 if case == "state":
@@ -59,7 +66,8 @@ except subprocess.TimeoutExpired:
 finally:
     if is_mounted(mnt):
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-out["in_source"] = sorted(p.name for p in (src / "sub").iterdir() if p.name != "m")
+out["in_source"] = sorted(p.name for p in (src / "sub").iterdir() if p.name != "m"
+                         and not (p.name == "deeper" and not any(p.iterdir())))
 print(json.dumps(out))
 """
 
@@ -92,3 +100,18 @@ def test_a_mountpoint_in_the_source_through_a_bind_mount_is_refused(tmp_path: Pa
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["rc"] == int(Exit.MOUNTPOINT), out
     assert "overlap" in out["stderr"], out
+
+
+@pytest.mark.parametrize("extra", [["else where\n\\040x"], ["elsewhere", "nested"]],
+                         ids=["escaped-in-mountinfo", "nested"])
+def test_an_odd_or_nested_bind_mount_is_seen(tmp_path: Path, extra: list[str]) -> None:
+    """r25: a bind mount point whose name mountinfo escapes (a space, a newline, a
+    backslash: \\040 \\012 \\134), and a bind of a directory below a bind."""
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private",
+         sys.executable, "-c", SCRIPT, str(TESTS), str(tmp_path), "state", *extra],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rc"] == int(Exit.CONFIG), out
+    assert out["in_source"] == [], out
