@@ -49,6 +49,7 @@ from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError, torn
 from vfile.journal.environment import private_lock_dir
+from vfile.journal.sourcesync import SourceSync
 from vfile.journal.statedir import (
     OWNER_FILE,
     StateDirInUse,
@@ -239,8 +240,9 @@ async def _recover(journal: Journal, config: Config, root_fd: int, source: str,
     except JournalError as err:
         raise UserError(f"recovery walk: {err}", Exit.JOURNAL) from None
     journal.vouch()
-    log.warning("journal: recovery walk: %d files, %d journaled, %.1f s",
-                walked.files, walked.journaled, walked.seconds)
+    log.warning("journal: recovery walk: %d files, %d journaled (%d verdicts of theirs "
+                "dropped), %.1f s", walked.files, walked.journaled, walked.verdicts_dropped,
+                walked.seconds)
     if rebuilt is not None:
         log.warning("journal damaged by a power loss in the middle of its fsync (%s): moved "
                     "to %s, a fresh journal started; salvaged %d quarantine records, %d "
@@ -287,6 +289,8 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         os.close(owner)
         raise
     try:
+        # W waits for the source's data (journal.sourcesync); closed with the journal
+        journal.source_sync = SourceSync.of_directory(root_fd)
         sock_name = control.socket_name(opts.mountpoint)
         builtin: BuiltinAppliance | None = None
         urls: list[str | EmbeddedClient] = list(config.mount.appliances)
@@ -375,4 +379,6 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             nursery.cancel_scope.cancel()
     finally:
         journal.close()
+        if journal.source_sync is not None:
+            journal.source_sync.close()
         os.close(owner)  # after the journal: the next mount may take it now
