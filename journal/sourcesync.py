@@ -58,6 +58,8 @@ def _stall(fd: int) -> None:
 class _InFlight:
     t0: int
     done: trio.Event = field(default_factory=trio.Event)
+    #: set by the sync's own thread: `sync_blocking` (a close, its trio loop busy) waits on it
+    returned: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -97,6 +99,7 @@ class SourceSync:
         token = trio.lowlevel.current_trio_token()
 
         def ended(result: outcome.Outcome[None]) -> None:
+            job.returned.set()
             with contextlib.suppress(trio.RunFinishedError):  # the mount is gone
                 token.run_sync_soon(self._ended, job, result)
 
@@ -136,8 +139,11 @@ class SourceSync:
     def sync_blocking(self, timeout: float) -> bool:
         """One sync from a plain thread (a close, no trio loop needed): True once it
         returned without error within `timeout`; a hung one is left behind."""
-        if self._inflight is not None and not self._inflight.done.is_set():
-            return False  # the source is already stuck in an earlier sync
+        job, started = self._inflight, time.monotonic()
+        if job is not None and not job.returned.wait(timeout):
+            log.error("source sync at close: an earlier one is still not back")
+            return False  # the source is stuck in it
+        timeout = max(0.0, timeout - (time.monotonic() - started))
         result: list[BaseException | None] = []
 
         def run() -> None:
