@@ -211,10 +211,13 @@ class Journal(JournalBase):
         await self._write(op)
 
     async def drop_verdicts_of(self, files: list[tuple[int, int]]) -> int:
-        """Delete every verdict of these files (dev, ino), tier 1: the recovery walk's,
-        for the files it journals (vfile.filter.recovery: the entry wins)."""
+        """Delete every verdict of these files (dev, ino): the recovery walk's, for the
+        files it journals (vfile.filter.recovery: the entry wins). Committed, not
+        fsynced: the walk's tier-1 entries, submitted after it returned, are fsynced
+        after it (one committer, in order), and the mount serves only after them."""
         t = self._t
-        return await self._write(lambda txn: verdicts.op_drop_files(txn, t, files))
+        return await self._write(lambda txn: verdicts.op_drop_files(txn, t, files),
+                                 durable=False)
 
     async def delete_verdicts(self, keys: list[bytes]) -> int:
         """Delete verdicts by key (`verdict_batch`); one small write transaction."""
