@@ -23,7 +23,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import threading
@@ -39,17 +38,7 @@ log = logging.getLogger(__name__)
 #: test hook: "stall" makes every sync hang as on a frozen source (never returns)
 STALL_ENV = "VFILE_SOURCE_SYNC"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def syncfs(fd: int) -> None:
-    """syncfs(2) of the file system holding `fd` (not an O_PATH descriptor)."""
-    if _libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"syncfs: {os.strerror(err)}")
-
-
-def _stall(fd: int) -> None:
+def _stall() -> None:
     while True:  # a frozen source, for tests: the thread never ends
         time.sleep(3600)
 
@@ -76,20 +65,11 @@ class Counters:
 class SourceSync:
     """Syncs of the source's file system, one in flight at a time (module doc)."""
 
-    def __init__(self, fd: int, sync: Callable[[int], None] | None = None) -> None:
-        self._fd = fd  # owned: closed by `close`
-        stall = os.environ.get(STALL_ENV) == "stall"
-        self._sync = sync or (_stall if stall else syncfs)
+    def __init__(self, sync: Callable[[], None]) -> None:
+        """`sync`: blocking, one syncfs(2) of the source's file system (the mount's)."""
+        self._sync = _stall if os.environ.get(STALL_ENV) == "stall" else sync
         self._inflight: _InFlight | None = None
         self.counters = Counters()
-
-    @classmethod
-    def of_directory(cls, dir_fd: int) -> SourceSync:
-        """For the source directory `dir_fd` (an O_PATH descriptor is not enough)."""
-        return cls(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd))
-
-    def close(self) -> None:
-        os.close(self._fd)
 
     def start(self, t0: int) -> None:
         """Begin a sync of the source for clock reading `t0`, unless one is in flight."""
@@ -103,7 +83,7 @@ class SourceSync:
             with contextlib.suppress(trio.RunFinishedError):  # the mount is gone
                 token.run_sync_soon(self._ended, job, result)
 
-        trio.lowlevel.start_thread_soon(lambda: self._sync(self._fd), ended,
+        trio.lowlevel.start_thread_soon(self._sync, ended,
                                         name="source syncfs")
 
     def _ended(self, job: _InFlight, result: outcome.Outcome[None]) -> None:
@@ -148,7 +128,7 @@ class SourceSync:
 
         def run() -> None:
             try:
-                self._sync(self._fd)
+                self._sync()
                 result.append(None)
             except Exception as err:
                 result.append(err)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -63,6 +64,7 @@ from vfile.notify import run_extending
 from vfile.observe.memwatch import MemoryWatch
 from vfile.observe.serve import open_outputs, serve_outputs
 from vfile.options import MountOptions
+from vfile.passthrough import syscalls
 from vfile.scanner.builtin import BuiltinAppliance
 from vfile.scanner.embedded import FAULT_ENV, EmbeddedClient
 from vfile.scanner.faults import SERVER_KINDS, parse_fault
@@ -290,7 +292,7 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
         raise
     try:
         # W waits for the source's data (journal.sourcesync); closed with the journal
-        journal.source_sync = SourceSync.of_directory(root_fd)
+        journal.source_sync = SourceSync(functools.partial(syscalls.syncfs, root_fd))
         sock_name = control.socket_name(opts.mountpoint)
         builtin: BuiltinAppliance | None = None
         urls: list[str | EmbeddedClient] = list(config.mount.appliances)
@@ -379,6 +381,4 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             nursery.cancel_scope.cancel()
     finally:
         journal.close()
-        if journal.source_sync is not None:
-            journal.source_sync.close()
         os.close(owner)  # after the journal: the next mount may take it now
