@@ -290,9 +290,13 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     except BaseException:
         os.close(owner)
         raise
+    sync_fd = -1
     try:
+        sync_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
         # W waits for the source's data (journal.sourcesync); closed with the journal
-        journal.source_sync = SourceSync(functools.partial(syscalls.syncfs, root_fd))
+        # (its own descriptor: the root's may be closed before the journal's close,
+        # which syncs the source once more before it records a clean stop)
+        journal.source_sync = SourceSync(functools.partial(syscalls.syncfs, sync_fd))
         sock_name = control.socket_name(opts.mountpoint)
         builtin: BuiltinAppliance | None = None
         urls: list[str | EmbeddedClient] = list(config.mount.appliances)
@@ -381,4 +385,6 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             nursery.cancel_scope.cancel()
     finally:
         journal.close()
+        if sync_fd >= 0:
+            os.close(sync_fd)
         os.close(owner)  # after the journal: the next mount may take it now
