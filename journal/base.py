@@ -33,7 +33,7 @@ T = TypeVar("T")
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_ATTEMPTS = 10
 #: how long a clean close waits for the source's sync before it gives up the clean mark
-CLOSE_SOURCE_SYNC_S = 30.0
+CLOSE_SOURCE_SYNC_S = 10.0
 
 class JournalBase:
     """A journal's environment, its opening and closing, and the plumbing of reads and

@@ -172,3 +172,22 @@ def test_a_cut_before_the_source_sync_returned_walks_and_scans(tmp_path: Path) -
     assert durability["fsyncs"] > 0
     assert "recovery walk" in text
     assert served == b"", "x's old bytes (EICAR) were not denied"
+
+
+def test_a_clean_stop_whose_source_sync_hangs_is_not_recorded_clean(tmp_path: Path) -> None:
+    """A clean stop means no walk at the next start, whatever the power does after it:
+    it is recorded only once the source's data is on its disk. A source whose sync
+    never returns (the test hook): the stop is not recorded as clean, and a start after
+    a power loss (/run emptied) walks. Failed before sd24: the stop was recorded as
+    clean, and the start did not walk."""
+    src, mnt, state = (tmp_path / n for n in ("src", "mnt", "state"))
+    for p in (src, mnt):
+        p.mkdir()
+    with mounted(src, mnt, "--state-dir", str(state),
+                 env={sourcesync.STALL_ENV: "stall"}):
+        (mnt / "f").write_bytes(b"a file\n")
+        wait_settled(mnt)
+    _reboot(state)
+    with mounted(src, mnt, "--state-dir", str(state)) as again:
+        text = again.log()
+    assert "recovery walk" in text
