@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 #: test hook: "stall" makes every sync hang as on a frozen source (never returns)
 STALL_ENV = "VFILE_SOURCE_SYNC"
 
+
 def _stall() -> None:
     while True:  # a frozen source, for tests: the thread never ends
         time.sleep(3600)
@@ -50,6 +51,7 @@ class _InFlight:
     #: set by the sync's own thread: `sync_blocking` (a close, its trio loop busy) waits on it
     returned: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    warned: bool = False  # its timeout logged once, not every round of a frozen source
     started: float = field(default_factory=time.monotonic)
 
 
@@ -83,8 +85,7 @@ class SourceSync:
             with contextlib.suppress(trio.RunFinishedError):  # the mount is gone
                 token.run_sync_soon(self._ended, job, result)
 
-        trio.lowlevel.start_thread_soon(self._sync, ended,
-                                        name="source syncfs")
+        trio.lowlevel.start_thread_soon(self._sync, ended, name="source syncfs")
 
     def _ended(self, job: _InFlight, result: outcome.Outcome[None]) -> None:
         ms = int((time.monotonic() - job.started) * 1000)
@@ -110,8 +111,11 @@ class SourceSync:
             await job.done.wait()
         if not job.done.is_set():
             self.counters.timeouts += 1
-            log.warning("source sync not back after %.0f s (frozen source?): the "
-                        "watermark stays where it is", time.monotonic() - job.started)
+            if not job.warned:
+                job.warned = True
+                log.warning("source sync not back after %.0f s (frozen source?): the "
+                            "watermark stays where it is until it is",
+                            time.monotonic() - job.started)
             return None
         self._inflight = None
         return None if job.error is not None else job.t0
