@@ -24,6 +24,8 @@ logged and skipped (a file vfile cannot list is one it cannot serve either).
 
 Invariants:
 - `journal_changed_since` returns only after every entry it made is fsynced.
+- A walked file (ctime above `since_ns`) has no verdict left once it returns, whatever
+  its profile: its open scans.
 - Only profiles that scan after writes (the `close` trigger) get entries, as
   `decide` would journal a write intent for exactly those.
 """
