@@ -24,6 +24,7 @@ from vfile.journal.commit import MAX_MAP_SIZE, GroupCommitter
 from vfile.journal.environment import open_env
 from vfile.journal.inflight import InFlight
 from vfile.journal.records import JournalError, JournalUnreadable
+from vfile.journal.sourcesync import SourceSync
 from vfile.journal.tables import Txn
 
 log = logging.getLogger("vfile.journal.store")
@@ -31,6 +32,8 @@ log = logging.getLogger("vfile.journal.store")
 T = TypeVar("T")
 DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_ATTEMPTS = 10
+#: how long a clean close waits for the source's sync before it gives up the clean mark
+CLOSE_SOURCE_SYNC_S = 10.0
 
 class JournalBase:
     """A journal's environment, its opening and closing, and the plumbing of reads and
@@ -77,6 +80,8 @@ class JournalBase:
         self._clean_at_open = False
         self._commits_at_watermark = -1
         self._watermark: int | None = None  # as stored, once begin_run read it
+        #: the source's syncfs (journal.sourcesync), given by the mount: W waits for it
+        self.source_sync: SourceSync | None = None
         #: journal.torn: this journal replaced one a power loss tore (what was salvaged)
         self.rebuilt: dict[str, object] | None = None
 
@@ -144,6 +149,9 @@ class JournalBase:
             if self.inflight:  # an intent no retry committed: the next start walks
                 log.error("journal %s: %d creates' intents not committed: the stop is not "
                           "recorded as clean", self.path, len(self.inflight))
+            elif self._running and idle and self._fsync and not self._source_synced():
+                log.error("journal %s: the source's sync did not return: the stop is not "
+                          "recorded as clean (the next start walks)", self.path)
             elif (self._running or (self._clean_at_open and int(
                     self._env.info()["last_txnid"]) != self._opened_txnid)) \
                     and idle and self._fsync:
@@ -154,6 +162,12 @@ class JournalBase:
             if self._witness is not None:
                 self._witness.close()
             self._env.close()
+
+    def _source_synced(self) -> bool:
+        """A clean stop means no walk at the next start: the source's data the verdicts
+        judged must be on its disk first (journal.sourcesync)."""
+        s = self.source_sync
+        return s is None or s.sync_blocking(CLOSE_SOURCE_SYNC_S)
 
     def __enter__(self) -> Self:
         return self

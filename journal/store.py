@@ -60,6 +60,9 @@ from vfile.journal.tables import Txn
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: how long a background sync waits for the source's syncfs before leaving W where it is
+#: (the sync stays in flight; a later round takes its result)
+SOURCE_SYNC_WAIT_S = 1.0
 
 
 class Journal(JournalBase):
@@ -207,6 +210,15 @@ class Journal(JournalBase):
 
         await self._write(op)
 
+    async def drop_verdicts_of(self, files: list[tuple[int, int]]) -> int:
+        """Delete every verdict of these files (dev, ino): the recovery walk's, for the
+        files it journals (vfile.filter.recovery: the entry wins). Committed, not
+        fsynced: the walk's tier-1 entries, submitted after it returned, are fsynced
+        after it (one committer, in order), and the mount serves only after them."""
+        t = self._t
+        return await self._write(lambda txn: verdicts.op_drop_files(txn, t, files),
+                                 durable=False)
+
     async def delete_verdicts(self, keys: list[bytes]) -> int:
         """Delete verdicts by key (`verdict_batch`); one small write transaction."""
         t = self._t
@@ -353,7 +365,9 @@ class Journal(JournalBase):
 
     async def advance_watermark(self) -> bool:
         """fsync, then raise the watermark durably to the clock read before that fsync
-        minus the margin (journal.watermark); nothing if nothing was committed since."""
+        and before the source's sync (journal.sourcesync) minus the margin
+        (journal.watermark); nothing if nothing was committed since. The fsync happens
+        whatever the source does (tier 2); W only once the source's sync returned."""
         self._check()
         c = self._committer
         if self.readonly or not self._fsync or (
@@ -363,11 +377,22 @@ class Journal(JournalBase):
         # Never past a create's intent still in flight (journal.inflight): its file's
         # ctime is only known to be above the time it was queued.
         before = min(before, self.inflight.oldest_ns() or before)
+        src = self.source_sync
+        if src is not None:  # runs meanwhile; one in flight (from a round before) keeps its t0
+            src.start(before)
         await trio.to_thread.run_sync(c.sync_now, limiter=self._sync_limiter,
                                       abandon_on_cancel=True)
+        if src is not None:
+            synced = await src.wait(SOURCE_SYNC_WAIT_S)
+            if synced is None:
+                return True  # W stays: its files' data may not be on the source's disk
+        else:
+            synced = before
+        current, before = synced == before, synced
         t, ns = self._t, before - watermark.MARGIN_NS
         self._watermark = await self._write(lambda txn: watermark.op_advance(txn, t, ns))
-        self._commits_at_watermark = c.commits
+        if current:  # else W is an older round's: try again next round
+            self._commits_at_watermark = c.commits
         return True
 
     def new_files_covered(self) -> bool:
@@ -385,6 +410,7 @@ class Journal(JournalBase):
                 "held_in_memory": c.held, "held_lost": c.held_lost, "refused": c.refused,
                 "batches": c.batches, "ops": c.ops, "in_flight": len(self.inflight),
                 "in_flight_failed": self.inflight.failed,
+                **(self.source_sync.statistics() if self.source_sync is not None else {}),
                 **{k: int(str(v)) for k, v in (self.rebuilt or {"journal_rebuilt": 0}).items()}}
 
     # --- reads -------------------------------------------------------------------------------

@@ -68,6 +68,20 @@ def op_delete_verdicts(txn: Txn, t: Tables, victims: list[bytes]) -> int:
     return sum(bool(txn.delete(k, db=t.verdicts)) for k in victims)
 
 
+def op_drop_files(txn: Txn, t: Tables, files: list[tuple[int, int]]) -> int:
+    """Delete every verdict of each file (dev, ino), whatever its version: one
+    range of keys per file (`keys.verdict_prefix`)."""
+    n = 0
+    with txn.cursor(db=t.verdicts) as cur:
+        for dev, ino in files:
+            prefix = keys.verdict_prefix(dev, ino)
+            found = cur.set_range(prefix)
+            while found and cur.key()[:len(prefix)] == prefix:
+                found = cur.delete()
+                n += 1
+    return n
+
+
 def get_verdict(txn: Txn, t: Tables, identity: Identity, sig_version: str) -> VerdictRecord | None:
     raw = txn.get(keys.verdict_key(identity, sig_version), db=t.verdicts)
     if raw is None:

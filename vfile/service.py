@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -49,6 +50,7 @@ from vfile.filter.window import Window
 from vfile.hooks import FileHooks
 from vfile.journal import Journal, JournalError, torn
 from vfile.journal.environment import private_lock_dir
+from vfile.journal.sourcesync import SourceSync
 from vfile.journal.statedir import (
     OWNER_FILE,
     StateDirInUse,
@@ -62,6 +64,7 @@ from vfile.notify import run_extending
 from vfile.observe.memwatch import MemoryWatch
 from vfile.observe.serve import open_outputs, serve_outputs
 from vfile.options import MountOptions
+from vfile.passthrough import syscalls
 from vfile.scanner.builtin import BuiltinAppliance
 from vfile.scanner.embedded import FAULT_ENV, EmbeddedClient
 from vfile.scanner.faults import SERVER_KINDS, parse_fault
@@ -240,8 +243,9 @@ async def _recover(journal: Journal, config: Config, root_fd: int, source: str,
     except JournalError as err:
         raise UserError(f"recovery walk: {err}", Exit.JOURNAL) from None
     journal.vouch()
-    log.warning("journal: recovery walk: %d files, %d journaled, %.1f s",
-                walked.files, walked.journaled, walked.seconds)
+    log.warning("journal: recovery walk: %d files, %d journaled (%d verdicts of theirs "
+                "dropped), %.1f s", walked.files, walked.journaled, walked.verdicts_dropped,
+                walked.seconds)
     if rebuilt is not None:
         log.warning("journal damaged by a power loss in the middle of its fsync (%s): moved "
                     "to %s, a fresh journal started; salvaged %d quarantine records, %d "
@@ -287,7 +291,13 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
     except BaseException:
         os.close(owner)
         raise
+    sync_fd = -1
     try:
+        sync_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+        # W waits for the source's data (journal.sourcesync); closed with the journal
+        # (its own descriptor: the root's may be closed before the journal's close,
+        # which syncs the source once more before it records a clean stop)
+        journal.source_sync = SourceSync(functools.partial(syscalls.syncfs, sync_fd))
         sock_name = control.socket_name(opts.mountpoint)
         builtin: BuiltinAppliance | None = None
         urls: list[str | EmbeddedClient] = list(config.mount.appliances)
@@ -376,4 +386,6 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
             nursery.cancel_scope.cancel()
     finally:
         journal.close()
+        if sync_fd >= 0:
+            os.close(sync_fd)
         os.close(owner)  # after the journal: the next mount may take it now

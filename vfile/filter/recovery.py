@@ -10,12 +10,22 @@ every commit before the watermark's clock read is on disk, so such a file's
 ctime is above the watermark W. Journaling every regular file with ctime > W
 (tier 1: fsynced, one group commit per batch) thus gives each of them an entry.
 
+The entry wins over a verdict: each walked file's verdicts are deleted first. Its
+ctime above W means the source's sync had not returned since its last change
+(journal.sourcesync), so the source's disk may hold its new times with its old bytes
+(an overwrite in place on ext4: times with the next journal commit, data at
+writeback), while the clean verdict for those new times, made durable by any journal
+fsync, judged the new bytes. Served on that verdict, the old bytes would pass with no
+scan; without it, the open scans.
+
 Walk rules: no symlink is followed; directories on other file systems under the
 source are walked too (the mount serves them); unreadable directories are
 logged and skipped (a file vfile cannot list is one it cannot serve either).
 
 Invariants:
 - `journal_changed_since` returns only after every entry it made is fsynced.
+- A walked file (ctime above `since_ns`) has no verdict left once it returns, whatever
+  its profile: its open scans.
 - Only profiles that scan after writes (the `close` trigger) get entries, as
   `decide` would journal a write intent for exactly those.
 """
@@ -47,6 +57,7 @@ BATCH = 512
 class WalkStats:
     files: int = 0
     journaled: int = 0
+    verdicts_dropped: int = 0
     seconds: float = 0.0
 
 
@@ -90,6 +101,11 @@ async def journal_changed_since(journal: Journal, config: Config, root_fd: int,
 
     it = changed_since(root_fd, since_ns)
     while batch := await trio.to_thread.run_sync(next_batch, it):
+        # Before the entries: a file whose ctime is above W may show its new identity
+        # with old bytes (journal.sourcesync), so a verdict stored for that identity
+        # before the loss says nothing of what it holds now; the entry wins.
+        out.verdicts_dropped += await journal.drop_verdicts_of(
+            [(st.st_dev, st.st_ino) for _, st in batch])
         async with trio.open_nursery() as nursery:
             for rel, st in batch:
                 nursery.start_soon(defer, rel, st)
