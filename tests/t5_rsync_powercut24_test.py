@@ -35,9 +35,20 @@ pytestmark = pytest.mark.mount
 FILES = 600
 
 
-@pytest.mark.parametrize("again", [False, True])
-def test_rsync_then_a_power_cut_leaves_every_file_accounted(tmp_path: Path,
-                                                            again: bool) -> None:
+#: the cut must take something away for a run to show anything; whether it does depends
+#: on where the background sync (1 s) fell against rsync's last steps: on a loaded
+#: machine rsync's final directory times can take long enough that every verdict was
+#: durable before the kill (a merged full suite: nothing lost, one run in two). So a run
+#: that lost nothing is tried again, at most this many times in all
+ATTEMPTS = 3
+
+
+def _copy_then_cut(tmp_path: Path, again: bool) -> tuple[list[str], list[str], str,
+                                                         list[str], Path]:
+    """rsync into a fresh mount (twice with `again`), SIGKILL, the cut, the next start:
+    what was unaccounted after the cut, after the start, the start's log, the journal's
+    problems, and the source."""
+    tmp_path.mkdir()
     src, mnt, disk, statefs = cut_dirs(tmp_path)
     native = tmp_path / "tree"
     for i in range(FILES):
@@ -76,7 +87,18 @@ def test_rsync_then_a_power_cut_leaves_every_file_accounted(tmp_path: Path,
         left = unaccounted(src, state, sig)
         with Journal.open(state, readonly=True) as j:
             problems = j.check()
-    assert lost, "the cut took nothing away: this run shows nothing"
+    return lost, left, text, problems, src
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_rsync_then_a_power_cut_leaves_every_file_accounted(tmp_path: Path,
+                                                            again: bool) -> None:
+    for attempt in range(ATTEMPTS):
+        lost, left, text, problems, src = _copy_then_cut(tmp_path / f"try{attempt}",
+                                                         again)
+        if lost:
+            break
+    assert lost, f"the cut took nothing away in {ATTEMPTS} runs: they show nothing"
     assert "recovery walk" in text
     assert left == [], f"{len(left)} of {FILES} with neither entry nor verdict: {left[:10]}"
     assert problems == []
