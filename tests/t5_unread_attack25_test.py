@@ -19,15 +19,13 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from lifecycle import Tree
 from mounting import force_unmount, mounted, wait_for
-from outage import restarted_with_walk, signature_version, status, unaccounted, verdict_outcome
+from outage import restarted_with_walk, signature_version, unaccounted, verdict_outcome
 from queuedrace import wait_settled
 
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
@@ -68,16 +66,6 @@ def _warm(mnt: Path, state: Path) -> None:
     wait_for("the signature version", lambda: (
         (mnt / "warm").read_bytes(), signature_version(state))[-1], 30)
     wait_settled(mnt)
-
-
-def wait_until_or_none(cond: Callable[[], bool], timeout: float) -> bool:
-    """Whether `cond` became true within `timeout` seconds (a generous bound)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _check(tree: Tree, sig: str, infected: list[str], clean: list[str]) -> None:
@@ -169,47 +157,6 @@ def test_metadata_changes_in_a_loop_while_unread(tree: Tree) -> None:
         wait_settled(mnt)
         sig = signature_version(tree.state)
     _check(tree, sig, ["m"], [])
-
-
-def test_a_file_touched_in_a_loop_holds_back_no_other_close_scan(tree: Tree) -> None:
-    """Each metadata change moves its unread close scan's due time a tick on; the
-    batch takes closes in order: the other files' close scans must not wait behind a
-    file touched for as long as a caller likes."""
-    mnt = tree.mountpoint
-    with mounted(tree.source, mnt, "--config", str(_config(tree.root, tree.state))):
-        _warm(mnt, tree.state)
-        stop = threading.Event()
-
-        def touch(name: str) -> None:
-            _new(mnt / name, b"touched\n")  # touched from its close on, before its tick
-            i = 0
-            while not stop.is_set():
-                os.utime(mnt / name, ns=(i, i))
-                i += 1
-
-        threads = []
-        held = False
-        try:
-            for k in range(20):  # until one is touched before its close scan read it
-                th = threading.Thread(target=touch, args=(f"m{k}",), daemon=True)
-                th.start()
-                threads.append(th)
-                time.sleep(0.3)
-                if held := bool(status(mnt)["gate"]["pending_intents"]):
-                    break
-            assert held, "no close scan held back"
-            before = status(mnt)["gate"]["close_scans"]
-            _new(mnt / "o")  # infected: its close scan denies it
-            judged = wait_until_or_none(
-                lambda: status(mnt)["gate"]["close_scans"] > before, 10)
-        finally:
-            stop.set()
-            for th in threads:
-                th.join(30)
-        wait_settled(mnt)
-        assert _read_errno(mnt / "o") == errno.EACCES
-        wait_settled(mnt)
-    assert judged, "the close scan of 'o' waited behind the file touched in a loop"
 
 
 def test_link_rename_unlink_and_chmod_while_unread(tree: Tree) -> None:
