@@ -98,11 +98,15 @@ def open_errno(path: Path, flags: int = os.O_RDONLY) -> int:
 
 
 def drained(mnt: Path) -> bool:
-    """The journal is empty and the drain has counted every file it resolved: it
-    removes an entry before it counts the outcome (an infected action may run in
-    between), so `deferred == 0` alone may be read before `done` is."""
+    """The journal is empty, the drain has counted every file it resolved, and no
+    write intent is left: it removes an entry before it counts the outcome (an
+    infected action may run in between), so `deferred == 0` alone may be read before
+    `done` is; and a new file has no entry at all until its close scan gave up (cw23:
+    it is only in flight), so an empty journal read before that scan ran says nothing
+    about the file (seen under load: the stat that follows found it still there)."""
     st = status(mnt)
-    return bool(st["journal"]["deferred"] == 0 and st["drain"]["in_flight"] == 0)
+    return bool(st["journal"]["deferred"] == 0 and st["drain"]["in_flight"] == 0
+                and st["gate"]["pending_intents"] == 0)
 
 
 def journal_rows(mnt: Path) -> list[dict[str, Any]]:
