@@ -42,6 +42,7 @@ file's entry must not leave it with neither.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -199,8 +200,13 @@ class Keeping:
                 and self._journal.get_deferred(rel) is None:
             # Who changed it is kept, but as one who changed it: no read of its content
             # (`wrote`), so its end is no exposure record (journal.exposed).
-            seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile,
-                                            exposure=self._outcomes.exposure(ctx, wrote=True))
+            try:
+                seq = await self._journal.defer(rel, before, JournalReason.MODIFIED, profile,
+                                                exposure=self._outcomes.exposure(ctx, wrote=True))
+            except JournalError as err:  # a failing state disk, not a bug: nothing changed
+                log.error("journal: cannot journal the change of %r (%s); answering EIO",
+                          rel, err)
+                raise OSError(errno.EIO, f"journal: {err}") from None
         now = Identity.from_stat(change())
         if unread and intent is not None:
             self._unread(intent)  # its tick counts from the new ctime (coarse: maybe later)
@@ -430,8 +436,15 @@ class Keeping:
         if old is not None and same:
             await self._keep(rel, nlink, old, now, seq, noted)
         elif seq is None and (profile := self._defers(rel, nlink)) is not None:
-            await self._journal.defer(rel, now, JournalReason.MODIFIED, profile,
-                                      durable=False)
+            try:
+                await self._journal.defer(rel, now, JournalReason.MODIFIED, profile,
+                                          durable=False)
+            except JournalError as err:
+                # The change is made: an EIO now would say it was not, and a scan's
+                # completion may still remove the entry (tests/t5_follow_journal26_test).
+                log.error("journal: cannot journal %r again after its change (%s); its "
+                          "record is queued in flight and retried", rel, err)
+                self._record(rel, nlink, noted)
 
     async def _keep(self, rel: str, nlink: int, old: VerdictRecord, now: Identity,  # noqa: PLR0917
                     seq: int | None, noted: Dropping | None) -> None:
