@@ -129,3 +129,44 @@ def test_chmod_refused_before_the_change_says_eio_and_changes_nothing(tmp_path: 
             assert errors == ["g: OSError(5, 'Input/output error')"]
             assert os.stat(src / "g").st_mode & 0o777 == 0o600
             assert "cannot journal the change of 'g'" in server.log()
+
+
+def test_unlink_of_a_name_whose_entry_cannot_move_to_the_survivor(tmp_path: Path) -> None:
+    """The neighbour: an unlink of one name of a hard-linked file moves that name's entry
+    to a surviving name after the unlink (`on_unlink`). Refused by the state disk, the
+    unlink answered EIO though the name was gone, and the survivor, changed through the
+    gone name and never judged, had neither entry nor verdict (the drain drops an entry
+    whose name is gone). Now the unlink succeeds and the survivor is recorded."""
+    src, mnt, disk, statefs = cut_dirs(tmp_path)
+    tree = Tree(tmp_path, src, mnt, statefs / "state")
+    with running_appliance() as app, cutfs(disk, statefs):
+        conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n')
+        with mounted(src, mnt, "--config", str(conf)) as server:
+            (mnt / "a").write_bytes(b"judged clean\n")
+            assert (mnt / "a").read_bytes() == b"judged clean\n"
+            os.link(mnt / "a", mnt / "b")
+            wait_settled(mnt)
+            wait_until(lambda: deferred_paths(tree.state) == [], "the journal drained",
+                       DEADLINE)
+            sig = signature_version(tree.state)
+            app.set_fault("refuse")  # its change through `a` stays unjudged: an entry at a
+            with open(mnt / "a", "r+b") as f:
+                f.write(b"changed, unscanned\n")
+            wait_settled(mnt)
+            assert deferred_paths(tree.state) == ["a"]
+            write_fault(disk).touch()
+            try:
+                errors = []
+                try:
+                    os.unlink(mnt / "a")
+                except OSError as err:
+                    errors.append(repr(err))
+            finally:
+                write_fault(disk).unlink()
+            assert not (src / "a").exists()
+            wait_until(lambda: "b" in deferred_paths(tree.state), "the survivor recorded",
+                       DEADLINE)
+            lost = unaccounted(src, tree.state, sig)
+            assert (errors, lost) == ([], []), server.log()[-3000:]
+            app.set_fault("none")
+            wait_settled(mnt)

@@ -380,6 +380,19 @@ class Keeping:
             self._journal.inflight.land(p)
             return
 
+    async def relinked(self, rel: str, survivor: str) -> int | None:
+        """An unlink took `rel` from a file living on as `survivor`: `rel`'s entry moved
+        there (gate.on_unlink); its seq. Refused by the state disk, the unlink is made
+        all the same: the survivor is recorded in flight and retried instead."""
+        try:
+            return await self._journal.relink_path(rel, survivor)
+        except JournalError as err:  # (tests/t5_follow_journal26_test.py)
+            log.error("journal: cannot move the entry of %r to %r (%s); its record is "
+                      "queued in flight and retried", rel, survivor, err)
+            st = self._source.stat(survivor)
+            self._record(survivor, 1 if st is None else st.st_nlink, None)
+            return None
+
     def name_dropping(self, st: os.stat_result) -> Dropping | None:
         """An unlink or rename is about to take a name from the file `st` (module doc):
         if it has others, it is in flight until `dropped` (None: it has one name)."""
