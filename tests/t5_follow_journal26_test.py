@@ -15,7 +15,9 @@ entries committed, their close scans' verdicts held back 3 s after the scan (a s
 patch: the window made certain); meanwhile every write to the state disk fails with
 ENOSPC (`write_fault`) while each file is chmodded, then the disk takes writes again.
 Every chmod must succeed and every file end with an entry or a clean verdict for what
-it is (before the fix: 4 of 4 chmods EIO, 4 of 4 files with neither).
+it is (before the fix: 4 of 4 chmods EIO, 4 of 4 files with neither). Two neighbours on
+the same disk: a record refused before the change (EIO, nothing changed, no traceback)
+and an unlink whose entry cannot move to the file's surviving name.
 """
 
 from __future__ import annotations
