@@ -23,7 +23,9 @@ fails with EIO (the content stays current, not durable). While `fsync_drops(BACK
 exists, fsync fails with EIO as Linux's does after a failed writeback: the 4 KiB
 pages written since the last fsync are marked clean, not written, and a later fsync
 does not write them either unless they are written again (fsyncgate). While
-`fsync_hold(BACKING)` exists, fsync waits.
+`fsync_hold(BACKING)` exists, fsync waits. While `write_fault(BACKING)` exists, every
+write fails with ENOSPC and changes nothing (a full disk, for as long as a test likes:
+LMDB reuses its free pages, so a filled tmpfs refuses only writes that grow the file).
 
 While `fsync_tears(BACKING)` exists (its text: "SEED FRACTION"), the next fsync of
 a file named `data.mdb` (LMDB's) is a power loss in the middle of its writeback:
@@ -302,6 +304,8 @@ class CutFS(pyfuse3.Operations):
         return bytes(self._get(fh).data[off:off + size])
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if os.path.exists(write_fault(self.backing)):
+            raise _err(errno.ENOSPC)  # a full disk: nothing written
         data = self._get(fh).data
         if off > len(data):
             data.extend(bytes(off - len(data)))
@@ -415,6 +419,11 @@ def fsync_drops(backing: Path) -> Path:
 def fsync_fault(backing: Path) -> Path:
     """While this file (beside BACKING) exists, every fsync fails with EIO."""
     return backing.with_name(backing.name + ".fsync-fails")
+
+
+def write_fault(backing: Path) -> Path:
+    """While this file (beside BACKING) exists, every write fails with ENOSPC."""
+    return backing.with_name(backing.name + ".write-fails")
 
 
 def fsync_hold(backing: Path) -> Path:

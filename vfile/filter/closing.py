@@ -37,6 +37,7 @@ import trio
 
 from vfile.config.model import Profile
 from vfile.filter import racy
+from vfile.filter.closelimits import BATCH, CLOSE_SCANS, HELD_MAX_NS, MAX_WAITING, holding_max
 from vfile.filter.contenthash import HASH_MAX, NOTHING, ContentVerdicts, Looked
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.newfiles import IntentRecords
@@ -61,25 +62,6 @@ from vfile.scanner.verdict import Verdict
 #: the gate's logger: operators filter and alert on it (the gate split kept its name)
 log = logging.getLogger("vfile.filter.gate")
 
-#: background scans after a last close running at once (on-open scans do not wait for them)
-CLOSE_SCANS = 4
-
-#: close scans waiting for their intent's commit (a frozen state disk), each holding a
-#: descriptor; beyond, a close leaves its file to the drain (t5_inflight_attack_test)
-MAX_WAITING = 256
-
-#: close scans the batch judges before it lets the requests go on (a checkpoint)
-BATCH = 32
-
-#: close scans holding a descriptor at once, at most; beyond, a close leaves its file to the
-#: drain (a fast creator and a slow appliance took every descriptor: t5_attack22_closes)
-HOLDING_MAX = 1024
-
-
-def holding_max(nofile: int) -> int:
-    """The bound on descriptors held by close scans under a descriptor limit (pure)."""
-    return max(16, min(HOLDING_MAX, nofile // 8))
-
 #: the gate's decision inputs for (event, profile, path, size, cached verdict)
 Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], DecisionInputs]
 #: the gate's background tasks: start(fn, *args)
@@ -100,6 +82,7 @@ class _Closed:
     fd: int
     profile: Profile
     due_ns: int
+    first_ns: int  # its first due time: `unread` holds it back HELD_MAX_NS past it at most
 
 
 class CloseScans:
@@ -169,7 +152,7 @@ class CloseScans:
             due = now + int(racy.wait_s(Identity.from_stat(st or os.fstat(fd)), now) * 1e9)
         except OSError:
             due = now  # the batch's own fstat meets it: left to the drain
-        self._queue.append(_Closed(path, intent, fd, profile, due))
+        self._queue.append(_Closed(path, intent, fd, profile, due, due))
         if self._batching:
             if len(self._queue) == 1 or self._queue[0].due_ns <= now:
                 self._wake.set()  # the batch has something (more) to do now
@@ -183,9 +166,13 @@ class CloseScans:
 
     def unread(self, intent: Intent, path: str = "") -> bool:
         """The close scan of `intent` is queued, the file unread (stat and bytes in one trio step,
-        a tick on at the earliest): it judges a change made now (keeping); `path`: a new name."""
+        a tick on at the earliest): it judges a change made now (keeping); `path`: a new name.
+        False once it was due HELD_MAX_NS ago (closelimits): the change waits, as before rs24."""
+        now = time.time_ns()
         for c in (c for c in reversed(self._queue) if c.intent is intent):
-            c.due_ns, c.path = max(c.due_ns, time.time_ns() + racy.TICK_NS + 1), path or c.path
+            if now - c.first_ns > HELD_MAX_NS:
+                return False
+            c.due_ns, c.path = max(c.due_ns, now + racy.TICK_NS + 1), path or c.path
             return True
         return False
 

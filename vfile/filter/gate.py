@@ -464,7 +464,7 @@ class Gate:
             self._intents.pop(rel)
         else:
             self._intents.move(rel, new)
-        seq = await self._journal.relink_path(rel, new)
+        seq = await self._keeping.relinked(rel, new)  # (refused: the survivor recorded)
         if seq is not None and (intent := self._intents.get(new)) is not None:
             intent.seq = seq
 

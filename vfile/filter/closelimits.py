@@ -1,0 +1,33 @@
+"""The bounds of the close scans (vfile.filter.closing): how many at once, how many
+waiting, how many a batch judges, how many descriptors they hold, and how long
+changes may hold an unread one back. Pure constants and one pure function."""
+
+from __future__ import annotations
+
+from vfile.filter.newfiles import UNRECORDED_S
+
+#: background scans after a last close running at once (on-open scans do not wait for them)
+CLOSE_SCANS = 4
+
+#: close scans waiting for their intent's commit (a frozen state disk), each holding a
+#: descriptor; beyond, a close leaves its file to the drain (t5_inflight_attack_test)
+MAX_WAITING = 256
+
+#: close scans the batch judges before it lets the requests go on (a checkpoint)
+BATCH = 32
+
+#: close scans holding a descriptor at once, at most; beyond, a close leaves its file to the
+#: drain (a fast creator and a slow appliance took every descriptor: t5_attack22_closes)
+HOLDING_MAX = 1024
+
+#: how long past its first due time metadata changes and renames may hold back a close
+#: scan that has not read its file (`CloseScans.unread`, rs24); after, a change waits for
+#: it as before rs24. The sweeper's bound (filter.newfiles): a file touched in a loop held
+#: its own scan, and every close queued after it, for as long as the loop ran (u26,
+#: tests/t5_unread_cap26_test.py)
+HELD_MAX_NS = int(UNRECORDED_S * 1e9)
+
+
+def holding_max(nofile: int) -> int:
+    """The bound on descriptors held by close scans under a descriptor limit (pure)."""
+    return max(16, min(HOLDING_MAX, nofile // 8))
