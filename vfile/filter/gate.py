@@ -20,10 +20,10 @@ Invariants:
   write), a new file's and a kept verdict's (tier 1w: the watermark rule).
 - A verdict is stored for the identity the scanned descriptor had before and
   after the scan; content that changed during the scan gets no verdict.
-- While a path has an unresolved write intent, a cached clean verdict does
-  not count for it. A close scan resolves the intent (`journal.complete`,
-  verdict and removal in one transaction) only if no newer intent replaced
-  it; on failure the entry stays for the drain, with the file's new identity.
+- A cached clean verdict counts by identity, intent or not; an open while a writer may
+  hold unflushed pages is never allowed as scanned (policy's `unflushed`). A close scan
+  resolves the intent (`journal.complete`, verdict and removal in one transaction) only
+  if no newer intent replaced it; else the entry stays for the drain (new identity).
 - Setting a window cancels every scan and every wait in flight at once: the
   waiters take their fail mode with reason `window`.
 - Background tasks never raise into the nursery for journal or file trouble:
