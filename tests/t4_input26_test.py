@@ -1,0 +1,194 @@
+"""Bad input and trust of outside input, round 11 (s26).
+
+A `--config` or a `--signatures` directory that another local user can write (the
+file, or a directory on the way to it) let that user turn scanning off or drop a
+signature: vfile read them whoever could write them. Now they are read like root's
+logs are written (vfile/scanner/trusted.py): walked from `/`, every directory root's
+or ours and writable by no other user (sticky ones excepted: others cannot replace
+our names there), the file O_NOFOLLOW, root's or ours, writable by no other user.
+A refusal is one clear line and exit 3, nothing mounted; the built-in appliance's
+reload on SIGHUP keeps its old signatures. Also: a missing `--signatures` directory
+was "the mount server failed; see its log" (exit 10), now exit 3 with the reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from lifecycle import READER_UID
+from mounting import force_unmount, is_mounted, server_pids, vfile_cmd, wait_gone
+from servers import Samples, free_port
+
+from vfile.errors import Exit
+
+pytestmark = pytest.mark.mount
+
+# a clean/plain .hdb line (md5 of b"x", size 1): any valid signature
+NEW_SIG = "9dd4e461268c8034f5c8564e155c67a6:1:Vfile.Test.New\n"
+
+
+def _down(mountpoint: Path) -> None:
+    if is_mounted(mountpoint):
+        subprocess.run(vfile_cmd("unmount", str(mountpoint)), check=False, timeout=60,
+                       capture_output=True)
+    force_unmount(mountpoint)
+    assert wait_gone(mountpoint), "the server did not exit"
+    for pid in server_pids(mountpoint):
+        os.kill(pid, 9)
+
+
+def _mount(source: Path, mountpoint: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(vfile_cmd("mount", *extra, str(source), str(mountpoint)),
+                              capture_output=True, text=True, check=False, timeout=60)
+    finally:
+        _down(mountpoint)
+
+
+def _config(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('[[profile]]\nname = "default"\nfail_mode = "safe"\n')
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.parametrize("case", ["file-0666", "file-0664-group", "file-other-owner",
+                                  "dir-0777", "parent-0777", "symlink-into-0777"])
+def test_a_config_others_may_write_is_refused(source: Path, mountpoint: Path,
+                                              tmp_path: Path, case: str) -> None:
+    conf = _config(tmp_path / "etc" / "vfile" / "guest.toml")
+    given = conf
+    if case == "file-0666":
+        conf.chmod(0o666)
+    elif case == "file-0664-group":
+        os.chown(conf, 0, READER_UID)
+        conf.chmod(0o664)
+    elif case == "file-other-owner":
+        os.chown(conf, READER_UID, READER_UID)
+    elif case == "dir-0777":
+        conf.parent.chmod(0o777)
+    elif case == "parent-0777":
+        conf.parent.parent.chmod(0o777)  # the user renames vfile/ away, puts their own
+    else:
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        (shared / "vfile").mkdir()
+        real = _config(shared / "vfile" / "guest.toml")
+        (tmp_path / "link").symlink_to(shared / "vfile")
+        given = tmp_path / "link" / real.name
+    res = _mount(source, mountpoint, "--config", str(given))
+    assert res.returncode == int(Exit.CONFIG), (res.returncode, res.stderr)
+    assert "writable by other users" in res.stderr or "belongs to uid" in res.stderr, \
+        res.stderr
+    assert str(given) in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_trusted_config_through_a_symlink_and_a_sticky_dir_mounts(
+        source: Path, mountpoint: Path, tmp_path: Path) -> None:
+    """What stays allowed: root's config in a sticky directory (/tmp is one: every
+    test's tmp_path is below it), reached through a symlink in a trusted directory."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    conf = _config(sticky / "mine" / "guest.toml")
+    (tmp_path / "conf.toml").symlink_to(conf)
+    res = _mount(source, mountpoint, "--config", str(tmp_path / "conf.toml"))
+    assert res.returncode == 0, res.stderr
+
+
+def _sigdir(root: Path, samples: Samples) -> Path:
+    sigs = root / "sigs"
+    sigs.mkdir()
+    (sigs / "vfile-test.hdb").write_text((samples.sigdir / "vfile-test.hdb").read_text())
+    return sigs
+
+
+@pytest.mark.parametrize("case", ["dir-0777", "file-0666", "file-other-owner", "missing"])
+def test_mount_signatures_others_may_write_are_refused(
+        source: Path, mountpoint: Path, tmp_path: Path, samples: Samples, case: str) -> None:
+    sigs = _sigdir(tmp_path, samples)
+    if case == "dir-0777":
+        sigs.chmod(0o777)  # a user could add, replace or remove a .hdb
+    elif case == "file-0666":
+        (sigs / "vfile-test.hdb").chmod(0o666)
+    elif case == "file-other-owner":
+        os.chown(sigs / "vfile-test.hdb", READER_UID, READER_UID)
+    else:
+        sigs = tmp_path / "no-such-dir"
+    res = _mount(source, mountpoint, "--signatures", str(sigs))
+    assert res.returncode == int(Exit.CONFIG), (res.returncode, res.stderr)
+    assert "signatures" in res.stderr and str(sigs) in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+def _serve(sigs: Path, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(vfile_cmd("appliance", "serve", "--listen",
+                                      f"tcp://127.0.0.1:{port}", "--signatures", str(sigs)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+
+
+def _version(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"zVERSION\0")
+        out = b""
+        while not out.endswith(b"\0"):
+            chunk = s.recv(4096)
+            assert chunk, out
+            out += chunk
+    return out.decode()
+
+
+def _wait_listening(app: subprocess.Popen[str]) -> None:
+    assert app.stdout is not None
+    line = app.stdout.readline()
+    assert "listening on" in line, (line, app.stdout.read() if app.poll() is not None else "")
+
+
+def test_appliance_serve_refuses_signatures_others_may_write(tmp_path: Path,
+                                                             samples: Samples) -> None:
+    sigs = _sigdir(tmp_path, samples)
+    sigs.chmod(0o777)
+    app = _serve(sigs, free_port())
+    try:
+        out, _ = app.communicate(timeout=60)
+    finally:
+        app.kill()
+        app.wait(10)
+    assert app.returncode == int(Exit.CONFIG), out
+    assert "writable by other users" in out and str(sigs) in out, out
+
+
+def test_appliance_reload_refuses_signatures_made_writable(tmp_path: Path,
+                                                           samples: Samples) -> None:
+    """SIGHUP reloads the directory; once another user could have written it, the
+    reload is refused and the old signatures stay (their version too)."""
+    sigs = _sigdir(tmp_path, samples)
+    port = free_port()
+    app = _serve(sigs, port)
+    try:
+        _wait_listening(app)
+        before = _version(port)
+        sigs.chmod(0o777)
+        (sigs / "planted.hdb").write_text(NEW_SIG)
+        app.send_signal(signal.SIGHUP)
+        time.sleep(1.0)  # (a reload that happened shows in the version; none must)
+        assert app.poll() is None
+        assert _version(port) == before
+        sigs.chmod(0o755)  # trusted again: the next reload takes it
+        app.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while _version(port) == before:
+            assert time.monotonic() < deadline, "the trusted reload never happened"
+            time.sleep(0.1)
+    finally:
+        app.kill()
+        out = app.communicate(timeout=10)[0]
+    assert "signature reload failed" in out and "writable by other users" in out, out
