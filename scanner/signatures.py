@@ -15,6 +15,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from vfile.scanner.trusted import open_trusted_dir, open_trusted_file
+
 log = logging.getLogger(__name__)
 
 EICAR = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
@@ -76,13 +78,23 @@ def parse_line(line: str, hexlen: int) -> tuple[str, int | None, str]:
 
 
 def load(directory: str | None) -> Signatures:
-    """Load all .hdb/.hsb files in `directory` (None: EICAR only)."""
+    """Load all .hdb/.hsb files in `directory` (None: EICAR only), refusing a directory
+    or a file another user could have written (scanner.trusted): one who can would drop
+    a signature, or plant one that quarantines any file they like (s26)."""
     if directory is None:
         return Signatures()
     md5: dict[tuple[str, int | None], str] = {}
     sha256: dict[tuple[str, int | None], str] = {}
     try:
-        names = sorted(os.listdir(directory))
+        pfd = open_trusted_dir(directory)
+        try:
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            names = sorted(os.listdir(dfd))
+        finally:
+            os.close(dfd)
     except OSError as err:
         raise SignatureError(f"cannot read signature directory {directory!r}: "
                              f"{err.strerror}") from None
@@ -92,7 +104,13 @@ def load(directory: str | None) -> Signatures:
             continue
         table, hexlen = (md5, 32) if ext == ".hdb" else (sha256, 64)
         path = os.path.join(directory, fname)
-        with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            # (each file walked again from /: a file's own symlink is walked as well)
+            f = open(open_trusted_file(path), encoding="utf-8", errors="strict")
+        except OSError as err:
+            raise SignatureError(f"cannot read signature file {path!r}: "
+                                 f"{err.strerror}") from None
+        with f:
             for lineno, raw in enumerate(f, 1):
                 line = raw.strip()
                 if not line or line.startswith("#"):

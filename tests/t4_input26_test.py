@@ -192,3 +192,27 @@ def test_appliance_reload_refuses_signatures_made_writable(tmp_path: Path,
         app.kill()
         out = app.communicate(timeout=10)[0]
     assert "signature reload failed" in out and "writable by other users" in out, out
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o644])
+def test_a_cache_key_others_may_write_or_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """The caching appliance's --key-file authenticates the fleet's stored verdicts:
+    whoever can write it (or read it) can forge a "clean" in Redis."""
+    key = tmp_path / "cache.key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    key.chmod(mode)
+    app = subprocess.Popen(vfile_cmd("appliance", "cache", "--listen",
+                                     f"tcp://127.0.0.1:{free_port()}", "--upstream",
+                                     f"clamd://127.0.0.1:{free_port()}", "--redis",
+                                     f"redis://127.0.0.1:{free_port()}/0", "--key-file",
+                                     str(key)),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, text=True)
+    try:
+        out, _ = app.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        app.kill()
+        out = app.communicate(timeout=10)[0]
+    assert app.returncode == int(Exit.USAGE), out
+    assert str(key) in out and ("writable by other users" in out
+                                or "readable by every user" in out), out

@@ -63,6 +63,7 @@ from vfile.config.syntax import (
     parse_size,
 )
 from vfile.scanner import latency
+from vfile.scanner.trusted import UntrustedPath, read_trusted
 from vfile.scanner.urls import parse_appliance_url
 
 log = logging.getLogger(__name__)
@@ -378,8 +379,13 @@ def load_config(path: str | None, *, appliances: Sequence[str] = (),
     config = Config()
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            # Only a file no other user could have written: one who can would turn
+            # scanning off (s26, vfile/scanner/trusted.py).
+            text = read_trusted(path).decode("utf-8")
+        except UntrustedPath as err:
+            raise ConfigError(f"{path}: refused: {err.strerror} (a configuration must be "
+                              "writable by root or the mount's owner only, and so must "
+                              "every directory above it)") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: cannot read the configuration: {err}") from None
         config = parse_config(text, source=path)
