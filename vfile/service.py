@@ -238,6 +238,7 @@ async def _recover(journal: Journal, config: Config, root_fd: int, source: str,
         return
     if os.environ.get(RECOVERY_WALK_ENV) == "off":
         log.warning("journal: recovery walk skipped (%s=off)", RECOVERY_WALK_ENV)
+        journal.skip_walk()
         return
     since = found.watermark_ns
     log.warning("journal: the last run stopped uncleanly and its unsynced records may be "
