@@ -12,6 +12,7 @@ was "the mount server failed; see its log" (exit 10), now exit 3 with the reason
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,15 @@ from pathlib import Path
 
 import pytest
 from lifecycle import READER_UID
-from mounting import force_unmount, is_mounted, mounted, server_pids, vfile_cmd, wait_gone
+from mounting import (
+    force_unmount,
+    is_mounted,
+    mounted,
+    server_pids,
+    vfile_cmd,
+    wait_for,
+    wait_gone,
+)
 from servers import Samples, free_port
 
 from vfile import control
@@ -314,3 +323,59 @@ def test_a_flood_of_refused_control_clients_is_logged_a_few_times(
         assert res.returncode == 0, res.stderr
         lines = [ln for ln in server.log().splitlines() if "refused uid" in ln]
     assert 1 <= len(lines) <= 3, lines
+
+
+# --- names that are not text: log injection, the audit log ------------------------------
+
+FORGED = "WARNING vfile.fake: forged line"
+EVIL = "evil\n" + FORGED  # a newline in a name: a forged line in a log read line by line
+RAW = b"\xff\xfe.com"  # not UTF-8: a surrogate in Python's str of it
+
+
+def test_names_that_are_not_text_forge_no_log_line_and_stop_no_audit(
+        source: Path, mountpoint: Path, tmp_path: Path, samples: Samples) -> None:
+    """A user's file named b'\\xff\\xfe.com' stopped the audit log for the rest of the
+    mount ("cannot write ... surrogates not allowed; audit lines stop here"): nothing
+    anyone opened afterwards was audited. A name with a newline put a forged line in
+    the server's plain log (the quarantine destination, which holds the name). Now the
+    audit line escapes what is not UTF-8 (valid JSON, the bytes recoverable with
+    os.fsencode) and the plain log escapes control characters in messages."""
+    (source / EVIL).write_bytes(samples.eicar.read_bytes())
+    (source / os.fsdecode(RAW)).write_bytes(b"plain\n")
+    (source / "after.txt").write_bytes(b"opened after the others\n")
+    logs = tmp_path / "logs"
+    with mounted(source, mountpoint, "--audit-log", str(logs / "audit.jsonl"),
+                 "--state-dir", str(tmp_path / "state")) as server:
+        assert (mountpoint / os.fsdecode(RAW)).read_bytes() == b"plain\n"
+        with pytest.raises(PermissionError):
+            (mountpoint / EVIL).read_bytes()
+        assert (mountpoint / "after.txt").read_bytes() == b"opened after the others\n"
+        # the server's stderr, plain format; the quarantine runs after the deny
+        wait_for("the quarantine's log line", lambda: "quarantined" in server.log(), 60)
+        text = server.log()
+    audited = [json.loads(line) for line in
+               (logs / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+    paths = {os.fsencode(a["path"]) for a in audited}
+    assert {RAW, b"after.txt", os.fsencode(EVIL)} <= paths, audited
+    assert "quarantined" in text, text
+    assert not [ln for ln in text.splitlines() if ln.startswith(FORGED)], text
+
+
+def test_journal_list_prints_one_line_per_entry(source: Path, mountpoint: Path,
+                                                tmp_path: Path) -> None:
+    """`vfile journal list` printed a journaled name as it is: a newline in it made a
+    second, forged row. Names that are not printable are now shown quoted, escaped."""
+    for name in (EVIL, os.fsdecode(RAW), "plain.txt"):
+        (source / name).write_bytes(b"data\n")
+    state = tmp_path / "state"
+    with mounted(source, mountpoint, "--appliance", f"clamd://127.0.0.1:{free_port()}",
+                 "--fail-mode", "safe", "--state-dir", str(state)):
+        for name in (EVIL, os.fsdecode(RAW), "plain.txt"):
+            assert (mountpoint / name).read_bytes() == b"data\n"  # allowed, journaled
+    res = subprocess.run(vfile_cmd("journal", "list", "--state-dir", str(state)),
+                         capture_output=True, check=False, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = res.stdout.decode("utf-8", "replace").splitlines()
+    assert len(rows) == 3, rows
+    assert not [r for r in rows if r.startswith(FORGED)], rows
+    assert b"3 deferred" in res.stderr
