@@ -106,18 +106,21 @@ def load(directory: str | None) -> Signatures:
         path = os.path.join(directory, fname)
         try:
             # (each file walked again from /: a file's own symlink is walked as well)
-            f = open(open_trusted_file(path), encoding="utf-8", errors="strict")
+            fd = open_trusted_file(path)
         except OSError as err:
             raise SignatureError(f"cannot read signature file {path!r}: "
                                  f"{err.strerror}") from None
-        with f:
-            for lineno, raw in enumerate(f, 1):
-                line = raw.strip()
-                if not line or line.startswith("#"):
-                    continue
+        with open(fd, "rb") as f:
+            for lineno, data in enumerate(f, 1):
                 try:
+                    # A line that is not UTF-8 is a bad line like any other: one clear
+                    # error (it was a traceback, and the end of `appliance serve` on a
+                    # reload, s26)
+                    line = data.decode("utf-8").strip()
+                    if not line or line.startswith("#"):
+                        continue
                     digest, size, name = parse_line(line, hexlen)
-                except SignatureError as err:
+                except (SignatureError, UnicodeDecodeError) as err:
                     raise SignatureError(f"{path}:{lineno}: {err}") from None
                 table[(digest, size)] = name
     h = hashlib.sha256()

@@ -121,7 +121,8 @@ def _sigdir(root: Path, samples: Samples) -> Path:
     return sigs
 
 
-@pytest.mark.parametrize("case", ["dir-0777", "file-0666", "file-other-owner", "missing"])
+@pytest.mark.parametrize("case", ["dir-0777", "file-0666", "file-other-owner", "missing",
+                                  "not-utf8"])
 def test_mount_signatures_others_may_write_are_refused(
         source: Path, mountpoint: Path, tmp_path: Path, samples: Samples, case: str) -> None:
     sigs = _sigdir(tmp_path, samples)
@@ -131,8 +132,10 @@ def test_mount_signatures_others_may_write_are_refused(
         (sigs / "vfile-test.hdb").chmod(0o666)
     elif case == "file-other-owner":
         os.chown(sigs / "vfile-test.hdb", READER_UID, READER_UID)
-    else:
+    elif case == "missing":
         sigs = tmp_path / "no-such-dir"
+    else:  # was a UnicodeDecodeError: exit 10 here, and the end of `appliance serve`
+        (sigs / "bad.hdb").write_bytes(b"\xff\xfe:1:x\n")  # on its reload (SIGHUP)
     res = _mount(source, mountpoint, "--signatures", str(sigs))
     assert res.returncode == int(Exit.CONFIG), (res.returncode, res.stderr)
     assert "signatures" in res.stderr and str(sigs) in res.stderr, res.stderr
@@ -379,3 +382,20 @@ def test_journal_list_prints_one_line_per_entry(source: Path, mountpoint: Path,
     assert len(rows) == 3, rows
     assert not [r for r in rows if r.startswith(FORGED)], rows
     assert b"3 deferred" in res.stderr
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    ('[mount]\nstate_dir = "/tmp/a\\u0000b"\n', "mount.state_dir"),
+    ('[mount]\nquarantine_dir = "/tmp/q\\u0000"\n', "mount.quarantine_dir"),
+    ('[[profile]]\nname = "p"\npaths = ["a\\u0000/**"]\n', "profile[0].paths"),
+], ids=["state_dir", "quarantine_dir", "paths"])
+def test_a_nul_in_a_config_string_is_a_config_error(source: Path, mountpoint: Path,
+                                                    tmp_path: Path, body: str,
+                                                    key: str) -> None:
+    """TOML allows \\u0000 in strings; no path can hold it. It was "the mount server
+    failed; see its log" (exit 10, a ValueError: embedded null byte)."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(body)
+    res = _mount(source, mountpoint, "--config", str(conf))
+    assert res.returncode == int(Exit.CONFIG), (res.returncode, res.stderr)
+    assert key in res.stderr and "NUL" in res.stderr, res.stderr

@@ -17,6 +17,7 @@ tracebacks): now one line, "recovery walk: ... disk full", exit 7."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
@@ -48,7 +49,7 @@ def _marker(state: Path, new: bytes | None = None) -> bytes | None:
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> Path:
+def disk(tmp_path: Path) -> Iterator[Path]:
     where = tmp_path / "disk"
     where.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],

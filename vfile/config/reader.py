@@ -83,6 +83,13 @@ def _choice(enum: type[E], value: object, key: str) -> E:
     raise ConfigError(f"{key}: {value!r} is not one of {choices}")
 
 
+def _no_nul(value: str | None, key: str) -> None:
+    # TOML allows \u0000 in a string; no path, glob or command can hold one (it was a
+    # ValueError in the mount server: exit 10 and "see its log", s26)
+    if value is not None and "\0" in value:
+        raise ConfigError(f"{key}: {value!r} contains a NUL character")
+
+
 class _Table:
     """A TOML table read key by key; `done()` rejects whatever was not read."""
 
@@ -107,6 +114,7 @@ class _Table:
         value = self.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"{self.path(name)}: expected a non-empty string, got {value!r}")
+        _no_nul(value, self.path(name))
         return value
 
     def strings(self, name: str) -> tuple[str, ...] | None:
@@ -116,6 +124,8 @@ class _Table:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{self.path(name)}: expected a list of non-empty strings, "
                               f"got {value!r}")
+        for v in value:
+            _no_nul(v, self.path(name))
         return tuple(value)
 
     def integer(self, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
