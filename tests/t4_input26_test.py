@@ -399,3 +399,43 @@ def test_a_nul_in_a_config_string_is_a_config_error(source: Path, mountpoint: Pa
     res = _mount(source, mountpoint, "--config", str(conf))
     assert res.returncode == int(Exit.CONFIG), (res.returncode, res.stderr)
     assert key in res.stderr and "NUL" in res.stderr, res.stderr
+
+
+# --- a journal another user could have written --------------------------------------------
+
+def _their_journal(state: Path, victim: Path) -> None:
+    """A journal as a user's own mount leaves it (theirs: they write its records), with
+    one record of their making: 'quarantined' at root's victim."""
+    import trio
+
+    from vfile.journal import Journal
+    from vfile.journal.records import QuarantineRecord
+
+    async def add() -> None:
+        with Journal.open(state) as j:
+            await j.add_quarantine(QuarantineRecord(
+                id="feedface", original_path="x", quarantine_path=str(victim),
+                signature="Planted", time=time.time(), identity=None, profile="default"))
+
+    trio.run(add)
+    for p in [state, *state.rglob("*")]:
+        os.chown(p, READER_UID, READER_UID, follow_symlinks=False)
+
+
+def test_root_does_not_act_on_a_journal_another_user_wrote(tmp_path: Path) -> None:
+    """`vfile quarantine delete ID --state-dir DIR` unlinks the record's quarantine path.
+    A user's state directory (their own mount's: they own it, and can write any record
+    into it) named root's file there, and root's `delete` (asked to clean up after the
+    user) removed it. Now a journal of a user neither root nor us is refused, exit 7,
+    as a mount refuses that state directory."""
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    state = tmp_path / "theirs"
+    _their_journal(state, victim)
+    for argv in (["quarantine", "delete", "feedface"], ["quarantine", "list"],
+                 ["journal", "list"]):
+        res = subprocess.run(vfile_cmd(*argv, "--state-dir", str(state)), capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert res.returncode == int(Exit.JOURNAL), (argv, res.returncode, res.stderr)
+        assert f"uid {READER_UID}" in res.stderr, res.stderr
+    assert victim.read_text() == "root's file\n"
