@@ -439,3 +439,27 @@ def test_root_does_not_act_on_a_journal_another_user_wrote(tmp_path: Path) -> No
         assert res.returncode == int(Exit.JOURNAL), (argv, res.returncode, res.stderr)
         assert f"uid {READER_UID}" in res.stderr, res.stderr
     assert victim.read_text() == "root's file\n"
+
+
+def test_fstab_option_values_may_be_quoted(tmp_path: Path) -> None:
+    """mount(8) (libmount) keeps a double-quoted option value whole, commas and all,
+    and hands it on quoted: `state_dir="/srv/a,b/state"` was split at the comma ("unknown
+    mount option 'b/state\"'"), and a quoted value without one kept its quotes (a
+    state directory named with them). Now the helper reads a quoted value as mount does."""
+    import shutil
+
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    state = tmp_path / "a,b" / "state"
+    helper = shutil.which("mount.fuse.vfile", path=str(Path(vfile_cmd()[0]).parent))
+    assert helper is not None
+    try:
+        res = subprocess.run([helper, str(src), str(mnt), "-o",
+                              f'defaults,state_dir="{state}",fail_mode=safe'],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == 0, res.stderr
+        assert is_mounted(mnt)
+    finally:
+        _down(mnt)
+    assert (state / "data.mdb").exists()
