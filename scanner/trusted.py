@@ -74,7 +74,7 @@ def _absolute(path: str) -> str:
     # Not os.path.abspath: it drops "a/.." by the name, where the walk must go up from
     # where a symlink in `a` really led.
     if not path:  # ("" is no path: not the current directory, as a join would make it)
-        raise UntrustedPath(errno.ENOENT, "an empty path")
+        raise OSError(errno.ENOENT, "an empty path")
     return path if path.startswith("/") else os.path.join(os.getcwd(), path)
 
 
