@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,7 +77,7 @@ def main() -> None:
     mnt.mkdir()
     for i in range(200):
         (src / f"f{i}").write_bytes(b"hello %d\n" % i)
-    with __import__("socket").socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "vfile", "mount", "--foreground",
@@ -102,6 +104,7 @@ def main() -> None:
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
         server.wait(30)
+        shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(out))
     print(f"{'':12}{'quiet':>10}{'flood':>10}")
     for key in ("fds", "rss_kb", "reads_s"):

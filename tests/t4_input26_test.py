@@ -54,8 +54,10 @@ def _down(mountpoint: Path) -> None:
 
 
 def _mount(source: Path, mountpoint: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    state = source.parent / "state"  # (not a default one under /var/lib/vfile)
     try:
-        return subprocess.run(vfile_cmd("mount", *extra, str(source), str(mountpoint)),
+        return subprocess.run(vfile_cmd("mount", "--state-dir", str(state), *extra,
+                                        str(source), str(mountpoint)),
                               capture_output=True, text=True, check=False, timeout=60)
     finally:
         _down(mountpoint)
@@ -290,7 +292,8 @@ def test_a_flood_of_metrics_connections_holds_no_more_than_a_few(
     for i in range(20):
         (source / f"f{i}").write_bytes(b"data %d\n" % i)
     port = free_port()
-    with mounted(source, mountpoint, "--metrics", f"127.0.0.1:{port}"):
+    with mounted(source, mountpoint, "--metrics", f"127.0.0.1:{port}", "--state-dir",
+                 str(source.parent / "state")):
         pid = server_pids(mountpoint)[0]
         base = _fds(pid)
         attacker = _as_reader(_HOLD, str(port), "1500", "8")
@@ -317,7 +320,7 @@ def test_a_flood_of_refused_control_clients_is_logged_a_few_times(
     """Every refusal of another uid on the control socket logged a warning: a user
     connecting in a loop wrote a line to root's log per connection (300 here). Now the
     refusal is still answered every time, logged at most once a minute per uid."""
-    with mounted(source, mountpoint) as server:
+    with mounted(source, mountpoint, "--state-dir", str(source.parent / "state")) as server:
         sock = control.runtime_dir() / control.socket_name(mountpoint)
         attacker = _as_reader(_KNOCK, str(sock), "300")
         out, err = attacker.communicate(timeout=120)
