@@ -74,6 +74,11 @@ class JournalBase:
         self.inflight = InFlight(self._opened_txnid)
         self._committer.on_commit = self.inflight.committed
         self._running = False  # begin_run was called: close() marks the stop clean
+        #: begin_run found a recovery walk due and no `vouch` said it is done: a stop now
+        #: (the walk failed: a full state disk, an I/O error) is not clean, or the next
+        #: start would skip the walk and the files it had not reached (s26,
+        #: tests/t4_input26_test.py)
+        self._walk_due = False
         #: an offline writer (`vfile journal purge`) opened a cleanly stopped journal:
         #: close() marks it clean again if it committed (the marker names the last
         #: transaction, journal.watermark.stopped_cleanly)
@@ -149,6 +154,9 @@ class JournalBase:
             if self.inflight:  # an intent no retry committed: the next start walks
                 log.error("journal %s: %d creates' intents not committed: the stop is not "
                           "recorded as clean", self.path, len(self.inflight))
+            elif self._running and self._walk_due:
+                log.error("journal %s: the recovery walk did not finish: the stop is not "
+                          "recorded as clean (the next start walks again)", self.path)
             elif self._running and idle and self._fsync and not self._source_synced():
                 log.error("journal %s: the source's sync did not return: the stop is not "
                           "recorded as clean (the next start walks)", self.path)

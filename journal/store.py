@@ -352,13 +352,21 @@ class Journal(JournalBase):
         marker = watermark.new_run_marker()
         await self._write(lambda txn: watermark.op_set_run(txn, t, marker, source))
         self._running, self._clean_at_open = True, False  # the run's close marks it
+        self._walk_due = found.walk
         if not found.walk:
             self.vouch()
         return found
 
+    def skip_walk(self) -> None:
+        """The due walk is knowingly skipped (tests only: vfile.service
+        RECOVERY_WALK_ENV): a clean close may mark the stop clean, as before."""
+        self._walk_due = False
+
     def vouch(self) -> None:
         """Every intent is in the journal (no walk was due, or it is done): the witness
-        follows the commits again. Not before: a kill mid-walk must walk again."""
+        follows the commits again. Not before: a kill mid-walk must walk again, and
+        so must a start whose walk failed (no clean stop before this)."""
+        self._walk_due = False
         if self._witness is not None:  # following this run, tagged with its marker
             self._witness.run = self._read(lambda txn: watermark.read_state(txn, self._t))[0] or b""
             self.inflight.follow(self._witness, int(self._env.info()["last_txnid"]))

@@ -15,6 +15,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from vfile.scanner.trusted import open_trusted_dir, open_trusted_file
+
 log = logging.getLogger(__name__)
 
 EICAR = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
@@ -76,13 +78,23 @@ def parse_line(line: str, hexlen: int) -> tuple[str, int | None, str]:
 
 
 def load(directory: str | None) -> Signatures:
-    """Load all .hdb/.hsb files in `directory` (None: EICAR only)."""
+    """Load all .hdb/.hsb files in `directory` (None: EICAR only), refusing a directory
+    or a file another user could have written (scanner.trusted): one who can would drop
+    a signature, or plant one that quarantines any file they like (s26)."""
     if directory is None:
         return Signatures()
     md5: dict[tuple[str, int | None], str] = {}
     sha256: dict[tuple[str, int | None], str] = {}
     try:
-        names = sorted(os.listdir(directory))
+        pfd = open_trusted_dir(directory)
+        try:
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            names = sorted(os.listdir(dfd))
+        finally:
+            os.close(dfd)
     except OSError as err:
         raise SignatureError(f"cannot read signature directory {directory!r}: "
                              f"{err.strerror}") from None
@@ -92,14 +104,23 @@ def load(directory: str | None) -> Signatures:
             continue
         table, hexlen = (md5, 32) if ext == ".hdb" else (sha256, 64)
         path = os.path.join(directory, fname)
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for lineno, raw in enumerate(f, 1):
-                line = raw.strip()
-                if not line or line.startswith("#"):
-                    continue
+        try:
+            # (each file walked again from /: a file's own symlink is walked as well)
+            fd = open_trusted_file(path)
+        except OSError as err:
+            raise SignatureError(f"cannot read signature file {path!r}: "
+                                 f"{err.strerror}") from None
+        with open(fd, "rb") as f:
+            for lineno, data in enumerate(f, 1):
                 try:
+                    # A line that is not UTF-8 is a bad line like any other: one clear
+                    # error (it was a traceback, and the end of `appliance serve` on a
+                    # reload, s26)
+                    line = data.decode("utf-8").strip()
+                    if not line or line.startswith("#"):
+                        continue
                     digest, size, name = parse_line(line, hexlen)
-                except SignatureError as err:
+                except (SignatureError, UnicodeDecodeError) as err:
                     raise SignatureError(f"{path}:{lineno}: {err}") from None
                 table[(digest, size)] = name
     h = hashlib.sha256()

@@ -43,6 +43,7 @@ from vfile.control import (
     parse_request,
     prepare_runtime_dir,
 )
+from vfile.observe.ratelog import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 READ_DEADLINE = 5.0
 #: descriptors held back so the control socket can accept while the server is out of them.
 RESERVED_FDS = 4
+#: a refused uid is logged at most this often (seconds)
+REFUSAL_LOG_INTERVAL = 60.0
 #: retry interval of accept() when out of descriptors and reserves.
 ACCEPT_BACKOFF = 0.1
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -82,6 +85,7 @@ class ControlServer:
         self.path = path
         self.handler = handler
         self.owner_uid = owner_uid
+        self._refusals = RateLimited(REFUSAL_LOG_INTERVAL, log)
 
     async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
         prepare_runtime_dir(self.path.parent)
@@ -147,7 +151,11 @@ class ControlServer:
             try:
                 uid = peer_uid(stream.socket)  # type: ignore[arg-type]
                 if uid not in (0, self.owner_uid):
-                    log.warning("control: refused uid %d (owner is uid %d)", uid, self.owner_uid)
+                    # Once a minute per uid: a user connecting in a loop wrote a line to
+                    # root's log per connection (s26, tests/t4_input26_test.py).
+                    self._refusals(f"uid {uid}", logging.WARNING,
+                                   "control: refused uid %d (owner is uid %d)", uid,
+                                   self.owner_uid)
                     await stream.send_all(encode_reply(
                         False, f"refused: uid {uid} is neither root nor the mount's owner "
                                f"(uid {self.owner_uid})"))

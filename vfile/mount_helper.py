@@ -45,7 +45,24 @@ IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
 
 
 def split_options(text: str) -> list[str]:
-    return [o.strip() for o in text.split(",") if o.strip()]
+    """Options as mount(8) (libmount) reads them: split at commas outside double
+    quotes; a quoted value (``state_dir="/srv/a,b"``) loses its quotes (s26: it was
+    split at its comma, or kept its quotes; tests/t4_input26_test.py)."""
+    out: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for c in text + ",":
+        if c == '"':
+            quoted = not quoted
+        elif c == "," and not quoted:
+            if opt := "".join(current).strip():
+                out.append(opt)
+            current = []
+        else:
+            current.append(c)
+    if quoted:
+        raise UserError(f"unbalanced double quote in mount options {text!r}", Exit.USAGE)
+    return out
 
 
 def translate(argv: Sequence[str]) -> tuple[list[str], bool]:

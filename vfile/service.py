@@ -69,6 +69,7 @@ from vfile.scanner.builtin import BuiltinAppliance
 from vfile.scanner.embedded import FAULT_ENV, EmbeddedClient
 from vfile.scanner.faults import SERVER_KINDS, parse_fault
 from vfile.scanner.pool import Pool
+from vfile.scanner.signatures import SignatureError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,12 @@ def _embedded_engine(signatures: str | None) -> BuiltinAppliance:
         fault = parse_fault(os.environ.get(FAULT_ENV, ""), allowed=SERVER_KINDS)
     except ValueError as err:
         raise UserError(f"{FAULT_ENV}: {err}", Exit.CONFIG) from None
-    return BuiltinAppliance(signatures, fault)
+    try:
+        return BuiltinAppliance(signatures, fault)
+    except (SignatureError, OSError) as err:
+        # Before anything is mounted: one line and exit 3, not "the mount server failed"
+        # (exit 10) with the reason only in its log.
+        raise UserError(f"cannot load signatures: {err}", Exit.CONFIG) from None
 
 
 SIG_FILE = "last-signature-version"
@@ -232,6 +238,7 @@ async def _recover(journal: Journal, config: Config, root_fd: int, source: str,
         return
     if os.environ.get(RECOVERY_WALK_ENV) == "off":
         log.warning("journal: recovery walk skipped (%s=off)", RECOVERY_WALK_ENV)
+        journal.skip_walk()
         return
     since = found.watermark_ns
     log.warning("journal: the last run stopped uncleanly and its unsynced records may be "

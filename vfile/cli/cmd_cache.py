@@ -8,6 +8,7 @@ unit reads one EnvironmentFile (examples/vfile-cache.env). Repeated options
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import TYPE_CHECKING, Annotated
 
@@ -49,10 +50,17 @@ async def _stop_on_signals(scope: trio.CancelScope) -> None:
 
 
 def _read_key(path: str | None) -> bytes | None:
+    """The fleet's secret: a key another user could write (or read) lets them forge a
+    stored "clean" (s26): refused as a configuration is (vfile/scanner/trusted.py)."""
     if path is None:
         return None
+    from vfile.scanner.trusted import open_trusted_file
+
     try:
-        with open(path, "rb") as f:
+        with open(open_trusted_file(path), "rb") as f:
+            if os.fstat(f.fileno()).st_mode & 0o004:
+                raise UserError(f"cannot use the cache key {path}: it is readable by every "
+                                "user (chmod 0600, or 0640 for a group)", Exit.USAGE)
             return f.read().strip()
     except OSError as err:
         raise UserError(f"cannot read the cache key {path}: {err.strerror}", Exit.USAGE) from None

@@ -24,6 +24,11 @@ Who writes, on a live mount:
   that vanished under its drain (`complete` of a missing entry only stores the
   verdict) and with a map another process grew (`MapResizedError` is handled
   by its reads and its committer).
+
+Names (and commands, signatures, errors) in text output are other people's: one that
+is not printable is shown quoted and escaped (`vfile.observe.logfmt.shown`), so a
+newline in a file name cannot print a forged row (s26, tests/t4_input26_test.py);
+`--json` gives them exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import typer
 from vfile.cli._app import StateDir, journal_app, quarantine_app, run_async, user_errors
 from vfile.cli.journal_open import call_control, open_journal, resolve_state_dir
 from vfile.errors import Exit, UserError
+from vfile.observe.logfmt import shown
 
 if TYPE_CHECKING:
     from vfile.journal import DeferredEntry, Exposure, Journal, QuarantineRecord
@@ -90,7 +96,7 @@ def journal_list(state_dir: StateDir = None, mount: Mount = None, json_: Json = 
         return
     for e in entries:
         typer.echo(f"{_when(e.first_deferred)}  {e.reason.value:<11} {_state(e):<12} "
-                   f"{len(e.exposures):>3} opened  {e.path}")
+                   f"{len(e.exposures):>3} opened  {shown(e.path)}")
     typer.echo(f"{len(entries)} deferred", err=True)
 
 
@@ -114,14 +120,14 @@ def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")]
         return
     ident = e.identity
     lines = [
-        f"path:            {e.path}",
+        f"path:            {shown(e.path)}",
         f"reason:          {e.reason.value}",
         f"profile:         {e.profile}",
         f"state:           {_state(e)}",
         f"first deferred:  {_when(e.first_deferred)}",
         f"last deferred:   {_when(e.last_deferred)}",
         f"attempts:        {e.attempts}",
-        f"last error:      {e.last_error or '-'}",
+        f"last error:      {shown(e.last_error or '-')}",
         f"next attempt:    {_when(e.not_before)}",
         "identity:        " + ("-" if ident is None else
                                 f"dev={ident.dev} ino={ident.ino} size={ident.size} "
@@ -134,7 +140,8 @@ def journal_show(path: Annotated[str, typer.Argument(help="Path as journaled.")]
 
 def _exposure_lines(exposures: tuple[Exposure, ...]) -> list[str]:
     return [f"  {_when(x.first_time)} .. {_when(x.time)}  {x.count:>4}x  uid={x.uid} "
-            f"pid={x.pid} {x.command}{' (wrote it)' if x.wrote else ''}" for x in exposures]
+            f"pid={x.pid} {shown(x.command)}{' (wrote it)' if x.wrote else ''}"
+            for x in exposures]
 
 
 @journal_app.command("exposures")
@@ -169,7 +176,7 @@ async def journal_exposures(
         return
     for r in records:
         what = f"{r.outcome} {r.detail}".strip()
-        typer.echo(f"{_when(r.time)}  {what:<24} {r.path}")
+        typer.echo(f"{_when(r.time)}  {shown(what):<24} {shown(r.path)}")
         typer.echo("\n".join(_exposure_lines(r.exposures)))
     typer.echo(f"{len(records)} kept", err=True)
 
@@ -315,7 +322,7 @@ def quarantine_list(state_dir: StateDir = None, mount: Mount = None, json_: Json
         _print_json([quarantine_to_json(r) for r in recs])
         return
     for r in recs:
-        typer.echo(f"{r.id}  {_when(r.time)}  {r.signature}  {r.original_path}")
+        typer.echo(f"{r.id}  {_when(r.time)}  {shown(r.signature)}  {shown(r.original_path)}")
     typer.echo(f"{len(recs)} quarantined", err=True)
 
 
@@ -337,7 +344,7 @@ def quarantine_show(rec_id: Annotated[str, typer.Argument(metavar="ID")],
         return
     for key, value in quarantine_to_json(rec).items():
         if key != "exposures":
-            typer.echo(f"{key + ':':<17}{value}")
+            typer.echo(f"{key + ':':<17}{shown(str(value))}")
     typer.echo(f"{'exposures:':<17}{len(rec.exposures)} (opened while unscanned)")
     if rec.exposures:
         typer.echo("\n".join(_exposure_lines(rec.exposures)))

@@ -1,12 +1,18 @@
 """Opening a mount's journal for `vfile journal …` / `vfile quarantine …` (cmd_journal.py
 says who writes when): by `--state-dir` or through a live mount's control plane, holding
 the state directory for an offline write (nl22), and refusing, offline, a journal a
-power loss damaged, as the next mount's start would find it (x24)."""
+power loss damaged, as the next mount's start would find it (x24), and a journal
+another user could have written (s26): its records name the files `quarantine
+restore` moves and `quarantine delete` unlinks, so a user's own state directory, with
+a record of theirs, made root's `delete` remove any file they named
+(tests/t4_input26_test.py). Refused as a mount refuses such a state directory
+(journal.statedir): a symlink, owned by neither root nor us, or writable by others."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +57,7 @@ def open_journal(state_dir: str | None, *, readonly: bool, mount: str | None = N
 
     live = live or mount is not None
     state_dir = resolve_state_dir(state_dir, mount)
+    _refuse_foreign(Path(state_dir))
     if mount is not None:  # new files not recorded yet (vfile.filter.newfiles): now
         call_control(mount, "journal.record")
     owner = -1 if readonly or live else _own_offline(Path(state_dir))
@@ -70,6 +77,24 @@ def open_journal(state_dir: str | None, *, readonly: bool, mount: str | None = N
     finally:
         if owner >= 0:
             os.close(owner)
+
+
+def _refuse_foreign(state_dir: Path) -> None:
+    """Refuse a journal another user could have written (module doc); what is missing
+    or unreadable is left for the open to name."""
+    uid = os.geteuid()
+    for p in (state_dir, state_dir / "data.mdb"):
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        why = ("is a symlink (give the directory it points to)" if stat.S_ISLNK(st.st_mode)
+               else f"belongs to uid {st.st_uid}" if st.st_uid not in (0, uid)
+               else f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+               if p == state_dir and st.st_mode & 0o022 else None)
+        if why is not None:
+            raise UserError(f"{p} {why}: a journal another user could have written is not "
+                            "used (run the command as its owner)", Exit.JOURNAL)
 
 
 def _refuse_damaged(state_dir: Path, *, held: bool) -> None:

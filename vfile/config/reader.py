@@ -63,6 +63,7 @@ from vfile.config.syntax import (
     parse_size,
 )
 from vfile.scanner import latency
+from vfile.scanner.trusted import UntrustedPath, read_trusted
 from vfile.scanner.urls import parse_appliance_url
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,13 @@ def _choice(enum: type[E], value: object, key: str) -> E:
             return member
     choices = ", ".join(m.value for m in enum)
     raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+
+
+def _no_nul(value: str | None, key: str) -> None:
+    # TOML allows \u0000 in a string; no path, glob or command can hold one (it was a
+    # ValueError in the mount server: exit 10 and "see its log", s26)
+    if value is not None and "\0" in value:
+        raise ConfigError(f"{key}: {value!r} contains a NUL character")
 
 
 class _Table:
@@ -106,6 +114,7 @@ class _Table:
         value = self.get(name)
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"{self.path(name)}: expected a non-empty string, got {value!r}")
+        _no_nul(value, self.path(name))
         return value
 
     def strings(self, name: str) -> tuple[str, ...] | None:
@@ -115,6 +124,8 @@ class _Table:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{self.path(name)}: expected a list of non-empty strings, "
                               f"got {value!r}")
+        for v in value:
+            _no_nul(v, self.path(name))
         return tuple(value)
 
     def integer(self, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
@@ -378,8 +389,13 @@ def load_config(path: str | None, *, appliances: Sequence[str] = (),
     config = Config()
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            # Only a file no other user could have written: one who can would turn
+            # scanning off (s26, vfile/scanner/trusted.py).
+            text = read_trusted(path).decode("utf-8")
+        except UntrustedPath as err:
+            raise ConfigError(f"{path}: refused: {err.strerror} (a configuration must be "
+                              "writable by root or the mount's owner only, and so must "
+                              "every directory above it)") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: cannot read the configuration: {err}") from None
         config = parse_config(text, source=path)

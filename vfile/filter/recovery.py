@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import trio
 
 from vfile.config.model import Config, Trigger
-from vfile.journal.records import Identity
+from vfile.journal.records import Identity, JournalError
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.passthrough import links
@@ -92,11 +92,20 @@ async def journal_changed_since(journal: Journal, config: Config, root_fd: int,
                     break
         return batch
 
+    failed: list[JournalError] = []
+
     async def defer(rel: str, st: os.stat_result) -> None:
         profile = profiles.profile_for(rel, st.st_nlink)
         if Trigger.CLOSE not in profile.triggers:
             return
-        await journal.defer(rel, Identity.from_stat(st), JournalReason.MODIFIED, profile.name)
+        try:
+            await journal.defer(rel, Identity.from_stat(st), JournalReason.MODIFIED,
+                                profile.name)
+        except JournalError as err:
+            # One error for the caller's one clear line (exit 7), not a group of a
+            # batch's worth of them (a full state disk was a traceback and exit 10, s26).
+            failed.append(err)
+            return
         out.journaled += 1
 
     it = changed_since(root_fd, since_ns)
@@ -109,5 +118,7 @@ async def journal_changed_since(journal: Journal, config: Config, root_fd: int,
         async with trio.open_nursery() as nursery:
             for rel, st in batch:
                 nursery.start_soon(defer, rel, st)
+        if failed:
+            raise failed[0]
     out.seconds = time.monotonic() - started
     return out

@@ -37,7 +37,7 @@ import time
 from typing import TextIO
 
 from vfile.errors import Exit, UserError
-from vfile.observe.logfmt import rfc3339
+from vfile.observe.logfmt import json_line, rfc3339
 from vfile.observe.private import open_private_append
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ class AuditLog:
         line: dict[str, object] = {"time": rfc3339(time.time()), "event": event, "path": path}
         line.update((k, v) for k, v in fields.items() if v is not None)
         try:
-            self._queue.put_nowait(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+            # json_line: a name that is not UTF-8 stopped the audit log for good (s26)
+            self._queue.put_nowait(json_line(line) + "\n")
         except queue.Full:
             self.dropped += 1
 

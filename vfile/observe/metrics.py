@@ -16,7 +16,11 @@ The HTTP endpoint is a small trio server (GET /metrics), not
 `prometheus_client.start_http_server`: the collector then runs on the trio
 thread and may call the trio-time-based `statistics()` of the pool and the
 window, which must not be called from another thread. A scrape that does not
-send its request within `REQUEST_DEADLINE` is dropped.
+send its request within `REQUEST_DEADLINE` is dropped, and at most `MAX_CLIENTS`
+are served at once: any local user can connect, and 1500 silent connections held
+1500 of the server's descriptors for 5 s each (the mount's own opens fail at its
+limit); more wait in the kernel's listen queue, costing the server nothing (s26,
+tests/t4_input26_test.py).
 
 Invariant: metrics are opt-in (`--metrics ADDR`) and bind to loopback unless
 the operator names another address.
@@ -45,6 +49,10 @@ EXAMPLE_METRICS_ADDR = "127.0.0.1:9310"
 JOURNAL_STATS_TTL = 5.0
 REQUEST_DEADLINE = 5.0
 MAX_REQUEST = 8192
+#: scrapes served at once (Prometheus sends one at a time per target)
+MAX_CLIENTS = 16
+#: retry interval of accept() when the server is out of descriptors
+ACCEPT_BACKOFF = 0.1
 OPEN_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                 0.5, 1.0, 2.5, 5.0, 10.0)
 SCAN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -134,8 +142,37 @@ class Metrics:
         self.address = (sockname[0], sockname[1])
         log.info("metrics on http://%s:%d/metrics", *self.address)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener, trio.Semaphore(MAX_CLIENTS))
             task_status.started()
+
+    async def _accept(self, listener: trio.SocketListener, slots: trio.Semaphore) -> None:
+        """trio.serve_listeners with a bound (module doc): a slot is taken before the
+        accept, so beyond `MAX_CLIENTS` connections stay in the listen queue."""
+        warned = False
+        async with trio.open_nursery() as nursery:
+            while True:
+                await slots.acquire()
+                try:
+                    stream = await listener.accept()
+                except OSError as err:  # out of descriptors: as trio.serve_listeners
+                    slots.release()
+                    if not warned:  # once until an accept succeeds again
+                        log.warning("metrics: accept failed (%s); retrying", err.strerror)
+                        warned = True
+                    await trio.sleep(ACCEPT_BACKOFF)
+                    continue
+                except BaseException:
+                    slots.release()
+                    raise
+                warned = False
+                nursery.start_soon(self._serve_one, stream, slots)
+
+    async def _serve_one(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
+        try:
+            await self._handle(stream)
+        finally:
+            slots.release()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
