@@ -131,21 +131,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{t - cpu_median['noscan'][0]:>+6,.0f}")
     # Per round, each contender against the --no-scan of the same round (adjacent in
     # time): steadier than the ratio of medians when the machine's speed drifts.
-    per_round = {c: sorted(v[r] / rates["noscan"][r] for r in range(len(v)))
+    round_ratios = {c: sorted(v[r] / rates["noscan"][r] for r in range(len(v)))
                  for c, v in rates.items()}
     trio_beyond = {c: sorted(v[r][0] - cpu["noscan"][r][0] for r in range(len(v)))
                    for c, v in cpu.items()}
     print("per-round ratio to noscan: median [min-max]; trio µs beyond noscan: median "
           "[min-max]")
-    for c, v in per_round.items():
-        t = trio_beyond[c]
+    for c, v in round_ratios.items():
+        b = trio_beyond[c]
         print(f"{c:<22} {v[len(v) // 2]:.2f} [{v[0]:.2f}-{v[-1]:.2f}]   "
-              f"{t[len(t) // 2]:>+6,.0f} [{t[0]:+,.0f} {t[-1]:+,.0f}]")
+              f"{b[len(b) // 2]:>+6,.0f} [{b[0]:+,.0f} {b[-1]:+,.0f}]")
     print(f"load average per round: {', '.join(f'{x:.1f}' for x in loads)}")
     report = {"files": args.files, "rounds": args.rounds, "rates": rates, "median": median,
               "cpu_us": cpu, "cpu_us_median": cpu_median,
               "vs_noscan": {c: median[c] / median["noscan"] for c in median},
-              "per_round_vs_noscan": per_round, "trio_us_beyond_noscan": trio_beyond,
+              "per_round_vs_noscan": round_ratios, "trio_us_beyond_noscan": trio_beyond,
               "load": loads}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
