@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, help="another checkout: its scanning mount too")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--distinct", action="store_true", help="each file its own content")
+    ap.add_argument("--env-contender", action="append", default=[], metavar="NAME=VAR=VALUE",
+                    help="also this checkout's scanning mount with VAR=VALUE in its environment")
+    ap.add_argument("--pin", action="store_true",
+                    help="the writer on CPU 0, every server on CPU 1 (sched_setaffinity)")
     args = ap.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="vfile-creates-"))
     cfg = base / "open-only.toml"
@@ -73,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         "scan_no_close_trigger": (HERE, ["--config", str(cfg)])}
     if args.baseline is not None:
         contenders["baseline_scan"] = (args.baseline.resolve(), [])
+    envs: dict[str, dict[str, str]] = {}
+    for spec in args.env_contender:
+        name, var, value = spec.split("=", 2)
+        contenders[name] = (HERE, [])
+        envs[name] = {**os.environ, var: value}
     mounted: dict[str, Path] = {}
     rates: dict[str, list[float]] = {c: [] for c in contenders}
     loads: list[float] = []
@@ -84,11 +93,20 @@ def main(argv: list[str] | None = None) -> int:
             mnt.mkdir()
             subprocess.run([sys.executable, "-m", "vfile", "mount", "--state-dir",
                             str(base / name / "state"), "--log-file", str(base / f"{name}.log"),
-                            *extra, str(src), str(mnt)], check=True, cwd=checkout)
+                            *extra, str(src), str(mnt)], check=True, cwd=checkout,
+                           env=envs.get(name))
             mounted[name] = mnt
         pids = {name: server_pid(mnt) for name, mnt in mounted.items()}
+        if args.pin:
+            os.sched_setaffinity(0, {0})
+            for pid in pids.values():
+                for tid in os.listdir(f"/proc/{pid}/task"):  # every thread of the server
+                    os.sched_setaffinity(int(tid), {1})
         for r in range(args.rounds):
-            for name, mnt in mounted.items():
+            # Reversed every other round: a contender is as often before as after another
+            # (the machine's speed drifts within a round).
+            order = list(mounted.items())
+            for name, mnt in order if r % 2 == 0 else order[::-1]:
                 pid = pids[name]
                 t0, a0 = trio_cpu_ns(pid), cpu_ns(pid)
                 rates[name].append(create_files(mnt / f"r{r}", args.files, args.distinct))
@@ -111,10 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     for c, (t, a) in cpu_median.items():
         print(f"{c:<22} {t:>6,.0f} / {a:>6,.0f}   trio thread beyond noscan "
               f"{t - cpu_median['noscan'][0]:>+6,.0f}")
+    # Per round, each contender against the --no-scan of the same round (adjacent in
+    # time): steadier than the ratio of medians when the machine's speed drifts.
+    round_ratios = {c: sorted(v[r] / rates["noscan"][r] for r in range(len(v)))
+                 for c, v in rates.items()}
+    trio_beyond = {c: sorted(v[r][0] - cpu["noscan"][r][0] for r in range(len(v)))
+                   for c, v in cpu.items()}
+    print("per-round ratio to noscan: median [min-max]; trio µs beyond noscan: median "
+          "[min-max]")
+    for c, v in round_ratios.items():
+        b = trio_beyond[c]
+        print(f"{c:<22} {v[len(v) // 2]:.2f} [{v[0]:.2f}-{v[-1]:.2f}]   "
+              f"{b[len(b) // 2]:>+6,.0f} [{b[0]:+,.0f} {b[-1]:+,.0f}]")
     print(f"load average per round: {', '.join(f'{x:.1f}' for x in loads)}")
     report = {"files": args.files, "rounds": args.rounds, "rates": rates, "median": median,
               "cpu_us": cpu, "cpu_us_median": cpu_median,
-              "vs_noscan": {c: median[c] / median["noscan"] for c in median}, "load": loads}
+              "vs_noscan": {c: median[c] / median["noscan"] for c in median},
+              "per_round_vs_noscan": round_ratios, "trio_us_beyond_noscan": trio_beyond,
+              "load": loads}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
