@@ -41,8 +41,9 @@ from outage import (
     verdict_outcome,
 )
 from queuedrace import DEADLINE, wait_settled
+from serverpatches import patched
 from statedisks import cutfs, frozen, loop_ext4
-from unread import read_errno, safe_config, warm
+from unread import HOLD_UNREAD, HOLD_UNREAD_LINE, read_errno, safe_config, warm
 
 from vfile.scanner.signatures import EICAR
 
@@ -149,7 +150,11 @@ def test_power_cut_right_after_unwaited_changes(tmp_path: Path) -> None:
 def test_the_close_scan_that_follows_a_rename_judges_what_it_holds(tree: Tree) -> None:
     conf = safe_config(tree.root, tree.state, 'infected_action = "deny"\n')
     mnt = tree.mountpoint
-    with mounted(tree.source, mnt, "--config", str(conf)):
+    # The close scans stay unread across the temporaries' changes and renames (under
+    # load one read r1 first, now and then, and it kept its entry, not a verdict).
+    held = ",".join(f".{n}.Ab12Cd" for n in ("r1", "r2", ".r3.b"))
+    env = {**patched(tree.root, HOLD_UNREAD), "VFILE_TEST_HOLD_UNREAD": held}
+    with mounted(tree.source, mnt, "--config", str(conf), env=env) as server:
         warm(mnt, tree.state, settle=False)
         wait_settled(mnt)
         before = _waits(mnt)
@@ -161,6 +166,7 @@ def test_the_close_scan_that_follows_a_rename_judges_what_it_holds(tree: Tree) -
         os.rename(mnt / ".r3.b", mnt / "r3")
         os.chmod(mnt / "r3", 0o600)
         waited = _waits(mnt) - before
+        assert HOLD_UNREAD_LINE in server.log(), "the close scans were not held unread"
         wait_settled(mnt)
         assert read_errno(mnt / "r1") == errno.EACCES
         assert read_errno(mnt / "r2") == errno.EACCES
