@@ -13,9 +13,12 @@ and another file's close scan while one file is touched in a loop (each change m
 the unread scan's due time a tick on, and the batch takes closes in order). All held
 on int9 (r25 review): kept as regressions.
 
-The last needs a change to land before the close scan reads the file; on a loaded
-machine that race was lost (r25: the test left the default suite), so its server holds
-that close scan unread until the first change lands (unread.HOLD_UNREAD, t26).
+The last needs the changes to keep landing before the close scan reads the file; on a
+loaded machine that race was lost (r25: the test left the default suite), so its server
+holds that close scan unread until the first change lands and each change then moves it
+3 s on, as a caller faster than a tick does (unread.HOLD_UNREAD, t26). So held, it
+failed on int9 ("the close scan of 'o' waited behind the file touched in a loop": the
+batch takes its queue in order); `CloseScans.unread` now moves the scan to the back.
 """
 
 from __future__ import annotations
