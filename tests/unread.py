@@ -2,7 +2,8 @@
 t5_rsync_waits24, t5_unrecorded, t5_unrecorded_attack23): a `safe` profile on the
 embedded appliance, a file made with rsync's steps, the errno of a read, a warmed-up
 mount; and `HOLD_UNREAD`, a server patch that holds a named file's close scan unread
-until a change to the file lands (the race those attacks need, made certain)."""
+until a change to the file lands and while changes keep landing (the race those
+attacks need, made certain)."""
 
 from __future__ import annotations
 
