@@ -89,14 +89,17 @@ def op_release(txn: Txn, t: Tables, *, path: str, seq: int, error: str, now: flo
     return poisoned
 
 
-def op_retry(txn: Txn, t: Tables, path: str | None) -> int:
+def _targets(txn: Txn, t: Tables, path: str | None) -> list[tuple[bytes, DeferredEntry]]:
+    """The entry of `path` (none if it has none), or every entry when `path` is None."""
     if path is not None:
         found = find(txn, t, path)
-        targets = [] if found is None else [found]
-    else:
-        targets = list(iter_entries(txn, t))
+        return [] if found is None else [found]
+    return list(iter_entries(txn, t))
+
+
+def op_retry(txn: Txn, t: Tables, path: str | None) -> int:
     count = 0
-    for key, entry in targets:
+    for key, entry in _targets(txn, t, path):
         if entry.poisoned or entry.attempts or entry.not_before:
             put_entry(txn, t, key, entry, dataclasses.replace(
                 entry, poisoned=False, attempts=0, not_before=0.0, lease_until=0.0))
@@ -105,13 +108,8 @@ def op_retry(txn: Txn, t: Tables, path: str | None) -> int:
 
 
 def op_purge(txn: Txn, t: Tables, path: str | None, poisoned_only: bool) -> int:
-    if path is not None:
-        found = find(txn, t, path)
-        targets = [] if found is None else [found]
-    else:
-        targets = list(iter_entries(txn, t))
     count = 0
-    for key, entry in targets:
+    for key, entry in _targets(txn, t, path):
         if poisoned_only and not entry.poisoned:
             continue
         delete_entry(txn, t, key, entry)

@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -76,6 +77,8 @@ def _digest_fd(fd: int, stop: threading.Event | None = None) -> _Digest:
 
 
 NO_FD = b"FILDES: didn't receive file descriptor. ERROR"
+#: clamd's reply to an INSTREAM past its StreamMaxLength (the connection then ends)
+TOO_LONG = b"INSTREAM size limit exceeded. ERROR"
 
 
 class _Conn:
@@ -122,6 +125,29 @@ class _Conn:
         out = bytes(self.buf[:n])
         del self.buf[:n]
         return out
+
+    async def read_instream(self, max_stream: int, take: Callable[[bytes], None]) -> int | None:
+        """An INSTREAM body's chunks, each piece handed to `take` as it arrives, up to
+        the zero-length chunk: its size; None (the rest unread) once a chunk would take
+        the stream past `max_stream` or is over proto.MAX_CHUNK."""
+        size = 0
+        while True:
+            header = await self.read_exact(4)
+            if header is None:
+                raise trio.BrokenResourceError("client closed mid-stream")
+            length = proto.parse_chunk_length(header)
+            if length == 0:
+                return size
+            if size + length > max_stream or length > proto.MAX_CHUNK:
+                return None
+            while length:
+                if not self.buf and not await self.fill():
+                    raise trio.BrokenResourceError("client closed mid-stream")
+                piece = bytes(self.buf[:length])
+                del self.buf[: len(piece)]
+                take(piece)
+                size += len(piece)
+                length -= len(piece)
 
     def close_fds(self) -> None:
         for fd in self.fds:
@@ -268,22 +294,9 @@ class BuiltinAppliance:
 
     async def _instream(self, conn: _Conn) -> tuple[bytes, bool]:
         d = _Digest()
-        while True:
-            header = await conn.read_exact(4)
-            if header is None:
-                raise trio.BrokenResourceError("client closed mid-stream")
-            length = proto.parse_chunk_length(header)
-            if length == 0:
-                return self._verdict(d, "stream"), True
-            if d.size + length > self.max_stream or length > proto.MAX_CHUNK:
-                return b"INSTREAM size limit exceeded. ERROR", False
-            while length:
-                if not conn.buf and not await conn.fill():
-                    raise trio.BrokenResourceError("client closed mid-stream")
-                piece = bytes(conn.buf[:length])
-                del conn.buf[: len(piece)]
-                d.update(piece)
-                length -= len(piece)
+        if await conn.read_instream(self.max_stream, d.update) is None:
+            return TOO_LONG, False
+        return self._verdict(d, "stream"), True
 
     async def _fildes(self, conn: _Conn) -> tuple[bytes, bool]:
         fd = await conn.take_fd()

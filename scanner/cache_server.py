@@ -46,8 +46,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from vfile.scanner import clamd_proto as proto
-from vfile.scanner.builtin import DEFAULT_MAX_STREAM, NO_FD, BuiltinAppliance, _Conn
+from vfile.scanner.builtin import (
+    DEFAULT_MAX_STREAM,
+    NO_FD,
+    TOO_LONG,
+    BuiltinAppliance,
+    _Conn,
+)
 from vfile.scanner.cache import CacheDown, RedisVerdicts
 from vfile.scanner.cache_defaults import DEFAULT_MAX_INFLIGHT
 from vfile.scanner.cache_grace import Grace
@@ -222,27 +227,16 @@ class CacheAppliance(BuiltinAppliance):
         fd = _new_memfd()
         try:
             h = hashlib.sha256()
-            size = 0
-            while True:
-                header = await conn.read_exact(4)
-                if header is None:
-                    raise trio.BrokenResourceError("client closed mid-stream")
-                length = proto.parse_chunk_length(header)
-                if length == 0:
-                    break
-                if size + length > self.max_stream or length > proto.MAX_CHUNK:
-                    return b"INSTREAM size limit exceeded. ERROR", False
-                while length:
-                    if not conn.buf and not await conn.fill():
-                        raise trio.BrokenResourceError("client closed mid-stream")
-                    piece = bytes(conn.buf[:length])
-                    del conn.buf[: len(piece)]
-                    h.update(piece)
-                    view = memoryview(piece)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    size += len(piece)
-                    length -= len(piece)
+
+            def take(piece: bytes) -> None:
+                h.update(piece)
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view):]
+
+            size = await conn.read_instream(self.max_stream, take)
+            if size is None:
+                return TOO_LONG, False
             _seal(fd)
             verdict = await self.scan(h.hexdigest(), fd, size)
             return reply_for(verdict, "stream"), True

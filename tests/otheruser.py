@@ -53,3 +53,21 @@ def appliance_serving(listen: str, uid: int | None = READER_UID) -> Iterator[str
         finally:
             app.kill()
             app.wait(10)
+
+
+#: a closed profile whose one attempt ends within a second: an appliance refused (another
+#: user's) denies at once
+CLOSED = ('[[profile]]\nname = "default"\nfail_mode = "closed"\ndeadline = 2\n'
+          "attempt_timeout = 1\nretries = 0\n")
+
+
+def closed_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A source holding root's 0600 `secret`, a mount point and a `CLOSED` config."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "secret").write_bytes(b"root's secret\n")
+    (src / "secret").chmod(0o600)
+    conf = tmp_path / "vfile.toml"
+    conf.write_text(CLOSED)
+    return src, mnt, conf

@@ -22,13 +22,9 @@ from pathlib import Path
 import pytest
 from lifecycle import READER_UID
 from mounting import mounted
-from otheruser import searchable_checkout
+from otheruser import closed_tree, searchable_checkout
 
 pytestmark = pytest.mark.mount
-
-CLOSED = ('[[profile]]\nname = "default"\nfail_mode = "closed"\ndeadline = 2\n'
-          "attempt_timeout = 1\nretries = 0\n")
-
 
 def test_a_socket_served_by_another_user_gets_no_descriptor(tmp_path: Path) -> None:
     shared = Path(tempfile.mkdtemp(prefix="x23-shared-"))
@@ -47,13 +43,7 @@ def test_a_socket_served_by_another_user_gets_no_descriptor(tmp_path: Path) -> N
             while not sock.exists():
                 assert app.poll() is None and time.monotonic() < deadline, "no appliance"
                 time.sleep(0.05)
-            src, mnt = tmp_path / "src", tmp_path / "mnt"
-            src.mkdir()
-            mnt.mkdir()
-            (src / "secret").write_bytes(b"root's secret\n")
-            (src / "secret").chmod(0o600)
-            conf = tmp_path / "vfile.toml"
-            conf.write_text(CLOSED)
+            src, mnt, conf = closed_tree(tmp_path)
             with mounted(src, mnt, "--state-dir", str(tmp_path / "state"), "--config",
                          str(conf), "--appliance", f"clamd://{sock}"):
                 with pytest.raises(OSError) as err:

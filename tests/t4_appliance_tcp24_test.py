@@ -18,24 +18,9 @@ from pathlib import Path
 
 import pytest
 from mounting import mounted
-from otheruser import appliance_serving
+from otheruser import appliance_serving, closed_tree
 
 pytestmark = pytest.mark.mount
-
-CLOSED = ('[[profile]]\nname = "default"\nfail_mode = "closed"\ndeadline = 2\n'
-          "attempt_timeout = 1\nretries = 0\n")
-
-
-def _tree(tmp_path: Path) -> tuple[Path, Path, Path]:
-    src, mnt = tmp_path / "src", tmp_path / "mnt"
-    src.mkdir()
-    mnt.mkdir()
-    (src / "secret").write_bytes(b"root's secret\n")
-    (src / "secret").chmod(0o600)
-    conf = tmp_path / "vfile.toml"
-    conf.write_text(CLOSED)
-    return src, mnt, conf
-
 
 def _own_addresses() -> list[str]:
     """This machine's own non-loopback addresses (r25: local, though not loopback)."""
@@ -49,7 +34,7 @@ def _own_addresses() -> list[str]:
                                   *_own_addresses()])
 def test_a_local_port_served_by_another_user_is_not_believed(tmp_path: Path,
                                                              host: str) -> None:
-    src, mnt, conf = _tree(tmp_path)
+    src, mnt, conf = closed_tree(tmp_path)
     with appliance_serving(f"tcp://{host}:0") as url, \
             mounted(src, mnt, "--state-dir", str(tmp_path / "state"), "--config", str(conf),
                     "--appliance", url.replace("tcp://", "clamd://")) as server:
@@ -60,7 +45,7 @@ def test_a_local_port_served_by_another_user_is_not_believed(tmp_path: Path,
 
 
 def test_a_local_port_served_by_us_is_used(tmp_path: Path) -> None:
-    src, mnt, conf = _tree(tmp_path)
+    src, mnt, conf = closed_tree(tmp_path)
     with appliance_serving("tcp://127.0.0.1:0", uid=None) as url, \
             mounted(src, mnt, "--state-dir", str(tmp_path / "state"), "--config", str(conf),
                     "--appliance", url.replace("tcp://", "clamd://")):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 from lifecycle import Tree, wait_until
-from mounting import force_unmount, mounted, wait_for
+from mounting import force_unmount, mounted
 from outage import (
     restarted_with_walk,
     signature_version,
@@ -41,7 +41,9 @@ from outage import (
     verdict_outcome,
 )
 from queuedrace import DEADLINE, wait_settled
+from serverpatches import patched
 from statedisks import cutfs, frozen, loop_ext4
+from unread import HOLD_UNREAD, HOLD_UNREAD_LINE, read_errno, safe_config, warm
 
 from vfile.scanner.signatures import EICAR
 
@@ -52,25 +54,9 @@ FILES = 200
 STEPS = 40
 
 
-def _config(root: Path, state: Path, extra: str = "") -> Path:
-    """The embedded default appliance, a `safe` profile scanning after writes."""
-    conf = root / "vfile.toml"
-    conf.write_text(f'[mount]\nstate_dir = "{state}"\n'
-                    f'quarantine_dir = "{root / "quarantine"}"\n'
-                    '[[profile]]\nname = "default"\nfail_mode = "safe"\ndeadline = 2.0\n'
-                    + extra)
-    return conf
-
-
 def _waits(mnt: Path) -> int:
     waits = status(mnt)["gate"]["keeping_waits"]
     return int(waits["metadata"]) + int(waits["rename"])
-
-
-def _warm(mnt: Path, state: Path) -> None:
-    (mnt / "warm").write_bytes(b"warm-up")
-    wait_for("the signature version", lambda: (
-        (mnt / "warm").read_bytes(), signature_version(state))[-1], 30)
 
 
 def _rsync_steps(mnt: Path, names: list[str], done: list[str], data: bytes = b"") -> None:
@@ -96,8 +82,8 @@ def test_rsync_waits_for_no_close_scan(tree: Tree) -> None:
         (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
         (src / f"d{i % 4}" / f"f{i}").write_bytes(os.urandom(2048))
     mnt = tree.mountpoint
-    with mounted(tree.source, mnt, "--config", str(_config(tree.root, tree.state))):
-        _warm(mnt, tree.state)
+    with mounted(tree.source, mnt, "--config", str(safe_config(tree.root, tree.state))):
+        warm(mnt, tree.state, settle=False)
         wait_settled(mnt)
         before = _waits(mnt)
         subprocess.run(["rsync", "-a", f"{src}/", f"{mnt}/copy/"], check=True,
@@ -116,9 +102,9 @@ def test_rsync_waits_for_no_close_scan(tree: Tree) -> None:
 def test_sigkill_right_after_unwaited_changes(tree: Tree) -> None:
     with loop_ext4(tree.root) as fs:
         state = fs / "state"
-        args = ("--config", str(_config(tree.root, state)), "-v")
+        args = ("--config", str(safe_config(tree.root, state)), "-v")
         with mounted(tree.source, tree.mountpoint, *args) as server:
-            _warm(tree.mountpoint, state)
+            warm(tree.mountpoint, state, settle=False)
             wait_settled(tree.mountpoint)
             sig = signature_version(state)
             names = [f"f{i}" for i in range(STEPS)]
@@ -142,10 +128,10 @@ def test_power_cut_right_after_unwaited_changes(tmp_path: Path) -> None:
     for p in (src, mnt, disk, statefs):
         p.mkdir()
     state = statefs / "state"
-    args = ("--config", str(_config(tmp_path, state, '[journal]\nsync_interval = "60s"\n')))
+    args = ("--config", str(safe_config(tmp_path, state, '[journal]\nsync_interval = "60s"\n')))
     with cutfs(disk, statefs):
         with mounted(src, mnt, *args):
-            _warm(mnt, state)  # the signature version, persisted at a clean stop
+            warm(mnt, state, settle=False)  # the signature version, persisted at a clean stop
         sig = signature_version(state)
         with mounted(src, mnt, *args) as server:
             done: list[str] = []
@@ -161,19 +147,15 @@ def test_power_cut_right_after_unwaited_changes(tmp_path: Path) -> None:
         restarted_with_walk(src, mnt, state, sig, *args, "-v")
 
 
-def _read_errno(path: Path) -> int:
-    try:
-        path.read_bytes()
-    except OSError as err:
-        return err.errno or -1
-    return 0
-
-
 def test_the_close_scan_that_follows_a_rename_judges_what_it_holds(tree: Tree) -> None:
-    conf = _config(tree.root, tree.state, 'infected_action = "deny"\n')
+    conf = safe_config(tree.root, tree.state, 'infected_action = "deny"\n')
     mnt = tree.mountpoint
-    with mounted(tree.source, mnt, "--config", str(conf)):
-        _warm(mnt, tree.state)
+    # The close scans stay unread across the temporaries' changes and renames (under
+    # load one read r1 first, now and then, and it kept its entry, not a verdict).
+    held = ",".join(f".{n}.Ab12Cd" for n in ("r1", "r2", ".r3.b"))
+    env = {**patched(tree.root, HOLD_UNREAD), "VFILE_TEST_HOLD_UNREAD": held}
+    with mounted(tree.source, mnt, "--config", str(conf), env=env) as server:
+        warm(mnt, tree.state, settle=False)
         wait_settled(mnt)
         before = _waits(mnt)
         _rsync_steps(mnt, ["r1"], [], EICAR)  # infected, renamed before it was read
@@ -184,9 +166,10 @@ def test_the_close_scan_that_follows_a_rename_judges_what_it_holds(tree: Tree) -
         os.rename(mnt / ".r3.b", mnt / "r3")
         os.chmod(mnt / "r3", 0o600)
         waited = _waits(mnt) - before
+        assert HOLD_UNREAD_LINE in server.log(), "the close scans were not held unread"
         wait_settled(mnt)
-        assert _read_errno(mnt / "r1") == errno.EACCES
-        assert _read_errno(mnt / "r2") == errno.EACCES
+        assert read_errno(mnt / "r1") == errno.EACCES
+        assert read_errno(mnt / "r2") == errno.EACCES
         assert (mnt / "r3").read_bytes() == b"renamed twice\n"
         wait_settled(mnt)
         sig = signature_version(tree.state)

@@ -27,20 +27,13 @@ from lifecycle import Tree, wait_until
 from mounting import force_unmount, mounted, wait_for
 from outage import signature_version, status, unaccounted
 from queuedrace import exchange
+from unread import safe_config
 
 from vfile.journal import Journal
 from vfile.journal.records import Identity
 from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
-
-
-def _config(root: Path, state: Path) -> Path:
-    conf = root / "vfile.toml"
-    conf.write_text(f'[mount]\nstate_dir = "{state}"\n'
-                    f'quarantine_dir = "{root / "quarantine"}"\n'
-                    '[[profile]]\nname = "default"\nfail_mode = "safe"\ndeadline = 2.0\n')
-    return conf
 
 
 def _gate(mnt: Path) -> dict[str, int]:
@@ -61,7 +54,7 @@ def _new(mnt: Path, rel: str, data: bytes = b"new content\n") -> int:
 
 
 def test_displaced_unrecorded_intents_leave_every_file_accounted(tree: Tree) -> None:
-    conf = _config(tree.root, tree.state)
+    conf = safe_config(tree.root, tree.state)
     args = ("--config", str(conf), "-v")
     src, mnt = tree.source, tree.mountpoint
     (src / "warm").write_bytes(b"warm-up")
@@ -131,7 +124,7 @@ def test_displaced_intents_of_files_held_open_are_recorded(tree: Tree) -> None:
     """The displacement itself must make the record: the writers still hold their files
     (no close scan will cover them), nothing is in flight any more (the witness vouches:
     the next start walks nothing), and a SIGKILL then must leave an entry for each."""
-    conf = _config(tree.root, tree.state)
+    conf = safe_config(tree.root, tree.state)
     args = ("--config", str(conf), "-v")
     src, mnt = tree.source, tree.mountpoint
     (src / "warm").write_bytes(b"warm-up")

@@ -30,23 +30,13 @@ from lifecycle import SOON, Tree, cli, journal_rows, wait_until
 from mounting import Server, force_unmount, mounted, wait_for
 from outage import restarted_with_walk, signature_version, status, unaccounted
 from statedisks import cutfs, frozen, loop_ext4
+from unread import safe_config
 
 from vfile.journal import Journal
 
 pytestmark = pytest.mark.mount
 
 FILES = 40
-
-
-def _config(root: Path, state: Path, extra: str = "") -> Path:
-    """The embedded default appliance (no `appliances`), a `safe` profile that scans
-    after writes; `extra` appended (e.g. a far-away background sync)."""
-    conf = root / "vfile.toml"
-    conf.write_text(f'[mount]\nstate_dir = "{state}"\n'
-                    f'quarantine_dir = "{root / "quarantine"}"\n'
-                    '[[profile]]\nname = "default"\nfail_mode = "safe"\ndeadline = 2.0\n'
-                    + extra)
-    return conf
 
 
 def _gate(mnt: Path) -> dict[str, int]:
@@ -79,7 +69,7 @@ def test_a_file_held_open_gets_its_record_while_still_open(tree: Tree) -> None:
     """A writer holding a new file open (a database) must not keep the witness
     `pending` nor pin the watermark: past the bound its record is made, nothing is
     in flight, and a SIGKILL then needs no walk and leaves the file journaled."""
-    conf = _config(tree.root, tree.state)
+    conf = safe_config(tree.root, tree.state)
     args = ("--config", str(conf), "-v")
     with _warm(tree.source, tree.mountpoint, tree.state, *args) as server:
         fd = os.open(tree.mountpoint / "db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -113,7 +103,7 @@ def test_sigkill_with_close_scans_uncommitted_walks(tree: Tree) -> None:
     record nor verdict in the journal at a SIGKILL; the next start walks first."""
     with loop_ext4(tree.root) as fs:
         state = fs / "state"
-        conf = _config(tree.root, state)
+        conf = safe_config(tree.root, state)
         args = ("--config", str(conf), "-v")
         with _warm(tree.source, tree.mountpoint, state, *args) as server:
             wait_until(lambda: _in_flight(tree.mountpoint) == 0, "the warm-up settled")
@@ -146,7 +136,7 @@ def test_power_loss_after_creates_covered_by_verdicts_walks(tmp_path: Path) -> N
     for p in (src, mnt, disk, statefs):
         p.mkdir()
     state = statefs / "state"
-    conf = _config(tmp_path, state, '[journal]\nsync_interval = "60s"\n')
+    conf = safe_config(tmp_path, state, '[journal]\nsync_interval = "60s"\n')
     args = ("--config", str(conf))
     with cutfs(disk, statefs):
         with _warm(src, mnt, state, *args):
@@ -171,7 +161,7 @@ def test_creates_during_an_outage_get_an_entry_each(tree: Tree) -> None:
     """The embedded engine fails (an outage): no close scan can cover a new file, so
     each gets its record once its close scan gave up (before any listing of the journal:
     read from outside after a SIGKILL, which records nothing more)."""
-    conf = _config(tree.root, tree.state)
+    conf = safe_config(tree.root, tree.state)
     args = ("--config", str(conf), "-v")
     (tree.source / "warm").write_bytes(b"warm-up")
     with mounted(tree.source, tree.mountpoint, *args,
@@ -190,7 +180,7 @@ def test_a_clean_stop_records_new_files_and_is_clean(tree: Tree) -> None:
     """A clean stop while a new file is unrecorded (held open, within the bound) makes
     its record before the stop is recorded as clean: the next start walks nothing,
     not even as after an unclean stop, and the file has its entry."""
-    conf = _config(tree.root, tree.state)
+    conf = safe_config(tree.root, tree.state)
     args = ("--config", str(conf), "-v")
     fd = -1
     try:
@@ -215,7 +205,7 @@ def test_a_clean_stop_records_new_files_and_is_clean(tree: Tree) -> None:
 def test_a_reader_of_the_journal_sees_an_unrecorded_file(tree: Tree) -> None:
     """`vfile journal show` and `list` on a live mount: a new file held open (no record
     yet, within the bound) is recorded first, so the reader finds its entry."""
-    conf = _config(tree.root, tree.state)
+    conf = safe_config(tree.root, tree.state)
     args = ("--config", str(conf))
     with _warm(tree.source, tree.mountpoint, tree.state, *args):
         fd = os.open(tree.mountpoint / "db", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

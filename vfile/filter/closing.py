@@ -42,15 +42,7 @@ from vfile.filter.contenthash import HASH_MAX, NOTHING, ContentVerdicts, Looked
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Stats
-from vfile.filter.policy import (
-    Action,
-    Decision,
-    DecisionInputs,
-    Event,
-    Reason,
-    ScanResult,
-    decide,
-)
+from vfile.filter.policy import Action, Decision, DecisionInputs, Event, Reason, ScanResult, decide
 from vfile.filter.scanning import RACY, Scanning
 from vfile.filter.settling import Settler
 from vfile.journal.ops import PreparedDefer
@@ -167,13 +159,19 @@ class CloseScans:
     def unread(self, intent: Intent, path: str = "") -> bool:
         """The close scan of `intent` is queued, the file unread (stat and bytes in one trio step,
         a tick on at the earliest): it judges a change made now (keeping); `path`: a new name.
-        False once it was due HELD_MAX_NS ago (closelimits): the change waits, as before rs24."""
+        It goes to the back: the batch takes the queue in order, and a file changed faster
+        than a tick (its due time always ahead) must not hold back the closes behind it (t26).
+        False once it was due HELD_MAX_NS ago (closelimits): the change waits, as before rs24,
+        so a file changed in a loop cannot postpone its own scan for ever (u26)."""
         now = time.time_ns()
-        for c in (c for c in reversed(self._queue) if c.intent is intent):
-            if now - c.first_ns > HELD_MAX_NS:
-                return False
-            c.due_ns, c.path = max(c.due_ns, now + racy.TICK_NS + 1), path or c.path
-            return True
+        for i in range(len(self._queue) - 1, -1, -1):
+            if (c := self._queue[i]).intent is intent:
+                if now - c.first_ns > HELD_MAX_NS:
+                    return False
+                c.due_ns, c.path = max(c.due_ns, now + racy.TICK_NS + 1), path or c.path
+                del self._queue[i]
+                self._queue.append(c)
+                return True
         return False
 
     async def _batch(self) -> None:
