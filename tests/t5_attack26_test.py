@@ -14,7 +14,8 @@ Read routes that might skip "scan on open": execve, open_by_handle_at,
 reopening another process's O_PATH descriptor through /proc, an O_RDWR open, and
 a same-size rewrite of the source behind the mount with its mtime put back.
 
-All held on r26's code (kernel 6.18): kept as regressions. A mapping's writes reach
+All held on r26's code (kernel 6.18): kept as regressions. One hole was found on
+the way (the last test): a stop lost the verdicts of opens denied just before it. A mapping's writes reach
 the server before its RELEASE (with the writeback cache the kernel writes the
 inode's dirty pages back at release), so the last close's scan sees them; until the
 unmap, a second reader is under the `unflushed` rule (closed: denied).
@@ -30,7 +31,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,7 +55,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 @contextmanager
-def _mount(tree: Tree, fail_mode: str) -> Iterator[Path]:
+def _mount(tree: Tree, fail_mode: str, *, settle: bool = True) -> Iterator[Path]:
+    """A mount of `tree` in `fail_mode`, warmed up; `settle`: wait for every intent to
+    end before it stops."""
     conf = tree.root / "vfile.toml"
     conf.write_text(f'[mount]\nstate_dir = "{tree.state}"\n'
                     f'quarantine_dir = "{tree.root / "quarantine"}"\n'
@@ -66,7 +70,8 @@ def _mount(tree: Tree, fail_mode: str) -> Iterator[Path]:
             (mnt / "warm").read_bytes(), signature_version(tree.state))[-1], 30)
         wait_settled(mnt)
         yield mnt
-        wait_settled(mnt)
+        if settle:
+            wait_settled(mnt)
 
 
 def _read(path: Path) -> bytes | int:
@@ -90,7 +95,7 @@ def _judged(tree: Tree, infected: list[str]) -> None:
     sig = signature_version(tree.state)
     deferred = set(deferred_paths(tree.state))
     got = {n: verdict_outcome(tree.state, tree.source, n, sig) for n in infected}
-    assert all(got[n] == "infected" or n in deferred for n in infected), (got, deferred)
+    assert {n: v for n, v in got.items() if v != "infected" and n not in deferred} == {}
     assert set(unaccounted(tree.source, tree.state, sig)) <= set(infected)
 
 
@@ -160,12 +165,13 @@ def test_write_routes_end_judged(tree: Tree) -> None:
     _judged(tree, names)
 
 
-def _refusal(fn: object) -> str:
+def _refusal(fn: Callable[[], object]) -> int:
+    """The errno `fn` raised (0: it did not)."""
     try:
-        fn()  # type: ignore[operator]
+        fn()
     except OSError as err:
-        return errno.errorcode.get(err.errno or 0, "?")
-    return "ok"
+        return err.errno or -1
+    return 0
 
 
 def test_write_routes_without_an_operation_stay_refused(tree: Tree) -> None:
@@ -180,13 +186,13 @@ def test_write_routes_without_an_operation_stay_refused(tree: Tree) -> None:
                 assert (name, rc, ctypes.get_errno()) == (name, -1, errno.EOPNOTSUPP)
         with open(outside, "rb") as s, open(mnt / "cloned", "wb") as d:
             assert _refusal(lambda: fcntl.ioctl(d.fileno(), FICLONE, s.fileno())) in {
-                "EXDEV", "EOPNOTSUPP"}
+                errno.EXDEV, errno.EOPNOTSUPP}
             assert _refusal(lambda: os.copy_file_range(s.fileno(), d.fileno(), 68)) in {
-                "EXDEV", "EOPNOTSUPP"}
-        assert _refusal(lambda: os.open(mnt, os.O_TMPFILE | os.O_RDWR, 0o600)) == "EOPNOTSUPP"
+                errno.EXDEV, errno.EOPNOTSUPP}
+        assert _refusal(lambda: os.open(mnt, os.O_TMPFILE | os.O_RDWR, 0o600)) == errno.EOPNOTSUPP
         fd = os.open(mnt / "f", os.O_RDONLY)
         try:
-            assert _refusal(lambda: os.ftruncate(fd, len(EICAR))) == "EINVAL"
+            assert _refusal(lambda: os.ftruncate(fd, len(EICAR))) == errno.EINVAL
         finally:
             os.close(fd)
         wait_settled(mnt)
@@ -271,3 +277,29 @@ def test_closed_mode_denies_readers_of_a_mapped_writer(tree: Tree) -> None:
         wait_settled(mnt)
         assert _cat(mnt / "m") == errno.EACCES
     _judged(tree, ["m"])
+
+
+def test_denials_just_before_an_unmount_keep_their_verdicts(tree: Tree) -> None:
+    """The one hole r26 found: an open scan's verdict (then the infected action) is stored
+    by a background task after the open returned EACCES, and a stop cancelled the
+    gate's tasks without waiting. Files found infected just before a stop (a
+    migration, a restart) kept no verdict: 7 and 16 of 40 here, in 2 runs of 4 before
+    the fix. Their taints, stored first, still denied them at the next start during an
+    outage in every run seen; that start is checked too. Files put behind the mount,
+    opened at once by many threads, the mount stopped as soon as every open returned."""
+    names = [f"v{i:02d}" for i in range(40)]
+    for i, name in enumerate(names):
+        (tree.source / name).write_bytes(EICAR + b" " * (i % 40))  # one identity each
+    with _mount(tree, "safe", settle=False) as mnt:
+        with ThreadPoolExecutor(len(names)) as pool:
+            got = list(pool.map(lambda n: _read(mnt / n), names))
+        assert got == [errno.EACCES] * len(names)
+    sig = signature_version(tree.state)
+    outcomes = {n: verdict_outcome(tree.state, tree.source, n, sig) for n in names}
+    # The next start with its appliance unreachable (a `safe` profile allows and
+    # journals what it cannot scan) must still deny them.
+    with mounted(tree.source, tree.mountpoint, "--config", str(tree.root / "vfile.toml"),
+                 "--appliance", f"clamd://{tree.root / 'no-such.sock'}"):
+        served = [n for n in names if _read(tree.mountpoint / n) != errno.EACCES]
+    lost = sorted(n for n, v in outcomes.items() if v != "infected")
+    assert (lost, served) == ([], [])
