@@ -44,10 +44,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "tests"))
 sys.path.insert(0, str(HERE))
-from bench.scale import generate, proc_stats  # noqa: E402
 from mounting import mounted  # noqa: E402
 from outage import deferred_paths  # noqa: E402
 from queuedrace import wait_settled  # noqa: E402
+
+from bench.scale import generate, proc_stats  # noqa: E402
 
 #: how long the drain gets to empty the journal after the mount settled (s)
 DRAIN_WAIT = 60.0
@@ -62,8 +63,9 @@ c.execute('PRAGMA journal_mode=WAL')
 c.execute('CREATE TABLE t(i INTEGER PRIMARY KEY, v TEXT)')
 for start in range(0, rows, 10000):
     with c:
+        end = min(rows, start + 10000)
         c.executemany('INSERT INTO t VALUES (?, ?)',
-                      ((i, 'row %d ' % i + 'x' * 40) for i in range(start, min(rows, start + 10000))))
+                      ((i, 'row %d ' % i + 'x' * 40) for i in range(start, end)))
 ok = c.execute('PRAGMA integrity_check').fetchone()[0]
 n = c.execute('SELECT count(*) FROM t').fetchone()[0]
 c.execute('PRAGMA wal_checkpoint(TRUNCATE)')

@@ -15,10 +15,11 @@ reopening another process's O_PATH descriptor through /proc, an O_RDWR open, and
 a same-size rewrite of the source behind the mount with its mtime put back.
 
 All held on r26's code (kernel 6.18): kept as regressions. One hole was found on
-the way (the last test): a stop lost the verdicts of opens denied just before it. A mapping's writes reach
-the server before its RELEASE (with the writeback cache the kernel writes the
-inode's dirty pages back at release), so the last close's scan sees them; until the
-unmap, a second reader is under the `unflushed` rule (closed: denied).
+the way (the last test): a stop lost the verdicts of opens denied just before it.
+A mapping's writes reach the server before its RELEASE (with the writeback cache
+the kernel writes the inode's dirty pages back at release), so the last close's scan
+sees them; until the unmap, a second reader is under the `unflushed` rule (closed:
+denied).
 """
 
 from __future__ import annotations
