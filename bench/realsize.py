@@ -44,9 +44,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "tests"))
 sys.path.insert(0, str(HERE))
-from mounting import mounted  # noqa: E402
-from outage import deferred_paths  # noqa: E402
-from queuedrace import wait_settled  # noqa: E402
+from mounting import mounted  # type: ignore[import-not-found]  # noqa: E402
+from outage import deferred_paths  # type: ignore[import-not-found]  # noqa: E402
+from queuedrace import wait_settled  # type: ignore[import-not-found]  # noqa: E402
 
 from bench.scale import generate, proc_stats  # noqa: E402
 
