@@ -204,8 +204,16 @@ class InodeTable:
             self.on_drop(node.key)  # only when the file's entry goes, not a stale twin
 
     def close_all(self) -> None:
-        """At unmount: the kernel will send no more forgets."""
+        """At unmount: the kernel will send no more forgets. The root's descriptor is
+        not the table's: whoever opened it (vfile.mount.serve) closes it, after the
+        hooks that still resolve paths from it (the scanning service's stop: its
+        drain and stores) are closed. Closed here, its number went to the next file
+        opened, and the drain read "Not a directory" as "the file is gone" and
+        removed live entries (t5_attack22_closes, after r26's stop settle)."""
         for node in list(self._by_ino.values()):
+            if node.root:
+                node._fd = -1
+                continue
             self.cache.drop(node)
         self._by_ino.clear()
         self._by_key.clear()
