@@ -206,7 +206,7 @@ async def serve(opts: MountOptions, *, open_hooks: HooksOpener = open_passthroug
     _raise_fd_limit()
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        await _serve(opts, src, mnt, root_fd, open_hooks, task_status)
+        await _serve(opts, src, mnt, root_fd, open_hooks, task_status=task_status)
     finally:
         # Closed last: the hooks' stop (a scanning service's drain and stores) still
         # resolves paths from it after the unmount.
@@ -214,7 +214,7 @@ async def serve(opts: MountOptions, *, open_hooks: HooksOpener = open_passthroug
 
 
 async def _serve(opts: MountOptions, src: str, mnt: str, root_fd: int,
-                 open_hooks: HooksOpener, task_status: trio.TaskStatus[None]) -> None:
+                 open_hooks: HooksOpener, *, task_status: trio.TaskStatus[None]) -> None:
     # Signals are caught from before the mount exists, so a SIGTERM at any
     # moment leads through the unmount below rather than killing us mounted.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
