@@ -13,7 +13,7 @@ import pytest
 
 from vfile.passthrough.errnos import StaleInode
 from vfile.passthrough.fdcache import MIN_CAPACITY, FdCache, probe_handles
-from vfile.passthrough.inodes import Inode, InodeTable
+from vfile.passthrough.inodes import ROOT_INODE, Inode, InodeTable
 
 OPATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 CAP = MIN_CAPACITY
@@ -30,6 +30,13 @@ def _table(src: Path, *, handles: bool) -> tuple[InodeTable, FdCache]:
     else:
         os.close(mount_fd)
     return InodeTable(root_fd, os.fstat(root_fd), cache=cache), cache
+
+
+def _close_table(table: InodeTable) -> None:
+    """The unmount's close, then the root's descriptor, which is its opener's."""
+    root_fd = table.get(ROOT_INODE).fd
+    table.close_all()
+    os.close(root_fd)
 
 
 def _add(table: InodeTable, src: Path, rel: str) -> Inode:
@@ -72,7 +79,7 @@ def test_descriptors_are_bounded_and_evicted_inodes_reopen_as_themselves(tmp_pat
         assert stat.S_ISLNK(os.fstat(link.fd).st_mode)
         assert os.readlink(b"", dir_fd=link.fd) == b"f0"
     finally:
-        table.close_all()
+        _close_table(table)
     assert _open_fds() == before
 
 
@@ -91,7 +98,7 @@ def test_a_replaced_file_is_a_stale_inode_never_the_new_one(tmp_path: Path) -> N
         if not isinstance(err.value, StaleInode):
             assert err.value.errno == errno.ESTALE
     finally:
-        table.close_all()
+        _close_table(table)
 
 
 def test_open_files_pin_their_inode_and_dropped_inodes_never_reopen(tmp_path: Path) -> None:
@@ -115,7 +122,7 @@ def test_open_files_pin_their_inode_and_dropped_inodes_never_reopen(tmp_path: Pa
         with pytest.raises(StaleInode):
             _ = pinned.fd  # a stale reference cannot reopen a dropped inode
     finally:
-        table.close_all()
+        _close_table(table)
 
 
 def test_without_handles_every_inode_keeps_its_descriptor_up_to_the_limit(
@@ -133,4 +140,4 @@ def test_without_handles_every_inode_keeps_its_descriptor_up_to_the_limit(
             assert node._fd >= 0  # nothing was closed: it could not be reopened
         assert all(os.fstat(n.fd).st_ino == n.key[1] for n in nodes)
     finally:
-        table.close_all()
+        _close_table(table)
