@@ -1,0 +1,155 @@
+"""Attack review r27: the stop path, through a real mount.
+
+A stop unmounts, then waits up to `STOP_SETTLE_S` for the gate's background work
+(r26), then cancels the scanning service and closes the journal. Between the
+unmount and that cancel the drain, the close scans, the new files' records and
+the infected actions still run, after the passthrough closed its descriptors
+(ops.close()). In round 26 the source root's descriptor was one of them: the
+drain resolved entries from its reused number and removed 491 live entries as
+gone (tests/t5_attack22_closes_test.py, in CI; fixed on main by 7787c2a).
+
+Each test here stops a mount in the middle of a drain of deferred entries, with
+a slow appliance (a close scan in flight keeps the gate busy for the whole
+settle) and a writer creating files through the mount, by one route: SIGTERM,
+SIGTERM twice, `fusermount3 -u`, `vfile unmount`, SIGKILL during the settle.
+After the stop and after a start again: no source file unaccounted (neither an
+entry nor a clean verdict), the journal sound, no traceback in the server's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lifecycle import Tree, cli, tree_config, wait_until
+from mounting import Server, force_unmount, is_mounted, mounted, vfile_cmd
+from outage import running_appliance, running_proxy, signature_version, unaccounted
+
+from vfile import control
+from vfile.journal import Journal
+
+pytestmark = pytest.mark.mount
+
+FILES = 300
+#: every scan's reply held back this long: the drain and the close scans are in
+#: flight when the stop comes, and the gate stays busy through the settle
+DELAY = "delay=500ms"
+STOPS = ["sigterm", "sigterm-twice", "fusermount", "vfile-unmount", "sigkill"]
+
+
+def _ctl(mnt: Path, cmd: str, args: dict[str, object] | None = None) -> dict[str, object]:
+    reply: dict[str, object] = control.call(mnt, cmd, args, timeout=60)
+    return reply
+
+
+def _defer(tree: Tree, n: int) -> None:
+    """`n` files in three directories, each opened through the mount in a window."""
+    names = [f"{d}f{i:04d}" for i in range(n) for d in ("", "a/", "a/b/")][:n]
+    for d in ("a", "a/b", "new"):
+        (tree.source / d).mkdir(exist_ok=True)
+    for name in names:
+        (tree.source / name).write_bytes(os.urandom(256))
+    _ctl(tree.mountpoint, "drain", {"action": "pause"})
+    _ctl(tree.mountpoint, "quiesce", {"max": 600})
+    for name in names:
+        os.close(os.open(tree.mountpoint / name, os.O_RDONLY))
+    journal = _ctl(tree.mountpoint, "status")["journal"]
+    assert isinstance(journal, dict) and journal["deferred"] == n, journal
+
+
+@contextlib.contextmanager
+def _writing(mnt: Path) -> Iterator[list[int]]:
+    """A thread creating files in mnt/new until the block ends (errors ignored: the
+    mount goes away under it); yields the count of files it wrote."""
+    stop = threading.Event()
+    count = [0]
+
+    def run() -> None:
+        i = 0
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                (mnt / "new" / f"n{i:05d}").write_bytes(b"new %d" % i)
+                count[0] += 1
+            i += 1
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    try:
+        yield count
+    finally:
+        stop.set()
+        th.join(60)
+
+
+def _unmount_until_done(argv: list[str], mnt: Path) -> None:
+    """An unmount by command; a writer's open file may make it busy for a moment."""
+    end = time.monotonic() + 30
+    while is_mounted(mnt):
+        r = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        if r.returncode == 0 or time.monotonic() > end:
+            return
+        time.sleep(0.05)
+
+
+def _stop(server: Server, how: str) -> None:
+    mnt, proc = server.mountpoint, server.proc
+    if how in ("sigterm", "sigterm-twice", "sigkill"):
+        proc.send_signal(signal.SIGTERM)
+        if how == "sigterm-twice":
+            wait_until(lambda: not is_mounted(mnt), "the unmount")
+            proc.send_signal(signal.SIGTERM)  # during the settle
+        elif how == "sigkill":
+            wait_until(lambda: not is_mounted(mnt), "the unmount")
+            time.sleep(0.3)  # in the settle: a close scan waits on the slow appliance
+            proc.send_signal(signal.SIGKILL)
+    elif how == "fusermount":
+        _unmount_until_done(["fusermount3", "-u", str(mnt)], mnt)
+    else:
+        r = cli("unmount", str(mnt))
+        if r.returncode != 0:  # busy for a moment (a writer's open file): again
+            _unmount_until_done(vfile_cmd("unmount", str(mnt)), mnt)
+    proc.wait(60)  # the settle is bounded: a hang fails here
+
+
+def _sound(tree: Tree) -> None:
+    """Nothing unaccounted, the journal consistent (read with the mount gone)."""
+    sig = signature_version(tree.state)
+    assert sig
+    assert unaccounted(tree.source, tree.state, sig) == []
+    with Journal.open(tree.state, readonly=True) as j:
+        assert j.check() == []
+
+
+@pytest.mark.parametrize("how", STOPS)
+def test_a_stop_in_a_drain_and_a_burst_loses_no_entry(tree: Tree, how: str) -> None:
+    with running_appliance() as app, running_proxy(app.url) as proxy:
+        conf = tree_config(tree, proxy, '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+                           'deadline = 20\nattempt_timeout = 10\n')
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf),
+                     tracebacks_expected=how == "sigkill") as server:
+            (tree.mountpoint / "warm").write_bytes(b"warm-up")
+            wait_until(lambda: signature_version(tree.state), "the signature version", 30)
+            _defer(tree, FILES)
+            proxy.set_fault(DELAY)
+            _ctl(tree.mountpoint, "resume")
+            _ctl(tree.mountpoint, "drain", {"action": "resume"})
+            with _writing(tree.mountpoint) as written:
+                wait_until(lambda: written[0] >= 20, "the writer's first files", 60)
+                _stop(server, how)
+            text = server.log_path.read_text(errors="replace")
+            assert "Traceback" not in text or how == "sigkill", text[-4000:]
+        force_unmount(tree.mountpoint)
+        if how != "sigkill":
+            _sound(tree)  # as the stop left it
+        proxy.set_fault("none")
+        # Started again (after SIGKILL: the recovery walk), and stopped cleanly.
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf)):
+            pass
+        _sound(tree)
