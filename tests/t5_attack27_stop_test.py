@@ -64,28 +64,37 @@ def _defer(tree: Tree, n: int) -> None:
     assert isinstance(journal, dict) and journal["deferred"] == n, journal
 
 
-@contextlib.contextmanager
-def _writing(mnt: Path) -> Iterator[list[int]]:
-    """A thread creating files in mnt/new until the block ends (errors ignored: the
-    mount goes away under it); yields the count of files it wrote."""
-    stop = threading.Event()
-    count = [0]
+class _Writer:
+    """A thread creating files in mnt/new until stopped (errors ignored: the mount
+    goes away under it)."""
 
-    def run() -> None:
+    def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
+        self.count = 0
+        self._stop = threading.Event()
+        self._th = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
         i = 0
-        while not stop.is_set():
+        while not self._stop.is_set():
             with contextlib.suppress(OSError):
-                (mnt / "new" / f"n{i:05d}").write_bytes(b"new %d" % i)
-                count[0] += 1
+                (self.mnt / "new" / f"n{i:05d}").write_bytes(b"new %d" % i)
+                self.count += 1
             i += 1
 
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join(60)
+
+
+@contextlib.contextmanager
+def _writing(mnt: Path) -> Iterator[_Writer]:
+    writer = _Writer(mnt)
+    writer._th.start()
     try:
-        yield count
+        yield writer
     finally:
-        stop.set()
-        th.join(60)
+        writer.stop()
 
 
 def _unmount_until_done(argv: list[str], mnt: Path) -> None:
@@ -98,7 +107,7 @@ def _unmount_until_done(argv: list[str], mnt: Path) -> None:
         time.sleep(0.05)
 
 
-def _stop(server: Server, how: str) -> None:
+def _stop(server: Server, how: str, writer: _Writer) -> None:
     mnt, proc = server.mountpoint, server.proc
     if how in ("sigterm", "sigterm-twice", "sigkill"):
         proc.send_signal(signal.SIGTERM)
@@ -110,8 +119,12 @@ def _stop(server: Server, how: str) -> None:
             time.sleep(0.3)  # in the settle: a close scan waits on the slow appliance
             proc.send_signal(signal.SIGKILL)
     elif how == "fusermount":
+        # A plain unmount refuses a busy mount (EBUSY): the burst ends just before it
+        # (its close scans, on the slow appliance, are still in flight).
+        writer.stop()
         _unmount_until_done(["fusermount3", "-u", str(mnt)], mnt)
     else:
+        writer.stop()
         r = cli("unmount", str(mnt))
         if r.returncode != 0:  # busy for a moment (a writer's open file): again
             _unmount_until_done(vfile_cmd("unmount", str(mnt)), mnt)
@@ -140,9 +153,9 @@ def test_a_stop_in_a_drain_and_a_burst_loses_no_entry(tree: Tree, how: str) -> N
             proxy.set_fault(DELAY)
             _ctl(tree.mountpoint, "resume")
             _ctl(tree.mountpoint, "drain", {"action": "resume"})
-            with _writing(tree.mountpoint) as written:
-                wait_until(lambda: written[0] >= 20, "the writer's first files", 60)
-                _stop(server, how)
+            with _writing(tree.mountpoint) as writer:
+                wait_until(lambda: writer.count >= 20, "the writer's first files", 60)
+                _stop(server, how, writer)
             text = server.log_path.read_text(errors="replace")
             assert "Traceback" not in text or how == "sigkill", text[-4000:]
         force_unmount(tree.mountpoint)
