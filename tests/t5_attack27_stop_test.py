@@ -32,7 +32,9 @@ from lifecycle import Tree, cli, tree_config, wait_until
 from mounting import Server, force_unmount, is_mounted, mounted, vfile_cmd
 from outage import running_appliance, running_proxy, signature_version, unaccounted
 
-from vfile import control
+from vfile import control, service
+from vfile.config.model import DEFAULT_DRAIN_DEADLINE
+from vfile.filter import drain as drain_mod
 from vfile.journal import Journal
 
 pytestmark = pytest.mark.mount
@@ -41,6 +43,8 @@ FILES = 300
 #: every scan's reply held back this long: the drain and the close scans are in
 #: flight when the stop comes, and the gate stays busy through the settle
 DELAY = "delay=500ms"
+#: files written just before the stop test's signal: their close scans outlast the settle
+BUSY = 60
 STOPS = ["sigterm", "sigterm-twice", "fusermount", "vfile-unmount", "sigkill"]
 
 
@@ -166,3 +170,41 @@ def test_a_stop_in_a_drain_and_a_burst_loses_no_entry(tree: Tree, how: str) -> N
         with mounted(tree.source, tree.mountpoint, "--config", str(conf)):
             pass
         _sound(tree)
+
+
+def test_a_stop_starts_no_new_drain_work(tree: Tree) -> None:
+    """After the unmount the drain claims nothing more. The settle waits for the gate's
+    background work (here: close scans queued on a slow appliance), not the drain's;
+    a batch the drain claimed in it was cancelled unfinished at the end of the settle,
+    and its entries stayed leased (`lease`: 1,260 s with the default drain deadline)
+    for the next start to wait out before scanning them."""
+    lease = max(drain_mod.DEFAULT_LEASE,
+                2 * (DEFAULT_DRAIN_DEADLINE + service.DRAIN_MARGIN))
+    with running_appliance() as app, running_proxy(app.url) as proxy:
+        conf = tree_config(tree, proxy, '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
+                           'deadline = 20\nattempt_timeout = 10\n')
+        with mounted(tree.source, tree.mountpoint, "--config", str(conf)) as server:
+            (tree.mountpoint / "warm").write_bytes(b"warm-up")
+            wait_until(lambda: signature_version(tree.state), "the signature version", 30)
+            _defer(tree, FILES)
+            proxy.set_fault(DELAY)
+            _ctl(tree.mountpoint, "resume")
+            _ctl(tree.mountpoint, "drain", {"action": "resume"})
+            wait_until(lambda: _done(tree.mountpoint) > 0, "the drain's first files", 60)
+            for i in range(BUSY):  # close scans queued: the gate is busy for the settle
+                (tree.mountpoint / "new" / f"busy{i}").write_bytes(b"busy %d" % i)
+            signalled = time.time()
+            server.proc.send_signal(signal.SIGTERM)
+            server.proc.wait(60)
+        with Journal.open(tree.state, readonly=True) as j:
+            entries = j.list_deferred(include_poisoned=True)
+        leased = [e for e in entries if e.lease_until > signalled]
+        late = [e.path for e in leased if e.lease_until > signalled + lease]
+        print(f"{len(leased)} entries left leased, {len(late)} claimed after the signal")
+        assert late == []
+
+
+def _done(mnt: Path) -> int:
+    counts = _ctl(mnt, "drain")["done"]
+    assert isinstance(counts, dict)
+    return sum(counts.values())
