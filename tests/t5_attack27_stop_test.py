@@ -11,9 +11,15 @@ gone (tests/t5_attack22_closes_test.py, in CI; fixed on main by 7787c2a).
 Each test here stops a mount in the middle of a drain of deferred entries, with
 a slow appliance (a close scan in flight keeps the gate busy for the whole
 settle) and a writer creating files through the mount, by one route: SIGTERM,
-SIGTERM twice, `fusermount3 -u`, `vfile unmount`, SIGKILL during the settle.
-After the stop and after a start again: no source file unaccounted (neither an
-entry nor a clean verdict), the journal sound, no traceback in the server's log.
+SIGTERM twice, `fusermount3 -u`, `vfile unmount`, SIGKILL during the settle, and
+SIGTERM with the appliance hung. After the stop and after a start again: no source
+file unaccounted (neither an entry nor a clean verdict), the journal sound, no
+traceback in the server's log. With 7787c2a reverted the SIGTERM case failed 5 of 5
+(entries removed as gone); with it reverted and the drain's stricter "gone"
+(Source.root_intact) it passed 5 of 5.
+
+The last test: the drain claims nothing after the stop began, and the leases a
+stop leaves behind do not hold those entries unscanned after the next start.
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ FILES = 300
 DELAY = "delay=500ms"
 #: files written just before the stop test's signal: their close scans outlast the settle
 BUSY = 60
-STOPS = ["sigterm", "sigterm-twice", "fusermount", "vfile-unmount", "sigkill"]
+STOPS = [("sigterm", DELAY), ("sigterm-twice", DELAY), ("fusermount", DELAY),
+         ("vfile-unmount", DELAY), ("sigkill", DELAY),
+         ("sigterm", "blackhole")]  # a hung appliance: every scan waits out its deadline
 
 
 def _ctl(mnt: Path, cmd: str, args: dict[str, object] | None = None) -> dict[str, object]:
@@ -144,8 +152,9 @@ def _sound(tree: Tree) -> None:
         assert j.check() == []
 
 
-@pytest.mark.parametrize("how", STOPS)
-def test_a_stop_in_a_drain_and_a_burst_loses_no_entry(tree: Tree, how: str) -> None:
+@pytest.mark.parametrize(("how", "fault"), STOPS)
+def test_a_stop_in_a_drain_and_a_burst_loses_no_entry(tree: Tree, how: str,
+                                                      fault: str) -> None:
     with running_appliance() as app, running_proxy(app.url) as proxy:
         conf = tree_config(tree, proxy, '[[profile]]\nname = "default"\nfail_mode = "safe"\n'
                            'deadline = 20\nattempt_timeout = 10\n')
@@ -154,7 +163,7 @@ def test_a_stop_in_a_drain_and_a_burst_loses_no_entry(tree: Tree, how: str) -> N
             (tree.mountpoint / "warm").write_bytes(b"warm-up")
             wait_until(lambda: signature_version(tree.state), "the signature version", 30)
             _defer(tree, FILES)
-            proxy.set_fault(DELAY)
+            proxy.set_fault(fault)
             _ctl(tree.mountpoint, "resume")
             _ctl(tree.mountpoint, "drain", {"action": "resume"})
             with _writing(tree.mountpoint) as writer:
