@@ -5,7 +5,9 @@ Invariants:
   defer) that are not poisoned, not leased (`lease_until <= now`) and past
   their backoff (`not_before <= now`), and leases them until `now + lease`.
   A lease is only a timestamp: after a crash it simply expires, so nothing
-  stays claimed forever and no recovery pass is needed.
+  stays claimed forever and no recovery pass is needed. A lease granted before
+  the mount's run began (`run_started`) is over at once: only the mount's drain
+  claims, and the run that granted it is gone (a stop or a crash left it).
 - A release (failed attempt) counts an attempt only if the entry still has
   the claimed seq; a re-deferred entry (new content) is left for a fresh try.
 - After `max_attempts` failed attempts an entry is poisoned: kept, listed,
