@@ -47,7 +47,7 @@ def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP)
     return min(cap, base * 2.0 ** min(attempts - 1, 60))
 
 
-def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float,
+def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float, *,
              run_started: float | None = None) -> list[DeferredEntry]:
     """Lease up to `n` claimable entries until `now + lease`. `run_started`: when this
     mount's run began; a lease granted before it was an earlier run's (only the mount's

@@ -157,8 +157,9 @@ class Journal(JournalBase):
 
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]:
         now, t, started = self._clock(), self._t, self._run_started
-        return await self._write(lambda txn: queue.op_claim(txn, t, n, lease, now, started),
-                                 durable=False)
+        return await self._write(
+            lambda txn: queue.op_claim(txn, t, n, lease, now, run_started=started),
+            durable=False)
 
     async def release(self, path: str, seq: int, error: str, *, poison: bool = False) -> None:
         """A failed attempt (with back-off, poisoned after `max_attempts`); `poison`:
