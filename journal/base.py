@@ -74,6 +74,8 @@ class JournalBase:
         self.inflight = InFlight(self._opened_txnid)
         self._committer.on_commit = self.inflight.committed
         self._running = False  # begin_run was called: close() marks the stop clean
+        #: when begin_run was called (the clock's time): leases from before are over
+        self._run_started: float | None = None
         #: begin_run found a recovery walk due and no `vouch` said it is done: a stop now
         #: (the walk failed: a full state disk, an I/O error) is not clean, or the next
         #: start would skip the walk and the files it had not reached (s26,

@@ -5,7 +5,9 @@ Invariants:
   defer) that are not poisoned, not leased (`lease_until <= now`) and past
   their backoff (`not_before <= now`), and leases them until `now + lease`.
   A lease is only a timestamp: after a crash it simply expires, so nothing
-  stays claimed forever and no recovery pass is needed.
+  stays claimed forever and no recovery pass is needed. A lease granted before
+  the mount's run began (`run_started`) is over at once: only the mount's drain
+  claims, and the run that granted it is gone (a stop or a crash left it).
 - A release (failed attempt) counts an attempt only if the entry still has
   the claimed seq; a re-deferred entry (new content) is left for a fresh try.
 - After `max_attempts` failed attempts an entry is poisoned: kept, listed,
@@ -33,6 +35,8 @@ from vfile.journal.tables import Tables, Txn, delete_entry, find, iter_entries, 
 
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 3600.0
+#: s: a lease granted at the very start of a run is still this run's (op_claim)
+_EPSILON = 0.001
 
 
 def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -43,8 +47,15 @@ def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP)
     return min(cap, base * 2.0 ** min(attempts - 1, 60))
 
 
-def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float) -> list[DeferredEntry]:
+def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float, *,
+             run_started: float | None = None) -> list[DeferredEntry]:
+    """Lease up to `n` claimable entries until `now + lease`. `run_started`: when this
+    mount's run began; a lease granted before it was an earlier run's (only the mount's
+    drain claims), whose drain is gone: over, not waited out (r27: a stop left the
+    entries of the batches in flight leased for the 1,260 s of the default lease)."""
     claimed: list[DeferredEntry] = []
+    # A lease of this run ends at or after run_started + lease; an earlier run's before.
+    lease_now = now if run_started is None else max(now, run_started + lease - _EPSILON)
     if n <= 0:
         return claimed
     for okey in txn.cursor(db=t.order).iternext(keys=True, values=False):
@@ -52,13 +63,13 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float) -> list[Defe
         raw = txn.get(pkey, db=t.deferred)
         if raw is None:  # cannot happen while the index invariant holds
             continue
-        if surely_unclaimable(raw, now):
+        if surely_unclaimable(raw, now, lease_now):
             continue  # in flight (leased) or backing off: passed without a decode
         try:
             entry = decode_deferred(raw)
         except JournalCorrupt:
             continue  # logged by the readers; never hand out garbage
-        if entry.poisoned or entry.lease_until > now or entry.not_before > now:
+        if entry.poisoned or entry.lease_until > lease_now or entry.not_before > now:
             continue
         lent = leased(entry, now + lease)
         value = encode_leased(raw, lent)

@@ -156,9 +156,10 @@ class Journal(JournalBase):
         await self._write(lambda txn: verdicts.op_put_verdict(txn, t, verdict), durable=False)
 
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]:
-        now, t = self._clock(), self._t
-        return await self._write(lambda txn: queue.op_claim(txn, t, n, lease, now),
-                                 durable=False)
+        now, t, started = self._clock(), self._t, self._run_started
+        return await self._write(
+            lambda txn: queue.op_claim(txn, t, n, lease, now, run_started=started),
+            durable=False)
 
     async def release(self, path: str, seq: int, error: str, *, poison: bool = False) -> None:
         """A failed attempt (with back-off, poisoned after `max_attempts`); `poison`:
@@ -350,6 +351,8 @@ class Journal(JournalBase):
         watermark.check_source(found, self._read(lambda txn: watermark.read_source(txn, t)),
                                source)
         marker = watermark.new_run_marker()
+        # Before the marker: every lease granted before this is an earlier run's (queue.op_claim)
+        self._run_started = self._clock()
         await self._write(lambda txn: watermark.op_set_run(txn, t, marker, source))
         self._running, self._clean_at_open = True, False  # the run's close marks it
         self._walk_due = found.walk

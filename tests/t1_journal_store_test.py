@@ -200,6 +200,30 @@ async def test_leases_expire_across_reopen(tmp_path: Path, clock: Clock) -> None
         j.close()
 
 
+async def test_a_new_run_ends_the_leases_of_the_runs_before(tmp_path: Path,
+                                                            clock: Clock) -> None:
+    """A mount's run (begin_run): the drain of the run before is gone, its leases over
+    (r27: they held entries unscanned for the whole lease after a restart); this run's
+    own leases hold as before, even one granted the moment the run began."""
+    j = Journal.open(tmp_path / "s", clock=clock)
+    for p in ("/f", "/g"):
+        await j.defer(p, ID1, Reason.UNAVAILABLE, "p")
+    assert len(await j.claim(1, lease=60)) == 1
+    await j.begin_run(b"src")
+    j.close()  # stopped holding the lease
+    clock.now += 1
+    j = Journal.open(tmp_path / "s", clock=clock)
+    try:
+        await j.begin_run(b"src")
+        assert [e.path for e in await j.claim(1, lease=60)] == ["/f"]  # not waited out
+        assert [e.path for e in await j.claim(5, lease=60)] == ["/g"]
+        assert await j.claim(5, lease=60) == []  # this run's leases hold
+        clock.now += 61
+        assert len(await j.claim(5, lease=60)) == 2  # and expire as ever
+    finally:
+        j.close()
+
+
 async def test_release_backs_off_then_poisons(journal: Journal, clock: Clock) -> None:
     seq = await journal.defer("/f", ID1, Reason.UNAVAILABLE, "p")
     await journal.defer("/g", ID1, Reason.UNAVAILABLE, "p")

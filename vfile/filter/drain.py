@@ -10,9 +10,11 @@ means — reopen the file safely, scan it, apply the infected action, complete
 or release the journal entry — is the `resolve` callable the gate provides.
 
 Invariants:
-- Entries are claimed with a lease; a crash leaves them leased, and the lease
-  expiring makes them claimable again. A resolve that raises releases the
-  entry with the error (backoff and poisoning are the journal's business).
+- Entries are claimed with a lease; a stop or a crash leaves them leased, and
+  the next run (the journal's `begin_run`) or the lease expiring makes them
+  claimable again. A stop pauses the drain first: nothing is claimed after it.
+  A resolve that raises releases the entry with the error (backoff and
+  poisoning are the journal's business).
 - The drain never waits on an appliance without a deadline: `resolve` runs
   under `scan_deadline`.
 - `concurrency` bounds the scans in flight, not the journal writes that settle

@@ -41,6 +41,7 @@ from vfile.filter.settling import Settler
 from vfile.filter.source import Source
 from vfile.journal.records import DeferredEntry, Identity, VerdictOutcome, VerdictRecord
 from vfile.journal.store import Journal
+from vfile.observe.ratelog import RateLimited
 from vfile.passthrough.links import ProfileChooser
 
 #: the gate's logger: operators filter and alert on it (the gate split kept its name)
@@ -189,12 +190,16 @@ class Resolver:
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
                 return Resolution(DrainOutcome.ERROR, detail=f"cannot open: {err.strerror}")
+            if not self._source.root_intact():
+                return _root_lost(path)
             await self._journal.complete(path, entry.seq, None, linger=True)
             log.info("drain: %r is gone (%s); entry removed", path, err.strerror)
             return Resolution(DrainOutcome.GONE)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
+                if not self._source.root_intact():
+                    return _root_lost(path)
                 await self._journal.complete(path, entry.seq, None)
                 return Resolution(DrainOutcome.GONE, detail="no longer a regular file")
             identity = Identity.from_stat(st)
@@ -227,3 +232,14 @@ class Resolver:
         infected = record.outcome == VerdictOutcome.INFECTED
         outcome = DrainOutcome.INFECTED if infected else DrainOutcome.CLEAN
         return Resolution(outcome, nbytes=identity.size)
+
+#: at most one line a minute about a lost root descriptor (a drain batch hits it at once)
+_root_log = RateLimited(60.0, log)
+
+
+def _root_lost(path: str) -> Resolution:
+    """A failed open is no news of the file when the source root's descriptor is not the
+    source's any more (closed, its number reused): the entry stays (Source.root_intact)."""
+    _root_log("root", logging.ERROR, "drain: the source root's descriptor is not the "
+              "source's any more; %r keeps its entry", path)
+    return Resolution(DrainOutcome.ERROR, detail="source root descriptor lost")

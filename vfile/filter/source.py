@@ -38,6 +38,19 @@ class Source:
 
     def __init__(self, root_fd: int) -> None:
         self._root = root_fd
+        st = os.fstat(root_fd)
+        self._root_key = (st.st_dev, st.st_ino)
+
+    def root_intact(self) -> bool:
+        """The root descriptor still is the source's directory. Before a failed open
+        is read as "the file is gone": from a closed root every open fails, and from
+        its number reused by another file or directory, with ENOTDIR or ENOENT (r27:
+        the drain removed 491 live entries so in round 26, tests/t5_attack27_stop_test.py)."""
+        try:
+            st = os.fstat(self._root)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == self._root_key
 
     def open(self, path: str) -> int:
         dir_fd, name = open_parent(self._root, path)
