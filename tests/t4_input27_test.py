@@ -1,0 +1,158 @@
+"""Bad input at the bounds, round 12 (b27), through real mounts and the real CLI.
+
+- Config values past any sane range (a `deadline` of 1e308 s, an interval of
+  1e-300 s, a 400-digit size, a relative `state_dir`) were accepted: a hang, a busy
+  loop, a traceback, a state directory below the server's working directory. Now
+  `vfile mount` refuses them in one line naming the file, the key and the range
+  (exit 3), and nothing is mounted.
+- The state file the server reads at start besides the journal,
+  `last-signature-version`: a FIFO there hung the start, non-UTF-8 bytes were a
+  traceback, megabytes of it were taken as a version. Now anything but a short
+  line in a regular file is logged and ignored (the mount scans as after a new
+  version: nothing lost).
+- The prewarm checkpoint: another user's checkpoint was believed (a run that skips
+  everything), and the temporary file it was saved through was opened by name,
+  following a symlink planted there (root's prewarm overwrote the link's target).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from filtering import filtering
+from lifecycle import READER_UID
+from mounting import force_unmount, is_mounted, mounted, vfile_cmd, wait_for, wait_gone
+from outage import running_appliance
+
+from vfile import control
+from vfile.errors import Exit
+
+pytestmark = pytest.mark.mount
+
+
+def make_tree(src: Path) -> list[str]:
+    rels = [f"d{i % 3}/f{i:02}.txt" for i in range(12)]
+    for i, rel in enumerate(rels):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"file %d\n" % i)
+    return sorted(rels, key=lambda p: p.split("/"))
+
+
+def run_prewarm(mnt: Path, ckpt: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(vfile_cmd("prewarm", str(mnt), "--rate", "1000", "--checkpoint",
+                                    str(ckpt), "--json"),
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def _mount(source: Path, mountpoint: Path, conf: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(vfile_cmd("mount", "--state-dir", str(source.parent / "state"),
+                                        "--config", str(conf), str(source), str(mountpoint)),
+                              capture_output=True, text=True, check=False, timeout=60)
+    finally:
+        if is_mounted(mountpoint):
+            subprocess.run(vfile_cmd("unmount", str(mountpoint)), check=False, timeout=60,
+                           capture_output=True)
+        force_unmount(mountpoint)
+        assert wait_gone(mountpoint)
+
+
+@pytest.mark.parametrize(("body", "key", "says"), [
+    ('[[profile]]\nname = "default"\ndeadline = 1e308\n', "profile[0].deadline",
+     "allowed 0.001s to 3600s"),
+    ("[journal]\nsync_interval = 1e-300\n", "journal.sync_interval", "allowed 0.01s to 3600s"),
+    ("[pool]\nprobe_interval = 1e-300\n", "pool.probe_interval", "allowed 0.05s to 3600s"),
+    ('[[profile]]\nname = "default"\nmax_size = ' + "9" * 400 + "\n", "profile[0].max_size",
+     "not a finite size"),
+    ("[mount]\nfd_cache = 4294967296\n", "mount.fd_cache", "between 16 and 1048576"),
+    ('[mount]\nstate_dir = "var/state"\n', "mount.state_dir", "relative path"),
+], ids=["deadline", "sync_interval", "probe_interval", "huge-size", "fd_cache", "relative"])
+def test_a_config_value_past_its_range_is_refused_and_nothing_mounted(
+        source: Path, mountpoint: Path, tmp_path: Path, body: str, key: str,
+        says: str) -> None:
+    conf = tmp_path / "guest.toml"
+    conf.write_text(body)
+    conf.chmod(0o644)
+    res = _mount(source, mountpoint, conf)
+    assert res.returncode == int(Exit.CONFIG), (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert str(conf) in lines[0] and key in lines[0] and says in lines[0], lines[0]
+    assert not is_mounted(mountpoint)
+    assert not (source.parent / "state").exists() or not any(
+        (source.parent / "state").iterdir())
+
+
+# --- last-signature-version ---------------------------------------------------------------
+
+def _sig_bad(sig: Path, case: str) -> None:
+    sig.unlink()
+    if case == "fifo":
+        os.mkfifo(sig, 0o600)
+    elif case == "binary":
+        sig.write_bytes(b"\xff\xfe\x00garbage\n")
+    elif case == "huge":
+        sig.write_bytes(b"v" * (4 << 20))
+    elif case == "symlink":
+        (sig.parent / "elsewhere").write_text("sig-from-elsewhere\n")
+        sig.symlink_to("elsewhere")
+
+
+@pytest.mark.parametrize("case", ["fifo", "binary", "huge", "symlink"])
+def test_a_bad_signature_version_file_is_ignored_and_logged(tmp_path: Path,
+                                                            case: str) -> None:
+    src, mnt, state = tmp_path / "src", tmp_path / "mnt", tmp_path / "state"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "f").write_bytes(b"clean\n")
+    sig = state / "last-signature-version"
+    with mounted(src, mnt, "--state-dir", str(state)):
+        assert (mnt / "f").read_bytes() == b"clean\n"
+        wait_for("the signature version saved", sig.exists)
+    _sig_bad(sig, case)
+    with mounted(src, mnt, "--state-dir", str(state)) as server:
+        # It started (a FIFO hung it before), serves, and said why it ignored the file.
+        assert (mnt / "f").read_bytes() == b"clean\n"
+        st = control.call(str(mnt), "status", timeout=10)
+        assert len(json.dumps(st)) < 1 << 20
+        assert "ignoring" in server.log() and "last-signature-version" in server.log(), \
+            server.log()[-2000:]
+
+
+# --- the prewarm checkpoint ---------------------------------------------------------------
+
+def test_prewarm_ignores_a_checkpoint_another_user_wrote(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rels = make_tree(src)
+    ckpt = tmp_path / "prewarm.json"
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
+        # Another user's checkpoint saying everything is done: believed, nothing warmed.
+        ckpt.write_text(json.dumps({"mountpoint": str(f.mnt), "done_through": rels[-1]}))
+        os.chown(ckpt, READER_UID, READER_UID)
+        res = run_prewarm(f.mnt, ckpt)
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert (out["skipped"], out["opened"]) == (0, len(rels)), out
+        assert "ignoring the checkpoint" in res.stderr, res.stderr
+
+
+def test_prewarm_saves_its_checkpoint_through_no_planted_symlink(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    ckpt = tmp_path / "prewarm.json"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    # Where the old code wrote its temporary file, by name, following links.
+    (tmp_path / "prewarm.tmp").symlink_to(victim)
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
+        res = run_prewarm(f.mnt, ckpt)
+        assert res.returncode == 0, res.stderr
+    assert victim.read_text() == "precious\n"
+    assert not ckpt.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("prewarm.json.")]
