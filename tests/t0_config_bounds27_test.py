@@ -115,5 +115,5 @@ def test_the_command_line_deadline_has_the_same_range() -> None:
     base = parse_config("")
     assert apply_overrides(base, deadline=3600).default.deadline == 3600
     for bad in (1e308, 3601, "2h"):
-        with pytest.raises(ConfigError, match="--timeout: .* is out of range"):
+        with pytest.raises(ConfigError, match=r"--timeout: .* is out of range"):
             apply_overrides(base, deadline=bad)  # type: ignore[arg-type]

@@ -71,7 +71,7 @@ def _mount(source: Path, mountpoint: Path, conf: Path) -> subprocess.CompletedPr
     ("[mount]\nfd_cache = 4294967296\n", "mount.fd_cache", "between 16 and 1048576"),
     ('[mount]\nstate_dir = "var/state"\n', "mount.state_dir", "relative path"),
 ], ids=["deadline", "sync_interval", "probe_interval", "huge-size", "fd_cache", "relative"])
-def test_a_config_value_past_its_range_is_refused_and_nothing_mounted(
+def test_a_config_value_past_its_range_is_refused_and_nothing_mounted(  # noqa: PLR0917
         source: Path, mountpoint: Path, tmp_path: Path, body: str, key: str,
         says: str) -> None:
     conf = tmp_path / "guest.toml"

@@ -44,6 +44,7 @@ from vfile.config.model import (
     DEFAULT_TRIGGERS,
     MAX_RETRIES,
     MIN_FD_CACHE,
+    RANGES,
     Config,
     Escalation,
     FailMode,
@@ -51,7 +52,6 @@ from vfile.config.model import (
     JournalConfig,
     MountConfig,
     OversizeRule,
-    RANGES,
     PoolConfig,
     Profile,
     Quota,
@@ -99,7 +99,7 @@ def _bound(x: float, unit: str) -> str:
 class _Table:
     """A TOML table read key by key; `done()` rejects whatever was not read."""
 
-    def __init__(self, data: object, key: str, model: type | None = None) -> None:
+    def __init__(self, data: object, key: str, model: type = object) -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{key}: expected a table, got {type(data).__name__}")
         self.data: Mapping[str, Any] = data
