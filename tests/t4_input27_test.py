@@ -156,3 +156,45 @@ def test_prewarm_saves_its_checkpoint_through_no_planted_symlink(tmp_path: Path)
     assert victim.read_text() == "precious\n"
     assert not ckpt.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("prewarm.json.")]
+
+
+# --- control commands with odd arguments --------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+ODD_COMMANDS = [
+    ("quiesce", {"max": NAN}, "'max'"), ("quiesce", {"max": INF}, "'max'"),
+    ("quiesce", {"max": 1e308}, "'max'"), ("quiesce", {"reason": "x" * 5000}, "'reason'"),
+    ("quiesce", {"reason": "a\nforged log line"}, "'reason'"),
+    ("quiesce", {"reason": ["not", "text"]}, "'reason'"),
+    ("drain", {"action": "rate", "files_per_s": NAN}, "'files_per_s'"),
+    ("drain", {"action": "rate", "files_per_s": INF}, "'files_per_s'"),
+    ("drain", {"action": "rate", "bytes_per_s": 1e308}, "'bytes_per_s'"),
+    ("journal.list", {"limit": INF}, "'limit'"), ("journal.list", {"limit": NAN}, "'limit'"),
+    ("memory", {"top": INF}, "'top'"), ("memory", {"top": 1e15}, "'top'"),
+]
+
+
+def test_control_commands_with_odd_numbers_get_a_clear_error(tmp_path: Path) -> None:
+    """Before: NaN passed every `< minimum` check (a window with a NaN deadline, a NaN
+    drain rate), infinity opened a window with no end, and int(inf) was an
+    OverflowError: a traceback and "failed" rather than an error naming the key."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "f").write_bytes(b"clean\n")
+    with mounted(src, mnt, "--state-dir", str(tmp_path / "state")) as server:
+        before = control.call(str(mnt), "drain")
+        accepted = []
+        for cmd, args, key in ODD_COMMANDS:
+            try:
+                got = control.call(str(mnt), cmd, args, timeout=30)
+            except control.ControlError as err:
+                if key not in str(err) or "failed" in str(err):
+                    accepted.append((cmd, args, str(err)[:200]))
+            else:
+                accepted.append((cmd, args, str(got)[:200]))
+        assert accepted == [], "\n".join(repr(a)[:300] for a in accepted) + server.log()[-3000:]
+        st = control.call(str(mnt), "status")
+        assert not st["window"]["active"], st["window"]
+        assert control.call(str(mnt), "drain") == before
+        assert (mnt / "f").read_bytes() == b"clean\n"
