@@ -50,8 +50,8 @@ class Window:
     def open(self, max_duration: float | None = None, reason: str = "quiesce") -> None:
         limit = DEFAULT_MAX_WINDOW if max_duration is None else max_duration
         if not 0 < limit <= MAX_WINDOW:  # NaN too: a NaN deadline crashed `serve` (b27)
-            raise ValueError(f"window duration must be within (0, {MAX_WINDOW:g}], not "
-                             f"{limit:g}")
+            raise ValueError(f"window duration must be positive and at most "
+                             f"{MAX_WINDOW:g}s, not {limit:g}")
         self._deadline = trio.current_time() + limit
         if self._active:
             log.info("window extended (%s): ends within %.0fs", reason, limit)
