@@ -198,3 +198,27 @@ def test_control_commands_with_odd_numbers_get_a_clear_error(tmp_path: Path) -> 
         assert not st["window"]["active"], st["window"]
         assert control.call(str(mnt), "drain") == before
         assert (mnt / "f").read_bytes() == b"clean\n"
+
+
+# --- appliance URLs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("icap://127.0.0.1:1344/av scan", "printable ASCII without spaces"),
+    ("clamd://127.0.0.1:3310:3310", "in brackets"),
+    ("clamd://scanner:secret@127.0.0.1:3310", "user or password"),
+    ("clamd://127.0.0.1:\u0663\u0663\u0661\u0660", "printable ASCII"),
+    ("clamd://" + "a" * 300 + ":3310", "at most 253"),
+], ids=["space-in-service", "two-ports", "userinfo", "arabic-digits", "long-host"])
+def test_an_odd_appliance_url_is_refused_and_nothing_mounted(
+        source: Path, mountpoint: Path, tmp_path: Path, url: str, says: str) -> None:
+    """Before, each was taken: a space reached the ICAP request line, "host:3310" was
+    looked up as a host name, "user:pw@host" too, and another script's digits were a
+    port; the mount then served in its fail modes against an appliance never reached."""
+    conf = tmp_path / "guest.toml"
+    conf.write_text(f"[mount]\nappliances = [{json.dumps(url)}]\n")
+    conf.chmod(0o644)
+    res = _mount(source, mountpoint, conf)
+    assert res.returncode == int(Exit.CONFIG), (res.returncode, res.stderr)
+    assert "mount.appliances[0]" in res.stderr and says in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not is_mounted(mountpoint)
