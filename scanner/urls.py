@@ -86,9 +86,10 @@ def _split_hostport(url: str, netloc: str) -> tuple[str, str | None]:
         if rest and not rest.startswith(":"):
             raise ValueError(f"URL {url!r}: expected [IPV6]:PORT")
         return host, (rest[1:] if rest.startswith(":") else None)
-    host, sep, port = netloc.rpartition(":")
+    host, sep, raw = netloc.rpartition(":")
+    port = raw if sep else None
     if not sep:
-        host, port = netloc, None
+        host = netloc
     if ":" in host:  # "host:3310:3310" named the host "host:3310"
         raise ValueError(f"URL {url!r}: an IPv6 address goes in brackets ([::1]:3310)")
     if len(host) > MAX_HOST:

@@ -222,3 +222,23 @@ def test_an_odd_appliance_url_is_refused_and_nothing_mounted(
     assert "mount.appliances[0]" in res.stderr and says in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not is_mounted(mountpoint)
+
+
+@pytest.mark.parametrize("args", [["--rate", "nan"], ["--rate", "1e-300"],
+                                  ["--rate", "inf"], ["--concurrency", "100000000"]],
+                         ids=["nan", "tiny", "inf", "threads"])
+def test_prewarm_pacing_out_of_range_is_a_usage_error(tmp_path: Path,
+                                                      args: list[str]) -> None:
+    """Before: --rate nan went unpaced (and printed NaN in its JSON), --rate 1e-300
+    waited forever for its first file; now each is refused before anything opens."""
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    with running_appliance() as app, filtering(tmp_path, "--appliance", app.url) as f:
+        scans = f.gate()["scans"]
+        res = subprocess.run(vfile_cmd("prewarm", str(f.mnt), "--checkpoint",
+                                       str(tmp_path / "c.json"), *args),
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert res.returncode == int(Exit.USAGE), (res.returncode, res.stderr)
+        assert "--rate must be from 0.01 to 1e+06" in res.stderr, res.stderr
+        assert f.gate()["scans"] == scans

@@ -46,7 +46,7 @@ import trio
 
 from vfile import control
 from vfile.filter.drain import BACKOFF_FACTOR, TokenBucket
-from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE
+from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE, check_pacing
 from vfile.scanner.trusted import open_trusted_file
 
 log = logging.getLogger(__name__)
@@ -207,8 +207,8 @@ async def prewarm(mountpoint: str, *, rate: float = DEFAULT_RATE,
                   concurrency: int = DEFAULT_CONCURRENCY, checkpoint: Path,
                   report: Callable[[Progress], None] = lambda p: None) -> Progress:
     """Open every file under `mountpoint` once; returns the final progress."""
-    if rate <= 0 or concurrency < 1:
-        raise ValueError("rate must be > 0 and concurrency >= 1")
+    if (why := check_pacing(rate, concurrency)) is not None:
+        raise ValueError(why)
     mountpoint = os.path.realpath(mountpoint)
     await _wait_ready(mountpoint)  # also: a live vfile mount, or ControlError now
     paths = await trio.to_thread.run_sync(walk, mountpoint)
