@@ -27,6 +27,7 @@ from filtering import filtering
 from lifecycle import READER_UID
 from mounting import force_unmount, is_mounted, mounted, vfile_cmd, wait_for, wait_gone
 from outage import running_appliance
+from servers import free_port
 
 from vfile import control
 from vfile.errors import Exit
@@ -242,3 +243,30 @@ def test_prewarm_pacing_out_of_range_is_a_usage_error(tmp_path: Path,
         assert res.returncode == int(Exit.USAGE), (res.returncode, res.stderr)
         assert "--rate must be from 0.01 to 1e+06" in res.stderr, res.stderr
         assert f.gate()["scans"] == scans
+
+
+# --- journal CLI arguments ----------------------------------------------------------------
+
+def test_journal_list_limit_below_one_is_a_usage_error(source: Path, mountpoint: Path,
+                                                       tmp_path: Path) -> None:
+    """`--limit -1` listed all entries but the last one (a Python slice), `--limit 0`
+    none, both with exit 0: an operator took them for the journal's contents."""
+    names = ["a", "b", "c"]
+    for name in names:
+        (source / name).write_bytes(b"data\n")
+    state = tmp_path / "state"
+    with mounted(source, mountpoint, "--appliance", f"clamd://127.0.0.1:{free_port()}",
+                 "--fail-mode", "safe", "--state-dir", str(state)):
+        for name in names:
+            assert (mountpoint / name).read_bytes() == b"data\n"  # allowed, journaled
+
+    def listed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(vfile_cmd("journal", "list", "--state-dir", str(state), *args),
+                              capture_output=True, text=True, check=False, timeout=60)
+
+    assert "3 deferred" in listed().stderr
+    for bad in ("-1", "0"):
+        res = listed("--limit", bad)
+        assert res.returncode == int(Exit.USAGE), (bad, res.returncode, res.stderr)
+        assert "--limit" in res.stderr, res.stderr
+    assert "2 deferred" in listed("--limit", "2").stderr
