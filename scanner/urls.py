@@ -58,24 +58,48 @@ def _port(url: str, raw: str | None, default: int | None) -> int:
 
 
 def raw_port(url: str, raw: str) -> int:
-    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+    # isascii: str.isdigit and int() take any script's digits ("٣٣١٠" was port 3310)
+    if not raw.isascii() or not raw.isdigit() or not 0 <= int(raw) <= 65535:
         raise ValueError(f"URL {url!r}: port {raw!r} is not a number from 0 to 65535")
     return int(raw)
 
 
+#: the longest DNS name
+MAX_HOST = 253
+
+
+def _plain(url: str, what: str) -> str:
+    """`url` stripped, if it is printable ASCII without spaces (b27): urlsplit drops
+    tabs and newlines silently, and a space or control character would reach an ICAP
+    request line, a socket path or a log line."""
+    text = url.strip()
+    if not text.isascii() or any(not c.isprintable() or c.isspace() for c in text):
+        raise ValueError(f"{what} URL {url!r}: only printable ASCII without spaces")
+    return text
+
+
 def _split_hostport(url: str, netloc: str) -> tuple[str, str | None]:
+    if "@" in netloc:  # (urlsplit took "user:pw@host" for the host before the port)
+        raise ValueError(f"URL {url!r}: a user or password is not supported")
     if netloc.startswith("["):
         host, _, rest = netloc[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"URL {url!r}: expected [IPV6]:PORT")
         return host, (rest[1:] if rest.startswith(":") else None)
-    host, sep, port = netloc.rpartition(":")
+    host, sep, raw = netloc.rpartition(":")
+    port = raw if sep else None
     if not sep:
-        return netloc, None
+        host = netloc
+    if ":" in host:  # "host:3310:3310" named the host "host:3310"
+        raise ValueError(f"URL {url!r}: an IPv6 address goes in brackets ([::1]:3310)")
+    if len(host) > MAX_HOST:
+        raise ValueError(f"URL {url!r}: a host name is at most {MAX_HOST} characters")
     return host, port
 
 
 def parse_appliance_url(url: str) -> ApplianceURL:
     """Parse one appliance URL; raise ValueError with a clear message."""
-    parts = urlsplit(url.strip())
+    parts = urlsplit(_plain(url, "appliance"))
     scheme = parts.scheme.lower()
     if scheme == "clamd":
         if parts.netloc == "":
@@ -108,7 +132,7 @@ def parse_appliance_url(url: str) -> ApplianceURL:
 
 def parse_listen_url(url: str) -> Address:
     """Parse `tcp://HOST:PORT` or `unix:///path`; raise ValueError with a clear message."""
-    parts = urlsplit(url.strip())
+    parts = urlsplit(_plain(url, "listen"))
     scheme = parts.scheme.lower()
     if scheme == "unix":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -23,6 +25,14 @@ async def test_open_close_notifies_listeners() -> None:
 async def test_rejects_non_positive_duration() -> None:
     with pytest.raises(ValueError, match="positive"):
         Window().open(0)
+
+
+@pytest.mark.parametrize("limit", [math.nan, math.inf, 86400.5])
+async def test_rejects_a_duration_it_cannot_end(limit: float) -> None:
+    """A NaN deadline crashed `serve` (and the mount server with it); an infinite one
+    never ended (b27, tests/t4_input27_test.py through the control socket)."""
+    with pytest.raises(ValueError, match="at most 86400s"):
+        Window().open(limit)
 
 
 async def test_max_duration_ends_a_forgotten_window(autojump_clock: trio.testing.MockClock) -> None:

@@ -26,7 +26,7 @@ import trio
 from vfile.control import ControlError
 from vfile.filter.drain import Drain
 from vfile.filter.gate import Gate
-from vfile.filter.window import Window
+from vfile.filter.window import MAX_WINDOW, Window
 from vfile.journal.records import deferred_to_json, quarantine_to_json
 from vfile.journal.store import Journal
 from vfile.observe import logqueue
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 #: how long quiesce lets cancelled requests finish their journal writes
 SETTLE_DEADLINE = 0.5
 SYNC_LIMITER = trio.CapacityLimiter(1)
+#: the bounds of the control commands' numbers (b27): past them is a typo, not a choice
+MAX_FILES_PER_S = 1e6
+MAX_BYTES_PER_S = 1e12
+MAX_LIST = 10**9
+MAX_TOP = 10_000
 
 @dataclass
 class MountInfo:
@@ -50,13 +55,27 @@ class MountInfo:
     started: float
 
 
-def _number(args: dict[str, Any], key: str, *, minimum: float = 0.0) -> float | None:
+def _number(args: dict[str, Any], key: str, *, minimum: float, maximum: float
+            ) -> float | None:
+    """A number within [minimum, maximum]. JSON brings NaN and Infinity too: a NaN window
+    deadline took the whole mount server down, an infinite one never ended (b27)."""
     value = args.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ControlError(f"{key!r} must be a number >= {minimum:g}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not minimum <= value <= maximum:  # NaN fails this too
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+        raise ControlError(f"{key!r} must be a number from {minimum:g} to {maximum:g}, "
+                           f"not {shown}")
     return float(value)
+
+
+def _reason(args: dict[str, Any]) -> str:
+    """A window's reason: it goes into the log and status, so one short line of text."""
+    value = args.get("reason", "quiesce")
+    if not isinstance(value, str) or not value.isprintable() or not 0 < len(value) <= 200:
+        raise ControlError("'reason' must be one line of at most 200 printable characters")
+    return value
 
 
 class Commands:
@@ -113,8 +132,8 @@ class Commands:
     # --- windows --------------------------------------------------------------------------
     async def quiesce(self, args: dict[str, Any]) -> dict[str, Any]:
         started = trio.current_time()
-        max_s = _number(args, "max", minimum=0.001)
-        self.window.open(max_s, reason=str(args.get("reason", "quiesce")))
+        max_s = _number(args, "max", minimum=0.001, maximum=MAX_WINDOW)
+        self.window.open(max_s, reason=_reason(args))
         # Cancelled opens now take their fail mode; `safe` ones write the journal.
         with trio.move_on_after(SETTLE_DEADLINE):
             await self.gate.record_new_files()  # the window made them: committed before the sync
@@ -144,8 +163,8 @@ class Commands:
         elif action == "resume":
             self.drain.resume()
         elif action == "rate":
-            files = _number(args, "files_per_s", minimum=0.001)
-            nbytes = _number(args, "bytes_per_s", minimum=1.0)
+            files = _number(args, "files_per_s", minimum=0.001, maximum=MAX_FILES_PER_S)
+            nbytes = _number(args, "bytes_per_s", minimum=1.0, maximum=MAX_BYTES_PER_S)
             if files is None and nbytes is None:
                 raise ControlError("drain rate needs files_per_s and/or bytes_per_s")
             self.drain.set_rate(files, nbytes)
@@ -156,7 +175,7 @@ class Commands:
 
     # --- journal --------------------------------------------------------------------------
     async def journal_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        limit = _number(args, "limit", minimum=1)
+        limit = _number(args, "limit", minimum=1, maximum=MAX_LIST)
         # New files not recorded yet (filter.newfiles) are listed once their records are in.
         with trio.move_on_after(SETTLE_DEADLINE):
             await self.gate.record_new_files()
@@ -195,7 +214,7 @@ class Commands:
         """RSS, heap, top allocation sites; see vfile.observe.memwatch. Args: top (int),
         baseline (bool: take a new baseline after this report), types (bool),
         garbage (bool), group ("lineno" or "traceback")."""
-        top = _number(args, "top", minimum=0)
+        top = _number(args, "top", minimum=0, maximum=MAX_TOP)
         group = args.get("group", "lineno")
         if group not in ("lineno", "traceback"):
             raise ControlError(f"memory 'group' must be lineno or traceback, not {group!r}")

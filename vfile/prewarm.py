@@ -30,11 +30,13 @@ swapped in cannot block it).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import math
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,12 +46,15 @@ import trio
 
 from vfile import control
 from vfile.filter.drain import BACKOFF_FACTOR, TokenBucket
-from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE
+from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE, check_pacing
+from vfile.scanner.trusted import open_trusted_file
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY = 1.0
 CHECKPOINT_EVERY = 1.0
+#: a checkpoint is a mount point, one relative path and a few counters
+MAX_CHECKPOINT = 64 * 1024
 #: the real open, of the inode an O_PATH|O_NOFOLLOW descriptor pinned (see _open_once)
 FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
@@ -93,23 +98,49 @@ def default_checkpoint(mountpoint: str) -> Path:
 
 
 def load_checkpoint(path: Path, mountpoint: str) -> str | None:
+    """Where an earlier run got to, or None: start from the top. A checkpoint decides
+    what is skipped, so only one no other user could have written is believed (as a
+    config, vfile.scanner.trusted), and only a small JSON object; anything else is
+    said and ignored (a full run: nothing is skipped that should not be, b27)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        fd = open_trusted_file(str(path))
+    except FileNotFoundError:
         return None
-    if not isinstance(data, dict) or data.get("mountpoint") != mountpoint:
+    except OSError as err:
+        log.warning("prewarm: ignoring the checkpoint %s: %s; starting from the top",
+                    path, err.strerror or err)
         return None
-    done = data.get("done_through")
-    return done if isinstance(done, str) else None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_CHECKPOINT + 1)
+    try:
+        data = json.loads(raw) if len(raw) <= MAX_CHECKPOINT else None
+    except ValueError:  # (UnicodeDecodeError too)
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("done_through"), str | None):
+        log.warning("prewarm: ignoring the checkpoint %s: not one vfile wrote; starting "
+                    "from the top", path)
+        return None
+    if data.get("mountpoint") != mountpoint:
+        return None  # another mount's: not ours to resume
+    done: str | None = data.get("done_through")
+    return done
 
 
 def save_checkpoint(path: Path, mountpoint: str, done_through: str | None,
                     progress: Progress) -> None:
+    """Written to a new temporary file (O_EXCL: never through a name someone else put
+    there; a fixed `.tmp` name followed a planted symlink, b27), then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"mountpoint": mountpoint, "done_through": done_through,
-                               "progress": asdict(progress)}))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"mountpoint": mountpoint, "done_through": done_through,
+                                "progress": asdict(progress)}))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _open_once(path: str) -> str:
@@ -176,8 +207,8 @@ async def prewarm(mountpoint: str, *, rate: float = DEFAULT_RATE,
                   concurrency: int = DEFAULT_CONCURRENCY, checkpoint: Path,
                   report: Callable[[Progress], None] = lambda p: None) -> Progress:
     """Open every file under `mountpoint` once; returns the final progress."""
-    if rate <= 0 or concurrency < 1:
-        raise ValueError("rate must be > 0 and concurrency >= 1")
+    if (why := check_pacing(rate, concurrency)) is not None:
+        raise ValueError(why)
     mountpoint = os.path.realpath(mountpoint)
     await _wait_ready(mountpoint)  # also: a live vfile mount, or ControlError now
     paths = await trio.to_thread.run_sync(walk, mountpoint)

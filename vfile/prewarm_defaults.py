@@ -12,3 +12,16 @@ from __future__ import annotations
 DEFAULT_RATE = 50.0
 #: opens in flight at once
 DEFAULT_CONCURRENCY = 4
+#: the range of --rate (files/s): NaN went unpaced, 1e-300 waited forever (b27)
+MIN_RATE = 0.01
+MAX_RATE = 1e6
+#: the most opens in flight (each a worker thread)
+MAX_CONCURRENCY = 256
+
+
+def check_pacing(rate: float, concurrency: int) -> str | None:
+    """Why `rate` and `concurrency` cannot be used, or None (NaN fails every compare)."""
+    if not MIN_RATE <= rate <= MAX_RATE or not 1 <= concurrency <= MAX_CONCURRENCY:
+        return (f"--rate must be from {MIN_RATE:g} to {MAX_RATE:g} files/s and --concurrency "
+                f"from 1 to {MAX_CONCURRENCY}")
+    return None

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -179,11 +180,39 @@ DRAIN_MARGIN = 30.0
 STOP_SETTLE_S = 2.0
 
 
+#: a signature version is one short line ("ClamAV 1.4.1/27600/..."); more is not one
+MAX_SIG = 1024
+
+
 def _read_sig(state_dir: Path) -> str:
+    """The version the last run trusted, or "" when there is none or the file is not one
+    (logged): opens then scan as after a new version, nothing is lost. A FIFO there hung
+    the start, non-UTF-8 bytes were a traceback, megabytes were taken as a version (b27)."""
+    path = state_dir / SIG_FILE
     try:
-        return (state_dir / SIG_FILE).read_text().strip()
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
         return ""
+    except OSError as err:
+        log.warning("ignoring %s: %s", path, err.strerror)
+        return ""
+    try:
+        raw = os.read(fd, MAX_SIG + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError as err:
+        log.warning("ignoring %s: %s", path, err.strerror)
+        return ""
+    finally:
+        os.close(fd)
+    try:
+        sig = raw.decode().strip() if raw is not None and len(raw) <= MAX_SIG else None
+    except UnicodeDecodeError:
+        sig = None
+    if sig is None or not sig.isprintable():
+        log.warning("ignoring %s: not a signature version (a regular file of one line of "
+                    "at most %d bytes); opens scan until an appliance reports one",
+                    path, MAX_SIG)
+        return ""
+    return sig
 
 
 async def _remember_signature(gate: Gate, state_dir: Path, interval: float, *,

@@ -81,7 +81,8 @@ def _print_json(obj: Any) -> None:
 @journal_app.command("list")
 @user_errors
 def journal_list(state_dir: StateDir = None, mount: Mount = None, json_: Json = False,
-                 limit: Annotated[int | None, typer.Option(help="At most this many.")] = None
+                 limit: Annotated[int | None, typer.Option(
+                     min=1, help="At most this many (at least 1).")] = None
                  ) -> None:
     """List deferred scans, oldest first.
 

@@ -14,7 +14,7 @@ import typer
 from vfile.cli._app import Verbose, app, run_async, setup_logging
 from vfile.control import ControlError
 from vfile.errors import Exit, UserError
-from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE
+from vfile.prewarm_defaults import DEFAULT_CONCURRENCY, DEFAULT_RATE, check_pacing
 
 if TYPE_CHECKING:
     import trio
@@ -79,8 +79,8 @@ async def prewarm_cmd(  # noqa: PLR0917 - typer maps parameters to options
         print(("\r" if tty else "") + render(p), end="" if tty else "\n", file=sys.stderr,
               flush=True)
 
-    if rate <= 0 or concurrency < 1:
-        raise UserError("--rate must be > 0 and --concurrency >= 1", Exit.USAGE)
+    if (why := check_pacing(rate, concurrency)) is not None:
+        raise UserError(why, Exit.USAGE)
     result: Progress | None = None
     error: ControlError | None = None
 

@@ -177,6 +177,43 @@ class JournalConfig:
     sync_interval: float = DEFAULT_SYNC_INTERVAL
 
 
+#: The sane range (inclusive) of every numeric key, by (section, key): outside it the
+#: configuration is refused, naming the key and the range (b27). A value past them is a
+#: typo or an attack, never a choice: a deadline of 1e308 s is a hang, an interval of
+#: 1e-300 s a busy loop, a size or count past these overflows what it is handed to.
+#: Durations in seconds, sizes in bytes. tests/t0_config_bounds27_test.py checks every
+#: int and float field has one; docs/configuration.md shows them ("allowed").
+HOUR = 3600.0
+DAY = 86400.0
+MAX_BYTES = 1 << 50  # 1 PiB: past any file or scan debt
+MAX_COUNT = 10**12
+MAX_FD_CACHE = 1 << 20  # the kernel's default nr_open
+RANGES: dict[tuple[type, str], tuple[float, float]] = {
+    (MountConfig, "fd_cache"): (MIN_FD_CACHE, MAX_FD_CACHE),
+    (PoolConfig, "attempt_timeout"): (0.001, HOUR),
+    (PoolConfig, "retries"): (0, MAX_RETRIES),
+    (PoolConfig, "breaker_failures"): (1, 1000),
+    (PoolConfig, "breaker_cooldown"): (0.01, HOUR),
+    (PoolConfig, "probe_interval"): (0.05, HOUR),
+    (PoolConfig, "adaptive_floor"): (0.001, HOUR),
+    (PoolConfig, "adaptive_cap"): (0.001, HOUR),
+    (PoolConfig, "safety_factor"): (1, 1000),
+    (PoolConfig, "hedge_budget"): (0, 1),
+    (JournalConfig, "sync_interval"): (0.01, HOUR),
+    (Profile, "attempt_timeout"): (0.001, HOUR),
+    (Profile, "deadline"): (0.001, HOUR),
+    (Profile, "retries"): (0, MAX_RETRIES),
+    (Profile, "drain_deadline"): (0.001, DAY),
+    (Profile, "grace"): (0, MAX_GRACE),
+    (Profile, "max_size"): (0, MAX_BYTES),
+    (Profile, "scan_first"): (1, MAX_BYTES),
+    (Quota, "max_entries"): (0, MAX_COUNT),
+    (Quota, "max_bytes"): (0, MAX_BYTES),
+    (Quota, "max_age"): (0, 365 * DAY),
+    (Quota, "low_water"): (0, 1),  # exclusive at both ends (reader._quota)
+}
+
+
 class _Matcher:
     """Compiled profile globs plus a bounded path → profile memo."""
 

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -41,9 +42,9 @@ from vfile.config.model import (
     DEFAULT_SCAN_FIRST,
     DEFAULT_SYNC_INTERVAL,
     DEFAULT_TRIGGERS,
-    MAX_GRACE,
     MAX_RETRIES,
     MIN_FD_CACHE,
+    RANGES,
     Config,
     Escalation,
     FailMode,
@@ -61,6 +62,7 @@ from vfile.config.syntax import (
     glob_to_regex,
     parse_duration,
     parse_size,
+    shown_value,
 )
 from vfile.scanner import latency
 from vfile.scanner.trusted import UntrustedPath, read_trusted
@@ -90,14 +92,20 @@ def _no_nul(value: str | None, key: str) -> None:
         raise ConfigError(f"{key}: {value!r} contains a NUL character")
 
 
+def _bound(x: float, unit: str) -> str:
+    return f"{int(x)}{unit}" if unit == " bytes" else f"{x:g}{unit}"
+
+
 class _Table:
     """A TOML table read key by key; `done()` rejects whatever was not read."""
 
-    def __init__(self, data: object, key: str) -> None:
+    def __init__(self, data: object, key: str, model: type = object) -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{key}: expected a table, got {type(data).__name__}")
         self.data: Mapping[str, Any] = data
         self.key = key
+        #: the dataclass this table fills: its keys' ranges are model.RANGES
+        self.model = model
         self.seen: set[str] = set()
 
     def path(self, name: str) -> str:
@@ -117,6 +125,15 @@ class _Table:
         _no_nul(value, self.path(name))
         return value
 
+    def directory(self, name: str) -> str | None:
+        """An absolute path: a relative one would name a place below whatever directory
+        the server was started in (b27)."""
+        value = self.string(name)
+        if value is not None and not value.startswith("/"):
+            raise ConfigError(f"{self.path(name)}: {shown_value(value)} is a relative path; "
+                              "give an absolute one")
+        return value
+
     def strings(self, name: str) -> tuple[str, ...] | None:
         value = self.get(name)
         if value is None:
@@ -128,20 +145,34 @@ class _Table:
             _no_nul(v, self.path(name))
         return tuple(value)
 
+    def within(self, name: str, number: float, shown: object, unit: str = "") -> None:
+        """Refuse `number` (the key's value, written `shown`) outside the key's range."""
+        low, high = RANGES.get((self.model, name), (-math.inf, math.inf))
+        if not low <= number <= high:  # NaN fails this too
+            raise ConfigError(f"{self.path(name)}: {shown_value(shown)} is out of range: "
+                              f"allowed {_bound(low, unit)} to {_bound(high, unit)}")
+
     def integer(self, name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
         value = self.get(name)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self.path(name)}: expected an integer, got {value!r}")
+            raise ConfigError(f"{self.path(name)}: expected an integer, got "
+                              f"{shown_value(value)}")
+        if (self.model, name) in RANGES:
+            low, high = (int(b) for b in RANGES[(self.model, name)])
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ConfigError(f"{self.path(name)}: {value} must be {bound}")
+            raise ConfigError(f"{self.path(name)}: {shown_value(value)} must be {bound}")
         return value
 
     def size(self, name: str, default: int) -> int:
         value = self.get(name)
-        return default if value is None else parse_size(value, self.path(name))
+        if value is None:
+            return default
+        size = parse_size(value, self.path(name))
+        self.within(name, size, value, " bytes")
+        return size
 
     def duration(self, name: str, default: float, *, positive: bool = False) -> float:
         value = self.get(name)
@@ -150,6 +181,7 @@ class _Table:
         seconds = parse_duration(value, self.path(name))
         if positive and seconds <= 0:
             raise ConfigError(f"{self.path(name)}: must be greater than 0, got {value!r}")
+        self.within(name, seconds, value, "s")
         return seconds
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -165,10 +197,11 @@ class _Table:
         value = self.get(name)
         if value is None:
             return default
+        low, high = RANGES.get((self.model, name), (low, high))
         if isinstance(value, bool) or not isinstance(value, int | float) \
                 or not low <= value <= high:  # NaN fails this too
             raise ConfigError(f"{self.path(name)}: expected a number between {low:g} and "
-                              f"{high:g}, got {value!r}")
+                              f"{high:g}, got {shown_value(value)}")
         return float(value)
 
     def choice(self, name: str, enum: type[E], default: E) -> E:
@@ -183,14 +216,14 @@ class _Table:
 
 
 def _quota(data: object, key: str) -> Quota:
-    t = _Table(data, key)
+    t = _Table(data, key, Quota)
     low_water = t.get("low_water")
     if low_water is None:
         low_water = DEFAULT_QUOTA_LOW_WATER
     elif isinstance(low_water, bool) or not isinstance(low_water, int | float) \
             or not 0 < low_water < 1:
         raise ConfigError(f"{t.path('low_water')}: expected a fraction between 0 and 1 "
-                          f"(exclusive), got {low_water!r}")
+                          f"(exclusive), got {shown_value(low_water)}")
     quota = Quota(
         max_entries=t.integer("max_entries", 0),
         max_bytes=t.size("max_bytes", 0),
@@ -203,7 +236,7 @@ def _quota(data: object, key: str) -> Quota:
 
 
 def _profile(data: object, key: str, names: set[str]) -> Profile:
-    t = _Table(data, key)
+    t = _Table(data, key, Profile)
     name = t.string("name")
     if name is None:
         raise ConfigError(f"{t.path('name')}: every profile needs a name")
@@ -263,10 +296,7 @@ def _profile(data: object, key: str, names: set[str]) -> Profile:
     if hook is not None and action is not InfectedAction.HOOK:
         raise ConfigError(f"{t.path('hook')}: only used with infected_action = \"hook\"")
     quota = _quota(t.get("quota"), t.path("quota")) if t.has("quota") else None
-    grace = t.duration("grace", DEFAULT_GRACE)
-    if not 0 <= grace <= MAX_GRACE:
-        raise ConfigError(f"{t.path('grace')}: must be between 0 and {MAX_GRACE:g}s "
-                          f"(a bounded exposure), got {grace:g}s")
+    grace = t.duration("grace", DEFAULT_GRACE)  # at most MAX_GRACE: a bounded exposure
     profile = Profile(
         name=name, paths=paths, triggers=triggers, fail_mode=fail_mode,
         attempt_timeout=attempt_timeout, deadline=deadline,
@@ -293,18 +323,18 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     top = _Table(data, "")
     mount = MountConfig()
     if top.has("mount"):
-        t = _Table(top.get("mount"), "mount")
+        t = _Table(top.get("mount"), "mount", MountConfig)
         mount = MountConfig(
             appliances=_appliances(t.strings("appliances") or (), t.path("appliances")),
-            state_dir=t.string("state_dir"),
-            quarantine_dir=t.string("quarantine_dir"),
+            state_dir=t.directory("state_dir"),
+            quarantine_dir=t.directory("quarantine_dir"),
             fd_cache=(t.integer("fd_cache", 0, low=MIN_FD_CACHE) if t.has("fd_cache")
                       else None),
         )
         t.done()
     pool = PoolConfig()
     if top.has("pool"):
-        t = _Table(top.get("pool"), "pool")
+        t = _Table(top.get("pool"), "pool", PoolConfig)
         pool = PoolConfig(
             attempt_timeout=t.duration("attempt_timeout", DEFAULT_ATTEMPT_TIMEOUT, positive=True),
             retries=t.integer("retries", DEFAULT_RETRIES, high=MAX_RETRIES),
@@ -324,7 +354,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
                               f"({pool.adaptive_floor:g}s)")
     journal = JournalConfig()
     if top.has("journal"):
-        t = _Table(top.get("journal"), "journal")
+        t = _Table(top.get("journal"), "journal", JournalConfig)
         journal = JournalConfig(
             sync_interval=t.duration("sync_interval", DEFAULT_SYNC_INTERVAL, positive=True))
         t.done()
@@ -374,8 +404,12 @@ def apply_overrides(config: Config, *, appliances: Sequence[str] = (),
         default = replace(default, fail_mode=mode, oversize=oversize)
     if deadline is not None:
         seconds = parse_duration(deadline, "--timeout")
+        low, high = RANGES[(Profile, "deadline")]
         if seconds <= 0:
             raise ConfigError(f"--timeout: must be greater than 0, got {deadline!r}")
+        if not low <= seconds <= high:
+            raise ConfigError(f"--timeout: {seconds:g}s is out of range: allowed {low:g}s "
+                              f"to {high:g}s")
         # The per-attempt timeout never outlives the total deadline.
         default = replace(default, deadline=seconds,
                           attempt_timeout=min(default.attempt_timeout, seconds))

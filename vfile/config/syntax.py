@@ -78,18 +78,32 @@ _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 
 _NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
 
 
+def shown_value(value: object) -> str:
+    """A value for an error message, cut short: a 400-digit number in one line says
+    nothing more than its first digits."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _number(value: object, key: str, what: str, example: str) -> tuple[float, str]:
+    """The number and unit of a size or duration (not yet checked for its sign)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a {what}, got {value!r}")
+    try:
+        if isinstance(value, int | float):
+            return float(value), ""
+        if isinstance(value, str) and (m := _NUMBER_UNIT.fullmatch(value)):
+            return float(m[1]), m[2].lower()
+    except OverflowError:  # TOML integers have no bound: float() of 10**400 raises (b27)
+        raise ConfigError(f"{key}: {shown_value(value)} is not a finite {what}") from None
+    raise ConfigError(f"{key}: {shown_value(value)} is not a {what} (e.g. {example})")
+
+
 def parse_size(value: object, key: str) -> int:
     """Bytes from an int or a string such as ``"64MiB"`` (k/M/G/T are binary)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a size, got {value!r}")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    elif isinstance(value, str) and (m := _NUMBER_UNIT.fullmatch(value)):
-        number, unit = float(m[1]), m[2].lower()
-    else:
-        raise ConfigError(f"{key}: {value!r} is not a size (e.g. 4096, \"64MiB\", \"1GB\")")
+    number, unit = _number(value, key, "size", '4096, "64MiB", "1GB"')
     if unit not in _SIZE_UNITS:
-        raise ConfigError(f"{key}: unknown size unit {unit!r} in {value!r}")
+        raise ConfigError(f"{key}: unknown size unit {unit!r} in {shown_value(value)}")
     if not math.isfinite(number):  # TOML `nan` / `inf`: int() of them raises, uncaught
         raise ConfigError(f"{key}: {value!r} is not a finite size")
     if number < 0:
@@ -99,16 +113,9 @@ def parse_size(value: object, key: str) -> int:
 
 def parse_duration(value: object, key: str) -> float:
     """Seconds from a number or a string such as ``"500ms"``, ``"2s"``, ``"1h"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration, got {value!r}")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    elif isinstance(value, str) and (m := _NUMBER_UNIT.fullmatch(value)):
-        number, unit = float(m[1]), m[2].lower()
-    else:
-        raise ConfigError(f"{key}: {value!r} is not a duration (e.g. 2, \"500ms\", \"1h\")")
+    number, unit = _number(value, key, "duration", '2, "500ms", "1h"')
     if unit not in _DURATION_UNITS:
-        raise ConfigError(f"{key}: unknown duration unit {unit!r} in {value!r}")
+        raise ConfigError(f"{key}: unknown duration unit {unit!r} in {shown_value(value)}")
     # TOML has `inf` and `nan`: an infinite deadline is a hang, and NaN passes every
     # `< 0` / `<= 0` check below and in the callers (tests/t4_badinput_test.py).
     if not math.isfinite(number):

@@ -454,9 +454,7 @@ class Gate:
         if survivor is None:
             self.grace.settled(rel)
             self._intents.pop(rel)
-            entry = await self._journal.forget_path(rel)  # its exposures are kept
-            if entry is not None:
-                self._outcomes.audit_exposures(rel, "unlinked", entry.exposures)
+            await self._outcomes.forget_unlinked(rel)  # (refused: left to the drain)
             return
         # Still linked as `survivor`: the entry, intent and exposures go there.
         new = os.fsdecode(survivor)

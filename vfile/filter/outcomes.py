@@ -22,7 +22,13 @@ from vfile.config.model import Profile
 from vfile.filter.intents import IntentTable
 from vfile.filter.policy import Action, Decision, Reason
 from vfile.hooks import Denied, RequestCtx
-from vfile.journal.records import Exposure, Identity, JournalFull, exposure_to_json
+from vfile.journal.records import (
+    Exposure,
+    Identity,
+    JournalError,
+    JournalFull,
+    exposure_to_json,
+)
 from vfile.journal.records import Reason as JournalReason
 from vfile.journal.store import Journal
 from vfile.observe.observers import Observer
@@ -180,6 +186,22 @@ class Outcomes:
         self._full_log("full", logging.ERROR, "journal full: %r and others fail with EIO "
                        "until it has room: %s", path, err)
         return OSError(errno.EIO, "journal full")
+
+    async def forget_unlinked(self, path: str) -> None:
+        """Forget the entry of a file whose last name is gone; its exposures are kept.
+
+        The unlink is made on the source when this runs: a state disk refusing the
+        record (full, failing) must not answer EIO, or the caller would think the file
+        still there and retry. Nothing is lost: the entry stays, and the drain drops an
+        entry whose file is gone (filter.resolution), as after a power cut (tier 2)."""
+        try:
+            entry = await self._journal.forget_path(path)
+        except JournalError as err:
+            log.error("journal: cannot forget the entry of %r after its unlink (%s); the "
+                      "drain drops it", path, err)
+            return
+        if entry is not None:
+            self.audit_exposures(path, "unlinked", entry.exposures)
 
     def audit_exposures(self, path: str, outcome: str, exposures: tuple[Exposure, ...]) -> None:
         readers = tuple(x for x in exposures if not x.wrote)

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 #: a window with no --max still ends by itself after this long.
 DEFAULT_MAX_WINDOW = 3600.0
+#: the longest window a quiesce may ask for: every window ends by itself (b27: an
+#: infinite one never did, and no appliance was contacted until a resume)
+MAX_WINDOW = 86400.0
 
 Listener = Callable[[bool], None]
 
@@ -46,8 +49,9 @@ class Window:
 
     def open(self, max_duration: float | None = None, reason: str = "quiesce") -> None:
         limit = DEFAULT_MAX_WINDOW if max_duration is None else max_duration
-        if limit <= 0:
-            raise ValueError(f"window duration must be positive, not {limit:g}")
+        if not 0 < limit <= MAX_WINDOW:  # NaN too: a NaN deadline crashed `serve` (b27)
+            raise ValueError(f"window duration must be positive and at most "
+                             f"{MAX_WINDOW:g}s, not {limit:g}")
         self._deadline = trio.current_time() + limit
         if self._active:
             log.info("window extended (%s): ends within %.0fs", reason, limit)
