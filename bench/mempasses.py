@@ -16,7 +16,8 @@ or per-pass growth?). Patterns:
 - churn: `--names` create+write+close+unlink of distinct names, per pass.
 
 After each pass (and once before the first): VmRSS, RssAnon, the gc object
-count, the gate's `cached_verdicts`, the server's descriptors and, with
+count, the gate's `cached_verdicts`, the journal's verdicts and pages in use, the
+server's descriptors and, with
 `--trace N` (`VFILE_TRACEMALLOC=N` in the server), tracemalloc's traced total
 and the growth by site since the previous pass. Memory, not time, is what is
 measured: the figures do not depend on the machine's load.
@@ -61,12 +62,14 @@ def sample(mnt: Path, pid: int, top: int) -> dict[str, Any]:
                 "fds": len(os.listdir(f"/proc/{pid}/fd"))}
     mem = control.call(mnt, "memory", {"top": top, "baseline": top > 0, "types": True},
                        timeout=120)
-    gate = control.call(mnt, "status", timeout=30)["gate"]
+    status = control.call(mnt, "status", timeout=30)
+    gate, journal = status["gate"], status["journal"]
     out = {"rss_mib": round(mem["rss_kib"]["VmRSS"] / 1024, 1),
            "anon_mib": round(mem["rss_kib"]["RssAnon"] / 1024, 1),
            "file_mib": round(mem["rss_kib"]["RssFile"] / 1024, 1),
            "gc_objects": mem["gc_objects"], "cached_verdicts": gate.get("cached_verdicts"),
-           "fds": len(os.listdir(f"/proc/{pid}/fd")),
+           "fds": len(os.listdir(f"/proc/{pid}/fd")), "journal_verdicts": journal["verdicts"],
+           "journal_used_mib": round(journal["map_used"] / 2**20, 1),
            "types_growth": mem.get("types_growth", {})}
     if mem.get("tracing"):
         out["traced_mib"] = round(mem["traced_kib"] / 1024, 1)
