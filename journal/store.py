@@ -157,9 +157,8 @@ class Journal(JournalBase):
 
     async def claim(self, n: int, *, lease: float) -> list[DeferredEntry]:
         now, t, started = self._clock(), self._t, self._run_started
-        return await self._write(
-            lambda txn: queue.op_claim(txn, t, n, lease, now, run_started=started),
-            durable=False)
+        return await self._write(lambda txn: queue.op_claim(
+            txn, t, n, lease, now, run_started=started), durable=False)
 
     async def release(self, path: str, seq: int, error: str, *, poison: bool = False) -> None:
         """A failed attempt (with back-off, poisoned after `max_attempts`); `poison`:
@@ -182,12 +181,17 @@ class Journal(JournalBase):
         t = self._t
         return await self._write(lambda txn: queue.op_purge(txn, t, path, poisoned_only))
 
-    async def forget_path(self, path: str, outcome: str = "unlinked") -> DeferredEntry | None:
-        """Drop the path's entry; its exposures are kept (`list_exposed`) as `outcome`.
+    async def forget_path(self, path: str, outcome: str = "unlinked",
+                          gone: tuple[int, int] | None = None) -> DeferredEntry | None:
+        """Drop the path's entry; its exposures are kept (`list_exposed`) as `outcome`;
+        `gone`: that file's (dev, ino) lost its last name: its verdicts go too (m27).
         Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it."""
         t, now = self._t, self._clock()
-        return await self._write(lambda txn: ops.op_forget(txn, t, path, outcome, now),
-                                 durable=False)
+
+        def op(txn: Txn) -> DeferredEntry | None:
+            verdicts.op_drop_files(txn, t, [gone] if gone is not None else [])
+            return ops.op_forget(txn, t, path, outcome, now)
+        return await self._write(op, durable=False)
 
     async def rename_path(self, old: str, new: str) -> None:
         t, now = self._t, self._clock()

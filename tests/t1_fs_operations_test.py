@@ -73,7 +73,8 @@ class RecordingHooks:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         self.calls.append(("last_close", path))
 
-    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None,
+                        gone: tuple[int, int] | None = None) -> None:
         self.calls.append(("unlink", path))
 
     def name_dropping(self, st: os.stat_result) -> object:

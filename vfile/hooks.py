@@ -131,7 +131,11 @@ class FileHooks(Protocol):
 
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None: ...
 
-    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None: ...
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None,
+                        gone: tuple[int, int] | None = None) -> None:
+        """`path` was unlinked; `survivor`: another name the file lives on under;
+        `gone`: (st_dev, st_ino) of a file that had no other name (its verdicts are dead)."""
+        ...
 
     def name_dropping(self, st: os.stat_result) -> object: ...
 
@@ -182,7 +186,8 @@ class NoHooks:
     async def on_last_close(self, path: bytes, fd: int | None, st: os.stat_result) -> None:
         return None
 
-    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None,
+                        gone: tuple[int, int] | None = None) -> None:
         return None
 
     def name_dropping(self, st: os.stat_result) -> object:

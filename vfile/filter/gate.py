@@ -65,7 +65,7 @@ from vfile.filter.resolution import Resolver
 from vfile.filter.scanning import Scanning
 from vfile.filter.settling import Settler
 from vfile.filter.source import Source, reopen
-from vfile.filter.verdicts import VerdictCache
+from vfile.filter.verdicts import Key, VerdictCache
 from vfile.filter.writeintents import WriteIntents
 from vfile.hooks import RequestCtx
 from vfile.journal.names import swapped_path
@@ -220,10 +220,9 @@ class Gate:
                 reading: bool = True) -> DecisionInputs:
         trigger = Trigger.OPEN if event is Event.OPEN else Trigger.CLOSE
         return DecisionInputs(
-            event=event, trigger_enabled=trigger in profile.triggers,
+            event=event, trigger_enabled=trigger in profile.triggers, window=self._window,
             cached=Cached.NONE if cached is None else Cached(cached.outcome),
             write_pending=path in self._intents, writing=writing, reading=reading,
-            window=self._window,
             # (A write's decision never reads it: a walk of the pool per create spared.)
             appliance_down=event is not Event.WRITE and not self._pool.available(),
             oversize=profile.is_oversize(size), oversize_rule=profile.oversize,
@@ -449,12 +448,13 @@ class Gate:
         """`resolve` for many entries, their scans pipelined (filter.resolution)."""
         return await self._resolver.resolve_batch(entries)
 
-    async def on_unlink(self, path: bytes, survivor: bytes | None = None) -> None:
+    async def on_unlink(self, path: bytes, survivor: bytes | None = None, gone: Key | None = None
+                        ) -> None:
         rel = os.fsdecode(path)
         if survivor is None:
             self.grace.settled(rel)
             self._intents.pop(rel)
-            await self._outcomes.forget_unlinked(rel)  # (refused: left to the drain)
+            await self._outcomes.forget_unlinked(rel, gone)  # (refused: left to the drain)
             return
         # Still linked as `survivor`: the entry, intent and exposures go there.
         new = os.fsdecode(survivor)

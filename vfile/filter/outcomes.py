@@ -187,15 +187,16 @@ class Outcomes:
                        "until it has room: %s", path, err)
         return OSError(errno.EIO, "journal full")
 
-    async def forget_unlinked(self, path: str) -> None:
-        """Forget the entry of a file whose last name is gone; its exposures are kept.
+    async def forget_unlinked(self, path: str, gone: Key | None = None) -> None:
+        """Forget the entry of a file whose last name is gone, and the verdicts of
+        `gone` (its key) with it; its exposures are kept.
 
         The unlink is made on the source when this runs: a state disk refusing the
         record (full, failing) must not answer EIO, or the caller would think the file
         still there and retry. Nothing is lost: the entry stays, and the drain drops an
         entry whose file is gone (filter.resolution), as after a power cut (tier 2)."""
         try:
-            entry = await self._journal.forget_path(path)
+            entry = await self._journal.forget_path(path, gone=gone)
         except JournalError as err:
             log.error("journal: cannot forget the entry of %r after its unlink (%s); the "
                       "drain drops it", path, err)

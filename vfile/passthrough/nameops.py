@@ -96,8 +96,13 @@ class NameOps(OpsCore):
                         noted: object = None) -> None:
         """`on_unlink` of `path`, whose file (`st`, before) may live on under another
         name: its entry and intent move there."""
+        # Its last name gone, its verdicts can never match again (a file that reuses the
+        # inode number has a new ctime): the journal drops them now, not at the hourly
+        # collection (vfile.filter.verdict_gc), so removed trees do not pile up (m27).
+        gone = (st.st_dev, st.st_ino) if st is not None and st.st_nlink == 1 \
+            and stat.S_ISREG(st.st_mode) else None
         async with self._held_survivor(st, path) as survivor:
-            await self.hooks.on_unlink(path, survivor)
+            await self.hooks.on_unlink(path, survivor, gone)
             if survivor is not None and st is not None:
                 # The kernel gave the file a new ctime as its link count dropped.
                 await self.hooks.on_name_dropped(survivor, st, noted)
