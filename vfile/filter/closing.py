@@ -100,6 +100,7 @@ class CloseScans:
         self.hashes = ContentVerdicts()
         #: close scans whose bytes the embedded engine judged at once (scanner/inline.py)
         self.inline = 0
+        self.by_next_close = 0  # close scans a later close judged (`_due_now`, k27)
         self._start = start
         self._queue: deque[_Closed] = deque()  # closes waiting for their tick (`_batch`)
         self._batching = False  # the batch task runs
@@ -163,7 +164,7 @@ class CloseScans:
         of the batch task (k27: its event and timer cost more than the judgement)."""
         if not self._batching or not self._queue or self._queue[0].due_ns > now:
             return
-        self._judge_due(now)
+        self.by_next_close += self._judge_due(now)
         if self._timer is not None and self._queue:
             self._timer.deadline = trio.current_time() + closelimits.timer_s(
                 self._queue[0].due_ns, now)
@@ -171,10 +172,9 @@ class CloseScans:
     def unread(self, intent: Intent, path: str = "") -> bool:
         """The close scan of `intent` is queued, the file unread (stat and bytes in one trio step,
         a tick on at the earliest): it judges a change made now (keeping); `path`: a new name.
-        It goes to the back: the batch takes the queue in order, and a file changed faster
-        than a tick (its due time always ahead) must not hold back the closes behind it (t26).
-        False once it was due HELD_MAX_NS ago (closelimits): the change waits, as before rs24,
-        so a file changed in a loop cannot postpone its own scan for ever (u26)."""
+        It goes to the back: a file changed faster than a tick must not hold back the closes
+        behind it (t26). False once it was due HELD_MAX_NS ago (closelimits): the change
+        waits, as before rs24, so a file changed in a loop cannot postpone its scan (u26)."""
         now = time.time_ns()
         for i in range(len(self._queue) - 1, -1, -1):
             if (c := self._queue[i]).intent is intent:
@@ -187,8 +187,7 @@ class CloseScans:
         return False
 
     async def _batch(self) -> None:
-        """The batch task, while closes are queued or their completions uncommitted (the
-        gate's `wait_idle` covers them): in close order, each once its tick passed."""
+        """The batch task, while closes are queued or their completions uncommitted."""
         try:
             while self._queue or self._parked:
                 if not self._queue:
@@ -213,12 +212,13 @@ class CloseScans:
                 os.close(c.fd)
                 self._intents.finish(c.intent)
 
-    def _judge_due(self, now: int) -> None:
+    def _judge_due(self, now: int) -> int:
         decided: _Decided = {}  # one batch, one trio step: the same inputs
-        for _ in range(min(len(self._queue), BATCH)):
-            if self._queue[0].due_ns > now:
-                break
+        n = 0
+        while n < BATCH and self._queue and self._queue[0].due_ns <= now:
             self._close_now(self._queue.popleft(), decided)
+            n += 1
+        return n
 
     def _close_now(self, c: _Closed, decided: _Decided) -> None:
         """`c`'s close scan at once if it needs no wait: a small file's verdict by hash or
