@@ -100,7 +100,7 @@ class CloseScans:
         self.hashes = ContentVerdicts()
         #: close scans whose bytes the embedded engine judged at once (scanner/inline.py)
         self.inline = 0
-        self.by_next_close = 0  # close scans a later close judged (`_due_now`, k27)
+        self.by_a_close = 0  # judged in a close's trio step, its own or a later one (k27)
         self._start = start
         self._queue: deque[_Closed] = deque()  # closes waiting for their tick (`_batch`)
         self._batching = False  # the batch task runs
@@ -164,7 +164,7 @@ class CloseScans:
         of the batch task (k27: its event and timer cost more than the judgement)."""
         if not self._batching or not self._queue or self._queue[0].due_ns > now:
             return
-        self.by_next_close += self._judge_due(now)
+        self.by_a_close += self._judge_due(now)
         if self._timer is not None and self._queue:
             self._timer.deadline = trio.current_time() + closelimits.timer_s(
                 self._queue[0].due_ns, now)

@@ -248,7 +248,7 @@ class Gate:
             "intent_fsync_failures": self._writes.failed, "journal_full": s.journal_full,
             "kernel_entries_not_dropped": self._actions.entries_not_dropped,
             "window": self._window, "grace": self.grace.statistics(),
-            "close_scans_by_next_close": self._closing.by_next_close,
+            "close_scans_by_a_close": self._closing.by_a_close,
         }
 
     # --- scanning -----------------------------------------------------------------------
