@@ -4,6 +4,7 @@ changes may hold an unread one back. Pure constants and one pure function."""
 
 from __future__ import annotations
 
+from vfile.filter import racy
 from vfile.filter.newfiles import UNRECORDED_S
 
 #: background scans after a last close running at once (on-open scans do not wait for them)
@@ -15,6 +16,10 @@ MAX_WAITING = 256
 
 #: close scans the batch judges before it lets the requests go on (a checkpoint)
 BATCH = 32
+
+#: how long past its due time the batch task's timer judges a close scan no later close
+#: judged (k27: one writer's next close does it, in its own trio step, without a wake-up)
+LATE_NS = 2 * racy.TICK_NS
 
 #: close scans holding a descriptor at once, at most; beyond, a close leaves its file to the
 #: drain (a fast creator and a slow appliance took every descriptor: t5_attack22_closes)
@@ -31,3 +36,8 @@ HELD_MAX_NS = int(UNRECORDED_S * 1e9)
 def holding_max(nofile: int) -> int:
     """The bound on descriptors held by close scans under a descriptor limit (pure)."""
     return max(16, min(HOLDING_MAX, nofile // 8))
+
+
+def timer_s(due_ns: int, now_ns: int) -> float:
+    """The batch task's timer for a head close due at `due_ns` (pure): `LATE_NS` late."""
+    return (max(0, due_ns - now_ns) + LATE_NS) / 1e9

@@ -8,11 +8,11 @@ only if no newer intent replaced it; otherwise the entry stays for the drain,
 with the identity of the written file. Journal or file trouble is logged and
 leaves the entry in place.
 
-Closes are judged in batches (`submit`, `_batch`): one task takes them in
-close order once their tick has passed, and judges a small file at once,
-without a task of its own: by its hash, or on the embedded engine by the bytes
-it hashed (scanner/inline.py). Anything else (a larger file, another
-appliance, infected, a window, a newer intent) gets its own task (`run`).
+Closes are judged in batches (`submit`, `_batch`; or by the next close: `_due_now`)
+in close order once their tick has passed, a small file at once, without a task of
+its own: by its hash, or on the embedded engine by the bytes it hashed
+(scanner/inline.py). Anything else (a larger file, another appliance, infected, a
+window, a newer intent) gets its own task (`run`).
 
 A clean whole-file verdict of the current intent is not waited for in the
 journal (`_settle_soon`): its completion is queued behind the intent's record
@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import trio
 
 from vfile.config.model import Profile
-from vfile.filter import racy
+from vfile.filter import closelimits, racy
 from vfile.filter.closelimits import BATCH, CLOSE_SCANS, HELD_MAX_NS, MAX_WAITING, holding_max
 from vfile.filter.contenthash import HASH_MAX, NOTHING, ContentVerdicts, Looked
 from vfile.filter.intents import Intent, IntentTable
@@ -100,10 +100,12 @@ class CloseScans:
         self.hashes = ContentVerdicts()
         #: close scans whose bytes the embedded engine judged at once (scanner/inline.py)
         self.inline = 0
+        self.by_a_close = 0  # judged in a close's trio step, its own or a later one (k27)
         self._start = start
         self._queue: deque[_Closed] = deque()  # closes waiting for their tick (`_batch`)
         self._batching = False  # the batch task runs
         self._wake = trio.Event()  # the batch task is idle: a close, or all committed
+        self._timer: trio.CancelScope | None = None  # its wait for the head's tick
         self._parked = 0  # judged at once, their completions not committed yet
         self._running = 0  # `run` tasks started, not ended (each holds its descriptor)
         self._holding_max = holding_max(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -133,6 +135,7 @@ class CloseScans:
             os.close(fd)
             self._intents.finish(intent)
             raise
+        self._due_now(time.time_ns())
 
     def submit(self, path: str, intent: Intent, fd: int, profile: Profile,
                st: os.stat_result | None = None) -> None:
@@ -146,8 +149,8 @@ class CloseScans:
             due = now  # the batch's own fstat meets it: left to the drain
         self._queue.append(_Closed(path, intent, fd, profile, due, due))
         if self._batching:
-            if len(self._queue) == 1 or self._queue[0].due_ns <= now:
-                self._wake.set()  # the batch has something (more) to do now
+            if len(self._queue) == 1:
+                self._wake.set()  # the batch task waits with no timer: it sets one
             return
         try:
             self._start(self._batch)
@@ -156,13 +159,22 @@ class CloseScans:
             raise
         self._batching = True
 
+    def _due_now(self, now: int) -> None:
+        """The closes whose tick passed, judged in this close's trio step, not by a wake-up
+        of the batch task (k27: its event and timer cost more than the judgement)."""
+        if not self._batching or not self._queue or self._queue[0].due_ns > now:
+            return
+        self.by_a_close += self._judge_due(now)
+        if self._timer is not None and self._queue:
+            self._timer.deadline = trio.current_time() + closelimits.timer_s(
+                self._queue[0].due_ns, now)
+
     def unread(self, intent: Intent, path: str = "") -> bool:
         """The close scan of `intent` is queued, the file unread (stat and bytes in one trio step,
         a tick on at the earliest): it judges a change made now (keeping); `path`: a new name.
-        It goes to the back: the batch takes the queue in order, and a file changed faster
-        than a tick (its due time always ahead) must not hold back the closes behind it (t26).
-        False once it was due HELD_MAX_NS ago (closelimits): the change waits, as before rs24,
-        so a file changed in a loop cannot postpone its own scan for ever (u26)."""
+        It goes to the back: a file changed faster than a tick must not hold back the closes
+        behind it (t26). False once it was due HELD_MAX_NS ago (closelimits): the change
+        waits, as before rs24, so a file changed in a loop cannot postpone its scan (u26)."""
         now = time.time_ns()
         for i in range(len(self._queue) - 1, -1, -1):
             if (c := self._queue[i]).intent is intent:
@@ -175,28 +187,23 @@ class CloseScans:
         return False
 
     async def _batch(self) -> None:
-        """The batch task, while closes are queued or their completions uncommitted (the
-        gate's `wait_idle` covers them): in close order, each once its tick passed."""
+        """The batch task, while closes are queued or their completions uncommitted."""
         try:
             while self._queue or self._parked:
                 if not self._queue:
                     self._wake = trio.Event()
                     await self._wake.wait()  # a close, or the last completion committed
                     continue
-                delay = self._queue[0].due_ns - time.time_ns()
-                if delay > 0:
-                    # Woken by the first close after the head's tick passed; a timer only
-                    # when no close comes (a timer's expiry, a cancellation, cost a
-                    # create's worth of the trio thread at one per tick).
+                now = time.time_ns()
+                if self._queue[0].due_ns > now:
+                    # Fires only when no close comes (`_due_now` judges, moves it on).
                     self._wake = trio.Event()
-                    with trio.move_on_after(delay / 1e9):
+                    with trio.move_on_after(closelimits.timer_s(self._queue[0].due_ns, now)) \
+                            as self._timer:
                         await self._wake.wait()
+                    self._timer = None
                     continue
-                decided: _Decided = {}  # one batch, one trio step: the same inputs
-                for _ in range(min(len(self._queue), BATCH)):
-                    if self._queue[0].due_ns > time.time_ns():
-                        break
-                    self._close_now(self._queue.popleft(), decided)
+                self._judge_due(now)
                 await trio.lowlevel.checkpoint()  # the requests go on between batches
         finally:
             self._batching = False
@@ -204,6 +211,14 @@ class CloseScans:
                 c = self._queue.popleft()
                 os.close(c.fd)
                 self._intents.finish(c.intent)
+
+    def _judge_due(self, now: int) -> int:
+        decided: _Decided = {}  # one batch, one trio step: the same inputs
+        n = 0
+        while n < BATCH and self._queue and self._queue[0].due_ns <= now:
+            self._close_now(self._queue.popleft(), decided)
+            n += 1
+        return n
 
     def _close_now(self, c: _Closed, decided: _Decided) -> None:
         """`c`'s close scan at once if it needs no wait: a small file's verdict by hash or

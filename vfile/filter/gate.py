@@ -240,14 +240,14 @@ class Gate:
             "cached_verdicts": len(self._cache), "infections": s.infections,
             "exposures": s.exposures, "deferrals": s.deferrals, "denials": s.denials,
             "write_intents": s.intents, "pending_intents": len(self._intents),
-            "new_files_unrecorded": len(self._records),
+            "new_files_unrecorded": len(self._records), "in_flight": len(self._flights),
             "new_files_covered_by_verdict": self._records.covered_count,
             "new_files_recorded_late": self._records.late,
             "writes_awaiting_intent_fsync": self._writes.waited,
             "intent_fsync_failures": self._writes.failed, "journal_full": s.journal_full,
             "kernel_entries_not_dropped": self._actions.entries_not_dropped,
-            "in_flight": len(self._flights), "window": self._window,
-            "grace": self.grace.statistics(),
+            "window": self._window, "grace": self.grace.statistics(),
+            "close_scans_by_a_close": self._closing.by_a_close,
         }
 
     # --- scanning -----------------------------------------------------------------------
