@@ -21,6 +21,7 @@ import trio
 from vfile.config.model import Profile
 from vfile.filter.intents import IntentTable
 from vfile.filter.policy import Action, Decision, Reason
+from vfile.filter.verdicts import Key
 from vfile.hooks import Denied, RequestCtx
 from vfile.journal.records import (
     Exposure,
