@@ -13,9 +13,9 @@ One run, same files, same clamd:
    window is closed with the drain's rate set as asked; the time from
    `resume` until the drain resolved every entry is the drain time. This is
    done twice: with the default rate limit (DEFAULT_FILES_PER_S) and with the
-   rate set to the highest the control plane takes (`vfile drain MNT rate --files-per-s 1e6`). Between
-   the two, every file is touched (a new ctime: a new identity, so cached
-   verdicts do not count).
+   rate set to the highest the control plane takes (`vfile drain MNT rate
+   --files-per-s 1e6`). Between the two, every file is touched (a new ctime:
+   a new identity, so cached verdicts do not count).
 4. Quiesce: a second mount on the built-in appliance, black-holed; Q opens
    (default 64) wait on it with a 30 s deadline; `vfile quiesce` is timed, and
    so is the moment the last blocked open returned.
