@@ -56,6 +56,10 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float, *,
     claimed: list[DeferredEntry] = []
     # A lease of this run ends at or after run_started + lease; an earlier run's before.
     lease_now = now if run_started is None else max(now, run_started + lease - _EPSILON)
+    # ... and at most a lease from now: one ending later was granted under a clock ahead
+    # of this one (an earlier run's, the clock since stepped back: a28, it waited out the
+    # step too), over as well.
+    lease_max = now + lease + _EPSILON
     if n <= 0:
         return claimed
     for okey in txn.cursor(db=t.order).iternext(keys=True, values=False):
@@ -63,13 +67,14 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float, *,
         raw = txn.get(pkey, db=t.deferred)
         if raw is None:  # cannot happen while the index invariant holds
             continue
-        if surely_unclaimable(raw, now, lease_now):
+        if surely_unclaimable(raw, now, lease_now, lease_max):
             continue  # in flight (leased) or backing off: passed without a decode
         try:
             entry = decode_deferred(raw)
         except JournalCorrupt:
             continue  # logged by the readers; never hand out garbage
-        if entry.poisoned or entry.lease_until > lease_now or entry.not_before > now:
+        if entry.poisoned or lease_now < entry.lease_until <= lease_max \
+                or entry.not_before > now:
             continue
         lent = leased(entry, now + lease)
         value = encode_leased(raw, lent)
