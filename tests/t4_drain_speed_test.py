@@ -99,8 +99,8 @@ def test_drain_completions_share_transactions(tree: Tree, counted_appliance: Pro
     with mounted(tree.source, tree.mountpoint,
                  "--config", str(tree_config(tree, counted_appliance))):
         defer_all(tree, FILES)
-        ctl(tree.mountpoint, "drain", {"action": "rate", "files_per_s": 1e9,
-                                       "bytes_per_s": 1e15})
+        ctl(tree.mountpoint, "drain", {"action": "rate", "files_per_s": 1e6,
+                                       "bytes_per_s": 1e12})
         batches, ops = transactions(tree.mountpoint)
         ctl(tree.mountpoint, "resume")
         ctl(tree.mountpoint, "drain", {"action": "resume"})
