@@ -37,6 +37,8 @@ BACKOFF_BASE = 5.0
 BACKOFF_CAP = 3600.0
 #: s: a lease granted at the very start of a run is still this run's (op_claim)
 _EPSILON = 0.001
+#: s: a clock stepped back by less (NTP steps from 128 ms) keeps this run's leases (op_claim)
+_STEP = 1.0
 
 
 def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -58,8 +60,9 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float, *,
     lease_now = now if run_started is None else max(now, run_started + lease - _EPSILON)
     # ... and at most a lease from now: one ending later was granted under a clock ahead
     # of this one (an earlier run's, the clock since stepped back: a28, it waited out the
-    # step too), over as well.
-    lease_max = now + lease + _EPSILON
+    # step too), over as well. (A step back within this run by more than _STEP makes its
+    # own leases in flight claimable again: a second scan, as when a lease expires.)
+    lease_max = now + lease + _STEP
     if n <= 0:
         return claimed
     for okey in txn.cursor(db=t.order).iternext(keys=True, values=False):
