@@ -29,6 +29,7 @@ PATCH = """
     import errno
     import logging
     import os
+    import types
     from vfile.filter import verdict_gc
 
     real_init = verdict_gc.VerdictCollector.__init__
@@ -46,7 +47,8 @@ PATCH = """
             raise OSError(errno.EMFILE, "Too many open files")
         return real_scandir(path)
 
-    verdict_gc.os.scandir = scandir
+    # Only the collection's walk: the rest of the server keeps the real os module
+    verdict_gc.os = types.SimpleNamespace(**{**vars(os), "scandir": scandir})
     real_collect = verdict_gc.collect
 
     async def collect(*args, **kwargs):
