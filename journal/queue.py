@@ -37,6 +37,8 @@ BACKOFF_BASE = 5.0
 BACKOFF_CAP = 3600.0
 #: s: a lease granted at the very start of a run is still this run's (op_claim)
 _EPSILON = 0.001
+#: s: a clock stepped back by less (NTP steps from 128 ms) keeps this run's leases (op_claim)
+_STEP = 1.0
 
 
 def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -56,6 +58,11 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float, *,
     claimed: list[DeferredEntry] = []
     # A lease of this run ends at or after run_started + lease; an earlier run's before.
     lease_now = now if run_started is None else max(now, run_started + lease - _EPSILON)
+    # ... and at most a lease from now: one ending later was granted under a clock ahead
+    # of this one (an earlier run's, the clock since stepped back: a28, it waited out the
+    # step too), over as well. (A step back within this run by more than _STEP makes its
+    # own leases in flight claimable again: a second scan, as when a lease expires.)
+    lease_max = now + lease + _STEP
     if n <= 0:
         return claimed
     for okey in txn.cursor(db=t.order).iternext(keys=True, values=False):
@@ -63,13 +70,14 @@ def op_claim(txn: Txn, t: Tables, n: int, lease: float, now: float, *,
         raw = txn.get(pkey, db=t.deferred)
         if raw is None:  # cannot happen while the index invariant holds
             continue
-        if surely_unclaimable(raw, now, lease_now):
+        if surely_unclaimable(raw, now, lease_now, lease_max):
             continue  # in flight (leased) or backing off: passed without a decode
         try:
             entry = decode_deferred(raw)
         except JournalCorrupt:
             continue  # logged by the readers; never hand out garbage
-        if entry.poisoned or entry.lease_until > lease_now or entry.not_before > now:
+        if entry.poisoned or lease_now < entry.lease_until <= lease_max \
+                or entry.not_before > now:
             continue
         lent = leased(entry, now + lease)
         value = encode_leased(raw, lent)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -357,17 +358,19 @@ def decode_deferred(data: bytes) -> DeferredEntry:
         _float(lease_until), poisoned, order)
 
 
-def surely_unclaimable(data: bytes, now: float, lease_now: float | None = None) -> bool:
+def surely_unclaimable(data: bytes, now: float, lease_now: float | None = None,
+                       lease_max: float = math.inf) -> bool:
     """Whether an encoded DeferredEntry is poisoned, leased or backing off at `now`, read
     off its last four fields (`not_before, lease_until, poisoned, order`: numbers and a
     bool, so no comma inside) without decoding the rest. False when unsure (damaged):
     the caller decodes it. A claim passes the entries in flight (leased) at the front
     of the queue on every call: decoding each was most of a claim's cost. `lease_now`:
-    the time leases are compared with, if not `now` (queue.op_claim)."""
+    the time leases are compared with, if not `now` (queue.op_claim); a lease ending
+    after `lease_max` is over too."""
     try:
         _, not_before, lease_until, poisoned, _ = data.rsplit(b",", 4)
-        return poisoned == b"true" or float(lease_until) > (
-            now if lease_now is None else lease_now) or float(not_before) > now
+        return poisoned == b"true" or (now if lease_now is None else lease_now) < float(
+            lease_until) <= lease_max or float(not_before) > now
     except ValueError:
         return False
 

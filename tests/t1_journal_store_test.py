@@ -224,6 +224,30 @@ async def test_a_new_run_ends_the_leases_of_the_runs_before(tmp_path: Path,
         j.close()
 
 
+async def test_leases_granted_under_a_clock_ahead_are_over(tmp_path: Path,
+                                                          clock: Clock) -> None:
+    """A run whose clock was two hours fast (stepped back since) left leases ending two
+    hours past any this run grants: over, not waited out (a28); a step back within this
+    run of less than a second keeps its own leases."""
+    j = Journal.open(tmp_path / "s", clock=clock)
+    for p in ("/f", "/g"):
+        await j.defer(p, ID1, Reason.UNAVAILABLE, "p")
+    clock.now += 7200
+    assert len(await j.claim(1, lease=60)) == 1
+    j.close()
+    clock.now -= 7200  # the clock stepped back, then the next run
+    j = Journal.open(tmp_path / "s", clock=clock)
+    try:
+        await j.begin_run(b"src")
+        assert [e.path for e in await j.claim(1, lease=60)] == ["/f"]  # not waited out
+        clock.now += 10
+        assert [e.path for e in await j.claim(5, lease=60)] == ["/g"]
+        clock.now -= 0.5  # a small step back: this run's leases hold
+        assert await j.claim(5, lease=60) == []
+    finally:
+        j.close()
+
+
 async def test_release_backs_off_then_poisons(journal: Journal, clock: Clock) -> None:
     seq = await journal.defer("/f", ID1, Reason.UNAVAILABLE, "p")
     await journal.defer("/g", ID1, Reason.UNAVAILABLE, "p")

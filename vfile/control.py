@@ -126,6 +126,10 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         req = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"malformed request: {err}") from None
+    except RecursionError:
+        # Nested deeper than the interpreter recurses (a few KB of "["): not a ValueError,
+        # it left the server loop and took the mount down with it (a28)
+        raise ValueError("malformed request: nested too deeply") from None
     if not isinstance(req, dict):
         raise ValueError("malformed request: expected a JSON object")
     cmd = req.get("cmd")

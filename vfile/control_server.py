@@ -129,6 +129,10 @@ class ControlServer:
     async def _serve_conn(self, conn: trio.socket.SocketType, reserve: _Reserve) -> None:
         try:
             await self._serve_one(trio.SocketStream(conn))
+        except Exception:
+            # One connection's surprise must not leave this nursery: the mount's is next
+            # (a28: a RecursionError from the parser took the mount down)
+            log.exception("control: a connection failed")
         finally:
             reserve.refill()
 

@@ -184,6 +184,11 @@ STOP_SETTLE_S = 2.0
 MAX_SIG = 1024
 
 
+def _dir_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def _read_sig(state_dir: Path) -> str:
     """The version the last run trusted, or "" when there is none or the file is not one
     (logged): opens then scan as after a new version, nothing is lost. A FIFO there hung
@@ -411,7 +416,8 @@ async def open_service(opts: MountOptions, root_fd: int) -> AsyncIterator[Runnin
                 journal, info.source,
                 lambda: [gate.last_signature, *gate.grace.signatures(),
                          *(str(a["sig_version"]) for a in pool.statistics())],
-                busy=lambda: drain.in_flight > 0)  # it yields to the drain
+                busy=lambda: drain.in_flight > 0,  # it yields to the drain
+                root_key=_dir_key(root_fd))  # walked only while it is the source served
             await nursery.start(collector.serve)
             await nursery.start(serve_outputs, outputs)  # --metrics, --audit-log
             await nursery.start(memwatch.serve)  # SIGUSR2: log where the memory goes

@@ -38,6 +38,18 @@ def holding_max(nofile: int) -> int:
     return max(16, min(HOLDING_MAX, nofile // 8))
 
 
+#: the furthest ahead a close scan's due time is ever set (a whole-second file's tick, or
+#: `CloseScans.unread`'s tick); one further ahead was set before the wall clock stepped
+#: back, and is due now: else the queue waited as long as the step (a28,
+#: tests/t5_attack28_clock_test.py: an hour's step held every close scan an hour)
+AHEAD_MAX_NS = racy.COARSE_FS_NS + racy.TICK_NS + 1
+
+
+def is_due(due_ns: int, now_ns: int) -> bool:
+    """A close scan due at `due_ns` is judged at `now_ns` (pure)."""
+    return due_ns <= now_ns or due_ns - now_ns > AHEAD_MAX_NS
+
+
 def timer_s(due_ns: int, now_ns: int) -> float:
     """The batch task's timer for a head close due at `due_ns` (pure): `LATE_NS` late."""
-    return (max(0, due_ns - now_ns) + LATE_NS) / 1e9
+    return (min(max(0, due_ns - now_ns), AHEAD_MAX_NS) + LATE_NS) / 1e9

@@ -162,9 +162,9 @@ class CloseScans:
     def _due_now(self, now: int) -> None:
         """The closes whose tick passed, judged in this close's trio step, not by a wake-up
         of the batch task (k27: its event and timer cost more than the judgement)."""
-        if not self._batching or not self._queue or self._queue[0].due_ns > now:
+        if not self._batching or not (n := self._judge_due(now)):
             return
-        self.by_a_close += self._judge_due(now)
+        self.by_a_close += n
         if self._timer is not None and self._queue:
             self._timer.deadline = trio.current_time() + closelimits.timer_s(
                 self._queue[0].due_ns, now)
@@ -195,7 +195,7 @@ class CloseScans:
                     await self._wake.wait()  # a close, or the last completion committed
                     continue
                 now = time.time_ns()
-                if self._queue[0].due_ns > now:
+                if not closelimits.is_due(self._queue[0].due_ns, now):
                     # Fires only when no close comes (`_due_now` judges, moves it on).
                     self._wake = trio.Event()
                     with trio.move_on_after(closelimits.timer_s(self._queue[0].due_ns, now)) \
@@ -215,7 +215,7 @@ class CloseScans:
     def _judge_due(self, now: int) -> int:
         decided: _Decided = {}  # one batch, one trio step: the same inputs
         n = 0
-        while n < BATCH and self._queue and self._queue[0].due_ns <= now:
+        while n < BATCH and self._queue and closelimits.is_due(self._queue[0].due_ns, now):
             self._close_now(self._queue.popleft(), decided)
             n += 1
         return n

@@ -158,6 +158,7 @@ class TokenBucket:
         self._clock = clock
         self._tokens = burst
         self._stamp = clock()
+        self._changed = trio.Event()  # `retune`: a waiting `take` looks again
 
     def _refill(self) -> None:
         now = self._clock()
@@ -172,11 +173,20 @@ class TokenBucket:
         need = min(amount, self.burst) - self._tokens
         return max(0.0, need / self.rate)
 
+    def retune(self, rate: float, burst: float) -> None:
+        """A new rate: a `take` waiting at the old one waits again at this one."""
+        self._refill()  # the time so far at the old rate
+        self.rate, self.burst = rate, burst
+        self._changed.set()
+
     async def take(self, amount: float) -> None:
-        # One sleep suffices: only the drain loop takes tokens, so nobody can
-        # spend the refill while we sleep. The rate may change meanwhile; the
-        # debt that leaves is paid by the next taker.
-        await trio.sleep(self.delay_for(amount))
+        # Only the drain loop takes tokens, so nobody can spend the refill while we
+        # wait. A wait computed at a rate set by mistake (0.001 files/s: 1,000 s) ends
+        # when the rate is set again (a28: it slept on through the correction).
+        while (delay := self.delay_for(amount)) > 0:
+            self._changed = trio.Event()
+            with trio.move_on_after(delay):
+                await self._changed.wait()
         self._refill()
         self._tokens -= amount
 
@@ -237,11 +247,9 @@ class Drain:
     def set_rate(self, files_per_s: float | None = None, bytes_per_s: float | None = None) -> None:
         if files_per_s is not None:
             self._configured_files_per_s = files_per_s
-            self._files.rate = files_per_s
-            self._files.burst = max(1.0, files_per_s)
+            self._files.retune(files_per_s, max(1.0, files_per_s))
         if bytes_per_s is not None:
-            self._bytes.rate = bytes_per_s
-            self._bytes.burst = max(1.0, bytes_per_s)
+            self._bytes.retune(bytes_per_s, max(1.0, bytes_per_s))
 
     @property
     def paused(self) -> bool:

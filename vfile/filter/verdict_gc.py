@@ -56,21 +56,37 @@ QUIET_POLL = 1.0
 IdentityKey = tuple[int, int, int, int, int]
 
 
-def source_identities(root: str) -> set[IdentityKey]:
-    """(dev, ino, size, mtime_ns, ctime_ns) of every regular file below `root`."""
+def source_identities(root: str, root_key: tuple[int, int] | None = None
+                      ) -> set[IdentityKey] | None:
+    """(dev, ino, size, mtime_ns, ctime_ns) of every regular file below `root`; None when
+    the walk cannot see every file the mount serves: `root` is not the directory whose
+    (st_dev, st_ino) is `root_key` any more (moved away, mounted over: the mount serves
+    the one it opened), or a directory could not be listed for a reason other than its
+    removal or its permissions (EMFILE, EIO). A file it missed would have its verdicts
+    taken for garbage (a28, tests/t5_attack28_gc_walk_test.py)."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    if root_key is not None and (st.st_dev, st.st_ino) != root_key:
+        return None
     found: set[IdentityKey] = set()
     stack = [root]
     while stack:
         top = stack.pop()
         try:
             entries = list(os.scandir(top))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # removed, or not ours to read: as unreadable through the mount
         except OSError:
-            continue  # vanished or unreadable: its verdicts are garbage or kept next time
+            return None
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
-            except OSError:
+            except FileNotFoundError:
                 continue
+            except OSError:
+                return None
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
             elif stat.S_ISREG(st.st_mode):
@@ -116,10 +132,12 @@ class _Yield:
 async def collect(journal: Journal, *, source: str | None, signatures: Iterable[str],
                   clock: Callable[[], float] = time.time,
                   busy: Callable[[], bool] = lambda: False,
-                  max_postpone: float = MAX_POSTPONE) -> Collected:
+                  max_postpone: float = MAX_POSTPONE,
+                  root_key: tuple[int, int] | None = None) -> Collected:
     """One incremental pass over the verdict table; see the module docstring.
 
-    `source`: the source directory (None: keep verdicts whatever files exist);
+    `source`: the source directory (None: keep verdicts whatever files exist), walked
+    only while it is the directory `root_key` names (`source_identities`);
     `signatures`: the versions in use (empty: keep verdicts whatever their version);
     `busy`: the drain is at work: wait (at most `max_postpone` in all).
     """
@@ -127,7 +145,12 @@ async def collect(journal: Journal, *, source: str | None, signatures: Iterable[
     await quiet.wait_quiet()
     began, started = time.monotonic(), clock()
     sigs = {s for s in signatures if s}
-    live = None if source is None else await trio.to_thread.run_sync(source_identities, source)
+    live = None if source is None else await trio.to_thread.run_sync(
+        source_identities, source, root_key)
+    if source is not None and live is None:
+        log.warning("verdict collection: %s could not be walked whole, or is not the "
+                    "mount's source directory any more; verdicts are kept whatever files "
+                    "exist (collected by signature version only)", source)
     out = Collected()
     after: bytes | None = None
     while True:
@@ -151,8 +174,11 @@ class VerdictCollector:
 
     def __init__(self, journal: Journal, source: str, signatures: Callable[[], Iterable[str]],
                  *, first_delay: float = FIRST_DELAY, interval: float = INTERVAL,
-                 busy: Callable[[], bool] = lambda: False) -> None:
+                 busy: Callable[[], bool] = lambda: False,
+                 root_key: tuple[int, int] | None = None) -> None:
         self._journal = journal
+        #: (st_dev, st_ino) of the directory the mount serves (`source_identities`)
+        self._root_key = root_key
         self._busy = busy
         self._source = source
         self._signatures = signatures
@@ -170,7 +196,7 @@ class VerdictCollector:
             try:
                 self.last = await collect(self._journal, source=self._source,
                                           signatures=list(self._signatures()),
-                                          busy=self._busy)
+                                          busy=self._busy, root_key=self._root_key)
                 self.runs += 1
                 if self.last.collected:
                     log.info("verdicts: %d of %d collected in %.1fs", self.last.collected,

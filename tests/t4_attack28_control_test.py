@@ -1,0 +1,69 @@
+"""Attack review a28: control-plane requests the parser or the handlers did not expect,
+through a real mount's socket (as its owner: root and the owner are the only ones served).
+
+- A request nested deeper than Python's recursion limit (`[` repeated: 30 KB, within the
+  64 KiB request bound) raised RecursionError out of `json.loads`, which is neither a
+  ValueError nor anything the server loop caught: it left the control server's nursery,
+  and with it the mount's (the FUSE mount went down, ENOTCONN for every user).
+- Paths no file has (a lone surrogate, valid JSON "\\ud800"; a NUL) are looked up
+  as keys like any other (journal/keys.py): no entry, nothing retried (held before).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from mounting import mounted
+
+from vfile import control
+
+pytestmark = pytest.mark.mount
+
+
+def raw_call(mnt: Path, line: bytes) -> dict[str, object]:
+    """One request line as given, its reply decoded (call_socket encodes JSON itself)."""
+    path = control.candidate_sockets(mnt)[0]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall(line + b"\n")
+        data = bytearray()
+        while chunk := sock.recv(65536):
+            data += chunk
+    if not data:
+        return {"ok": False, "error": "no reply (the server closed the connection)"}
+    reply = json.loads(bytes(data).split(b"\n", 1)[0])
+    assert isinstance(reply, dict), reply
+    return reply
+
+
+#: (request line, a piece of the error it must get; None: it must succeed)
+ODD_LINES: list[tuple[bytes, str | None]] = [
+    (b"[" * 30000, "nested too deeply"),
+    (b'{"cmd": "status", "args": {"x": ' + b"[" * 30000 + b"]}}", "nested too deeply"),
+    (b'{"cmd": "journal.show", "args": {"path": "\\ud800"}}', "no journal entry"),
+    (b'{"cmd": "journal.retry", "args": {"path": "\\udfff/x"}}', None),
+    (b'{"cmd": "journal.show", "args": {"path": "a\\u0000b"}}', "no journal entry"),
+    (b'{"cmd": "journal.retry", "args": {"path": "a\\u0000b"}}', None),
+]
+
+
+def test_odd_control_requests_get_an_error_and_the_mount_stays(tmp_path: Path) -> None:
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "f").write_bytes(b"clean\n")
+    with mounted(src, mnt, "--state-dir", str(tmp_path / "state")) as server:
+        wrong = []
+        for line, says in ODD_LINES:
+            reply = raw_call(mnt, line)
+            if (says is None) != bool(reply.get("ok")) or (
+                    says is not None and says not in str(reply.get("error"))):
+                wrong.append((line[:60], reply))
+            # Still up after each: its socket answers, its files are served.
+            assert control.call(str(mnt), "status", timeout=30)["window"]["active"] is False
+            assert (mnt / "f").read_bytes() == b"clean\n"
+        assert wrong == [], f"{wrong}\n{server.log()[-3000:]}"
