@@ -99,7 +99,7 @@ def test_odd_numbers_are_refused_not_raised(model: type, key: str, value: str) -
      "journal.sync_interval: 1e-300 is out of range: allowed 0.01s to 3600s"),
     ('[pool]\nprobe_interval = "0ms"', "pool.probe_interval: must be greater than 0"),
     ('[pool]\nprobe_interval = 1e-300',
-     "pool.probe_interval: 1e-300 is out of range: allowed 0.05s to 3600s"),
+     "pool.probe_interval: 1e-300 is out of range: allowed 0.05s to 86400s"),
     ('[[profile]]\nname = "default"\nmax_size = "2048TiB"',
      "profile[0].max_size: '2048TiB' is out of range: allowed 0 bytes to 1125899906842624 bytes"),
     ('[mount]\nfd_cache = 99999999', "mount.fd_cache: 99999999 must be between 16 and"),

@@ -75,7 +75,7 @@ def test_frozen() -> None:
     ("frobnicate = 1", "unknown key: frobnicate"),
     ('[pool]\nretries = -1', "pool.retries: -1 must be between 0 and 10"),
     ('[pool]\nretries = "2"', "pool.retries: expected an integer"),
-    ('[pool]\nbreaker_failures = 0', "pool.breaker_failures: 0 must be between 1 and 1000"),
+    ('[pool]\nbreaker_failures = 0', "pool.breaker_failures: 0 must be between 1 and 1000000"),
     ('[[profile]]\nname="a"\npaths=["x"]\ndeadline="0s"', "profile[0].deadline: must be greater"),
     ('[[profile]]\nname="a"\npaths=["x"]\ndeadline="1s"\nattempt_timeout="2s"',
      "profile[0].attempt_timeout: 2s is longer than the deadline (1s)"),

@@ -66,7 +66,7 @@ def _mount(source: Path, mountpoint: Path, conf: Path) -> subprocess.CompletedPr
     ('[[profile]]\nname = "default"\ndeadline = 1e308\n', "profile[0].deadline",
      "allowed 0.001s to 3600s"),
     ("[journal]\nsync_interval = 1e-300\n", "journal.sync_interval", "allowed 0.01s to 3600s"),
-    ("[pool]\nprobe_interval = 1e-300\n", "pool.probe_interval", "allowed 0.05s to 3600s"),
+    ("[pool]\nprobe_interval = 1e-300\n", "pool.probe_interval", "allowed 0.05s to 86400s"),
     ('[[profile]]\nname = "default"\nmax_size = ' + "9" * 400 + "\n", "profile[0].max_size",
      "not a finite size"),
     ("[mount]\nfd_cache = 4294967296\n", "mount.fd_cache", "between 16 and 1048576"),

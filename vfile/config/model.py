@@ -192,9 +192,9 @@ RANGES: dict[tuple[type, str], tuple[float, float]] = {
     (MountConfig, "fd_cache"): (MIN_FD_CACHE, MAX_FD_CACHE),
     (PoolConfig, "attempt_timeout"): (0.001, HOUR),
     (PoolConfig, "retries"): (0, MAX_RETRIES),
-    (PoolConfig, "breaker_failures"): (1, 1000),
+    (PoolConfig, "breaker_failures"): (1, 1_000_000),  # simulate's legacy: "never"
     (PoolConfig, "breaker_cooldown"): (0.01, HOUR),
-    (PoolConfig, "probe_interval"): (0.05, HOUR),
+    (PoolConfig, "probe_interval"): (0.05, DAY),  # simulate's legacy: "1d"
     (PoolConfig, "adaptive_floor"): (0.001, HOUR),
     (PoolConfig, "adaptive_cap"): (0.001, HOUR),
     (PoolConfig, "safety_factor"): (1, 1000),
