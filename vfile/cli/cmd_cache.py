@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
+from vfile.cli._bounds import DAY, HOUR, within
+from vfile.config.model import MAX_RETRIES
 from vfile.errors import Exit, UserError
 from vfile.scanner.cache_defaults import (
     DEFAULT_LOCK_TTL,
@@ -32,6 +34,25 @@ if TYPE_CHECKING:
 # invocation imports this module (issue 12; tests/t0_cli_imports_test.py).
 
 log = logging.getLogger(__name__)
+
+
+#: each numeric option's range (`_check`); NaN and infinity are outside every one
+RANGES: dict[str, tuple[float, float, str]] = {
+    "ttl": (1, 365 * DAY, " seconds"), "lock_ttl": (0.1, DAY, " seconds"),
+    "redis_timeout": (0.01, HOUR, " seconds"), "attempt_timeout": (0.001, HOUR, " seconds"),
+    "retries": (0, MAX_RETRIES, ""), "probe_interval": (0.05, DAY, " seconds"),
+    "max_concurrency": (1, 4096, ""), "max_inflight": (1, 4096, ""),
+    "grace": (0, 7 * DAY, " seconds"), "rescan_rate": (0.01, 1e6, " per second"),
+    "hot_top": (1, 1_000_000, ""), "hot_max_bytes": (0, 1 << 50, " bytes"),
+    "hot_interval": (0.05, HOUR, " seconds"),
+}
+
+
+def _check(options: dict[str, object]) -> None:
+    for name, (low, high, unit) in RANGES.items():
+        value = options[name]
+        assert isinstance(value, (int, float))  # typer parsed it as declared
+        within("--" + name.replace("_", "-"), value, low, high, unit)
 
 
 def _opt(env: str, text: str) -> typer.models.OptionInfo:
@@ -131,6 +152,7 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
     from vfile.scanner.pool import Pool
 
     setup_logging(verbose)
+    _check(locals())
     try:
         pool = Pool(upstream, attempt_timeout=attempt_timeout, retries=retries,
                     probe_interval=probe_interval, max_concurrency=max_concurrency,
@@ -147,8 +169,6 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
     if key is None:
         log.warning("no --key-file: cached verdicts are not authenticated, so anyone who "
                     "can write to %s can make any content answer clean", redis)
-    if max_inflight < 1:
-        raise UserError("--max-inflight must be >= 1", Exit.USAGE)
     appliance = CacheAppliance(pool, verdicts, grace=carry, hot=hot, max_inflight=max_inflight)
     try:
         async with trio.open_nursery() as nursery:

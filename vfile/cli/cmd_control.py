@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from vfile.cli._app import app, user_errors
+from vfile.cli._bounds import DAY, within
 from vfile.config.syntax import parse_duration
 from vfile.control import ControlError, Refused, call
 from vfile.errors import Exit, UserError
@@ -171,6 +172,7 @@ def drain(  # noqa: PLR0917 - typer maps parameters to options
     Example: vfile drain /mnt/guest rate --files-per-s 50
     Example: vfile drain /mnt/guest now --wait
     """
+    within("--wait-timeout", wait_timeout, 0, 30 * DAY, " seconds")
     args: dict[str, Any] = {"action": action}
     if files_per_s is not None:
         args["files_per_s"] = files_per_s

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from vfile.cli._app import StateDir, Verbose, app, setup_logging, user_errors
+from vfile.cli._bounds import within
 from vfile.config.model import DEFAULT_DEADLINE, DEFAULT_FAIL_MODE
 from vfile.errors import Exit, UserError
 
@@ -37,9 +38,7 @@ MAX_CACHE_TIMEOUT = 86400.0
 
 
 def check_cache_timeout(value: float | None) -> float | None:
-    if value is not None and not 0 <= value <= MAX_CACHE_TIMEOUT:  # also nan
-        raise UserError(f"--cache-timeout must be between 0 and {MAX_CACHE_TIMEOUT:g} "
-                        f"seconds, not {value!r}", Exit.USAGE)
+    within("--cache-timeout", value, 0, MAX_CACHE_TIMEOUT, " seconds")
     return value
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vfile.cli._app import Verbose, app, run_async, setup_logging
+from vfile.cli._bounds import HOUR, within
 from vfile.errors import Exit, UserError
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_JOBS = 8
+MAX_JOBS = 256  # scans at once; each holds a descriptor and a connection
 
 
 def _walk(paths: list[str]) -> Iterator[str]:
@@ -74,8 +76,8 @@ async def scan(  # noqa: PLR0917  (typer options)
     from vfile.scanner.pool import Pool
 
     setup_logging(verbose)
-    if timeout <= 0 or jobs < 1:
-        raise UserError("--timeout must be > 0 and --jobs >= 1", Exit.USAGE)
+    within("--timeout", timeout, 0.001, HOUR, " seconds")
+    within("--jobs", jobs, 1, MAX_JOBS)
     try:
         pool = Pool(appliance, attempt_timeout=timeout, retries=0, max_concurrency=jobs,
                     probe_interval=max(timeout, 1.0))

@@ -128,8 +128,12 @@ class Params:
                              f"(choose from {','.join(MODES)})")
         if self.fault not in FAULTS:
             raise ValueError(f"--fault: {self.fault!r} is not one of {', '.join(FAULTS)}")
-        if self.files < 20:
-            raise ValueError("--files: at least 20")
+        if not 20 <= self.files <= 1_000_000:
+            raise ValueError("--files: between 20 and 1000000")
+        if not 0 <= self.after <= 3600:  # NaN too
+            raise ValueError("--after: between 0 and 3600 seconds")
+        if not 1 <= self.drain_timeout <= 86400:
+            raise ValueError("--drain-timeout: between 1 and 86400 seconds")
         if not 1 <= self.writers <= 16:
             raise ValueError("--writers: between 1 and 16")
         if not self.window.start < self.outage.end:
