@@ -5,12 +5,16 @@ SIGKILL its server (README "Durability of journal records", tier 1w).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 
 from mounting import mounted, wait_for
 from outage import signature_version, write_config
 from statedisks import durability
+
+from vfile import control
+from vfile.journal import environment, watermark
 
 FILES = 40
 
@@ -58,3 +62,12 @@ def create_and_kill(src: Path, mnt: Path, state: Path, args: tuple[str, ...], *,
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
     return sig
+
+
+def reboot(state: Path) -> None:
+    """A power loss of the machine empties /run: the witness and LMDB's lock file go
+    with it (the next start cannot tell its page cache survived: it walks)."""
+    target = environment.lock_target(state, control.runtime_dir() / "journal-locks")
+    for p in (target, watermark.witness_path(target)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()

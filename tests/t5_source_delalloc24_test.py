@@ -17,7 +17,6 @@ it stores W, and the recovery walk drops the verdicts of the files it journals.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -27,23 +26,15 @@ from pathlib import Path
 import pytest
 from mounting import mounted
 from outage import signature_version, status, unaccounted
+from powercut import reboot
 from queuedrace import wait_settled
 from statedisks import loop_ext4
 
-from vfile import control
-from vfile.journal import Journal, environment, sourcesync, watermark
+from vfile.journal import Journal, sourcesync
 from vfile.journal.records import Identity
 from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
-
-
-def _reboot(state: Path) -> None:
-    """A power loss empties /run: the witness and LMDB's lock file go with it."""
-    target = environment.lock_target(state, control.runtime_dir() / "journal-locks")
-    for p in (target, watermark.witness_path(target)):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
 
 
 def test_a_source_power_loss_leaves_no_new_file_unaccounted(tmp_path: Path) -> None:
@@ -77,7 +68,7 @@ def test_a_source_power_loss_leaves_no_new_file_unaccounted(tmp_path: Path) -> N
     subprocess.run(["mount", "-o", "loop", str(img), str(where)], check=True,
                    capture_output=True)
     try:
-        _reboot(state)
+        reboot(state)
         with mounted(where, mnt, "--state-dir", str(state)) as again:
             text = again.log()
         assert "recovery walk" in text
@@ -134,7 +125,7 @@ def _overwrite_then_cut(tmp_path: Path, env: dict[str, str] | None = None
     subprocess.run(["mount", "-o", "loop", str(copy / "statefs.img"), str(src)], check=True,
                    capture_output=True)
     try:
-        _reboot(state)
+        reboot(state)
         with mounted(src, mnt, "--state-dir", str(state)) as again:
             try:
                 served = (mnt / "x").read_bytes()
@@ -192,7 +183,7 @@ def test_a_clean_stop_whose_source_sync_hangs_is_not_recorded_clean(tmp_path: Pa
                  env={sourcesync.STALL_ENV: "stall"}):
         (mnt / "f").write_bytes(b"a file\n")
         wait_settled(mnt)
-    _reboot(state)
+    reboot(state)
     with mounted(src, mnt, "--state-dir", str(state)) as again:
         text = again.log()
     assert "recovery walk" in text
