@@ -61,9 +61,13 @@ def test_rsync_keeps_verdicts_without_fsyncs_or_rescans(tree: Tree) -> None:
             sig = signature_version(state)
             assert unaccounted(tree.source, state, sig) == []
             drain = status(mnt)["drain"]
-    # A few at most: a create's own entry the drain claims before its close scan's
-    # completion commits ("still being written"), the create path's, not rsync's.
-    assert after["drained"] - before["drained"] <= FILES // 20, (before, after, str(drain))
+    # Not every file (before rs23 the drain rescanned all 200): those whose entry the
+    # drain claimed before their close scan's completion committed ("still being
+    # written"), the create path's, not rsync's. Measured 11-18 of 200 on a quiet machine
+    # in round 13 (the bound was 10 and failed in CI with 22), 30-33 beside
+    # `stress-ng --cpu 4`: how many is a matter of load, so the bound only tells "a
+    # fraction" from "every file".
+    assert after["drained"] - before["drained"] <= FILES // 4, (before, after, str(drain))
     assert after["exposures"] - before["exposures"] == 0, "exposures recorded"
     # Group commits and the watermark's, not one or more per file.
     assert after["fsyncs"] - before["fsyncs"] <= FILES // 4, (before, after)
