@@ -187,9 +187,9 @@ class Journal(JournalBase):
         `gone`: that file's (dev, ino) lost its last name: its verdicts go too (m27).
         Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it."""
         t, now = self._t, self._clock()
-
         def op(txn: Txn) -> DeferredEntry | None:
-            verdicts.op_drop_files(txn, t, [gone] if gone is not None else [])
+            if gone is not None:
+                verdicts.op_drop_files(txn, t, [gone])
             return ops.op_forget(txn, t, path, outcome, now)
         return await self._write(op, durable=False)
 
