@@ -20,7 +20,7 @@ from vfile import limits
 from vfile.cli import cmd_cache
 from vfile.cli._app import app
 from vfile.cli._bounds import within
-from vfile.commands import _number
+from vfile.commands import Commands, _number
 from vfile.config.reader import parse_config
 from vfile.config.syntax import ConfigError
 from vfile.control import ControlError
@@ -58,14 +58,32 @@ def test_anything_but_an_int_or_a_float_fails(value: object) -> None:
     assert not in_range(value, 0, 1)
 
 
-def test_the_drain_rate_bounds_are_the_control_servers() -> None:
-    """One definition: the control command refuses exactly past `vfile.limits`'s."""
-    for key, low, high in (("files_per_s", limits.MIN_FILES_PER_S, limits.MAX_FILES_PER_S),
-                           ("bytes_per_s", limits.MIN_BYTES_PER_S, limits.MAX_BYTES_PER_S)):
-        assert _number({key: low}, key, minimum=low, maximum=high) == low
-        assert _number({key: high}, key, minimum=low, maximum=high) == high
-    assert (limits.MIN_FILES_PER_S, limits.MAX_FILES_PER_S) == (0.001, 1e6)
-    assert (limits.MIN_BYTES_PER_S, limits.MAX_BYTES_PER_S) == (1.0, 1e12)
+class _Drain:
+    def __init__(self) -> None:
+        self.rates: list[tuple[float | None, float | None]] = []
+
+    def set_rate(self, files_per_s: float | None = None,
+                 bytes_per_s: float | None = None) -> None:
+        self.rates.append((files_per_s, bytes_per_s))
+
+    def statistics(self) -> dict[str, object]:
+        return {}
+
+
+def test_the_drain_rate_bounds_are_the_control_commands() -> None:
+    """One definition (vfile.limits): the control command `drain rate` takes its bounds
+    and refuses just past them."""
+    commands = object.__new__(Commands)
+    commands.drain = drain = _Drain()  # type: ignore[assignment]
+    for files, nbytes in ((limits.MIN_FILES_PER_S, limits.MIN_BYTES_PER_S),
+                          (limits.MAX_FILES_PER_S, limits.MAX_BYTES_PER_S)):
+        commands.drain_ctl({"action": "rate", "files_per_s": files, "bytes_per_s": nbytes})
+    assert drain.rates == [(0.001, 1.0), (1e6, 1e12)]
+    for key, bad in (("files_per_s", 0.00099), ("files_per_s", 1.01e6),
+                     ("bytes_per_s", 0.99), ("bytes_per_s", 1.01e12)):
+        with pytest.raises(ControlError, match=f"'{key}' must be a number from"):
+            commands.drain_ctl({"action": "rate", key: bad})
+    assert len(drain.rates) == 2
 
 
 # --- each caller keeps its own error -----------------------------------------------------

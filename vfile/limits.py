@@ -15,8 +15,6 @@ definition, imported by each place that enforces it.
 
 from __future__ import annotations
 
-from typing import TypeGuard
-
 HOUR = 3600.0
 DAY = 86400.0
 #: 1 PiB: past any file, scan debt or cache of copies
@@ -33,7 +31,7 @@ MAX_BYTES_PER_S = 1e12
 MAX_FILES_PER_S = 1e6
 
 
-def in_range(value: object, low: float, high: float) -> TypeGuard[int | float]:
+def in_range(value: object, low: float, high: float) -> bool:
     """True if `value` is an int or a float (a bool is neither here: JSON's and TOML's
     `true` is not a number to whoever wrote it) with low <= value <= high. NaN is never
     in range, an infinity only within an infinite bound; -0.0 is 0."""

@@ -17,6 +17,7 @@ from vfile.cli._app import StateDir, Verbose, app, setup_logging, user_errors
 from vfile.cli._bounds import within
 from vfile.config.model import DEFAULT_DEADLINE, DEFAULT_FAIL_MODE
 from vfile.errors import Exit, UserError
+from vfile.limits import DAY
 
 #: The -o options `vfile mount` understands.
 MOUNT_OPTIONS = ("allow_other", "no_writeback", "noxattr")
@@ -34,7 +35,7 @@ def parse_o(values: list[str]) -> set[str]:
 
 
 #: a day, like libfuse's passthrough examples' `-o timeout`: beyond it nothing is gained
-MAX_CACHE_TIMEOUT = 86400.0
+MAX_CACHE_TIMEOUT = DAY
 
 
 def check_cache_timeout(value: float | None) -> float | None:
