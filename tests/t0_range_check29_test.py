@@ -169,8 +169,10 @@ def test_prewarm_pacing_takes_the_bounds() -> None:
 
 # --- `vfile appliance cache`: every numeric option, by its own call ---------------------
 
-CACHE = ["appliance", "cache", "--listen", "tcp://127.0.0.1:0", "--upstream",
-         "clamd:///nowhere", "--redis", "redis://127.0.0.1:1/0"]
+#: an upstream no pool takes: an option left unchecked ends at it (exit 2, another
+#: message), not in a served appliance
+CACHE = ["appliance", "cache", "--listen", "tcp://127.0.0.1:0", "--upstream", "ftp://x",
+         "--redis", "redis://127.0.0.1:1/0"]
 NUMERIC = [name for name, p in inspect.signature(cmd_cache.cache).parameters.items()
            if str(p.annotation).startswith(("Annotated[float", "Annotated[int"))]
 
