@@ -29,6 +29,13 @@ from vfile.filter.gate import Gate
 from vfile.filter.window import MAX_WINDOW, Window
 from vfile.journal.records import deferred_to_json, quarantine_to_json
 from vfile.journal.store import Journal
+from vfile.limits import (
+    MAX_BYTES_PER_S,
+    MAX_FILES_PER_S,
+    MIN_BYTES_PER_S,
+    MIN_FILES_PER_S,
+    in_range,
+)
 from vfile.observe import logqueue
 from vfile.observe.memwatch import DEFAULT_TOP, MemoryWatch
 from vfile.passthrough.syscalls import syncfs
@@ -40,8 +47,7 @@ log = logging.getLogger(__name__)
 SETTLE_DEADLINE = 0.5
 SYNC_LIMITER = trio.CapacityLimiter(1)
 #: the bounds of the control commands' numbers (b27): past them is a typo, not a choice
-MAX_FILES_PER_S = 1e6
-MAX_BYTES_PER_S = 1e12
+#: (the drain's rate: vfile.limits)
 MAX_LIST = 10**9
 MAX_TOP = 10_000
 
@@ -62,8 +68,7 @@ def _number(args: dict[str, Any], key: str, *, minimum: float, maximum: float
     value = args.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not minimum <= value <= maximum:  # NaN fails this too
+    if not in_range(value, minimum, maximum):  # a bool, a string, NaN too
         shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
         raise ControlError(f"{key!r} must be a number from {minimum:g} to {maximum:g}, "
                            f"not {shown}")
@@ -163,8 +168,10 @@ class Commands:
         elif action == "resume":
             self.drain.resume()
         elif action == "rate":
-            files = _number(args, "files_per_s", minimum=0.001, maximum=MAX_FILES_PER_S)
-            nbytes = _number(args, "bytes_per_s", minimum=1.0, maximum=MAX_BYTES_PER_S)
+            files = _number(args, "files_per_s", minimum=MIN_FILES_PER_S,
+                            maximum=MAX_FILES_PER_S)
+            nbytes = _number(args, "bytes_per_s", minimum=MIN_BYTES_PER_S,
+                             maximum=MAX_BYTES_PER_S)
             if files is None and nbytes is None:
                 raise ControlError("drain rate needs files_per_s and/or bytes_per_s")
             self.drain.set_rate(files, nbytes)

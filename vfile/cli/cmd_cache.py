@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vfile.cli._app import Verbose, appliance_app, run_async, setup_logging
-from vfile.cli._bounds import DAY, HOUR, within
-from vfile.config.model import MAX_RETRIES
+from vfile.cli._bounds import within
+from vfile.config.model import RANGES, PoolConfig
 from vfile.errors import Exit, UserError
+from vfile.limits import DAY, HOUR, MAX_BYTES, MAX_FILES_PER_S
 from vfile.scanner.cache_defaults import (
     DEFAULT_LOCK_TTL,
     DEFAULT_MAX_INFLIGHT,
@@ -34,25 +35,6 @@ if TYPE_CHECKING:
 # invocation imports this module (issue 12; tests/t0_cli_imports_test.py).
 
 log = logging.getLogger(__name__)
-
-
-#: each numeric option's range (`_check`); NaN and infinity are outside every one
-RANGES: dict[str, tuple[float, float, str]] = {
-    "ttl": (1, 365 * DAY, " seconds"), "lock_ttl": (0.1, DAY, " seconds"),
-    "redis_timeout": (0.01, HOUR, " seconds"), "attempt_timeout": (0.001, HOUR, " seconds"),
-    "retries": (0, MAX_RETRIES, ""), "probe_interval": (0.05, DAY, " seconds"),
-    "max_concurrency": (1, 4096, ""), "max_inflight": (1, 4096, ""),
-    "grace": (0, 7 * DAY, " seconds"), "rescan_rate": (0.01, 1e6, " per second"),
-    "hot_top": (1, 1_000_000, ""), "hot_max_bytes": (0, 1 << 50, " bytes"),
-    "hot_interval": (0.05, HOUR, " seconds"),
-}
-
-
-def _check(options: dict[str, object]) -> None:
-    for name, (low, high, unit) in RANGES.items():
-        value = options[name]
-        assert isinstance(value, (int, float))  # typer parsed it as declared
-        within("--" + name.replace("_", "-"), value, low, high, unit)
 
 
 def _opt(env: str, text: str) -> typer.models.OptionInfo:
@@ -152,7 +134,24 @@ async def cache(  # noqa: PLR0917 - typer maps parameters to options
     from vfile.scanner.pool import Pool
 
     setup_logging(verbose)
-    _check(locals())
+    # Each numeric option by name, so a renamed parameter is a type error here, not a
+    # KeyError at run time; NaN and infinity are outside every range. The upstream pool
+    # takes a mount's [pool] ranges.
+    within("--ttl", ttl, 1, 365 * DAY, " seconds")
+    within("--lock-ttl", lock_ttl, 0.1, DAY, " seconds")
+    within("--redis-timeout", redis_timeout, 0.01, HOUR, " seconds")
+    within("--attempt-timeout", attempt_timeout, *RANGES[(PoolConfig, "attempt_timeout")],
+           " seconds")
+    within("--retries", retries, *RANGES[(PoolConfig, "retries")])
+    within("--probe-interval", probe_interval, *RANGES[(PoolConfig, "probe_interval")],
+           " seconds")
+    within("--max-concurrency", max_concurrency, 1, 4096)
+    within("--max-inflight", max_inflight, 1, 4096)
+    within("--grace", grace, 0, 7 * DAY, " seconds")
+    within("--rescan-rate", rescan_rate, 0.01, MAX_FILES_PER_S, " per second")
+    within("--hot-top", hot_top, 1, 1_000_000)
+    within("--hot-max-bytes", hot_max_bytes, 0, MAX_BYTES, " bytes")
+    within("--hot-interval", hot_interval, 0.05, HOUR, " seconds")
     try:
         pool = Pool(upstream, attempt_timeout=attempt_timeout, retries=retries,
                     probe_interval=probe_interval, max_concurrency=max_concurrency,

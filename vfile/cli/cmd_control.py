@@ -11,10 +11,11 @@ from typing import Annotated, Any
 import typer
 
 from vfile.cli._app import app, user_errors
-from vfile.cli._bounds import DAY, within
+from vfile.cli._bounds import within
 from vfile.config.syntax import parse_duration
 from vfile.control import ControlError, Refused, call
 from vfile.errors import Exit, UserError
+from vfile.limits import DAY
 
 Mountpoint = Annotated[str, typer.Argument(help="A live vfile mountpoint.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

@@ -15,8 +15,9 @@ import typer
 
 from vfile.cli._app import StateDir, Verbose, app, setup_logging, user_errors
 from vfile.cli._bounds import within
-from vfile.config.model import DEFAULT_DEADLINE, DEFAULT_FAIL_MODE
+from vfile.config.model import DEFAULT_DEADLINE, DEFAULT_FAIL_MODE, RANGES, MountConfig
 from vfile.errors import Exit, UserError
+from vfile.limits import DAY
 
 #: The -o options `vfile mount` understands.
 MOUNT_OPTIONS = ("allow_other", "no_writeback", "noxattr")
@@ -34,11 +35,18 @@ def parse_o(values: list[str]) -> set[str]:
 
 
 #: a day, like libfuse's passthrough examples' `-o timeout`: beyond it nothing is gained
-MAX_CACHE_TIMEOUT = 86400.0
+MAX_CACHE_TIMEOUT = DAY
 
 
 def check_cache_timeout(value: float | None) -> float | None:
     within("--cache-timeout", value, 0, MAX_CACHE_TIMEOUT, " seconds")
+    return value
+
+
+def check_fd_cache(value: int | None) -> int | None:
+    """[mount] fd_cache's range: typer's `min` alone took 2^32 (q29), which the
+    configuration file refuses (b27)."""
+    within("--fd-cache", value, *RANGES[(MountConfig, "fd_cache")])
     return value
 
 
@@ -116,7 +124,7 @@ def mount(  # noqa: PLR0917 - typer maps parameters to options
                                   appliances=tuple(appliance or ()), fail_mode=fail_mode,
                                   timeout=timeout, state_dir=state_dir, signatures=signatures,
                                   metrics=metrics, audit_log=audit_log, log_format=log_format,
-                                  fd_cache=fd_cache,
+                                  fd_cache=check_fd_cache(fd_cache),
                                   cache_timeout=check_cache_timeout(cache_timeout))
     if log_format not in LOG_FORMATS:
         raise UserError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not "

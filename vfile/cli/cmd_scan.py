@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vfile.cli._app import Verbose, app, run_async, setup_logging
-from vfile.cli._bounds import HOUR, within
+from vfile.cli._bounds import within
+from vfile.config.model import RANGES, PoolConfig
 from vfile.errors import Exit, UserError
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ async def scan(  # noqa: PLR0917  (typer options)
     from vfile.scanner.pool import Pool
 
     setup_logging(verbose)
-    within("--timeout", timeout, 0.001, HOUR, " seconds")
+    # the pool's attempt timeout, so a mount's [pool] range
+    within("--timeout", timeout, *RANGES[(PoolConfig, "attempt_timeout")], " seconds")
     within("--jobs", jobs, 1, MAX_JOBS)
     try:
         pool = Pool(appliance, attempt_timeout=timeout, retries=0, max_concurrency=jobs,

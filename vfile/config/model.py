@@ -31,6 +31,7 @@ from vfile.config.syntax import (
     MiB,
     glob_to_regex,
 )
+from vfile.limits import DAY, HOUR, MAX_BYTES
 from vfile.scanner import latency
 
 
@@ -183,9 +184,6 @@ class JournalConfig:
 #: 1e-300 s a busy loop, a size or count past these overflows what it is handed to.
 #: Durations in seconds, sizes in bytes. tests/t0_config_bounds27_test.py checks every
 #: int and float field has one; docs/configuration.md shows them ("allowed").
-HOUR = 3600.0
-DAY = 86400.0
-MAX_BYTES = 1 << 50  # 1 PiB: past any file or scan debt
 MAX_COUNT = 10**12
 MAX_FD_CACHE = 1 << 20  # the kernel's default nr_open
 RANGES: dict[tuple[type, str], tuple[float, float]] = {

@@ -64,6 +64,7 @@ from vfile.config.syntax import (
     parse_size,
     shown_value,
 )
+from vfile.limits import in_range
 from vfile.scanner import latency
 from vfile.scanner.trusted import UntrustedPath, read_trusted
 from vfile.scanner.urls import parse_appliance_url
@@ -148,7 +149,7 @@ class _Table:
     def within(self, name: str, number: float, shown: object, unit: str = "") -> None:
         """Refuse `number` (the key's value, written `shown`) outside the key's range."""
         low, high = RANGES.get((self.model, name), (-math.inf, math.inf))
-        if not low <= number <= high:  # NaN fails this too
+        if not in_range(number, low, high):  # NaN too
             raise ConfigError(f"{self.path(name)}: {shown_value(shown)} is out of range: "
                               f"allowed {_bound(low, unit)} to {_bound(high, unit)}")
 
@@ -161,7 +162,7 @@ class _Table:
                               f"{shown_value(value)}")
         if (self.model, name) in RANGES:
             low, high = (int(b) for b in RANGES[(self.model, name)])
-        if value < low or (high is not None and value > high):
+        if not in_range(value, low, math.inf if high is None else high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigError(f"{self.path(name)}: {shown_value(value)} must be {bound}")
         return value
@@ -198,8 +199,7 @@ class _Table:
         if value is None:
             return default
         low, high = RANGES.get((self.model, name), (low, high))
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not low <= value <= high:  # NaN fails this too
+        if not in_range(value, low, high):  # a bool, a string, NaN too
             raise ConfigError(f"{self.path(name)}: expected a number between {low:g} and "
                               f"{high:g}, got {shown_value(value)}")
         return float(value)
@@ -407,7 +407,7 @@ def apply_overrides(config: Config, *, appliances: Sequence[str] = (),
         low, high = RANGES[(Profile, "deadline")]
         if seconds <= 0:
             raise ConfigError(f"--timeout: must be greater than 0, got {deadline!r}")
-        if not low <= seconds <= high:
+        if not in_range(seconds, low, high):
             raise ConfigError(f"--timeout: {seconds:g}s is out of range: allowed {low:g}s "
                               f"to {high:g}s")
         # The per-attempt timeout never outlives the total deadline.

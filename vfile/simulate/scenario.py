@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from vfile.limits import DAY, HOUR, in_range
+
 MODES: tuple[str, ...] = ("legacy", "closed", "open", "safe")
 FAULTS: tuple[str, ...] = ("blackhole", "refuse")
 
@@ -128,13 +130,13 @@ class Params:
                              f"(choose from {','.join(MODES)})")
         if self.fault not in FAULTS:
             raise ValueError(f"--fault: {self.fault!r} is not one of {', '.join(FAULTS)}")
-        if not 20 <= self.files <= 1_000_000:
+        if not in_range(self.files, 20, 1_000_000):
             raise ValueError("--files: between 20 and 1000000")
-        if not 0 <= self.after <= 3600:  # NaN too
+        if not in_range(self.after, 0, HOUR):  # NaN too
             raise ValueError("--after: between 0 and 3600 seconds")
-        if not 1 <= self.drain_timeout <= 86400:
+        if not in_range(self.drain_timeout, 1, DAY):
             raise ValueError("--drain-timeout: between 1 and 86400 seconds")
-        if not 1 <= self.writers <= 16:
+        if not in_range(self.writers, 1, 16):
             raise ValueError("--writers: between 1 and 16")
         if not self.window.start < self.outage.end:
             raise ValueError("--window must start before the outage ends (the appliance "
