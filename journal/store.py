@@ -193,9 +193,18 @@ class Journal(JournalBase):
             return ops.op_forget(txn, t, path, outcome, now)
         return await self._write(op, durable=False)
 
-    async def rename_path(self, old: str, new: str) -> None:
+    async def rename_path(self, old: str, new: str,
+                          gone: tuple[int, int] | None = None) -> None:
+        """The entry of `old` follows its file to `new`; `gone`: the file the rename
+        replaced at `new` lost its last name there: its verdicts go in the same
+        transaction (as `forget_path`'s, a29)."""
         t, now = self._t, self._clock()
-        await self._write(lambda txn: ops.op_rename(txn, t, old, new, now))
+
+        def op(txn: Txn) -> None:
+            if gone is not None:
+                verdicts.op_drop_files(txn, t, [gone])
+            ops.op_rename(txn, t, old, new, now)
+        await self._write(op)
 
     async def rename_tree(self, old_dir: str, new_dir: str) -> int:
         """A directory was renamed: entries below it follow (scans all entries)."""
