@@ -191,7 +191,8 @@ class Commands:
             await self.gate.record_new_files()
         entries = await trio.to_thread.run_sync(
             lambda: self.journal.list_deferred(limit=limit + 1))
-        out, size = [], 0
+        out: list[dict[str, Any]] = []
+        size = 0
         for e in entries[:limit]:
             row = deferred_to_json(e)
             size += len(json.dumps(row, default=str))
