@@ -4,8 +4,9 @@ Across file systems a quarantine is a copy (journal-safe: copy, fsync, unlink). 
 that failed (ENOSPC: an infected file larger than the room left where the quarantine
 is, which a local user can write on purpose) left its partial copy in the quarantine
 directory: the disk stayed full (on the state disk: every journal write refused, so
-every write through the mount EIO) until someone found the nameless leftover. Now the partial copy is removed; the file stays in the
-source, refused by its infected verdict. Through a real mount, the quarantine on a
+every write through the mount EIO) until someone found the nameless leftover. Now
+the partial copy is removed; the file stays in the source, refused by its infected
+verdict. Through a real mount, the quarantine on a
 1 MiB tmpfs and the infected file 3 MiB (matched by a generated hash signature).
 """
 
