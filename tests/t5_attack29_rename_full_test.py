@@ -33,7 +33,7 @@ def test_rename_of_a_file_whose_entry_cannot_follow(tmp_path: Path) -> None:
     tree = Tree(tmp_path, src, mnt, statefs / "state")
     with running_appliance() as app, cutfs(disk, statefs):
         conf = tree_config(tree, app, '[[profile]]\nname = "default"\nfail_mode = "safe"\n')
-        with mounted(src, mnt, "--config", str(conf)) as server:
+        with mounted(src, mnt, "--config", str(conf)):
             app.set_fault("refuse")  # written, never judged: an entry for each
             for n in ("a", "b"):
                 (mnt / n).write_bytes(f"unjudged {n}\n".encode())
