@@ -485,7 +485,7 @@ class Gate:
                 self._outcomes.audit_exposures(dst, "overwritten", target.exposures)
         if moved or (not queued and self._journal.get_deferred(src) is None):
             # Nothing to move (journal.tables.op_rename): spare a durable commit.
-            await self._outcomes.drop_verdicts(dst, gone)
+            self._outcomes.drop_verdicts(dst, gone)
             return
         await self._journal.rename_path(src, dst, gone)  # `gone`'s verdicts with it (a29)
 
