@@ -209,6 +209,14 @@ class JournalBase:
         self._check_writable()
         return await self._committer.submit(fn, durable=durable, linger=linger)
 
+    def _write_soon(self, fn: Callable[[Txn], object]) -> bool:
+        """A tier-2 write queued, not waited for (its failure logged); False, nothing
+        queued, when the committer's queue is full."""
+        def done(err: JournalError | None) -> None:
+            if err is not None:
+                log.warning("journal: a queued write failed: %s", err)
+        return self._committer.submit_fn_soon(fn, done, linger=True)
+
     def _read(self, fn: Callable[[Txn], T]) -> T:
         self._check()
         for _ in range(2):

@@ -43,7 +43,7 @@ from vfile.journal.tables import (
     put_entry,
     stored_seq,
 )
-from vfile.journal.verdicts import op_put_verdict
+from vfile.journal.verdicts import op_drop_files, op_put_verdict
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,12 @@ def op_complete_many(txn: Txn, t: Tables,
     return done
 
 
-def op_forget(txn: Txn, t: Tables, path: str, outcome: str = "unlinked",
-              now: float = 0.0) -> DeferredEntry | None:
-    """Drop `path`'s entry (its exposures are kept as `outcome`); the entry, or None."""
+def op_forget(txn: Txn, t: Tables, path: str, outcome: str = "unlinked",  # noqa: PLR0917
+              now: float = 0.0, gone: tuple[int, int] | None = None) -> DeferredEntry | None:
+    """Drop `path`'s entry (its exposures are kept as `outcome`); the entry, or None.
+    `gone`: the (dev, ino) of a file that lost its last name: its verdicts go too (m27)."""
+    if gone is not None:
+        op_drop_files(txn, t, [gone])
     found = find(txn, t, path)
     if found is None:
         return None
@@ -197,14 +200,26 @@ def op_forget(txn: Txn, t: Tables, path: str, outcome: str = "unlinked",
     return found[1]
 
 
-def op_rename(txn: Txn, t: Tables, old: str, new: str, now: float = 0.0) -> bool:
-    """The entry of `old` follows its file to `new`, replacing `new`'s own entry.
+def op_keep_exposures(txn: Txn, t: Tables, path: str, outcome: str, now: float) -> None:
+    """Keep the exposures of `path`'s entry as `outcome` (journal.exposed); it stays."""
+    found = find(txn, t, path)
+    if found is not None:
+        archive(txn, t, found[1], outcome, now=now)
+
+
+def op_rename(txn: Txn, t: Tables, old: str, new: str, now: float = 0.0,  # noqa: PLR0917
+              gone: tuple[int, int] | None = None) -> bool:
+    """The entry of `old` follows its file to `new`, replacing `new`'s own entry; `gone`:
+    the (dev, ino) of the file the rename replaced, which had no other name: its verdicts
+    go too (a29).
 
     With no entry for `old`, `new`'s entry stays: it may be the intent written
     for this very rename (intent before effect), and `old`'s entry may have
     been removed as "gone" by a drain that looked between the rename and this
     transaction. Dropping it would leave the moved file with neither a verdict
     nor an entry."""
+    if gone is not None:
+        op_drop_files(txn, t, [gone])
     if old == new:
         return False
     found = find(txn, t, old)

@@ -187,15 +187,14 @@ class Journal(JournalBase):
         `gone`: that file's (dev, ino) lost its last name: its verdicts go too (m27).
         Tier 2: a forgotten unlink leaves an entry whose file is gone; the drain drops it."""
         t, now = self._t, self._clock()
-        def op(txn: Txn) -> DeferredEntry | None:
-            if gone is not None:
-                verdicts.op_drop_files(txn, t, [gone])
-            return ops.op_forget(txn, t, path, outcome, now)
-        return await self._write(op, durable=False)
+        return await self._write(lambda txn: ops.op_forget(txn, t, path, outcome, now, gone),
+                                 durable=False)
 
-    async def rename_path(self, old: str, new: str) -> None:
+    async def rename_path(self, old: str, new: str, gone: tuple[int, int] | None = None) -> None:
+        """`old`'s entry follows its file to `new`; `gone`: the file replaced at `new` lost
+        its last name: its verdicts go in the same transaction (a29)."""
         t, now = self._t, self._clock()
-        await self._write(lambda txn: ops.op_rename(txn, t, old, new, now))
+        await self._write(lambda txn: ops.op_rename(txn, t, old, new, now, gone))
 
     async def rename_tree(self, old_dir: str, new_dir: str) -> int:
         """A directory was renamed: entries below it follow (scans all entries)."""
@@ -207,13 +206,12 @@ class Journal(JournalBase):
         """Keep the exposures of `path`'s entry (`list_exposed`) as `outcome`; the entry
         stays."""
         t, now = self._t, self._clock()
+        await self._write(lambda txn: ops.op_keep_exposures(txn, t, path, outcome, now))
 
-        def op(txn: Txn) -> None:
-            found = tables.find(txn, t, path)
-            if found is not None:
-                exposed.archive(txn, t, found[1], outcome, now=now)
-
-        await self._write(op)
+    def drop_verdicts_soon(self, files: list[tuple[int, int]]) -> bool:
+        """`drop_verdicts_of`, queued, not waited for (tier 2); False: the queue is full."""
+        t = self._t
+        return self._write_soon(lambda txn: verdicts.op_drop_files(txn, t, files))
 
     async def drop_verdicts_of(self, files: list[tuple[int, int]]) -> int:
         """Delete every verdict of these files (dev, ino): the recovery walk's, for the

@@ -84,7 +84,8 @@ class RecordingHooks:
                               noted: object = None) -> None:
         self.calls.append(("name_dropped", survivor))
 
-    async def on_rename(self, old: bytes, new: bytes) -> None:
+    async def on_rename(self, old: bytes, new: bytes,
+                        gone: tuple[int, int] | None = None) -> None:
         self.calls.append(("rename", (old, new)))
 
     async def on_exchange(self, a: bytes, b: bytes) -> None:

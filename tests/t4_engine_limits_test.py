@@ -26,7 +26,8 @@ LIMITS = "MaxFileSize 1M\nMaxScanSize 1M\nAlertExceedsMax yes\n"
 
 
 def _deferred(mnt: Path) -> dict[str, dict[str, object]]:
-    rows: list[dict[str, object]] = control.call(mnt, "journal.list", {}, timeout=20)
+    rows: list[dict[str, object]] = control.call(mnt, "journal.list", {},
+                                                 timeout=20)["entries"]
     return {str(r["path"]): r for r in rows}
 
 

@@ -188,7 +188,8 @@ def test_no_escape_from_the_source(shared: Path, samples: Samples) -> None:
 def _deferred(mnt: Path) -> list[dict[str, object]]:
     from vfile import control
 
-    result: list[dict[str, object]] = control.call(mnt, "journal.list", {}, timeout=20)
+    result: list[dict[str, object]] = control.call(mnt, "journal.list", {},
+                                                   timeout=20)["entries"]
     return result
 
 

@@ -14,6 +14,7 @@ bounded moment to finish journaling, then sync the journal and the source.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import time
@@ -48,7 +49,12 @@ SETTLE_DEADLINE = 0.5
 SYNC_LIMITER = trio.CapacityLimiter(1)
 #: the bounds of the control commands' numbers (b27): past them is a typo, not a choice
 #: (the drain's rate: vfile.limits)
-MAX_LIST = 10**9
+#: `journal.list`: entries a reply holds (without `limit`; at most) and its JSON's size at
+#: most (past one entry); the rest is `more` (a29: a million entries made one reply of
+#: hundreds of MB in the server's memory). `vfile journal list --mount` reads them all.
+DEFAULT_LIST = 1_000
+MAX_LIST = 10_000
+REPLY_BYTES = 1 << 20
 MAX_TOP = 10_000
 
 @dataclass
@@ -181,14 +187,26 @@ class Commands:
         return self.drain.statistics()
 
     # --- journal --------------------------------------------------------------------------
-    async def journal_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        limit = _number(args, "limit", minimum=1, maximum=MAX_LIST)
+    async def journal_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The oldest entries, bounded in number and bytes (`REPLY_BYTES`); `more`: not all."""
+        value = _number(args, "limit", minimum=1, maximum=MAX_LIST)
+        if value is not None and value != int(value):
+            raise ControlError(f"'limit' must be a whole number, not {value!r}")
+        limit = DEFAULT_LIST if value is None else int(value)
         # New files not recorded yet (filter.newfiles) are listed once their records are in.
         with trio.move_on_after(SETTLE_DEADLINE):
             await self.gate.record_new_files()
         entries = await trio.to_thread.run_sync(
-            lambda: self.journal.list_deferred(limit=None if limit is None else int(limit)))
-        return [deferred_to_json(e) for e in entries]
+            lambda: self.journal.list_deferred(limit=limit + 1))
+        out: list[dict[str, Any]] = []
+        size = 0
+        for e in entries[:limit]:
+            row = deferred_to_json(e)
+            size += len(json.dumps(row, default=str))
+            if out and size > REPLY_BYTES:
+                break
+            out.append(row)
+        return {"entries": out, "more": len(out) < len(entries)}
 
     async def journal_record(self, args: dict[str, Any]) -> dict[str, Any]:
         """Every new file's record made and committed (filter.newfiles): a reader of the

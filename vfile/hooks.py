@@ -142,7 +142,11 @@ class FileHooks(Protocol):
     async def on_name_dropped(self, survivor: bytes, before: os.stat_result,
                               noted: object = None) -> None: ...
 
-    async def on_rename(self, old: bytes, new: bytes) -> None: ...
+    async def on_rename(self, old: bytes, new: bytes,
+                        gone: tuple[int, int] | None = None) -> None:
+        """`old` was renamed onto `new`; `gone`: (st_dev, st_ino) of the file the rename
+        replaced at `new`, which had no other name (its verdicts are dead)."""
+        ...
 
     async def on_exchange(self, a: bytes, b: bytes) -> None: ...
 
@@ -197,7 +201,8 @@ class NoHooks:
                               noted: object = None) -> None:
         return None
 
-    async def on_rename(self, old: bytes, new: bytes) -> None:
+    async def on_rename(self, old: bytes, new: bytes,
+                        gone: tuple[int, int] | None = None) -> None:
         return None
 
     async def on_exchange(self, a: bytes, b: bytes) -> None:

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -142,6 +143,12 @@ def _copy_out(src_dir: int, name: str, dest: Path) -> None:
                 while view:
                     view = view[os.write(dst, view):]
             os.fsync(dst)
+        except BaseException:
+            # A partial copy is no quarantine (the original stays, refused): left, it kept
+            # its disk full, the state disk's journal too (a29: ENOSPC on purpose)
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
         finally:
             os.close(dst)
     finally:

@@ -466,7 +466,7 @@ class Gate:
         if seq is not None and (intent := self._intents.get(new)) is not None:
             intent.seq = seq
 
-    async def on_rename(self, old: bytes, new: bytes) -> None:
+    async def on_rename(self, old: bytes, new: bytes, gone: Key | None = None) -> None:
         src, dst = os.fsdecode(old), os.fsdecode(new)
         self.grace.moved(src, dst)
         # An intent's record may still be queued (filter.newfiles), unseen by a read.
@@ -475,17 +475,19 @@ class Gate:
             self._intents.move_tree(src, dst)
             await self._journal.rename_tree(src, dst)
             return
-        if self._keeping.moved(src, dst):
-            return  # its close scan follows it, unread: nothing journaled (filter.keeping)
-        self._intents.move(src, dst)
-        target = self._journal.get_deferred(dst)
-        if target is not None and any(not x.wrote for x in target.exposures):
-            # Who read the file this rename replaced: kept, and said so.
-            await self._journal.keep_exposures(dst, "overwritten")
-            self._outcomes.audit_exposures(dst, "overwritten", target.exposures)
-        if not queued and self._journal.get_deferred(src) is None:
-            return  # nothing to move (journal.tables.op_rename): spare a durable commit
-        await self._journal.rename_path(src, dst)
+        # Its close scan follows it, unread: nothing journaled (filter.keeping).
+        if not (moved := self._keeping.moved(src, dst)):
+            self._intents.move(src, dst)
+            target = self._journal.get_deferred(dst)
+            if target is not None and any(not x.wrote for x in target.exposures):
+                # Who read the file this rename replaced: kept, and said so.
+                await self._journal.keep_exposures(dst, "overwritten")
+                self._outcomes.audit_exposures(dst, "overwritten", target.exposures)
+        if moved or (not queued and self._journal.get_deferred(src) is None):
+            # Nothing to move (journal.tables.op_rename): spare a durable commit.
+            self._outcomes.drop_verdicts(dst, gone)
+            return
+        await self._journal.rename_path(src, dst, gone)  # `gone`'s verdicts with it (a29)
 
     async def on_exchange(self, a: bytes, b: bytes) -> None:
         """`a` and `b` (two files or two directories) were exchanged: every journal

@@ -205,6 +205,15 @@ class Outcomes:
         if entry is not None:
             self.audit_exposures(path, "unlinked", entry.exposures)
 
+    def drop_verdicts(self, path: str, gone: Key | None) -> None:
+        """The file a rename replaced at `path` lost its last name: its verdicts can never
+        match again (a29: they stayed until the hourly collection, one per `mv` over a
+        file). Queued, not waited for (a rename waiting for it took 1.5x as long); tier
+        2: one lost or refused is the hourly collection's."""
+        if gone is not None and not self._journal.drop_verdicts_soon([gone]):
+            log.info("journal: the verdicts of the file renamed over at %r are left to "
+                     "the hourly collection (the journal's queue is full)", path)
+
     def audit_exposures(self, path: str, outcome: str, exposures: tuple[Exposure, ...]) -> None:
         readers = tuple(x for x in exposures if not x.wrote)
         if readers:

@@ -63,13 +63,26 @@ def source_identities(root: str, root_key: tuple[int, int] | None = None
     (st_dev, st_ino) is `root_key` any more (moved away, mounted over: the mount serves
     the one it opened), or a directory could not be listed for a reason other than its
     removal or its permissions (EMFILE, EIO). A file it missed would have its verdicts
-    taken for garbage (a28, tests/t5_attack28_gc_walk_test.py)."""
+    taken for garbage (a28, tests/t5_attack28_gc_walk_test.py). Checked before the walk
+    and after it: the walk goes by path, and a source replaced while it walked hid every
+    directory not listed yet (a29, tests/t5_attack29_gc_walk_test.py)."""
+    if not _is_root(root, root_key):
+        return None
+    found = _walk(root)
+    return found if found is not None and _is_root(root, root_key) else None
+
+
+def _is_root(root: str, root_key: tuple[int, int] | None) -> bool:
+    """`root` is there, and the directory `root_key` (st_dev, st_ino) names if given."""
     try:
         st = os.stat(root)
     except OSError:
-        return None
-    if root_key is not None and (st.st_dev, st.st_ino) != root_key:
-        return None
+        return False
+    return root_key is None or (st.st_dev, st.st_ino) == root_key
+
+
+def _walk(root: str) -> set[IdentityKey] | None:
+    """`source_identities`' walk: None when a directory could not be listed."""
     found: set[IdentityKey] = set()
     stack = [root]
     while stack:

@@ -177,10 +177,13 @@ class NameOps(OpsCore):
         tokens: list[object] = []
         #: a name taken from a linked file: its survivor, stat before, `name_dropping` token
         dropped: list[tuple[bytes, os.stat_result, object]] = []
+        #: the (dev, ino) of a file whose last name the rename takes (`_last_name`)
+        gone: list[tuple[int, int]] = []
         try:
             if paths is not None:
                 tokens = await self._rename_intents((old_p, name_old), (new_p, name_new),
-                                                    flags, paths, ctx, dropped=dropped)
+                                                    flags, paths, ctx, dropped=dropped,
+                                                    gone=gone)
             if flags:
                 renameat2(old_p.fd, name_old, new_p.fd, name_new, flags)
             else:
@@ -197,7 +200,7 @@ class NameOps(OpsCore):
                 tokens = []
                 await hooks.on_exchange(*paths)  # entries and intents follow their files
             elif paths is not None:
-                await hooks.on_rename(*paths)
+                await hooks.on_rename(*paths, gone[0] if gone else None)
                 for survivor, before, noted in dropped:  # its new ctime (link count dropped)
                     await hooks.on_name_dropped(survivor, before, noted)
         finally:
@@ -238,11 +241,12 @@ class NameOps(OpsCore):
     async def _rename_intents(self, old: tuple[Inode, bytes], new: tuple[Inode, bytes],
                               flags: int, paths: tuple[bytes, bytes],
                               ctx: CallerLike, *,
-                              dropped: list[tuple[bytes, os.stat_result, object]]
-                              ) -> list[object]:
+                              dropped: list[tuple[bytes, os.stat_result, object]],
+                              gone: list[tuple[int, int]]) -> list[object]:
         """Renaming a file (onto another or not, or exchanging) changes what a path
         holds: intent first. A file the rename takes a name from and that lives on
-        under another is added to `dropped` (its survivor, its stat before).
+        under another is added to `dropped` (its survivor, its stat before); one that
+        has no other name, to `gone` (its (dev, ino)).
 
         Also when nothing is overwritten: the move changes the file's ctime, so its
         clean verdict no longer matches its identity, and without an entry for the
@@ -271,6 +275,7 @@ class NameOps(OpsCore):
                 if survivor is not None and target is not None:
                     # In flight before the rename changes its ctime (filter.keeping).
                     dropped.append((survivor, target, self.hooks.name_dropping(target)))
+                gone.extend(_last_name(target, moving))
                 if stat.S_ISREG(moving.st_mode):
                     # `moved_from`: the gate may carry the file's verdict instead (rs23)
                     tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx,
@@ -280,6 +285,19 @@ class NameOps(OpsCore):
                 self.hooks.release_intent(token)
             raise
         return tokens
+
+
+def _last_name(target: os.stat_result | None, moving: os.stat_result) -> list[tuple[int, int]]:
+    """The (dev, ino) of a regular file `target` that a rename of `moving` onto its only
+    name leaves with no name: its verdicts can never match again, and the journal drops
+    them with the rename, as an unlink's (m27), not at the hourly collection (a29).
+    Read before the rename, as the unlink reads it: a link(2) racing in between leaves a
+    live file without its verdicts, which costs it a scan, never a taint (kept by inode,
+    journal.taint)."""
+    if target is None or not stat.S_ISREG(target.st_mode) or target.st_nlink != 1 \
+            or (target.st_dev, target.st_ino) == (moving.st_dev, moving.st_ino):
+        return []
+    return [(target.st_dev, target.st_ino)]
 
 
 def _is_dir(parent: Inode, name: bytes) -> bool:

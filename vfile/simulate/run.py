@@ -36,6 +36,9 @@ from vfile.simulate.workload import Op, Recorder, Workload, rewrite_file, run_co
 
 log = logging.getLogger(__name__)
 
+#: entries a `journal.list` reply holds at most (vfile.commands.MAX_LIST)
+MAX_LIST = 10_000
+
 SAMPLE_INTERVAL = 0.25
 #: the gate's log line for an infected file found by the drain (vfile/filter/gate.py `resolve`)
 _DRAIN_CAUGHT = re.compile(r"drain: '(.+?)' found infected")
@@ -99,7 +102,7 @@ class _Sampler:
         t = self.rec.now()
         try:
             status = self.mount.call("status", timeout=5)
-            entries = self.mount.call("journal.list", timeout=5)
+            entries = self.mount.call("journal.list", {"limit": MAX_LIST}, timeout=5)["entries"]
         except control.ControlError as err:
             log.debug("sample failed: %s", err)
             return None
@@ -283,7 +286,10 @@ def run_mode(mode: str, params: Params, g: guest_mod.Guest, appliance: Appliance
         tl.events["drained"] = drained_at if drained_at is not None else rec.now()
         status = mount.call("status")
         quarantine = mount.call("quarantine.list")
-        remaining = {e["path"] for e in mount.call("journal.list")}
+        listed = mount.call("journal.list", {"limit": MAX_LIST})
+        if listed["more"]:
+            log.warning("more than %d entries remain: the report counts the oldest", MAX_LIST)
+        remaining = {e["path"] for e in listed["entries"]}
         sig = next((a["sig_version"] for a in status["appliances"] if a["sig_version"]), "")
     ops = rec.snapshot()
     events, quiesce = tl.events, tl.quiesce
