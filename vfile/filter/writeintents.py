@@ -30,10 +30,11 @@ import os
 from collections.abc import Callable
 
 from vfile.config.model import Profile
+from vfile.filter.decisions import Judged
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
-from vfile.filter.policy import Action, DecisionInputs, Event, decide
+from vfile.filter.policy import Action, Event
 from vfile.hooks import RequestCtx
 from vfile.journal.records import Identity, JournalError, JournalFull
 from vfile.journal.store import Journal
@@ -48,14 +49,14 @@ class WriteIntents:
     def __init__(self, *, journal: Journal, intents: IntentTable, records: IntentRecords,
                  outcomes: Outcomes, stats: Stats,
                  profile_for: Callable[[str, int], Profile],
-                 inputs: Callable[..., DecisionInputs]) -> None:
+                 judged: Callable[..., Judged]) -> None:
         self._journal = journal
         self._intents = intents
         self._records = records
         self._outcomes = outcomes
         self._stats = stats
         self._profile_for = profile_for
-        self._inputs = inputs
+        self._judged = judged
         #: write requests that waited for an intent's fsync, and those whose fsync failed
         self.waited = 0
         self.failed = 0
@@ -66,7 +67,7 @@ class WriteIntents:
         writes); `lazy` (an existing file only): committed now, fsynced later (`durable`)."""
         rel = os.fsdecode(path)
         profile = self._profile_for(rel, st.st_nlink if st is not None else 1)
-        d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
+        d = self._judged(Event.WRITE, profile, rel, 0, None).decision
         if d.action is Action.DENY:
             self._outcomes.refuse_write(d, rel, profile, ctx)
         if d.action is not Action.DEFER:
