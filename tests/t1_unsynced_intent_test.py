@@ -110,7 +110,7 @@ class FailingUnsynced:
 async def test_the_gate_answers_eio_when_the_intent_cannot_be_made_durable() -> None:
     writes = WriteIntents(journal=None, intents=None, records=None,  # type: ignore[arg-type]
                           outcomes=None, stats=None, profile_for=None,  # type: ignore[arg-type]
-                          judged=None)  # type: ignore[arg-type]
+                          inputs=None)  # type: ignore[arg-type]
     intent = Intent("a")
     intent.unsynced = FailingUnsynced()  # type: ignore[assignment]
     with pytest.raises(OSError) as err:

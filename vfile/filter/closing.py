@@ -31,7 +31,7 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -39,11 +39,10 @@ from vfile.config.model import Profile
 from vfile.filter import closelimits, racy
 from vfile.filter.closelimits import BATCH, CLOSE_SCANS, HELD_MAX_NS, MAX_WAITING, holding_max
 from vfile.filter.contenthash import HASH_MAX, NOTHING, ContentVerdicts, Looked
-from vfile.filter.decisions import Judged
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Stats
-from vfile.filter.policy import Action, Decision, Event, Reason, ScanResult
+from vfile.filter.policy import Action, Decision, DecisionInputs, Event, Reason, ScanResult, decide
 from vfile.filter.scanning import RACY, Scanning
 from vfile.filter.settling import Settler
 from vfile.journal.ops import PreparedDefer
@@ -55,14 +54,15 @@ from vfile.scanner.verdict import Verdict
 #: the gate's logger: operators filter and alert on it (the gate split kept its name)
 log = logging.getLogger("vfile.filter.gate")
 
-#: the gate's decision for (event, profile, path, size, cached verdict), with its inputs
-Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], Judged]
+#: the gate's decision inputs for (event, profile, path, size, cached verdict)
+Inputs = Callable[[Event, Profile, str, int, VerdictRecord | None], DecisionInputs]
 #: the gate's background tasks: start(fn, *args)
 Start = Callable[..., None]
 #: a close scan's judgement: the file's identity, the signature version, the decision
 Scanned = tuple[Identity, str, Decision, Verdict | None]
-#: one batch's decisions before the scan, by profile name (filter.decisions)
-_Decided = dict[str, Judged]
+#: one batch's decisions: (profile name, scan result or None before the scan) ->
+#: (the inputs, the decision)
+_Decided = dict[tuple[str, ScanResult | None], tuple[DecisionInputs, Decision]]
 
 
 @dataclass(slots=True)
@@ -81,7 +81,7 @@ class CloseScans:
     """The gate's scans after a last close (module doc); `run` is a background task."""
 
     def __init__(self, *, journal: Journal, intents: IntentTable, scanning: Scanning,
-                 settler: Settler, stats: Stats, judged: Inputs,
+                 settler: Settler, stats: Stats, inputs: Inputs,
                  remember: Callable[[VerdictRecord], None],
                  window: Callable[[], bool], start: Start, records: IntentRecords) -> None:
         self._journal = journal
@@ -91,7 +91,7 @@ class CloseScans:
         self._scanning = scanning
         self._settler = settler
         self.stats = stats
-        self._judged = judged
+        self._inputs = inputs
         self._remember = remember
         self._window = window
         self._slots = trio.Semaphore(CLOSE_SCANS)
@@ -242,29 +242,33 @@ class CloseScans:
     def _judge_now(self, c: _Closed, decided: _Decided) -> bool | None:
         """True: judged, its completion queued (the descriptor is the caller's to close);
         None: handed to its own task with the descriptor (what was read goes along).
-        `decided`: the decisions made in this batch before the scan, by profile."""
+        `decided`: the decisions made in this batch, by (profile, scan result)."""
         st = os.fstat(c.fd)
         identity = Identity.from_stat(st)
         looked = NOTHING
-        scanned = judged = None
+        scanned = None
         if racy.wait_s(identity, time.time_ns()) == 0 and identity.size <= HASH_MAX \
                 and not c.profile.is_oversize(identity.size):
             sig = self._scanning.signature()
             # For a small file and no verdict yet (the batch's case), the decision does
             # not depend on the path: once per profile and batch (README, cr22).
-            if (judged := decided.get(c.profile.name)) is None:
-                judged = decided[c.profile.name] = self._judged(
-                    Event.CLOSE, c.profile, c.path, identity.size, None)
-            if judged.decision.action is Action.SCAN:
+            if (c.profile.name, None) not in decided:
+                inputs = self._inputs(Event.CLOSE, c.profile, c.path, identity.size, None)
+                decided[c.profile.name, None] = (inputs, decide(inputs))
+            inputs, first = decided[c.profile.name, None]
+            if first.action is Action.SCAN:
                 read_ns = time.time_ns()
                 looked = self.hashes.lookup(c.fd, identity, sig)
                 scanned = self._reuse_or_now(looked, identity, sig, read_ns)
-        if scanned is not None and judged is not None:  # (judged is when scanned is)
+        if scanned is not None:
             result, verdict, keep = scanned
             self.stats.close_scans += 1
             if not keep:  # (cannot be: its tick passed before the read) the drain's
                 result, verdict = ScanResult.ERROR, Verdict.error(RACY)
-            d = judged.after(result, self._window())
+            if (c.profile.name, result) not in decided:
+                decided[c.profile.name, result] = (
+                    inputs, decide(replace(inputs, scan=result, window=self._window())))
+            d = decided[c.profile.name, result][1]
             done = self._unparked(c.intent)  # counted parked from here
             try:
                 queued = self._settle_soon(c.path, c.intent, c.profile, identity, sig, d,
@@ -393,8 +397,8 @@ class CloseScans:
         # Read after its tick passed: still this identity, still those bytes.
         read = looked[1] if looked is not None and looked[0] == identity else None
         sig = self._scanning.signature()
-        judged = self._judged(Event.CLOSE, profile, path, identity.size, None)
-        d = judged.decision
+        inputs = self._inputs(Event.CLOSE, profile, path, identity.size, None)
+        d = decide(inputs)
         verdict: Verdict | None = None
         if d.action is Action.SCAN:
             self.stats.close_scans += 1
@@ -403,7 +407,7 @@ class CloseScans:
                 result = ScanResult.NOT_ATTEMPTED
             if not keep:  # racy clean: the drain scans it again, later
                 result, verdict = ScanResult.ERROR, Verdict.error(RACY)
-            d = judged.after(result, self._window())
+            d = decide(replace(inputs, scan=result, window=self._window()))
         return identity, sig, d, verdict
 
     def _settle_soon(self, path: str, intent: Intent, profile: Profile,  # noqa: PLR0917

@@ -44,7 +44,6 @@ from vfile.config.model import Config, Profile, Trigger
 from vfile.filter import coverage, sticky
 from vfile.filter.actions import Actions
 from vfile.filter.closing import CloseScans
-from vfile.filter.decisions import Decisions, Judged
 from vfile.filter.drain import Resolution
 from vfile.filter.flights import Flight, Flights, Scopes, Tasks, VerdictKey
 from vfile.filter.grace import Grace
@@ -55,6 +54,7 @@ from vfile.filter.outcomes import Outcomes, Stats
 from vfile.filter.policy import (
     Action,
     Cached,
+    DecisionInputs,
     Event,
     QuotaState,
     Reason,
@@ -115,7 +115,6 @@ class Gate:
         #: path → its unresolved write intent
         self._intents = IntentTable()
         self._window = False
-        self._decisions = Decisions()  # kept by their inputs (filter.decisions)
         #: write intents' journal records (a new file's in the background, or never)
         self._records = IntentRecords(journal, self._tasks, window=lambda: self._window)
         self._intents.displaced = self._records.record_now
@@ -132,7 +131,7 @@ class Gate:
         #: the scans after a last close
         self._closing = CloseScans(journal=journal, intents=self._intents,
                                    scanning=self._scanning, settler=self._settler,
-                                   stats=self.stats, judged=self._judged,
+                                   stats=self.stats, inputs=self._inputs,
                                    remember=self._remember, window=lambda: self._window,
                                    start=self._tasks.start, records=self._records)
         #: the drain's resolve
@@ -146,13 +145,13 @@ class Gate:
         #: write intents: decided, journaled, made durable (before the open or the write)
         self._writes = WriteIntents(journal=journal, intents=self._intents,
                                     records=self._records, outcomes=self._outcomes,
-                                    stats=self.stats, judged=self._judged,
+                                    stats=self.stats, inputs=self._inputs,
                                     profile_for=self._profiles.profile_for)
 
         #: verdicts kept across a ctime change that changed no content
         self._keeping = Keeping(journal=journal, intents=self._intents, source=self._source,
                                 profiles=self._profiles, outcomes=self._outcomes,
-                                judged=self._judged, signature=self._scanning.signature,
+                                inputs=self._inputs, signature=self._scanning.signature,
                                 lookup=self._lookup, remember=self._remember, clock=clock,
                                 start=self._tasks.start, unread=self._closing.unread)
 
@@ -216,19 +215,18 @@ class Gate:
         deleted file's can never match again; a live file's are still in the journal."""
         self._cache.drop_file(key)
 
-    def _judged(self, event: Event, profile: Profile, path: str, size: int,
+    def _inputs(self, event: Event, profile: Profile, path: str, size: int,
                 cached: VerdictRecord | None, *, writing: bool = False,
-                reading: bool = True) -> Judged:
-        """The inputs of a decision now and the decision (filter.decisions: kept by inputs)."""
+                reading: bool = True) -> DecisionInputs:
         trigger = Trigger.OPEN if event is Event.OPEN else Trigger.CLOSE
-        return self._decisions.judged((  # in decisions.FIELDS' order
-            event, trigger in profile.triggers, self._window,
-            Cached.NONE if cached is None else Cached(cached.outcome), path in self._intents,
-            writing, reading,
+        return DecisionInputs(
+            event=event, trigger_enabled=trigger in profile.triggers, window=self._window,
+            cached=Cached.NONE if cached is None else Cached(cached.outcome),
+            write_pending=path in self._intents, writing=writing, reading=reading,
             # (A write's decision never reads it: a walk of the pool per create spared.)
-            event is not Event.WRITE and not self._pool.available(),
-            profile.is_oversize(size), profile.oversize, profile.fail_mode,
-            self.quota(profile.name)))  # as last measured
+            appliance_down=event is not Event.WRITE and not self._pool.available(),
+            oversize=profile.is_oversize(size), oversize_rule=profile.oversize,
+            fail_mode=profile.fail_mode, quota=self.quota(profile.name))  # as last measured
 
     def statistics(self) -> dict[str, object]:
         s = self.stats
@@ -344,9 +342,9 @@ class Gate:
             if cached is not None:
                 self._remember(cached)
         access = flags & os.O_ACCMODE
-        inputs = replace(self._judged(Event.OPEN, profile, rel, st.st_size, cached,
+        inputs = replace(self._inputs(Event.OPEN, profile, rel, st.st_size, cached,
                                       writing=access != os.O_RDONLY or bool(flags & os.O_TRUNC),
-                                      reading=access != os.O_WRONLY).inputs,
+                                      reading=access != os.O_WRONLY),
                          tainted=tainted, unflushed=unflushed)
         if cached is None and not tainted and self.grace.carries(identity, profile):
             inputs = replace(inputs, cached=Cached.GRACE)

@@ -52,10 +52,9 @@ from dataclasses import dataclass, replace
 import trio
 
 from vfile.filter import coverage
-from vfile.filter.decisions import Judged
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.outcomes import Outcomes
-from vfile.filter.policy import Action, Event
+from vfile.filter.policy import Action, DecisionInputs, Event, decide
 from vfile.filter.source import Source
 from vfile.hooks import RequestCtx
 from vfile.journal.inflight import MAX_IN_FLIGHT
@@ -135,7 +134,7 @@ class Keeping:
 
     def __init__(self, *, journal: Journal, intents: IntentTable, source: Source,
                  profiles: ProfileChooser, outcomes: Outcomes,
-                 judged: Callable[..., Judged], signature: Callable[[], str],
+                 inputs: Callable[..., DecisionInputs], signature: Callable[[], str],
                  lookup: Callable[[Identity, str], VerdictRecord | None],
                  remember: Learnt,
                  clock: Callable[[], float],
@@ -146,7 +145,7 @@ class Keeping:
         self._source = source
         self._profiles = profiles
         self._outcomes = outcomes
-        self._judged = judged
+        self._inputs = inputs
         self._signature = signature
         self._lookup = lookup
         self._remember = remember
@@ -165,7 +164,7 @@ class Keeping:
     def _defers(self, rel: str, nlink: int) -> str | None:
         """The profile's name if it journals writes to `rel` (else None)."""
         profile = self._profiles.profile_for(rel, nlink)
-        d = self._judged(Event.WRITE, profile, rel, 0, None).decision
+        d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
         return profile.name if d.action is Action.DEFER else None
 
     async def metadata_change(self, path: bytes, st: os.stat_result, ctx: RequestCtx,

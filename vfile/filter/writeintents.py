@@ -30,11 +30,10 @@ import os
 from collections.abc import Callable
 
 from vfile.config.model import Profile
-from vfile.filter.decisions import Judged
 from vfile.filter.intents import Intent, IntentTable
 from vfile.filter.newfiles import IntentRecords
 from vfile.filter.outcomes import Outcomes, Stats
-from vfile.filter.policy import Action, Event
+from vfile.filter.policy import Action, DecisionInputs, Event, decide
 from vfile.hooks import RequestCtx
 from vfile.journal.records import Identity, JournalError, JournalFull
 from vfile.journal.store import Journal
@@ -49,14 +48,14 @@ class WriteIntents:
     def __init__(self, *, journal: Journal, intents: IntentTable, records: IntentRecords,
                  outcomes: Outcomes, stats: Stats,
                  profile_for: Callable[[str, int], Profile],
-                 judged: Callable[..., Judged]) -> None:
+                 inputs: Callable[..., DecisionInputs]) -> None:
         self._journal = journal
         self._intents = intents
         self._records = records
         self._outcomes = outcomes
         self._stats = stats
         self._profile_for = profile_for
-        self._judged = judged
+        self._inputs = inputs
         #: write requests that waited for an intent's fsync, and those whose fsync failed
         self.waited = 0
         self.failed = 0
@@ -67,7 +66,7 @@ class WriteIntents:
         writes); `lazy` (an existing file only): committed now, fsynced later (`durable`)."""
         rel = os.fsdecode(path)
         profile = self._profile_for(rel, st.st_nlink if st is not None else 1)
-        d = self._judged(Event.WRITE, profile, rel, 0, None).decision
+        d = decide(self._inputs(Event.WRITE, profile, rel, 0, None))
         if d.action is Action.DENY:
             self._outcomes.refuse_write(d, rel, profile, ctx)
         if d.action is not Action.DEFER:
