@@ -11,33 +11,15 @@ through a real mount's socket (as its owner: root and the owner are the only one
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 
 import pytest
+from controlcalls import raw_call
 from mounting import mounted
 
 from vfile import control
 
 pytestmark = pytest.mark.mount
-
-
-def raw_call(mnt: Path, line: bytes) -> dict[str, object]:
-    """One request line as given, its reply decoded (call_socket encodes JSON itself)."""
-    path = control.candidate_sockets(mnt)[0]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
-        sock.connect(str(path))
-        sock.sendall(line + b"\n")
-        data = bytearray()
-        while chunk := sock.recv(65536):
-            data += chunk
-    if not data:
-        return {"ok": False, "error": "no reply (the server closed the connection)"}
-    reply = json.loads(bytes(data).split(b"\n", 1)[0])
-    assert isinstance(reply, dict), reply
-    return reply
 
 
 #: (request line, a piece of the error it must get; None: it must succeed)

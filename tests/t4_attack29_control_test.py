@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from controlcalls import raw_call
 from mounting import mounted
-from t4_attack28_control_test import raw_call
 
 from vfile import control
 

@@ -22,55 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle import Tree, cli, journal_rows, open_errno, tree_config, wait_until
+from escaping import escape_mount, quiesced, read_errno
+from lifecycle import Tree, cli, journal_rows, open_errno, wait_until
 from mounting import Server, mounted
-from outage import Proc, running_appliance, status, unaccounted
+from outage import running_appliance, status, unaccounted
 
 from vfile.filter.racy import TICK_NS
 from vfile.passthrough.syscalls import RENAME_EXCHANGE, renameat2
 from vfile.scanner.signatures import EICAR
 
 pytestmark = pytest.mark.mount
-
-PROFILES = """
-[[profile]]
-name = "tmp"
-paths = ["tmp/**"]
-triggers = []
-
-[[profile]]
-name = "uploads"
-paths = ["uploads/**"]
-fail_mode = "closed"
-infected_action = "deny"
-deadline = "2s"
-
-[[profile]]
-name = "default"
-fail_mode = "safe"
-max_size = "1MiB"
-infected_action = "deny"
-deadline = "2s"
-"""
-
-
-@contextmanager
-def escape_mount(tree: Tree, fault: str = "none",
-                 profiles: str = PROFILES) -> Iterator[tuple[Proc, Server]]:
-    for d in ("tmp", "uploads"):
-        (tree.source / d).mkdir(exist_ok=True)
-    with running_appliance(fault=fault) as app:
-        conf = tree_config(tree, app, profiles)
-        with mounted(tree.source, tree.mountpoint, "--config", str(conf)) as server:
-            yield app, server
-
-
-def read_errno(path: Path) -> tuple[int, bytes]:
-    """(0, content) if `path` can be read, else (errno, b"")."""
-    try:
-        return 0, path.read_bytes()
-    except OSError as err:
-        return err.errno or -1, b""
 
 
 def sig_of(t: Tree) -> str:
@@ -173,16 +134,6 @@ def test_a_newline_in_a_name_stays_in_its_profile(tree: Tree) -> None:
 
 
 # --- 5. a known-infected file stays denied ------------------------------------------------------
-
-
-@contextmanager
-def quiesced(mnt: Path) -> Iterator[None]:
-    res = cli("quiesce", str(mnt), "--max", "5m")
-    assert res.returncode == 0, res.stderr
-    try:
-        yield
-    finally:
-        assert cli("resume", str(mnt)).returncode == 0
 
 
 def test_infected_stays_denied_after_touch_chmod_rename_in_a_window(tree: Tree) -> None:

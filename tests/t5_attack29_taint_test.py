@@ -21,8 +21,8 @@ import os
 
 import pytest
 import trio
+from escaping import escape_mount, quiesced, read_errno
 from lifecycle import Tree
-from t4_escape_test import escape_mount, quiesced, read_errno
 
 from vfile.journal.store import Journal
 from vfile.scanner.signatures import EICAR
