@@ -99,8 +99,7 @@ class NameOps(OpsCore):
         # Its last name gone, its verdicts can never match again (a file that reuses the
         # inode number has a new ctime): the journal drops them now, not at the hourly
         # collection (vfile.filter.verdict_gc), so removed trees do not pile up (m27).
-        gone = (st.st_dev, st.st_ino) if st is not None and st.st_nlink == 1 \
-            and stat.S_ISREG(st.st_mode) else None
+        gone = _last_name(st)
         async with self._held_survivor(st, path) as survivor:
             await self.hooks.on_unlink(path, survivor, gone)
             if survivor is not None and st is not None:
@@ -275,7 +274,8 @@ class NameOps(OpsCore):
                 if survivor is not None and target is not None:
                     # In flight before the rename changes its ctime (filter.keeping).
                     dropped.append((survivor, target, self.hooks.name_dropping(target)))
-                gone.extend(_last_name(target, moving))
+                if (key := _last_name(target, moving)) is not None:
+                    gone.append(key)
                 if stat.S_ISREG(moving.st_mode):
                     # `moved_from`: the gate may carry the file's verdict instead (rs23)
                     tokens.append(await self.hooks.on_write_intent(paths[1], moving, rctx,
@@ -287,17 +287,20 @@ class NameOps(OpsCore):
         return tokens
 
 
-def _last_name(target: os.stat_result | None, moving: os.stat_result) -> list[tuple[int, int]]:
-    """The (dev, ino) of a regular file `target` that a rename of `moving` onto its only
-    name leaves with no name: its verdicts can never match again, and the journal drops
-    them with the rename, as an unlink's (m27), not at the hourly collection (a29).
-    Read before the rename, as the unlink reads it: a link(2) racing in between leaves a
-    live file without its verdicts, which costs it a scan, never a taint (kept by inode,
-    journal.taint)."""
-    if target is None or not stat.S_ISREG(target.st_mode) or target.st_nlink != 1 \
-            or (target.st_dev, target.st_ino) == (moving.st_dev, moving.st_ino):
-        return []
-    return [(target.st_dev, target.st_ino)]
+def _last_name(st: os.stat_result | None,
+               moving: os.stat_result | None = None) -> tuple[int, int] | None:
+    """The (dev, ino) of a regular file `st` whose only name an unlink, or a rename of
+    `moving` onto it, takes: its verdicts can never match again (a file that reuses the
+    inode number has a new ctime), and the journal drops them with the name (m27, a29),
+    not at the hourly collection. Read before the operation: a link(2) racing in between
+    leaves a live file without its verdicts, which costs it a scan, never a taint (kept
+    by inode, journal.taint). None: another name, not a regular file, or `moving` is the
+    same file."""
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return None
+    if moving is not None and (st.st_dev, st.st_ino) == (moving.st_dev, moving.st_ino):
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _is_dir(parent: Inode, name: bytes) -> bool:
