@@ -14,10 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from controlcalls import raw_call
+from controlcalls import wrong_replies
 from mounting import mounted
-
-from vfile import control
 
 pytestmark = pytest.mark.mount
 
@@ -39,13 +37,5 @@ def test_odd_control_requests_get_an_error_and_the_mount_stays(tmp_path: Path) -
     mnt.mkdir()
     (src / "f").write_bytes(b"clean\n")
     with mounted(src, mnt, "--state-dir", str(tmp_path / "state")) as server:
-        wrong = []
-        for line, says in ODD_LINES:
-            reply = raw_call(mnt, line)
-            if (says is None) != bool(reply.get("ok")) or (
-                    says is not None and says not in str(reply.get("error"))):
-                wrong.append((line[:60], reply))
-            # Still up after each: its socket answers, its files are served.
-            assert control.call(str(mnt), "status", timeout=30)["window"]["active"] is False
-            assert (mnt / "f").read_bytes() == b"clean\n"
+        wrong = wrong_replies(mnt, ODD_LINES)
         assert wrong == [], f"{wrong}\n{server.log()[-3000:]}"

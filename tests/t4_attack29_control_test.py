@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from controlcalls import raw_call
+from controlcalls import wrong_replies
 from mounting import mounted
-
-from vfile import control
 
 pytestmark = pytest.mark.mount
 
@@ -52,14 +50,6 @@ def test_control_values_at_and_past_the_bounds(tmp_path: Path) -> None:
     mnt.mkdir()
     (src / "f").write_bytes(b"clean\n")
     with mounted(src, mnt, "--state-dir", str(tmp_path / "state")) as server:
-        wrong = []
-        for line, says in LINES:
-            reply = raw_call(mnt, line)
-            if (says is None) != bool(reply.get("ok")) or (
-                    says is not None and says not in str(reply.get("error"))):
-                wrong.append((line[:70], reply))
-            # Still up after each, and no window left open by a refused quiesce.
-            assert control.call(str(mnt), "status", timeout=30)["window"]["active"] is False
-            assert (mnt / "f").read_bytes() == b"clean\n"
+        wrong = wrong_replies(mnt, LINES)
         assert wrong == [], f"{wrong}\n{server.log()[-3000:]}"
         assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -21,16 +21,9 @@ import pytest
 from lifecycle import wait_until
 from mounting import mounted
 from outage import running_appliance
+from unread import read_errno
 
 pytestmark = pytest.mark.mount
-
-
-def read_errno(path: Path) -> int:
-    try:
-        path.read_bytes()
-    except OSError as err:
-        return err.errno or -1
-    return 0
 
 
 def test_a_quarantine_copy_that_fills_its_disk_leaves_nothing(tmp_path: Path,

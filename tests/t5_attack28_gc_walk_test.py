@@ -13,56 +13,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+from gcpatch import collections, collector_patch
 from mounting import mounted, wait_for
+from outage import status
 from serverpatches import patched
-
-from vfile import control
 
 pytestmark = pytest.mark.mount
 
 #: the collection every half second, from a second after the start; a directory named
 #: `unreadable` fails to list with EMFILE (a server out of descriptors)
-PATCH = """
-    import errno
-    import logging
-    import os
-    import types
-    from vfile.filter import verdict_gc
-
-    real_init = verdict_gc.VerdictCollector.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        self._first_delay, self._interval = 1.0, 0.5
-        logging.getLogger("vfile").warning("test patch: collections every 0.5 s")
-
-    verdict_gc.VerdictCollector.__init__ = init
-    real_scandir = os.scandir
-
+PATCH = collector_patch("""
     def scandir(path="."):
         if isinstance(path, str) and os.path.basename(path) == "unreadable":
             raise OSError(errno.EMFILE, "Too many open files")
         return real_scandir(path)
-
-    # Only the collection's walk: the rest of the server keeps the real os module
-    verdict_gc.os = types.SimpleNamespace(**{**vars(os), "scandir": scandir})
-    real_collect = verdict_gc.collect
-
-    async def collect(*args, **kwargs):
-        done = await real_collect(*args, **kwargs)
-        logging.getLogger("vfile").warning("test patch: a collection ran: %s", done)
-        return done
-
-    verdict_gc.collect = collect
-"""
-
-
-def _status(mnt: Path) -> dict[str, Any]:
-    got: dict[str, Any] = control.call(str(mnt), "status", timeout=30)
-    return got
+""")
 
 
 @pytest.mark.parametrize("how", ["root-replaced", "unreadable-dir"])
@@ -77,16 +44,13 @@ def test_a_walk_that_misses_files_collects_none_of_their_verdicts(tmp_path: Path
     with mounted(src, mnt, "--state-dir", str(state), env=patched(tmp_path, PATCH)) as server:
         for name in names:
             assert (mnt / name).read_bytes() == b"clean %s\n" % name.encode()
-        wait_for("the verdicts stored", lambda: _status(mnt)["journal"]["verdicts"] >= 10, 30)
+        wait_for("the verdicts stored", lambda: status(mnt)["journal"]["verdicts"] >= 10, 30)
         if how == "root-replaced":
             os.rename(src, tmp_path / "moved")
             src.mkdir()  # empty, at the source's path; the mount still serves the moved one
-        runs = _collections(server.log())
-        wait_for("two collections", lambda: _collections(server.log()) >= runs + 2, 30)
-        assert _status(mnt)["journal"]["verdicts"] >= 10, server.log()[-3000:]
+        runs = collections(server.log())
+        wait_for("two collections", lambda: collections(server.log()) >= runs + 2, 30)
+        assert status(mnt)["journal"]["verdicts"] >= 10, server.log()[-3000:]
         for name in names:
             assert (mnt / name).read_bytes() == b"clean %s\n" % name.encode()
 
-
-def _collections(log: str) -> int:
-    return log.count("test patch: a collection ran")

@@ -18,26 +18,14 @@ import os
 from pathlib import Path
 
 import pytest
+from gcpatch import collections, collector_patch
 from mounting import mounted, wait_for
 from outage import status
 from serverpatches import patched
 
 pytestmark = pytest.mark.mount
 
-PATCH = """
-    import logging
-    import os
-    import types
-    from vfile.filter import verdict_gc
-
-    real_init = verdict_gc.VerdictCollector.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        self._first_delay, self._interval = 1.0, 0.5
-
-    verdict_gc.VerdictCollector.__init__ = init
-    real_scandir = os.scandir
+PATCH = collector_patch("""
     swapped = []
 
     def scandir(path="."):
@@ -48,17 +36,7 @@ PATCH = """
             swapped.append(root)
             logging.getLogger("vfile").warning("test patch: source swapped mid-walk")
         return real_scandir(path)
-
-    verdict_gc.os = types.SimpleNamespace(**{**vars(os), "scandir": scandir})
-    real_collect = verdict_gc.collect
-
-    async def collect(*args, **kwargs):
-        done = await real_collect(*args, **kwargs)
-        logging.getLogger("vfile").warning("test patch: a collection ran: %s", done)
-        return done
-
-    verdict_gc.collect = collect
-"""
+""")
 
 
 def test_source_replaced_during_the_walk_collects_none_of_its_verdicts(tmp_path: Path
@@ -73,8 +51,8 @@ def test_source_replaced_during_the_walk_collects_none_of_its_verdicts(tmp_path:
         for name in names:
             assert (mnt / name).read_bytes() == b"clean %s\n" % name.encode()
         wait_for("the verdicts stored", lambda: status(mnt)["journal"]["verdicts"] >= 10, 30)
-        runs = _collections(server.log())
-        wait_for("two collections", lambda: _collections(server.log()) >= runs + 2, 30)
+        runs = collections(server.log())
+        wait_for("two collections", lambda: collections(server.log()) >= runs + 2, 30)
         assert "source swapped mid-walk" in server.log(), server.log()[-3000:]
         # Before a29: 5 (the files below `swap`, never listed, collected).
         assert status(mnt)["journal"]["verdicts"] >= 10, server.log()[-3000:]
@@ -83,7 +61,3 @@ def test_source_replaced_during_the_walk_collects_none_of_its_verdicts(tmp_path:
     os.rmdir(src)
     os.rename(tmp_path / "src.moved", src)  # (for the fixtures' cleanup)
 
-
-def _collections(log: str) -> int:
-    """Collections run so far: the PATCH above logs each."""
-    return log.count("test patch: a collection ran")
